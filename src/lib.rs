@@ -1,0 +1,19 @@
+//! dcloud-fs: files stored in Discord channels as chunked, AES-256-GCM-encrypted
+//! attachments, described by small sealed records.
+//!
+//! Layers, each depending only on the ones below it:
+//!
+//! - [`volume`]: one channel as a folder tree — the index replayed from the channel's
+//!   records, and the transfers (put, get, rename, delete) that change it;
+//! - [`format`]: the on-Discord format (chunks, records, message kinds), versioned;
+//! - [`crypto`]: keys and AES-256-GCM;
+//! - [`store`]: the message-level storage seam (Discord, or a local directory).
+//!
+//! The command line (`src/main.rs`, [`cli`]) sits on top.
+
+pub mod cli;
+pub mod crypto;
+pub mod dirs;
+pub mod format;
+pub mod store;
+pub mod volume;

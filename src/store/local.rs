@@ -1,0 +1,805 @@
+//! The local store: a directory on disk that behaves like a Discord guild.
+//!
+//! It is the embedded default (try dcloud-fs without a bot) and the fast store of the test
+//! suite, so it enforces Discord's limits exactly as [`super::Store`] describes them: a
+//! message over the per-file, per-request or attachment-count limit is refused with
+//! [`StoreError::TooLarge`] and nothing of it is stored.
+//!
+//! ## Layout
+//!
+//! ```text
+//! ROOT/guild.json                         {"format":1,"user_id":…,"limits":{…}}
+//! ROOT/ids.lock                           last snowflake handed out (guarded by flock)
+//! ROOT/channels/<channel id>/channel.json {"id":…,"name":"…"}
+//! ROOT/channels/<channel id>/messages/<message id>.json
+//! ROOT/channels/<channel id>/attachments/<attachment id>
+//! ```
+//!
+//! The limits live in `guild.json` and may be edited there (to emulate a boosted guild,
+//! or tiny limits for tests).
+//!
+//! ## Concurrency and crash safety
+//!
+//! Several processes may use one store at once (the CLI beside a mount). Ids come from
+//! one counter in `ids.lock`, read and bumped under an exclusive `flock`, so they are
+//! unique and increase. A post writes and fsyncs its attachment files first, then, while
+//! holding the lock, takes the message id and renames the message file into place: a
+//! message becomes visible atomically, complete with its attachments, and messages of a
+//! channel become visible in id order, so a reader paging with `after` never misses one.
+//! A crash mid-post leaves at most unreferenced attachment files, never a message with
+//! missing parts. Deleting a message removes its message file first, then its
+//! attachments.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Attachment, Channel, HistoryCursor, Id, Limits, MAX_HISTORY_PAGE, Message, NewMessage, Store,
+    StoreError, StoreResult, snowflake_at_ms, valid_attachment_filename,
+};
+
+/// Version of the local store's own layout.
+const LAYOUT_VERSION: u32 = 1;
+/// The user id that the local store says we post as.
+pub const LOCAL_USER_ID: Id = 1_000_000_000_000_001;
+/// Longest channel name (Discord's limit).
+const MAX_CHANNEL_NAME_CHARS: usize = 100;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GuildFile {
+    format: u32,
+    user_id: Id,
+    limits: Limits,
+}
+
+/// A guild in a local directory. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    guild: GuildFile,
+}
+
+impl LocalStore {
+    /// Opens the store at `root`, creating it with `limits` if it doesn't exist yet. An
+    /// existing store keeps the limits in its `guild.json`.
+    pub fn open_or_create(root: &Path, limits: Limits) -> StoreResult<LocalStore> {
+        let guild_path = root.join("guild.json");
+        if !guild_path.exists() {
+            create_layout(root, limits)?;
+        }
+        Self::open(root)
+    }
+
+    /// Opens an existing store.
+    pub fn open(root: &Path) -> StoreResult<LocalStore> {
+        let guild_path = root.join("guild.json");
+        let text = fs::read_to_string(&guild_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::NotSetUp(format!("{} is not a dcloud-fs local store", root.display()))
+            } else {
+                StoreError::io(format!("reading {}", guild_path.display()), e)
+            }
+        })?;
+        let guild: GuildFile = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", guild_path.display())))?;
+        if guild.format != LAYOUT_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "{} has layout version {}, this dcloud-fs reads version {LAYOUT_VERSION}",
+                guild_path.display(),
+                guild.format
+            )));
+        }
+        Ok(LocalStore {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                guild,
+            }),
+        })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Posts a message as another user, as someone else in a Discord channel would. For
+    /// tests: such messages must never show up as files.
+    pub async fn post_as(
+        &self,
+        author: Id,
+        channel: Id,
+        message: NewMessage,
+    ) -> StoreResult<Message> {
+        let inner = self.inner.clone();
+        blocking(move || inner.post(author, channel, message)).await
+    }
+
+    /// Where an attachment's bytes are kept (tests use it to damage a chunk on purpose).
+    pub fn attachment_path(&self, channel: Id, attachment: Id) -> PathBuf {
+        self.inner.attachment_path(channel, attachment)
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T, F>(work: F) -> StoreResult<T>
+where
+    F: FnOnce() -> StoreResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::io("local store worker", std::io::Error::other(e)))?
+}
+
+fn create_layout(root: &Path, limits: Limits) -> StoreResult<()> {
+    let io = |what: &str, e| StoreError::io(format!("{what} {}", root.display()), e);
+    fs::create_dir_all(root.join("channels")).map_err(|e| io("creating", e))?;
+    let guild = GuildFile {
+        format: LAYOUT_VERSION,
+        user_id: LOCAL_USER_ID,
+        limits,
+    };
+    let text = serde_json::to_string_pretty(&guild).expect("guild file serializes");
+    // Another process may create the store at the same moment: first one wins.
+    let tmp = root.join(format!(".guild.json.{}", std::process::id()));
+    write_synced(&tmp, text.as_bytes())?;
+    match fs::hard_link(&tmp, root.join("guild.json")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("creating guild.json in", e)),
+    }
+    let _ = fs::remove_file(&tmp);
+    Ok(())
+}
+
+/// Writes a file and fsyncs it.
+fn write_synced(path: &Path, data: &[u8]) -> StoreResult<()> {
+    let mut file = File::create(path)
+        .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+    file.write_all(data)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
+}
+
+/// Fsyncs a directory so that renames and creations in it survive a crash.
+fn sync_dir(path: &Path) -> StoreResult<()> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| StoreError::io(format!("syncing {}", path.display()), e))
+}
+
+fn validate_channel_name(name: &str) -> StoreResult<()> {
+    let bad = |why: &str| Err(StoreError::Invalid(format!("channel name '{name}' {why}")));
+    if name.is_empty() || name == "." || name == ".." {
+        return bad("is not a usable name");
+    }
+    if name.chars().count() > MAX_CHANNEL_NAME_CHARS {
+        return bad("is longer than 100 characters");
+    }
+    if name.contains('/') || name.chars().any(char::is_control) {
+        return bad("contains '/' or a control character");
+    }
+    Ok(())
+}
+
+/// The exclusive lock on the id counter, held while it lives.
+struct IdLock {
+    file: File,
+}
+
+impl IdLock {
+    fn acquire(root: &Path) -> StoreResult<IdLock> {
+        let path = root.join("ids.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        // SAFETY: flock on a file descriptor we own; it is released when `file` closes.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(StoreError::io(
+                format!("locking {}", path.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(IdLock { file })
+    }
+
+    /// Hands out `count` new snowflakes, each larger than every earlier one.
+    fn next_ids(&mut self, count: usize) -> StoreResult<Vec<Id>> {
+        let io = |e| StoreError::io("updating ids.lock", e);
+        let mut text = String::new();
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        self.file.read_to_string(&mut text).map_err(io)?;
+        let last: Id = text.trim().parse().unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let first = (last + 1).max(snowflake_at_ms(now_ms));
+        let ids: Vec<Id> = (0..count as u64).map(|i| first + i).collect();
+        let new_last = ids.last().copied().unwrap_or(last);
+        self.file.set_len(0).map_err(io)?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        self.file
+            .write_all(new_last.to_string().as_bytes())
+            .map_err(io)?;
+        Ok(ids)
+    }
+}
+
+impl Inner {
+    fn channels_dir(&self) -> PathBuf {
+        self.root.join("channels")
+    }
+
+    fn channel_dir(&self, channel: Id) -> PathBuf {
+        self.channels_dir().join(channel.to_string())
+    }
+
+    fn messages_dir(&self, channel: Id) -> PathBuf {
+        self.channel_dir(channel).join("messages")
+    }
+
+    fn message_path(&self, channel: Id, message: Id) -> PathBuf {
+        self.messages_dir(channel).join(format!("{message}.json"))
+    }
+
+    fn attachment_path(&self, channel: Id, attachment: Id) -> PathBuf {
+        self.channel_dir(channel)
+            .join("attachments")
+            .join(attachment.to_string())
+    }
+
+    fn check_channel(&self, channel: Id) -> StoreResult<()> {
+        if self.channel_dir(channel).join("channel.json").is_file() {
+            Ok(())
+        } else {
+            Err(StoreError::NoSuchChannel(channel))
+        }
+    }
+
+    fn channels(&self) -> StoreResult<Vec<Channel>> {
+        let dir = self.channels_dir();
+        let entries = fs::read_dir(&dir)
+            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let mut channels = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+            let path = entry.path().join("channel.json");
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue; // a channel being created or deleted right now
+            };
+            let channel: Channel = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+            channels.push(channel);
+        }
+        Ok(channels)
+    }
+
+    fn create_channel(&self, name: &str) -> StoreResult<Channel> {
+        validate_channel_name(name)?;
+        let mut lock = IdLock::acquire(&self.root)?;
+        if self.channels()?.iter().any(|c| c.name == name) {
+            return Err(StoreError::ChannelExists(name.to_string()));
+        }
+        let id = lock.next_ids(1)?[0];
+        let channel = Channel {
+            id,
+            name: name.to_string(),
+        };
+        let staging = self.channels_dir().join(format!(".new-{id}"));
+        let io = |e| StoreError::io(format!("creating channel in {}", staging.display()), e);
+        fs::create_dir_all(staging.join("messages")).map_err(io)?;
+        fs::create_dir_all(staging.join("attachments")).map_err(io)?;
+        let text = serde_json::to_string(&channel).expect("channel serializes");
+        write_synced(&staging.join("channel.json"), text.as_bytes())?;
+        fs::rename(&staging, self.channel_dir(id)).map_err(io)?;
+        sync_dir(&self.channels_dir())?;
+        Ok(channel)
+    }
+
+    fn delete_channel(&self, channel: Id) -> StoreResult<()> {
+        self.check_channel(channel)?;
+        let doomed = self.channels_dir().join(format!(".deleted-{channel}"));
+        let io = |e| StoreError::io(format!("deleting channel {channel}"), e);
+        fs::rename(self.channel_dir(channel), &doomed).map_err(io)?;
+        fs::remove_dir_all(&doomed).map_err(io)
+    }
+
+    fn check_limits(&self, message: &NewMessage) -> StoreResult<()> {
+        let limits = &self.guild.limits;
+        if message.content.is_empty() && message.attachments.is_empty() {
+            return Err(StoreError::Invalid(
+                "a message needs content or attachments".into(),
+            ));
+        }
+        if message.content.chars().count() > limits.max_content_chars {
+            return Err(StoreError::Invalid(format!(
+                "message content is over {} characters",
+                limits.max_content_chars
+            )));
+        }
+        if message.attachments.len() > limits.max_attachments {
+            return Err(StoreError::TooLarge(format!(
+                "{} attachments, at most {} per message",
+                message.attachments.len(),
+                limits.max_attachments
+            )));
+        }
+        let mut names = HashSet::new();
+        for attachment in &message.attachments {
+            if !valid_attachment_filename(&attachment.filename) {
+                return Err(StoreError::Invalid(format!(
+                    "attachment name '{}' is not [A-Za-z0-9._-]",
+                    attachment.filename
+                )));
+            }
+            if !names.insert(attachment.filename.as_str()) {
+                return Err(StoreError::Invalid(format!(
+                    "two attachments are named '{}'",
+                    attachment.filename
+                )));
+            }
+            if attachment.data.len() as u64 > limits.max_file_size {
+                return Err(StoreError::TooLarge(format!(
+                    "an attachment of {} bytes, the per-file limit is {}",
+                    attachment.data.len(),
+                    limits.max_file_size
+                )));
+            }
+        }
+        if message.attachment_bytes() > limits.max_request_size {
+            return Err(StoreError::TooLarge(format!(
+                "{} bytes in one message, the per-request limit is {}",
+                message.attachment_bytes(),
+                limits.max_request_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn post(&self, author: Id, channel: Id, message: NewMessage) -> StoreResult<Message> {
+        self.check_limits(&message)?;
+        self.check_channel(channel)?;
+        let attachment_ids = IdLock::acquire(&self.root)?.next_ids(message.attachments.len())?;
+        let mut attachments = Vec::with_capacity(message.attachments.len());
+        let written = attachment_ids
+            .iter()
+            .zip(&message.attachments)
+            .try_for_each(|(&id, new)| {
+                write_synced(&self.attachment_path(channel, id), &new.data)?;
+                attachments.push(Attachment {
+                    id,
+                    filename: new.filename.clone(),
+                    size: new.data.len() as u64,
+                });
+                Ok(())
+            });
+        let published = written.and_then(|()| self.publish(author, channel, message, attachments));
+        if published.is_err() {
+            for id in attachment_ids {
+                let _ = fs::remove_file(self.attachment_path(channel, id));
+            }
+        }
+        published
+    }
+
+    /// Takes the message id and makes the message visible, under the id lock so that
+    /// messages appear in id order.
+    fn publish(
+        &self,
+        author: Id,
+        channel: Id,
+        message: NewMessage,
+        attachments: Vec<Attachment>,
+    ) -> StoreResult<Message> {
+        let mut lock = IdLock::acquire(&self.root)?;
+        let id = lock.next_ids(1)?[0];
+        let stored = Message {
+            id,
+            channel_id: channel,
+            author_id: author,
+            content: message.content,
+            attachments,
+        };
+        let messages_dir = self.messages_dir(channel);
+        let tmp = messages_dir.join(format!(".tmp-{id}"));
+        let text = serde_json::to_string(&stored).expect("message serializes");
+        write_synced(&tmp, text.as_bytes())?;
+        fs::rename(&tmp, self.message_path(channel, id))
+            .map_err(|e| StoreError::io(format!("publishing message {id}"), e))?;
+        drop(lock);
+        sync_dir(&messages_dir)?;
+        Ok(stored)
+    }
+
+    fn message_ids(&self, channel: Id) -> StoreResult<Vec<Id>> {
+        self.check_channel(channel)?;
+        let dir = self.messages_dir(channel);
+        let io = |e| StoreError::io(format!("listing {}", dir.display()), e);
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse::<Id>().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn history(
+        &self,
+        channel: Id,
+        cursor: HistoryCursor,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let limit = limit.clamp(1, MAX_HISTORY_PAGE);
+        let ids = self.message_ids(channel)?;
+        let page: Vec<Id> = match cursor {
+            HistoryCursor::Latest => ids.iter().rev().take(limit).copied().collect(),
+            HistoryCursor::Before(before) => ids
+                .iter()
+                .rev()
+                .filter(|&&id| id < before)
+                .take(limit)
+                .copied()
+                .collect(),
+            HistoryCursor::After(after) => {
+                let start = ids.partition_point(|&id| id <= after);
+                ids[start..].iter().take(limit).rev().copied().collect()
+            }
+        };
+        let mut messages = Vec::with_capacity(page.len());
+        for id in page {
+            match self.message(channel, id) {
+                Ok(message) => messages.push(message),
+                Err(StoreError::NoSuchMessage(_)) => {} // deleted while we listed
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(messages)
+    }
+
+    fn message(&self, channel: Id, message: Id) -> StoreResult<Message> {
+        let path = self.message_path(channel, message);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.check_channel(channel)?;
+                return Err(StoreError::NoSuchMessage(message));
+            }
+            Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+        };
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))
+    }
+
+    fn fetch_attachment(&self, channel: Id, message: Id, attachment: Id) -> StoreResult<Bytes> {
+        let stored = self.message(channel, message)?;
+        if !stored.attachments.iter().any(|a| a.id == attachment) {
+            return Err(StoreError::NoSuchAttachment {
+                message,
+                attachment,
+            });
+        }
+        let path = self.attachment_path(channel, attachment);
+        match fs::read(&path) {
+            Ok(data) => Ok(Bytes::from(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NoSuchAttachment {
+                    message,
+                    attachment,
+                })
+            }
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
+        let stored = self.message(channel, message)?;
+        let path = self.message_path(channel, message);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NoSuchMessage(message));
+            }
+            Err(e) => return Err(StoreError::io(format!("deleting {}", path.display()), e)),
+        }
+        for attachment in stored.attachments {
+            let _ = fs::remove_file(self.attachment_path(channel, attachment.id));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn identity(&self) -> String {
+        let root = fs::canonicalize(&self.inner.root).unwrap_or_else(|_| self.inner.root.clone());
+        let digest = Sha256::digest(root.as_os_str().as_encoded_bytes());
+        format!("local-{}", crate::crypto::encode_hex(&digest[..8]))
+    }
+
+    async fn limits(&self) -> StoreResult<Limits> {
+        Ok(self.inner.guild.limits)
+    }
+
+    async fn current_user(&self) -> StoreResult<Id> {
+        Ok(self.inner.guild.user_id)
+    }
+
+    async fn channels(&self) -> StoreResult<Vec<Channel>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.channels()).await
+    }
+
+    async fn create_channel(&self, name: &str) -> StoreResult<Channel> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        blocking(move || inner.create_channel(&name)).await
+    }
+
+    async fn delete_channel(&self, channel: Id) -> StoreResult<()> {
+        let inner = self.inner.clone();
+        blocking(move || inner.delete_channel(channel)).await
+    }
+
+    async fn post(&self, channel: Id, message: NewMessage) -> StoreResult<Message> {
+        let inner = self.inner.clone();
+        let author = inner.guild.user_id;
+        blocking(move || inner.post(author, channel, message)).await
+    }
+
+    async fn history(
+        &self,
+        channel: Id,
+        cursor: HistoryCursor,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.history(channel, cursor, limit)).await
+    }
+
+    async fn message(&self, channel: Id, message: Id) -> StoreResult<Message> {
+        let inner = self.inner.clone();
+        blocking(move || inner.message(channel, message)).await
+    }
+
+    async fn fetch_attachment(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+    ) -> StoreResult<Bytes> {
+        let inner = self.inner.clone();
+        blocking(move || inner.fetch_attachment(channel, message, attachment)).await
+    }
+
+    async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
+        let inner = self.inner.clone();
+        blocking(move || inner.delete_message(channel, message)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::NewAttachment;
+    use super::*;
+
+    fn small_limits() -> Limits {
+        Limits {
+            max_file_size: 100,
+            max_attachments: 3,
+            max_request_size: 250,
+            max_content_chars: 20,
+        }
+    }
+
+    fn attachment(name: &str, len: usize) -> NewAttachment {
+        NewAttachment {
+            filename: name.to_string(),
+            data: Bytes::from(vec![7u8; len]),
+        }
+    }
+
+    fn text(content: &str) -> NewMessage {
+        NewMessage {
+            content: content.to_string(),
+            attachments: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn enforces_discords_limits_and_stores_nothing_on_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), small_limits()).unwrap();
+        let channel = store.create_channel("c").await.unwrap();
+        let post = |attachments: Vec<NewAttachment>| {
+            let store = store.clone();
+            async move {
+                store
+                    .post(
+                        channel.id,
+                        NewMessage {
+                            content: String::new(),
+                            attachments,
+                        },
+                    )
+                    .await
+            }
+        };
+        assert!(matches!(
+            post(vec![attachment("a", 101)]).await,
+            Err(StoreError::TooLarge(_))
+        ));
+        let four = (0..4).map(|i| attachment(&format!("a{i}"), 1)).collect();
+        assert!(matches!(post(four).await, Err(StoreError::TooLarge(_))));
+        let over_request = (0..3).map(|i| attachment(&format!("a{i}"), 90)).collect();
+        assert!(matches!(
+            post(over_request).await,
+            Err(StoreError::TooLarge(_))
+        ));
+        assert!(matches!(
+            post(vec![attachment("bad name", 1)]).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.post(channel.id, text(&"x".repeat(21))).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(
+            store
+                .history(channel.id, HistoryCursor::Latest, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let attachments_dir = dir
+            .path()
+            .join(format!("channels/{}/attachments", channel.id));
+        assert_eq!(fs::read_dir(attachments_dir).unwrap().count(), 0);
+
+        let ok = post(vec![attachment("a", 100), attachment("b", 100)])
+            .await
+            .unwrap();
+        assert_eq!(ok.attachments.len(), 2);
+        let bytes = store
+            .fetch_attachment(channel.id, ok.id, ok.attachments[1].id)
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn history_pages_like_discord() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), Limits::default()).unwrap();
+        let channel = store.create_channel("c").await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            ids.push(
+                store
+                    .post(channel.id, text(&format!("m{i}")))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let history = |cursor| {
+            let store = store.clone();
+            async move {
+                store
+                    .history(channel.id, cursor, 3)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            history(HistoryCursor::Latest).await,
+            vec![ids[6], ids[5], ids[4]]
+        );
+        assert_eq!(
+            history(HistoryCursor::Before(ids[4])).await,
+            vec![ids[3], ids[2], ids[1]]
+        );
+        assert_eq!(
+            history(HistoryCursor::After(ids[1])).await,
+            vec![ids[4], ids[3], ids[2]]
+        );
+        assert_eq!(history(HistoryCursor::After(ids[5])).await, vec![ids[6]]);
+
+        store.delete_message(channel.id, ids[3]).await.unwrap();
+        assert!(matches!(
+            store.message(channel.id, ids[3]).await,
+            Err(StoreError::NoSuchMessage(_))
+        ));
+        assert!(
+            store
+                .delete_message(channel.id, ids[3])
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
+        assert_eq!(
+            history(HistoryCursor::After(ids[1])).await,
+            vec![ids[5], ids[4], ids[2]]
+        );
+    }
+
+    #[tokio::test]
+    async fn channels_are_unique_and_deletable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), Limits::default()).unwrap();
+        let a = store.create_channel("Holiday Photos").await.unwrap();
+        assert!(matches!(
+            store.create_channel("Holiday Photos").await,
+            Err(StoreError::ChannelExists(_))
+        ));
+        assert!(matches!(
+            store.create_channel("a/b").await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(store.channels().await.unwrap(), vec![a.clone()]);
+        store.delete_channel(a.id).await.unwrap();
+        assert!(store.channels().await.unwrap().is_empty());
+        assert!(matches!(
+            store.post(a.id, text("x")).await,
+            Err(StoreError::NoSuchChannel(_))
+        ));
+        // Reopening keeps the data and limits.
+        let reopened = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.limits().await.unwrap(), Limits::default());
+        assert!(LocalStore::open(&dir.path().join("missing")).is_err());
+    }
+
+    #[tokio::test]
+    async fn ids_stay_unique_across_concurrent_posters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), Limits::default()).unwrap();
+        let channel = store.create_channel("c").await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .post(channel.id, text(&format!("{i}")))
+                    .await
+                    .unwrap()
+                    .id
+            }));
+        }
+        let mut ids = HashSet::new();
+        for task in tasks {
+            assert!(ids.insert(task.await.unwrap()));
+        }
+        assert_eq!(ids.len(), 20);
+    }
+}

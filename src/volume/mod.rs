@@ -1,0 +1,850 @@
+//! One channel as a folder tree: the index replayed from its records, and the operations
+//! that change it (put, get, mkdir, rename, remove).
+//!
+//! ## Reading the channel
+//!
+//! [`Volume::open`] loads the channel's cached index from local disk (if it was made for
+//! the same channel and key) and then [`Volume::refresh`]es it: it pages through the
+//! messages newer than the last one the cache has seen, oldest first, and applies the
+//! records among them. Replay is last-writer-wins per path (see [`index`]), so the pages
+//! can overlap the cache a little — refresh re-reads a few seconds before the cache's
+//! last message, in case a message with a smaller id became visible late — at no risk.
+//! Only our own messages count; records that can't be read (another key, no key, a newer
+//! format, damaged) are skipped with one log line each and remembered, so that `get` of
+//! a missing file can say "wrong key" rather than "no such file".
+//!
+//! ## Changing it
+//!
+//! Every change is one record message, posted after everything it refers to is stored:
+//!
+//! - **put**: the chunks are uploaded first ([`transfer::Uploader`]); the record rides
+//!   on the message carrying the last chunks. Until that message exists the file doesn't;
+//!   if anything fails, the chunks already posted are deleted.
+//! - **rename**: one record `[put new-path (same chunks), del old-path]`; nothing is
+//!   uploaded again and the change is atomic.
+//! - **remove**: one record of tombstones.
+//!
+//! After a change lands, the messages it made useless (the old version's chunks and
+//! record) are deleted: [`Index::messages_in_use`] says what is still needed. The index is
+//! refreshed just before, so that a concurrent writer's record that still uses them is
+//! seen; two writers racing on the same channel can still leave unreferenced messages
+//! behind (never delete referenced ones they both know of), which only costs space.
+
+pub mod index;
+pub mod transfer;
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::io::AsyncWrite;
+
+pub use index::{DirEntry, Entry, FileEntry, Index, Listed, Node, Skip, StoredChunk};
+pub use transfer::{ChunkPlan, Progress};
+
+use crate::crypto::{CryptoError, Key, KeyId};
+use crate::format::{
+    self, ChunkLocation, ChunkRef, DirManifest, FileId, FileManifest, FormatError, MessageKind, Op,
+    Record,
+};
+use crate::store::{
+    Channel, HistoryCursor, Id, Limits, MAX_HISTORY_PAGE, Message, NewMessage, Store, StoreError,
+    snowflake_at_ms, snowflake_time_ms,
+};
+
+/// How far before the cache's last message a refresh starts reading again.
+const REPLAY_OVERLAP_MS: u64 = 5_000;
+/// Most operations in one record (keeps records of big `rm -r`s well under the limits).
+const MAX_OPS_PER_RECORD: usize = 500;
+
+/// Errors of the volume layer: what the user did or what went wrong, with the names
+/// they used.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("no channel named '{name}'{}", channel_hint(available))]
+    NoSuchChannel {
+        name: String,
+        available: Vec<String>,
+    },
+    #[error("no such file or folder: {name}")]
+    NotFound { name: String },
+    #[error("{name}: wrong key (file was written with key id {written}, you have {have})")]
+    WrongKey {
+        name: String,
+        written: KeyId,
+        have: KeyId,
+    },
+    #[error(
+        "{name}: no readable file here, and {count} record(s) in this channel are encrypted \
+         while no key is loaded; point --key-file or DCLOUD_KEY at your key"
+    )]
+    KeyNeeded { name: String, count: usize },
+    #[error("{name} is not a folder")]
+    NotADirectory { name: String },
+    #[error("{name} is a folder{hint}")]
+    IsADirectory { name: String, hint: &'static str },
+    #[error("{name} already exists")]
+    AlreadyExists { name: String },
+    #[error(
+        "no key is loaded, and files are encrypted by default; create one with \
+         `dcloud-fs keygen` (or set DCLOUD_KEY), or store the file unencrypted with --plain"
+    )]
+    NoKey,
+    #[error("{name}: {source}")]
+    Chunk {
+        name: String,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{name}: chunk {index} is missing from the store (its message was deleted)")]
+    ChunkMissing { name: String, index: u64 },
+    #[error(
+        "{name}: its manifest ({bytes} bytes) is over the store's per-file limit; the file has too many chunks"
+    )]
+    ManifestTooLarge { name: String, bytes: usize },
+    #[error("the store's limits leave no room for a chunk: {limits}")]
+    LimitsTooSmall { limits: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn channel_hint(available: &[String]) -> String {
+    if available.is_empty() {
+        " (there are no channels yet; create one with `dcloud-fs mkdir NAME`)".to_string()
+    } else {
+        format!(
+            " (channels: {}; create a new one with `dcloud-fs mkdir NAME`)",
+            available.join(", ")
+        )
+    }
+}
+
+/// Settings of a volume.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// Data messages an upload posts at once. Each holds up to `k` chunks in memory
+    /// (`k` = chunks per message, 3 on Discord's default limits), and one more group is
+    /// read while they post, so an upload holds at most `(this + 1) · k` chunks: 72 MiB
+    /// at the default of 2. Two keep a channel busy while a message is in flight.
+    pub upload_parallel_messages: usize,
+    /// Chunks a download fetches at once (each up to 8 MiB in memory). Default 4.
+    pub download_parallel_chunks: usize,
+    /// Where index caches are kept; `None` keeps none (every open replays the whole
+    /// channel). Default: `$XDG_CACHE_HOME/dcloud-fs/index`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        VolumeConfig {
+            upload_parallel_messages: 2,
+            download_parallel_chunks: 4,
+            cache_dir: Some(crate::dirs::cache_dir().join("index")),
+        }
+    }
+}
+
+/// Metadata for a new file version.
+#[derive(Debug, Clone, Copy)]
+pub struct PutOptions {
+    pub mtime_ns: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Encrypt (the default) or store in plaintext mode.
+    pub encrypted: bool,
+}
+
+/// Looks a channel up by its folder name.
+pub async fn find_channel(store: &dyn Store, name: &str) -> Result<Channel, VolumeError> {
+    let channels = store.channels().await?;
+    if let Some(channel) = channels.iter().find(|c| c.name == name) {
+        return Ok(channel.clone());
+    }
+    let mut available: Vec<String> = channels.into_iter().map(|c| c.name).collect();
+    available.sort();
+    Err(VolumeError::NoSuchChannel {
+        name: name.to_string(),
+        available,
+    })
+}
+
+/// One channel, opened. Methods take `&self`; the index sits behind a mutex that is
+/// never held across a store call.
+pub struct Volume {
+    store: Arc<dyn Store>,
+    channel: Channel,
+    key: Option<Key>,
+    user: Id,
+    limits: Limits,
+    config: VolumeConfig,
+    index: Mutex<Index>,
+}
+
+impl Volume {
+    /// Opens a channel: loads its cached index and reads what is new.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        channel: Channel,
+        key: Option<Key>,
+        config: VolumeConfig,
+    ) -> Result<Volume, VolumeError> {
+        let key_id = key.as_ref().map(Key::id);
+        let index = load_cache(&config, store.as_ref(), channel.id, key_id)
+            .unwrap_or_else(|| Index::new(channel.id, key_id));
+        let volume = Volume {
+            user: store.current_user().await?,
+            limits: store.limits().await?,
+            store,
+            channel,
+            key,
+            config,
+            index: Mutex::new(index),
+        };
+        volume.refresh().await?;
+        Ok(volume)
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The index, locked. Don't hold it across an await.
+    pub fn index(&self) -> MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `channel/path`, for messages.
+    pub fn display(&self, path: &str) -> String {
+        if path.is_empty() {
+            self.channel.name.clone()
+        } else {
+            format!("{}/{path}", self.channel.name)
+        }
+    }
+
+    /// Reads the messages posted since the index last looked, and saves the index.
+    pub async fn refresh(&self) -> Result<(), VolumeError> {
+        let last_seen = self.index().last_seen;
+        let mut cursor = if last_seen == 0 {
+            0
+        } else {
+            snowflake_at_ms(snowflake_time_ms(last_seen).saturating_sub(REPLAY_OVERLAP_MS))
+        };
+        loop {
+            let mut page = self
+                .store
+                .history(
+                    self.channel.id,
+                    HistoryCursor::After(cursor),
+                    MAX_HISTORY_PAGE,
+                )
+                .await?;
+            page.sort_by_key(|m| m.id);
+            for message in &page {
+                self.ingest(message).await?;
+            }
+            let Some(newest) = page.last() else { break };
+            cursor = newest.id;
+            self.index().advance(cursor);
+            if page.len() < MAX_HISTORY_PAGE {
+                break;
+            }
+        }
+        self.save_cache();
+        Ok(())
+    }
+
+    /// Applies one message from history (ours and a record), or notes why not.
+    async fn ingest(&self, message: &Message) -> Result<(), VolumeError> {
+        if message.author_id != self.user {
+            log::debug!(
+                "#{}: message {} is someone else's; ignored",
+                self.channel.name,
+                message.id
+            );
+            return Ok(());
+        }
+        let envelope = match format::classify(&message.content) {
+            MessageKind::InlineRecord(envelope) => envelope,
+            MessageKind::AttachedRecord => {
+                let Some(attachment) = message.attachment_named(format::RECORD_ATTACHMENT) else {
+                    self.note_skip(
+                        message.id,
+                        Skip::Damaged("record attachment missing".into()),
+                    );
+                    return Ok(());
+                };
+                let fetched = self
+                    .store
+                    .fetch_attachment(self.channel.id, message.id, attachment.id)
+                    .await;
+                match fetched {
+                    Ok(bytes) => bytes.to_vec(),
+                    Err(e) if e.is_not_found() => return Ok(()), // deleted meanwhile
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            MessageKind::Data | MessageKind::Other => return Ok(()),
+        };
+        match format::open_record(&envelope, self.key.as_ref()) {
+            Ok(record) => {
+                let applied = self.index().apply(message, &record);
+                if let Err(why) = applied {
+                    self.note_skip(message.id, Skip::Damaged(why));
+                }
+            }
+            Err(FormatError::Crypto(CryptoError::WrongKey { written, .. })) => {
+                self.note_skip(message.id, Skip::WrongKey(written))
+            }
+            Err(FormatError::Crypto(CryptoError::NoKey { written })) => {
+                self.note_skip(message.id, Skip::NoKey(written))
+            }
+            Err(FormatError::NewerVersion(version)) => {
+                self.note_skip(message.id, Skip::NewerVersion(version))
+            }
+            Err(e) => self.note_skip(message.id, Skip::Damaged(e.to_string())),
+        }
+        Ok(())
+    }
+
+    fn note_skip(&self, message: Id, why: Skip) {
+        let news = self.index().skip(message, why.clone());
+        if news {
+            let what = match why {
+                Skip::WrongKey(written) => format!("sealed with another key (key id {written})"),
+                Skip::NoKey(written) => {
+                    format!("encrypted (key id {written}) and no key is loaded")
+                }
+                Skip::NewerVersion(v) => format!("written by a newer dcloud-fs (format {v})"),
+                Skip::Damaged(why) => format!("damaged: {why}"),
+            };
+            log::warn!(
+                "#{}: record in message {message} skipped: {what}",
+                self.channel.name
+            );
+        }
+    }
+
+    fn save_cache(&self) {
+        let Some(path) = cache_path(
+            &self.config,
+            self.store.as_ref(),
+            self.channel.id,
+            self.key.as_ref().map(Key::id),
+        ) else {
+            return;
+        };
+        let json = serde_json::to_vec(&*self.index()).expect("index serializes");
+        if let Err(e) = write_private_atomically(&path, &json) {
+            log::warn!("could not save the index cache {}: {e}", path.display());
+        }
+    }
+
+    /// The error for a path that isn't in the index: "wrong key" or "no key" when the
+    /// channel has records this key can't read, else "not found".
+    pub fn not_found(&self, path: &str) -> VolumeError {
+        let name = self.display(path);
+        let index = self.index();
+        let mut no_key = 0;
+        for skip in index.skipped().values() {
+            match (skip, &self.key) {
+                (Skip::WrongKey(written), Some(key)) => {
+                    return VolumeError::WrongKey {
+                        name,
+                        written: *written,
+                        have: key.id(),
+                    };
+                }
+                (Skip::NoKey(_), _) => no_key += 1,
+                _ => {}
+            }
+        }
+        if no_key > 0 {
+            VolumeError::KeyNeeded {
+                name,
+                count: no_key,
+            }
+        } else {
+            VolumeError::NotFound { name }
+        }
+    }
+
+    /// The file at `path`.
+    pub fn file(&self, path: &str) -> Result<FileEntry, VolumeError> {
+        match self.index().node(path) {
+            Some(Node::File(file)) => return Ok(file.clone()),
+            Some(Node::Dir(_)) => {
+                return Err(VolumeError::IsADirectory {
+                    name: self.display(path),
+                    hint: "",
+                });
+            }
+            None => {}
+        }
+        Err(self.not_found(path))
+    }
+
+    /// Checks that a file or folder can be created at `path`: its parents are folders
+    /// (or nothing yet) and nothing but possibly a file (`replace_file`) is there.
+    fn check_creatable(&self, path: &str, replace_file: bool) -> Result<(), VolumeError> {
+        format::validate_path(path)?;
+        let index = self.index();
+        let mut parent = path;
+        while let Some((up, _)) = parent.rsplit_once('/') {
+            if let Some(Node::File(_)) = index.node(up) {
+                return Err(VolumeError::NotADirectory {
+                    name: self.display(up),
+                });
+            }
+            parent = up;
+        }
+        match index.node(path) {
+            None => Ok(()),
+            Some(Node::File(_)) if replace_file => Ok(()),
+            Some(Node::File(_)) => Err(VolumeError::AlreadyExists {
+                name: self.display(path),
+            }),
+            Some(Node::Dir(_)) => Err(VolumeError::IsADirectory {
+                name: self.display(path),
+                hint: "",
+            }),
+        }
+    }
+
+    /// Uploads a new version of the file at `path` from `source`, replacing any file
+    /// there. The file appears only once all of it is stored.
+    pub async fn put(
+        &self,
+        path: &str,
+        source: Box<dyn std::io::Read + Send>,
+        source_name: &str,
+        options: PutOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<FileEntry, VolumeError> {
+        self.check_creatable(path, true)?;
+        let key = match (options.encrypted, &self.key) {
+            (true, Some(key)) => Some(key.clone()),
+            (true, None) => return Err(VolumeError::NoKey),
+            (false, _) => None,
+        };
+        let overhead = if key.is_some() {
+            format::CHUNK_OVERHEAD
+        } else {
+            0
+        };
+        let uploader = transfer::Uploader {
+            store: self.store.clone(),
+            channel: self.channel.id,
+            key,
+            file: FileId::random()?,
+            plan: ChunkPlan::new(&self.limits, overhead)?,
+            parallel_messages: self.config.upload_parallel_messages,
+            progress: progress.clone(),
+            source_name: source_name.to_string(),
+        };
+        let uploaded = uploader.run(source).await?;
+        let posted = uploaded.posted.clone();
+        let committed = self
+            .commit_file(path, &uploader, uploaded, options, progress)
+            .await;
+        match committed {
+            Ok(file) => Ok(file),
+            Err(e) => {
+                transfer::delete_quietly(self.store.as_ref(), self.channel.id, &posted).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Posts the record of an uploaded file (with its last chunks when they fit in the
+    /// same message), then frees the version it replaced.
+    async fn commit_file(
+        &self,
+        path: &str,
+        uploader: &transfer::Uploader,
+        uploaded: transfer::Uploaded,
+        options: PutOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<FileEntry, VolumeError> {
+        let tail_bytes: u64 = uploaded.tail.iter().map(|(_, c)| c.plain_len).sum();
+        let (tail_attachments, tail_chunks) = transfer::attach(uploaded.tail);
+        let mut manifest = FileManifest {
+            path: path.to_string(),
+            id: uploader.file,
+            size: uploaded.size,
+            mtime_ns: options.mtime_ns,
+            mode: options.mode & 0o7777,
+            encrypted: uploader.key.is_some(),
+            chunks: uploaded.stored.into_iter().chain(tail_chunks).collect(),
+        };
+        let sealing_key = if manifest.encrypted {
+            self.key.as_ref()
+        } else {
+            None
+        };
+        let envelope = format::seal_record(
+            &Record {
+                ops: vec![Op::Put(manifest.clone())],
+            },
+            sealing_key,
+        )?;
+        let (content, record_attachment) = format::record_message_parts(envelope, &self.limits);
+        let mut attachments = tail_attachments;
+        attachments.extend(record_attachment);
+        let message = NewMessage {
+            content,
+            attachments,
+        };
+        let posted = if self.fits(&message) {
+            self.store.post(self.channel.id, message).await?
+        } else {
+            // The record doesn't fit beside the last chunks: store those on their own
+            // first, then post the record alone, naming them by id.
+            let chunk_count = message.attachments.len()
+                - usize::from(
+                    message
+                        .attachments
+                        .last()
+                        .is_some_and(|a| a.filename == format::RECORD_ATTACHMENT),
+                );
+            let data = NewMessage {
+                content: format::DATA_CONTENT.to_string(),
+                attachments: message.attachments.into_iter().take(chunk_count).collect(),
+            };
+            let data_message = self.store.post(self.channel.id, data).await?;
+            let first_tail = manifest.chunks.len() - chunk_count;
+            let record_posted: Result<Message, VolumeError> = async {
+                transfer::resolve_attached(&data_message, &mut manifest.chunks[first_tail..])?;
+                let record = Record {
+                    ops: vec![Op::Put(manifest.clone())],
+                };
+                let envelope = format::seal_record(&record, sealing_key)?;
+                let message = self.record_message(envelope, path)?;
+                Ok(self.store.post(self.channel.id, message).await?)
+            }
+            .await;
+            match record_posted {
+                Ok(message) => message,
+                Err(e) => {
+                    let orphan = [data_message.id];
+                    transfer::delete_quietly(self.store.as_ref(), self.channel.id, &orphan).await;
+                    return Err(e);
+                }
+            }
+        };
+        if let Some(progress) = &progress {
+            progress.advance(tail_bytes);
+        }
+        self.landed(
+            &posted,
+            &Record {
+                ops: vec![Op::Put(manifest)],
+            },
+        )
+        .await?;
+        self.file(path)
+    }
+
+    /// Whether a message is within the store's limits.
+    fn fits(&self, message: &NewMessage) -> bool {
+        message.attachments.len() <= self.limits.max_attachments
+            && message.attachment_bytes() <= self.limits.max_request_size
+            && message
+                .attachments
+                .iter()
+                .all(|a| a.data.len() as u64 <= self.limits.max_file_size)
+    }
+
+    /// A message carrying only a record.
+    fn record_message(&self, envelope: Vec<u8>, path: &str) -> Result<NewMessage, VolumeError> {
+        let bytes = envelope.len();
+        let (content, attachment) = format::record_message_parts(envelope, &self.limits);
+        let message = NewMessage {
+            content,
+            attachments: attachment.into_iter().collect(),
+        };
+        if !self.fits(&message) {
+            return Err(VolumeError::ManifestTooLarge {
+                name: self.display(path),
+                bytes,
+            });
+        }
+        Ok(message)
+    }
+
+    /// Seals and posts records of `ops`, in batches, and lets each land.
+    async fn post_ops(&self, ops: Vec<Op>) -> Result<(), VolumeError> {
+        // Records carrying encrypted files, or written while a key is loaded, are sealed;
+        // a record that only puts plain files stays readable to everyone.
+        let only_plain_puts = ops
+            .iter()
+            .all(|op| matches!(op, Op::Put(f) if !f.encrypted));
+        let sealing_key = if only_plain_puts {
+            None
+        } else {
+            self.key.as_ref()
+        };
+        for batch in ops.chunks(MAX_OPS_PER_RECORD) {
+            let record = Record {
+                ops: batch.to_vec(),
+            };
+            let envelope = format::seal_record(&record, sealing_key)?;
+            let message = self.record_message(envelope, batch[0].path())?;
+            let posted = self.store.post(self.channel.id, message).await?;
+            self.landed(&posted, &record).await?;
+        }
+        Ok(())
+    }
+
+    /// After a record of ours is stored: apply it, then delete the messages that the
+    /// entries it replaced held and nothing needs any more.
+    async fn landed(&self, message: &Message, record: &Record) -> Result<(), VolumeError> {
+        let mut freed: Vec<Id> = Vec::new();
+        {
+            let mut index = self.index();
+            for op in &record.ops {
+                if let Some(old) = index.entry(op.path()) {
+                    freed.extend(old.messages());
+                }
+            }
+            index.apply(message, record).map_err(|why| {
+                VolumeError::Internal(format!("our own record failed to apply: {why}"))
+            })?;
+        }
+        if !freed.is_empty() {
+            // See what others did meanwhile before deleting anything.
+            self.refresh().await?;
+            let in_use = self.index().messages_in_use();
+            freed.sort_unstable();
+            freed.dedup();
+            freed.retain(|id| !in_use.contains(id));
+            transfer::delete_quietly(self.store.as_ref(), self.channel.id, &freed).await;
+        }
+        self.save_cache();
+        Ok(())
+    }
+
+    /// Writes the file at `path` to `sink`.
+    pub async fn get(
+        &self,
+        path: &str,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<FileEntry, VolumeError> {
+        let file = self.file(path)?;
+        let name = self.display(path);
+        let downloader = transfer::Downloader {
+            store: &self.store,
+            channel: self.channel.id,
+            key: self.key.as_ref(),
+            name: &name,
+            parallel_chunks: self.config.download_parallel_chunks,
+            progress,
+        };
+        downloader.run(&file, sink).await?;
+        Ok(file)
+    }
+
+    /// Records a folder at `path` (its parents are implied).
+    pub async fn mkdir(&self, path: &str, mtime_ns: i64, mode: u32) -> Result<(), VolumeError> {
+        self.check_creatable(path, false)?;
+        self.post_ops(vec![Op::Mkdir(DirManifest {
+            path: path.to_string(),
+            mtime_ns,
+            mode: mode & 0o7777,
+        })])
+        .await
+    }
+
+    /// Removes the file or folder at `path` (a folder with contents only if
+    /// `recursive`), freeing its messages.
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), VolumeError> {
+        let ops = {
+            let index = self.index();
+            match index.node(path) {
+                None => {
+                    drop(index);
+                    return Err(self.not_found(path));
+                }
+                Some(Node::File(_)) => vec![Op::Del {
+                    path: path.to_string(),
+                }],
+                Some(Node::Dir(explicit)) => {
+                    let mut paths: Vec<String> =
+                        index.live_under(path).map(|(p, _)| p.to_string()).collect();
+                    if !paths.is_empty() && !recursive {
+                        return Err(VolumeError::IsADirectory {
+                            name: self.display(path),
+                            hint: " (use -r to remove it with everything in it)",
+                        });
+                    }
+                    if explicit.is_some() {
+                        paths.push(path.to_string());
+                    }
+                    paths.into_iter().map(|path| Op::Del { path }).collect()
+                }
+            }
+        };
+        if ops.is_empty() {
+            return Ok(()); // the channel itself, already empty
+        }
+        self.post_ops(ops).await
+    }
+
+    /// Moves the file or folder at `from` to `to` within this channel, without
+    /// uploading anything again. A file at `to` is replaced.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), VolumeError> {
+        if from == to {
+            return Ok(());
+        }
+        let ops = {
+            let index = self.index();
+            let node = index.node(from).map(|node| matches!(node, Node::File(_)));
+            match node {
+                None => {
+                    drop(index);
+                    return Err(self.not_found(from));
+                }
+                Some(true) => {
+                    drop(index);
+                    self.check_creatable(to, true)?;
+                    let file = self.file(from)?;
+                    vec![
+                        Op::Put(manifest_for(to, &file)),
+                        Op::Del {
+                            path: from.to_string(),
+                        },
+                    ]
+                }
+                Some(false) => {
+                    if to.starts_with(&format!("{from}/")) {
+                        return Err(VolumeError::Internal(format!(
+                            "can't move {} into itself",
+                            self.display(from)
+                        )));
+                    }
+                    let moved: Vec<(String, Entry)> = index
+                        .live_under(from)
+                        .map(|(p, e)| (p.to_string(), e.clone()))
+                        .chain(index.entry(from).cloned().map(|e| (from.to_string(), e)))
+                        .collect();
+                    drop(index);
+                    self.check_creatable(to, false)?;
+                    let mut ops = Vec::with_capacity(moved.len() * 2);
+                    for (path, entry) in moved {
+                        let target = format!("{to}{}", &path[from.len()..]);
+                        ops.push(match entry {
+                            Entry::File(file) => Op::Put(manifest_for(&target, &file)),
+                            Entry::Dir(dir) => Op::Mkdir(DirManifest {
+                                path: target,
+                                mtime_ns: dir.mtime_ns,
+                                mode: dir.mode,
+                            }),
+                        });
+                        ops.push(Op::Del { path });
+                    }
+                    if ops.is_empty() {
+                        return Ok(());
+                    }
+                    ops
+                }
+            }
+        };
+        self.post_ops(ops).await
+    }
+}
+
+/// The manifest that puts an indexed file (its same chunks) at `path`.
+fn manifest_for(path: &str, file: &FileEntry) -> FileManifest {
+    FileManifest {
+        path: path.to_string(),
+        id: file.id,
+        size: file.size,
+        mtime_ns: file.mtime_ns,
+        mode: file.mode,
+        encrypted: file.encrypted,
+        chunks: file
+            .chunks
+            .iter()
+            .map(|c| ChunkRef {
+                location: ChunkLocation::Stored {
+                    message: c.message,
+                    attachment: c.attachment,
+                },
+                len: c.len,
+                sha256: c.sha256,
+            })
+            .collect(),
+    }
+}
+
+fn cache_path(
+    config: &VolumeConfig,
+    store: &dyn Store,
+    channel: Id,
+    key: Option<KeyId>,
+) -> Option<PathBuf> {
+    let key = key.map_or_else(|| "nokey".to_string(), |k| k.to_string());
+    Some(
+        config
+            .cache_dir
+            .as_ref()?
+            .join(store.identity())
+            .join(format!("{channel}-{key}.json")),
+    )
+}
+
+fn load_cache(
+    config: &VolumeConfig,
+    store: &dyn Store,
+    channel: Id,
+    key: Option<KeyId>,
+) -> Option<Index> {
+    let path = cache_path(config, store, channel, key)?;
+    let bytes = fs::read(&path).ok()?;
+    match serde_json::from_slice::<Index>(&bytes) {
+        Ok(index) if index.usable_for(channel, key) => Some(index),
+        Ok(_) => None,
+        Err(e) => {
+            log::info!("ignoring unreadable index cache {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Writes a file only its owner can read (the index holds file names), atomically.
+fn write_private_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(data)?;
+    drop(file);
+    fs::rename(&tmp, path)
+}

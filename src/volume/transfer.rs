@@ -1,0 +1,530 @@
+//! Moving a file's bytes to and from the store, streaming, with several chunks in flight.
+//!
+//! ## Chunk size
+//!
+//! Messages are what Discord rate-limits (about five per channel every five seconds), so
+//! a chunk plan packs as many bytes into a message as the limits allow: `k` chunks per
+//! message, each at most the per-file limit, all together within the per-request limit
+//! less a small margin. For Discord's defaults (10 MiB per file, 25 MiB per request)
+//! that is three chunks of 8 MiB (24 MiB a message), not two of 10 MiB. Chunk lengths are
+//! rounded down to whole MiB so that 1 MiB reads never straddle two chunks.
+//!
+//! ## Upload
+//!
+//! ```text
+//!  source ──read──▶ chunk buffer ──seal (blocking pool, in parallel)──▶ group of k
+//!                                         group ──post (≤ P in flight)──▶ data message
+//! ```
+//!
+//! The source is read sequentially, one chunk at a time, on the blocking pool. Each chunk
+//! is sealed in place on the blocking pool as soon as it is read, so sealing runs in
+//! parallel with reading and with other chunks. Every full group of `k` chunks is posted
+//! as a data message by its own task, at most `P` at once. A semaphore of `(P + 1) · k`
+//! chunk buffers bounds memory: reading waits while that many chunks are being sealed or
+//! posted, whatever the file's size.
+//!
+//! The last, partial group is not posted here: it goes back to the caller, which posts it
+//! together with the file's record, so a small file is one message. If anything fails,
+//! every data message already posted is deleted before the error is returned, so a failed
+//! upload leaves nothing behind and, having no record, never shows up as a file.
+//!
+//! ## Download
+//!
+//! Chunks are fetched `n` at a time (ordered), each opened on the blocking pool, and
+//! written to the sink in order: memory holds at most `n` chunks.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::VolumeError;
+use super::index::{FileEntry, StoredChunk};
+use crate::crypto::Key;
+use crate::format::{
+    self, ChunkBuffer, ChunkLocation, ChunkRef, DATA_CONTENT, FileId, SealedChunk, Sealing,
+};
+use crate::store::{Id, Limits, NewAttachment, NewMessage, Store, StoreError};
+
+/// Something that wants to hear how many bytes have moved (a progress bar).
+pub trait Progress: Send + Sync {
+    /// `bytes` more bytes are done.
+    fn advance(&self, bytes: u64);
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// How a file is cut into chunks and chunks into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPlan {
+    /// Plaintext bytes per chunk (the last chunk may be shorter).
+    pub chunk_len: usize,
+    /// Chunks per data message.
+    pub chunks_per_message: usize,
+}
+
+impl ChunkPlan {
+    /// The plan that puts the most bytes in a message within `limits`, for chunks that
+    /// grow by `overhead` bytes when sealed.
+    pub fn new(limits: &Limits, overhead: usize) -> Result<ChunkPlan, VolumeError> {
+        let margin = limits.max_request_size / 64;
+        let budget = limits.max_request_size.saturating_sub(margin);
+        let per_file = limits.max_file_size.min(budget);
+        let too_small = || VolumeError::LimitsTooSmall {
+            limits: format!("{limits:?}"),
+        };
+        if per_file <= overhead as u64 || limits.max_attachments == 0 {
+            return Err(too_small());
+        }
+        // Keep one attachment free for a record that rides with the last chunks.
+        let max_per_message = (limits.max_attachments.saturating_sub(1)).max(1) as u64;
+        let per_message = budget.div_ceil(per_file).clamp(1, max_per_message);
+        let sealed = (budget / per_message).min(per_file);
+        let plain = sealed - overhead as u64;
+        let rounded = if plain >= 2 * MIB {
+            plain / MIB * MIB
+        } else if plain >= 8 * 1024 {
+            plain / 4096 * 4096
+        } else {
+            plain
+        };
+        if rounded == 0 {
+            return Err(too_small());
+        }
+        Ok(ChunkPlan {
+            chunk_len: rounded as usize,
+            chunks_per_message: per_message as usize,
+        })
+    }
+}
+
+/// A chunk read and being sealed, with the memory permit it holds.
+struct PendingChunk {
+    index: u64,
+    seal: JoinHandle<Result<SealedChunk, format::FormatError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A data message posted by the upload.
+struct PostedGroup {
+    message: Id,
+    chunks: Vec<ChunkRef>,
+}
+
+/// What an upload leaves for the caller to commit.
+#[derive(Debug)]
+pub struct Uploaded {
+    /// Chunks already stored in data messages, in file order.
+    pub stored: Vec<ChunkRef>,
+    /// The data messages posted, to delete if the commit fails.
+    pub posted: Vec<Id>,
+    /// The last chunks (index, sealed bytes), to attach to the record's message.
+    pub tail: Vec<(u64, SealedChunk)>,
+    /// Plaintext bytes read from the source.
+    pub size: u64,
+}
+
+/// One upload of one file version.
+pub struct Uploader {
+    pub store: Arc<dyn Store>,
+    pub channel: Id,
+    /// `Some` to encrypt under this key, `None` for plaintext mode.
+    pub key: Option<Key>,
+    pub file: FileId,
+    pub plan: ChunkPlan,
+    /// Data messages being posted at once.
+    pub parallel_messages: usize,
+    pub progress: Option<Arc<dyn Progress>>,
+    /// Names the source in error messages.
+    pub source_name: String,
+}
+
+type Source = Box<dyn Read + Send>;
+
+impl Uploader {
+    /// Reads `source` to its end, storing all but the last chunks. On failure, deletes
+    /// what it posted.
+    pub async fn run(&self, source: Source) -> Result<Uploaded, VolumeError> {
+        let mut posted = Vec::new();
+        let mut stored = Vec::new();
+        let result = self.pipeline(source, &mut posted, &mut stored).await;
+        match result {
+            Ok((tail, size)) => Ok(Uploaded {
+                stored,
+                posted,
+                tail,
+                size,
+            }),
+            Err(e) => {
+                delete_quietly(self.store.as_ref(), self.channel, &posted).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn pipeline(
+        &self,
+        source: Source,
+        posted: &mut Vec<Id>,
+        stored: &mut Vec<ChunkRef>,
+    ) -> Result<(Vec<(u64, SealedChunk)>, u64), VolumeError> {
+        let per_message = self.plan.chunks_per_message;
+        let parallel = self.parallel_messages.max(1);
+        let permits = Arc::new(Semaphore::new((parallel + 1) * per_message));
+        let mut posts: FuturesOrdered<JoinHandle<Result<PostedGroup, VolumeError>>> =
+            FuturesOrdered::new();
+        let mut group: Vec<PendingChunk> = Vec::with_capacity(per_message);
+        let mut source = Some(source);
+        let mut size = 0u64;
+        let mut index = 0u64;
+        let mut failure = None;
+
+        loop {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
+            let (buffer, rest) = match self.read_chunk(source.take().expect("source kept")).await {
+                Ok(read) => read,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            source = Some(rest);
+            if buffer.is_empty() {
+                break;
+            }
+            let full = buffer.len() == self.plan.chunk_len;
+            size += buffer.len() as u64;
+            group.push(PendingChunk {
+                index,
+                seal: self.spawn_seal(buffer, index),
+                _permit: permit,
+            });
+            index += 1;
+            if !full {
+                break; // a short read is the end of the source
+            }
+            if group.len() == per_message {
+                if posts.len() >= parallel {
+                    if let Err(e) = collect(posts.next().await, posted, stored) {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                let chunks = std::mem::replace(&mut group, Vec::with_capacity(per_message));
+                posts.push_back(tokio::spawn(post_group(
+                    self.store.clone(),
+                    self.channel,
+                    chunks,
+                    self.progress.clone(),
+                )));
+            }
+        }
+        // Wait for every post, even after a failure: a post still in flight could land
+        // later and leave an orphan behind.
+        while let Some(done) = posts.next().await {
+            if let Err(e) = collect(Some(done), posted, stored) {
+                failure.get_or_insert(e);
+            }
+        }
+        let mut tail = Vec::with_capacity(group.len());
+        for pending in group {
+            match joined(pending.seal.await).and_then(|r| r.map_err(VolumeError::from)) {
+                Ok(sealed) => tail.push((pending.index, sealed)),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((tail, size)),
+        }
+    }
+
+    async fn read_chunk(&self, mut source: Source) -> Result<(ChunkBuffer, Source), VolumeError> {
+        let capacity = self.plan.chunk_len;
+        let encrypted = self.key.is_some();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buffer = ChunkBuffer::new(capacity, encrypted);
+            buffer
+                .fill_from(&mut source, capacity)
+                .map(|_| (buffer, source))
+        })
+        .await;
+        joined(read)?.map_err(|source| VolumeError::Io {
+            context: format!("reading {}", self.source_name),
+            source,
+        })
+    }
+
+    fn spawn_seal(
+        &self,
+        buffer: ChunkBuffer,
+        index: u64,
+    ) -> JoinHandle<Result<SealedChunk, format::FormatError>> {
+        let key = self.key.clone();
+        let file = self.file;
+        tokio::task::spawn_blocking(move || {
+            let sealing = key.as_ref().map_or(Sealing::Plain, Sealing::Encrypted);
+            buffer.seal(sealing, file, index)
+        })
+    }
+}
+
+fn collect(
+    done: Option<Result<Result<PostedGroup, VolumeError>, tokio::task::JoinError>>,
+    posted: &mut Vec<Id>,
+    stored: &mut Vec<ChunkRef>,
+) -> Result<(), VolumeError> {
+    let Some(done) = done else { return Ok(()) };
+    let group = joined(done)??;
+    posted.push(group.message);
+    stored.extend(group.chunks);
+    Ok(())
+}
+
+/// Turns a task that panicked or was cancelled into an error instead of a crash.
+fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, VolumeError> {
+    result.map_err(|e| VolumeError::Internal(format!("a transfer task failed: {e}")))
+}
+
+/// Seals the group's chunks (waiting for their seal tasks) and posts them as one data
+/// message.
+async fn post_group(
+    store: Arc<dyn Store>,
+    channel: Id,
+    group: Vec<PendingChunk>,
+    progress: Option<Arc<dyn Progress>>,
+) -> Result<PostedGroup, VolumeError> {
+    let mut sealed = Vec::with_capacity(group.len());
+    let mut permits = Vec::with_capacity(group.len());
+    for pending in group {
+        sealed.push((pending.index, joined(pending.seal.await)??));
+        permits.push(pending._permit);
+    }
+    let (attachments, mut chunks) = attach(sealed);
+    let bytes: u64 = chunks.iter().map(|c| c.len).sum();
+    let message = store
+        .post(
+            channel,
+            NewMessage {
+                content: DATA_CONTENT.to_string(),
+                attachments,
+            },
+        )
+        .await?;
+    drop(permits);
+    resolve_attached(&message, &mut chunks)?;
+    if let Some(progress) = &progress {
+        progress.advance(bytes);
+    }
+    Ok(PostedGroup {
+        message: message.id,
+        chunks,
+    })
+}
+
+/// Turns sealed chunks into attachments, and the chunk references that name them by
+/// file name.
+pub fn attach(sealed: Vec<(u64, SealedChunk)>) -> (Vec<NewAttachment>, Vec<ChunkRef>) {
+    sealed
+        .into_iter()
+        .map(|(index, chunk)| {
+            let filename = format::chunk_filename(index);
+            let reference = ChunkRef {
+                location: ChunkLocation::Attached {
+                    filename: filename.clone(),
+                },
+                len: chunk.plain_len,
+                sha256: chunk.sha256,
+            };
+            let attachment = NewAttachment {
+                filename,
+                data: Bytes::from(chunk.bytes),
+            };
+            (attachment, reference)
+        })
+        .unzip()
+}
+
+/// Rewrites references by file name into ids of the posted message's attachments.
+pub fn resolve_attached(
+    message: &crate::store::Message,
+    chunks: &mut [ChunkRef],
+) -> Result<(), VolumeError> {
+    for chunk in chunks {
+        if let ChunkLocation::Attached { filename } = &chunk.location {
+            let attachment = message.attachment_named(filename).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "message {} came back without attachment {filename}",
+                    message.id
+                ))
+            })?;
+            chunk.location = ChunkLocation::Stored {
+                message: message.id,
+                attachment: attachment.id,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Deletes messages, ignoring those already gone and logging other failures (used to
+/// clean up after a failed upload, where the first error is the one to report).
+pub async fn delete_quietly(store: &dyn Store, channel: Id, messages: &[Id]) {
+    for &message in messages {
+        match store.delete_message(channel, message).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => log::warn!("could not delete message {message} in channel {channel}: {e}"),
+        }
+    }
+}
+
+/// One download of one file version.
+pub struct Downloader<'a> {
+    pub store: &'a Arc<dyn Store>,
+    pub channel: Id,
+    pub key: Option<&'a Key>,
+    /// Names the file in error messages (`channel/path`).
+    pub name: &'a str,
+    pub parallel_chunks: usize,
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Downloader<'_> {
+    /// Writes the file's bytes to `sink`, in order. Never writes a byte that didn't
+    /// authenticate (or match its checksum).
+    pub async fn run(
+        &self,
+        file: &FileEntry,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<(), VolumeError> {
+        let mut chunks = futures::stream::iter(file.chunks.iter().enumerate())
+            .map(|(index, chunk)| self.fetch_chunk(file, index as u64, chunk))
+            .buffered(self.parallel_chunks.max(1));
+        while let Some(chunk) = chunks.next().await {
+            let data = chunk?;
+            sink.write_all(&data)
+                .await
+                .map_err(|source| VolumeError::Io {
+                    context: format!("writing {}", self.name),
+                    source,
+                })?;
+            if let Some(progress) = &self.progress {
+                progress.advance(data.len() as u64);
+            }
+        }
+        sink.flush().await.map_err(|source| VolumeError::Io {
+            context: format!("writing {}", self.name),
+            source,
+        })
+    }
+
+    /// Fetches and opens one chunk.
+    pub async fn fetch_chunk(
+        &self,
+        file: &FileEntry,
+        index: u64,
+        chunk: &StoredChunk,
+    ) -> Result<Vec<u8>, VolumeError> {
+        let data = self
+            .store
+            .fetch_attachment(self.channel, chunk.message, chunk.attachment)
+            .await
+            .map_err(|e| match e {
+                e if e.is_not_found() => VolumeError::ChunkMissing {
+                    name: self.name.to_string(),
+                    index,
+                },
+                e => VolumeError::Store(e),
+            })?;
+        let key = self.key.cloned();
+        let reference = ChunkRef {
+            location: ChunkLocation::Stored {
+                message: chunk.message,
+                attachment: chunk.attachment,
+            },
+            len: chunk.len,
+            sha256: chunk.sha256,
+        };
+        let (id, encrypted) = (file.id, file.encrypted);
+        let opened = tokio::task::spawn_blocking(move || {
+            format::open_chunk(
+                key.as_ref(),
+                id,
+                encrypted,
+                index,
+                &reference,
+                Vec::from(data),
+            )
+        })
+        .await;
+        joined(opened)?.map_err(|source| VolumeError::Chunk {
+            name: self.name.to_string(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::CHUNK_OVERHEAD;
+
+    #[test]
+    fn discord_defaults_pack_three_8_mib_chunks_per_message() {
+        let plan = ChunkPlan::new(&Limits::default(), CHUNK_OVERHEAD).unwrap();
+        assert_eq!(
+            plan,
+            ChunkPlan {
+                chunk_len: 8 * 1024 * 1024,
+                chunks_per_message: 3
+            }
+        );
+        let sealed = (plan.chunk_len + CHUNK_OVERHEAD) as u64;
+        assert!(sealed <= Limits::default().max_file_size);
+        assert!(3 * sealed <= Limits::default().max_request_size);
+    }
+
+    #[test]
+    fn boosted_and_tiny_limits_give_valid_plans() {
+        let boosted = Limits {
+            max_file_size: 100 * 1024 * 1024,
+            max_request_size: 100 * 1024 * 1024,
+            ..Limits::default()
+        };
+        let plan = ChunkPlan::new(&boosted, CHUNK_OVERHEAD).unwrap();
+        assert_eq!(plan.chunks_per_message, 1);
+        assert!((plan.chunk_len + CHUNK_OVERHEAD) as u64 <= boosted.max_file_size);
+
+        let tiny = Limits {
+            max_file_size: 1000,
+            max_attachments: 3,
+            max_request_size: 2500,
+            max_content_chars: 2000,
+        };
+        let plan = ChunkPlan::new(&tiny, CHUNK_OVERHEAD).unwrap();
+        assert!(plan.chunks_per_message <= 2);
+        assert!((plan.chunk_len + CHUNK_OVERHEAD) as u64 <= tiny.max_file_size);
+        assert!(
+            plan.chunks_per_message as u64 * (plan.chunk_len + CHUNK_OVERHEAD) as u64
+                <= tiny.max_request_size
+        );
+
+        let useless = Limits {
+            max_file_size: 10,
+            ..tiny
+        };
+        assert!(ChunkPlan::new(&useless, CHUNK_OVERHEAD).is_err());
+    }
+}
