@@ -1,0 +1,684 @@
+//! The commands themselves.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, IsTerminal, Seek};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::output::{self, Bar};
+use super::{CliError, Context, GetArgs, KeygenArgs, LsArgs, PutArgs, RmArgs, split_target};
+use crate::crypto::{self, CryptoError, Key};
+use crate::store::{Store, StoreError};
+use crate::volume::{Entry, FileEntry, Listed, Node, PutOptions, Skip, Volume, VolumeError};
+
+/// Prints an error of one item among several.
+fn report(error: &CliError) {
+    eprintln!("dcloud-fs: {error}");
+}
+
+/// The result of a command over several items: each failure is reported as it happens
+/// and the others still done; a command over a single item just returns its error.
+struct Outcome {
+    single_item: bool,
+    failures: usize,
+    only_error: Option<CliError>,
+}
+
+impl Outcome {
+    fn new(items: usize) -> Outcome {
+        Outcome {
+            single_item: items == 1,
+            failures: 0,
+            only_error: None,
+        }
+    }
+
+    fn record(&mut self, result: Result<(), CliError>) {
+        if let Err(e) = result {
+            self.failures += 1;
+            if self.single_item {
+                self.only_error = Some(e);
+            } else {
+                report(&e);
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), CliError> {
+        match (self.only_error, self.failures) {
+            (Some(e), _) => Err(e),
+            (None, 0) => Ok(()),
+            (None, failures) => Err(CliError::Partial(failures)),
+        }
+    }
+}
+
+/// `a` joined with `b` as a channel path.
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The last component of a channel path.
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn utf8_name(name: &OsStr, whole: &Path) -> Result<String, CliError> {
+    name.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| CliError::Usage(format!("{}: file names must be UTF-8", whole.display())))
+}
+
+pub fn keygen(context: &Context, args: KeygenArgs) -> Result<(), CliError> {
+    let path = context.key_path();
+    if path.exists() {
+        return Err(CryptoError::KeyFileExists {
+            path: path.display().to_string(),
+        }
+        .into());
+    }
+    let key = if args.passphrase {
+        Key::from_passphrase(&read_passphrase()?, &args.salt)?
+    } else {
+        Key::generate()?
+    };
+    crypto::write_key_file(&path, &key)?;
+    println!("wrote key {} to {}", key.id(), path.display());
+    eprintln!(
+        "Keep a copy of this file somewhere safe: without it your encrypted files can't be read."
+    );
+    Ok(())
+}
+
+/// A passphrase from the terminal (asked twice, not echoed) or one line of stdin.
+fn read_passphrase() -> Result<String, CliError> {
+    let io = |e| CliError::io("reading the passphrase", e);
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Passphrase: ").map_err(io)?;
+        let second = rpassword::prompt_password("Same passphrase again: ").map_err(io)?;
+        if first != second {
+            return Err(CliError::Usage("the two passphrases differ".into()));
+        }
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    }
+}
+
+pub async fn mkdir(context: &Context, target: &str) -> Result<(), CliError> {
+    let (channel, path, _) = split_target(target)?;
+    let store = context.store()?;
+    if path.is_empty() {
+        return match store.create_channel(&channel).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::ChannelExists(name)) => Err(VolumeError::AlreadyExists { name }.into()),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let volume = context.volume(&store, &context.key()?, &channel).await?;
+    volume.mkdir(&path, now_ns(), 0o755).await?;
+    Ok(())
+}
+
+pub async fn channels(context: &Context) -> Result<(), CliError> {
+    let store = context.store()?;
+    let key = context.key()?;
+    let mut channels = store.channels().await?;
+    channels.sort_by(|a, b| a.name.cmp(&b.name));
+    println!("{:<30} {:>8} {:>12}", "CHANNEL", "FILES", "SIZE");
+    for channel in channels {
+        let name = channel.name.clone();
+        let volume =
+            Volume::open(store.clone(), channel, key.clone(), context.volume_config()).await?;
+        let (files, bytes) = volume.index().totals();
+        println!("{name:<30} {files:>8} {:>12}", output::human_size(bytes));
+        warn_hidden(&volume);
+    }
+    Ok(())
+}
+
+/// Tells, on stderr, about records of this channel the loaded key can't read.
+fn warn_hidden(volume: &Volume) {
+    let index = volume.index();
+    let (mut wrong_key, mut no_key, mut other) = (None, 0, 0);
+    let mut wrong_count = 0;
+    for skip in index.skipped().values() {
+        match skip {
+            Skip::WrongKey(id) => {
+                wrong_key = Some(*id);
+                wrong_count += 1;
+            }
+            Skip::NoKey(_) => no_key += 1,
+            Skip::NewerVersion(_) | Skip::Damaged(_) => other += 1,
+        }
+    }
+    let channel = &volume.channel().name;
+    if let Some(id) = wrong_key {
+        eprintln!(
+            "note: {wrong_count} record(s) in '{channel}' were written with another key (key id {id}); their files are not shown"
+        );
+    }
+    if no_key > 0 {
+        eprintln!(
+            "note: {no_key} record(s) in '{channel}' are encrypted and no key is loaded; their files are not shown"
+        );
+    }
+    if other > 0 {
+        eprintln!(
+            "note: {other} record(s) in '{channel}' are damaged or from a newer dcloud-fs (run with -v for details)"
+        );
+    }
+}
+
+pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
+    let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| CliError::Usage("DEST must be CHANNEL[/PATH] in UTF-8".into()))?;
+    let (channel, dest_path, trailing_slash) = split_target(dest)?;
+    let store = context.store()?;
+    let volume = context.volume(&store, &context.key()?, &channel).await?;
+    let dest_is_dir = matches!(volume.index().node(&dest_path), Some(Node::Dir(_)));
+    let into = dest_path.is_empty() || trailing_slash || sources.len() > 1 || dest_is_dir;
+    let uploader = TreeUploader {
+        context,
+        volume: &volume,
+        recursive: args.recursive,
+        plain: args.plain,
+    };
+    let mut outcome = Outcome::new(sources.len());
+    for source in sources {
+        let source = Path::new(source);
+        let target = match (into, source.file_name()) {
+            (false, _) => Ok(dest_path.clone()),
+            (true, Some(name)) => utf8_name(name, source).map(|name| join(&dest_path, &name)),
+            (true, None) => Err(CliError::Usage(format!(
+                "{}: has no file name",
+                source.display()
+            ))),
+        };
+        let done = match target {
+            Ok(target) => uploader.put_path(source, &target).await,
+            Err(e) => Err(e),
+        };
+        outcome.record(done);
+    }
+    outcome.finish()
+}
+
+/// Uploads files and folder trees into one volume.
+struct TreeUploader<'a> {
+    context: &'a Context,
+    volume: &'a Volume,
+    recursive: bool,
+    plain: bool,
+}
+
+impl TreeUploader<'_> {
+    async fn put_path(&self, source: &Path, target: &str) -> Result<(), CliError> {
+        let metadata =
+            fs::metadata(source).map_err(|e| CliError::io(source.display().to_string(), e))?;
+        if metadata.is_dir() {
+            if !self.recursive {
+                return Err(CliError::Usage(format!(
+                    "{} is a folder; use -r to copy it with everything in it",
+                    source.display()
+                )));
+            }
+            return self.put_tree(source, target).await;
+        }
+        if !metadata.is_file() {
+            return Err(CliError::Usage(format!(
+                "{}: not a regular file",
+                source.display()
+            )));
+        }
+        self.put_file(source, target).await
+    }
+
+    /// Copies a folder tree; failures of single files are reported and counted, and
+    /// the others still copied.
+    async fn put_tree(&self, root: &Path, target: &str) -> Result<(), CliError> {
+        let mut outcome = Outcome::new(usize::MAX);
+        let mut pending = vec![(root.to_path_buf(), target.to_string())];
+        while let Some((dir, target)) = pending.pop() {
+            let listed = fs::read_dir(&dir)
+                .and_then(|entries| entries.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| CliError::io(dir.display().to_string(), e));
+            let mut entries = match listed {
+                Ok(entries) => entries,
+                Err(e) => {
+                    outcome.record(Err(e));
+                    continue;
+                }
+            };
+            entries.sort_by_key(|e| e.file_name());
+            if entries.is_empty() {
+                let exists = self.volume.index().node(&target).is_some();
+                if !exists {
+                    let mode = fs::metadata(&dir).map(|m| m.mode()).unwrap_or(0o755);
+                    let mtime = fs::metadata(&dir)
+                        .map(|m| mtime_ns(&m))
+                        .unwrap_or_else(|_| now_ns());
+                    let made = self.volume.mkdir(&target, mtime, mode).await;
+                    outcome.record(made.map_err(CliError::from));
+                }
+                continue;
+            }
+            for entry in entries.into_iter().rev() {
+                let path = entry.path();
+                let result = match (entry.file_type(), utf8_name(&entry.file_name(), &path)) {
+                    (_, Err(e)) => Err(e),
+                    (Err(e), _) => Err(CliError::io(path.display().to_string(), e)),
+                    (Ok(kind), Ok(name)) if kind.is_dir() => {
+                        pending.push((path.clone(), join(&target, &name)));
+                        Ok(())
+                    }
+                    (Ok(kind), Ok(name)) if kind.is_file() => {
+                        self.put_file(&path, &join(&target, &name)).await
+                    }
+                    (Ok(kind), Ok(_)) if kind.is_symlink() => {
+                        eprintln!("dcloud-fs: skipping symbolic link {}", path.display());
+                        Ok(())
+                    }
+                    (Ok(_), Ok(_)) => Err(CliError::Usage(format!(
+                        "{}: not a regular file",
+                        path.display()
+                    ))),
+                };
+                outcome.record(result);
+            }
+        }
+        outcome.finish()
+    }
+
+    async fn put_file(&self, source: &Path, target: &str) -> Result<(), CliError> {
+        let shown = source.display().to_string();
+        let file = fs::File::open(source).map_err(|e| CliError::io(&shown, e))?;
+        let metadata = file.metadata().map_err(|e| CliError::io(&shown, e))?;
+        let options = PutOptions {
+            mtime_ns: mtime_ns(&metadata),
+            mode: metadata.permissions().mode() & 0o7777,
+            encrypted: !self.plain,
+        };
+        let bar = Bar::new(
+            metadata.len(),
+            &self.volume.display(target),
+            self.context.global.quiet,
+        );
+        let result = self
+            .volume
+            .put(target, Box::new(file), &shown, options, bar.progress())
+            .await;
+        bar.finish();
+        result?;
+        log::info!("put {shown} -> {}", self.volume.display(target));
+        Ok(())
+    }
+}
+
+fn mtime_ns(metadata: &fs::Metadata) -> i64 {
+    metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec()
+}
+
+pub async fn get(context: &Context, args: GetArgs) -> Result<(), CliError> {
+    let (channel, path, _) = split_target(&args.source)?;
+    let store = context.store()?;
+    let volume = context.volume(&store, &context.key()?, &channel).await?;
+    let is_dir = match volume.index().node(&path) {
+        None => None,
+        Some(Node::File(_)) => Some(false),
+        Some(Node::Dir(_)) => Some(true),
+    };
+    let dest = PathBuf::from(&args.dest);
+    match is_dir {
+        None => Err(volume.not_found(&path).into()),
+        Some(false) if args.dest == "-" => {
+            let mut stdout = tokio::io::stdout();
+            volume.get(&path, &mut stdout, None).await?;
+            Ok(())
+        }
+        Some(false) => {
+            let target = if dest.is_dir() {
+                dest.join(base_name(&path))
+            } else {
+                dest
+            };
+            download_file(context, &volume, &path, &target).await
+        }
+        Some(true) if !args.recursive => Err(VolumeError::IsADirectory {
+            name: volume.display(&path),
+            hint: " (use -r to copy it with everything in it)",
+        }
+        .into()),
+        Some(true) if args.dest == "-" => Err(CliError::Usage(
+            "a folder can't be written to stdout".into(),
+        )),
+        Some(true) => {
+            let name = if path.is_empty() {
+                channel.as_str()
+            } else {
+                base_name(&path)
+            };
+            let root = if dest.is_dir() { dest.join(name) } else { dest };
+            download_tree(context, &volume, &path, &root).await
+        }
+    }
+}
+
+/// Downloads every file and folder below `path` into the local folder `root`.
+async fn download_tree(
+    context: &Context,
+    volume: &Volume,
+    path: &str,
+    root: &Path,
+) -> Result<(), CliError> {
+    fs::create_dir_all(root).map_err(|e| CliError::io(root.display().to_string(), e))?;
+    let skip = if path.is_empty() { 0 } else { path.len() + 1 };
+    let entries: Vec<(String, bool)> = volume
+        .index()
+        .live_under(path)
+        .map(|(p, entry)| (p[skip..].to_string(), matches!(entry, Entry::Dir(_))))
+        .collect();
+    let mut outcome = Outcome::new(usize::MAX);
+    for (relative, is_dir) in entries {
+        let target = root.join(&relative);
+        let result = if is_dir {
+            fs::create_dir_all(&target).map_err(|e| CliError::io(target.display().to_string(), e))
+        } else {
+            let parent = target.parent().unwrap_or(root);
+            match fs::create_dir_all(parent) {
+                Ok(()) => download_file(context, volume, &join(path, &relative), &target).await,
+                Err(e) => Err(CliError::io(parent.display().to_string(), e)),
+            }
+        };
+        outcome.record(result);
+    }
+    outcome.finish()
+}
+
+/// Downloads one file to `target` through a temporary file beside it, so that a failed
+/// download never leaves a partial file (or spoils an existing one).
+async fn download_file(
+    context: &Context,
+    volume: &Volume,
+    path: &str,
+    target: &Path,
+) -> Result<(), CliError> {
+    let shown = target.display().to_string();
+    let dir = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .ok_or_else(|| CliError::Usage(format!("{shown}: not a file name")))?;
+    let temporary = dir.join(format!(
+        ".{}.dcfs-partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = download_into(context, volume, path, &temporary).await;
+    let result = result.and_then(|file| {
+        finish_download(&temporary, &file)
+            .and_then(|()| fs::rename(&temporary, target))
+            .map_err(|e| CliError::io(&shown, e))
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    result
+}
+
+async fn download_into(
+    context: &Context,
+    volume: &Volume,
+    path: &str,
+    temporary: &Path,
+) -> Result<FileEntry, CliError> {
+    let mut file = tokio::fs::File::create(temporary)
+        .await
+        .map_err(|e| CliError::io(temporary.display().to_string(), e))?;
+    let size = volume.file(path)?.size;
+    let bar = Bar::new(size, &volume.display(path), context.global.quiet);
+    let result = volume.get(path, &mut file, bar.progress()).await;
+    bar.finish();
+    Ok(result?)
+}
+
+/// Gives the downloaded file the stored mode and modification time.
+fn finish_download(temporary: &Path, file: &FileEntry) -> std::io::Result<()> {
+    fs::set_permissions(temporary, fs::Permissions::from_mode(file.mode & 0o777))?;
+    let mtime = if file.mtime_ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(file.mtime_ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(file.mtime_ns.unsigned_abs())
+    };
+    let handle = fs::OpenOptions::new().write(true).open(temporary)?;
+    handle.set_times(fs::FileTimes::new().set_modified(mtime))
+}
+
+pub async fn ls(context: &Context, args: LsArgs) -> Result<(), CliError> {
+    let Some(target) = args.target else {
+        if args.long {
+            return channels(context).await;
+        }
+        let mut names: Vec<String> = context
+            .store()?
+            .channels()
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        names.sort();
+        for name in names {
+            println!("{name}");
+        }
+        return Ok(());
+    };
+    let (channel, path, _) = split_target(&target)?;
+    let store = context.store()?;
+    let volume = context.volume(&store, &context.key()?, &channel).await?;
+    warn_hidden(&volume);
+    let index = volume.index();
+    let listing: Vec<Listed<'_>> = match index.node(&path) {
+        None => {
+            drop(index);
+            return Err(volume.not_found(&path).into());
+        }
+        Some(Node::File(file)) => vec![Listed {
+            name: path.clone(),
+            node: Node::File(file),
+        }],
+        Some(Node::Dir(_)) => index.list(&path).unwrap_or_default(),
+    };
+    for item in listing {
+        println!("{}", listing_line(&item, args.long));
+    }
+    Ok(())
+}
+
+fn listing_line(item: &Listed<'_>, long: bool) -> String {
+    match (&item.node, long) {
+        (Node::File(_), false) => item.name.clone(),
+        (Node::Dir(_), false) => format!("{}/", item.name),
+        (Node::File(file), true) => format!(
+            "{} {:<5} {:>14} {} {}",
+            output::mode_string(file.mode, false),
+            if file.encrypted { "enc" } else { "plain" },
+            file.size,
+            output::local_time(file.mtime_ns),
+            item.name
+        ),
+        (Node::Dir(dir), true) => {
+            let (mode, mtime) = dir.map_or((0o755, None), |d| (d.mode, Some(d.mtime_ns)));
+            format!(
+                "{} {:<5} {:>14} {} {}/",
+                output::mode_string(mode, true),
+                "",
+                "-",
+                mtime.map_or_else(|| " ".repeat(16), output::local_time),
+                item.name
+            )
+        }
+    }
+}
+
+pub async fn rm(context: &Context, args: RmArgs) -> Result<(), CliError> {
+    let store = context.store()?;
+    let key = context.key()?;
+    let mut volumes: HashMap<String, Volume> = HashMap::new();
+    let mut outcome = Outcome::new(args.targets.len());
+    for target in &args.targets {
+        let result = remove_one(context, &store, &key, &mut volumes, target, args.recursive).await;
+        outcome.record(result);
+    }
+    outcome.finish()
+}
+
+async fn remove_one(
+    context: &Context,
+    store: &Arc<dyn Store>,
+    key: &Option<Key>,
+    volumes: &mut HashMap<String, Volume>,
+    target: &str,
+    recursive: bool,
+) -> Result<(), CliError> {
+    let (channel, path, _) = split_target(target)?;
+    if path.is_empty() && !recursive {
+        return Err(CliError::Usage(format!(
+            "'{channel}' is a channel; use -r to delete every file in it"
+        )));
+    }
+    if !volumes.contains_key(&channel) {
+        let volume = context.volume(store, key, &channel).await?;
+        volumes.insert(channel.clone(), volume);
+    }
+    volumes[&channel].remove(&path, recursive).await?;
+    Ok(())
+}
+
+pub async fn mv(context: &Context, source: &str, dest: &str) -> Result<(), CliError> {
+    let (from_channel, from_path, _) = split_target(source)?;
+    if from_path.is_empty() {
+        return Err(CliError::Usage(
+            "moving a whole channel is not supported; move the files in it (CHANNEL/PATH)".into(),
+        ));
+    }
+    let (to_channel, to_path, trailing_slash) = split_target(dest)?;
+    let store = context.store()?;
+    let key = context.key()?;
+    let from = context.volume(&store, &key, &from_channel).await?;
+    let same_channel = from_channel == to_channel;
+    let to_owned = if same_channel {
+        None
+    } else {
+        Some(context.volume(&store, &key, &to_channel).await?)
+    };
+    let to = to_owned.as_ref().unwrap_or(&from);
+    let into = to_path.is_empty()
+        || trailing_slash
+        || matches!(to.index().node(&to_path), Some(Node::Dir(_)));
+    let target = if into {
+        join(&to_path, base_name(&from_path))
+    } else {
+        to_path
+    };
+    if same_channel {
+        from.rename(&from_path, &target).await?;
+        return Ok(());
+    }
+    copy_across(context, &from, &from_path, to, &target).await?;
+    from.remove(&from_path, true).await?;
+    Ok(())
+}
+
+/// Copies a file or folder from one channel to another by downloading each file to an
+/// anonymous temporary file and uploading it again (chunks belong to their channel).
+async fn copy_across(
+    context: &Context,
+    from: &Volume,
+    from_path: &str,
+    to: &Volume,
+    target: &str,
+) -> Result<(), CliError> {
+    let entries: Vec<(String, Entry)> = {
+        let index = from.index();
+        match index.node(from_path) {
+            None => {
+                drop(index);
+                return Err(from.not_found(from_path).into());
+            }
+            Some(Node::File(file)) => vec![(String::new(), Entry::File(file.clone()))],
+            // The folder's own record first, then what is below it in path order, so
+            // that every folder is made before the paths inside it.
+            Some(Node::Dir(_)) => index
+                .entry(from_path)
+                .cloned()
+                .map(|e| (String::new(), e))
+                .into_iter()
+                .chain(
+                    index
+                        .live_under(from_path)
+                        .map(|(p, e)| (p[from_path.len()..].to_string(), e.clone())),
+                )
+                .collect(),
+        }
+    };
+    for (suffix, entry) in entries {
+        let source = format!("{from_path}{suffix}");
+        let dest = format!("{target}{suffix}");
+        match entry {
+            Entry::Dir(dir) => to.mkdir(&dest, dir.mtime_ns, dir.mode).await?,
+            Entry::File(file) => {
+                let spool = tempfile::tempfile()
+                    .map_err(|e| CliError::io("creating a temporary file", e))?;
+                let copy = spool
+                    .try_clone()
+                    .map_err(|e| CliError::io("creating a temporary file", e))?;
+                let mut sink = tokio::fs::File::from_std(copy);
+                let bar = Bar::new(file.size * 2, &from.display(&source), context.global.quiet);
+                from.get(&source, &mut sink, bar.progress()).await?;
+                drop(sink);
+                let mut reader = spool;
+                reader
+                    .rewind()
+                    .map_err(|e| CliError::io("reading a temporary file", e))?;
+                let options = PutOptions {
+                    mtime_ns: file.mtime_ns,
+                    mode: file.mode,
+                    encrypted: file.encrypted,
+                };
+                let result = to
+                    .put(
+                        &dest,
+                        Box::new(reader),
+                        &from.display(&source),
+                        options,
+                        bar.progress(),
+                    )
+                    .await;
+                bar.finish();
+                result?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! The `dcloud-fs` command line: argument parsing (clap) and the commands, each a thin
+//! layer over [`crate::volume`].
+//!
+//! Names on the command line are `CHANNEL` or `CHANNEL/PATH`: the first component is
+//! the channel (a top-level folder), the rest a path inside it. Commands that move bytes
+//! (`put`, `get`, cross-channel `mv`) follow `cp`'s rules for where things land: into a
+//! folder if the destination is one (or ends in `/`), else to the destination's name.
+//! Every failure is one line on stderr and a non-zero exit; with several sources, the
+//! others are still done and the exit code says that something failed.
+
+mod commands;
+mod output;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::crypto::{self, CryptoError, Key};
+use crate::store::local::LocalStore;
+use crate::store::{Limits, Store, StoreError};
+use crate::volume::{Volume, VolumeConfig, VolumeError, find_channel};
+
+/// Store files in Discord channels: one folder per channel, files as chunked,
+/// AES-256-GCM-encrypted attachments. The key never leaves this machine.
+#[derive(Debug, Parser)]
+#[command(name = "dcloud-fs", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Use the local store in DIR, a folder that behaves like a Discord guild (created
+    /// if missing). Default: $XDG_DATA_HOME/dcloud-fs/local.
+    #[arg(long, global = true, env = "DCLOUD_LOCAL", value_name = "DIR")]
+    pub local: Option<PathBuf>,
+    /// Key file to use. Without it: $DCLOUD_KEY (base64), else a key derived from
+    /// $DCLOUD_PASSPHRASE (and $DCLOUD_SALT), else $DCLOUD_KEY_FILE, else
+    /// $XDG_CONFIG_HOME/dcloud-fs/key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Chunks a download fetches at once, and twice the data messages an upload posts
+    /// at once (memory grows with it: about 8 MiB a chunk).
+    #[arg(short = 'j', long, global = true, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Keep no index cache (read every channel's whole history each time).
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new key file (never overwrites one).
+    Keygen(KeygenArgs),
+    /// Create a channel (top-level folder), or a folder inside one.
+    Mkdir {
+        /// CHANNEL, or CHANNEL/PATH for a folder inside it (parents are implied).
+        target: String,
+    },
+    /// List channels with their file count and total size.
+    Channels,
+    /// Upload files (and, with -r, folders) into a channel.
+    Put(PutArgs),
+    /// Download a file or (with -r) a folder.
+    Get(GetArgs),
+    /// List channels, or the contents of a channel or folder.
+    Ls(LsArgs),
+    /// Delete files or folders, freeing their messages in the store.
+    Rm(RmArgs),
+    /// Move or rename a file or folder (within a channel: no re-upload).
+    Mv {
+        /// CHANNEL/PATH to move.
+        source: String,
+        /// CHANNEL[/PATH] to move it to (into it, if it is a folder or ends in '/').
+        dest: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Derive the key from a passphrase (Argon2id) instead of random bytes: the same
+    /// passphrase and salt give the same key on any machine. Read from the terminal, or
+    /// one line of stdin.
+    #[arg(long)]
+    pub passphrase: bool,
+    /// Salt for --passphrase (e.g. your e-mail address), so that your key differs from
+    /// anyone else's with the same passphrase. Keep it: it is needed again.
+    #[arg(long, requires = "passphrase", default_value = "")]
+    pub salt: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Copy folders and everything in them.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Store unencrypted (plaintext mode): anyone in the channel can read the file.
+    #[arg(long)]
+    pub plain: bool,
+    /// Local files or folders, then CHANNEL[/PATH] to put them in.
+    #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
+    pub paths: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Copy a folder and everything in it.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// CHANNEL/PATH to download.
+    pub source: String,
+    /// Local file or folder to write to; '-' writes a file to stdout.
+    pub dest: OsString,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Long listing: mode, encryption, size, modification time.
+    #[arg(short, long)]
+    pub long: bool,
+    /// CHANNEL or CHANNEL/PATH; without it, the channels.
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Remove folders and everything in them.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// CHANNEL/PATH to remove (CHANNEL alone with -r empties the channel).
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+/// Errors of the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some of several items failed; each was reported already.
+    #[error("{0} of the items failed (see above)")]
+    Partial(usize),
+}
+
+impl CliError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> CliError {
+        CliError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let context = Context::new(cli.global);
+    match cli.command {
+        Command::Keygen(args) => commands::keygen(&context, args),
+        Command::Mkdir { target } => commands::mkdir(&context, &target).await,
+        Command::Channels => commands::channels(&context).await,
+        Command::Put(args) => commands::put(&context, args).await,
+        Command::Get(args) => commands::get(&context, args).await,
+        Command::Ls(args) => commands::ls(&context, args).await,
+        Command::Rm(args) => commands::rm(&context, args).await,
+        Command::Mv { source, dest } => commands::mv(&context, &source, &dest).await,
+    }
+}
+
+/// What commands share: the global options, and the store and key, opened on demand.
+pub(crate) struct Context {
+    global: GlobalArgs,
+}
+
+impl Context {
+    fn new(global: GlobalArgs) -> Context {
+        Context { global }
+    }
+
+    /// The store: the local store at --local, or the default local store.
+    fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+        let root = self
+            .global
+            .local
+            .clone()
+            .unwrap_or_else(|| crate::dirs::data_dir().join("local"));
+        Ok(Arc::new(LocalStore::open_or_create(
+            &root,
+            Limits::default(),
+        )?))
+    }
+
+    /// Where keygen writes, and where the key is read from when no other source is set.
+    fn key_path(&self) -> PathBuf {
+        self.global
+            .key_file
+            .clone()
+            .or_else(|| std::env::var_os("DCLOUD_KEY_FILE").map(PathBuf::from))
+            .unwrap_or_else(crypto::default_key_path)
+    }
+
+    /// The key, if one is configured: --key-file, then $DCLOUD_KEY, $DCLOUD_PASSPHRASE,
+    /// $DCLOUD_KEY_FILE, and the default key file if it exists.
+    fn key(&self) -> Result<Option<Key>, CliError> {
+        if let Some(path) = &self.global.key_file {
+            return Ok(Some(crypto::load_key_file(path)?));
+        }
+        if let Some(text) = std::env::var("DCLOUD_KEY").ok().filter(|t| !t.is_empty()) {
+            return Ok(Some(Key::from_base64(&text, "DCLOUD_KEY")?));
+        }
+        if let Some(passphrase) = std::env::var("DCLOUD_PASSPHRASE")
+            .ok()
+            .filter(|p| !p.is_empty())
+        {
+            let salt = std::env::var("DCLOUD_SALT").unwrap_or_default();
+            return Ok(Some(Key::from_passphrase(&passphrase, &salt)?));
+        }
+        let explicit = std::env::var_os("DCLOUD_KEY_FILE").is_some();
+        match crypto::load_key_file(&self.key_path()) {
+            Ok(key) => Ok(Some(key)),
+            Err(CryptoError::KeyFileMissing { .. }) if !explicit => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn volume_config(&self) -> VolumeConfig {
+        let jobs = usize::from(self.global.jobs);
+        VolumeConfig {
+            upload_parallel_messages: jobs.div_ceil(2),
+            download_parallel_chunks: jobs,
+            cache_dir: if self.global.no_cache {
+                None
+            } else {
+                VolumeConfig::default().cache_dir
+            },
+        }
+    }
+
+    /// Opens the channel named `name` with the configured key.
+    async fn volume(
+        &self,
+        store: &Arc<dyn Store>,
+        key: &Option<Key>,
+        name: &str,
+    ) -> Result<Volume, CliError> {
+        let channel = find_channel(store.as_ref(), name).await?;
+        Ok(Volume::open(store.clone(), channel, key.clone(), self.volume_config()).await?)
+    }
+}
+
+/// Splits `CHANNEL[/PATH]` into the channel and the path inside it ("" for the channel
+/// itself). Trailing slashes are dropped; the returned flag says whether there was one.
+pub fn split_target(target: &str) -> Result<(String, String, bool), CliError> {
+    let trailing_slash = target.ends_with('/');
+    let trimmed = target.trim_end_matches('/');
+    let (channel, path) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    if channel.is_empty() {
+        return Err(CliError::Usage(format!(
+            "'{target}' names no channel; write CHANNEL or CHANNEL/PATH"
+        )));
+    }
+    if !path.is_empty() {
+        crate::format::validate_path(path).map_err(VolumeError::from)?;
+    }
+    Ok((channel.to_string(), path.to_string(), trailing_slash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_split_into_channel_and_path() {
+        assert_eq!(
+            split_target("docs").unwrap(),
+            ("docs".into(), "".into(), false)
+        );
+        assert_eq!(
+            split_target("docs/").unwrap(),
+            ("docs".into(), "".into(), true)
+        );
+        assert_eq!(
+            split_target("docs/a/b.txt").unwrap(),
+            ("docs".into(), "a/b.txt".into(), false)
+        );
+        assert_eq!(
+            split_target("docs/a/").unwrap(),
+            ("docs".into(), "a".into(), true)
+        );
+        assert!(split_target("/x").is_err());
+        assert!(split_target("docs/a/../b").is_err());
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

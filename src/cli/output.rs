@@ -1,0 +1,114 @@
+//! How the command line shows things: file modes, sizes, times, progress bars.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::volume::Progress;
+
+/// `ls -l` style mode string, e.g. `-rw-r--r--` or `drwxr-xr-x`.
+pub fn mode_string(mode: u32, is_dir: bool) -> String {
+    let mut text = String::with_capacity(10);
+    text.push(if is_dir { 'd' } else { '-' });
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 0o7;
+        text.push(if bits & 4 != 0 { 'r' } else { '-' });
+        text.push(if bits & 2 != 0 { 'w' } else { '-' });
+        text.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    text
+}
+
+/// A size for people: `512 B`, `1.5 KiB`, `12.0 MiB`, ...
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A time in nanoseconds since the epoch as local `YYYY-MM-DD HH:MM`.
+pub fn local_time(mtime_ns: i64) -> String {
+    let seconds = mtime_ns.div_euclid(1_000_000_000) as libc::time_t;
+    // SAFETY: localtime_r writes only into the `tm` we pass and reads `seconds`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let converted = unsafe { libc::localtime_r(&seconds, &mut tm) };
+    if converted.is_null() {
+        return "????-??-?? ??:??".to_string();
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min
+    )
+}
+
+/// A progress bar on stderr for a transfer of `total` bytes, when stderr is a terminal
+/// and output isn't quieted.
+pub struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+struct BarProgress(ProgressBar);
+
+impl Progress for BarProgress {
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+impl Bar {
+    pub fn new(total: u64, label: &str, quiet: bool) -> Bar {
+        if quiet || !std::io::stderr().is_terminal() {
+            return Bar { bar: None };
+        }
+        let bar = ProgressBar::new(total);
+        let style = ProgressStyle::with_template(
+            "{msg:30!} {bar:30} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {eta:>4}",
+        )
+        .expect("valid template");
+        bar.set_style(style);
+        bar.set_message(label.to_string());
+        Bar { bar: Some(bar) }
+    }
+
+    /// What the volume reports progress to.
+    pub fn progress(&self) -> Option<Arc<dyn Progress>> {
+        self.bar
+            .as_ref()
+            .map(|bar| Arc::new(BarProgress(bar.clone())) as Arc<dyn Progress>)
+    }
+
+    /// Removes the bar.
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_sizes_read_like_ls() {
+        assert_eq!(mode_string(0o644, false), "-rw-r--r--");
+        assert_eq!(mode_string(0o755, true), "drwxr-xr-x");
+        assert_eq!(human_size(10), "10 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(50 * 1024 * 1024), "50.0 MiB");
+        assert_eq!(local_time(0).len(), 16);
+    }
+}
