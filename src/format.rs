@@ -95,6 +95,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -372,8 +373,9 @@ pub fn open_chunk(
     index: u64,
     chunk: &ChunkRef,
     data: Vec<u8>,
-) -> Result<Vec<u8>, FormatError> {
+) -> Result<Bytes, FormatError> {
     let mut data = data;
+    let mut plaintext_at = 0;
     if encrypted {
         let key = key.ok_or(FormatError::KeyNeeded)?;
         if data.len() < CHUNK_OVERHEAD || data[0..4] != CHUNK_MAGIC {
@@ -398,7 +400,7 @@ pub fn open_chunk(
             &tag,
         )
         .map_err(|_| damaged("chunk", format!("chunk {index} failed authentication")))?;
-        data.drain(..CHUNK_HEADER_LEN);
+        plaintext_at = CHUNK_HEADER_LEN;
     } else if let Some(expected) = chunk.sha256 {
         let actual: [u8; 32] = Sha256::digest(&data).into();
         if actual != expected {
@@ -413,17 +415,18 @@ pub fn open_chunk(
             format!("plain chunk {index} has no checksum"),
         ));
     }
-    if data.len() as u64 != chunk.len {
+    if (data.len() - plaintext_at) as u64 != chunk.len {
         return Err(damaged(
             "chunk",
             format!(
                 "chunk {index} holds {} bytes, the record says {}",
-                data.len(),
+                data.len() - plaintext_at,
                 chunk.len
             ),
         ));
     }
-    Ok(data)
+    // A view past the header: the plaintext is not copied again.
+    Ok(Bytes::from(data).slice(plaintext_at..))
 }
 
 /// The attachment name of chunk `index`.
@@ -830,7 +833,7 @@ mod tests {
         reference.sha256 = chunk.sha256;
         assert_eq!(
             open_chunk(None, file, false, 0, &reference, b"hello".to_vec()).unwrap(),
-            b"hello"
+            &b"hello"[..]
         );
         assert!(open_chunk(None, file, false, 0, &reference, b"hellp".to_vec()).is_err());
     }

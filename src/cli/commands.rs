@@ -122,17 +122,23 @@ fn read_passphrase() -> Result<String, CliError> {
     }
 }
 
-pub async fn mkdir(context: &Context, target: &str) -> Result<(), CliError> {
+/// `mkdir [-p]`: `existing_ok` makes an existing folder no error.
+pub async fn mkdir(context: &Context, target: &str, existing_ok: bool) -> Result<(), CliError> {
     let (channel, path, _) = split_target(target)?;
     let store = context.store()?;
     if path.is_empty() {
         return match store.create_channel(&channel).await {
             Ok(_) => Ok(()),
+            Err(StoreError::ChannelExists(_)) if existing_ok => Ok(()),
             Err(StoreError::ChannelExists(name)) => Err(VolumeError::AlreadyExists { name }.into()),
             Err(e) => Err(e.into()),
         };
     }
     let volume = context.volume(&store, &context.key()?, &channel).await?;
+    let is_dir = matches!(volume.index().node(&path), Some(Node::Dir(_)));
+    if is_dir && existing_ok {
+        return Ok(());
+    }
     volume.mkdir(&path, now_ns(), 0o755).await?;
     Ok(())
 }

@@ -67,6 +67,9 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Create a channel (top-level folder), or a folder inside one.
     Mkdir {
+        /// No error if it exists already.
+        #[arg(short, long)]
+        parents: bool,
         /// CHANNEL, or CHANNEL/PATH for a folder inside it (parents are implied).
         target: String,
     },
@@ -181,7 +184,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let context = Context::new(cli.global);
     match cli.command {
         Command::Keygen(args) => commands::keygen(&context, args),
-        Command::Mkdir { target } => commands::mkdir(&context, &target).await,
+        Command::Mkdir { parents, target } => commands::mkdir(&context, &target, parents).await,
         Command::Channels => commands::channels(&context).await,
         Command::Put(args) => commands::put(&context, args).await,
         Command::Get(args) => commands::get(&context, args).await,

@@ -81,7 +81,12 @@ impl LocalStore {
         if !guild_path.exists() {
             create_layout(root, limits)?;
         }
-        Self::open(root)
+        let store = Self::open(root)?;
+        // A guild.json written by hand (to choose limits) is enough to start a store.
+        let channels = root.join("channels");
+        fs::create_dir_all(&channels)
+            .map_err(|e| StoreError::io(format!("creating {}", channels.display()), e))?;
+        Ok(store)
     }
 
     /// Opens an existing store.

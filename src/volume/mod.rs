@@ -324,19 +324,31 @@ impl Volume {
 
     fn note_skip(&self, message: Id, why: Skip) {
         let news = self.index().skip(message, why.clone());
-        if news {
-            let what = match why {
-                Skip::WrongKey(written) => format!("sealed with another key (key id {written})"),
-                Skip::NoKey(written) => {
-                    format!("encrypted (key id {written}) and no key is loaded")
-                }
-                Skip::NewerVersion(v) => format!("written by a newer dcloud-fs (format {v})"),
-                Skip::Damaged(why) => format!("damaged: {why}"),
-            };
-            log::warn!(
-                "#{}: record in message {message} skipped: {what}",
-                self.channel.name
-            );
+        if !news {
+            return;
+        }
+        let channel = &self.channel.name;
+        // Another key, or none, is the user's choice: the commands say so where it
+        // matters (ls notes, "wrong key" on get). Damage is worth a warning.
+        match why {
+            Skip::WrongKey(written) => {
+                log::info!(
+                    "#{channel}: record in message {message} is sealed with another key (key id {written})"
+                )
+            }
+            Skip::NoKey(written) => {
+                log::info!(
+                    "#{channel}: record in message {message} is encrypted (key id {written}) and no key is loaded"
+                )
+            }
+            Skip::NewerVersion(v) => {
+                log::warn!(
+                    "#{channel}: record in message {message} skipped: written by a newer dcloud-fs (format {v})"
+                )
+            }
+            Skip::Damaged(why) => {
+                log::warn!("#{channel}: record in message {message} skipped: damaged: {why}")
+            }
         }
     }
 
@@ -662,6 +674,11 @@ impl Volume {
 
     /// Records a folder at `path` (its parents are implied).
     pub async fn mkdir(&self, path: &str, mtime_ns: i64, mode: u32) -> Result<(), VolumeError> {
+        if let Some(Node::Dir(_)) = self.index().node(path) {
+            return Err(VolumeError::AlreadyExists {
+                name: self.display(path),
+            });
+        }
         self.check_creatable(path, false)?;
         self.post_ops(vec![Op::Mkdir(DirManifest {
             path: path.to_string(),

@@ -436,7 +436,7 @@ impl Downloader<'_> {
         file: &FileEntry,
         index: u64,
         chunk: &StoredChunk,
-    ) -> Result<Vec<u8>, VolumeError> {
+    ) -> Result<Bytes, VolumeError> {
         let data = self
             .store
             .fetch_attachment(self.channel, chunk.message, chunk.attachment)

@@ -1,0 +1,568 @@
+//! The `dcloud-fs` command line, run as a user would run it, on the local store.
+//!
+//! Each test gets its own HOME (so its own key, cache and default store). Most use a
+//! store with tiny Discord-like limits, so that a few kilobytes already make files of
+//! many chunks spread over many messages; the big-file test uses Discord's real limits.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dcloud_fs::format::CHUNK_OVERHEAD;
+use dcloud_fs::store::Limits;
+use dcloud_fs::volume::ChunkPlan;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dcloud-fs");
+
+/// Tiny limits: chunks of a few KiB, three to a message.
+fn tiny_limits() -> Limits {
+    Limits {
+        max_file_size: 4096,
+        max_attachments: 4,
+        max_request_size: 10_000,
+        max_content_chars: 2000,
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A fresh user with a store that has `limits`.
+    fn new(limits: Limits) -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fs::create_dir_all(env.store()).unwrap();
+        let guild =
+            serde_json::json!({"format": 1, "user_id": 1_000_000_000_000_001u64, "limits": limits});
+        fs::write(env.store().join("guild.json"), guild.to_string()).unwrap();
+        fs::create_dir_all(env.work()).unwrap();
+        env
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A scratch folder for local files.
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .current_dir(self.work())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home())
+            .env("DCLOUD_LOCAL", self.store());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "dcloud-fs {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail with one line on stderr; returns that line.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(!output.status.success(), "dcloud-fs {args:?} succeeded");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    }
+
+    fn write(&self, name: &str, data: &[u8]) -> PathBuf {
+        let path = self.work().join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, data).unwrap();
+        path
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        fs::read(self.work().join(name)).unwrap()
+    }
+
+    /// Every file under the store, for looking at what it holds.
+    fn stored_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&self.store(), &mut files);
+        files
+    }
+
+    /// Attachment files in the store.
+    fn attachments(&self) -> Vec<PathBuf> {
+        self.stored_files()
+            .into_iter()
+            .filter(|p| p.parent().unwrap().ends_with("attachments"))
+            .collect()
+    }
+}
+
+/// Deterministic pseudo-random bytes (splitmix64).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn tiny_chunk() -> usize {
+    ChunkPlan::new(&tiny_limits(), CHUNK_OVERHEAD)
+        .unwrap()
+        .chunk_len
+}
+
+fn with_key_and_channel(limits: Limits) -> Env {
+    let env = Env::new(limits);
+    env.ok(&["keygen"]);
+    env.ok(&["mkdir", "docs"]);
+    env
+}
+
+#[test]
+fn round_trips_at_chunk_boundaries() {
+    let env = with_key_and_channel(tiny_limits());
+    let chunk = tiny_chunk();
+    let per_message = 3;
+    let sizes = [
+        0,
+        1,
+        chunk - 1,
+        chunk,
+        chunk + 1,
+        per_message * chunk,
+        per_message * chunk + 1,
+        7 * per_message * chunk + 5,
+    ];
+    for (i, &size) in sizes.iter().enumerate() {
+        let data = random_bytes(size, i as u64);
+        let name = format!("f{size}");
+        env.write(&name, &data);
+        env.ok(&["put", &name, "docs"]);
+        env.ok(&["get", &format!("docs/{name}"), &format!("{name}.back")]);
+        assert_eq!(env.read(&format!("{name}.back")), data, "size {size}");
+    }
+    let listing = env.ok(&["ls", "-l", "docs"]);
+    for size in sizes {
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with(&format!(" f{size}")))
+            .unwrap_or_else(|| panic!("f{size} not listed: {listing}"));
+        assert!(line.contains(&format!(" {size} ")), "{line}");
+        assert!(line.starts_with("-rw"), "{line}");
+    }
+}
+
+#[test]
+fn fifty_mib_random_file_round_trips_on_discord_limits() {
+    let env = with_key_and_channel(Limits::default());
+    let data = random_bytes(50 * 1024 * 1024, 42);
+    env.write("big.bin", &data);
+    env.ok(&["put", "big.bin", "docs/backups/big.bin"]);
+    let listing = env.ok(&["ls", "-l", "docs/backups"]);
+    assert!(listing.contains(&format!(" {} ", data.len())), "{listing}");
+    env.ok(&["get", "docs/backups/big.bin", "back.bin"]);
+    assert!(
+        env.read("back.bin") == data,
+        "50 MiB file came back different"
+    );
+    // Every attachment is within Discord's per-file limit.
+    for attachment in env.attachments() {
+        assert!(fs::metadata(&attachment).unwrap().len() <= Limits::default().max_file_size);
+    }
+}
+
+#[test]
+fn names_with_spaces_unicode_and_nested_paths() {
+    let env = with_key_and_channel(tiny_limits());
+    let names = [
+        "a file with spaces.txt",
+        "naïve café ☕.md",
+        "日本語のファイル",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        env.write(name, &random_bytes(5000 + i, i as u64));
+        env.ok(&["put", name, &format!("docs/deep/er/{name}")]);
+    }
+    assert_eq!(env.ok(&["ls", "docs"]), "deep/\n");
+    let listed = env.ok(&["ls", "docs/deep/er"]);
+    for name in names {
+        assert!(listed.lines().any(|l| l == name), "{name} not in {listed}");
+        env.ok(&["get", &format!("docs/deep/er/{name}"), "out"]);
+        assert_eq!(env.read("out"), env.read(name));
+    }
+}
+
+#[test]
+fn mv_then_get_and_rm_then_get() {
+    let env = with_key_and_channel(tiny_limits());
+    let data = random_bytes(20_000, 7);
+    env.write("x.bin", &data);
+    env.ok(&["put", "x.bin", "docs"]);
+    let attachments_before = env.attachments().len();
+    env.ok(&["mv", "docs/x.bin", "docs/sub/y.bin"]);
+    // Renaming uploads no chunk again.
+    assert_eq!(env.attachments().len(), attachments_before);
+    assert_eq!(env.ok(&["ls", "docs"]), "sub/\n");
+    env.ok(&["get", "docs/sub/y.bin", "y.bin"]);
+    assert_eq!(env.read("y.bin"), data);
+    let err = env.fails(&["get", "docs/x.bin", "x2.bin"]);
+    assert!(err.contains("no such file or folder: docs/x.bin"), "{err}");
+
+    env.ok(&["rm", "docs/sub/y.bin"]);
+    let err = env.fails(&["get", "docs/sub/y.bin", "y2.bin"]);
+    assert!(err.contains("no such file"), "{err}");
+    assert!(!env.work().join("y2.bin").exists());
+    // The messages are really freed: no attachment is left.
+    assert_eq!(env.attachments().len(), 0);
+}
+
+#[test]
+fn mv_across_channels_and_into_folders() {
+    let env = with_key_and_channel(tiny_limits());
+    env.ok(&["mkdir", "other"]);
+    let data = random_bytes(12_345, 9);
+    env.write("m.bin", &data);
+    env.ok(&["put", "m.bin", "docs/folder/m.bin"]);
+    env.ok(&["mv", "docs/folder", "other/"]);
+    assert_eq!(env.ok(&["ls", "other/folder"]), "m.bin\n");
+    assert!(env.fails(&["ls", "docs/folder"]).contains("no such file"));
+    env.ok(&["get", "other/folder/m.bin", "back"]);
+    assert_eq!(env.read("back"), data);
+    env.ok(&["mkdir", "other/dir"]);
+    env.ok(&["mv", "other/folder/m.bin", "other/dir"]);
+    assert_eq!(env.ok(&["ls", "other/dir"]), "m.bin\n");
+}
+
+#[test]
+fn stored_bytes_hold_none_of_the_plaintext_or_names() {
+    let env = with_key_and_channel(tiny_limits());
+    let marker = b"CONFIDENTIAL-MARKER-1234";
+    let data: Vec<u8> = marker.iter().copied().cycle().take(30_000).collect();
+    env.write("secret-plans.txt", &data);
+    env.ok(&[
+        "put",
+        "secret-plans.txt",
+        "docs/private-folder/secret-plans.txt",
+    ]);
+    let files = env.stored_files();
+    assert!(files.len() > 5);
+    for file in files {
+        let bytes = fs::read(&file).unwrap();
+        for needle in [&marker[..12], b"secret-plans", b"private-folder"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds {:?}",
+                file.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    // The key never goes into the store.
+    let key_text = fs::read_to_string(env.home().join(".config/dcloud-fs/key")).unwrap();
+    let key = key_text.trim();
+    for file in env.stored_files() {
+        let text = String::from_utf8_lossy(&fs::read(&file).unwrap()).to_string();
+        assert!(!text.contains(key));
+    }
+}
+
+#[test]
+fn wrong_key_missing_key_and_exposed_key_are_clear_errors() {
+    let env = with_key_and_channel(tiny_limits());
+    env.write("a.txt", b"some text");
+    env.ok(&["put", "a.txt", "docs"]);
+    let first_id = env.ok(&["ls", "docs"]);
+    assert_eq!(first_id, "a.txt\n");
+
+    // Another key.
+    let other = env.dir.path().join("other.key");
+    let out = env.ok(&["--key-file", other.to_str().unwrap(), "keygen"]);
+    let other_id = out.split_whitespace().nth(2).unwrap().to_string();
+    let err = env.fails(&[
+        "--key-file",
+        other.to_str().unwrap(),
+        "get",
+        "docs/a.txt",
+        "b.txt",
+    ]);
+    assert!(
+        err.contains("wrong key (file was written with key id"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("you have {other_id}")), "{err}");
+    assert!(!env.work().join("b.txt").exists());
+
+    // No key at all.
+    let key_path = env.home().join(".config/dcloud-fs/key");
+    let moved = env.dir.path().join("moved.key");
+    fs::rename(&key_path, &moved).unwrap();
+    let err = env.fails(&["get", "docs/a.txt", "b.txt"]);
+    assert!(err.contains("no key is loaded"), "{err}");
+    let err = env.fails(&["put", "a.txt", "docs/new.txt"]);
+    assert!(err.contains("keygen") && err.contains("--plain"), "{err}");
+
+    // A key file others can read.
+    fs::rename(&moved, &key_path).unwrap();
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = env.fails(&["ls", "docs"]);
+    assert!(err.contains("chmod 600"), "{err}");
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The key from the environment works the same as the file.
+    let key_text = fs::read_to_string(&key_path).unwrap();
+    let output = env
+        .command(&["get", "docs/a.txt", "-"])
+        .env("DCLOUD_KEY", key_text.trim())
+        .env("DCLOUD_KEY_FILE", env.dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout, b"some text");
+    // keygen refuses to overwrite.
+    let err = env.fails(&["keygen"]);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+}
+
+#[test]
+fn passphrase_keys_are_the_same_everywhere() {
+    let env = with_key_and_channel(tiny_limits());
+    let make = |name: &str| {
+        let path = env.dir.path().join(name);
+        let mut child = env
+            .command(&[
+                "--key-file",
+                path.to_str().unwrap(),
+                "keygen",
+                "--passphrase",
+                "--salt",
+                "me@example.org",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"correct horse battery staple\n")
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        fs::read_to_string(path).unwrap()
+    };
+    assert_eq!(make("k1"), make("k2"));
+    let output = env
+        .command(&["put", "--help"])
+        .env("DCLOUD_PASSPHRASE", "x")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+}
+
+#[test]
+fn plain_files_need_no_key_and_are_stored_as_is() {
+    let env = Env::new(tiny_limits());
+    env.ok(&["mkdir", "public"]);
+    let data = random_bytes(9000, 3);
+    env.write("share.bin", &data);
+    env.ok(&["put", "--plain", "share.bin", "public"]);
+    assert!(env.ok(&["ls", "-l", "public"]).contains(" plain "));
+    env.ok(&["get", "public/share.bin", "back"]);
+    assert_eq!(env.read("back"), data);
+    // The attachments are the file's bytes: concatenated in order they are the file.
+    let mut stored: Vec<Vec<u8>> = env
+        .attachments()
+        .iter()
+        .map(|p| fs::read(p).unwrap())
+        .collect();
+    stored.sort_by_key(|chunk| data.windows(chunk.len()).position(|w| w == &chunk[..]));
+    assert_eq!(stored.concat(), data);
+}
+
+#[test]
+fn folders_round_trip_recursively() {
+    let env = with_key_and_channel(tiny_limits());
+    env.write("tree/a.txt", b"alpha");
+    env.write("tree/sub/b.bin", &random_bytes(10_000, 1));
+    env.write("tree/sub/deeper/c", b"");
+    fs::create_dir_all(env.work().join("tree/empty")).unwrap();
+    let err = env.fails(&["put", "tree", "docs"]);
+    assert!(err.contains("use -r"), "{err}");
+    env.ok(&["put", "-r", "tree", "docs"]);
+    assert_eq!(env.ok(&["ls", "docs/tree"]), "a.txt\nempty/\nsub/\n");
+    let err = env.fails(&["get", "docs/tree", "copy"]);
+    assert!(err.contains("use -r"), "{err}");
+    env.ok(&["get", "-r", "docs/tree", "copy"]);
+    for file in ["a.txt", "sub/b.bin", "sub/deeper/c"] {
+        assert_eq!(
+            env.read(&format!("copy/{file}")),
+            env.read(&format!("tree/{file}")),
+            "{file}"
+        );
+    }
+    assert!(env.work().join("copy/empty").is_dir());
+    let err = env.fails(&["rm", "docs/tree"]);
+    assert!(err.contains("use -r"), "{err}");
+    env.ok(&["rm", "-r", "docs/tree"]);
+    assert_eq!(env.ok(&["ls", "docs"]), "");
+    assert_eq!(env.attachments().len(), 0);
+}
+
+#[test]
+fn a_damaged_chunk_fails_the_get_and_leaves_no_partial_file() {
+    let env = with_key_and_channel(tiny_limits());
+    let data = random_bytes(30_000, 11);
+    env.write("d.bin", &data);
+    env.ok(&["put", "d.bin", "docs"]);
+    env.write("existing", b"keep me");
+    let mut attachments = env.attachments();
+    attachments.sort();
+    let victim = &attachments[attachments.len() / 2];
+    let mut bytes = fs::read(victim).unwrap();
+    bytes[40] ^= 0x01;
+    fs::write(victim, bytes).unwrap();
+    let err = env.fails(&["get", "docs/d.bin", "existing"]);
+    assert!(err.contains("failed authentication"), "{err}");
+    assert_eq!(env.read("existing"), b"keep me");
+    let leftovers: Vec<_> = fs::read_dir(env.work())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Deleting the chunk's message entirely is a clear error too.
+    fs::remove_file(victim).unwrap();
+    let err = env.fails(&["get", "docs/d.bin", "-"]);
+    assert!(err.contains("missing"), "{err}");
+}
+
+#[test]
+fn unknown_channels_and_files_are_one_line_errors() {
+    let env = with_key_and_channel(tiny_limits());
+    let err = env.fails(&["ls", "nope"]);
+    assert!(
+        err.contains("no channel named 'nope'") && err.contains("docs"),
+        "{err}"
+    );
+    let err = env.fails(&["get", "docs/missing", "x"]);
+    assert!(
+        err.contains("no such file or folder: docs/missing"),
+        "{err}"
+    );
+    let err = env.fails(&["put", "does-not-exist", "docs"]);
+    assert!(err.contains("does-not-exist"), "{err}");
+    let err = env.fails(&["rm", "docs"]);
+    assert!(err.contains("use -r"), "{err}");
+    let err = env.fails(&["mkdir", "docs"]);
+    assert!(err.contains("already exists"), "{err}");
+    env.ok(&["mkdir", "-p", "docs"]);
+    env.ok(&["mkdir", "docs/sub"]);
+    assert!(env.fails(&["mkdir", "docs/sub"]).contains("already exists"));
+    env.ok(&["mkdir", "-p", "docs/sub"]);
+    let err = env.fails(&["get", "docs/a/../b", "x"]);
+    assert!(err.contains("invalid path"), "{err}");
+}
+
+#[test]
+fn channels_lists_counts_and_sizes() {
+    let env = with_key_and_channel(tiny_limits());
+    env.ok(&["mkdir", "photos"]);
+    env.write("one", &[1u8; 2048]);
+    env.ok(&["put", "one", "photos/a"]);
+    env.ok(&["put", "one", "photos/b"]);
+    let table = env.ok(&["channels"]);
+    let photos = table.lines().find(|l| l.starts_with("photos")).unwrap();
+    assert!(
+        photos.contains(" 2 ") && photos.contains("4.0 KiB"),
+        "{photos}"
+    );
+    assert_eq!(env.ok(&["ls"]), "docs\nphotos\n");
+}
+
+#[test]
+fn every_command_has_help() {
+    let env = Env::new(tiny_limits());
+    for command in [
+        "keygen", "mkdir", "channels", "put", "get", "ls", "rm", "mv",
+    ] {
+        let help = env.ok(&[command, "--help"]);
+        assert!(help.contains("Usage: dcloud-fs"), "{command}: {help}");
+    }
+}
+
+#[test]
+fn overwriting_replaces_and_frees_the_old_version() {
+    let env = with_key_and_channel(tiny_limits());
+    env.write("v1", &random_bytes(20_000, 1));
+    env.write("v2", &random_bytes(3_000, 2));
+    env.ok(&["put", "v1", "docs/f"]);
+    env.ok(&["put", "v2", "docs/f"]);
+    env.ok(&["get", "docs/f", "back"]);
+    assert_eq!(env.read("back"), env.read("v2"));
+    let stored: u64 = env
+        .attachments()
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        stored < 4_000,
+        "old version not freed: {stored} bytes stored"
+    );
+}
+
+#[test]
+fn a_second_machine_sees_the_same_files_without_a_cache() {
+    let env = with_key_and_channel(tiny_limits());
+    env.write("f", b"shared");
+    env.ok(&["put", "f", "docs"]);
+    let key = fs::read_to_string(env.home().join(".config/dcloud-fs/key")).unwrap();
+    // Another HOME: no cache, same store, same key.
+    let output = env
+        .command(&["--no-cache", "get", "docs/f", "-"])
+        .env("HOME", env.dir.path().join("home2"))
+        .env("DCLOUD_KEY", key.trim())
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout, b"shared");
+}
