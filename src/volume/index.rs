@@ -129,6 +129,10 @@ pub struct Index {
     slots: BTreeMap<String, Slot>,
     tombstone_messages: BTreeSet<Id>,
     skipped: BTreeMap<Id, Skip>,
+    /// Messages that a change of ours made useless but that couldn't be deleted yet
+    /// (the store failed); retried after every successful refresh.
+    #[serde(default)]
+    pub unfreed: BTreeSet<Id>,
 }
 
 impl Index {
@@ -142,6 +146,7 @@ impl Index {
             slots: BTreeMap::new(),
             tombstone_messages: BTreeSet::new(),
             skipped: BTreeMap::new(),
+            unfreed: BTreeSet::new(),
         }
     }
 

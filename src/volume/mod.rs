@@ -29,6 +29,9 @@
 //! refreshed just before, so that a concurrent writer's record that still uses them is
 //! seen; two writers racing on the same channel can still leave unreferenced messages
 //! behind (never delete referenced ones they both know of), which only costs space.
+//! Once a change's record is stored the change has happened: nothing after that point
+//! fails it. Messages that can't be freed then (the store failed) are kept in
+//! [`Index::unfreed`] (and its cache) and freed after a later successful refresh.
 
 pub mod index;
 pub mod transfer;
@@ -116,6 +119,9 @@ pub enum VolumeError {
         #[source]
         source: std::io::Error,
     },
+    /// Something the file system can't do (moving a folder into itself, ...).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -265,8 +271,29 @@ impl Volume {
                 break;
             }
         }
+        self.free_unused().await;
         self.save_cache();
         Ok(())
+    }
+
+    /// Deletes the messages in [`Index::unfreed`] that nothing needs, now that the index
+    /// is up to date. Those the store fails to delete stay for the next time.
+    async fn free_unused(&self) {
+        let candidates: Vec<Id> = {
+            let mut index = self.index();
+            if index.unfreed.is_empty() {
+                return;
+            }
+            let in_use = index.messages_in_use();
+            let unfreed = std::mem::take(&mut index.unfreed);
+            unfreed
+                .into_iter()
+                .filter(|id| !in_use.contains(id))
+                .collect()
+        };
+        let failed =
+            transfer::delete_quietly(self.store.as_ref(), self.channel.id, &candidates).await;
+        self.index().unfreed.extend(failed);
     }
 
     /// Applies one message from history (ours and a record), or notes why not.
@@ -471,29 +498,34 @@ impl Volume {
         };
         let uploaded = uploader.run(source).await?;
         let posted = uploaded.posted.clone();
-        let committed = self
-            .commit_file(path, &uploader, uploaded, options, progress)
-            .await;
-        match committed {
-            Ok(file) => Ok(file),
+        let tail_bytes: u64 = uploaded.tail.iter().map(|(_, c)| c.plain_len).sum();
+        let (message, record) = match self
+            .post_file_record(path, &uploader, uploaded, options)
+            .await
+        {
+            Ok(committed) => committed,
             Err(e) => {
                 transfer::delete_quietly(self.store.as_ref(), self.channel.id, &posted).await;
-                Err(e)
+                return Err(e);
             }
+        };
+        // From here on the new version exists: nothing may delete its chunks.
+        if let Some(progress) = &progress {
+            progress.advance(tail_bytes);
         }
+        self.landed(&message, &record).await;
+        self.file(path)
     }
 
-    /// Posts the record of an uploaded file (with its last chunks when they fit in the
-    /// same message), then frees the version it replaced.
-    async fn commit_file(
+    /// Posts the record of an uploaded file, with its last chunks when they fit in the
+    /// same message. Returns the record's message and the record as posted.
+    async fn post_file_record(
         &self,
         path: &str,
         uploader: &transfer::Uploader,
         uploaded: transfer::Uploaded,
         options: PutOptions,
-        progress: Option<Arc<dyn Progress>>,
-    ) -> Result<FileEntry, VolumeError> {
-        let tail_bytes: u64 = uploaded.tail.iter().map(|(_, c)| c.plain_len).sum();
+    ) -> Result<(Message, Record), VolumeError> {
         let (tail_attachments, tail_chunks) = transfer::attach(uploaded.tail);
         let mut manifest = FileManifest {
             path: path.to_string(),
@@ -559,17 +591,12 @@ impl Volume {
                 }
             }
         };
-        if let Some(progress) = &progress {
-            progress.advance(tail_bytes);
-        }
-        self.landed(
-            &posted,
-            &Record {
+        Ok((
+            posted,
+            Record {
                 ops: vec![Op::Put(manifest)],
             },
-        )
-        .await?;
-        self.file(path)
+        ))
     }
 
     /// Whether a message is within the store's limits.
@@ -601,12 +628,12 @@ impl Volume {
 
     /// Seals and posts records of `ops`, in batches, and lets each land.
     async fn post_ops(&self, ops: Vec<Op>) -> Result<(), VolumeError> {
-        // Records carrying encrypted files, or written while a key is loaded, are sealed;
-        // a record that only puts plain files stays readable to everyone.
-        let only_plain_puts = ops
-            .iter()
-            .all(|op| matches!(op, Op::Put(f) if !f.encrypted));
-        let sealing_key = if only_plain_puts {
+        // A record that puts only plain files (renaming or moving them, say) stays
+        // readable to everyone, like the files; any other record is sealed when a key
+        // is loaded.
+        let puts_plain_only = ops.iter().any(|op| matches!(op, Op::Put(_)))
+            && !ops.iter().any(|op| matches!(op, Op::Put(f) if f.encrypted));
+        let sealing_key = if puts_plain_only {
             None
         } else {
             self.key.as_ref()
@@ -618,37 +645,47 @@ impl Volume {
             let envelope = format::seal_record(&record, sealing_key)?;
             let message = self.record_message(envelope, batch[0].path())?;
             let posted = self.store.post(self.channel.id, message).await?;
-            self.landed(&posted, &record).await?;
+            self.landed(&posted, &record).await;
         }
         Ok(())
     }
 
     /// After a record of ours is stored: apply it, then delete the messages that the
-    /// entries it replaced held and nothing needs any more.
-    async fn landed(&self, message: &Message, record: &Record) -> Result<(), VolumeError> {
-        let mut freed: Vec<Id> = Vec::new();
-        {
+    /// entries it replaced held and nothing needs any more. The change has happened
+    /// whatever goes wrong here, so nothing here fails the operation: at worst some
+    /// space stays in use.
+    async fn landed(&self, message: &Message, record: &Record) {
+        let replaced_something = {
             let mut index = self.index();
+            let mut freed = Vec::new();
             for op in &record.ops {
                 if let Some(old) = index.entry(op.path()) {
                     freed.extend(old.messages());
                 }
             }
-            index.apply(message, record).map_err(|why| {
-                VolumeError::Internal(format!("our own record failed to apply: {why}"))
-            })?;
-        }
-        if !freed.is_empty() {
-            // See what others did meanwhile before deleting anything.
-            self.refresh().await?;
-            let in_use = self.index().messages_in_use();
-            freed.sort_unstable();
-            freed.dedup();
-            freed.retain(|id| !in_use.contains(id));
-            transfer::delete_quietly(self.store.as_ref(), self.channel.id, &freed).await;
+            if let Err(why) = index.apply(message, record) {
+                log::error!(
+                    "#{}: our own record in message {} failed to apply: {why}",
+                    self.channel.name,
+                    message.id
+                );
+            }
+            let replaced_something = !freed.is_empty();
+            index.unfreed.extend(freed);
+            replaced_something
+        };
+        if replaced_something {
+            // Re-read the channel first, to see what others did meanwhile; the refresh
+            // then frees what nothing needs.
+            if let Err(e) = self.refresh().await {
+                log::warn!(
+                    "#{}: could not re-read the channel to free replaced messages ({e}); \
+                     will try again next time",
+                    self.channel.name
+                );
+            }
         }
         self.save_cache();
-        Ok(())
     }
 
     /// Writes the file at `path` to `sink`.
@@ -659,17 +696,20 @@ impl Volume {
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<FileEntry, VolumeError> {
         let file = self.file(path)?;
-        let name = self.display(path);
-        let downloader = transfer::Downloader {
-            store: &self.store,
-            channel: self.channel.id,
-            key: self.key.as_ref(),
-            name: &name,
-            parallel_chunks: self.config.download_parallel_chunks,
-            progress,
-        };
-        downloader.run(&file, sink).await?;
+        self.fetcher(path)
+            .download(&file, sink, self.config.download_parallel_chunks, progress)
+            .await?;
         Ok(file)
+    }
+
+    /// What fetches the chunks of the file at `path`.
+    pub fn fetcher(&self, path: &str) -> transfer::ChunkFetcher {
+        transfer::ChunkFetcher {
+            store: self.store.clone(),
+            channel: self.channel.id,
+            key: self.key.clone(),
+            name: self.display(path),
+        }
     }
 
     /// Records a folder at `path` (its parents are implied).
@@ -726,6 +766,13 @@ impl Volume {
     /// Moves the file or folder at `from` to `to` within this channel, without
     /// uploading anything again. A file at `to` is replaced.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), VolumeError> {
+        if from.is_empty() || to.is_empty() {
+            return Err(VolumeError::Unsupported(format!(
+                "can't move a channel itself ({} to {})",
+                self.display(from),
+                self.display(to)
+            )));
+        }
         if from == to {
             return Ok(());
         }
@@ -750,7 +797,7 @@ impl Volume {
                 }
                 Some(false) => {
                     if to.starts_with(&format!("{from}/")) {
-                        return Err(VolumeError::Internal(format!(
+                        return Err(VolumeError::Unsupported(format!(
                             "can't move {} into itself",
                             self.display(from)
                         )));

@@ -30,8 +30,10 @@
 //!
 //! ## Download
 //!
-//! Chunks are fetched `n` at a time (ordered), each opened on the blocking pool, and
-//! written to the sink in order: memory holds at most `n` chunks.
+//! Each chunk is fetched and opened (on the blocking pool) by a task of its own, at most
+//! `n` chunks ahead of the one being written, and the sink receives them in order. Being
+//! tasks, fetches and decryption go on while the sink is busy; memory holds at most `n`
+//! chunks plus the one being written.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -379,63 +381,43 @@ pub fn resolve_attached(
 }
 
 /// Deletes messages, ignoring those already gone and logging other failures (used to
-/// clean up after a failed upload, where the first error is the one to report).
-pub async fn delete_quietly(store: &dyn Store, channel: Id, messages: &[Id]) {
+/// clean up, where the operation's own outcome is what to report). Returns the messages
+/// that could not be deleted.
+pub async fn delete_quietly(store: &dyn Store, channel: Id, messages: &[Id]) -> Vec<Id> {
+    let mut failed = Vec::new();
     for &message in messages {
         match store.delete_message(channel, message).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
-            Err(e) => log::warn!("could not delete message {message} in channel {channel}: {e}"),
-        }
-    }
-}
-
-/// One download of one file version.
-pub struct Downloader<'a> {
-    pub store: &'a Arc<dyn Store>,
-    pub channel: Id,
-    pub key: Option<&'a Key>,
-    /// Names the file in error messages (`channel/path`).
-    pub name: &'a str,
-    pub parallel_chunks: usize,
-    pub progress: Option<Arc<dyn Progress>>,
-}
-
-impl Downloader<'_> {
-    /// Writes the file's bytes to `sink`, in order. Never writes a byte that didn't
-    /// authenticate (or match its checksum).
-    pub async fn run(
-        &self,
-        file: &FileEntry,
-        sink: &mut (dyn AsyncWrite + Unpin + Send),
-    ) -> Result<(), VolumeError> {
-        let mut chunks = futures::stream::iter(file.chunks.iter().enumerate())
-            .map(|(index, chunk)| self.fetch_chunk(file, index as u64, chunk))
-            .buffered(self.parallel_chunks.max(1));
-        while let Some(chunk) = chunks.next().await {
-            let data = chunk?;
-            sink.write_all(&data)
-                .await
-                .map_err(|source| VolumeError::Io {
-                    context: format!("writing {}", self.name),
-                    source,
-                })?;
-            if let Some(progress) = &self.progress {
-                progress.advance(data.len() as u64);
+            Err(e) => {
+                log::warn!("could not delete message {message} in channel {channel}: {e}");
+                failed.push(message);
             }
         }
-        sink.flush().await.map_err(|source| VolumeError::Io {
-            context: format!("writing {}", self.name),
-            source,
-        })
     }
+    failed
+}
 
-    /// Fetches and opens one chunk.
-    pub async fn fetch_chunk(
+/// Where a file's chunks are fetched from, and how they are opened. Cheap to clone, so
+/// that every chunk fetch can run as its own task.
+#[derive(Clone)]
+pub struct ChunkFetcher {
+    pub store: Arc<dyn Store>,
+    pub channel: Id,
+    pub key: Option<Key>,
+    /// Names the file in error messages (`channel/path`).
+    pub name: String,
+}
+
+impl ChunkFetcher {
+    /// Fetches chunk `index` of `file` and opens it: its plaintext, or an error — never
+    /// bytes that didn't authenticate (or match their checksum).
+    pub async fn fetch(
         &self,
-        file: &FileEntry,
+        file: FileId,
+        encrypted: bool,
         index: u64,
-        chunk: &StoredChunk,
+        chunk: StoredChunk,
     ) -> Result<Bytes, VolumeError> {
         let data = self
             .store
@@ -443,12 +425,12 @@ impl Downloader<'_> {
             .await
             .map_err(|e| match e {
                 e if e.is_not_found() => VolumeError::ChunkMissing {
-                    name: self.name.to_string(),
+                    name: self.name.clone(),
                     index,
                 },
                 e => VolumeError::Store(e),
             })?;
-        let key = self.key.cloned();
+        let key = self.key.clone();
         let reference = ChunkRef {
             location: ChunkLocation::Stored {
                 message: chunk.message,
@@ -457,11 +439,10 @@ impl Downloader<'_> {
             len: chunk.len,
             sha256: chunk.sha256,
         };
-        let (id, encrypted) = (file.id, file.encrypted);
         let opened = tokio::task::spawn_blocking(move || {
             format::open_chunk(
                 key.as_ref(),
-                id,
+                file,
                 encrypted,
                 index,
                 &reference,
@@ -470,9 +451,40 @@ impl Downloader<'_> {
         })
         .await;
         joined(opened)?.map_err(|source| VolumeError::Chunk {
-            name: self.name.to_string(),
+            name: self.name.clone(),
             source,
         })
+    }
+
+    /// Writes the whole file to `sink`, in order, with up to `parallel` chunks being
+    /// fetched and opened at once. Each chunk is its own task, so fetching and opening
+    /// go on while earlier chunks are being written.
+    pub async fn download(
+        &self,
+        file: &FileEntry,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+        parallel: usize,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<(), VolumeError> {
+        let (id, encrypted) = (file.id, file.encrypted);
+        let mut chunks = futures::stream::iter(file.chunks.iter().cloned().enumerate())
+            .map(|(index, chunk)| {
+                let fetcher = self.clone();
+                tokio::spawn(async move { fetcher.fetch(id, encrypted, index as u64, chunk).await })
+            })
+            .buffered(parallel.max(1));
+        let write_error = |source| VolumeError::Io {
+            context: format!("writing {}", self.name),
+            source,
+        };
+        while let Some(chunk) = chunks.next().await {
+            let data = joined(chunk)??;
+            sink.write_all(&data).await.map_err(write_error)?;
+            if let Some(progress) = &progress {
+                progress.advance(data.len() as u64);
+            }
+        }
+        sink.flush().await.map_err(write_error)
     }
 }
 
