@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dcloud_fs::crypto::Key;
 use dcloud_fs::format::{
-    self, CHUNK_OVERHEAD, ChunkLocation, ChunkRef, FileManifest, Op, RECORD_ATTACHMENT, Record,
+    self, CHUNK_OVERHEAD, ChunkRef, FileManifest, Op, RECORD_ATTACHMENT, Record,
 };
 use dcloud_fs::store::local::{LOCAL_USER_ID, LocalStore};
 use dcloud_fs::store::{
@@ -835,18 +835,7 @@ async fn foreign_and_garbage_messages_are_ignored() {
                 mtime_ns: MTIME,
                 mode: 0o644,
                 encrypted: false,
-                chunks: entry
-                    .chunks
-                    .iter()
-                    .map(|c| ChunkRef {
-                        location: ChunkLocation::Stored {
-                            message: c.message,
-                            attachment: c.attachment,
-                        },
-                        len: c.len,
-                        sha256: c.sha256,
-                    })
-                    .collect(),
+                chunks: entry.chunks.iter().map(ChunkRef::from).collect(),
             }),
             Op::Del {
                 path: "ours.txt".into(),

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::KeyId;
-use crate::format::{ChunkLocation, FileId, Op, Record};
+use crate::format::{ChunkLocation, ChunkRef, FileId, Op, Record};
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
@@ -40,6 +40,20 @@ pub struct StoredChunk {
     /// SHA-256 of the plaintext (plain files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<[u8; 32]>,
+}
+
+impl From<&StoredChunk> for ChunkRef {
+    /// The reference a record uses for a chunk already stored.
+    fn from(chunk: &StoredChunk) -> ChunkRef {
+        ChunkRef {
+            location: ChunkLocation::Stored {
+                message: chunk.message,
+                attachment: chunk.attachment,
+            },
+            len: chunk.len,
+            sha256: chunk.sha256,
+        }
+    }
 }
 
 /// A file as the index knows it.
@@ -342,7 +356,7 @@ fn resolve(message: &Message, op: &Op) -> Result<(String, Option<Entry>), String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{ChunkRef, DirManifest, FileManifest};
+    use crate::format::{DirManifest, FileManifest};
     use crate::store::Attachment;
 
     fn message(id: Id, attachments: &[(&str, Id)]) -> Message {

@@ -47,8 +47,7 @@ pub use transfer::{ChunkPlan, Progress};
 
 use crate::crypto::{CryptoError, Key, KeyId};
 use crate::format::{
-    self, ChunkLocation, ChunkRef, DirManifest, FileId, FileManifest, FormatError, MessageKind, Op,
-    Record,
+    self, ChunkRef, DirManifest, FileId, FileManifest, FormatError, MessageKind, Op, Record,
 };
 use crate::store::{
     Channel, HistoryCursor, Id, Limits, MAX_HISTORY_PAGE, Message, NewMessage, Store, StoreError,
@@ -842,18 +841,7 @@ fn manifest_for(path: &str, file: &FileEntry) -> FileManifest {
         mtime_ns: file.mtime_ns,
         mode: file.mode,
         encrypted: file.encrypted,
-        chunks: file
-            .chunks
-            .iter()
-            .map(|c| ChunkRef {
-                location: ChunkLocation::Stored {
-                    message: c.message,
-                    attachment: c.attachment,
-                },
-                len: c.len,
-                sha256: c.sha256,
-            })
-            .collect(),
+        chunks: file.chunks.iter().map(ChunkRef::from).collect(),
     }
 }
 

@@ -431,14 +431,7 @@ impl ChunkFetcher {
                 e => VolumeError::Store(e),
             })?;
         let key = self.key.clone();
-        let reference = ChunkRef {
-            location: ChunkLocation::Stored {
-                message: chunk.message,
-                attachment: chunk.attachment,
-            },
-            len: chunk.len,
-            sha256: chunk.sha256,
-        };
+        let reference = ChunkRef::from(&chunk);
         let opened = tokio::task::spawn_blocking(move || {
             format::open_chunk(
                 key.as_ref(),
