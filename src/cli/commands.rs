@@ -459,12 +459,13 @@ async fn download_into(
     path: &str,
     temporary: &Path,
 ) -> Result<FileEntry, CliError> {
-    let mut file = tokio::fs::File::create(temporary)
-        .await
+    let file = fs::File::create(temporary)
         .map_err(|e| CliError::io(temporary.display().to_string(), e))?;
     let size = volume.file(path)?.size;
     let bar = Bar::new(size, &volume.display(path), context.global.quiet);
-    let result = volume.get(path, &mut file, bar.progress()).await;
+    let result = volume
+        .get_to_file(path, Arc::new(file), bar.progress())
+        .await;
     bar.finish();
     Ok(result?)
 }
@@ -659,10 +660,9 @@ async fn copy_across(
                 let copy = spool
                     .try_clone()
                     .map_err(|e| CliError::io("creating a temporary file", e))?;
-                let mut sink = tokio::fs::File::from_std(copy);
                 let bar = Bar::new(file.size * 2, &from.display(&source), context.global.quiet);
-                from.get(&source, &mut sink, bar.progress()).await?;
-                drop(sink);
+                from.get_to_file(&source, Arc::new(copy), bar.progress())
+                    .await?;
                 let mut reader = spool;
                 reader
                     .rewind()

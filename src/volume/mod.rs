@@ -694,6 +694,27 @@ impl Volume {
         sink: &mut (dyn AsyncWrite + Unpin + Send),
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<FileEntry, VolumeError> {
+        self.download(path, transfer::Sink::Writer(sink), progress)
+            .await
+    }
+
+    /// Writes the file at `path` into a local file, from its start position.
+    pub async fn get_to_file(
+        &self,
+        path: &str,
+        file: Arc<std::fs::File>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<FileEntry, VolumeError> {
+        self.download(path, transfer::Sink::File(file), progress)
+            .await
+    }
+
+    async fn download(
+        &self,
+        path: &str,
+        sink: transfer::Sink<'_>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<FileEntry, VolumeError> {
         let file = self.file(path)?;
         self.fetcher(path)
             .download(&file, sink, self.config.download_parallel_chunks, progress)

@@ -35,7 +35,7 @@
 //! tasks, fetches and decryption go on while the sink is busy; memory holds at most `n`
 //! chunks plus the one being written.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -455,7 +455,7 @@ impl ChunkFetcher {
     pub async fn download(
         &self,
         file: &FileEntry,
-        sink: &mut (dyn AsyncWrite + Unpin + Send),
+        mut sink: Sink<'_>,
         parallel: usize,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<(), VolumeError> {
@@ -472,12 +472,43 @@ impl ChunkFetcher {
         };
         while let Some(chunk) = chunks.next().await {
             let data = joined(chunk)??;
-            sink.write_all(&data).await.map_err(write_error)?;
+            let len = data.len() as u64;
+            sink.write(data).await.map_err(write_error)?;
             if let Some(progress) = &progress {
-                progress.advance(data.len() as u64);
+                progress.advance(len);
             }
         }
         sink.flush().await.map_err(write_error)
+    }
+}
+
+/// Where a download's bytes go.
+pub enum Sink<'a> {
+    /// Any async writer (stdout, a buffer, ...).
+    Writer(&'a mut (dyn AsyncWrite + Unpin + Send)),
+    /// A local file, written on the blocking pool straight from each chunk's buffer
+    /// (an async file would copy every chunk once more).
+    File(Arc<std::fs::File>),
+}
+
+impl Sink<'_> {
+    async fn write(&mut self, data: Bytes) -> std::io::Result<()> {
+        match self {
+            Sink::Writer(writer) => writer.write_all(&data).await,
+            Sink::File(file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || (&*file).write_all(&data))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Writer(writer) => writer.flush().await,
+            Sink::File(_) => Ok(()),
+        }
     }
 }
 
