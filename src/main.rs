@@ -24,7 +24,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dcloud-fs: {e}");
-            ExitCode::FAILURE
+            if e.is_interruption() {
+                ExitCode::from(cli::EXIT_INTERRUPTED as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -566,3 +566,35 @@ fn a_second_machine_sees_the_same_files_without_a_cache() {
         .unwrap();
     assert_eq!(output.stdout, b"shared");
 }
+
+#[test]
+fn ctrl_c_during_put_stops_and_leaves_nothing_behind() {
+    let env = with_key_and_channel(tiny_limits());
+    // Tiny chunks: thousands of messages, seconds of work to interrupt.
+    env.write("big", &random_bytes(12 * 1024 * 1024, 5));
+    let child = env
+        .command(&["put", "big", "docs"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the upload is under way (some attachments stored), then interrupt.
+    let started = std::time::Instant::now();
+    while env.attachments().len() < 30 {
+        assert!(started.elapsed().as_secs() < 60, "the upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(env.ok(&["ls", "docs"]), "");
+    assert_eq!(
+        env.attachments().len(),
+        0,
+        "uploaded chunks were left behind"
+    );
+}

@@ -21,11 +21,13 @@ fn report(error: &CliError) {
 }
 
 /// The result of a command over several items: each failure is reported as it happens
-/// and the others still done; a command over a single item just returns its error.
+/// and the others still done; a command over a single item just returns its error. An
+/// interruption (Ctrl-C) ends the whole command.
 struct Outcome {
     single_item: bool,
     failures: usize,
     only_error: Option<CliError>,
+    interrupted: bool,
 }
 
 impl Outcome {
@@ -34,25 +36,33 @@ impl Outcome {
             single_item: items == 1,
             failures: 0,
             only_error: None,
+            interrupted: false,
         }
     }
 
-    fn record(&mut self, result: Result<(), CliError>) {
-        if let Err(e) = result {
-            self.failures += 1;
-            if self.single_item {
-                self.only_error = Some(e);
-            } else {
-                report(&e);
+    /// Notes one item's result; returns whether to go on with the next.
+    fn record(&mut self, result: Result<(), CliError>) -> bool {
+        match result {
+            Ok(()) => {}
+            Err(CliError::Volume(VolumeError::Interrupted)) => self.interrupted = true,
+            Err(e) => {
+                self.failures += 1;
+                if self.single_item {
+                    self.only_error = Some(e);
+                } else {
+                    report(&e);
+                }
             }
         }
+        !self.interrupted
     }
 
     fn finish(self) -> Result<(), CliError> {
-        match (self.only_error, self.failures) {
-            (Some(e), _) => Err(e),
-            (None, 0) => Ok(()),
-            (None, failures) => Err(CliError::Partial(failures)),
+        match (self.interrupted, self.only_error, self.failures) {
+            (true, _, _) => Err(VolumeError::Interrupted.into()),
+            (false, Some(e), _) => Err(e),
+            (false, None, 0) => Ok(()),
+            (false, None, failures) => Err(CliError::Partial(failures)),
         }
     }
 }
@@ -224,7 +234,9 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
             Ok(target) => uploader.put_path(source, &target).await,
             Err(e) => Err(e),
         };
-        outcome.record(done);
+        if !outcome.record(done) {
+            break;
+        }
     }
     outcome.finish()
 }
@@ -271,8 +283,10 @@ impl TreeUploader<'_> {
             let mut entries = match listed {
                 Ok(entries) => entries,
                 Err(e) => {
-                    outcome.record(Err(e));
-                    continue;
+                    if outcome.record(Err(e)) {
+                        continue;
+                    }
+                    break;
                 }
             };
             entries.sort_by_key(|e| e.file_name());
@@ -284,7 +298,9 @@ impl TreeUploader<'_> {
                         .map(|m| mtime_ns(&m))
                         .unwrap_or_else(|_| now_ns());
                     let made = self.volume.mkdir(&target, mtime, mode).await;
-                    outcome.record(made.map_err(CliError::from));
+                    if !outcome.record(made.map_err(CliError::from)) {
+                        break;
+                    }
                 }
                 continue;
             }
@@ -309,7 +325,9 @@ impl TreeUploader<'_> {
                         path.display()
                     ))),
                 };
-                outcome.record(result);
+                if !outcome.record(result) {
+                    return outcome.finish();
+                }
             }
         }
         outcome.finish()
@@ -415,7 +433,9 @@ async fn download_tree(
                 Err(e) => Err(CliError::io(parent.display().to_string(), e)),
             }
         };
-        outcome.record(result);
+        if !outcome.record(result) {
+            break;
+        }
     }
     outcome.finish()
 }
@@ -555,7 +575,9 @@ pub async fn rm(context: &Context, args: RmArgs) -> Result<(), CliError> {
     let mut outcome = Outcome::new(args.targets.len());
     for target in &args.targets {
         let result = remove_one(context, &store, &key, &mut volumes, target, args.recursive).await;
-        outcome.record(result);
+        if !outcome.record(result) {
+            break;
+        }
     }
     outcome.finish()
 }

@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::local::LocalStore;
 use crate::store::{Limits, Store, StoreError};
-use crate::volume::{Volume, VolumeConfig, VolumeError, find_channel};
+use crate::volume::{Interrupt, Volume, VolumeConfig, VolumeError, find_channel};
 
 /// Store files in Discord channels: one folder per channel, files as chunked,
 /// AES-256-GCM-encrypted attachments. The key never leaves this machine.
@@ -171,6 +171,11 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// Whether the command stopped because it was asked to (Ctrl-C).
+    pub fn is_interruption(&self) -> bool {
+        matches!(self, CliError::Volume(VolumeError::Interrupted))
+    }
+
     fn io(context: impl Into<String>, source: std::io::Error) -> CliError {
         CliError::Io {
             context: context.into(),
@@ -181,7 +186,9 @@ impl CliError {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let context = Context::new(cli.global);
+    let interrupt = Interrupt::default();
+    tokio::spawn(stop_on_signals(interrupt.clone()));
+    let context = Context::new(cli.global, interrupt);
     match cli.command {
         Command::Keygen(args) => commands::keygen(&context, args),
         Command::Mkdir { parents, target } => commands::mkdir(&context, &target, parents).await,
@@ -194,14 +201,44 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// The first SIGINT or SIGTERM asks running transfers to stop and clean up (a put
+/// deletes what it uploaded, a get its partial file); a second one ends the process at
+/// once.
+async fn stop_on_signals(interrupt: Interrupt) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        log::warn!("could not listen for Ctrl-C; an interrupted transfer may leave debris");
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    interrupt.trigger();
+    eprintln!("dcloud-fs: stopping; cleaning up what was half done (again to quit at once)");
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    std::process::exit(EXIT_INTERRUPTED);
+}
+
+/// Exit status after an interruption (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
 /// What commands share: the global options, and the store and key, opened on demand.
 pub(crate) struct Context {
     global: GlobalArgs,
+    /// Triggered by Ctrl-C or SIGTERM: transfers stop and clean up.
+    interrupt: Interrupt,
 }
 
 impl Context {
-    fn new(global: GlobalArgs) -> Context {
-        Context { global }
+    fn new(global: GlobalArgs, interrupt: Interrupt) -> Context {
+        Context { global, interrupt }
     }
 
     /// The store: the local store at --local, or the default local store.
@@ -260,6 +297,7 @@ impl Context {
             } else {
                 VolumeConfig::default().cache_dir
             },
+            interrupt: self.interrupt.clone(),
         }
     }
 

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::AsyncWrite;
 
 pub use index::{DirEntry, Entry, FileEntry, Index, Listed, Node, Skip, StoredChunk};
-pub use transfer::{ChunkPlan, Progress};
+pub use transfer::{ChunkPlan, Interrupt, Progress};
 
 use crate::crypto::{CryptoError, Key, KeyId};
 use crate::format::{
@@ -118,6 +118,9 @@ pub enum VolumeError {
         #[source]
         source: std::io::Error,
     },
+    /// The transfer was asked to stop ([`Interrupt`]); what it had stored is deleted.
+    #[error("interrupted; the unfinished transfer was cleaned up")]
+    Interrupted,
     /// Something the file system can't do (moving a folder into itself, ...).
     #[error("{0}")]
     Unsupported(String),
@@ -149,6 +152,8 @@ pub struct VolumeConfig {
     /// Where index caches are kept; `None` keeps none (every open replays the whole
     /// channel). Default: `$XDG_CACHE_HOME/dcloud-fs/index`.
     pub cache_dir: Option<PathBuf>,
+    /// Stops this volume's transfers when triggered. Default: never triggered.
+    pub interrupt: Interrupt,
 }
 
 impl Default for VolumeConfig {
@@ -157,6 +162,7 @@ impl Default for VolumeConfig {
             upload_parallel_messages: 2,
             download_parallel_chunks: 4,
             cache_dir: Some(crate::dirs::cache_dir().join("index")),
+            interrupt: Interrupt::default(),
         }
     }
 }
@@ -494,14 +500,19 @@ impl Volume {
             parallel_messages: self.config.upload_parallel_messages,
             progress: progress.clone(),
             source_name: source_name.to_string(),
+            interrupt: self.config.interrupt.clone(),
         };
         let uploaded = uploader.run(source).await?;
         let posted = uploaded.posted.clone();
         let tail_bytes: u64 = uploaded.tail.iter().map(|(_, c)| c.plain_len).sum();
-        let (message, record) = match self
-            .post_file_record(path, &uploader, uploaded, options)
-            .await
-        {
+        let committed = match self.config.interrupt.check() {
+            Ok(()) => {
+                self.post_file_record(path, &uploader, uploaded, options)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let (message, record) = match committed {
             Ok(committed) => committed,
             Err(e) => {
                 transfer::delete_quietly(self.store.as_ref(), self.channel.id, &posted).await;
@@ -729,6 +740,7 @@ impl Volume {
             channel: self.channel.id,
             key: self.key.clone(),
             name: self.display(path),
+            interrupt: self.config.interrupt.clone(),
         }
     }
 

@@ -37,6 +37,7 @@
 
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -57,6 +58,33 @@ use crate::store::{Id, Limits, NewAttachment, NewMessage, Store, StoreError};
 pub trait Progress: Send + Sync {
     /// `bytes` more bytes are done.
     fn advance(&self, bytes: u64);
+}
+
+/// Asks running transfers to stop (on Ctrl-C, say). A transfer checks it before each
+/// chunk; a stopped one cleans up as after any failure and fails with
+/// [`VolumeError::Interrupted`]. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    /// Asks every transfer that holds a clone to stop.
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Interrupted)` once a stop was asked for.
+    pub fn check(&self) -> Result<(), VolumeError> {
+        if self.is_set() {
+            Err(VolumeError::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -144,6 +172,7 @@ pub struct Uploader {
     pub progress: Option<Arc<dyn Progress>>,
     /// Names the source in error messages.
     pub source_name: String,
+    pub interrupt: Interrupt,
 }
 
 type Source = Box<dyn Read + Send>;
@@ -187,6 +216,10 @@ impl Uploader {
         let mut failure = None;
 
         loop {
+            if let Err(e) = self.interrupt.check() {
+                failure = Some(e);
+                break;
+            }
             let permit = permits
                 .clone()
                 .acquire_owned()
@@ -407,6 +440,7 @@ pub struct ChunkFetcher {
     pub key: Option<Key>,
     /// Names the file in error messages (`channel/path`).
     pub name: String,
+    pub interrupt: Interrupt,
 }
 
 impl ChunkFetcher {
@@ -471,6 +505,7 @@ impl ChunkFetcher {
             source,
         };
         while let Some(chunk) = chunks.next().await {
+            self.interrupt.check()?;
             let data = joined(chunk)??;
             let len = data.len() as u64;
             sink.write(data).await.map_err(write_error)?;
