@@ -598,3 +598,24 @@ fn ctrl_c_during_put_stops_and_leaves_nothing_behind() {
         "uploaded chunks were left behind"
     );
 }
+
+#[test]
+fn get_restores_mode_and_modification_time() {
+    let env = with_key_and_channel(tiny_limits());
+    let source = env.write("ro.txt", b"read only");
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&source)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    fs::set_permissions(&source, fs::Permissions::from_mode(0o444)).unwrap();
+    env.ok(&["put", "ro.txt", "docs"]);
+    assert!(env.ok(&["ls", "-l", "docs"]).starts_with("-r--r--r-- "));
+    env.ok(&["get", "docs/ro.txt", "back.txt"]);
+    let metadata = fs::metadata(env.work().join("back.txt")).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o444);
+    assert_eq!(metadata.modified().unwrap(), mtime);
+    assert_eq!(env.read("back.txt"), b"read only");
+}

@@ -13,7 +13,7 @@ use super::output::{self, Bar};
 use super::{CliError, Context, GetArgs, KeygenArgs, LsArgs, PutArgs, RmArgs, split_target};
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::{Store, StoreError};
-use crate::volume::{Entry, FileEntry, Listed, Node, PutOptions, Skip, Volume, VolumeError};
+use crate::volume::{Entry, Listed, Node, PutOptions, Skip, Volume, VolumeError};
 
 /// Prints an error of one item among several.
 fn report(error: &CliError) {
@@ -461,45 +461,38 @@ async fn download_file(
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result = download_into(context, volume, path, &temporary).await;
-    let result = result.and_then(|file| {
-        finish_download(&temporary, &file)
-            .and_then(|()| fs::rename(&temporary, target))
-            .map_err(|e| CliError::io(&shown, e))
-    });
+    let result = download_into(context, volume, path, &temporary, &shown).await;
+    let result =
+        result.and_then(|()| fs::rename(&temporary, target).map_err(|e| CliError::io(&shown, e)));
     if result.is_err() {
         let _ = fs::remove_file(&temporary);
     }
     result
 }
 
+/// Downloads the file into `temporary` and gives it the stored modification time and
+/// mode (through the open handle, so a read-only mode can't get in the way).
 async fn download_into(
     context: &Context,
     volume: &Volume,
     path: &str,
     temporary: &Path,
-) -> Result<FileEntry, CliError> {
-    let file = fs::File::create(temporary)
-        .map_err(|e| CliError::io(temporary.display().to_string(), e))?;
+    shown: &str,
+) -> Result<(), CliError> {
+    let file = Arc::new(fs::File::create(temporary).map_err(|e| CliError::io(shown, e))?);
     let size = volume.file(path)?.size;
     let bar = Bar::new(size, &volume.display(path), context.global.quiet);
-    let result = volume
-        .get_to_file(path, Arc::new(file), bar.progress())
-        .await;
+    let result = volume.get_to_file(path, file.clone(), bar.progress()).await;
     bar.finish();
-    Ok(result?)
-}
-
-/// Gives the downloaded file the stored mode and modification time.
-fn finish_download(temporary: &Path, file: &FileEntry) -> std::io::Result<()> {
-    fs::set_permissions(temporary, fs::Permissions::from_mode(file.mode & 0o777))?;
-    let mtime = if file.mtime_ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(file.mtime_ns as u64)
+    let entry = result?;
+    let mtime = if entry.mtime_ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(entry.mtime_ns as u64)
     } else {
-        UNIX_EPOCH - Duration::from_nanos(file.mtime_ns.unsigned_abs())
+        UNIX_EPOCH - Duration::from_nanos(entry.mtime_ns.unsigned_abs())
     };
-    let handle = fs::OpenOptions::new().write(true).open(temporary)?;
-    handle.set_times(fs::FileTimes::new().set_modified(mtime))
+    file.set_times(fs::FileTimes::new().set_modified(mtime))
+        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o777)))
+        .map_err(|e| CliError::io(shown, e))
 }
 
 pub async fn ls(context: &Context, args: LsArgs) -> Result<(), CliError> {
