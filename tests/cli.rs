@@ -619,3 +619,41 @@ fn get_restores_mode_and_modification_time() {
     assert_eq!(metadata.modified().unwrap(), mtime);
     assert_eq!(env.read("back.txt"), b"read only");
 }
+
+#[test]
+fn an_unreadable_record_is_reported_not_shown() {
+    let env = with_key_and_channel(tiny_limits());
+    env.write("ok.txt", b"fine");
+    env.ok(&["put", "ok.txt", "docs"]);
+    // A record of ours whose bytes are garbage (as if damaged in the store).
+    let channel_dir = fs::read_dir(env.store().join("channels"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("channel.json").exists())
+        .unwrap();
+    let channel_id: u64 = channel_dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let id = 1_000_000_000_000_000_000u64;
+    let message = serde_json::json!({"id": id, "channel_id": channel_id,
+        "author_id": 1_000_000_000_000_001u64, "content": "dcfs1 AAAAAAAAAAAAAAAAAAAA", "attachments": []});
+    fs::write(
+        channel_dir.join(format!("messages/{id}.json")),
+        message.to_string(),
+    )
+    .unwrap();
+
+    let output = env.run(&["--no-cache", "ls", "docs"]);
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok.txt\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 record(s) in 'docs' are damaged"));
+    let err = env.fails(&["-q", "--no-cache", "get", "docs/lost.txt", "x"]);
+    assert!(
+        err.contains("no such file or folder: docs/lost.txt") && err.contains("could not be read"),
+        "{err}"
+    );
+}

@@ -68,8 +68,8 @@ pub enum VolumeError {
         name: String,
         available: Vec<String>,
     },
-    #[error("no such file or folder: {name}")]
-    NotFound { name: String },
+    #[error("no such file or folder: {name}{hint}")]
+    NotFound { name: String, hint: String },
     #[error("{name}: wrong key (file was written with key id {written}, you have {have})")]
     WrongKey {
         name: String,
@@ -404,7 +404,7 @@ impl Volume {
     pub fn not_found(&self, path: &str) -> VolumeError {
         let name = self.display(path);
         let index = self.index();
-        let mut no_key = 0;
+        let (mut no_key, mut unreadable) = (0, 0);
         for skip in index.skipped().values() {
             match (skip, &self.key) {
                 (Skip::WrongKey(written), Some(key)) => {
@@ -415,17 +415,25 @@ impl Volume {
                     };
                 }
                 (Skip::NoKey(_), _) => no_key += 1,
-                _ => {}
+                (Skip::Damaged(_) | Skip::NewerVersion(_), _) => unreadable += 1,
+                (Skip::WrongKey(_), None) => {}
             }
         }
         if no_key > 0 {
-            VolumeError::KeyNeeded {
+            return VolumeError::KeyNeeded {
                 name,
                 count: no_key,
-            }
-        } else {
-            VolumeError::NotFound { name }
+            };
         }
+        let hint = if unreadable > 0 {
+            format!(
+                " ({unreadable} record(s) in this channel could not be read: damaged, or \
+                 written by a newer dcloud-fs)"
+            )
+        } else {
+            String::new()
+        };
+        VolumeError::NotFound { name, hint }
     }
 
     /// The file at `path`.
