@@ -7,7 +7,7 @@
 //!
 //! | content                 | kind |
 //! |-------------------------|------|
-//! | `dcfs1 data`            | data message: only chunk attachments |
+//! | `dcfs1 data <file id>`  | data message: only chunk attachments, of the file with that id (32 hex digits) |
 //! | `dcfs1 <base64url>`     | record message, record inline (unpadded base64url of the record envelope) |
 //! | `dcfs1 @record.dcfr`    | record message, record envelope in the attachment named `record.dcfr` |
 //!
@@ -114,8 +114,14 @@ pub const CHUNK_HEADER_LEN: usize = 4 + 1 + NONCE_LEN;
 pub const CHUNK_OVERHEAD: usize = CHUNK_HEADER_LEN + TAG_LEN;
 /// Prefix of the content of every message dcloud-fs posts.
 pub const CONTENT_PREFIX: &str = "dcfs1 ";
-/// Content of a data message.
+/// Start of the content of a data message; the file id follows after a space. The id
+/// lets an upload that died midway find and delete the data messages it left behind.
 pub const DATA_CONTENT: &str = "dcfs1 data";
+
+/// The content of a data message holding chunks of `file`.
+pub fn data_content(file: FileId) -> String {
+    format!("{DATA_CONTENT} {file}")
+}
 /// Name of the attachment holding a record that is too long for the content.
 pub const RECORD_ATTACHMENT: &str = "record.dcfr";
 /// Bytes of the record envelope header (magic, version, cipher, key id).
@@ -664,8 +670,8 @@ pub fn open_record(envelope: &[u8], key: Option<&Key>) -> Result<Record, FormatE
 /// What a message is, judged by its content.
 #[derive(Debug, PartialEq, Eq)]
 pub enum MessageKind {
-    /// Chunks only.
-    Data,
+    /// Chunks only, of the file with this id (`None`: no valid id given).
+    Data(Option<FileId>),
     /// A record, inline: the envelope bytes.
     InlineRecord(Vec<u8>),
     /// A record in the attachment [`RECORD_ATTACHMENT`].
@@ -679,8 +685,10 @@ pub fn classify(content: &str) -> MessageKind {
     let Some(rest) = content.strip_prefix(CONTENT_PREFIX) else {
         return MessageKind::Other;
     };
-    if content == DATA_CONTENT {
-        return MessageKind::Data;
+    if let Some(rest) = content.strip_prefix(DATA_CONTENT)
+        && (rest.is_empty() || rest.starts_with(' '))
+    {
+        return MessageKind::Data(crypto::decode_hex::<16>(rest.trim_start()).map(FileId));
     }
     if rest.strip_prefix('@') == Some(RECORD_ATTACHMENT) {
         return MessageKind::AttachedRecord;
@@ -938,7 +946,10 @@ mod tests {
     #[test]
     fn message_content_classifies_and_long_records_go_to_an_attachment() {
         let limits = Limits::default();
-        assert_eq!(classify(DATA_CONTENT), MessageKind::Data);
+        let file = FileId([7; 16]);
+        assert_eq!(classify(&data_content(file)), MessageKind::Data(Some(file)));
+        assert_eq!(classify(DATA_CONTENT), MessageKind::Data(None));
+        assert!(!matches!(classify("dcfs1 database"), MessageKind::Data(_)));
         assert_eq!(classify("hello everyone"), MessageKind::Other);
         assert_eq!(classify("dcfs1 !!!"), MessageKind::Other);
         let envelope = seal_record(&sample_record(), None).unwrap();

@@ -121,6 +121,18 @@ impl Env {
         files
     }
 
+    /// Attachments of the messages in the store (what a Discord channel would show).
+    fn message_attachments(&self) -> usize {
+        self.stored_files()
+            .into_iter()
+            .filter(|p| p.parent().unwrap().ends_with("messages"))
+            .filter(|p| p.extension().is_some_and(|e| e == "json")) // not a post cut short
+            .filter_map(|p| fs::read(p).ok())
+            .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .map(|m| m["attachments"].as_array().map_or(0, Vec::len))
+            .sum()
+    }
+
     /// Attachment files in the store.
     fn attachments(&self) -> Vec<PathBuf> {
         self.stored_files()
@@ -656,4 +668,49 @@ fn an_unreadable_record_is_reported_not_shown() {
         err.contains("no such file or folder: docs/lost.txt") && err.contains("could not be read"),
         "{err}"
     );
+}
+
+#[test]
+fn an_upload_killed_outright_is_reclaimed_at_the_next_open() {
+    let env = with_key_and_channel(tiny_limits());
+    env.write("keep", b"kept");
+    env.ok(&["put", "keep", "docs"]);
+    let kept = env.message_attachments();
+    env.write("big", &random_bytes(12 * 1024 * 1024, 6));
+    let mut child = env.command(&["put", "big", "docs"]).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while env.message_attachments() < kept + 30 {
+        assert!(started.elapsed().as_secs() < 60, "the upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert!(
+        env.message_attachments() > kept,
+        "the killed upload left nothing to reclaim"
+    );
+    // Any command that opens the channel reclaims what the dead upload left.
+    assert_eq!(env.ok(&["ls", "docs"]), "keep\n");
+    assert_eq!(
+        env.message_attachments(),
+        kept,
+        "orphaned chunks were not reclaimed"
+    );
+    // Nor is anything left of a post the kill cut short inside the store.
+    assert_eq!(env.attachments().len(), kept);
+    let staged = env
+        .stored_files()
+        .into_iter()
+        .filter(|p| p.parent().unwrap().ends_with("staging"))
+        .count();
+    assert_eq!(staged, 0, "staged files of the dead upload are left");
+    env.ok(&["get", "docs/keep", "back"]);
+    assert_eq!(env.read("back"), b"kept");
+    let journals = env.home().join(".cache/dcloud-fs/index/uploads");
+    let left: Vec<_> = fs::read_dir(journals)
+        .into_iter()
+        .flatten()
+        .flat_map(|store| fs::read_dir(store.unwrap().path()).unwrap())
+        .collect();
+    assert!(left.is_empty(), "journals left: {left:?}");
 }

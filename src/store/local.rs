@@ -13,6 +13,7 @@
 //! ROOT/channels/<channel id>/channel.json {"id":…,"name":"…"}
 //! ROOT/channels/<channel id>/messages/<message id>.json
 //! ROOT/channels/<channel id>/attachments/<attachment id>
+//! ROOT/channels/<channel id>/staging/<pid>-…     (files of a post in progress)
 //! ```
 //!
 //! The limits live in `guild.json` and may be edited there (to emulate a boosted guild,
@@ -22,13 +23,14 @@
 //!
 //! Several processes may use one store at once (the CLI beside a mount). Ids come from
 //! one counter in `ids.lock`, read and bumped under an exclusive `flock`, so they are
-//! unique and increase. A post writes and fsyncs its attachment files first, then, while
-//! holding the lock, takes the message id and renames the message file into place: a
-//! message becomes visible atomically, complete with its attachments, and messages of a
-//! channel become visible in id order, so a reader paging with `after` never misses one.
-//! A crash mid-post leaves at most unreferenced attachment files, never a message with
-//! missing parts. Deleting a message removes its message file first, then its
-//! attachments.
+//! unique and increase. A post writes and fsyncs its attachments into `staging/` first,
+//! then, while holding the lock, takes the message id, moves the attachments into place
+//! and renames the message file into place: a message becomes visible atomically,
+//! complete with its attachments, and messages of a channel become visible in id order,
+//! so a reader paging with `after` never misses one. A crash mid-post leaves only
+//! staged files of a dead process, which the next open sweeps away; never a message
+//! with missing parts. Deleting a message removes its
+//! message file first, then its attachments.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -86,6 +88,7 @@ impl LocalStore {
         let channels = root.join("channels");
         fs::create_dir_all(&channels)
             .map_err(|e| StoreError::io(format!("creating {}", channels.display()), e))?;
+        store.inner.sweep_crash_debris()?;
         Ok(store)
     }
 
@@ -169,6 +172,16 @@ fn create_layout(root: &Path, limits: Limits) -> StoreResult<()> {
     }
     let _ = fs::remove_file(&tmp);
     Ok(())
+}
+
+/// Whether a process with this id exists.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Writes a file and fsyncs it.
@@ -382,16 +395,30 @@ impl Inner {
         Ok(())
     }
 
+    fn staging_dir(&self, channel: Id) -> PathBuf {
+        self.channel_dir(channel).join("staging")
+    }
+
+    /// Where a post keeps an attachment until its message is published; the name
+    /// carries the process id, so that a sweep can tell a dead post's files.
+    fn staged_path(&self, channel: Id, attachment: Id) -> PathBuf {
+        self.staging_dir(channel)
+            .join(format!("{}-{attachment}", std::process::id()))
+    }
+
     fn post(&self, author: Id, channel: Id, message: NewMessage) -> StoreResult<Message> {
         self.check_limits(&message)?;
         self.check_channel(channel)?;
+        let staging = self.staging_dir(channel);
+        fs::create_dir_all(&staging)
+            .map_err(|e| StoreError::io(format!("creating {}", staging.display()), e))?;
         let attachment_ids = IdLock::acquire(&self.root)?.next_ids(message.attachments.len())?;
         let mut attachments = Vec::with_capacity(message.attachments.len());
         let written = attachment_ids
             .iter()
             .zip(&message.attachments)
             .try_for_each(|(&id, new)| {
-                write_synced(&self.attachment_path(channel, id), &new.data)?;
+                write_synced(&self.staged_path(channel, id), &new.data)?;
                 attachments.push(Attachment {
                     id,
                     filename: new.filename.clone(),
@@ -402,14 +429,16 @@ impl Inner {
         let published = written.and_then(|()| self.publish(author, channel, message, attachments));
         if published.is_err() {
             for id in attachment_ids {
+                let _ = fs::remove_file(self.staged_path(channel, id));
                 let _ = fs::remove_file(self.attachment_path(channel, id));
             }
         }
         published
     }
 
-    /// Takes the message id and makes the message visible, under the id lock so that
-    /// messages appear in id order.
+    /// Takes the message id and makes the message visible with its attachments, under
+    /// the id lock so that messages appear in id order. The message file is written in
+    /// `staging/` and renamed into `messages/`, so it appears whole.
     fn publish(
         &self,
         author: Id,
@@ -426,15 +455,71 @@ impl Inner {
             content: message.content,
             attachments,
         };
-        let messages_dir = self.messages_dir(channel);
-        let tmp = messages_dir.join(format!(".tmp-{id}"));
+        // The staged message file goes first: while it exists, the message is not
+        // published, and it lists the attachments that a sweep must take back.
+        let staged_message = self.staged_message_path(channel, id);
         let text = serde_json::to_string(&stored).expect("message serializes");
-        write_synced(&tmp, text.as_bytes())?;
-        fs::rename(&tmp, self.message_path(channel, id))
+        write_synced(&staged_message, text.as_bytes())?;
+        for attachment in &stored.attachments {
+            fs::rename(
+                self.staged_path(channel, attachment.id),
+                self.attachment_path(channel, attachment.id),
+            )
+            .map_err(|e| StoreError::io(format!("publishing attachment {}", attachment.id), e))?;
+        }
+        if !stored.attachments.is_empty() {
+            sync_dir(&self.channel_dir(channel).join("attachments"))?;
+        }
+        fs::rename(&staged_message, self.message_path(channel, id))
             .map_err(|e| StoreError::io(format!("publishing message {id}"), e))?;
         drop(lock);
-        sync_dir(&messages_dir)?;
+        sync_dir(&self.messages_dir(channel))?;
         Ok(stored)
+    }
+
+    fn staged_message_path(&self, channel: Id, message: Id) -> PathBuf {
+        self.staging_dir(channel)
+            .join(format!("{}-message-{message}", std::process::id()))
+    }
+
+    /// Removes what posts cut short by a crash left: the staged files of processes that
+    /// are gone, and the attachments that a publish cut short had already moved (its
+    /// staged message file lists them). Runs under the id lock, so no publish is
+    /// halfway while it looks.
+    fn sweep_crash_debris(&self) -> StoreResult<()> {
+        let _lock = IdLock::acquire(&self.root)?;
+        let Ok(channels) = fs::read_dir(self.channels_dir()) else {
+            return Ok(());
+        };
+        for channel in channels.flatten() {
+            let Ok(staged) = fs::read_dir(channel.path().join("staging")) else {
+                continue;
+            };
+            for entry in staged.flatten() {
+                let name = entry.file_name();
+                let Some((pid, rest)) = name.to_str().and_then(|n| n.split_once('-')) else {
+                    continue;
+                };
+                if pid.parse().map_or(true, process_alive) {
+                    continue;
+                }
+                if rest.starts_with("message-") {
+                    let unpublished = fs::read(entry.path())
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice::<Message>(&bytes).ok());
+                    for attachment in unpublished.map(|m| m.attachments).unwrap_or_default() {
+                        let _ = fs::remove_file(
+                            channel
+                                .path()
+                                .join("attachments")
+                                .join(attachment.id.to_string()),
+                        );
+                    }
+                }
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     fn message_ids(&self, channel: Id) -> StoreResult<Vec<Id>> {

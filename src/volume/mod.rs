@@ -34,6 +34,7 @@
 //! [`Index::unfreed`] (and its cache) and freed after a later successful refresh.
 
 pub mod index;
+pub mod journal;
 pub mod transfer;
 
 use std::fs;
@@ -224,7 +225,35 @@ impl Volume {
             index: Mutex::new(index),
         };
         volume.refresh().await?;
+        volume.reclaim_abandoned_uploads().await;
         Ok(volume)
+    }
+
+    /// Deletes what uploads on this machine that died midway left in this channel.
+    async fn reclaim_abandoned_uploads(&self) {
+        let Some(dir) = self.journal_dir() else {
+            return;
+        };
+        let in_use = self.index().messages_in_use();
+        let deleted = journal::reclaim_abandoned(
+            &dir,
+            self.store.as_ref(),
+            self.channel.id,
+            self.user,
+            &in_use,
+        )
+        .await;
+        match deleted {
+            Ok(0) => {}
+            Ok(count) => log::info!(
+                "#{}: deleted {count} message(s) left by an upload that died midway",
+                self.channel.name
+            ),
+            Err(e) => log::warn!(
+                "#{}: could not clean up after an upload that died midway: {e}",
+                self.channel.name
+            ),
+        }
     }
 
     /// The channel.
@@ -331,7 +360,7 @@ impl Volume {
                     Err(e) => return Err(e.into()),
                 }
             }
-            MessageKind::Data | MessageKind::Other => return Ok(()),
+            MessageKind::Data(_) | MessageKind::Other => return Ok(()),
         };
         match format::open_record(&envelope, self.key.as_ref()) {
             Ok(record) => {
@@ -499,23 +528,71 @@ impl Volume {
         } else {
             0
         };
+        let file_id = FileId::random()?;
+        let journal = self.start_journal(file_id);
         let uploader = transfer::Uploader {
             store: self.store.clone(),
             channel: self.channel.id,
             key,
-            file: FileId::random()?,
+            file: file_id,
             plan: ChunkPlan::new(&self.limits, overhead)?,
             parallel_messages: self.config.upload_parallel_messages,
             progress: progress.clone(),
             source_name: source_name.to_string(),
             interrupt: self.config.interrupt.clone(),
         };
+        let result = self
+            .upload_and_commit(path, &uploader, source, options, progress)
+            .await;
+        if let Some(journal) = journal {
+            journal.close();
+        }
+        result
+    }
+
+    /// The upload journal of a new put, where there is a cache directory to keep it.
+    fn start_journal(&self, file: FileId) -> Option<journal::UploadJournal> {
+        let dir = self.journal_dir()?;
+        let started = fs::DirBuilder::new()
+            .recursive(true)
+            .create(&dir)
+            .and_then(|()| journal::UploadJournal::start(&dir, self.channel.id, file));
+        match started {
+            Ok(journal) => Some(journal),
+            Err(e) => {
+                log::warn!(
+                    "no upload journal in {} ({e}); a crash would leave debris",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    fn journal_dir(&self) -> Option<PathBuf> {
+        Some(
+            self.config
+                .cache_dir
+                .as_ref()?
+                .join("uploads")
+                .join(self.store.identity()),
+        )
+    }
+
+    async fn upload_and_commit(
+        &self,
+        path: &str,
+        uploader: &transfer::Uploader,
+        source: Box<dyn std::io::Read + Send>,
+        options: PutOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<FileEntry, VolumeError> {
         let uploaded = uploader.run(source).await?;
         let posted = uploaded.posted.clone();
         let tail_bytes: u64 = uploaded.tail.iter().map(|(_, c)| c.plain_len).sum();
         let committed = match self.config.interrupt.check() {
             Ok(()) => {
-                self.post_file_record(path, &uploader, uploaded, options)
+                self.post_file_record(path, uploader, uploaded, options)
                     .await
             }
             Err(e) => Err(e),
@@ -585,7 +662,7 @@ impl Volume {
                         .is_some_and(|a| a.filename == format::RECORD_ATTACHMENT),
                 );
             let data = NewMessage {
-                content: format::DATA_CONTENT.to_string(),
+                content: format::data_content(uploader.file),
                 attachments: message.attachments.into_iter().take(chunk_count).collect(),
             };
             let data_message = self.store.post(self.channel.id, data).await?;
@@ -921,7 +998,7 @@ fn load_cache(
 }
 
 /// Writes a file only its owner can read (the index holds file names), atomically.
-fn write_private_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(parent) = path.parent() {

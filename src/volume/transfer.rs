@@ -49,9 +49,7 @@ use tokio::task::JoinHandle;
 use super::VolumeError;
 use super::index::{FileEntry, StoredChunk};
 use crate::crypto::Key;
-use crate::format::{
-    self, ChunkBuffer, ChunkLocation, ChunkRef, DATA_CONTENT, FileId, SealedChunk, Sealing,
-};
+use crate::format::{self, ChunkBuffer, ChunkLocation, ChunkRef, FileId, SealedChunk, Sealing};
 use crate::store::{Id, Limits, NewAttachment, NewMessage, Store, StoreError};
 
 /// Something that wants to hear how many bytes have moved (a progress bar).
@@ -260,6 +258,7 @@ impl Uploader {
                     self.channel,
                     chunks,
                     self.progress.clone(),
+                    self.file,
                 )));
             }
         }
@@ -339,6 +338,7 @@ async fn post_group(
     channel: Id,
     group: Vec<PendingChunk>,
     progress: Option<Arc<dyn Progress>>,
+    file: FileId,
 ) -> Result<PostedGroup, VolumeError> {
     let mut sealed = Vec::with_capacity(group.len());
     let mut permits = Vec::with_capacity(group.len());
@@ -352,7 +352,7 @@ async fn post_group(
         .post(
             channel,
             NewMessage {
-                content: DATA_CONTENT.to_string(),
+                content: format::data_content(file),
                 attachments,
             },
         )
