@@ -962,4 +962,48 @@ mod tests {
         assert_eq!(classify(&content), MessageKind::AttachedRecord);
         assert_eq!(attachment.unwrap().filename, RECORD_ATTACHMENT);
     }
+
+    /// Every mutation of a valid envelope or chunk (a flipped bit, a cut, bytes
+    /// appended), and random bytes, is refused with an error, never accepted or a panic.
+    #[test]
+    fn mutated_or_random_input_is_refused_without_panicking() {
+        let mut state = 0x5eed_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let key = Key::generate().unwrap();
+        let file = FileId::random().unwrap();
+        let envelope = seal_record(&sample_record(), Some(&key)).unwrap();
+        let chunk = sealed(&key, file, 2, &[9u8; 300]).bytes;
+        for _ in 0..2000 {
+            let mut record = envelope.clone();
+            let mut data = chunk.clone();
+            match next() % 3 {
+                0 => {
+                    let bit = next() as usize % (record.len() * 8);
+                    record[bit / 8] ^= 1 << (bit % 8);
+                    let bit = next() as usize % (data.len() * 8);
+                    data[bit / 8] ^= 1 << (bit % 8);
+                }
+                1 => {
+                    record.truncate(next() as usize % record.len());
+                    data.truncate(next() as usize % data.len());
+                }
+                _ => {
+                    record.push(next() as u8);
+                    data.push(next() as u8);
+                }
+            }
+            assert!(open_record(&record, Some(&key)).is_err());
+            assert!(open_chunk(Some(&key), file, true, 2, &chunk_ref(300), data).is_err());
+
+            let random: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
+            assert!(open_record(&random, Some(&key)).is_err());
+            let text: String = random.iter().map(|&b| char::from(b % 96 + 32)).collect();
+            let _ = classify(&format!("{CONTENT_PREFIX}{text}"));
+        }
+    }
 }
