@@ -249,6 +249,9 @@ impl Sealing<'_> {
     }
 }
 
+/// First read of [`ChunkBuffer::fill_from`]; later reads double it.
+const FIRST_READ_WINDOW: usize = 64 * 1024;
+
 /// A buffer that is filled with a chunk's plaintext and then sealed in place, with room
 /// for the header in front so sealing copies nothing.
 pub struct ChunkBuffer {
@@ -289,12 +292,21 @@ impl ChunkBuffer {
     ) -> std::io::Result<usize> {
         let start = self.bytes.len();
         let target = self.header_len + capacity;
-        self.bytes.resize(target, 0);
         let mut filled = start;
+        // The read window grows as data keeps coming, so a small file never touches
+        // (zeroes, faults in) the several MiB a chunk may hold.
+        let mut window = FIRST_READ_WINDOW;
         while filled < target {
-            match reader.read(&mut self.bytes[filled..target]) {
+            let end = target.min(filled + window);
+            self.bytes.resize(end, 0);
+            match reader.read(&mut self.bytes[filled..end]) {
                 Ok(0) => break,
-                Ok(n) => filled += n,
+                Ok(n) => {
+                    filled += n;
+                    if filled == end {
+                        window = window.saturating_mul(2);
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.bytes.truncate(filled);

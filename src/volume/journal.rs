@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,61 @@ impl UploadJournal {
                 "could not remove the upload journal {}: {e}",
                 self.path.display()
             );
+        }
+    }
+}
+
+/// The journal of an upload, started only when the upload first posts a data message:
+/// a file that fits in the message of its record (most small files) leaves nothing to
+/// reclaim and costs no journal.
+#[derive(Debug)]
+pub struct LazyJournal {
+    /// Where journals go; `None`: keep none.
+    dir: Option<PathBuf>,
+    channel: Id,
+    file: FileId,
+    started: Mutex<Option<UploadJournal>>,
+}
+
+impl LazyJournal {
+    /// The journal an upload of `file` to `channel` will keep in `dir`.
+    pub fn new(dir: Option<PathBuf>, channel: Id, file: FileId) -> LazyJournal {
+        LazyJournal {
+            dir,
+            channel,
+            file,
+            started: Mutex::new(None),
+        }
+    }
+
+    /// Starts the journal if it isn't yet; call before posting a data message. A
+    /// journal that can't be written is a warning, not a failure of the upload.
+    pub fn ensure_started(&self) {
+        let Some(dir) = &self.dir else { return };
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if started.is_some() {
+            return;
+        }
+        let journal = fs::create_dir_all(dir)
+            .and_then(|()| UploadJournal::start(dir, self.channel, self.file));
+        match journal {
+            Ok(journal) => *started = Some(journal),
+            Err(e) => log::warn!(
+                "no upload journal in {} ({e}); if this upload dies midway, what it stored stays",
+                dir.display()
+            ),
+        }
+    }
+
+    /// The upload is over: removes the journal, if one was started.
+    pub fn close(&self) {
+        let started = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(journal) = started {
+            journal.close();
         }
     }
 }

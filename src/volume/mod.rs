@@ -39,6 +39,7 @@ pub mod transfer;
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::AsyncWrite;
@@ -193,7 +194,10 @@ pub async fn find_channel(store: &dyn Store, name: &str) -> Result<Channel, Volu
 }
 
 /// One channel, opened. Methods take `&self`; the index sits behind a mutex that is
-/// never held across a store call.
+/// never held across a store call. The index cache is written when the volume is
+/// dropped (or [`Volume::save`]d), not after every change: writing the whole index per
+/// file would make copying a folder of many files quadratic, and a cache that misses
+/// the last changes is only slower to open, never wrong (replay reads them again).
 pub struct Volume {
     store: Arc<dyn Store>,
     channel: Channel,
@@ -202,6 +206,14 @@ pub struct Volume {
     limits: Limits,
     config: VolumeConfig,
     index: Mutex<Index>,
+    /// The index changed since the cache was last written.
+    unsaved: AtomicBool,
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        self.save();
+    }
 }
 
 impl Volume {
@@ -223,6 +235,7 @@ impl Volume {
             key,
             config,
             index: Mutex::new(index),
+            unsaved: AtomicBool::new(false),
         };
         volume.refresh().await?;
         volume.reclaim_abandoned_uploads().await;
@@ -306,7 +319,7 @@ impl Volume {
             }
         }
         self.free_unused().await;
-        self.save_cache();
+        self.unsaved.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -410,6 +423,13 @@ impl Volume {
             Skip::Damaged(why) => {
                 log::warn!("#{channel}: record in message {message} skipped: damaged: {why}")
             }
+        }
+    }
+
+    /// Writes the index cache if the index changed since it was last written.
+    pub fn save(&self) {
+        if self.unsaved.swap(false, Ordering::Relaxed) {
+            self.save_cache();
         }
     }
 
@@ -529,7 +549,6 @@ impl Volume {
             0
         };
         let file_id = FileId::random()?;
-        let journal = self.start_journal(file_id);
         let uploader = transfer::Uploader {
             store: self.store.clone(),
             channel: self.channel.id,
@@ -540,33 +559,13 @@ impl Volume {
             progress: progress.clone(),
             source_name: source_name.to_string(),
             interrupt: self.config.interrupt.clone(),
+            journal: journal::LazyJournal::new(self.journal_dir(), self.channel.id, file_id),
         };
         let result = self
             .upload_and_commit(path, &uploader, source, options, progress)
             .await;
-        if let Some(journal) = journal {
-            journal.close();
-        }
+        uploader.journal.close();
         result
-    }
-
-    /// The upload journal of a new put, where there is a cache directory to keep it.
-    fn start_journal(&self, file: FileId) -> Option<journal::UploadJournal> {
-        let dir = self.journal_dir()?;
-        let started = fs::DirBuilder::new()
-            .recursive(true)
-            .create(&dir)
-            .and_then(|()| journal::UploadJournal::start(&dir, self.channel.id, file));
-        match started {
-            Ok(journal) => Some(journal),
-            Err(e) => {
-                log::warn!(
-                    "no upload journal in {} ({e}); a crash would leave debris",
-                    dir.display()
-                );
-                None
-            }
-        }
     }
 
     fn journal_dir(&self) -> Option<PathBuf> {
@@ -665,6 +664,7 @@ impl Volume {
                 content: format::data_content(uploader.file),
                 attachments: message.attachments.into_iter().take(chunk_count).collect(),
             };
+            uploader.journal.ensure_started();
             let data_message = self.store.post(self.channel.id, data).await?;
             let first_tail = manifest.chunks.len() - chunk_count;
             let record_posted: Result<Message, VolumeError> = async {
@@ -780,7 +780,7 @@ impl Volume {
                 );
             }
         }
-        self.save_cache();
+        self.unsaved.store(true, Ordering::Relaxed);
     }
 
     /// Writes the file at `path` to `sink`.

@@ -48,6 +48,7 @@ use tokio::task::JoinHandle;
 
 use super::VolumeError;
 use super::index::{FileEntry, StoredChunk};
+use super::journal::LazyJournal;
 use crate::crypto::Key;
 use crate::format::{self, ChunkBuffer, ChunkLocation, ChunkRef, FileId, SealedChunk, Sealing};
 use crate::store::{Id, Limits, NewAttachment, NewMessage, Store, StoreError};
@@ -171,6 +172,8 @@ pub struct Uploader {
     /// Names the source in error messages.
     pub source_name: String,
     pub interrupt: Interrupt,
+    /// Started before the first data message is posted.
+    pub journal: LazyJournal,
 }
 
 type Source = Box<dyn Read + Send>;
@@ -253,6 +256,7 @@ impl Uploader {
                     }
                 }
                 let chunks = std::mem::replace(&mut group, Vec::with_capacity(per_message));
+                self.journal.ensure_started();
                 posts.push_back(tokio::spawn(post_group(
                     self.store.clone(),
                     self.channel,
