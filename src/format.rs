@@ -12,8 +12,9 @@
 //! | `dcfs1 @record.dcfr`    | record message, record envelope in the attachment named `record.dcfr` |
 //!
 //! A record message may also carry chunk attachments of its own: a small file is a single
-//! message (its chunks and its record together), and a large file's last chunks ride in
-//! the message of its record. Messages by other authors, and messages whose content
+//! message (its chunks and its record together), several small files can share one (a
+//! record with one `put` for each), and a large file's last chunks ride in the message of
+//! its record. Messages by other authors, and messages whose content
 //! doesn't start with `dcfs1 `, are not part of the file system.
 //!
 //! ## Chunks

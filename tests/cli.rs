@@ -714,3 +714,44 @@ fn an_upload_killed_outright_is_reclaimed_at_the_next_open() {
         .collect();
     assert!(left.is_empty(), "journals left: {left:?}");
 }
+
+#[test]
+fn small_files_go_several_to_a_message_and_fail_alone() {
+    let env = with_key_and_channel(tiny_limits());
+    for i in 0..10 {
+        env.write(
+            &format!("tree/f{i}.txt"),
+            format!("small file {i}").as_bytes(),
+        );
+    }
+    env.write("tree/big.bin", &random_bytes(20_000, 1));
+    let messages = || {
+        env.stored_files()
+            .into_iter()
+            .filter(|p| p.parent().unwrap().ends_with("messages"))
+            .count()
+    };
+    env.ok(&["put", "-r", "tree", "docs"]);
+    // Ten small files at three a message (tiny limits: 4 attachments, one kept for a
+    // record): four messages; the big file takes its own (2 data + 1 record).
+    assert_eq!(messages(), 4 + 3);
+    env.ok(&["get", "-r", "docs/tree", "copy"]);
+    for i in 0..10 {
+        assert_eq!(
+            env.read(&format!("copy/f{i}.txt")),
+            format!("small file {i}").as_bytes()
+        );
+    }
+    assert_eq!(env.read("copy/big.bin"), env.read("tree/big.bin"));
+
+    // A file that can't go where it should fails alone; the others of its batch land.
+    env.ok(&["rm", "-r", "docs/tree"]);
+    env.ok(&["mkdir", "docs/tree/f3.txt"]);
+    let output = env.run(&["put", "-r", "tree", "docs"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("docs/tree/f3.txt is a folder"), "{stderr}");
+    let listed = env.ok(&["ls", "docs/tree"]);
+    assert_eq!(listed.lines().count(), 11, "{listed}");
+    assert!(listed.contains("f3.txt/") && listed.contains("f4.txt") && listed.contains("big.bin"));
+}

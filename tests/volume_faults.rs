@@ -39,7 +39,8 @@ use dcloud_fs::store::{
     Channel, HistoryCursor, Id, Limits, Message, NewAttachment, NewMessage, Store, StoreError,
 };
 use dcloud_fs::volume::{
-    ChunkPlan, Entry, FileEntry, Node, PutOptions, Skip, Volume, VolumeConfig, VolumeError,
+    ChunkPlan, Entry, FileEntry, Node, PutOptions, Skip, SmallFile, Volume, VolumeConfig,
+    VolumeError,
 };
 use faulty::{FaultyStore, SplitMix64};
 use tempfile::TempDir;
@@ -1544,4 +1545,84 @@ async fn put_that_reports_failure_leaves_the_old_version() {
     volume.refresh().await.unwrap();
     fx.assert_no_orphans(&volume, "after the retried freeing")
         .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Small files, several to a message
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_share_a_message_and_land_together_or_not_at_all() {
+    let fx = Fixture::new(77).await;
+    let key = Key::generate().unwrap();
+    let volume = fx.open(Some(&key)).await;
+    let per_message = volume.small_files_per_message();
+    assert_eq!(per_message, LIMITS.max_attachments - 1);
+    let mut rng = SplitMix64::new(77);
+    let batch = |rng: &mut SplitMix64, prefix: &str, encrypted: bool| -> Vec<SmallFile> {
+        let limit = volume.small_file_limit(encrypted) as usize;
+        (0..per_message)
+            .map(|i| SmallFile {
+                path: format!("{prefix}/f{i}"),
+                // One empty file, one at the limit, the rest in between.
+                data: match i {
+                    0 => Vec::new(),
+                    1 => rng.bytes(limit),
+                    _ => {
+                        let len = 1 + rng.index(limit);
+                        rng.bytes(len)
+                    }
+                },
+                options: options(encrypted),
+            })
+            .collect()
+    };
+
+    // A failed post stores none of the batch.
+    let failing = batch(&mut rng, "failed", true);
+    fx.store.fail_post_in(1);
+    assert!(volume.put_small(failing).await.is_err());
+    assert!(files(&volume).is_empty());
+    assert!(fx.messages().await.is_empty());
+
+    // A good batch is one message, and every file reads back.
+    for (prefix, encrypted) in [("enc", true), ("plain", false)] {
+        let files_in = batch(&mut rng, prefix, encrypted);
+        let before = fx.messages().await.len();
+        volume.put_small(files_in.clone()).await.unwrap();
+        assert_eq!(fx.messages().await.len(), before + 1);
+        let fresh = fx.open(Some(&key)).await;
+        for file in &files_in {
+            assert_eq!(read(&fresh, &file.path).await, file.data, "{}", file.path);
+            let entry = fresh.index().file(&file.path).cloned().unwrap();
+            assert_eq!(entry.encrypted, encrypted);
+        }
+    }
+    // Plain files batched alone are readable without a key.
+    let keyless = fx.open(None).await;
+    assert!(files(&keyless).iter().all(|p| p.starts_with("plain/")));
+    assert_eq!(files(&keyless).len(), per_message);
+
+    // Replacing small files frees the message they shared once none of them is left.
+    let shared = fx.messages().await.last().unwrap().id;
+    let replacements: Vec<SmallFile> = batch(&mut rng, "plain", false);
+    volume.put_small(replacements).await.unwrap();
+    assert!(fx.messages().await.iter().all(|m| m.id != shared));
+    fx.assert_no_orphans(&volume, "after replacing small files")
+        .await;
+
+    // Too many, too large, or a bad place: refused before anything is posted.
+    let posts = fx.store.counts().posts;
+    let mut too_many = batch(&mut rng, "x", true);
+    too_many.push(too_many[0].clone());
+    assert!(volume.put_small(too_many).await.is_err());
+    let mut too_large = batch(&mut rng, "y", true);
+    too_large[2].data = vec![0; volume.small_file_limit(true) as usize + 1];
+    assert!(volume.put_small(too_large).await.is_err());
+    let mut under_a_file = batch(&mut rng, "z", true);
+    under_a_file[2].path = "enc/f1/inside".into();
+    assert!(matches!(
+        volume.put_small(under_a_file).await,
+        Err(VolumeError::NotADirectory { .. })
+    ));
+    assert_eq!(fx.store.counts().posts, posts);
 }

@@ -13,7 +13,7 @@ use super::output::{self, Bar};
 use super::{CliError, Context, GetArgs, KeygenArgs, LsArgs, PutArgs, RmArgs, split_target};
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::{Store, StoreError};
-use crate::volume::{Entry, Listed, Node, PutOptions, Skip, Volume, VolumeError};
+use crate::volume::{Entry, Listed, Node, PutOptions, Skip, SmallFile, Volume, VolumeError};
 
 /// Prints an error of one item among several.
 fn report(error: &CliError) {
@@ -44,7 +44,7 @@ impl Outcome {
     fn record(&mut self, result: Result<(), CliError>) -> bool {
         match result {
             Ok(()) => {}
-            Err(CliError::Volume(VolumeError::Interrupted)) => self.interrupted = true,
+            Err(e) if e.is_interruption() => self.interrupted = true,
             Err(e) => {
                 self.failures += 1;
                 if self.single_item {
@@ -213,11 +213,14 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
     let volume = context.volume(&store, &context.key()?, &channel).await?;
     let dest_is_dir = matches!(volume.index().node(&dest_path), Some(Node::Dir(_)));
     let into = dest_path.is_empty() || trailing_slash || sources.len() > 1 || dest_is_dir;
-    let uploader = TreeUploader {
+    let mut uploader = TreeUploader {
         context,
         volume: &volume,
         recursive: args.recursive,
         plain: args.plain,
+        small_limit: volume.small_file_limit(!args.plain),
+        pending: Vec::new(),
+        deferred: Vec::new(),
     };
     let mut outcome = Outcome::new(sources.len());
     for source in sources {
@@ -238,19 +241,32 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
             break;
         }
     }
+    uploader.flush().await;
+    for error in uploader.deferred.drain(..) {
+        if !outcome.record(Err(error)) {
+            break;
+        }
+    }
     outcome.finish()
 }
 
-/// Uploads files and folder trees into one volume.
+/// Uploads files and folder trees into one volume. Small files wait in `pending` and
+/// go several to a message ([`Volume::put_small`]); larger ones stream one by one.
 struct TreeUploader<'a> {
     context: &'a Context,
     volume: &'a Volume,
     recursive: bool,
     plain: bool,
+    /// Files up to this size are batched.
+    small_limit: u64,
+    /// Small files waiting for their batch: (local path, channel path).
+    pending: Vec<(PathBuf, String)>,
+    /// Failures of small files, known only when their batch is stored.
+    deferred: Vec<CliError>,
 }
 
 impl TreeUploader<'_> {
-    async fn put_path(&self, source: &Path, target: &str) -> Result<(), CliError> {
+    async fn put_path(&mut self, source: &Path, target: &str) -> Result<(), CliError> {
         let metadata =
             fs::metadata(source).map_err(|e| CliError::io(source.display().to_string(), e))?;
         if metadata.is_dir() {
@@ -273,7 +289,7 @@ impl TreeUploader<'_> {
 
     /// Copies a folder tree; failures of single files are reported and counted, and
     /// the others still copied.
-    async fn put_tree(&self, root: &Path, target: &str) -> Result<(), CliError> {
+    async fn put_tree(&mut self, root: &Path, target: &str) -> Result<(), CliError> {
         let mut outcome = Outcome::new(usize::MAX);
         let mut pending = vec![(root.to_path_buf(), target.to_string())];
         while let Some((dir, target)) = pending.pop() {
@@ -333,15 +349,31 @@ impl TreeUploader<'_> {
         outcome.finish()
     }
 
-    async fn put_file(&self, source: &Path, target: &str) -> Result<(), CliError> {
+    /// Uploads one file, or queues it for a batch if it is small.
+    async fn put_file(&mut self, source: &Path, target: &str) -> Result<(), CliError> {
         let shown = source.display().to_string();
         let file = fs::File::open(source).map_err(|e| CliError::io(&shown, e))?;
         let metadata = file.metadata().map_err(|e| CliError::io(&shown, e))?;
-        let options = PutOptions {
-            mtime_ns: mtime_ns(&metadata),
-            mode: metadata.permissions().mode() & 0o7777,
-            encrypted: !self.plain,
-        };
+        if metadata.len() <= self.small_limit {
+            self.pending
+                .push((source.to_path_buf(), target.to_string()));
+            if self.pending.len() >= self.volume.small_files_per_message() {
+                self.flush().await;
+            }
+            return Ok(());
+        }
+        self.put_large(file, &metadata, &shown, target).await
+    }
+
+    /// Streams one file up, with a progress bar.
+    async fn put_large(
+        &self,
+        file: fs::File,
+        metadata: &fs::Metadata,
+        shown: &str,
+        target: &str,
+    ) -> Result<(), CliError> {
+        let options = self.options(metadata);
         let bar = Bar::new(
             metadata.len(),
             &self.volume.display(target),
@@ -349,12 +381,66 @@ impl TreeUploader<'_> {
         );
         let result = self
             .volume
-            .put(target, Box::new(file), &shown, options, bar.progress())
+            .put(target, Box::new(file), shown, options, bar.progress())
             .await;
         bar.finish();
         result?;
         log::info!("put {shown} -> {}", self.volume.display(target));
         Ok(())
+    }
+
+    fn options(&self, metadata: &fs::Metadata) -> PutOptions {
+        PutOptions {
+            mtime_ns: mtime_ns(metadata),
+            mode: metadata.permissions().mode() & 0o7777,
+            encrypted: !self.plain,
+        }
+    }
+
+    /// Stores the queued small files as one message; failures go to `deferred`.
+    async fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.pending);
+        let mut files = Vec::with_capacity(batch.len());
+        for (source, target) in &batch {
+            let shown = source.display().to_string();
+            let read = fs::read(source).and_then(|data| Ok((data, fs::metadata(source)?)));
+            let queued = match read {
+                // A file that grew since it was queued goes on its own.
+                Ok((data, metadata)) if data.len() as u64 > self.small_limit => {
+                    drop(data);
+                    match fs::File::open(source) {
+                        Ok(file) => self.put_large(file, &metadata, &shown, target).await,
+                        Err(e) => Err(CliError::io(&shown, e)),
+                    }
+                }
+                Ok((data, metadata)) => {
+                    let options = self.options(&metadata);
+                    // A file that can't go where it should fails alone, not its batch.
+                    self.volume
+                        .check_put(target, options)
+                        .map_err(CliError::from)
+                        .map(|()| {
+                            files.push(SmallFile {
+                                path: target.clone(),
+                                data,
+                                options,
+                            })
+                        })
+                }
+                Err(e) => Err(CliError::io(shown, e)),
+            };
+            if let Err(e) = queued {
+                self.deferred.push(e);
+            }
+        }
+        if files.is_empty() {
+            return;
+        }
+        let names: Vec<String> = files.iter().map(|f| self.volume.display(&f.path)).collect();
+        match self.volume.put_small(files).await {
+            Ok(()) => log::info!("put {} small file(s): {}", names.len(), names.join(", ")),
+            Err(source) => self.deferred.push(CliError::Batch { names, source }),
+        }
     }
 }
 

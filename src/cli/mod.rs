@@ -165,6 +165,13 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// Small files stored together in one message, which failed.
+    #[error("{} file(s) not stored ({}): {source}", names.len(), names.join(", "))]
+    Batch {
+        names: Vec<String>,
+        #[source]
+        source: VolumeError,
+    },
     /// Some of several items failed; each was reported already.
     #[error("{0} of the items failed (see above)")]
     Partial(usize),
@@ -173,7 +180,14 @@ pub enum CliError {
 impl CliError {
     /// Whether the command stopped because it was asked to (Ctrl-C).
     pub fn is_interruption(&self) -> bool {
-        matches!(self, CliError::Volume(VolumeError::Interrupted))
+        matches!(
+            self,
+            CliError::Volume(VolumeError::Interrupted)
+                | CliError::Batch {
+                    source: VolumeError::Interrupted,
+                    ..
+                }
+        )
     }
 
     fn io(context: impl Into<String>, source: std::io::Error) -> CliError {

@@ -179,6 +179,51 @@ pub struct PutOptions {
     pub encrypted: bool,
 }
 
+/// A small file for [`Volume::put_small`], read whole.
+#[derive(Debug, Clone)]
+pub struct SmallFile {
+    pub path: String,
+    pub data: Vec<u8>,
+    pub options: PutOptions,
+}
+
+/// Seals small files as chunk 0 of each, named by position in the message, and makes
+/// the record operations that put them.
+fn seal_small_files(
+    files: Vec<SmallFile>,
+    key: Option<&Key>,
+) -> Result<(Vec<crate::store::NewAttachment>, Vec<Op>), VolumeError> {
+    let mut attachments = Vec::new();
+    let mut ops = Vec::with_capacity(files.len());
+    for (position, file) in files.into_iter().enumerate() {
+        let id = FileId::random()?;
+        let mut chunks = Vec::new();
+        if !file.data.is_empty() {
+            let sealing = match (file.options.encrypted, key) {
+                (true, Some(key)) => format::Sealing::Encrypted(key),
+                (true, None) => return Err(VolumeError::NoKey),
+                (false, _) => format::Sealing::Plain,
+            };
+            let mut buffer = format::ChunkBuffer::new(file.data.len(), file.options.encrypted);
+            buffer.extend_from_slice(&file.data);
+            let sealed = buffer.seal(sealing, id, 0)?;
+            let (attachment, reference) = transfer::attach(vec![(position as u64, sealed)]);
+            attachments.extend(attachment);
+            chunks.extend(reference);
+        }
+        ops.push(Op::Put(FileManifest {
+            path: file.path,
+            id,
+            size: file.data.len() as u64,
+            mtime_ns: file.options.mtime_ns,
+            mode: file.options.mode & 0o7777,
+            encrypted: file.options.encrypted,
+            chunks,
+        }));
+    }
+    Ok((attachments, ops))
+}
+
 /// Looks a channel up by its folder name.
 pub async fn find_channel(store: &dyn Store, name: &str) -> Result<Channel, VolumeError> {
     let channels = store.channels().await?;
@@ -527,6 +572,15 @@ impl Volume {
         }
     }
 
+    /// Checks that a file can be put at `path` with `options` (before reading it).
+    pub fn check_put(&self, path: &str, options: PutOptions) -> Result<(), VolumeError> {
+        self.check_creatable(path, true)?;
+        if options.encrypted && self.key.is_none() {
+            return Err(VolumeError::NoKey);
+        }
+        Ok(())
+    }
+
     /// Uploads a new version of the file at `path` from `source`, replacing any file
     /// there. The file appears only once all of it is stored.
     pub async fn put(
@@ -827,6 +881,90 @@ impl Volume {
             name: self.display(path),
             interrupt: self.config.interrupt.clone(),
         }
+    }
+
+    /// How many small files [`Volume::put_small`] stores in one message.
+    pub fn small_files_per_message(&self) -> usize {
+        self.limits.max_attachments.saturating_sub(1).max(1)
+    }
+
+    /// The largest file [`Volume::put_small`] takes: one chunk, small enough that a full
+    /// batch of them fits in one message.
+    pub fn small_file_limit(&self, encrypted: bool) -> u64 {
+        let overhead = if encrypted {
+            format::CHUNK_OVERHEAD as u64
+        } else {
+            0
+        };
+        let per_file = self
+            .limits
+            .max_request_size
+            .saturating_sub(self.limits.max_request_size / 64)
+            / self.small_files_per_message() as u64;
+        let chunk =
+            ChunkPlan::new(&self.limits, overhead as usize).map_or(0, |p| p.chunk_len as u64);
+        per_file
+            .min(self.limits.max_file_size)
+            .saturating_sub(overhead)
+            .min(chunk)
+    }
+
+    /// Stores up to [`Volume::small_files_per_message`] small files (each at most
+    /// [`Volume::small_file_limit`]) as one message: their chunks, and one record that
+    /// puts them all. Discord limits messages, not bytes, per channel, so a folder of
+    /// small files costs a fraction of the messages it would one by one. The files all
+    /// appear, or (on error) none of them.
+    pub async fn put_small(&self, files: Vec<SmallFile>) -> Result<(), VolumeError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        if files.len() > self.small_files_per_message() {
+            return Err(VolumeError::Internal(format!(
+                "{} small files in one message",
+                files.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for file in &files {
+            self.check_put(&file.path, file.options)?;
+            if !seen.insert(file.path.as_str()) {
+                return Err(VolumeError::AlreadyExists {
+                    name: self.display(&file.path),
+                });
+            }
+            if file.data.len() as u64 > self.small_file_limit(file.options.encrypted) {
+                return Err(VolumeError::Internal(format!(
+                    "{} is not a small file",
+                    file.path
+                )));
+            }
+        }
+        self.config.interrupt.check()?;
+        let key = self.key.clone();
+        let sealed =
+            tokio::task::spawn_blocking(move || seal_small_files(files, key.as_ref())).await;
+        let (attachments, ops) = sealed.map_err(|e| VolumeError::Internal(e.to_string()))??;
+        let sealing_key = if ops.iter().any(|op| matches!(op, Op::Put(f) if f.encrypted)) {
+            self.key.as_ref()
+        } else {
+            None
+        };
+        let record = Record { ops };
+        let envelope = format::seal_record(&record, sealing_key)?;
+        let (content, record_attachment) = format::record_message_parts(envelope, &self.limits);
+        let mut message = NewMessage {
+            content,
+            attachments,
+        };
+        message.attachments.extend(record_attachment);
+        if !self.fits(&message) {
+            return Err(VolumeError::Internal(
+                "a batch of small files does not fit one message".into(),
+            ));
+        }
+        let posted = self.store.post(self.channel.id, message).await?;
+        self.landed(&posted, &record).await;
+        Ok(())
     }
 
     /// Records a folder at `path` (its parents are implied).
