@@ -747,10 +747,12 @@ fn small_files_go_several_to_a_message_and_fail_alone() {
     // A file that can't go where it should fails alone; the others of its batch land.
     env.ok(&["rm", "-r", "docs/tree"]);
     env.ok(&["mkdir", "docs/tree/f3.txt"]);
+    env.ok(&["mkdir", "docs/tree/f7.txt"]);
     let output = env.run(&["put", "-r", "tree", "docs"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("docs/tree/f3.txt is a folder"), "{stderr}");
+    assert!(stderr.contains("docs/tree/f7.txt is a folder"), "{stderr}");
     let listed = env.ok(&["ls", "docs/tree"]);
     assert_eq!(listed.lines().count(), 11, "{listed}");
     assert!(listed.contains("f3.txt/") && listed.contains("f4.txt") && listed.contains("big.bin"));

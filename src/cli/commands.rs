@@ -47,9 +47,13 @@ impl Outcome {
             Err(e) if e.is_interruption() => self.interrupted = true,
             Err(e) => {
                 self.failures += 1;
-                if self.single_item {
+                if self.single_item && self.failures == 1 {
                     self.only_error = Some(e);
                 } else {
+                    // More than one failure after all (a folder's files): report each.
+                    if let Some(first) = self.only_error.take() {
+                        report(&first);
+                    }
                     report(&e);
                 }
             }
