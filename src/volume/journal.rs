@@ -136,14 +136,15 @@ impl LazyJournal {
 }
 
 /// Reclaims the journals in `dir` of uploads to `channel` whose process is gone: deletes
-/// the data messages by `user` of their file ids that aren't in `in_use`, then the
-/// journals. Returns how many messages were deleted.
+/// the data messages by `user` of their file ids that `in_use` (asked only if such a
+/// journal exists: it walks the whole index) doesn't name, then the journals. Returns
+/// how many messages were deleted.
 pub async fn reclaim_abandoned(
     dir: &Path,
     store: &dyn Store,
     channel: Id,
     user: Id,
-    in_use: &HashSet<Id>,
+    in_use: &(dyn Fn() -> HashSet<Id> + Sync),
 ) -> Result<usize, StoreError> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(0);
@@ -166,7 +167,7 @@ pub async fn reclaim_abandoned(
         if process_alive(journal.pid) {
             continue;
         }
-        let orphans = find_orphans(store, channel, user, &journal, in_use).await?;
+        let orphans = find_orphans(store, channel, user, &journal, &in_use()).await?;
         let failed = super::transfer::delete_quietly(store, channel, &orphans).await;
         deleted += orphans.len() - failed.len();
         if failed.is_empty() {

@@ -292,7 +292,7 @@ impl Volume {
         let Some(dir) = self.journal_dir() else {
             return;
         };
-        let in_use = self.index().messages_in_use();
+        let in_use = || self.index().messages_in_use();
         let deleted = journal::reclaim_abandoned(
             &dir,
             self.store.as_ref(),
@@ -335,7 +335,8 @@ impl Volume {
         }
     }
 
-    /// Reads the messages posted since the index last looked, and saves the index.
+    /// Reads the messages posted since the index last looked (the index is marked for
+    /// saving only if that changed something).
     pub async fn refresh(&self) -> Result<(), VolumeError> {
         let last_seen = self.index().last_seen;
         let mut cursor = if last_seen == 0 {
@@ -363,18 +364,22 @@ impl Volume {
                 break;
             }
         }
-        self.free_unused().await;
-        self.unsaved.store(true, Ordering::Relaxed);
+        let read_new = self.index().last_seen != last_seen;
+        let freed = self.free_unused().await;
+        if read_new || freed {
+            self.unsaved.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     /// Deletes the messages in [`Index::unfreed`] that nothing needs, now that the index
-    /// is up to date. Those the store fails to delete stay for the next time.
-    async fn free_unused(&self) {
+    /// is up to date. Those the store fails to delete stay for the next time. Returns
+    /// whether there was anything to do.
+    async fn free_unused(&self) -> bool {
         let candidates: Vec<Id> = {
             let mut index = self.index();
             if index.unfreed.is_empty() {
-                return;
+                return false;
             }
             let in_use = index.messages_in_use();
             let unfreed = std::mem::take(&mut index.unfreed);
@@ -386,6 +391,7 @@ impl Volume {
         let failed =
             transfer::delete_quietly(self.store.as_ref(), self.channel.id, &candidates).await;
         self.index().unfreed.extend(failed);
+        true
     }
 
     /// Applies one message from history (ours and a record), or notes why not.
