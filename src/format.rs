@@ -240,14 +240,9 @@ pub enum Sealing<'a> {
     Plain,
 }
 
-impl Sealing<'_> {
-    /// Bytes a chunk grows by when sealed.
-    pub fn overhead(&self) -> usize {
-        match self {
-            Sealing::Encrypted(_) => CHUNK_OVERHEAD,
-            Sealing::Plain => 0,
-        }
-    }
+/// Bytes a chunk grows by when sealed: encrypted, or plain.
+pub fn chunk_overhead(encrypted: bool) -> usize {
+    if encrypted { CHUNK_OVERHEAD } else { 0 }
 }
 
 /// First read of [`ChunkBuffer::fill_from`]; later reads double it.
@@ -264,12 +259,8 @@ impl ChunkBuffer {
     /// An empty buffer for up to `capacity` plaintext bytes, to be sealed encrypted (with
     /// room for header and tag) or plain.
     pub fn new(capacity: usize, encrypted: bool) -> ChunkBuffer {
-        let (header_len, overhead) = if encrypted {
-            (CHUNK_HEADER_LEN, CHUNK_OVERHEAD)
-        } else {
-            (0, 0)
-        };
-        let mut bytes = Vec::with_capacity(capacity + overhead);
+        let header_len = if encrypted { CHUNK_HEADER_LEN } else { 0 };
+        let mut bytes = Vec::with_capacity(capacity + chunk_overhead(encrypted));
         bytes.resize(header_len, 0);
         ChunkBuffer { bytes, header_len }
     }

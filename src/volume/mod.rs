@@ -603,11 +603,7 @@ impl Volume {
             (true, None) => return Err(VolumeError::NoKey),
             (false, _) => None,
         };
-        let overhead = if key.is_some() {
-            format::CHUNK_OVERHEAD
-        } else {
-            0
-        };
+        let overhead = format::chunk_overhead(key.is_some());
         let file_id = FileId::random()?;
         let uploader = transfer::Uploader {
             store: self.store.clone(),
@@ -897,16 +893,9 @@ impl Volume {
     /// The largest file [`Volume::put_small`] takes: one chunk, small enough that a full
     /// batch of them fits in one message.
     pub fn small_file_limit(&self, encrypted: bool) -> u64 {
-        let overhead = if encrypted {
-            format::CHUNK_OVERHEAD as u64
-        } else {
-            0
-        };
-        let per_file = self
-            .limits
-            .max_request_size
-            .saturating_sub(self.limits.max_request_size / 64)
-            / self.small_files_per_message() as u64;
+        let overhead = format::chunk_overhead(encrypted) as u64;
+        let per_file =
+            transfer::request_budget(&self.limits) / self.small_files_per_message() as u64;
         let chunk =
             ChunkPlan::new(&self.limits, overhead as usize).map_or(0, |p| p.chunk_len as u64);
         per_file

@@ -101,8 +101,7 @@ impl ChunkPlan {
     /// The plan that puts the most bytes in a message within `limits`, for chunks that
     /// grow by `overhead` bytes when sealed.
     pub fn new(limits: &Limits, overhead: usize) -> Result<ChunkPlan, VolumeError> {
-        let margin = limits.max_request_size / 64;
-        let budget = limits.max_request_size.saturating_sub(margin);
+        let budget = request_budget(limits);
         let per_file = limits.max_file_size.min(budget);
         let too_small = || VolumeError::LimitsTooSmall {
             limits: format!("{limits:?}"),
@@ -130,6 +129,12 @@ impl ChunkPlan {
             chunks_per_message: per_message as usize,
         })
     }
+}
+
+/// Attachment bytes to put in one message: the per-request limit less 1/64 for what
+/// else a request carries (multipart headers, the message's own JSON).
+pub fn request_budget(limits: &Limits) -> u64 {
+    limits.max_request_size - limits.max_request_size / 64
 }
 
 /// A chunk read and being sealed, with the memory permit it holds.
