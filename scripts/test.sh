@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, then the whole test suite (unit tests,
-# CLI integration tests on the local store). CI runs exactly this (see .ci/run).
+# CLI and volume tests on the local store, Discord store tests against the fake
+# Discord server in tests/fake-discord, and that server's own tests). CI runs
+# exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --locked
+cargo test --workspace --locked

@@ -9,9 +9,10 @@
 //! - [`crypto`]: keys and AES-256-GCM;
 //! - [`store`]: the message-level storage seam (Discord, or a local directory).
 //!
-//! The command line (`src/main.rs`, [`cli`]) sits on top.
+//! The command line (`src/main.rs`, [`cli`], reading [`config`]) sits on top.
 
 pub mod cli;
+pub mod config;
 pub mod crypto;
 pub mod dirs;
 pub mod format;

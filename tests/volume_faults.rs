@@ -39,8 +39,8 @@ use dcloud_fs::store::{
     Channel, HistoryCursor, Id, Limits, Message, NewAttachment, NewMessage, Store, StoreError,
 };
 use dcloud_fs::volume::{
-    ChunkPlan, Entry, FileEntry, Node, PutOptions, Skip, SmallFile, Volume, VolumeConfig,
-    VolumeError,
+    ChunkPlan, Entry, FileEntry, Node, PutOptions, PutSource, Skip, SmallFile, Volume,
+    VolumeConfig, VolumeError,
 };
 use faulty::{FaultyStore, SplitMix64};
 use tempfile::TempDir;
@@ -210,7 +210,7 @@ async fn put(
     data: &[u8],
     options: PutOptions,
 ) -> Result<FileEntry, VolumeError> {
-    let source = Box::new(Cursor::new(data.to_vec()));
+    let source = PutSource::Stream(Box::new(Cursor::new(data.to_vec())));
     volume.put(path, source, path, options, None).await
 }
 
@@ -1369,7 +1369,13 @@ async fn upload_bounds_posts_in_flight_and_chunks_in_memory() {
             max_ahead: max_ahead.clone(),
         };
         volume
-            .put("big", Box::new(source), "big", options(true), None)
+            .put(
+                "big",
+                PutSource::Stream(Box::new(source)),
+                "big",
+                options(true),
+                None,
+            )
             .await
             .unwrap();
         let in_flight = fx.store.max_posts_in_flight();

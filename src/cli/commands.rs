@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, IsTerminal, Seek};
+use std::io::{BufRead, IsTerminal};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +13,9 @@ use super::output::{self, Bar};
 use super::{CliError, Context, GetArgs, KeygenArgs, LsArgs, PutArgs, RmArgs, split_target};
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::{Store, StoreError};
-use crate::volume::{Entry, Listed, Node, PutOptions, Skip, SmallFile, Volume, VolumeError};
+use crate::volume::{
+    Entry, Listed, Node, PutOptions, PutSource, Skip, SmallFile, Volume, VolumeError,
+};
 
 /// Prints an error of one item among several.
 fn report(error: &CliError) {
@@ -139,7 +141,7 @@ fn read_passphrase() -> Result<String, CliError> {
 /// `mkdir [-p]`: `existing_ok` makes an existing folder no error.
 pub async fn mkdir(context: &Context, target: &str, existing_ok: bool) -> Result<(), CliError> {
     let (channel, path, _) = split_target(target)?;
-    let store = context.store()?;
+    let store = context.store().await?;
     if path.is_empty() {
         return match store.create_channel(&channel).await {
             Ok(_) => Ok(()),
@@ -158,7 +160,7 @@ pub async fn mkdir(context: &Context, target: &str, existing_ok: bool) -> Result
 }
 
 pub async fn channels(context: &Context) -> Result<(), CliError> {
-    let store = context.store()?;
+    let store = context.store().await?;
     let key = context.key()?;
     let mut channels = store.channels().await?;
     channels.sort_by(|a, b| a.name.cmp(&b.name));
@@ -213,7 +215,7 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
         .to_str()
         .ok_or_else(|| CliError::Usage("DEST must be CHANNEL[/PATH] in UTF-8".into()))?;
     let (channel, dest_path, trailing_slash) = split_target(dest)?;
-    let store = context.store()?;
+    let store = context.store().await?;
     let volume = context.volume(&store, &context.key()?, &channel).await?;
     let dest_is_dir = matches!(volume.index().node(&dest_path), Some(Node::Dir(_)));
     let into = dest_path.is_empty() || trailing_slash || sources.len() > 1 || dest_is_dir;
@@ -385,7 +387,13 @@ impl TreeUploader<'_> {
         );
         let result = self
             .volume
-            .put(target, Box::new(file), shown, options, bar.progress())
+            .put(
+                target,
+                put_source(file, metadata),
+                shown,
+                options,
+                bar.progress(),
+            )
             .await;
         bar.finish();
         result?;
@@ -454,7 +462,7 @@ fn mtime_ns(metadata: &fs::Metadata) -> i64 {
 
 pub async fn get(context: &Context, args: GetArgs) -> Result<(), CliError> {
     let (channel, path, _) = split_target(&args.source)?;
-    let store = context.store()?;
+    let store = context.store().await?;
     let volume = context.volume(&store, &context.key()?, &channel).await?;
     let is_dir = match volume.index().node(&path) {
         None => None,
@@ -591,7 +599,8 @@ pub async fn ls(context: &Context, args: LsArgs) -> Result<(), CliError> {
             return channels(context).await;
         }
         let mut names: Vec<String> = context
-            .store()?
+            .store()
+            .await?
             .channels()
             .await?
             .into_iter()
@@ -604,7 +613,7 @@ pub async fn ls(context: &Context, args: LsArgs) -> Result<(), CliError> {
         return Ok(());
     };
     let (channel, path, _) = split_target(&target)?;
-    let store = context.store()?;
+    let store = context.store().await?;
     let volume = context.volume(&store, &context.key()?, &channel).await?;
     warn_hidden(&volume);
     let index = volume.index();
@@ -652,7 +661,7 @@ fn listing_line(item: &Listed<'_>, long: bool) -> String {
 }
 
 pub async fn rm(context: &Context, args: RmArgs) -> Result<(), CliError> {
-    let store = context.store()?;
+    let store = context.store().await?;
     let key = context.key()?;
     let mut volumes: HashMap<String, Volume> = HashMap::new();
     let mut outcome = Outcome::new(args.targets.len());
@@ -695,7 +704,7 @@ pub async fn mv(context: &Context, source: &str, dest: &str) -> Result<(), CliEr
         ));
     }
     let (to_channel, to_path, trailing_slash) = split_target(dest)?;
-    let store = context.store()?;
+    let store = context.store().await?;
     let key = context.key()?;
     let from = context.volume(&store, &key, &from_channel).await?;
     let same_channel = from_channel == to_channel;
@@ -768,10 +777,6 @@ async fn copy_across(
                 let bar = Bar::new(file.size * 2, &from.display(&source), context.global.quiet);
                 from.get_to_file(&source, Arc::new(copy), bar.progress())
                     .await?;
-                let mut reader = spool;
-                reader
-                    .rewind()
-                    .map_err(|e| CliError::io("reading a temporary file", e))?;
                 let options = PutOptions {
                     mtime_ns: file.mtime_ns,
                     mode: file.mode,
@@ -780,7 +785,7 @@ async fn copy_across(
                 let result = to
                     .put(
                         &dest,
-                        Box::new(reader),
+                        PutSource::File(spool),
                         &from.display(&source),
                         options,
                         bar.progress(),
@@ -792,4 +797,14 @@ async fn copy_across(
         }
     }
     Ok(())
+}
+
+/// A regular file can be read again if the upload must be redone; anything else (a
+/// pipe, a device) is read once.
+fn put_source(file: fs::File, metadata: &fs::Metadata) -> PutSource {
+    if metadata.is_file() {
+        PutSource::File(file)
+    } else {
+        PutSource::Stream(Box::new(file))
+    }
 }

@@ -9,6 +9,7 @@
 //! others are still done and the exit code says that something failed.
 
 mod commands;
+mod inspect;
 mod output;
 
 use std::ffi::OsString;
@@ -17,7 +18,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{self, ConfigError, ConfigFile};
 use crate::crypto::{self, CryptoError, Key};
+use crate::store::discord::{DiscordConfig, DiscordStore, Token};
 use crate::store::local::LocalStore;
 use crate::store::{Limits, Store, StoreError};
 use crate::volume::{Interrupt, Volume, VolumeConfig, VolumeError, find_channel};
@@ -34,12 +37,40 @@ pub struct Cli {
 }
 
 /// Options every command takes.
+///
+/// Which store: `--local DIR` (or $DCLOUD_LOCAL) uses a local folder; otherwise a bot
+/// token (flag, $DCLOUD_TOKEN or the config file) selects the Discord guild; otherwise
+/// the config file's `local`, else the default local store. Flags override the
+/// environment, which overrides the config file.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
+    /// Config file. Default: $XDG_CONFIG_HOME/dcloud-fs/config.toml (if it exists).
+    #[arg(long, global = true, env = "DCLOUD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Use the local store in DIR, a folder that behaves like a Discord guild (created
     /// if missing). Default: $XDG_DATA_HOME/dcloud-fs/local.
     #[arg(long, global = true, env = "DCLOUD_LOCAL", value_name = "DIR")]
     pub local: Option<PathBuf>,
+    /// The Discord bot's token; selects the Discord store. Prefer $DCLOUD_TOKEN or the
+    /// config file: other users can see a command line.
+    #[arg(
+        long,
+        global = true,
+        env = "DCLOUD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// The Discord guild (server) id.
+    #[arg(long, global = true, env = "DCLOUD_GUILD", value_name = "ID")]
+    pub guild: Option<u64>,
+    /// Base address of the Discord API, e.g. http://127.0.0.1:PORT for a fake server.
+    /// Default: Discord.
+    #[arg(long, global = true, env = "DCLOUD_API", value_name = "URL")]
+    pub api: Option<String>,
+    /// Only channels in this category (id or name) are folders; new ones go there.
+    #[arg(long, global = true, env = "DCLOUD_CATEGORY", value_name = "CATEGORY")]
+    pub category: Option<String>,
     /// Key file to use. Without it: $DCLOUD_KEY (base64), else a key derived from
     /// $DCLOUD_PASSPHRASE (and $DCLOUD_SALT), else $DCLOUD_KEY_FILE, else
     /// $XDG_CONFIG_HOME/dcloud-fs/key.
@@ -90,6 +121,22 @@ pub enum Command {
         /// CHANNEL[/PATH] to move it to (into it, if it is a folder or ends in '/').
         dest: String,
     },
+    /// Check the store: one API round trip to Discord, timed.
+    Ping,
+    /// Show a channel: ids, Discord name and topic, the bot's permissions, files.
+    Info {
+        /// The channel (folder) name.
+        channel: String,
+    },
+    /// List every attachment in a channel, ours and other users', newest first.
+    Attachments {
+        /// The channel (folder) name.
+        channel: String,
+    },
+    /// List the guild's members (needs the bot's Server Members intent).
+    Members,
+    /// Check the set-up: key, token, guild, the bot's permissions, limits, FUSE.
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +204,8 @@ pub enum CliError {
     Crypto(#[from] CryptoError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("{0}")]
     Usage(String),
     #[error("{context}: {source}")]
@@ -202,7 +251,7 @@ impl CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let interrupt = Interrupt::default();
     tokio::spawn(stop_on_signals(interrupt.clone()));
-    let context = Context::new(cli.global, interrupt);
+    let context = Context::new(cli.global, interrupt)?;
     match cli.command {
         Command::Keygen(args) => commands::keygen(&context, args),
         Command::Mkdir { parents, target } => commands::mkdir(&context, &target, parents).await,
@@ -212,6 +261,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ls(args) => commands::ls(&context, args).await,
         Command::Rm(args) => commands::rm(&context, args).await,
         Command::Mv { source, dest } => commands::mv(&context, &source, &dest).await,
+        Command::Ping => inspect::ping(&context).await,
+        Command::Info { channel } => inspect::info(&context, &channel).await,
+        Command::Attachments { channel } => inspect::attachments(&context, &channel).await,
+        Command::Members => inspect::members(&context).await,
+        Command::Doctor => inspect::doctor(&context).await,
     }
 }
 
@@ -246,26 +300,111 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// What commands share: the global options, and the store and key, opened on demand.
 pub(crate) struct Context {
     global: GlobalArgs,
+    /// The config file's settings (empty if there is none).
+    file: ConfigFile,
     /// Triggered by Ctrl-C or SIGTERM: transfers stop and clean up.
     interrupt: Interrupt,
+    store: tokio::sync::OnceCell<OpenStore>,
+}
+
+/// The store the settings select.
+#[derive(Debug, Clone)]
+pub(crate) enum StoreChoice {
+    Local(PathBuf),
+    Discord(DiscordConfig),
+}
+
+/// An opened store, and the Discord store itself when it is one (for the commands
+/// only Discord has).
+#[derive(Clone)]
+pub(crate) struct OpenStore {
+    store: Arc<dyn Store>,
+    discord: Option<Arc<DiscordStore>>,
 }
 
 impl Context {
-    fn new(global: GlobalArgs, interrupt: Interrupt) -> Context {
-        Context { global, interrupt }
+    fn new(global: GlobalArgs, interrupt: Interrupt) -> Result<Context, CliError> {
+        let file = match &global.config {
+            Some(path) => config::load(path, true)?,
+            None => config::load(&config::default_path(), false)?,
+        };
+        Ok(Context {
+            global,
+            file,
+            interrupt,
+            store: tokio::sync::OnceCell::new(),
+        })
     }
 
-    /// The store: the local store at --local, or the default local store.
-    fn store(&self) -> Result<Arc<dyn Store>, CliError> {
-        let root = self
+    /// Which store the flags, environment and config file select.
+    fn store_choice(&self) -> Result<StoreChoice, CliError> {
+        if let Some(dir) = &self.global.local {
+            return Ok(StoreChoice::Local(dir.clone()));
+        }
+        let token = self
             .global
-            .local
+            .token
             .clone()
-            .unwrap_or_else(|| crate::dirs::data_dir().join("local"));
-        Ok(Arc::new(LocalStore::open_or_create(
-            &root,
-            Limits::default(),
-        )?))
+            .or_else(|| self.file.token.clone());
+        let Some(token) = token.filter(|t| !t.trim().is_empty()) else {
+            let dir = self
+                .file
+                .local
+                .clone()
+                .unwrap_or_else(|| crate::dirs::data_dir().join("local"));
+            return Ok(StoreChoice::Local(dir));
+        };
+        let guild = self
+            .global
+            .guild
+            .or(self.file.guild.map(|g| g.0))
+            .ok_or_else(|| {
+                CliError::Usage(
+                    "a bot token is set but no guild: set DCLOUD_GUILD or `guild` in the config \
+                     file (in Discord: right-click the server → Copy Server ID)"
+                        .into(),
+                )
+            })?;
+        let mut discord = DiscordConfig::new(Token::new(&token), guild);
+        discord.api = self.global.api.clone().or_else(|| self.file.api.clone());
+        discord.category = self
+            .global
+            .category
+            .clone()
+            .or_else(|| self.file.category.clone());
+        discord.max_file_size = self.file.max_file_size_mib.map(|mib| mib * 1024 * 1024);
+        if let Some(secs) = self.file.request_timeout_secs {
+            discord.request_timeout = std::time::Duration::from_secs(secs.max(1));
+        }
+        Ok(StoreChoice::Discord(discord))
+    }
+
+    /// The store, opened once.
+    async fn open_store(&self) -> Result<&OpenStore, CliError> {
+        self.store
+            .get_or_try_init(|| async {
+                let choice = self.store_choice()?;
+                let opened = match &choice {
+                    StoreChoice::Local(root) => OpenStore {
+                        store: Arc::new(LocalStore::open_or_create(root, Limits::default())?),
+                        discord: None,
+                    },
+                    StoreChoice::Discord(config) => {
+                        let discord = Arc::new(DiscordStore::new(config.clone())?);
+                        OpenStore {
+                            store: discord.clone(),
+                            discord: Some(discord),
+                        }
+                    }
+                };
+                Ok::<_, CliError>(opened)
+            })
+            .await
+    }
+
+    /// The store.
+    async fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+        Ok(self.open_store().await?.store.clone())
     }
 
     /// Where keygen writes, and where the key is read from when no other source is set.
@@ -274,6 +413,7 @@ impl Context {
             .key_file
             .clone()
             .or_else(|| std::env::var_os("DCLOUD_KEY_FILE").map(PathBuf::from))
+            .or_else(|| self.file.key_file.clone())
             .unwrap_or_else(crypto::default_key_path)
     }
 
@@ -293,7 +433,8 @@ impl Context {
             let salt = std::env::var("DCLOUD_SALT").unwrap_or_default();
             return Ok(Some(Key::from_passphrase(&passphrase, &salt)?));
         }
-        let explicit = std::env::var_os("DCLOUD_KEY_FILE").is_some();
+        let explicit =
+            std::env::var_os("DCLOUD_KEY_FILE").is_some() || self.file.key_file.is_some();
         match crypto::load_key_file(&self.key_path()) {
             Ok(key) => Ok(Some(key)),
             Err(CryptoError::KeyFileMissing { .. }) if !explicit => Ok(None),

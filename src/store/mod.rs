@@ -22,6 +22,7 @@
 //! Stores are `Send + Sync` and used through `Arc<dyn Store>`; every call may run
 //! concurrently with others.
 
+pub mod discord;
 pub mod local;
 
 use async_trait::async_trait;
@@ -178,6 +179,16 @@ pub enum StoreError {
     /// The store's own files are damaged.
     #[error("the store's data is damaged: {0}")]
     Corrupt(String),
+    /// The credentials were refused (Discord: 401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The bot lacks a permission (Discord: 403).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The store could not be reached or kept failing (network down, 5xx, timeouts),
+    /// after retries.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StoreError {

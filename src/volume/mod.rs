@@ -179,6 +179,25 @@ pub struct PutOptions {
     pub encrypted: bool,
 }
 
+/// Where [`Volume::put`] reads a file from.
+pub enum PutSource {
+    /// A file, read from its start; read again if the upload must be redone.
+    File(std::fs::File),
+    /// A stream (stdin, a pipe), read once.
+    Stream(Box<dyn std::io::Read + Send>),
+}
+
+/// Times an upload is redone in smaller pieces after the store refused it as too large.
+const MAX_STEP_DOWNS: u32 = 6;
+
+/// A reader of `file` from its start.
+fn rewound(file: &std::fs::File) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+    use std::io::Seek;
+    let mut reader = file.try_clone()?;
+    reader.seek(std::io::SeekFrom::Start(0))?;
+    Ok(Box::new(reader))
+}
+
 /// A small file for [`Volume::put_small`], read whole.
 #[derive(Debug, Clone)]
 pub struct SmallFile {
@@ -248,7 +267,9 @@ pub struct Volume {
     channel: Channel,
     key: Option<Key>,
     user: Id,
-    limits: Limits,
+    /// The store's limits, read at open and again when the store refuses a message as
+    /// too large (it lowers them then).
+    limits: std::sync::RwLock<Limits>,
     config: VolumeConfig,
     index: Mutex<Index>,
     /// The index changed since the cache was last written.
@@ -274,7 +295,7 @@ impl Volume {
             .unwrap_or_else(|| Index::new(channel.id, key_id));
         let volume = Volume {
             user: store.current_user().await?,
-            limits: store.limits().await?,
+            limits: std::sync::RwLock::new(store.limits().await?),
             store,
             channel,
             key,
@@ -317,6 +338,22 @@ impl Volume {
     /// The channel.
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// The store's limits as last read.
+    pub fn limits(&self) -> Limits {
+        *self.limits.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the limits again after the store refused a message as too large. Returns
+    /// whether they are lower now (so that trying again in smaller pieces can work).
+    async fn limits_stepped_down(&self) -> Result<bool, VolumeError> {
+        let before = self.limits();
+        let now = self.store.limits().await?;
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(now.max_file_size < before.max_file_size
+            || now.max_request_size < before.max_request_size
+            || now.max_attachments < before.max_attachments)
     }
 
     /// The index, locked. Don't hold it across an await.
@@ -589,7 +626,56 @@ impl Volume {
 
     /// Uploads a new version of the file at `path` from `source`, replacing any file
     /// there. The file appears only once all of it is stored.
+    ///
+    /// If the store refuses a message as too large (its limits were lower than it
+    /// said; it lowers them then), the upload is undone and, when the source can be
+    /// read again, done again in smaller pieces.
     pub async fn put(
+        &self,
+        path: &str,
+        source: PutSource,
+        source_name: &str,
+        options: PutOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<FileEntry, VolumeError> {
+        let mut source = Some(source);
+        let mut attempt = 1;
+        loop {
+            let (reader, again) = match source.take() {
+                Some(PutSource::File(file)) => {
+                    let reader = rewound(&file).map_err(|e| VolumeError::Io {
+                        context: format!("reading {source_name}"),
+                        source: e,
+                    })?;
+                    (reader, Some(PutSource::File(file)))
+                }
+                Some(PutSource::Stream(reader)) => (reader, None),
+                None => unreachable!("a source for every attempt"),
+            };
+            let result = self
+                .put_once(path, reader, source_name, options, progress.clone())
+                .await;
+            match result {
+                Err(VolumeError::Store(StoreError::TooLarge(reason)))
+                    if again.is_some() && attempt < MAX_STEP_DOWNS =>
+                {
+                    if !self.limits_stepped_down().await? {
+                        return Err(VolumeError::Store(StoreError::TooLarge(reason)));
+                    }
+                    log::warn!(
+                        "{}: the store refused a message as too large; uploading again in \
+                         smaller pieces",
+                        self.display(path)
+                    );
+                    source = again;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn put_once(
         &self,
         path: &str,
         source: Box<dyn std::io::Read + Send>,
@@ -610,7 +696,7 @@ impl Volume {
             channel: self.channel.id,
             key,
             file: file_id,
-            plan: ChunkPlan::new(&self.limits, overhead)?,
+            plan: ChunkPlan::new(&self.limits(), overhead)?,
             parallel_messages: self.config.upload_parallel_messages,
             progress: progress.clone(),
             source_name: source_name.to_string(),
@@ -697,7 +783,7 @@ impl Volume {
             },
             sealing_key,
         )?;
-        let (content, record_attachment) = format::record_message_parts(envelope, &self.limits);
+        let (content, record_attachment) = format::record_message_parts(envelope, &self.limits());
         let mut attachments = tail_attachments;
         attachments.extend(record_attachment);
         let message = NewMessage {
@@ -752,18 +838,18 @@ impl Volume {
 
     /// Whether a message is within the store's limits.
     fn fits(&self, message: &NewMessage) -> bool {
-        message.attachments.len() <= self.limits.max_attachments
-            && message.attachment_bytes() <= self.limits.max_request_size
+        message.attachments.len() <= self.limits().max_attachments
+            && message.attachment_bytes() <= self.limits().max_request_size
             && message
                 .attachments
                 .iter()
-                .all(|a| a.data.len() as u64 <= self.limits.max_file_size)
+                .all(|a| a.data.len() as u64 <= self.limits().max_file_size)
     }
 
     /// A message carrying only a record.
     fn record_message(&self, envelope: Vec<u8>, path: &str) -> Result<NewMessage, VolumeError> {
         let bytes = envelope.len();
-        let (content, attachment) = format::record_message_parts(envelope, &self.limits);
+        let (content, attachment) = format::record_message_parts(envelope, &self.limits());
         let message = NewMessage {
             content,
             attachments: attachment.into_iter().collect(),
@@ -887,7 +973,7 @@ impl Volume {
 
     /// How many small files [`Volume::put_small`] stores in one message.
     pub fn small_files_per_message(&self) -> usize {
-        self.limits.max_attachments.saturating_sub(1).max(1)
+        self.limits().max_attachments.saturating_sub(1).max(1)
     }
 
     /// The largest file [`Volume::put_small`] takes: one chunk, small enough that a full
@@ -895,11 +981,11 @@ impl Volume {
     pub fn small_file_limit(&self, encrypted: bool) -> u64 {
         let overhead = format::chunk_overhead(encrypted) as u64;
         let per_file =
-            transfer::request_budget(&self.limits) / self.small_files_per_message() as u64;
+            transfer::request_budget(&self.limits()) / self.small_files_per_message() as u64;
         let chunk =
-            ChunkPlan::new(&self.limits, overhead as usize).map_or(0, |p| p.chunk_len as u64);
+            ChunkPlan::new(&self.limits(), overhead as usize).map_or(0, |p| p.chunk_len as u64);
         per_file
-            .min(self.limits.max_file_size)
+            .min(self.limits().max_file_size)
             .saturating_sub(overhead)
             .min(chunk)
     }
@@ -910,6 +996,23 @@ impl Volume {
     /// small files costs a fraction of the messages it would one by one. The files all
     /// appear, or (on error) none of them.
     pub async fn put_small(&self, files: Vec<SmallFile>) -> Result<(), VolumeError> {
+        let retry = (files.len() > 1).then(|| files.clone());
+        match self.put_small_once(files).await {
+            Err(VolumeError::Store(StoreError::TooLarge(reason))) if retry.is_some() => {
+                // The store's limits were lower than it said: store the batch in two.
+                if !self.limits_stepped_down().await? {
+                    return Err(VolumeError::Store(StoreError::TooLarge(reason)));
+                }
+                let mut first = retry.unwrap_or_default();
+                let second = first.split_off(first.len() / 2);
+                Box::pin(self.put_small(first)).await?;
+                Box::pin(self.put_small(second)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn put_small_once(&self, files: Vec<SmallFile>) -> Result<(), VolumeError> {
         if files.is_empty() {
             return Ok(());
         }
@@ -946,7 +1049,7 @@ impl Volume {
         };
         let record = Record { ops };
         let envelope = format::seal_record(&record, sealing_key)?;
-        let (content, record_attachment) = format::record_message_parts(envelope, &self.limits);
+        let (content, record_attachment) = format::record_message_parts(envelope, &self.limits());
         let mut message = NewMessage {
             content,
             attachments,

@@ -1,0 +1,184 @@
+//! The config file, `$XDG_CONFIG_HOME/dcloud-fs/config.toml`.
+//!
+//! It holds what a user sets once: which store (a Discord guild through a bot, or a
+//! local folder), the bot's token, the key file. Command-line flags override the
+//! environment, which overrides this file, which overrides the defaults; the CLI does
+//! that merge, this module only reads and checks the file.
+//!
+//! The file is strict: an unknown key or a value of the wrong kind is an error that
+//! names the key and the file, so a typo never silently means "use the default". A
+//! file that holds a token must not be readable by other users, like the key file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// What the config file may say. Every key is optional.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The bot's token (as `DCLOUD_TOKEN`). Setting it selects the Discord store.
+    pub token: Option<String>,
+    /// The guild (server) id, a number or a string of digits (as `DCLOUD_GUILD`).
+    pub guild: Option<Snowflake>,
+    /// Base address of the Discord API (as `DCLOUD_API`); unset means Discord.
+    pub api: Option<String>,
+    /// Only channels in this category (id or name) are folders (as `DCLOUD_CATEGORY`).
+    pub category: Option<String>,
+    /// Use the local store in this folder instead of Discord (as `DCLOUD_LOCAL`).
+    pub local: Option<PathBuf>,
+    /// The key file (as `DCLOUD_KEY_FILE`).
+    pub key_file: Option<PathBuf>,
+    /// Per-file limit in MiB, instead of the one the guild's boost tier gives.
+    pub max_file_size_mib: Option<u64>,
+    /// Bound on one request to Discord, in seconds (default 120).
+    pub request_timeout_secs: Option<u64>,
+}
+
+/// A snowflake id written as a TOML integer or a string of digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snowflake(pub u64);
+
+impl<'de> Deserialize<'de> for Snowflake {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(Snowflake(n)),
+            Raw::Text(text) => text.trim().parse().map(Snowflake).map_err(|_| {
+                serde::de::Error::custom(format!("'{text}' is not an id (digits only)"))
+            }),
+        }
+    }
+}
+
+/// Errors reading the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} holds a token and other users can read it; run `chmod 600 {path}`")]
+    Exposed { path: PathBuf },
+}
+
+/// Where the config file is by default.
+pub fn default_path() -> PathBuf {
+    crate::dirs::config_dir().join("config.toml")
+}
+
+/// Reads the config file at `path`. A missing file is an empty config unless
+/// `required` (it was named explicitly).
+pub fn load(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(ConfigFile::default());
+        }
+        Err(source) => {
+            return Err(ConfigError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message: one_line(&e.to_string()),
+    })?;
+    if config.token.is_some() {
+        let mode = std::fs::metadata(path)
+            .map_err(|source| ConfigError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::Exposed {
+                path: path.to_path_buf(),
+            });
+        }
+    }
+    Ok(config)
+}
+
+/// toml's errors span several lines (with a caret under the spot); keep the gist.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
+        .collect();
+    lines.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_full_file_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "token = \"abc\"\nguild = \"123456789012345678\"\napi = \"http://127.0.0.1:1\"\n\
+             category = \"files\"\nmax_file_size_mib = 50\nrequest_timeout_secs = 300\n",
+            0o600,
+        );
+        let config = load(&path, true).unwrap();
+        assert_eq!(config.guild, Some(Snowflake(123456789012345678)));
+        assert_eq!(config.max_file_size_mib, Some(50));
+        let numeric = write(dir.path(), "guild = 42\n", 0o644);
+        assert_eq!(load(&numeric, true).unwrap().guild, Some(Snowflake(42)));
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "tokn = \"abc\"\n", 0o600);
+        let message = load(&path, true).unwrap_err().to_string();
+        assert!(
+            message.contains("tokn") && message.contains("config.toml"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+        let path = write(dir.path(), "guild = \"abc\"\n", 0o600);
+        let message = load(&path, true).unwrap_err().to_string();
+        assert!(
+            message.contains("guild") || message.contains("abc"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn missing_and_exposed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        assert_eq!(load(&missing, false).unwrap(), ConfigFile::default());
+        assert!(load(&missing, true).is_err());
+        let path = write(dir.path(), "token = \"zq-secret-zq\"\n", 0o644);
+        let message = load(&path, false).unwrap_err().to_string();
+        assert!(
+            message.contains("chmod 600") && !message.contains("zq-secret-zq"),
+            "{message}"
+        );
+    }
+}

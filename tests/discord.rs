@@ -1,0 +1,525 @@
+//! The Discord store against the project's fake Discord server.
+//!
+//! Each test starts its own fake server (in-process, on a free port) and talks to it
+//! through the real `DiscordStore`: twilight-http for REST, reqwest for the CDN, the
+//! rate gate, retries and URL refreshes — everything but Discord itself. Most tests
+//! use a small per-file limit (64 KiB, set on both sides) so that files of a few
+//! hundred KiB already span several chunks and messages, and a short rate-limit
+//! window so the suite stays fast; the rules are Discord's, only the numbers shrink.
+//!
+//! What is checked is what the store promises the layers above: byte-exact round
+//! trips through the whole stack, also when the server fails 10% of requests, forces
+//! 429s or lets URLs expire; that steady work never overruns a bucket; that a 413
+//! makes the store step down and the upload succeed in smaller pieces with nothing
+//! left over; that other users' messages and garbage never become files; and that a
+//! bad token or a missing permission is a clear error.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dcloud_fs::crypto::Key;
+use dcloud_fs::format::{self, CHUNK_OVERHEAD};
+use dcloud_fs::store::discord::{DiscordConfig, DiscordStore, Token};
+use dcloud_fs::store::{HistoryCursor, Limits, NewAttachment, NewMessage, Store, StoreError};
+use dcloud_fs::volume::{
+    ChunkPlan, Entry, PutOptions, PutSource, Volume, VolumeConfig, VolumeError, find_channel,
+};
+use fake_discord::{Config, FakeDiscord};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+/// The per-file limit most tests use, on both sides.
+const SMALL_FILE_LIMIT: u64 = 64 * KIB;
+const CHANNEL: &str = "files";
+
+/// A fake guild with one channel, a small per-file limit and quick rate-limit windows.
+fn small_guild() -> Config {
+    Config {
+        channels: vec![CHANNEL.to_string()],
+        max_file_size: SMALL_FILE_LIMIT,
+        message_create_limit: (5, Duration::from_millis(500)),
+        message_delete_limit: (5, Duration::from_millis(200)),
+        ..Config::default()
+    }
+}
+
+struct Fixture {
+    fake: FakeDiscord,
+    store: Arc<DiscordStore>,
+    key: Key,
+}
+
+impl Fixture {
+    /// Starts `config`'s fake server and a store for it; `per_file` overrides the
+    /// store's per-file limit (the fake's guild reports no boost).
+    async fn start(config: Config, per_file: Option<u64>) -> Fixture {
+        let fake = FakeDiscord::start("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .expect("fake Discord starts");
+        let store =
+            Arc::new(DiscordStore::new(store_config(&fake, fake.token(), per_file)).unwrap());
+        Fixture {
+            fake,
+            store,
+            key: Key::generate().unwrap(),
+        }
+    }
+
+    async fn volume(&self) -> Volume {
+        open_volume(self.store.clone(), &self.key).await
+    }
+
+    /// A second store on the same guild, as another machine would have it.
+    async fn fresh_volume(&self) -> Volume {
+        let config = store_config(&self.fake, self.fake.token(), Some(SMALL_FILE_LIMIT));
+        open_volume(Arc::new(DiscordStore::new(config).unwrap()), &self.key).await
+    }
+}
+
+/// Opens the test channel, with no index cache (every open replays the channel).
+async fn open_volume(store: Arc<DiscordStore>, key: &Key) -> Volume {
+    let channel = find_channel(store.as_ref(), CHANNEL).await.unwrap();
+    let config = VolumeConfig {
+        cache_dir: None,
+        ..VolumeConfig::default()
+    };
+    Volume::open(store, channel, Some(key.clone()), config)
+        .await
+        .unwrap()
+}
+
+fn store_config(fake: &FakeDiscord, token: &str, per_file: Option<u64>) -> DiscordConfig {
+    let mut config = DiscordConfig::new(Token::new(token), fake.guild_id());
+    config.api = Some(fake.api_base());
+    config.max_file_size = per_file;
+    config.request_timeout = Duration::from_secs(20);
+    config
+}
+
+fn options() -> PutOptions {
+    PutOptions {
+        mtime_ns: 1_700_000_000_000_000_000,
+        mode: 0o644,
+        encrypted: true,
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+async fn put(volume: &Volume, path: &str, data: &[u8]) -> Result<(), VolumeError> {
+    let source = PutSource::Stream(Box::new(Cursor::new(data.to_vec())));
+    volume
+        .put(path, source, path, options(), None)
+        .await
+        .map(|_| ())
+}
+
+async fn put_file(volume: &Volume, path: &str, data: &[u8]) -> Result<(), VolumeError> {
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, data).unwrap();
+    volume
+        .put(path, PutSource::File(file), path, options(), None)
+        .await
+        .map(|_| ())
+}
+
+async fn read(volume: &Volume, path: &str) -> Vec<u8> {
+    let mut sink = Vec::new();
+    if let Err(e) = volume.get(path, &mut sink, None).await {
+        panic!("get {path}: {e}");
+    }
+    sink
+}
+
+fn files(volume: &Volume) -> Vec<String> {
+    volume
+        .index()
+        .live()
+        .filter(|(_, entry)| matches!(entry, Entry::File(_)))
+        .map(|(path, _)| path.to_string())
+        .collect()
+}
+
+/// The chunk length the store's plan gives at the small per-file limit.
+fn small_chunk() -> usize {
+    let limits = Limits {
+        max_file_size: SMALL_FILE_LIMIT,
+        max_request_size: 25 * MIB,
+        ..Limits::default()
+    };
+    ChunkPlan::new(&limits, CHUNK_OVERHEAD).unwrap().chunk_len
+}
+
+#[tokio::test]
+async fn files_round_trip_at_chunk_and_message_boundaries() {
+    let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
+    let volume = fx.volume().await;
+    let chunk = small_chunk();
+    let per_message = 9;
+    let sizes = [
+        0,
+        1,
+        chunk - 1,
+        chunk,
+        chunk + 1,
+        per_message * chunk - 1,
+        per_message * chunk + 1,
+        3 * per_message * chunk + 17,
+    ];
+    for (i, size) in sizes.iter().enumerate() {
+        put(
+            &volume,
+            &format!("dir/f{i}"),
+            &random_bytes(*size, i as u64),
+        )
+        .await
+        .unwrap();
+    }
+    for (i, size) in sizes.iter().enumerate() {
+        assert_eq!(
+            read(&volume, &format!("dir/f{i}")).await,
+            random_bytes(*size, i as u64),
+            "size {size}"
+        );
+    }
+    // Rename, overwrite and remove, then look from a machine with no cache.
+    volume.rename("dir/f1", "moved/one").await.unwrap();
+    put(&volume, "dir/f2", b"replaced").await.unwrap();
+    volume.remove("dir/f3", false).await.unwrap();
+    let other = fx.fresh_volume().await;
+    assert_eq!(files(&other), files(&volume));
+    assert_eq!(read(&other, "moved/one").await, random_bytes(1, 1));
+    assert_eq!(read(&other, "dir/f2").await, b"replaced");
+    assert!(matches!(
+        other.get("dir/f3", &mut Vec::new(), None).await,
+        Err(VolumeError::NotFound { .. })
+    ));
+    assert_eq!(fx.fake.stats().rate_limited, 0, "{:?}", fx.fake.stats());
+}
+
+#[tokio::test]
+async fn steady_uploads_and_deletes_never_overrun_a_bucket() {
+    let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
+    let volume = fx.volume().await;
+    // About 24 messages to one channel: several windows of the create bucket.
+    let data = random_bytes(20 * 9 * small_chunk(), 7);
+    put(&volume, "big", &data).await.unwrap();
+    for i in 0..4 {
+        put(&volume, &format!("small{i}"), b"x").await.unwrap();
+    }
+    volume.remove("big", false).await.unwrap();
+    let stats = fx.fake.stats();
+    assert!(stats.messages_created >= 24, "{stats:?}");
+    assert_eq!(stats.rate_limited, 0, "a bucket was overrun: {stats:?}");
+}
+
+#[tokio::test]
+async fn forced_429s_are_waited_out() {
+    let config = Config {
+        forced_429_rate: 0.3,
+        ..small_guild()
+    };
+    let fx = Fixture::start(config, Some(SMALL_FILE_LIMIT)).await;
+    let volume = fx.volume().await;
+    let data = random_bytes(4 * 9 * small_chunk() + 5, 3);
+    put(&volume, "f", &data).await.unwrap();
+    assert_eq!(read(&volume, "f").await, data);
+    volume.rename("f", "g").await.unwrap();
+    assert_eq!(read(&fx.fresh_volume().await, "g").await, data);
+    assert!(fx.fake.stats().forced_429 > 0, "{:?}", fx.fake.stats());
+}
+
+#[tokio::test]
+async fn ten_percent_of_requests_failing_still_round_trips_byte_exact() {
+    let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
+    let volume = fx.volume().await;
+    fx.fake.set_knobs(|knobs| knobs.failure_rate = 0.1);
+    let mut expected = Vec::new();
+    for i in 0..6u64 {
+        let data = random_bytes((i as usize * 3 + 1) * small_chunk() + i as usize, 100 + i);
+        put(&volume, &format!("f{i}"), &data).await.unwrap();
+        expected.push((format!("f{i}"), data));
+    }
+    volume.remove("f0", false).await.unwrap();
+    volume.rename("f1", "renamed").await.unwrap();
+    for (path, data) in &expected[2..] {
+        assert_eq!(&read(&volume, path).await, data, "{path}");
+    }
+    let other = fx.fresh_volume().await;
+    assert_eq!(read(&other, "renamed").await, expected[1].1);
+    assert_eq!(files(&other).len(), 5);
+    assert!(fx.fake.stats().injected_failures > 0);
+    fx.fake.set_knobs(|knobs| knobs.failure_rate = 0.0);
+    // Retried posts were not duplicated: every message is a record or a chunk in use.
+    let in_use = other.index().messages_in_use();
+    let count = fx.fake.message_count(other.channel().id);
+    assert_eq!(count, in_use.len(), "messages left behind");
+}
+
+#[tokio::test]
+async fn expired_urls_are_refreshed_mid_download() {
+    let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
+    let volume = fx.volume().await;
+    let data = random_bytes(3 * 9 * small_chunk(), 11);
+    put(&volume, "f", &data).await.unwrap();
+    // The URLs the store holds look fresh, but the CDN refuses them all.
+    fx.fake.expire_all_urls();
+    assert_eq!(read(&volume, "f").await, data);
+    // URLs that live less than the store's safety margin are refreshed before use.
+    fx.fake
+        .set_knobs(|knobs| knobs.url_lifetime = Duration::from_secs(20));
+    let volume = fx.fresh_volume().await;
+    assert_eq!(read(&volume, "f").await, data);
+}
+
+#[tokio::test]
+async fn a_413_steps_the_limits_down_and_the_upload_succeeds() {
+    // The store believes in a boosted guild's 50 MiB; the guild takes Discord's
+    // default 10 MiB per file and 25 MiB per message.
+    let config = Config {
+        channels: vec![CHANNEL.to_string()],
+        ..Config::default()
+    };
+    let fx = Fixture::start(config, Some(50 * MIB)).await;
+    let volume = fx.volume().await;
+    let data = random_bytes((30 * MIB) as usize, 5);
+    put_file(&volume, "big", &data).await.unwrap();
+    assert!(fx.fake.stats().too_large > 0);
+    let limits = fx.store.limits().await.unwrap();
+    assert!(limits.max_file_size <= 10 * MIB, "{limits:?}");
+    assert_eq!(read(&volume, "big").await, data);
+    // Nothing of the refused attempts is left in the channel.
+    let in_use = volume.index().messages_in_use();
+    assert_eq!(fx.fake.message_count(volume.channel().id), in_use.len());
+}
+
+#[tokio::test]
+async fn other_authors_and_garbage_never_become_files() {
+    let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
+    let volume = fx.volume().await;
+    put(&volume, "real", b"real bytes").await.unwrap();
+    let channel = volume.channel().id;
+    // Another user copies one of our records word for word, and posts chat.
+    let page = fx
+        .store
+        .history(channel, HistoryCursor::Latest, 10)
+        .await
+        .unwrap();
+    let record = page
+        .iter()
+        .find(|m| m.content.starts_with("dcfs1 "))
+        .unwrap();
+    fx.fake
+        .post_foreign_message(channel, 4242, &record.content, vec![]);
+    fx.fake.post_foreign_message(
+        channel,
+        4242,
+        "hello",
+        vec![("c0".into(), b"not ours".to_vec())],
+    );
+    // The bot itself posts garbage that looks like records.
+    for content in ["dcfs1 !!!not-base64", "dcfs1 AAAA", "dcfs1 data zz"] {
+        fx.store
+            .post(
+                channel,
+                NewMessage {
+                    content: content.into(),
+                    attachments: vec![],
+                },
+            )
+            .await
+            .unwrap();
+    }
+    fx.store
+        .post(
+            channel,
+            NewMessage {
+                content: format!("dcfs1 @{}", format::RECORD_ATTACHMENT),
+                attachments: vec![NewAttachment {
+                    filename: format::RECORD_ATTACHMENT.into(),
+                    data: bytes::Bytes::from_static(b"DCFR garbage"),
+                }],
+            },
+        )
+        .await
+        .unwrap();
+    let other = fx.fresh_volume().await;
+    assert_eq!(files(&other), ["real"]);
+    assert_eq!(read(&other, "real").await, b"real bytes");
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_a_clear_error_that_never_shows_it() {
+    let fx = Fixture::start(small_guild(), None).await;
+    let secret = "wrong.token-zq9";
+    let store = DiscordStore::new(store_config(&fx.fake, secret, None)).unwrap();
+    let error = store.channels().await.unwrap_err();
+    assert!(matches!(error, StoreError::Unauthorized(_)), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("token") && !text.contains(secret), "{text}");
+    assert!(!format!("{error:?}").contains(secret));
+}
+
+#[tokio::test]
+async fn folders_keep_their_names_and_need_manage_channels() {
+    let fx = Fixture::start(small_guild(), None).await;
+    let name = "Tax Returns 2025 ✓";
+    let created = fx.store.create_channel(name).await.unwrap();
+    let channels = fx.store.channels().await.unwrap();
+    assert!(
+        channels
+            .iter()
+            .any(|c| c.name == name && c.id == created.id)
+    );
+    assert!(fx.fake.channel_id("tax-returns-2025").is_some());
+    assert!(matches!(
+        fx.store.create_channel(name).await,
+        Err(StoreError::ChannelExists(_))
+    ));
+    fx.store.delete_channel(created.id).await.unwrap();
+    assert!(
+        !fx.store
+            .channels()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.name == name)
+    );
+
+    let mut config = small_guild();
+    config.bot_permissions &= !(1 << 4); // no MANAGE_CHANNELS
+    let fx = Fixture::start(config, None).await;
+    let error = fx.store.create_channel("new").await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::PermissionDenied(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("Manage Channels"), "{error}");
+}
+
+#[tokio::test]
+async fn members_need_the_members_intent() {
+    let fx = Fixture::start(small_guild(), None).await;
+    let error = fx.store.members().await.unwrap_err();
+    assert!(
+        error.to_string().contains("Server Members Intent"),
+        "{error}"
+    );
+    let fx = Fixture::start(
+        Config {
+            members_intent: true,
+            ..small_guild()
+        },
+        None,
+    )
+    .await;
+    let members = fx.store.members().await.unwrap();
+    assert!(members.iter().any(|m| m.bot));
+}
+
+/// The command line against a fake server running in the background.
+mod cli {
+    use std::path::PathBuf;
+    use std::process::{Command, Output};
+
+    use super::*;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_dcloud-fs");
+
+    struct Env {
+        dir: tempfile::TempDir,
+        fake: FakeDiscord,
+    }
+
+    impl Env {
+        fn new(config: Config) -> Env {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("work")).unwrap();
+            Env {
+                dir,
+                fake: FakeDiscord::start_in_background(config).unwrap(),
+            }
+        }
+
+        fn work(&self) -> PathBuf {
+            self.dir.path().join("work")
+        }
+
+        fn run_with_token(&self, token: &str, args: &[&str]) -> Output {
+            Command::new(BIN)
+                .args(args)
+                .current_dir(self.work())
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", self.dir.path().join("home"))
+                .env("DCLOUD_API", self.fake.api_base())
+                .env("DCLOUD_TOKEN", token)
+                .env("DCLOUD_GUILD", self.fake.guild_id().to_string())
+                .output()
+                .unwrap()
+        }
+
+        fn ok(&self, args: &[&str]) -> String {
+            let output = self.run_with_token(self.fake.token(), args);
+            assert!(
+                output.status.success(),
+                "dcloud-fs {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        }
+    }
+
+    #[test]
+    fn doctor_passes_and_files_round_trip() {
+        let env = Env::new(Config::default());
+        env.ok(&["keygen"]);
+        let doctor = env.ok(&["doctor"]);
+        assert!(doctor.contains("all checks passed"), "{doctor}");
+        assert!(!doctor.contains(env.fake.token()));
+        env.ok(&["mkdir", "My Files"]);
+        let data = random_bytes((12 * MIB) as usize + 3, 9);
+        std::fs::write(env.work().join("big.bin"), &data).unwrap();
+        env.ok(&["put", "big.bin", "My Files/sub/"]);
+        let listing = env.ok(&["ls", "-l", "My Files/sub"]);
+        assert!(listing.contains("big.bin"), "{listing}");
+        env.ok(&["get", "My Files/sub/big.bin", "back.bin"]);
+        assert!(std::fs::read(env.work().join("back.bin")).unwrap() == data);
+        let raw = env.ok(&["attachments", "My Files"]);
+        assert!(raw.contains("this bot") && raw.contains("record"), "{raw}");
+        env.ok(&["rm", "My Files/sub/big.bin"]);
+        assert!(!env.ok(&["ls", "-l", "My Files"]).contains("sub"));
+        assert!(env.ok(&["ping"]).contains("pong"));
+        assert!(env.ok(&["info", "My Files"]).contains("#my-files"));
+    }
+
+    #[test]
+    fn a_wrong_token_is_one_line_that_never_shows_it() {
+        let env = Env::new(Config::default());
+        let secret = "wrong.token-zq9";
+        let output = env.run_with_token(secret, &["ls"]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("token") && !stderr.contains(secret),
+            "{stderr}"
+        );
+        let doctor = env.run_with_token(secret, &["doctor"]);
+        assert!(!doctor.status.success());
+        let stdout = String::from_utf8(doctor.stdout).unwrap();
+        assert!(stdout.contains("FAIL  token"), "{stdout}");
+    }
+}
