@@ -693,6 +693,16 @@ fn payload_json(message: &NewMessage, nonce: u64) -> Vec<u8> {
     serde_json::to_vec(&payload).expect("JSON of strings and numbers")
 }
 
+/// A message's attachments as twilight takes them (a copy of their bytes).
+fn twilight_attachments(message: &NewMessage) -> Vec<TwilightAttachment> {
+    message
+        .attachments
+        .iter()
+        .enumerate()
+        .map(|(i, a)| TwilightAttachment::from_bytes(a.filename.clone(), a.data.to_vec(), i as u64))
+        .collect()
+}
+
 /// A random nonce that fits Discord's 25 characters as a decimal string.
 fn random_nonce() -> StoreResult<u64> {
     let mut bytes = [0u8; 8];
@@ -820,14 +830,6 @@ impl Store for DiscordStore {
         let channel_id = self.twilight_channel(channel)?;
         let limits = self.limits().await?;
         let payload = payload_json(&message, random_nonce()?);
-        let files: Vec<TwilightAttachment> = message
-            .attachments
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                TwilightAttachment::from_bytes(a.filename.clone(), a.data.to_vec(), i as u64)
-            })
-            .collect();
         let what = format!("posting a message of {} bytes", message.attachment_bytes());
         let posted = self
             .rest
@@ -835,6 +837,10 @@ impl Store for DiscordStore {
                 &format!("POST /channels/{channel}/messages"),
                 &what,
                 || {
+                    // Built only once the rate gate lets the request go, and dropped as
+                    // soon as twilight has copied them into its request body, so a
+                    // message waiting for its bucket holds no second copy of its bytes.
+                    let files = twilight_attachments(&message);
                     let request = self
                         .rest
                         .client
