@@ -3,6 +3,7 @@
 //!
 //! Layers, each depending only on the ones below it:
 //!
+//! - [`fs`]: the filesystem core the mount serves (inodes, chunk cache, reads);
 //! - [`volume`]: one channel as a folder tree — the index replayed from the channel's
 //!   records, and the transfers (put, get, rename, delete) that change it;
 //! - [`format`]: the on-Discord format (chunks, records, message kinds), versioned;
@@ -16,5 +17,6 @@ pub mod config;
 pub mod crypto;
 pub mod dirs;
 pub mod format;
+pub mod fs;
 pub mod store;
 pub mod volume;

@@ -1,0 +1,203 @@
+//! Inode numbers: stable names for the kernel.
+//!
+//! The kernel knows files by inode number and expects a number to mean the same file
+//! for as long as it holds it (and `ls -i`, `find` and `rsync` notice when numbers
+//! change). Our files are named by (channel, path), so this table hands out a number
+//! per name the first time the kernel sees it and keeps it for the mount's life:
+//!
+//! - numbers are never reused, so a stale number can't reach another file;
+//! - a rename moves the number (and those of everything under a renamed folder) to
+//!   the new name, so an open file keeps its identity across an editor's save;
+//! - the root is [`ROOT`]; a channel is its folder at path `""`.
+//!
+//! The table grows with the names looked up (a few dozen bytes each); `forget` from
+//! the kernel lets it drop numbers nothing refers to any more.
+
+use std::collections::HashMap;
+
+use crate::store::Id;
+
+/// The root folder (the channels).
+pub const ROOT: u64 = 1;
+
+/// What an inode number names: a channel, and a path inside it (`""` for the channel
+/// folder itself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeKey {
+    pub channel: Id,
+    pub path: String,
+}
+
+impl NodeKey {
+    pub fn new(channel: Id, path: impl Into<String>) -> NodeKey {
+        NodeKey {
+            channel,
+            path: path.into(),
+        }
+    }
+
+    /// The key of `name` inside this folder.
+    pub fn child(&self, name: &str) -> NodeKey {
+        let path = if self.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.path)
+        };
+        NodeKey::new(self.channel, path)
+    }
+
+    /// Whether this key is `folder` or lies under it.
+    fn is_within(&self, folder: &NodeKey) -> bool {
+        self.channel == folder.channel
+            && (folder.path.is_empty()
+                || self.path == folder.path
+                || self
+                    .path
+                    .strip_prefix(&folder.path)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+}
+
+/// The two-way map between inode numbers and names.
+#[derive(Debug)]
+pub struct InodeTable {
+    by_ino: HashMap<u64, NodeKey>,
+    by_key: HashMap<NodeKey, u64>,
+    next: u64,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        InodeTable {
+            by_ino: HashMap::new(),
+            by_key: HashMap::new(),
+            next: ROOT + 1,
+        }
+    }
+}
+
+impl InodeTable {
+    /// The number for `key`, handing out a new one the first time.
+    pub fn ino(&mut self, key: &NodeKey) -> u64 {
+        if let Some(&ino) = self.by_key.get(key) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_key.insert(key.clone(), ino);
+        self.by_ino.insert(ino, key.clone());
+        ino
+    }
+
+    /// The name behind a number, if the number is in use.
+    pub fn key(&self, ino: u64) -> Option<&NodeKey> {
+        self.by_ino.get(&ino)
+    }
+
+    /// Moves `from` — and, if it is a folder, everything under it — to `to`. A number
+    /// that `to` (or a name under it) had before is dropped: that file was replaced.
+    pub fn rename(&mut self, from: &NodeKey, to: &NodeKey) {
+        let replaced: Vec<NodeKey> = self
+            .by_key
+            .keys()
+            .filter(|key| key.is_within(to))
+            .cloned()
+            .collect();
+        for key in replaced {
+            if let Some(ino) = self.by_key.remove(&key) {
+                self.by_ino.remove(&ino);
+            }
+        }
+        let moving: Vec<(NodeKey, u64)> = self
+            .by_key
+            .iter()
+            .filter(|(key, _)| key.is_within(from))
+            .map(|(key, ino)| (key.clone(), *ino))
+            .collect();
+        for (key, ino) in moving {
+            self.by_key.remove(&key);
+            let suffix = &key.path[from.path.len()..];
+            let moved = NodeKey::new(to.channel, format!("{}{suffix}", to.path));
+            self.by_ino.insert(ino, moved.clone());
+            self.by_key.insert(moved, ino);
+        }
+    }
+
+    /// Drops the number of a name that no longer exists (after unlink or rmdir), so
+    /// that the name can come back later as a new file with a new number.
+    pub fn remove(&mut self, key: &NodeKey) {
+        if let Some(ino) = self.by_key.remove(key) {
+            self.by_ino.remove(&ino);
+        }
+    }
+
+    /// Forgets a number the kernel no longer refers to.
+    pub fn forget(&mut self, ino: u64) {
+        if let Some(key) = self.by_ino.remove(&ino) {
+            self.by_key.remove(&key);
+        }
+    }
+
+    /// How many numbers are in use.
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    /// Whether no numbers are in use.
+    pub fn is_empty(&self) -> bool {
+        self.by_ino.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stable_and_never_reused() {
+        let mut table = InodeTable::default();
+        let a = NodeKey::new(7, "a");
+        let first = table.ino(&a);
+        assert!(first > ROOT);
+        assert_eq!(table.ino(&a), first);
+        assert_eq!(table.key(first), Some(&a));
+        table.remove(&a);
+        assert_eq!(table.key(first), None);
+        let again = table.ino(&a);
+        assert_ne!(
+            again, first,
+            "a removed file's number is not handed out again"
+        );
+        table.forget(again);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn renames_carry_numbers_along_with_what_is_under_a_folder() {
+        let mut table = InodeTable::default();
+        let dir = table.ino(&NodeKey::new(1, "docs"));
+        let file = table.ino(&NodeKey::new(1, "docs/a/b.txt"));
+        let sibling = table.ino(&NodeKey::new(1, "docs2/x"));
+        let target = table.ino(&NodeKey::new(2, "old"));
+        table.rename(&NodeKey::new(1, "docs"), &NodeKey::new(2, "old"));
+        assert_eq!(table.key(dir), Some(&NodeKey::new(2, "old")));
+        assert_eq!(table.key(file), Some(&NodeKey::new(2, "old/a/b.txt")));
+        assert_eq!(table.key(sibling), Some(&NodeKey::new(1, "docs2/x")));
+        assert_eq!(
+            table.key(target),
+            None,
+            "the replaced file's number is gone"
+        );
+        assert_eq!(table.ino(&NodeKey::new(2, "old")), dir);
+    }
+
+    #[test]
+    fn children_of_a_channel_have_plain_paths() {
+        let channel = NodeKey::new(3, "");
+        assert_eq!(channel.child("a").path, "a");
+        assert_eq!(channel.child("a").child("b").path, "a/b");
+        assert!(NodeKey::new(3, "a/b").is_within(&channel));
+        assert!(!NodeKey::new(4, "a").is_within(&channel));
+        assert!(!NodeKey::new(3, "ab").is_within(&NodeKey::new(3, "a")));
+    }
+}
