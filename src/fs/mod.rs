@@ -1,13 +1,1139 @@
 //! The filesystem core: what `dcloud-fs mount` serves, without any FUSE types, so that
-//! tests can drive it directly (as awslabs/mountpoint-s3 separates its fuser adapter
-//! from its filesystem). It is being built in steps; the parts so far:
+//! tests drive it directly (as awslabs/mountpoint-s3 separates its fuser adapter from
+//! its filesystem) and the adapter ([`crate::fuse`]) stays a thin translation.
+//!
+//! The tree: the root holds one folder per channel; inside a channel, the files and
+//! folders its records describe ([`crate::volume`]). Parts:
 //!
 //! - [`inode`]: stable inode numbers for (channel, path) names, carried across renames;
-//! - [`cache`]: decrypted chunks in a byte-bounded LRU, with concurrent fetches of one
-//!   chunk shared;
-//! - [`read`]: reads at any offset that fetch only the chunks they cover, with
-//!   read-ahead for sequential readers.
+//! - [`cache`] and [`read`]: reads at any offset fetch only the chunks they cover,
+//!   through a byte-bounded LRU of decrypted chunks, with read-ahead for sequential
+//!   readers;
+//! - [`spool`] and [`write`]: a file opened for writing lives in a spool file on local
+//!   disk; closing it (or fsync) uploads it and posts its record, and close returns the
+//!   error if that fails; the spool survives a crash and the next mount finishes the
+//!   upload.
+//!
+//! Every operation is an `async fn` on `&self`: the adapter runs each request as a task,
+//! so a slow upload or download never holds up another request. Metadata (lookup,
+//! getattr, readdir, statfs) comes from the in-memory index and never waits for the
+//! store, except the first time a channel is opened. Changes made elsewhere (the CLI,
+//! another machine) appear within [`FsConfig::poll_interval`].
 
 pub mod cache;
 pub mod inode;
 pub mod read;
+pub mod spool;
+pub mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use self::cache::ChunkCache;
+use self::inode::{InodeTable, NodeKey, ROOT};
+use self::read::FileReader;
+use self::spool::{SpoolFile, SpoolMeta};
+use self::write::WriteSession;
+use crate::crypto::Key;
+use crate::store::{Channel, Id, Store, StoreError};
+use crate::volume::{Node, PutOptions, PutSource, Volume, VolumeConfig, VolumeError};
+
+/// How the filesystem behaves. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Bytes of decrypted chunks kept in memory. Default 256 MiB.
+    pub cache_bytes: u64,
+    /// Chunks fetched ahead of a sequential reader. Default 4.
+    pub read_ahead_chunks: u64,
+    /// Where files being written are kept until uploaded. Default
+    /// `$XDG_CACHE_HOME/dcloud-fs/spool/<store>`.
+    pub spool_dir: Option<PathBuf>,
+    /// How often open channels are checked for changes made elsewhere. Default 5 s.
+    pub poll_interval: Duration,
+    /// Refuse every change (EROFS). Default false.
+    pub read_only: bool,
+    /// Let `rmdir` at the root delete an (empty) channel. Default false.
+    pub allow_delete_channels: bool,
+    /// Owner and group shown for everything. Default: the mounting user's.
+    pub uid: u32,
+    pub gid: u32,
+    /// Bits taken away from the modes shown. Default 0o022.
+    pub umask: u32,
+    /// Settings for the channels' volumes (index cache, parallelism).
+    pub volume: VolumeConfig,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        // SAFETY: getuid and getgid have no preconditions and can't fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        FsConfig {
+            cache_bytes: 256 * 1024 * 1024,
+            read_ahead_chunks: 4,
+            spool_dir: None,
+            poll_interval: Duration::from_secs(5),
+            read_only: false,
+            allow_delete_channels: false,
+            uid,
+            gid,
+            umask: 0o022,
+            volume: VolumeConfig::default(),
+        }
+    }
+}
+
+/// What a file or folder looks like to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    /// Permission bits (the umask applied).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// One name in a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirItem {
+    pub name: String,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+/// Changes `setattr` asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+    pub mode: Option<u32>,
+}
+
+/// How a file is opened (from the `open(2)` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFlags {
+    pub write: bool,
+    pub truncate: bool,
+}
+
+impl OpenFlags {
+    pub fn from_raw(flags: i32) -> OpenFlags {
+        let access = flags & libc::O_ACCMODE;
+        OpenFlags {
+            write: access == libc::O_WRONLY || access == libc::O_RDWR,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+}
+
+/// An open file: what `open` and `create` return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The file is the same version as at its previous open: the kernel may keep the
+    /// pages it cached.
+    pub keep_cache: bool,
+}
+
+/// Space figures for `statfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Errors of the filesystem core; each maps to one errno.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or folder")]
+    NotFound,
+    #[error("not a folder")]
+    NotADirectory,
+    #[error("is a folder")]
+    IsADirectory,
+    #[error("already exists")]
+    Exists,
+    #[error("folder not empty")]
+    NotEmpty,
+    #[error("mounted read-only")]
+    ReadOnly,
+    #[error("{0}")]
+    NotPermitted(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("moving between channels is not supported yet; copy and delete instead")]
+    CrossChannel,
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    #[error("stale file handle")]
+    BadHandle,
+    #[error("{0}")]
+    Io(String),
+}
+
+impl FsError {
+    /// The errno the kernel gets.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::Unsupported(_) => libc::ENOTSUP,
+            FsError::CrossChannel => libc::EXDEV,
+            FsError::InvalidName(_) => libc::EINVAL,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Io(_) => libc::EIO,
+        }
+    }
+}
+
+impl From<VolumeError> for FsError {
+    fn from(e: VolumeError) -> Self {
+        match e {
+            VolumeError::NotFound { .. } | VolumeError::NoSuchChannel { .. } => FsError::NotFound,
+            VolumeError::NotADirectory { .. } => FsError::NotADirectory,
+            VolumeError::IsADirectory { .. } => FsError::IsADirectory,
+            VolumeError::AlreadyExists { .. } => FsError::Exists,
+            VolumeError::Unsupported(m) => FsError::Unsupported(m),
+            VolumeError::Format(crate::format::FormatError::InvalidPath { path, why }) => {
+                FsError::InvalidName(format!("{path}: {why}"))
+            }
+            VolumeError::Store(e) => e.into(),
+            other => {
+                log::warn!("{other}");
+                FsError::Io(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchChannel(_) => FsError::NotFound,
+            StoreError::ChannelExists(_) => FsError::Exists,
+            StoreError::PermissionDenied(m) => {
+                log::warn!("{m}");
+                FsError::NotPermitted(m)
+            }
+            StoreError::Invalid(m) => FsError::InvalidName(m),
+            other => {
+                log::warn!("{other}");
+                FsError::Io(other.to_string())
+            }
+        }
+    }
+}
+
+/// What an open file handle reads from.
+enum Handle {
+    Read(Arc<FileReader>),
+    Write(Arc<WriteSession>),
+}
+
+/// The channels, as last listed.
+#[derive(Default)]
+struct Channels {
+    by_name: BTreeMap<String, Channel>,
+    listed: Option<Instant>,
+}
+
+/// The filesystem. Share it behind an `Arc`.
+pub struct Fs {
+    store: Arc<dyn Store>,
+    key: Option<Key>,
+    config: FsConfig,
+    spool_dir: PathBuf,
+    channels: Mutex<Channels>,
+    volumes: tokio::sync::Mutex<HashMap<Id, Arc<Volume>>>,
+    inodes: Mutex<InodeTable>,
+    cache: Arc<ChunkCache>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    sessions: Mutex<HashMap<NodeKey, Arc<WriteSession>>>,
+    /// The file version each inode had when last opened, for `keep_cache`.
+    last_opened: Mutex<HashMap<u64, crate::format::FileId>>,
+    next_fh: AtomicU64,
+}
+
+fn time_of(mtime_ns: i64) -> SystemTime {
+    if mtime_ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(mtime_ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(mtime_ns.unsigned_abs())
+    }
+}
+
+fn ns_of(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+fn now_ns() -> i64 {
+    ns_of(SystemTime::now())
+}
+
+/// Checks a name from the kernel.
+fn check_name(name: &str) -> Result<(), FsError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(FsError::InvalidName(name.to_string()));
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Makes the filesystem and finishes the uploads a previous mount left in the
+    /// spool (in the background).
+    pub async fn new(
+        store: Arc<dyn Store>,
+        key: Option<Key>,
+        config: FsConfig,
+    ) -> Result<Arc<Fs>, FsError> {
+        let spool_dir = config.spool_dir.clone().unwrap_or_else(|| {
+            crate::dirs::cache_dir()
+                .join("spool")
+                .join(store.identity())
+        });
+        let fs = Arc::new(Fs {
+            cache: Arc::new(ChunkCache::new(config.cache_bytes)),
+            store,
+            key,
+            spool_dir,
+            channels: Mutex::default(),
+            volumes: tokio::sync::Mutex::default(),
+            inodes: Mutex::default(),
+            handles: Mutex::default(),
+            sessions: Mutex::default(),
+            last_opened: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            config,
+        });
+        fs.list_channels(true).await?;
+        Ok(fs)
+    }
+
+    /// How long the kernel may cache names and attributes.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    // ----- channels and volumes -----
+
+    /// The channels, listed again if the list is older than the poll interval (or
+    /// `force`).
+    async fn list_channels(&self, force: bool) -> Result<Vec<Channel>, FsError> {
+        let fresh = {
+            let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            channels
+                .listed
+                .is_some_and(|at| at.elapsed() < self.config.poll_interval)
+        };
+        if fresh && !force {
+            let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(channels.by_name.values().cloned().collect());
+        }
+        let listed = self.store.channels().await?;
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels.by_name = listed.iter().map(|c| (c.name.clone(), c.clone())).collect();
+        channels.listed = Some(Instant::now());
+        Ok(listed)
+    }
+
+    async fn channel_named(&self, name: &str) -> Result<Channel, FsError> {
+        let channels = self.list_channels(false).await?;
+        if let Some(channel) = channels.into_iter().find(|c| c.name == name) {
+            return Ok(channel);
+        }
+        // Perhaps made a moment ago elsewhere.
+        self.list_channels(true)
+            .await?
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or(FsError::NotFound)
+    }
+
+    fn channel_by_id(&self, id: Id) -> Option<Channel> {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels.by_name.values().find(|c| c.id == id).cloned()
+    }
+
+    /// The channel's volume, opened on first use.
+    async fn volume(&self, channel: Id) -> Result<Arc<Volume>, FsError> {
+        let mut volumes = self.volumes.lock().await;
+        if let Some(volume) = volumes.get(&channel) {
+            return Ok(volume.clone());
+        }
+        let info = match self.channel_by_id(channel) {
+            Some(info) => info,
+            None => self
+                .list_channels(true)
+                .await?
+                .into_iter()
+                .find(|c| c.id == channel)
+                .ok_or(FsError::NotFound)?,
+        };
+        let volume = Arc::new(
+            Volume::open(
+                self.store.clone(),
+                info,
+                self.key.clone(),
+                self.config.volume.clone(),
+            )
+            .await?,
+        );
+        volumes.insert(channel, volume.clone());
+        Ok(volume)
+    }
+
+    /// Reads what changed elsewhere in every open channel, and the channel list.
+    pub async fn poll(&self) {
+        let volumes: Vec<Arc<Volume>> = self.volumes.lock().await.values().cloned().collect();
+        for volume in volumes {
+            if let Err(e) = volume.refresh().await {
+                log::info!("#{}: could not check for changes: {e}", volume.channel().name);
+            }
+        }
+        if let Err(e) = self.list_channels(true).await {
+            log::info!("could not list channels: {e}");
+        }
+    }
+
+    // ----- names and attributes -----
+
+    fn key_of(&self, ino: u64) -> Result<NodeKey, FsError> {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .key(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn ino_of(&self, key: &NodeKey) -> u64 {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ino(key)
+    }
+
+    fn session(&self, key: &NodeKey) -> Option<Arc<WriteSession>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn dir_attr(&self, ino: u64, mtime_ns: i64, mode: u32) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::Dir,
+            size: 0,
+            mtime: time_of(mtime_ns),
+            perm: (mode & 0o7777 & !self.config.umask) as u16,
+            nlink: 2,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
+    }
+
+    fn file_attr(&self, ino: u64, size: u64, mtime_ns: i64, mode: u32) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::File,
+            size,
+            mtime: time_of(mtime_ns),
+            perm: (mode & 0o7777 & !self.config.umask) as u16,
+            nlink: 1,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
+    }
+
+    /// The attributes of the node at `key`.
+    async fn attr_of(&self, key: &NodeKey) -> Result<Attr, FsError> {
+        let ino = self.ino_of(key);
+        if let Some(session) = self.session(key) {
+            let state = session.state();
+            return Ok(self.file_attr(ino, state.size, state.mtime_ns, state.mode));
+        }
+        if key.path.is_empty() {
+            return Ok(self.dir_attr(ino, 0, 0o755));
+        }
+        let volume = self.volume(key.channel).await?;
+        let index = volume.index();
+        match index.node(&key.path) {
+            Some(Node::File(file)) => Ok(self.file_attr(ino, file.size, file.mtime_ns, file.mode)),
+            Some(Node::Dir(dir)) => Ok(self.dir_attr(
+                ino,
+                dir.map_or(0, |d| d.mtime_ns),
+                dir.map_or(0o755, |d| d.mode),
+            )),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// `lookup`: the attributes of `name` in folder `parent`.
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        check_name(name)?;
+        if parent == ROOT {
+            let channel = self.channel_named(name).await?;
+            let key = NodeKey::new(channel.id, "");
+            return self.attr_of(&key).await;
+        }
+        let key = self.key_of(parent)?.child(name);
+        match self.attr_of(&key).await {
+            Err(FsError::NotFound) => {
+                // Not known here: forget the number so the name can come back fresh.
+                self.inodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                Err(FsError::NotFound)
+            }
+            other => other,
+        }
+    }
+
+    /// `getattr`.
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        if ino == ROOT {
+            return Ok(self.dir_attr(ROOT, 0, 0o755));
+        }
+        let key = self.key_of(ino)?;
+        self.attr_of(&key).await
+    }
+
+    /// `readdir`: the names in a folder (without `.` and `..`).
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirItem>, FsError> {
+        if ino == ROOT {
+            let channels = self.list_channels(false).await?;
+            return Ok(channels
+                .into_iter()
+                .map(|c| DirItem {
+                    ino: self.ino_of(&NodeKey::new(c.id, "")),
+                    name: c.name,
+                    kind: Kind::Dir,
+                })
+                .collect());
+        }
+        let key = self.key_of(ino)?;
+        let volume = self.volume(key.channel).await?;
+        let listed: Vec<(String, Kind)> = {
+            let index = volume.index();
+            match index.node(&key.path) {
+                Some(Node::Dir(_)) => {}
+                Some(Node::File(_)) => return Err(FsError::NotADirectory),
+                None if key.path.is_empty() => {}
+                None => return Err(FsError::NotFound),
+            }
+            index
+                .list(&key.path)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|item| {
+                    let kind = match item.node {
+                        Node::File(_) => Kind::File,
+                        Node::Dir(_) => Kind::Dir,
+                    };
+                    (item.name, kind)
+                })
+                .collect()
+        };
+        let mut items: Vec<DirItem> = listed
+            .into_iter()
+            .map(|(name, kind)| DirItem {
+                ino: self.ino_of(&key.child(&name)),
+                name,
+                kind,
+            })
+            .collect();
+        // Files being written for the first time exist only in the spool so far.
+        let sessions: Vec<NodeKey> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for session in sessions {
+            let Some((dir, name)) = session
+                .path
+                .rsplit_once('/')
+                .or(Some(("", session.path.as_str())))
+            else {
+                continue;
+            };
+            if session.channel == key.channel
+                && dir == key.path
+                && !items.iter().any(|item| item.name == name)
+            {
+                items.push(DirItem {
+                    name: name.to_string(),
+                    ino: self.ino_of(&session),
+                    kind: Kind::File,
+                });
+            }
+        }
+        Ok(items)
+    }
+
+    /// `statfs`: the files and bytes stored in the channels opened so far.
+    pub async fn statfs(&self) -> StatFs {
+        let volumes: Vec<Arc<Volume>> = self.volumes.lock().await.values().cloned().collect();
+        let (mut files, mut bytes) = (0, 0);
+        for volume in volumes {
+            let (f, b) = volume.index().totals();
+            files += f;
+            bytes += b;
+        }
+        let bsize = 4096u32;
+        // Discord sets no quota: report the used blocks plus a large free space.
+        let used = bytes.div_ceil(u64::from(bsize));
+        let free = (1u64 << 50) / u64::from(bsize);
+        StatFs {
+            blocks: used + free,
+            bfree: free,
+            files: files + (1 << 20),
+            bsize,
+            namelen: 255,
+        }
+    }
+
+    /// `forget`: the kernel dropped its references to `ino`.
+    pub fn forget(&self, ino: u64) {
+        if ino != ROOT {
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget(ino);
+        }
+    }
+
+    // ----- open files -----
+
+    fn new_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, handle);
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<HandleRef, FsError> {
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        match handles.get(&fh) {
+            Some(Handle::Read(reader)) => Ok(HandleRef::Read(reader.clone())),
+            Some(Handle::Write(session)) => Ok(HandleRef::Write(session.clone())),
+            None => Err(FsError::BadHandle),
+        }
+    }
+
+    fn writable(&self) -> Result<(), FsError> {
+        if self.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn spool_meta(&self, key: &NodeKey, mode: u32, mtime_ns: i64) -> SpoolMeta {
+        SpoolMeta {
+            channel: key.channel,
+            path: key.path.clone(),
+            mode,
+            mtime_ns,
+            encrypted: self.key.is_some(),
+            committing: false,
+        }
+    }
+
+    /// The write session of the file at `key`, started if there is none: a spool file
+    /// holding the file's current content (fetched), or nothing if `empty`.
+    async fn start_session(
+        &self,
+        key: &NodeKey,
+        empty: bool,
+    ) -> Result<Arc<WriteSession>, FsError> {
+        if let Some(session) = self.session(key) {
+            session.open_one();
+            if empty {
+                session.truncate(0).await?;
+            }
+            return Ok(session);
+        }
+        let volume = self.volume(key.channel).await?;
+        let existing = match volume.index().node(&key.path) {
+            Some(Node::File(file)) => Some(file.clone()),
+            Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
+            None => None,
+        };
+        let (mode, mtime_ns) = existing
+            .as_ref()
+            .map_or((0o644, now_ns()), |f| (f.mode, f.mtime_ns));
+        let meta = self.spool_meta(key, mode, mtime_ns);
+        let spool = SpoolFile::create(&self.spool_dir, &meta)
+            .map_err(|e| FsError::Io(format!("spool {}: {e}", self.spool_dir.display())))?;
+        if let Some(file) = existing.filter(|f| !empty && f.size > 0) {
+            let data = spool
+                .data
+                .try_clone()
+                .map_err(|e| FsError::Io(e.to_string()))?;
+            if let Err(e) = volume.get_to_file(&key.path, Arc::new(data), None).await {
+                spool.remove();
+                return Err(e.into());
+            }
+            log::debug!("fetched {} ({} bytes) to write it", key.path, file.size);
+        }
+        let size = spool
+            .data
+            .metadata()
+            .map_err(|e| FsError::Io(e.to_string()))?
+            .len();
+        let session = Arc::new(WriteSession::new(key.clone(), spool, meta, size));
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        // Another open may have started one meanwhile: use that one.
+        if let Some(other) = sessions.get(key) {
+            session.abandon();
+            other.open_one();
+            return Ok(other.clone());
+        }
+        sessions.insert(key.clone(), session.clone());
+        Ok(session)
+    }
+
+    /// `open`.
+    pub async fn open(&self, ino: u64, flags: OpenFlags) -> Result<Opened, FsError> {
+        let key = self.key_of(ino)?;
+        if flags.write {
+            self.writable()?;
+            let session = self.start_session(&key, flags.truncate).await?;
+            let fh = self.new_handle(Handle::Write(session));
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+            });
+        }
+        if let Some(session) = self.session(&key) {
+            session.open_one();
+            let fh = self.new_handle(Handle::Write(session));
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+            });
+        }
+        let volume = self.volume(key.channel).await?;
+        let file = match volume.index().node(&key.path) {
+            Some(Node::File(file)) => file.clone(),
+            Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
+            None => return Err(FsError::NotFound),
+        };
+        let keep_cache = {
+            let mut last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());
+            last.insert(ino, file.id) == Some(file.id)
+        };
+        let reader = FileReader::new(
+            Arc::new(file),
+            volume.fetcher(&key.path),
+            self.cache.clone(),
+            self.config.read_ahead_chunks,
+        );
+        let fh = self.new_handle(Handle::Read(Arc::new(reader)));
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// `create`: a new, empty file (or, with `O_TRUNC` semantics, an existing one
+    /// emptied), opened for writing.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        exclusive: bool,
+    ) -> Result<(Attr, Opened), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        if parent == ROOT {
+            return Err(FsError::NotPermitted(
+                "files live in channels: the root holds only channel folders".into(),
+            ));
+        }
+        let key = self.key_of(parent)?.child(name);
+        let volume = self.volume(key.channel).await?;
+        crate::format::validate_path(&key.path)
+            .map_err(|e| FsError::InvalidName(e.to_string()))?;
+        let exists = volume.index().node(&key.path).is_some() || self.session(&key).is_some();
+        if exists && exclusive {
+            return Err(FsError::Exists);
+        }
+        let session = self.start_session(&key, true).await?;
+        session.set_meta(Some(now_ns()), Some(mode & 0o7777));
+        let fh = self.new_handle(Handle::Write(session));
+        let attr = self.attr_of(&key).await?;
+        Ok((
+            attr,
+            Opened {
+                fh,
+                keep_cache: false,
+            },
+        ))
+    }
+
+    /// `read`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        match self.handle(fh)? {
+            HandleRef::Read(reader) => reader.read(offset, size).await.map_err(|e| {
+                log::warn!("read failed: {e}");
+                FsError::Io(e.to_string())
+            }),
+            HandleRef::Write(session) => session.read(offset, size).await,
+        }
+    }
+
+    /// `write`.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        match self.handle(fh)? {
+            HandleRef::Read(_) => Err(FsError::BadHandle),
+            HandleRef::Write(session) => session.write(offset, data).await,
+        }
+    }
+
+    /// Uploads a session's content if it changed since its last upload.
+    async fn commit(&self, session: &Arc<WriteSession>) -> Result<(), FsError> {
+        let key = session.key();
+        let volume = self.volume(key.channel).await?;
+        session.commit(&volume).await
+    }
+
+    /// `flush` (each `close` of a file descriptor): uploads what was written, so that
+    /// close returns the error if the upload fails.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        match self.handle(fh)? {
+            HandleRef::Read(_) => Ok(()),
+            HandleRef::Write(session) => self.commit(&session).await,
+        }
+    }
+
+    /// `fsync`: the same as flush.
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        self.flush(fh).await
+    }
+
+    /// `release` (the last close of an open): uploads anything still unwritten and
+    /// lets go of the handle; the spool file goes once nothing holds it open.
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let handle = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        let Some(Handle::Write(session)) = handle else {
+            return Ok(());
+        };
+        let committed = self.commit(&session).await;
+        if session.close_one() {
+            let key = session.key();
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+                sessions.remove(&key);
+            }
+            drop(sessions);
+            session.finish();
+        }
+        committed
+    }
+
+    /// `setattr`: size (truncate), modification time, mode.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        changes: SetAttr,
+    ) -> Result<Attr, FsError> {
+        if ino == ROOT {
+            return Err(FsError::NotPermitted("the root can't be changed".into()));
+        }
+        self.writable()?;
+        let key = self.key_of(ino)?;
+        let session = match fh.map(|fh| self.handle(fh)) {
+            Some(Ok(HandleRef::Write(session))) => Some(session),
+            _ => self.session(&key),
+        };
+        let mtime_ns = changes.mtime.map(ns_of);
+        if let Some(session) = session {
+            if let Some(size) = changes.size {
+                session.truncate(size).await?;
+            }
+            session.set_meta(mtime_ns, changes.mode);
+            return self.attr_of(&key).await;
+        }
+        if let Some(size) = changes.size {
+            // truncate(2) of a file nobody has open: a write session of its own.
+            let session = self.start_session(&key, size == 0).await?;
+            let result = async {
+                session.truncate(size).await?;
+                session.set_meta(mtime_ns, changes.mode);
+                self.commit(&session).await
+            }
+            .await;
+            if session.close_one() {
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                session.finish();
+            }
+            result?;
+            return self.attr_of(&key).await;
+        }
+        if mtime_ns.is_some() || changes.mode.is_some() {
+            let volume = self.volume(key.channel).await?;
+            volume.set_meta(&key.path, mtime_ns, changes.mode).await?;
+        }
+        self.attr_of(&key).await
+    }
+
+    // ----- namespace changes -----
+
+    /// `mkdir`: a folder in a channel, or (at the root) a new channel.
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Attr, FsError> {
+        self.writable()?;
+        check_name(name)?;
+        if parent == ROOT {
+            let channel = self.store.create_channel(name).await?;
+            self.list_channels(true).await?;
+            return self.attr_of(&NodeKey::new(channel.id, "")).await;
+        }
+        let key = self.key_of(parent)?.child(name);
+        let volume = self.volume(key.channel).await?;
+        volume.mkdir(&key.path, now_ns(), mode).await?;
+        self.attr_of(&key).await
+    }
+
+    /// `unlink`.
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<(), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        if parent == ROOT {
+            return Err(FsError::IsADirectory);
+        }
+        let key = self.key_of(parent)?.child(name);
+        let volume = self.volume(key.channel).await?;
+        let session = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        let stored = match volume.index().node(&key.path) {
+            Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
+            Some(Node::File(_)) => true,
+            None => false,
+        };
+        if let Some(session) = &session {
+            // Open files that are unlinked are not uploaded any more.
+            session.unlink();
+        }
+        if stored {
+            volume.remove(&key.path, false).await?;
+        } else if session.is_none() {
+            return Err(FsError::NotFound);
+        }
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        Ok(())
+    }
+
+    /// `rmdir`: an empty folder; at the root, an empty channel, and only when the mount
+    /// allows deleting channels.
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<(), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        if parent == ROOT {
+            let channel = self.channel_named(name).await?;
+            if !self.config.allow_delete_channels {
+                return Err(FsError::NotPermitted(format!(
+                    "deleting channel #{name} needs --allow-delete-channels"
+                )));
+            }
+            let volume = self.volume(channel.id).await?;
+            if volume.index().live().next().is_some() {
+                return Err(FsError::NotEmpty);
+            }
+            self.store.delete_channel(channel.id).await?;
+            self.volumes.lock().await.remove(&channel.id);
+            self.list_channels(true).await?;
+            return Ok(());
+        }
+        let key = self.key_of(parent)?.child(name);
+        let volume = self.volume(key.channel).await?;
+        match volume.index().node(&key.path) {
+            Some(Node::Dir(_)) => {}
+            Some(Node::File(_)) => return Err(FsError::NotADirectory),
+            None => return Err(FsError::NotFound),
+        }
+        if volume.index().live_under(&key.path).next().is_some() {
+            return Err(FsError::NotEmpty);
+        }
+        volume.remove(&key.path, false).await?;
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        Ok(())
+    }
+
+    /// `rename`: within a channel, one record pointing at the same chunks. A file being
+    /// written moves with its session.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        check_name(new_name)?;
+        if parent == ROOT || new_parent == ROOT {
+            return Err(FsError::NotPermitted(
+                "channels can't be renamed through the mount".into(),
+            ));
+        }
+        let from = self.key_of(parent)?.child(name);
+        let to = self.key_of(new_parent)?.child(new_name);
+        if from.channel != to.channel {
+            return Err(FsError::CrossChannel);
+        }
+        let volume = self.volume(from.channel).await?;
+        crate::format::validate_path(&to.path)
+            .map_err(|e| FsError::InvalidName(e.to_string()))?;
+        let target_exists = volume.index().node(&to.path).is_some() || self.session(&to).is_some();
+        if no_replace && target_exists {
+            return Err(FsError::Exists);
+        }
+        if let Some(Node::Dir(_)) = volume.index().node(&to.path)
+            && volume.index().live_under(&to.path).next().is_some()
+        {
+            return Err(FsError::NotEmpty);
+        }
+        let stored = volume.index().node(&from.path).is_some();
+        let session = self.session(&from);
+        if stored {
+            volume.rename(&from.path, &to.path).await?;
+        } else if session.is_none() {
+            return Err(FsError::NotFound);
+        }
+        if let Some(session) = session {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.remove(&from);
+            if let Some(replaced) = sessions.insert(to.clone(), session.clone()) {
+                replaced.unlink();
+            }
+            session.moved_to(to.clone());
+        }
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rename(&from, &to);
+        Ok(())
+    }
+
+    // ----- start and stop -----
+
+    /// Uploads what a previous mount left in the spool (files closed but not yet
+    /// stored when it stopped). Returns how many were stored.
+    pub async fn recover_spool(&self) -> usize {
+        let found = match SpoolFile::recover(&self.spool_dir) {
+            Ok(found) => found,
+            Err(e) => {
+                log::warn!("could not read the spool {}: {e}", self.spool_dir.display());
+                return 0;
+            }
+        };
+        let mut stored = 0;
+        for (spool, meta) in found {
+            match self.upload_recovered(&spool, &meta).await {
+                Ok(()) => {
+                    log::info!("finished uploading {} (left by an earlier mount)", meta.path);
+                    spool.remove();
+                    stored += 1;
+                }
+                Err(e) => log::warn!(
+                    "could not finish uploading {} (left by an earlier mount): {e}; will \
+                     retry at the next mount",
+                    meta.path
+                ),
+            }
+        }
+        stored
+    }
+
+    async fn upload_recovered(&self, spool: &SpoolFile, meta: &SpoolMeta) -> Result<(), FsError> {
+        let volume = self.volume(meta.channel).await?;
+        let data = spool
+            .data
+            .try_clone()
+            .map_err(|e| FsError::Io(e.to_string()))?;
+        let options = PutOptions {
+            mtime_ns: meta.mtime_ns,
+            mode: meta.mode,
+            encrypted: meta.encrypted,
+        };
+        volume
+            .put(&meta.path, PutSource::File(data), &meta.path, options, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Uploads every file still open for writing (before unmounting on a signal).
+    pub async fn shutdown(&self) {
+        let sessions: Vec<Arc<WriteSession>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for session in sessions {
+            if let Err(e) = self.commit(&session).await {
+                log::warn!(
+                    "{}: could not upload it before stopping ({e}); the next mount will retry",
+                    session.key().path
+                );
+            }
+        }
+        for volume in self.volumes.lock().await.values() {
+            volume.save();
+        }
+    }
+}
+
+/// A handle, looked up (the handle table's lock released).
+enum HandleRef {
+    Read(Arc<FileReader>),
+    Write(Arc<WriteSession>),
+}

@@ -1081,6 +1081,40 @@ impl Volume {
         .await
     }
 
+    /// Changes the modification time and/or mode of the file or folder at `path`: one
+    /// record, pointing at the same chunks (nothing is uploaded again).
+    pub async fn set_meta(
+        &self,
+        path: &str,
+        mtime_ns: Option<i64>,
+        mode: Option<u32>,
+    ) -> Result<(), VolumeError> {
+        let op = {
+            let index = self.index();
+            match index.node(path) {
+                None => {
+                    drop(index);
+                    return Err(self.not_found(path));
+                }
+                Some(Node::File(file)) => {
+                    let mut manifest = manifest_for(path, file);
+                    manifest.mtime_ns = mtime_ns.unwrap_or(manifest.mtime_ns);
+                    manifest.mode = mode.map_or(manifest.mode, |m| m & 0o7777);
+                    Op::Put(manifest)
+                }
+                Some(Node::Dir(dir)) => Op::Mkdir(DirManifest {
+                    path: path.to_string(),
+                    mtime_ns: mtime_ns.or(dir.map(|d| d.mtime_ns)).unwrap_or(0),
+                    mode: mode.or(dir.map(|d| d.mode)).unwrap_or(0o755) & 0o7777,
+                }),
+            }
+        };
+        if path.is_empty() {
+            return Ok(()); // the channel itself has no record to change
+        }
+        self.post_ops(vec![op]).await
+    }
+
     /// Removes the file or folder at `path` (a folder with contents only if
     /// `recursive`), freeing its messages.
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), VolumeError> {

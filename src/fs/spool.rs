@@ -1,0 +1,230 @@
+//! The spool: files being written through the mount, kept on local disk until their
+//! record is posted.
+//!
+//! A file opened for writing lives in a spool file (`<id>.data`) beside a small JSON
+//! description (`<id>.json`: channel, path, mode, mtime, and whether a commit has
+//! begun). Writes go to the data file; closing (or fsync) commits: the data is synced,
+//! the description is rewritten with `committing: true` (atomically: temp file,
+//! fsync, rename), and only then does the upload start. Both files are removed only
+//! after the record is posted.
+//!
+//! So if the daemon dies (kill -9, a crash, the machine) or the store fails mid-upload,
+//! the next mount finds every description with `committing: true` and finishes those
+//! uploads; until then the file shows its last committed version, never a half-written
+//! one. A description without `committing` belongs to a file that was never closed:
+//! its writer had not finished, so publishing it would publish a torn file; the next
+//! mount sets it aside (renamed `.orphan`, with a log line naming it) instead.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Id;
+
+/// What a spool file is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolMeta {
+    pub channel: Id,
+    pub path: String,
+    pub mode: u32,
+    pub mtime_ns: i64,
+    pub encrypted: bool,
+    /// A commit began: the data file is complete and must be uploaded.
+    pub committing: bool,
+}
+
+/// One spooled file.
+#[derive(Debug)]
+pub struct SpoolFile {
+    pub id: String,
+    pub data: File,
+    data_path: PathBuf,
+    meta_path: PathBuf,
+}
+
+impl SpoolFile {
+    /// Creates an empty spool file in `dir` described by `meta`.
+    pub fn create(dir: &Path, meta: &SpoolMeta) -> std::io::Result<SpoolFile> {
+        fs::create_dir_all(dir)?;
+        let id = crate::crypto::encode_hex(&random_id()?);
+        let data_path = dir.join(format!("{id}.data"));
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&data_path)?;
+        let spool = SpoolFile {
+            meta_path: dir.join(format!("{id}.json")),
+            id,
+            data,
+            data_path,
+        };
+        spool.describe(meta)?;
+        Ok(spool)
+    }
+
+    /// Rewrites the description atomically (temp file, fsync, rename).
+    pub fn describe(&self, meta: &SpoolMeta) -> std::io::Result<()> {
+        let temp = self.meta_path.with_extension("json.tmp");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(&serde_json::to_vec(meta).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        fs::rename(&temp, &self.meta_path)?;
+        if let Some(dir) = self.meta_path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Marks the data complete: synced, and described as committing.
+    pub fn begin_commit(&self, meta: &SpoolMeta) -> std::io::Result<()> {
+        self.data.sync_all()?;
+        self.describe(&SpoolMeta {
+            committing: true,
+            ..meta.clone()
+        })
+    }
+
+    /// Removes both files (after the record is posted, or when abandoning the file).
+    pub fn remove(&self) {
+        for path in [&self.data_path, &self.meta_path] {
+            if let Err(e) = fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                log::warn!("could not remove spool file {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// The spooled files in `dir` whose commit had begun, oldest description first;
+    /// those that never began one are renamed `.orphan` and logged.
+    pub fn recover(dir: &Path) -> std::io::Result<Vec<(SpoolFile, SpoolMeta)>> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let meta_path = entry?.path();
+            if meta_path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Some(id) = meta_path.file_stem().and_then(|s| s.to_str()).map(String::from)
+            else {
+                continue;
+            };
+            let data_path = dir.join(format!("{id}.data"));
+            let meta: Option<SpoolMeta> = fs::read(&meta_path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            let Some(meta) = meta.filter(|m| m.committing) else {
+                set_aside(&meta_path, &data_path);
+                continue;
+            };
+            let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
+                Ok(data) => data,
+                Err(e) => {
+                    log::warn!(
+                        "spool {}: its data is gone ({e}); {} can't be recovered",
+                        meta_path.display(),
+                        meta.path
+                    );
+                    set_aside(&meta_path, &data_path);
+                    continue;
+                }
+            };
+            found.push((
+                SpoolFile {
+                    id,
+                    data,
+                    data_path,
+                    meta_path,
+                },
+                meta,
+            ));
+        }
+        Ok(found)
+    }
+}
+
+/// Keeps a spool file that can't be uploaded where the user can find it.
+fn set_aside(meta_path: &Path, data_path: &Path) {
+    for path in [meta_path, data_path] {
+        if path.exists() {
+            let orphan = path.with_extension(format!(
+                "{}.orphan",
+                path.extension().and_then(|e| e.to_str()).unwrap_or("")
+            ));
+            match fs::rename(path, &orphan) {
+                Ok(()) => log::warn!(
+                    "set aside {}: a file that was being written when the mount stopped, \
+                     never closed (its last closed version is in the store)",
+                    orphan.display()
+                ),
+                Err(e) => log::warn!("could not set aside {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+fn random_id() -> std::io::Result<[u8; 12]> {
+    let mut id = [0u8; 12];
+    getrandom::fill(&mut id).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek};
+
+    use super::*;
+
+    fn meta(path: &str) -> SpoolMeta {
+        SpoolMeta {
+            channel: 5,
+            path: path.into(),
+            mode: 0o644,
+            mtime_ns: 1,
+            encrypted: true,
+            committing: false,
+        }
+    }
+
+    #[test]
+    fn only_files_whose_commit_began_are_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut done = SpoolFile::create(dir.path(), &meta("done")).unwrap();
+        done.data.write_all(b"all of it").unwrap();
+        done.begin_commit(&meta("done")).unwrap();
+        let mut torn = SpoolFile::create(dir.path(), &meta("torn")).unwrap();
+        torn.data.write_all(b"half").unwrap();
+        drop((done, torn));
+        let recovered = SpoolFile::recover(dir.path()).unwrap();
+        assert_eq!(recovered.len(), 1);
+        let (mut file, meta) = recovered.into_iter().next().unwrap();
+        assert_eq!(meta.path, "done");
+        assert!(meta.committing);
+        let mut text = String::new();
+        file.data.rewind().unwrap();
+        file.data.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "all of it");
+        file.remove();
+        let left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().all(|name| name.ends_with(".orphan")), "{left:?}");
+        assert!(SpoolFile::recover(dir.path()).unwrap().is_empty());
+    }
+}
