@@ -271,6 +271,8 @@ pub struct Fs {
     sessions: Mutex<HashMap<NodeKey, Arc<WriteSession>>>,
     /// The file version each inode had when last opened, for `keep_cache`.
     last_opened: Mutex<HashMap<u64, crate::format::FileId>>,
+    /// Spool files of live sessions (the others are left by failed uploads).
+    live_spools: Mutex<std::collections::HashSet<String>>,
     next_fh: AtomicU64,
 }
 
@@ -325,6 +327,7 @@ impl Fs {
             handles: Mutex::default(),
             sessions: Mutex::default(),
             last_opened: Mutex::default(),
+            live_spools: Mutex::default(),
             next_fh: AtomicU64::new(1),
             config,
         });
@@ -410,12 +413,17 @@ impl Fs {
         let volumes: Vec<Arc<Volume>> = self.volumes.lock().await.values().cloned().collect();
         for volume in volumes {
             if let Err(e) = volume.refresh().await {
-                log::info!("#{}: could not check for changes: {e}", volume.channel().name);
+                log::info!(
+                    "#{}: could not check for changes: {e}",
+                    volume.channel().name
+                );
             }
         }
         if let Err(e) = self.list_channels(true).await {
             log::info!("could not list channels: {e}");
         }
+        // Retry uploads that failed earlier in this mount.
+        self.recover_spool().await;
     }
 
     // ----- names and attributes -----
@@ -658,7 +666,13 @@ impl Fs {
         }
     }
 
-    fn spool_meta(&self, key: &NodeKey, mode: u32, mtime_ns: i64) -> SpoolMeta {
+    fn spool_meta(
+        &self,
+        key: &NodeKey,
+        mode: u32,
+        mtime_ns: i64,
+        base: Option<String>,
+    ) -> SpoolMeta {
         SpoolMeta {
             channel: key.channel,
             path: key.path.clone(),
@@ -666,6 +680,7 @@ impl Fs {
             mtime_ns,
             encrypted: self.key.is_some(),
             committing: false,
+            base,
         }
     }
 
@@ -692,7 +707,8 @@ impl Fs {
         let (mode, mtime_ns) = existing
             .as_ref()
             .map_or((0o644, now_ns()), |f| (f.mode, f.mtime_ns));
-        let meta = self.spool_meta(key, mode, mtime_ns);
+        let base = volume.index().version_of(&key.path);
+        let meta = self.spool_meta(key, mode, mtime_ns, base);
         let spool = SpoolFile::create(&self.spool_dir, &meta)
             .map_err(|e| FsError::Io(format!("spool {}: {e}", self.spool_dir.display())))?;
         if let Some(file) = existing.filter(|f| !empty && f.size > 0) {
@@ -720,6 +736,10 @@ impl Fs {
             return Ok(other.clone());
         }
         sessions.insert(key.clone(), session.clone());
+        self.live_spools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session.spool_id());
         Ok(session)
     }
 
@@ -781,8 +801,7 @@ impl Fs {
         }
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
-        crate::format::validate_path(&key.path)
-            .map_err(|e| FsError::InvalidName(e.to_string()))?;
+        crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
         let exists = volume.index().node(&key.path).is_some() || self.session(&key).is_some();
         if exists && exclusive {
             return Err(FsError::Exists);
@@ -859,9 +878,18 @@ impl Fs {
                 sessions.remove(&key);
             }
             drop(sessions);
-            session.finish();
+            self.end_session(&session);
         }
         committed
+    }
+
+    /// The last handle of a session is gone.
+    fn end_session(&self, session: &WriteSession) {
+        session.finish();
+        self.live_spools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&session.spool_id());
     }
 
     /// `setattr`: size (truncate), modification time, mode.
@@ -902,7 +930,7 @@ impl Fs {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&key);
-                session.finish();
+                self.end_session(&session);
             }
             result?;
             return self.attr_of(&key).await;
@@ -1029,8 +1057,7 @@ impl Fs {
             return Err(FsError::CrossChannel);
         }
         let volume = self.volume(from.channel).await?;
-        crate::format::validate_path(&to.path)
-            .map_err(|e| FsError::InvalidName(e.to_string()))?;
+        crate::format::validate_path(&to.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
         let target_exists = volume.index().node(&to.path).is_some() || self.session(&to).is_some();
         if no_replace && target_exists {
             return Err(FsError::Exists);
@@ -1076,9 +1103,20 @@ impl Fs {
         };
         let mut stored = 0;
         for (spool, meta) in found {
+            let live = self
+                .live_spools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&spool.id);
+            if live {
+                continue;
+            }
             match self.upload_recovered(&spool, &meta).await {
                 Ok(()) => {
-                    log::info!("finished uploading {} (left by an earlier mount)", meta.path);
+                    log::info!(
+                        "finished uploading {} (left by an earlier mount)",
+                        meta.path
+                    );
                     spool.remove();
                     stored += 1;
                 }
@@ -1094,6 +1132,16 @@ impl Fs {
 
     async fn upload_recovered(&self, spool: &SpoolFile, meta: &SpoolMeta) -> Result<(), FsError> {
         let volume = self.volume(meta.channel).await?;
+        let current = volume.index().version_of(&meta.path);
+        if current != meta.base {
+            log::warn!(
+                "{} changed since this unfinished upload was written; keeping the newer \
+                 version and setting the older one aside",
+                meta.path
+            );
+            spool.set_aside();
+            return Ok(());
+        }
         let data = spool
             .data
             .try_clone()

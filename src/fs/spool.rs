@@ -34,6 +34,13 @@ pub struct SpoolMeta {
     pub encrypted: bool,
     /// A commit began: the data file is complete and must be uploaded.
     pub committing: bool,
+    /// The state of the path the content was written over ([`Index::version_of`]): a
+    /// recovered upload goes ahead only if the path is still in that state, so it
+    /// never overwrites a newer version, or brings back a file deleted meanwhile.
+    ///
+    /// [`Index::version_of`]: crate::volume::Index::version_of
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 /// One spooled file.
@@ -105,8 +112,15 @@ impl SpoolFile {
         }
     }
 
-    /// The spooled files in `dir` whose commit had begun, oldest description first;
-    /// those that never began one are renamed `.orphan` and logged.
+    /// Keeps this spool file where the user can find it (renamed `.orphan`), instead of
+    /// uploading it.
+    pub fn set_aside(&self) {
+        set_aside(&self.meta_path, &self.data_path);
+    }
+
+    /// The spooled files in `dir` whose commit had begun, the latest commit first (so
+    /// that of two unfinished uploads of one file, the newer one is the one that
+    /// lands); those that never began one are renamed `.orphan` and logged.
     pub fn recover(dir: &Path) -> std::io::Result<Vec<(SpoolFile, SpoolMeta)>> {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -119,7 +133,10 @@ impl SpoolFile {
             if meta_path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let Some(id) = meta_path.file_stem().and_then(|s| s.to_str()).map(String::from)
+            let Some(id) = meta_path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(String::from)
             else {
                 continue;
             };
@@ -143,7 +160,11 @@ impl SpoolFile {
                     continue;
                 }
             };
+            let began = fs::metadata(&meta_path)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
             found.push((
+                began,
                 SpoolFile {
                     id,
                     data,
@@ -153,7 +174,11 @@ impl SpoolFile {
                 meta,
             ));
         }
-        Ok(found)
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        Ok(found
+            .into_iter()
+            .map(|(_, file, meta)| (file, meta))
+            .collect())
     }
 }
 
@@ -197,6 +222,7 @@ mod tests {
             mtime_ns: 1,
             encrypted: true,
             committing: false,
+            base: None,
         }
     }
 
@@ -224,7 +250,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left.len(), 2, "{left:?}");
-        assert!(left.iter().all(|name| name.ends_with(".orphan")), "{left:?}");
+        assert!(
+            left.iter().all(|name| name.ends_with(".orphan")),
+            "{left:?}"
+        );
         assert!(SpoolFile::recover(dir.path()).unwrap().is_empty());
     }
 }

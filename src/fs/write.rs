@@ -80,6 +80,11 @@ impl WriteSession {
         }
     }
 
+    /// The id of its spool file.
+    pub fn spool_id(&self) -> String {
+        self.spool.id.clone()
+    }
+
     /// Where the file is.
     pub fn key(&self) -> NodeKey {
         self.lock().key.clone()
@@ -204,6 +209,7 @@ impl WriteSession {
         let mut state = self.lock();
         state.dirty = false;
         state.meta.committing = false;
+        state.meta.base = volume.index().version_of(&meta.path);
         if let Err(e) = self.spool.describe(&state.meta) {
             log::warn!("could not update the spool after uploading {shown}: {e}");
         }

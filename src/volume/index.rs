@@ -209,6 +209,15 @@ impl Index {
         self.last_seen = self.last_seen.max(id);
     }
 
+    /// Which change last touched `path` — a put, a folder or a tombstone — as
+    /// `"<message id>:<position>"`; `None` if no record ever named it. Two reads that
+    /// give the same answer saw the same state of the path.
+    pub fn version_of(&self, path: &str) -> Option<String> {
+        self.slots
+            .get(path)
+            .map(|slot| format!("{}:{}", slot.stamp.0, slot.stamp.1))
+    }
+
     /// The live entry at `path`.
     pub fn entry(&self, path: &str) -> Option<&Entry> {
         self.slots.get(path).and_then(|slot| slot.entry.as_ref())
