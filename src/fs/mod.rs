@@ -274,6 +274,11 @@ pub struct Fs {
     /// Spool files of live sessions (the others are left by failed uploads).
     live_spools: Mutex<std::collections::HashSet<String>>,
     next_fh: AtomicU64,
+    /// Held while spooled uploads are being finished: one pass at a time.
+    spool_uploads: tokio::sync::Mutex<()>,
+    /// Shown as the modification time of folders that have no record of their own
+    /// (the root, and folders implied by the paths under them).
+    mounted_at_ns: i64,
 }
 
 fn time_of(mtime_ns: i64) -> SystemTime {
@@ -329,6 +334,8 @@ impl Fs {
             last_opened: Mutex::default(),
             live_spools: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            mounted_at_ns: now_ns(),
+            spool_uploads: tokio::sync::Mutex::new(()),
             config,
         });
         fs.list_channels(true).await?;
@@ -422,8 +429,7 @@ impl Fs {
         if let Err(e) = self.list_channels(true).await {
             log::info!("could not list channels: {e}");
         }
-        // Retry uploads that failed earlier in this mount.
-        self.recover_spool().await;
+        self.retry_failed_uploads().await;
     }
 
     // ----- names and attributes -----
@@ -486,7 +492,9 @@ impl Fs {
             return Ok(self.file_attr(ino, state.size, state.mtime_ns, state.mode));
         }
         if key.path.is_empty() {
-            return Ok(self.dir_attr(ino, 0, 0o755));
+            // A channel folder: made when its channel was (its id says when).
+            let made_ms = crate::store::snowflake_time_ms(key.channel) as i64;
+            return Ok(self.dir_attr(ino, made_ms * 1_000_000, 0o755));
         }
         let volume = self.volume(key.channel).await?;
         let index = volume.index();
@@ -494,7 +502,7 @@ impl Fs {
             Some(Node::File(file)) => Ok(self.file_attr(ino, file.size, file.mtime_ns, file.mode)),
             Some(Node::Dir(dir)) => Ok(self.dir_attr(
                 ino,
-                dir.map_or(0, |d| d.mtime_ns),
+                dir.map_or(self.mounted_at_ns, |d| d.mtime_ns),
                 dir.map_or(0o755, |d| d.mode),
             )),
             None => Err(FsError::NotFound),
@@ -526,7 +534,7 @@ impl Fs {
     /// `getattr`.
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         if ino == ROOT {
-            return Ok(self.dir_attr(ROOT, 0, 0o755));
+            return Ok(self.dir_attr(ROOT, self.mounted_at_ns, 0o755));
         }
         let key = self.key_of(ino)?;
         self.attr_of(&key).await
@@ -1092,39 +1100,54 @@ impl Fs {
     // ----- start and stop -----
 
     /// Uploads what a previous mount left in the spool (files closed but not yet
-    /// stored when it stopped). Returns how many were stored.
+    /// stored when it stopped), and sets aside files it left unfinished. Call it once,
+    /// at mount. Returns how many files were stored.
     pub async fn recover_spool(&self) -> usize {
-        let found = match SpoolFile::recover(&self.spool_dir) {
+        let _one_pass = self.spool_uploads.lock().await;
+        self.upload_spooled(true).await
+    }
+
+    /// Retries the uploads that failed earlier in this mount (unless a pass is under
+    /// way already).
+    async fn retry_failed_uploads(&self) -> usize {
+        match self.spool_uploads.try_lock() {
+            Ok(_one_pass) => self.upload_spooled(false).await,
+            Err(_) => 0,
+        }
+    }
+
+    async fn upload_spooled(&self, at_mount: bool) -> usize {
+        let live = |id: &str| {
+            self.live_spools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id)
+        };
+        let found = match SpoolFile::recover(&self.spool_dir, &live, at_mount) {
             Ok(found) => found,
             Err(e) => {
                 log::warn!("could not read the spool {}: {e}", self.spool_dir.display());
                 return 0;
             }
         };
+        if !found.is_empty() {
+            log::info!(
+                "{} unfinished upload(s) in the spool; finishing them",
+                found.len()
+            );
+        }
         let mut stored = 0;
         for (spool, meta) in found {
-            let live = self
-                .live_spools
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&spool.id);
-            if live {
-                continue;
-            }
             match self.upload_recovered(&spool, &meta).await {
                 Ok(()) => {
                     log::info!(
-                        "finished uploading {} (left by an earlier mount)",
+                        "finished uploading {} (an earlier upload had failed)",
                         meta.path
                     );
                     spool.remove();
                     stored += 1;
                 }
-                Err(e) => log::warn!(
-                    "could not finish uploading {} (left by an earlier mount): {e}; will \
-                     retry at the next mount",
-                    meta.path
-                ),
+                Err(e) => log::warn!("could not finish uploading {} ({e}); will retry", meta.path),
             }
         }
         stored

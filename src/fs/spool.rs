@@ -120,8 +120,15 @@ impl SpoolFile {
 
     /// The spooled files in `dir` whose commit had begun, the latest commit first (so
     /// that of two unfinished uploads of one file, the newer one is the one that
-    /// lands); those that never began one are renamed `.orphan` and logged.
-    pub fn recover(dir: &Path) -> std::io::Result<Vec<(SpoolFile, SpoolMeta)>> {
+    /// lands), leaving out those `skip` names (files still being written). With
+    /// `set_aside_unfinished` (at mount, when nothing can be writing yet), those that
+    /// never began a commit are renamed `.orphan` and logged; otherwise they are left
+    /// alone.
+    pub fn recover(
+        dir: &Path,
+        skip: &dyn Fn(&str) -> bool,
+        set_aside_unfinished: bool,
+    ) -> std::io::Result<Vec<(SpoolFile, SpoolMeta)>> {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -140,12 +147,17 @@ impl SpoolFile {
             else {
                 continue;
             };
+            if skip(&id) {
+                continue;
+            }
             let data_path = dir.join(format!("{id}.data"));
             let meta: Option<SpoolMeta> = fs::read(&meta_path)
                 .ok()
                 .and_then(|bytes| serde_json::from_slice(&bytes).ok());
             let Some(meta) = meta.filter(|m| m.committing) else {
-                set_aside(&meta_path, &data_path);
+                if set_aside_unfinished {
+                    set_aside(&meta_path, &data_path);
+                }
                 continue;
             };
             let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
@@ -227,6 +239,25 @@ mod tests {
     }
 
     #[test]
+    fn files_being_written_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = SpoolFile::create(dir.path(), &meta("live")).unwrap();
+        live.begin_commit(&meta("live")).unwrap();
+        let _unfinished = SpoolFile::create(dir.path(), &meta("unfinished")).unwrap();
+        let skip_live = |id: &str| id == live.id;
+        assert!(
+            SpoolFile::recover(dir.path(), &skip_live, false)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            4,
+            "nothing set aside"
+        );
+    }
+
+    #[test]
     fn only_files_whose_commit_began_are_recovered() {
         let dir = tempfile::tempdir().unwrap();
         let mut done = SpoolFile::create(dir.path(), &meta("done")).unwrap();
@@ -235,7 +266,7 @@ mod tests {
         let mut torn = SpoolFile::create(dir.path(), &meta("torn")).unwrap();
         torn.data.write_all(b"half").unwrap();
         drop((done, torn));
-        let recovered = SpoolFile::recover(dir.path()).unwrap();
+        let recovered = SpoolFile::recover(dir.path(), &|_| false, true).unwrap();
         assert_eq!(recovered.len(), 1);
         let (mut file, meta) = recovered.into_iter().next().unwrap();
         assert_eq!(meta.path, "done");
@@ -254,6 +285,10 @@ mod tests {
             left.iter().all(|name| name.ends_with(".orphan")),
             "{left:?}"
         );
-        assert!(SpoolFile::recover(dir.path()).unwrap().is_empty());
+        assert!(
+            SpoolFile::recover(dir.path(), &|_| false, true)
+                .unwrap()
+                .is_empty()
+        );
     }
 }
