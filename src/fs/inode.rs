@@ -10,8 +10,10 @@
 //!   the new name, so an open file keeps its identity across an editor's save;
 //! - the root is [`ROOT`]; a channel is its folder at path `""`.
 //!
-//! The table grows with the names looked up (a few dozen bytes each); `forget` from
-//! the kernel lets it drop numbers nothing refers to any more.
+//! The table grows with the names looked up (a few dozen bytes each). It counts the
+//! lookups the kernel was answered with, as FUSE requires, and drops a number only
+//! when the kernel has forgotten as many as it was given: a lookup answered just
+//! before a `forget` of the same number must keep it alive.
 
 use std::collections::HashMap;
 
@@ -63,6 +65,8 @@ impl NodeKey {
 pub struct InodeTable {
     by_ino: HashMap<u64, NodeKey>,
     by_key: HashMap<NodeKey, u64>,
+    /// Lookups the kernel holds per number.
+    lookups: HashMap<u64, u64>,
     next: u64,
 }
 
@@ -71,6 +75,7 @@ impl Default for InodeTable {
         InodeTable {
             by_ino: HashMap::new(),
             by_key: HashMap::new(),
+            lookups: HashMap::new(),
             next: ROOT + 1,
         }
     }
@@ -86,6 +91,14 @@ impl InodeTable {
         self.next += 1;
         self.by_key.insert(key.clone(), ino);
         self.by_ino.insert(ino, key.clone());
+        ino
+    }
+
+    /// The number for `key`, counting one more lookup the kernel will hold (for the
+    /// replies of lookup, create and mkdir).
+    pub fn looked_up(&mut self, key: &NodeKey) -> u64 {
+        let ino = self.ino(key);
+        *self.lookups.entry(ino).or_default() += 1;
         ino
     }
 
@@ -131,8 +144,15 @@ impl InodeTable {
         }
     }
 
-    /// Forgets a number the kernel no longer refers to.
-    pub fn forget(&mut self, ino: u64) {
+    /// The kernel forgot `count` lookups of a number; once it holds none, the number
+    /// goes.
+    pub fn forget(&mut self, ino: u64, count: u64) {
+        let held = self.lookups.entry(ino).or_default();
+        *held = held.saturating_sub(count);
+        if *held > 0 {
+            return;
+        }
+        self.lookups.remove(&ino);
         if let Some(key) = self.by_ino.remove(&ino) {
             self.by_key.remove(&key);
         }
@@ -163,12 +183,15 @@ mod tests {
         assert_eq!(table.key(first), Some(&a));
         table.remove(&a);
         assert_eq!(table.key(first), None);
-        let again = table.ino(&a);
+        let again = table.looked_up(&a);
         assert_ne!(
             again, first,
             "a removed file's number is not handed out again"
         );
-        table.forget(again);
+        assert_eq!(table.looked_up(&a), again);
+        table.forget(again, 1);
+        assert_eq!(table.key(again), Some(&a), "one lookup is still held");
+        table.forget(again, 1);
         assert!(table.is_empty());
     }
 

@@ -509,8 +509,15 @@ impl Fs {
         }
     }
 
-    /// `lookup`: the attributes of `name` in folder `parent`.
+    /// `lookup`: the attributes of `name` in folder `parent` (one more lookup of its
+    /// number held by the kernel).
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        self.find(parent, name)
+            .await
+            .map(|attr| self.count_lookup(attr))
+    }
+
+    async fn find(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         check_name(name)?;
         if parent == ROOT {
             let channel = self.channel_named(name).await?;
@@ -636,14 +643,25 @@ impl Fs {
         }
     }
 
-    /// `forget`: the kernel dropped its references to `ino`.
-    pub fn forget(&self, ino: u64) {
+    /// `forget`: the kernel dropped `count` of its lookups of `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
         if ino != ROOT {
             self.inodes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .forget(ino);
+                .forget(ino, count);
         }
+    }
+
+    /// Counts a lookup the kernel is about to be answered with.
+    fn count_lookup(&self, attr: Attr) -> Attr {
+        if attr.ino != ROOT {
+            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(key) = inodes.key(attr.ino).cloned() {
+                inodes.looked_up(&key);
+            }
+        }
+        attr
     }
 
     // ----- open files -----
@@ -810,14 +828,15 @@ impl Fs {
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
         crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
-        let exists = volume.index().node(&key.path).is_some() || self.session(&key).is_some();
+        let stored = volume.index().node(&key.path).is_some();
+        let exists = stored || self.session(&key).is_some();
         if exists && exclusive {
             return Err(FsError::Exists);
         }
         let session = self.start_session(&key, true).await?;
         session.set_meta(Some(now_ns()), Some(mode & 0o7777));
         let fh = self.new_handle(Handle::Write(session));
-        let attr = self.attr_of(&key).await?;
+        let attr = self.count_lookup(self.attr_of(&key).await?);
         Ok((
             attr,
             Opened {
@@ -959,12 +978,13 @@ impl Fs {
         if parent == ROOT {
             let channel = self.store.create_channel(name).await?;
             self.list_channels(true).await?;
-            return self.attr_of(&NodeKey::new(channel.id, "")).await;
+            let attr = self.attr_of(&NodeKey::new(channel.id, "")).await?;
+            return Ok(self.count_lookup(attr));
         }
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
         volume.mkdir(&key.path, now_ns(), mode).await?;
-        self.attr_of(&key).await
+        Ok(self.count_lookup(self.attr_of(&key).await?))
     }
 
     /// `unlink`.
@@ -1066,23 +1086,33 @@ impl Fs {
         }
         let volume = self.volume(from.channel).await?;
         crate::format::validate_path(&to.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
-        let target_exists = volume.index().node(&to.path).is_some() || self.session(&to).is_some();
+        let target_stored = volume.index().node(&to.path).is_some();
+        let target_exists = target_stored || self.session(&to).is_some();
         if no_replace && target_exists {
             return Err(FsError::Exists);
         }
-        if let Some(Node::Dir(_)) = volume.index().node(&to.path)
-            && volume.index().live_under(&to.path).next().is_some()
-        {
+        let target_is_full_folder = {
+            let index = volume.index();
+            matches!(index.node(&to.path), Some(Node::Dir(_)))
+                && index.live_under(&to.path).next().is_some()
+        };
+        if target_is_full_folder {
             return Err(FsError::NotEmpty);
         }
-        let stored = volume.index().node(&from.path).is_some();
         let session = self.session(&from);
+        // An upload of the file under its old name may be under way: let it finish
+        // (and keep writes out) so that the name it lands under is then moved too.
+        let _quiet = match &session {
+            Some(session) => Some(session.exclusive().await),
+            None => None,
+        };
+        let stored = volume.index().node(&from.path).is_some();
         if stored {
             volume.rename(&from.path, &to.path).await?;
         } else if session.is_none() {
             return Err(FsError::NotFound);
         }
-        if let Some(session) = session {
+        if let Some(session) = &session {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             sessions.remove(&from);
             if let Some(replaced) = sessions.insert(to.clone(), session.clone()) {

@@ -186,7 +186,7 @@ impl SpoolFile {
                 meta,
             ));
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(began, ..)| std::cmp::Reverse(*began));
         Ok(found
             .into_iter()
             .map(|(_, file, meta)| (file, meta))

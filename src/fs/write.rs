@@ -173,6 +173,12 @@ impl WriteSession {
         }
     }
 
+    /// Waits for any upload of the file to finish and keeps writes and uploads out
+    /// while the guard is held (a rename moving the file).
+    pub async fn exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.content.write().await
+    }
+
     /// Uploads the spool's content as the file's new version if anything changed since
     /// the last commit. On failure the spool stays marked as committing, so the next
     /// mount uploads it if this one doesn't manage to.
