@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, then the whole test suite (unit tests,
-# CLI and volume tests on the local store, Discord store tests against the fake
-# Discord server in tests/fake-discord, and that server's own tests). CI runs
-# exactly this (see .ci/run).
+# CLI and volume tests on the local store, real FUSE mounts (as root, with /dev/fuse
+# and fusermount3), Discord store tests against the fake Discord server in
+# tests/fake-discord, and that server's own tests). CI runs exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

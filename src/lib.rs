@@ -3,6 +3,7 @@
 //!
 //! Layers, each depending only on the ones below it:
 //!
+//! - [`fuse`]: the thin adapter from the kernel's FUSE requests (fuser) to [`fs`];
 //! - [`fs`]: the filesystem core the mount serves (inodes, chunk cache, reads);
 //! - [`volume`]: one channel as a folder tree — the index replayed from the channel's
 //!   records, and the transfers (put, get, rename, delete) that change it;
@@ -18,5 +19,6 @@ pub mod crypto;
 pub mod dirs;
 pub mod format;
 pub mod fs;
+pub mod fuse;
 pub mod store;
 pub mod volume;

@@ -47,11 +47,14 @@ fn bound_allocator_caches() {
 }
 
 /// Warnings by default; -v info, -vv debug; -q errors only. RUST_LOG wins over all.
+///
+/// Below debug, fuser's session module says only errors: it warns "Failed to umount
+/// filesystem" whenever a mount ends by `umount` from outside, its normal way to end.
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
+        (false, 0) => "warn,fuser::session=error",
+        (false, 1) => "info,fuser::session=error",
         (false, _) => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))

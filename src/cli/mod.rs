@@ -1,5 +1,5 @@
 //! The `dcloud-fs` command line: argument parsing (clap) and the commands, each a thin
-//! layer over [`crate::volume`].
+//! layer over [`crate::volume`] (and `mount`, over [`crate::fs`] and [`crate::fuse`]).
 //!
 //! Names on the command line are `CHANNEL` or `CHANNEL/PATH`: the first component is
 //! the channel (a top-level folder), the rest a path inside it. Commands that move bytes
@@ -10,7 +10,10 @@
 
 mod commands;
 mod inspect;
+mod mount;
 mod output;
+
+pub use mount::MountArgs;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -137,6 +140,13 @@ pub enum Command {
     Members,
     /// Check the set-up: key, token, guild, the bot's permissions, limits, FUSE.
     Doctor,
+    /// Mount the channels as a file system (one folder per channel).
+    Mount(MountArgs),
+    /// Unmount a mount made by `dcloud-fs mount`.
+    Umount {
+        /// The folder it is mounted on.
+        mountpoint: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +218,9 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Usage(String),
+    /// Mounting or unmounting failed.
+    #[error("{0}")]
+    Mount(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -250,7 +263,10 @@ impl CliError {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let interrupt = Interrupt::default();
-    tokio::spawn(stop_on_signals(interrupt.clone()));
+    // A mount handles its signals itself: they stop it cleanly, not its transfers.
+    if !matches!(cli.command, Command::Mount(_)) {
+        tokio::spawn(stop_on_signals(interrupt.clone()));
+    }
     let context = Context::new(cli.global, interrupt)?;
     match cli.command {
         Command::Keygen(args) => commands::keygen(&context, args),
@@ -266,6 +282,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Attachments { channel } => inspect::attachments(&context, &channel).await,
         Command::Members => inspect::members(&context).await,
         Command::Doctor => inspect::doctor(&context).await,
+        Command::Mount(args) => mount::mount(&context, args).await,
+        Command::Umount { mountpoint } => mount::umount(&mountpoint),
     }
 }
 

@@ -1,0 +1,565 @@
+//! `dcloud-fs mount` and `dcloud-fs umount`.
+//!
+//! **Foreground** (`-f`): open the store and build the filesystem core
+//! ([`crate::fs::Fs`]), mount it through the FUSE adapter ([`crate::fuse`]) with a few
+//! worker threads on a thread of its own, finish in the background the uploads an
+//! earlier mount left in the spool, and check the open channels for changes made
+//! elsewhere every `--poll-interval`. Then wait: for SIGINT or SIGTERM, which upload
+//! every file still open for writing, unmount and exit 0 (a second signal skips the
+//! uploads; the spool keeps them for the next mount); or for the mount to go away from
+//! outside (`dcloud-fs umount`, `fusermount3 -u`), which exits 0 too. If the unmount
+//! finds the mount busy (a shell inside it), it is detached lazily.
+//!
+//! **Background** (the default): run the same command again with `--foreground` added,
+//! as a new session (`setsid`, so it outlives the terminal) with stdin and stdout on
+//! /dev/null and stderr appended to `$XDG_CACHE_HOME/dcloud-fs/mount.log` (mode
+//! 0600: log lines may name files). Return 0 once the mount shows in
+//! /proc/self/mountinfo; if the child exits first, its last line in the log is the
+//! error. The log keeps the daemon's warnings for later (more with `-v`).
+//!
+//! **umount**: `fusermount3 -u`, else (as root) `umount`; a mount point that isn't
+//! mounted is a one-line error. The daemon notices the unmount and exits; every file
+//! closed before was stored when its close returned.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use super::{CliError, Context};
+use crate::crypto::CryptoError;
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::{FuseFs, MountSettings};
+
+/// FUSE worker threads: they only read requests and hand them to the runtime.
+const FUSE_THREADS: usize = 4;
+/// How long the background start waits for the mount to appear.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a stop waits for the FUSE session to end after unmounting.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Mount options")]
+pub struct MountArgs {
+    /// The folder to mount on (it must exist). Its top-level folders are the channels.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground, logging to stderr, until Ctrl-C or SIGTERM (which upload
+    /// the files still open, then unmount). Without it: run in the background, logging
+    /// to $XDG_CACHE_HOME/dcloud-fs/mount.log, and return once mounted.
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let other users use the mount (needs `user_allow_other` in /etc/fuse.conf
+    /// unless mounting as root).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Memory for decrypted chunks, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub cache_size: u64,
+    /// Where files being written wait for their upload. Default:
+    /// $XDG_CACHE_HOME/dcloud-fs/spool/<store>.
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Owner shown for every file. Default: the mounting user.
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+    /// Group shown for every file. Default: the mounting user's group.
+    #[arg(long, value_name = "N")]
+    pub gid: Option<u32>,
+    /// Permission bits taken away from the modes shown (octal).
+    #[arg(long, value_name = "OCTAL", default_value = "022", value_parser = parse_umask)]
+    pub umask: u32,
+    /// Seconds between checks of the open channels for changes made elsewhere.
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub poll_interval: u64,
+    /// Let `rmdir` of a top-level folder delete its (empty) channel.
+    #[arg(long)]
+    pub allow_delete_channels: bool,
+}
+
+fn parse_umask(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|mask| *mask <= 0o777)
+        .ok_or_else(|| format!("'{text}' is not an octal umask (like 022 or 077)"))
+}
+
+/// `dcloud-fs mount`.
+pub(crate) async fn mount(context: &Context, args: MountArgs) -> Result<(), CliError> {
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    if args.foreground {
+        run_foreground(context, args, mountpoint).await
+    } else {
+        // Fail here, not in the log, on what the daemon would fail on at once.
+        require_key(context)?;
+        run_background(&mountpoint).await
+    }
+}
+
+fn require_key(context: &Context) -> Result<crate::crypto::Key, CliError> {
+    context.key()?.ok_or_else(|| {
+        CliError::Crypto(CryptoError::KeyFileMissing {
+            path: context.key_path().display().to_string(),
+        })
+    })
+}
+
+/// The mount point, made absolute, if it is a folder with no dcloud-fs mount on it.
+fn check_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(CliError::Mount(format!("{shown} is not a folder"))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(CliError::Mount(format!(
+                "{shown} is a mount whose process has ended; run `dcloud-fs umount {shown}` first"
+            )));
+        }
+        Err(e) => return Err(CliError::io(format!("mount point {shown}"), e)),
+    }
+    let path = path
+        .canonicalize()
+        .map_err(|e| CliError::io(format!("mount point {shown}"), e))?;
+    if top_mount(&path)?.is_some_and(|m| m.is_ours()) {
+        return Err(CliError::Mount(format!(
+            "{} is mounted already (`dcloud-fs umount {}` to unmount it)",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn fs_config(context: &Context, args: &MountArgs) -> FsConfig {
+    let defaults = FsConfig::default();
+    FsConfig {
+        cache_bytes: args.cache_size.saturating_mul(1024 * 1024),
+        spool_dir: args.spool_dir.clone(),
+        poll_interval: Duration::from_secs(args.poll_interval),
+        read_only: args.read_only,
+        allow_delete_channels: args.allow_delete_channels,
+        uid: args.uid.unwrap_or(defaults.uid),
+        gid: args.gid.unwrap_or(defaults.gid),
+        umask: args.umask,
+        volume: context.volume_config(),
+        ..defaults
+    }
+}
+
+/// Listens for SIGINT and SIGTERM.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, CliError> {
+        let listen =
+            |kind| signal(kind).map_err(|e| CliError::io("could not listen for signals", e));
+        Ok(Signals {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate: listen(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+async fn run_foreground(
+    context: &Context,
+    args: MountArgs,
+    mountpoint: PathBuf,
+) -> Result<(), CliError> {
+    let key = require_key(context)?;
+    let store = context.store().await?;
+    let config = fs_config(context, &args);
+    let fs = Fs::new(store, Some(key), config)
+        .await
+        .map_err(|e| CliError::Mount(format!("could not open the store: {e}")))?;
+    let mut signals = Signals::new()?;
+
+    let adapter = FuseFs::new(fs.clone(), tokio::runtime::Handle::current());
+    let session_config = crate::fuse::session_config(MountSettings {
+        read_only: args.read_only,
+        allow_other: args.allow_other,
+        threads: FUSE_THREADS,
+    });
+    let at = mountpoint.clone();
+    let mut session =
+        tokio::task::spawn_blocking(move || fuser::Session::new(adapter, &at, &session_config))
+            .await
+            .map_err(|e| CliError::Mount(format!("could not mount: {e}")))?
+            .map_err(|e| {
+                CliError::Mount(format!("could not mount on {}: {e}", mountpoint.display()))
+            })?;
+    let mut unmounter = session.unmount_callable();
+    let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let _ = ended_tx.send(session.run());
+        })
+        .map_err(|e| CliError::io("could not start the FUSE session", e))?;
+    log::info!("mounted {}", mountpoint.display());
+
+    tokio::spawn({
+        let fs = fs.clone();
+        async move {
+            let stored = fs.recover_spool().await;
+            if stored > 0 {
+                log::info!("finished {stored} upload(s) an earlier mount left");
+            }
+        }
+    });
+    let poller = tokio::spawn({
+        let fs = Arc::downgrade(&fs);
+        let every = Duration::from_secs(args.poll_interval);
+        async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(fs) = fs.upgrade() else { return };
+                fs.poll().await;
+            }
+        }
+    });
+
+    tokio::select! {
+        _ = signals.next() => {}
+        result = &mut ended => {
+            // Unmounted from outside (or the session failed).
+            poller.abort();
+            fs.shutdown().await;
+            return match result {
+                Ok(Ok(())) => {
+                    log::info!("{} was unmounted", mountpoint.display());
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(CliError::Mount(format!("the FUSE session failed: {e}"))),
+                Err(_) => Err(CliError::Mount("the FUSE session ended unexpectedly".into())),
+            };
+        }
+    }
+
+    log::info!("stopping: uploading the files still open, then unmounting");
+    poller.abort();
+    tokio::select! {
+        _ = fs.shutdown() => {}
+        _ = signals.next() => log::warn!(
+            "stopping without finishing the uploads; the next mount finishes them"
+        ),
+    }
+    let at = mountpoint.clone();
+    let unmounted = tokio::task::spawn_blocking(move || match unmounter.unmount() {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!(
+                "could not unmount {} ({e}); detaching it: it goes away when the last \
+                 process using it lets go",
+                at.display()
+            );
+            detach(&at);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    // The session ends once the kernel lets go; a detached mount still in use won't.
+    if unmounted && tokio::time::timeout(STOP_TIMEOUT, ended).await.is_err() {
+        log::warn!("the FUSE session did not end; stopping anyway");
+    }
+    Ok(())
+}
+
+/// Lazy unmount: the mount leaves the tree now and ends when nothing uses it.
+fn detach(mountpoint: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) {
+        // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return;
+        }
+    }
+    let _ = Command::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(mountpoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Starts the mount as a daemon and waits until it is mounted.
+async fn run_background(mountpoint: &Path) -> Result<(), CliError> {
+    let log_path = crate::dirs::cache_dir().join("mount.log");
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CliError::io(format!("creating {}", dir.display()), e))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|e| CliError::io(format!("opening {}", log_path.display()), e))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let before: HashSet<u64> = mounts_at(mountpoint)?.iter().map(|m| m.id).collect();
+
+    let exe =
+        std::env::current_exe().map_err(|e| CliError::io("finding the dcloud-fs program", e))?;
+    let mut command = Command::new(exe);
+    command
+        .args(foreground_args(std::env::args_os().skip(1).collect()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| CliError::io("starting the mount in the background", e))?;
+
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| CliError::io("waiting for the mount", e))?
+        {
+            let why = last_log_line(&log_path, log_start)
+                .unwrap_or_else(|| format!("the mount process ended ({status})"));
+            return Err(CliError::Mount(why));
+        }
+        if mounts_at(mountpoint)?
+            .iter()
+            .any(|m| m.is_ours() && !before.contains(&m.id))
+        {
+            return Ok(());
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(CliError::Mount(format!(
+                "{} did not appear within {} s (see {})",
+                mountpoint.display(),
+                START_TIMEOUT.as_secs(),
+                log_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// This command line with `--foreground` added (before a `--`, if there is one).
+fn foreground_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    args.insert(at, "--foreground".into());
+    args
+}
+
+/// The last non-empty line the daemon wrote to the log after `start`, without the
+/// program name it begins with.
+fn last_log_line(log_path: &Path, start: u64) -> Option<String> {
+    let mut file = std::fs::File::open(log_path).ok()?;
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(line.strip_prefix("dcloud-fs: ").unwrap_or(line).to_string())
+}
+
+/// `dcloud-fs umount`.
+pub(crate) fn umount(mountpoint: &Path) -> Result<(), CliError> {
+    // A mount whose process died can't be canonicalized (ENOTCONN): use the path as
+    // given, made absolute.
+    let path = mountpoint
+        .canonicalize()
+        .or_else(|_| std::path::absolute(mountpoint))
+        .map_err(|e| CliError::io(format!("mount point {}", mountpoint.display()), e))?;
+    let Some(top) = top_mount(&path)? else {
+        return Err(CliError::Mount(format!(
+            "{} is not mounted",
+            path.display()
+        )));
+    };
+    if !top.is_fuse() {
+        return Err(CliError::Mount(format!(
+            "{} is not a dcloud-fs mount (it is {})",
+            path.display(),
+            top.fs_type
+        )));
+    }
+    let mut tries = vec![vec!["fusermount3", "-u", "--"]];
+    // SAFETY: geteuid has no preconditions and can't fail.
+    if unsafe { libc::geteuid() } == 0 {
+        tries.push(vec!["umount", "--"]);
+    }
+    let mut first_error = None;
+    for command in tries {
+        let output = Command::new(command[0])
+            .args(&command[1..])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output();
+        let error = match output {
+            Ok(output) if output.status.success() => return Ok(()),
+            Ok(output) => String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{} failed ({})", command[0], output.status)),
+            Err(e) => format!("{}: {e}", command[0]),
+        };
+        first_error.get_or_insert(error);
+    }
+    Err(CliError::Mount(format!(
+        "could not unmount {}: {}",
+        path.display(),
+        first_error.unwrap_or_default()
+    )))
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    id: u64,
+    mount_point: PathBuf,
+    fs_type: String,
+    source: String,
+}
+
+impl MountEntry {
+    fn is_fuse(&self) -> bool {
+        self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")
+    }
+
+    fn is_ours(&self) -> bool {
+        self.is_fuse() && self.source == "dcloud-fs"
+    }
+}
+
+/// The mounts at `path`, oldest first.
+fn mounts_at(path: &Path) -> Result<Vec<MountEntry>, CliError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| CliError::io("reading /proc/self/mountinfo", e))?;
+    Ok(parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| m.mount_point == path)
+        .collect())
+}
+
+/// The mount that is visible at `path` (the last one mounted there).
+fn top_mount(path: &Path) -> Result<Option<MountEntry>, CliError> {
+    Ok(mounts_at(path)?.pop())
+}
+
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            Some(MountEntry {
+                id: fields.first()?.parse().ok()?,
+                mount_point: PathBuf::from(unescape_mountinfo(fields.get(4)?)),
+                fs_type: unescape_mountinfo(fields.get(dash + 1)?)
+                    .to_string_lossy()
+                    .into_owned(),
+                source: unescape_mountinfo(fields.get(dash + 2)?)
+                    .to_string_lossy()
+                    .into_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(field: &str) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let text = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse() {
+        let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    95 22 0:50 / /tmp/my\\040mnt rw,nosuid,nodev,noatime - fuse dcloud-fs rw,user_id=0\n\
+                    96 22 0:51 / /mnt/x rw shared:7 master:2 - fuse.dcloud-fs dcloud-fs rw\n\
+                    garbage\n";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(mounts[1].id, 95);
+        assert_eq!(mounts[1].mount_point, PathBuf::from("/tmp/my mnt"));
+        assert!(mounts[1].is_ours());
+        assert!(mounts[2].is_ours());
+        assert!(!mounts[0].is_fuse());
+        assert_eq!(mounts[0].source, "/dev/sda1");
+    }
+
+    #[test]
+    fn the_daemon_gets_foreground_added() {
+        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            foreground_args(args(&["mount", "/mnt"])),
+            args(&["mount", "/mnt", "--foreground"])
+        );
+        assert_eq!(
+            foreground_args(args(&["mount", "--", "-odd"])),
+            args(&["mount", "--foreground", "--", "-odd"])
+        );
+    }
+
+    #[test]
+    fn umasks_are_octal() {
+        assert_eq!(parse_umask("022"), Ok(0o022));
+        assert_eq!(parse_umask("77"), Ok(0o077));
+        assert!(parse_umask("8").is_err());
+        assert!(parse_umask("1000").is_err());
+    }
+}

@@ -1,0 +1,940 @@
+//! Real mounts: `dcloud-fs mount -f` run as a user would run it, driven by the tools a
+//! user would use (`cp`, `dd`, `ls`, `mv`, `rm`) and by std::fs calls.
+//!
+//! They need root, /dev/fuse and fusermount3 (CI has all three; `.ci/run` installs
+//! fuse3); without them each test says why on stdout and passes without checking
+//! anything. Each test gets its own HOME and a local store with small limits (16 KiB
+//! attachments, four to a message), so a few hundred KiB span many chunks and
+//! messages. A mount is a child process that is stopped with SIGTERM when the test
+//! ends, and unmounted by force if it didn't go by itself: no test leaves a mount or
+//! a process behind, even when it fails.
+//!
+//! The kill -9 test runs against the fake Discord server instead, whose latency knob
+//! holds an upload in flight long enough to kill the daemon in the middle of it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_discord::{Config, FakeDiscord};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dcloud-fs");
+const KIB: usize = 1024;
+
+/// Why real mounts can't run here, if they can't.
+fn cannot_mount() -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions and can't fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("no /dev/fuse");
+    }
+    let found = Command::new("fusermount3")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        return Some("no fusermount3 (install fuse3)");
+    }
+    None
+}
+
+/// Returns early (passing) from a test that can't mount here.
+macro_rules! need_fuse {
+    () => {
+        if let Some(why) = cannot_mount() {
+            println!("skipping a real-mount test: {why}");
+            return;
+        }
+    };
+}
+
+/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Where the store is: a local folder, or the fake Discord server.
+enum Backend {
+    Local,
+    Discord(FakeDiscord),
+}
+
+/// A user: a HOME, a store, a scratch folder and a mount point.
+struct Env {
+    dir: tempfile::TempDir,
+    backend: Backend,
+}
+
+impl Env {
+    /// A local store with small limits, a key, and channels `docs` and `other`.
+    fn new() -> Env {
+        let env = Env::bare(Backend::Local);
+        env.ok(&["keygen"]);
+        env.ok(&["mkdir", "docs"]);
+        env.ok(&["mkdir", "other"]);
+        env
+    }
+
+    /// The folders only: no key, no channels.
+    fn bare(backend: Backend) -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+            backend,
+        };
+        if let Backend::Local = env.backend {
+            fs::create_dir_all(env.store()).unwrap();
+            let guild = serde_json::json!({
+                "format": 1,
+                "user_id": 1_000_000_000_000_001u64,
+                "limits": {
+                    "max_file_size": 16 * KIB,
+                    "max_attachments": 4,
+                    "max_request_size": 70_000,
+                    "max_content_chars": 2000,
+                },
+            });
+            fs::write(env.store().join("guild.json"), guild.to_string()).unwrap();
+        }
+        fs::create_dir_all(env.work()).unwrap();
+        fs::create_dir_all(env.mnt()).unwrap();
+        env
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// The mount point.
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// A path under the mount point.
+    fn at(&self, path: &str) -> PathBuf {
+        self.mnt().join(path)
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .current_dir(self.work())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home());
+        match &self.backend {
+            Backend::Local => {
+                command.env("DCLOUD_LOCAL", self.store());
+            }
+            Backend::Discord(fake) => {
+                command
+                    .env("DCLOUD_API", fake.api_base())
+                    .env("DCLOUD_TOKEN", fake.token())
+                    .env("DCLOUD_GUILD", fake.guild_id().to_string());
+            }
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs a dcloud-fs command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "dcloud-fs {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a dcloud-fs command that must fail with one line; returns the line.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(!output.status.success(), "dcloud-fs {args:?} succeeded");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    }
+
+    /// A file's content in the store, read with the CLI (not through a mount).
+    fn get(&self, path: &str) -> Vec<u8> {
+        let output = self.run(&["get", path, "-"]);
+        assert!(
+            output.status.success(),
+            "get {path}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
+    /// Runs a tool (cp, mv, ls, ...) that must succeed; returns its stdout.
+    fn tool(&self, program: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+        let output = Command::new(program)
+            .args(args.iter().map(|a| a.as_ref()))
+            .current_dir(self.work())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `dcloud-fs mount -f` with `extra` options, once it is mounted.
+    fn mount(&self, extra: &[&str]) -> Mount<'_> {
+        let spool = self.spool();
+        let mnt = self.mnt();
+        let mut args = vec!["-v", "mount", "-f", "--poll-interval", "1"];
+        args.extend(["--spool-dir", spool.to_str().unwrap()]);
+        args.extend(extra);
+        args.push(mnt.to_str().unwrap());
+        let log = self.dir.path().join(format!("mount-{}.log", unique()));
+        let child = self
+            .command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut mount = Mount {
+            env: self,
+            child: Some(child),
+            log,
+        };
+        mount.wait_mounted();
+        mount
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Whether a FUSE file system is mounted at `path` (as /proc/self/mountinfo says).
+fn is_mounted(path: &Path) -> bool {
+    let path = path.to_str().unwrap().replace(' ', "\\040");
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let fs_type = fields
+                .iter()
+                .position(|f| *f == "-")
+                .and_then(|dash| fields.get(dash + 1));
+            fields.get(4) == Some(&path.as_str()) && fs_type.is_some_and(|t| t.starts_with("fuse"))
+        })
+}
+
+/// Waits up to `limit` for `done`.
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// A running `mount -f`. Dropping it stops it (and unmounts by force if need be).
+struct Mount<'a> {
+    env: &'a Env,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mount<'_> {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_mounted(&mut self) {
+        let mnt = self.env.mnt();
+        let start = Instant::now();
+        while !is_mounted(&mnt) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("mount exited ({status}): {}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "not mounted after 30 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, as the user's Ctrl-C or a service manager would stop it; it must
+    /// unmount and exit 0.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(&child, libc::SIGTERM);
+        let status = wait_child(&mut child, Duration::from_secs(20));
+        assert_eq!(
+            status,
+            Some(0),
+            "mount did not stop cleanly: {}",
+            self.log()
+        );
+        assert!(!is_mounted(&self.env.mnt()), "still mounted after stopping");
+    }
+
+    /// SIGKILL: the daemon dies on the spot; its mount stays behind, dead.
+    fn kill_9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(&child, libc::SIGKILL);
+        let _ = child.wait();
+        force_unmount(&self.env.mnt());
+    }
+}
+
+impl Drop for Mount<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            if wait_child(&mut child, Duration::from_secs(10)).is_none() {
+                signal(&child, libc::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+        force_unmount(&self.env.mnt());
+    }
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill has no memory preconditions; the pid is our own unreaped child.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+}
+
+/// The exit code, once the child exits (None if it didn't within `limit`, or died of a
+/// signal).
+fn wait_child(child: &mut Child, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Unmounts whatever is left at `mnt`.
+fn force_unmount(mnt: &Path) {
+    for _ in 0..3 {
+        if !is_mounted(mnt) {
+            return;
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
+        if is_mounted(mnt) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(mnt)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Writes `data` to a new file through the mount; close must succeed (it uploads).
+fn write_file(path: &Path, data: &[u8]) {
+    let mut file = File::create(path).unwrap();
+    file.write_all(data).unwrap();
+    close(file).unwrap_or_else(|e| panic!("closing {}: {e}", path.display()));
+}
+
+/// Closes `file`, returning what close(2) says (dropping a `File` ignores it, and a
+/// close on this file system is where an upload's error shows).
+fn close(file: File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the descriptor is ours (taken out of the File) and closed once.
+    if unsafe { libc::close(file.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
+    match result {
+        Ok(_) => panic!("succeeded"),
+        Err(e) => e.raw_os_error().unwrap_or(0),
+    }
+}
+
+#[test]
+fn cp_in_and_out_ls_and_reads_at_any_offset() {
+    need_fuse!();
+    let env = Env::new();
+    let data = random_bytes(300 * KIB + 17, 1);
+    fs::write(env.work().join("src.bin"), &data).unwrap();
+    // A folder longer than one readdir reply.
+    let many = env.work().join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..150 {
+        fs::write(many.join(format!("file-{i:03}.txt")), format!("{i}")).unwrap();
+    }
+    env.ok(&["put", "-r", "many", "other"]);
+    let mount = env.mount(&[]);
+    let mut names: Vec<String> = fs::read_dir(env.at("other/many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let expected: Vec<String> = (0..150).map(|i| format!("file-{i:03}.txt")).collect();
+    assert_eq!(names, expected);
+    let long = env.tool("ls", &[&"-l", &env.at("other/many")]);
+    assert_eq!(long.lines().filter(|l| l.starts_with("-rw")).count(), 150);
+    assert_eq!(fs::read(env.at("other/many/file-123.txt")).unwrap(), b"123");
+
+    env.tool("cp", &[&"src.bin", &env.at("docs/")]);
+    env.tool("cp", &[&env.at("docs/src.bin"), &"back.bin"]);
+    assert!(fs::read(env.work().join("back.bin")).unwrap() == data);
+    let listing = env.tool("ls", &[&"-l", &env.at("docs")]);
+    let line = listing.lines().find(|l| l.ends_with(" src.bin")).unwrap();
+    assert!(line.starts_with("-rw-r--r--"), "{listing}");
+    assert!(line.contains(&format!(" {} ", data.len())), "{listing}");
+    let channels = env.tool("ls", &[&env.mnt()]);
+    assert_eq!(channels.lines().collect::<Vec<_>>(), ["docs", "other"]);
+
+    // Reads at any offset, in any order, through one descriptor.
+    let file = File::open(env.at("docs/src.bin")).unwrap();
+    let mut state = 7u64;
+    for _ in 0..40 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = (state >> 33) as usize % data.len();
+        let len = ((state >> 13) as usize % (40 * KIB)).min(data.len() - offset);
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, offset as u64).unwrap();
+        assert!(buf == data[offset..offset + len], "at {offset}+{len}");
+    }
+    // Past the end: nothing.
+    let mut buf = [0u8; 10];
+    assert_eq!(file.read_at(&mut buf, data.len() as u64 + 5).unwrap(), 0);
+    // dd of a few blocks in the middle.
+    let dd = Command::new("dd")
+        .arg(format!("if={}", env.at("docs/src.bin").display()))
+        .args(["bs=4096", "skip=17", "count=3", "status=none"])
+        .output()
+        .unwrap();
+    assert!(dd.status.success());
+    assert!(dd.stdout == data[17 * 4096..20 * 4096]);
+    drop(file);
+
+    // The store has it, as the CLI sees it.
+    assert!(env.get("docs/src.bin") == data);
+    // And what the CLI stores shows in the mount within the poll interval (1 s here).
+    fs::write(env.work().join("from-cli.txt"), b"put by the CLI").unwrap();
+    env.ok(&["put", "from-cli.txt", "docs"]);
+    let shown = wait_for(Duration::from_secs(10), || {
+        fs::read(env.at("docs/from-cli.txt")).is_ok_and(|d| d == b"put by the CLI")
+    });
+    assert!(shown, "a file put by the CLI never showed in the mount");
+    mount.stop();
+}
+
+#[test]
+fn append_truncate_and_overwrite_in_place() {
+    need_fuse!();
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    let path = env.at("docs/log.txt");
+    let mut expected = random_bytes(50 * KIB, 2);
+    write_file(&path, &expected);
+
+    let more = random_bytes(20 * KIB + 3, 3);
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(&more).unwrap();
+    drop(file);
+    expected.extend_from_slice(&more);
+    assert!(fs::read(&path).unwrap() == expected);
+
+    // Shorter, then longer (zeros), by path and by descriptor.
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(30 * KIB as u64).unwrap();
+    drop(file);
+    expected.truncate(30 * KIB);
+    assert_eq!(fs::metadata(&path).unwrap().len(), expected.len() as u64);
+    assert!(fs::read(&path).unwrap() == expected);
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(40 * KIB as u64).unwrap();
+    drop(file);
+    expected.resize(40 * KIB, 0);
+    assert!(fs::read(&path).unwrap() == expected);
+
+    // A write in the middle of a stored file, through a read-write descriptor.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.seek(SeekFrom::Start(10_000)).unwrap();
+    file.write_all(b"in the middle").unwrap();
+    file.seek(SeekFrom::Start(9_990)).unwrap();
+    let mut around = [0u8; 30];
+    file.read_exact(&mut around).unwrap();
+    expected[10_000..10_013].copy_from_slice(b"in the middle");
+    assert!(around[..] == expected[9_990..10_020]);
+    drop(file);
+    assert!(fs::read(&path).unwrap() == expected);
+
+    // O_TRUNC on an existing file.
+    write_file(&path, b"short");
+    assert_eq!(fs::read(&path).unwrap(), b"short");
+    mount.stop();
+    assert_eq!(env.get("docs/log.txt"), b"short");
+}
+
+#[test]
+fn a_child_closing_an_inherited_descriptor_publishes_nothing() {
+    need_fuse!();
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    let data = random_bytes(60 * KIB, 7);
+    let mut file = File::create(env.at("docs/half.bin")).unwrap();
+    file.write_all(&data[..30 * KIB]).unwrap();
+    // Every child gets a copy of the descriptor and closes it at exec: the kernel
+    // sends a flush for it, which must not upload the half-written file.
+    let listing = env.ok(&["ls", "docs"]);
+    assert!(
+        !listing.contains("half.bin"),
+        "published half written: {listing}"
+    );
+    file.write_all(&data[30 * KIB..]).unwrap();
+    close(file).unwrap();
+    assert!(env.get("docs/half.bin") == data);
+    mount.stop();
+}
+
+#[test]
+fn mv_within_and_across_channels() {
+    need_fuse!();
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    let data = random_bytes(120 * KIB, 4);
+    write_file(&env.at("docs/a.bin"), &data);
+
+    // Within a channel: a rename, into a subfolder too.
+    fs::rename(env.at("docs/a.bin"), env.at("docs/b.bin")).unwrap();
+    assert!(!env.at("docs/a.bin").exists());
+    assert!(fs::read(env.at("docs/b.bin")).unwrap() == data);
+    fs::create_dir(env.at("docs/sub")).unwrap();
+    env.tool("mv", &[&env.at("docs/b.bin"), &env.at("docs/sub/")]);
+    assert!(fs::read(env.at("docs/sub/b.bin")).unwrap() == data);
+    // A folder, with what is in it.
+    fs::rename(env.at("docs/sub"), env.at("docs/folder")).unwrap();
+    assert!(fs::read(env.at("docs/folder/b.bin")).unwrap() == data);
+    fs::rename(env.at("docs/folder"), env.at("docs/sub")).unwrap();
+
+    // chmod and touch are kept.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let path = env.at("docs/sub/b.bin");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    env.tool("touch", &[&"-m", &"-d", &"2020-02-03 04:05:06Z", &path]);
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.mtime(), 1_580_702_706);
+
+    // Across channels: rename(2) says EXDEV, and mv copies then deletes.
+    assert_eq!(
+        errno_of(fs::rename(env.at("docs/sub/b.bin"), env.at("other/b.bin"))),
+        libc::EXDEV
+    );
+    env.tool("mv", &[&env.at("docs/sub/b.bin"), &env.at("other/c.bin")]);
+    assert!(!env.at("docs/sub/b.bin").exists());
+    assert!(fs::read(env.at("other/c.bin")).unwrap() == data);
+
+    // Channels themselves can't be renamed; no symlinks or hard links.
+    assert_eq!(
+        errno_of(fs::rename(env.at("docs"), env.at("papers"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(std::os::unix::fs::symlink("c.bin", env.at("other/link"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(fs::hard_link(env.at("other/c.bin"), env.at("other/d.bin"))),
+        libc::EPERM
+    );
+    mount.stop();
+    assert!(env.get("other/c.bin") == data);
+    // mv kept the mode and time it copied.
+    let listing = env.ok(&["ls", "-l", "other"]);
+    assert!(
+        listing.contains("-rw-------") && listing.contains("2020-02-03"),
+        "{listing}"
+    );
+    let listing = env.ok(&["ls", "docs/sub"]);
+    assert!(!listing.contains("b.bin"), "{listing}");
+}
+
+#[test]
+fn rm_mkdir_rmdir() {
+    need_fuse!();
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    fs::create_dir(env.at("docs/sub")).unwrap();
+    fs::create_dir(env.at("docs/sub/deeper")).unwrap();
+    write_file(&env.at("docs/sub/f.txt"), b"hello");
+    assert_eq!(
+        errno_of(fs::remove_dir(env.at("docs/sub"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno_of(fs::remove_dir(env.at("docs/sub/f.txt"))),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno_of(fs::remove_file(env.at("docs/sub/deeper"))),
+        libc::EISDIR
+    );
+    env.tool("rm", &[&env.at("docs/sub/f.txt")]);
+    assert!(!env.at("docs/sub/f.txt").exists());
+    fs::remove_dir(env.at("docs/sub/deeper")).unwrap();
+    fs::remove_dir(env.at("docs/sub")).unwrap();
+    assert!(!env.at("docs/sub").exists());
+    assert_eq!(
+        errno_of(fs::remove_file(env.at("docs/nothing"))),
+        libc::ENOENT
+    );
+
+    // A folder at the top is a channel; deleting one needs --allow-delete-channels.
+    fs::create_dir(env.at("new-channel")).unwrap();
+    assert!(env.ok(&["ls"]).contains("new-channel"));
+    assert_eq!(errno_of(fs::remove_dir(env.at("new-channel"))), libc::EPERM);
+    // No special files.
+    let fifo = std::ffi::CString::new(env.at("docs/fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    // Files live in channels only.
+    assert_eq!(errno_of(fs::write(env.at("loose.txt"), b"x")), libc::EPERM);
+    mount.stop();
+    assert!(env.ok(&["ls", "docs"]).trim().is_empty());
+}
+
+#[test]
+fn editor_save_by_rename_replaces_the_file() {
+    need_fuse!();
+    let env = Env::new();
+    fs::write(env.work().join("notes.txt"), b"first version\n").unwrap();
+    env.ok(&["put", "notes.txt", "docs"]);
+    let mount = env.mount(&[]);
+    assert_eq!(
+        fs::read(env.at("docs/notes.txt")).unwrap(),
+        b"first version\n"
+    );
+
+    // What vim and many editors do: write a temporary file, fsync it, rename it over
+    // the original.
+    let new = random_bytes(40 * KIB, 5);
+    let temp = env.at("docs/.notes.txt.swp");
+    let mut file = File::create(&temp).unwrap();
+    file.write_all(&new).unwrap();
+    file.sync_all().unwrap();
+    close(file).unwrap();
+    fs::rename(&temp, env.at("docs/notes.txt")).unwrap();
+    assert!(fs::read(env.at("docs/notes.txt")).unwrap() == new);
+    assert!(!temp.exists());
+    let names = env.tool("ls", &[&"-a", &env.at("docs")]);
+    assert_eq!(names.lines().collect::<Vec<_>>(), [".", "..", "notes.txt"]);
+
+    // And the way other editors do it: rename while the new file is still open.
+    let newer = random_bytes(10 * KIB, 6);
+    let mut file = File::create(&temp).unwrap();
+    file.write_all(&newer).unwrap();
+    fs::rename(&temp, env.at("docs/notes.txt")).unwrap();
+    file.sync_all().unwrap();
+    close(file).unwrap();
+    let got = fs::read(env.at("docs/notes.txt")).unwrap();
+    assert!(
+        got == newer,
+        "{} bytes, {} expected; the earlier version: {}; {}",
+        got.len(),
+        newer.len(),
+        got == new,
+        mount.log()
+    );
+    mount.stop();
+    assert!(env.get("docs/notes.txt") == newer);
+    assert!(!env.ok(&["ls", "docs"]).contains(".swp"));
+}
+
+#[test]
+fn parallel_writers_then_remount_and_read_only() {
+    need_fuse!();
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    let files: Vec<(String, Vec<u8>)> = (0..2)
+        .map(|i| {
+            (
+                format!("docs/w{i}.bin"),
+                random_bytes(200 * KIB + i, 10 + i as u64),
+            )
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (path, data) in &files {
+            let path = env.at(path);
+            scope.spawn(move || {
+                let mut file = File::create(&path).unwrap();
+                for piece in data.chunks(7 * KIB) {
+                    file.write_all(piece).unwrap();
+                }
+                close(file).unwrap();
+            });
+        }
+    });
+    for (path, data) in &files {
+        assert!(fs::read(env.at(path)).unwrap() == *data, "{path}");
+    }
+    mount.stop();
+
+    // A new mount reads them from the store.
+    let mount = env.mount(&["--read-only"]);
+    for (path, data) in &files {
+        assert!(fs::read(env.at(path)).unwrap() == *data, "{path}");
+    }
+    assert_eq!(
+        errno_of(fs::write(env.at("docs/w0.bin"), b"x")),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(fs::remove_file(env.at("docs/w0.bin"))),
+        libc::EROFS
+    );
+    mount.stop();
+    for (path, data) in &files {
+        assert!(env.get(path) == *data, "{path}");
+    }
+}
+
+#[test]
+fn background_mount_and_umount() {
+    need_fuse!();
+    let env = Env::bare(Backend::Local);
+    let mnt = env.mnt();
+    let mnt = mnt.to_str().unwrap();
+    // No key: refused at once, in one line.
+    let error = env.fails(&["mount", mnt]);
+    assert!(error.contains("keygen"), "{error}");
+    env.ok(&["keygen"]);
+    env.ok(&["mkdir", "docs"]);
+    let error = env.fails(&["mount", "no-such-folder"]);
+    assert!(error.contains("no-such-folder"), "{error}");
+    let error = env.fails(&["umount", mnt]);
+    assert!(error.contains("not mounted"), "{error}");
+
+    let guard = Daemon { env: &env };
+    env.ok(&["mount", mnt]);
+    assert!(is_mounted(&env.mnt()));
+    let error = env.fails(&["mount", mnt]);
+    assert!(error.contains("mounted already"), "{error}");
+    write_file(&env.at("docs/hello.txt"), b"hello");
+    env.ok(&["umount", mnt]);
+    assert!(!is_mounted(&env.mnt()));
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon_pids(&env.mnt())
+            .is_empty()),
+        "the daemon did not exit after umount"
+    );
+    drop(guard);
+    assert_eq!(env.get("docs/hello.txt"), b"hello");
+}
+
+/// Stops any daemon left on the test's mount point.
+struct Daemon<'a> {
+    env: &'a Env,
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        force_unmount(&self.env.mnt());
+        let pids = daemon_pids(&self.env.mnt());
+        for &pid in &pids {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Processes whose command line names `mnt` with --foreground: daemons started by a
+/// background mount.
+fn daemon_pids(mnt: &Path) -> Vec<i32> {
+    let mnt = mnt.to_str().unwrap();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&mnt.as_bytes()) && args.contains(&b"--foreground".as_slice())
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_loses_no_closed_file_and_publishes_no_torn_one() {
+    need_fuse!();
+    let fake = FakeDiscord::start_in_background(Config {
+        channels: vec!["docs".into()],
+        message_create_limit: (5, Duration::from_millis(500)),
+        message_delete_limit: (5, Duration::from_millis(200)),
+        ..Config::default()
+    })
+    .unwrap();
+    let env = Env::bare(Backend::Discord(fake));
+    let Backend::Discord(fake) = &env.backend else {
+        unreachable!()
+    };
+    env.ok(&["keygen"]);
+    let mut mount = env.mount(&[]);
+
+    // Stored before the kill: close returned.
+    let a = random_bytes(100 * KIB, 20);
+    write_file(&env.at("docs/a.bin"), &a);
+
+    // Closed while the store is slow: the kill comes in the middle of its upload.
+    fake.set_knobs(|k| k.latency = Duration::from_secs(3));
+    let b = random_bytes(150 * KIB, 21);
+    let b_path = env.at("docs/b.bin");
+    let b_data = b.clone();
+    let writer = std::thread::spawn(move || {
+        let mut file = File::create(b_path)?;
+        file.write_all(&b_data)?;
+        close(file)
+    });
+    // Open and half written at the kill: it must never be published.
+    let mut torn = File::create(env.at("docs/torn.bin")).unwrap();
+    torn.write_all(&random_bytes(30 * KIB, 22)).unwrap();
+
+    let committing = wait_for(Duration::from_secs(20), || {
+        fs::read_dir(env.spool()).is_ok_and(|entries| {
+            entries.filter_map(Result::ok).any(|entry| {
+                let path = entry.path();
+                path.extension().is_some_and(|e| e == "json")
+                    && fs::read_to_string(path)
+                        .is_ok_and(|t| t.contains("b.bin") && t.contains("\"committing\":true"))
+            })
+        })
+    });
+    assert!(committing, "b.bin's upload never began: {}", mount.log());
+    mount.kill_9();
+    assert!(
+        writer.join().unwrap().is_err(),
+        "b.bin's close can't succeed"
+    );
+    drop(torn);
+    drop(mount);
+    fake.set_knobs(|k| k.latency = Duration::ZERO);
+
+    // The next mount finishes b.bin's upload; a.bin was there all along. Whenever b.bin
+    // shows, it is whole.
+    let mount = env.mount(&[]);
+    assert!(fs::read(env.at("docs/a.bin")).unwrap() == a);
+    let appeared = wait_for(Duration::from_secs(20), || {
+        match fs::read(env.at("docs/b.bin")) {
+            Ok(data) => {
+                assert!(data == b, "b.bin showed torn ({} bytes)", data.len());
+                true
+            }
+            Err(_) => false,
+        }
+    });
+    assert!(appeared, "b.bin was not recovered: {}", mount.log());
+    assert!(mount.log().contains("b.bin"), "{}", mount.log());
+    assert!(!env.at("docs/torn.bin").exists());
+    // Set aside in the spool folder, for the user to find.
+    let set_aside = wait_for(Duration::from_secs(10), || {
+        fs::read_dir(env.spool()).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().ends_with(".orphan"))
+        })
+    });
+    assert!(
+        set_aside,
+        "torn.bin's spool was not set aside: {}",
+        mount.log()
+    );
+    mount.stop();
+    assert!(env.get("docs/b.bin") == b);
+    assert!(!env.ok(&["ls", "docs"]).contains("torn.bin"));
+}
+
+/// A rename that lands while the file's upload is under way (here: the close of a
+/// second descriptor, which the kernel sends without holding the file's lock) must
+/// leave the file under its new name.
+#[test]
+fn rename_during_an_upload_lands_under_the_new_name() {
+    need_fuse!();
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    let data = random_bytes(2 * 1024 * KIB, 9);
+    let mut file = File::create(env.at("docs/temp")).unwrap();
+    file.write_all(&data).unwrap();
+    let copy = file.try_clone().unwrap();
+    let closing = std::thread::spawn(move || close(copy));
+    std::thread::sleep(Duration::from_millis(30));
+    fs::rename(env.at("docs/temp"), env.at("docs/target")).unwrap();
+    closing.join().unwrap().unwrap();
+    close(file).unwrap();
+    let shown = env.tool("ls", &[&env.at("docs")]);
+    let stored = env.ok(&["ls", "docs"]);
+    mount.stop();
+    assert_eq!(shown.trim(), "target", "the mount shows {shown}");
+    assert_eq!(stored.trim(), "target", "the store has {stored}");
+    assert!(env.get("docs/target") == data);
+}
