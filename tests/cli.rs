@@ -4,6 +4,11 @@
 //! store with tiny Discord-like limits, so that a few kilobytes already make files of
 //! many chunks spread over many messages; the big-file test uses Discord's real limits.
 
+#[path = "common/data.rs"]
+mod data;
+
+use data::random_bytes;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -140,21 +145,6 @@ impl Env {
             .filter(|p| p.parent().unwrap().ends_with("attachments"))
             .collect()
     }
-}
-
-/// Deterministic pseudo-random bytes (splitmix64).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn tiny_chunk() -> usize {

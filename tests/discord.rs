@@ -14,6 +14,11 @@
 //! left over; that other users' messages and garbage never become files; and that a
 //! bad token or a missing permission is a clear error.
 
+#[path = "common/data.rs"]
+mod data;
+
+use data::random_bytes;
+
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,19 +108,6 @@ fn options() -> PutOptions {
         mode: 0o644,
         encrypted: true,
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 async fn put(volume: &Volume, path: &str, data: &[u8]) -> Result<(), VolumeError> {

@@ -6,6 +6,11 @@
 //! Runs on the local store with tiny limits (4 KiB attachments), so that a file of
 //! 50 KiB has a dozen chunks.
 
+#[path = "common/data.rs"]
+mod data;
+
+use data::random_bytes;
+
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,19 +28,6 @@ const LIMITS: Limits = Limits {
     max_request_size: 10_000,
     max_content_chars: 2000,
 };
-
-/// Deterministic pseudo-random bytes (xorshift).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,

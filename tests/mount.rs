@@ -12,6 +12,11 @@
 //! The kill -9 test runs against the fake Discord server instead, whose latency knob
 //! holds an upload in flight long enough to kill the daemon in the middle of it.
 
+#[path = "common/data.rs"]
+mod data;
+
+use data::random_bytes;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -53,19 +58,6 @@ macro_rules! need_fuse {
             return;
         }
     };
-}
-
-/// Deterministic pseudo-random bytes (xorshift), distinct per seed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 /// Where the store is: a local folder, or the fake Discord server.
