@@ -62,8 +62,8 @@ const MAX_WRITE: u32 = 1024 * 1024;
 const MAX_READAHEAD: u32 = 1024 * 1024;
 /// Requests the kernel keeps in flight in the background (read-ahead, releases).
 const MAX_BACKGROUND: u16 = 64;
-/// The root's inode number, in the kernel's and the core's numbering alike.
-const ROOT: u64 = INodeNo::ROOT.0;
+// The core numbers the root as the kernel does, so inode numbers pass through as they are.
+const _: () = assert!(crate::fs::inode::ROOT == INodeNo::ROOT.0);
 
 /// How the mount behaves, as far as fuser is concerned.
 #[derive(Debug, Clone, Copy, Default)]
@@ -220,7 +220,7 @@ async fn listing(fs: &Fs, ino: u64) -> Result<Vec<Entry>, FsError> {
     });
     entries.push(Entry {
         name: "..".into(),
-        ino: ROOT,
+        ino: fs.parent_of(ino),
         kind: Kind::Dir,
     });
     entries.extend(items.into_iter().map(|item| Entry {

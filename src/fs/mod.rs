@@ -621,6 +621,18 @@ impl Fs {
         Ok(items)
     }
 
+    /// The inode number of the folder holding `ino` (the root for the root).
+    pub fn parent_of(&self, ino: u64) -> u64 {
+        let Ok(key) = self.key_of(ino) else {
+            return ROOT;
+        };
+        if key.path.is_empty() {
+            return ROOT;
+        }
+        let parent = key.path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        self.ino_of(&NodeKey::new(key.channel, parent))
+    }
+
     /// `statfs`: the files and bytes stored in the channels opened so far.
     pub async fn statfs(&self) -> StatFs {
         let volumes: Vec<Arc<Volume>> = self.volumes.lock().await.values().cloned().collect();
