@@ -17,7 +17,7 @@
 #[path = "common/data.rs"]
 mod data;
 
-use data::random_bytes;
+use data::{file_paths, random_bytes};
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use dcloud_fs::format::{self, CHUNK_OVERHEAD};
 use dcloud_fs::store::discord::{DiscordConfig, DiscordStore, Token};
 use dcloud_fs::store::{HistoryCursor, Limits, NewAttachment, NewMessage, Store, StoreError};
 use dcloud_fs::volume::{
-    ChunkPlan, Entry, PutOptions, PutSource, Volume, VolumeConfig, VolumeError, find_channel,
+    ChunkPlan, PutOptions, PutSource, Volume, VolumeConfig, VolumeError, find_channel,
 };
 use fake_discord::{Config, FakeDiscord};
 
@@ -135,15 +135,6 @@ async fn read(volume: &Volume, path: &str) -> Vec<u8> {
     sink
 }
 
-fn files(volume: &Volume) -> Vec<String> {
-    volume
-        .index()
-        .live()
-        .filter(|(_, entry)| matches!(entry, Entry::File(_)))
-        .map(|(path, _)| path.to_string())
-        .collect()
-}
-
 /// The chunk length the store's plan gives at the small per-file limit.
 fn small_chunk() -> usize {
     let limits = Limits {
@@ -191,7 +182,7 @@ async fn files_round_trip_at_chunk_and_message_boundaries() {
     put(&volume, "dir/f2", b"replaced").await.unwrap();
     volume.remove("dir/f3", false).await.unwrap();
     let other = fx.fresh_volume().await;
-    assert_eq!(files(&other), files(&volume));
+    assert_eq!(file_paths(&other), file_paths(&volume));
     assert_eq!(read(&other, "moved/one").await, random_bytes(1, 1));
     assert_eq!(read(&other, "dir/f2").await, b"replaced");
     assert!(matches!(
@@ -251,7 +242,7 @@ async fn ten_percent_of_requests_failing_still_round_trips_byte_exact() {
     }
     let other = fx.fresh_volume().await;
     assert_eq!(read(&other, "renamed").await, expected[1].1);
-    assert_eq!(files(&other).len(), 5);
+    assert_eq!(file_paths(&other).len(), 5);
     assert!(fx.fake.stats().injected_failures > 0);
     fx.fake.set_knobs(|knobs| knobs.failure_rate = 0.0);
     // Retried posts were not duplicated: every message is a record or a chunk in use.
@@ -348,7 +339,7 @@ async fn other_authors_and_garbage_never_become_files() {
         .await
         .unwrap();
     let other = fx.fresh_volume().await;
-    assert_eq!(files(&other), ["real"]);
+    assert_eq!(file_paths(&other), ["real"]);
     assert_eq!(read(&other, "real").await, b"real bytes");
 }
 
@@ -464,13 +455,7 @@ mod cli {
         }
 
         fn ok(&self, args: &[&str]) -> String {
-            let output = self.run_with_token(self.fake.token(), args);
-            assert!(
-                output.status.success(),
-                "dcloud-fs {args:?} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8(output.stdout).unwrap()
+            data::succeeded(args, self.run_with_token(self.fake.token(), args))
         }
     }
 

@@ -161,23 +161,12 @@ impl Env {
 
     /// Runs a dcloud-fs command that must succeed; returns its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "dcloud-fs {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        data::succeeded(args, self.run(args))
     }
 
     /// Runs a dcloud-fs command that must fail with one line; returns the line.
     fn fails(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(!output.status.success(), "dcloud-fs {args:?} succeeded");
-        let stderr = String::from_utf8(output.stderr).unwrap();
-        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        stderr
+        data::failed_with_one_line(args, self.run(args))
     }
 
     /// A file's content in the store, read with the CLI (not through a mount).

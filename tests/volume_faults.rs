@@ -19,6 +19,8 @@
 //! to report an error although its record had landed (and a put then deleted the new
 //! version's chunks).
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/faulty.rs"]
 mod faulty;
 
@@ -30,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use data::file_paths;
 use dcloud_fs::crypto::Key;
 use dcloud_fs::format::{
     self, CHUNK_OVERHEAD, ChunkRef, FileManifest, Op, RECORD_ATTACHMENT, Record,
@@ -39,8 +42,8 @@ use dcloud_fs::store::{
     Channel, HistoryCursor, Id, Limits, Message, NewAttachment, NewMessage, Store, StoreError,
 };
 use dcloud_fs::volume::{
-    ChunkPlan, Entry, FileEntry, Node, PutOptions, PutSource, Skip, SmallFile, Volume,
-    VolumeConfig, VolumeError,
+    ChunkPlan, FileEntry, Node, PutOptions, PutSource, Skip, SmallFile, Volume, VolumeConfig,
+    VolumeError,
 };
 use faulty::{FaultyStore, SplitMix64};
 use tempfile::TempDir;
@@ -229,16 +232,6 @@ async fn read(volume: &Volume, path: &str) -> Vec<u8> {
     sink
 }
 
-/// The paths of the live files, in path order.
-fn files(volume: &Volume) -> Vec<String> {
-    volume
-        .index()
-        .live()
-        .filter(|(_, entry)| matches!(entry, Entry::File(_)))
-        .map(|(path, _)| path.to_string())
-        .collect()
-}
-
 /// Whether an error is one the [`FaultyStore`] injected.
 fn is_injected(e: &VolumeError) -> bool {
     matches!(e, VolumeError::Store(StoreError::Io { context, .. }) if context.contains("injected"))
@@ -336,7 +329,7 @@ async fn round_trips_at_chunk_and_message_boundaries() {
     let fresh = fx.open(Some(&key)).await;
     let mut expected: Vec<String> = written.iter().map(|(p, _, _)| p.clone()).collect();
     expected.sort();
-    assert_eq!(files(&fresh), expected);
+    assert_eq!(file_paths(&fresh), expected);
     for (path, data, entry) in &written {
         assert_eq!(fresh.index().file(path), Some(entry), "{path}");
         assert!(read(&fresh, path).await == *data, "{path}: bytes differ");
@@ -391,7 +384,7 @@ async fn failed_put_leaves_nothing_behind_and_keeps_the_old_version() {
         assert_eq!(fx.attachment_files(), 0, "post #{n}");
     }
     let fresh = fx.open(Some(&key)).await;
-    assert!(files(&fresh).is_empty());
+    assert!(file_paths(&fresh).is_empty());
     assert!(matches!(
         fresh.file("big"),
         Err(VolumeError::NotFound { .. })
@@ -450,7 +443,7 @@ async fn plain_manifest_over_the_limit_is_refused_after_upload_and_cleaned_up() 
         baseline,
         "the upload was not cleaned up"
     );
-    assert_eq!(files(&volume), vec!["kept"]);
+    assert_eq!(file_paths(&volume), vec!["kept"]);
     assert!(read(&volume, "kept").await == kept);
     fx.assert_no_orphans(&volume, "after a refused manifest")
         .await;
@@ -728,7 +721,11 @@ async fn model_run(seed: u64, steps: usize, setup: &ModelSetup, stats: &mut Mode
         }
         *tally.entry(status).or_default() += 1;
         let expected_files: Vec<String> = model.keys().cloned().collect();
-        assert_eq!(files(&volume), expected_files, "step {step} after {what}");
+        assert_eq!(
+            file_paths(&volume),
+            expected_files,
+            "step {step} after {what}"
+        );
         // Whatever failed was cleaned up, and what was replaced was freed.
         if setup.check_orphans {
             fx.assert_no_orphans(&volume, &format!("seed {seed} step {step} after {what}"))
@@ -756,7 +753,11 @@ async fn model_run(seed: u64, steps: usize, setup: &ModelSetup, stats: &mut Mode
     fx.store.clear_faults();
     let fresh = fx.open(Some(&key)).await;
     let expected_files: Vec<String> = model.keys().cloned().collect();
-    assert_eq!(files(&fresh), expected_files, "seed {seed}: final listing");
+    assert_eq!(
+        file_paths(&fresh),
+        expected_files,
+        "seed {seed}: final listing"
+    );
     for (path, data) in &model {
         assert!(
             read(&fresh, path).await == *data,
@@ -931,7 +932,7 @@ async fn foreign_and_garbage_messages_are_ignored() {
         let before = fx.store.counts();
         let fresh = fx.open(key).await;
         let opened = fx.store.counts() - before;
-        let listed = files(&fresh);
+        let listed = file_paths(&fresh);
         if key.is_some() {
             assert_eq!(listed, vec!["later.txt", "ours.txt"]);
             assert!(read(&fresh, "later.txt").await == later);
@@ -973,7 +974,7 @@ async fn foreign_and_garbage_messages_are_ignored() {
     }
     // The volume that was open all along agrees once it has read the new messages.
     volume.refresh().await.unwrap();
-    assert_eq!(files(&volume), vec!["later.txt", "ours.txt"]);
+    assert_eq!(file_paths(&volume), vec!["later.txt", "ours.txt"]);
     assert_eq!(volume.index().file("ours.txt"), Some(&entry));
 }
 
@@ -1001,7 +1002,7 @@ async fn wrong_or_missing_key_is_reported_with_key_ids() {
 
     let wrong = fx.open(Some(&key_b)).await;
     assert_eq!(
-        files(&wrong),
+        file_paths(&wrong),
         vec!["public.txt"],
         "plain files are everyone's"
     );
@@ -1030,7 +1031,7 @@ async fn wrong_or_missing_key_is_reported_with_key_ids() {
     );
 
     let keyless = fx.open(None).await;
-    assert_eq!(files(&keyless), vec!["public.txt"]);
+    assert_eq!(file_paths(&keyless), vec!["public.txt"]);
     assert!(read(&keyless, "public.txt").await == public);
     let (result, sink) = get(&keyless, "secret/file.bin").await;
     let err = result.unwrap_err();
@@ -1299,8 +1300,8 @@ async fn index_cache_reads_less_and_still_sees_other_writers() {
     );
 
     let expected: Vec<String> = contents.keys().cloned().collect();
-    assert_eq!(files(&uncached), expected);
-    assert_eq!(files(&reopened), expected);
+    assert_eq!(file_paths(&uncached), expected);
+    assert_eq!(file_paths(&reopened), expected);
     for (path, data) in &contents {
         assert_eq!(
             reopened.index().file(path),
@@ -1318,7 +1319,7 @@ async fn index_cache_reads_less_and_still_sees_other_writers() {
         .await
         .unwrap();
     assert!((fx.store.counts() - before).history_messages >= full);
-    assert_eq!(files(&keyless), vec!["f05"]);
+    assert_eq!(file_paths(&keyless), vec!["f05"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1448,7 +1449,7 @@ async fn rename_moves_without_uploading_and_remove_guards_full_folders() {
     ];
     for view in [&volume, &fx.open(Some(&key)).await] {
         assert_eq!(
-            files(view),
+            file_paths(view),
             renamed
                 .iter()
                 .map(|(to, _)| to.to_string())
@@ -1480,7 +1481,7 @@ async fn rename_moves_without_uploading_and_remove_guards_full_folders() {
             "{folder}: {err}"
         );
     }
-    assert_eq!(files(&volume).len(), 4);
+    assert_eq!(file_paths(&volume).len(), 4);
     volume.remove("archive/2024/empty", false).await.unwrap();
     assert!(volume.index().node("archive/2024/empty").is_none());
     assert!(volume.rename("archive", "archive/inside").await.is_err());
@@ -1491,12 +1492,12 @@ async fn rename_moves_without_uploading_and_remove_guards_full_folders() {
 
     volume.remove("archive/2024/sub", true).await.unwrap();
     assert_eq!(
-        files(&volume),
+        file_paths(&volume),
         vec!["archive/2024/a.txt", "archive/2024/top-moved"]
     );
     volume.remove("archive", true).await.unwrap();
-    assert!(files(&volume).is_empty());
-    assert!(files(&fx.open(Some(&key)).await).is_empty());
+    assert!(file_paths(&volume).is_empty());
+    assert!(file_paths(&fx.open(Some(&key)).await).is_empty());
     // Removing everything freed every chunk. What remains are tombstone records; the
     // folder rename's record was too long for the message content, so it kept its
     // record attachment.
@@ -1587,7 +1588,7 @@ async fn small_files_share_a_message_and_land_together_or_not_at_all() {
     let failing = batch(&mut rng, "failed", true);
     fx.store.fail_post_in(1);
     assert!(volume.put_small(failing).await.is_err());
-    assert!(files(&volume).is_empty());
+    assert!(file_paths(&volume).is_empty());
     assert!(fx.messages().await.is_empty());
 
     // A good batch is one message, and every file reads back.
@@ -1605,8 +1606,8 @@ async fn small_files_share_a_message_and_land_together_or_not_at_all() {
     }
     // Plain files batched alone are readable without a key.
     let keyless = fx.open(None).await;
-    assert!(files(&keyless).iter().all(|p| p.starts_with("plain/")));
-    assert_eq!(files(&keyless).len(), per_message);
+    assert!(file_paths(&keyless).iter().all(|p| p.starts_with("plain/")));
+    assert_eq!(file_paths(&keyless).len(), per_message);
 
     // Replacing small files frees the message they shared once none of them is left.
     let shared = fx.messages().await.last().unwrap().id;

@@ -245,6 +245,7 @@ impl From<StoreError> for FsError {
 }
 
 /// What an open file handle reads from.
+#[derive(Clone)]
 enum Handle {
     Read(Arc<FileReader>),
     Write(Arc<WriteSession>),
@@ -352,15 +353,14 @@ impl Fs {
     /// The channels, listed again if the list is older than the poll interval (or
     /// `force`).
     async fn list_channels(&self, force: bool) -> Result<Vec<Channel>, FsError> {
-        let fresh = {
+        {
             let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-            channels
+            let fresh = channels
                 .listed
-                .is_some_and(|at| at.elapsed() < self.config.poll_interval)
-        };
-        if fresh && !force {
-            let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-            return Ok(channels.by_name.values().cloned().collect());
+                .is_some_and(|at| at.elapsed() < self.config.poll_interval);
+            if fresh && !force {
+                return Ok(channels.by_name.values().cloned().collect());
+            }
         }
         let listed = self.store.channels().await?;
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
@@ -600,13 +600,10 @@ impl Fs {
             .cloned()
             .collect();
         for session in sessions {
-            let Some((dir, name)) = session
+            let (dir, name) = session
                 .path
                 .rsplit_once('/')
-                .or(Some(("", session.path.as_str())))
-            else {
-                continue;
-            };
+                .unwrap_or(("", session.path.as_str()));
             if session.channel == key.channel
                 && dir == key.path
                 && !items.iter().any(|item| item.name == name)
@@ -668,10 +665,10 @@ impl Fs {
     /// Counts a lookup the kernel is about to be answered with.
     fn count_lookup(&self, attr: Attr) -> Attr {
         if attr.ino != ROOT {
-            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(key) = inodes.key(attr.ino).cloned() {
-                inodes.looked_up(&key);
-            }
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .hold(attr.ino);
         }
         attr
     }
@@ -687,13 +684,14 @@ impl Fs {
         fh
     }
 
-    fn handle(&self, fh: u64) -> Result<HandleRef, FsError> {
-        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        match handles.get(&fh) {
-            Some(Handle::Read(reader)) => Ok(HandleRef::Read(reader.clone())),
-            Some(Handle::Write(session)) => Ok(HandleRef::Write(session.clone())),
-            None => Err(FsError::BadHandle),
-        }
+    /// The handle `fh` (a clone: the table's lock is not held while it is used).
+    fn handle(&self, fh: u64) -> Result<Handle, FsError> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 
     fn writable(&self) -> Result<(), FsError> {
@@ -861,19 +859,19 @@ impl Fs {
     /// `read`.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         match self.handle(fh)? {
-            HandleRef::Read(reader) => reader.read(offset, size).await.map_err(|e| {
+            Handle::Read(reader) => reader.read(offset, size).await.map_err(|e| {
                 log::warn!("read failed: {e}");
                 FsError::Io(e.to_string())
             }),
-            HandleRef::Write(session) => session.read(offset, size).await,
+            Handle::Write(session) => session.read(offset, size).await,
         }
     }
 
     /// `write`.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         match self.handle(fh)? {
-            HandleRef::Read(_) => Err(FsError::BadHandle),
-            HandleRef::Write(session) => session.write(offset, data).await,
+            Handle::Read(_) => Err(FsError::BadHandle),
+            Handle::Write(session) => session.write(offset, data).await,
         }
     }
 
@@ -888,8 +886,8 @@ impl Fs {
     /// close returns the error if the upload fails.
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
         match self.handle(fh)? {
-            HandleRef::Read(_) => Ok(()),
-            HandleRef::Write(session) => self.commit(&session).await,
+            Handle::Read(_) => Ok(()),
+            Handle::Write(session) => self.commit(&session).await,
         }
     }
 
@@ -944,7 +942,7 @@ impl Fs {
         self.writable()?;
         let key = self.key_of(ino)?;
         let session = match fh.map(|fh| self.handle(fh)) {
-            Some(Ok(HandleRef::Write(session))) => Some(session),
+            Some(Ok(Handle::Write(session))) => Some(session),
             _ => self.session(&key),
         };
         let mtime_ns = changes.mtime.map(ns_of);
@@ -1243,10 +1241,4 @@ impl Fs {
             volume.save();
         }
     }
-}
-
-/// A handle, looked up (the handle table's lock released).
-enum HandleRef {
-    Read(Arc<FileReader>),
-    Write(Arc<WriteSession>),
 }

@@ -17,3 +17,33 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// The stdout of a dcloud-fs run that must have succeeded (else its stderr in the panic).
+pub fn succeeded(args: &[&str], output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "dcloud-fs {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The one line of stderr of a dcloud-fs run that must have failed cleanly: a non-zero
+/// exit, exactly one line, no panic.
+pub fn failed_with_one_line(args: &[&str], output: std::process::Output) -> String {
+    assert!(!output.status.success(), "dcloud-fs {args:?} succeeded");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// The paths of a volume's live files, in path order.
+pub fn file_paths(volume: &dcloud_fs::volume::Volume) -> Vec<String> {
+    volume
+        .index()
+        .live()
+        .filter(|(_, entry)| matches!(entry, dcloud_fs::volume::Entry::File(_)))
+        .map(|(path, _)| path.to_string())
+        .collect()
+}

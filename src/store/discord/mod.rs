@@ -26,7 +26,7 @@ pub mod ratelimit;
 pub mod rest;
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -222,16 +222,7 @@ impl DiscordStore {
     }
 
     async fn learn_guild(&self) -> StoreResult<GuildFacts> {
-        let me = self
-            .rest
-            .call(
-                "GET /users/@me",
-                "checking the bot token",
-                || self.rest.client.current_user().into_future(),
-                model,
-            )
-            .await
-            .map_err(|e| e.into_store_error("checking the bot token"))?;
+        let me = self.fetch_current_user("checking the bot token").await?;
         let guild = self
             .rest
             .call(
@@ -295,6 +286,22 @@ impl DiscordStore {
             facts.category = Some(find_category(&channels, wanted)?);
         }
         Ok(facts)
+    }
+
+    /// The bot's own user (one request; also how the token is checked).
+    async fn fetch_current_user(
+        &self,
+        what: &str,
+    ) -> StoreResult<twilight_model::user::CurrentUser> {
+        self.rest
+            .call(
+                "GET /users/@me",
+                what,
+                || self.rest.client.current_user().into_future(),
+                model,
+            )
+            .await
+            .map_err(|e| e.into_store_error(what))
     }
 
     fn guild_error(&self, e: RestError) -> StoreError {
@@ -462,15 +469,7 @@ impl DiscordStore {
     /// Times one API round trip (reading the bot's own user).
     pub async fn ping(&self) -> StoreResult<Duration> {
         let start = Instant::now();
-        self.rest
-            .call(
-                "GET /users/@me",
-                "pinging Discord",
-                || self.rest.client.current_user().into_future(),
-                model,
-            )
-            .await
-            .map_err(|e| e.into_store_error("pinging Discord"))?;
+        self.fetch_current_user("pinging Discord").await?;
         Ok(start.elapsed())
     }
 
@@ -973,9 +972,6 @@ impl Store for DiscordStore {
             .map_err(|e| Self::channel_error(channel, Some(message), "deleting a message", e))
     }
 }
-
-/// Wraps a store for the CLI's Discord-only commands.
-pub type SharedDiscordStore = Arc<DiscordStore>;
 
 #[cfg(test)]
 mod tests {
