@@ -76,11 +76,19 @@
 //!   upload, kept across renames) that chunk AAD binds. `size` is the sum of the chunks'
 //!   `n`. `mtime_ns` is nanoseconds since the Unix epoch (may be negative), `mode` the
 //!   permission bits. Each chunk names its attachment either by ids (`m` message, `a`
-//!   attachment, decimal strings like Discord's) or, for chunks attached to the record's
-//!   own message, by file name (`f`); `n` is its plaintext length; plain files add `h`,
-//!   the chunk's SHA-256 in hex.
+//!   attachment, decimal strings like Discord's; plus `c`, the channel, when the message
+//!   is in another channel than the record) or, for chunks attached to the record's own
+//!   message, by file name (`f`); `n` is its plaintext length; plain files add `h`, the
+//!   chunk's SHA-256 in hex; encrypted chunks add `t`, the chunk's AES-GCM tag in hex.
+//!   A new version of a file keeps the file id and reuses the chunks it didn't change,
+//!   so `t` is what tells a reader that a chunk is this version's and not an older one
+//!   at the same index (whose seal would otherwise open fine); a reader checks it.
 //! - `mkdir` records a folder that exists even when empty.
-//! - `del` is a tombstone: the path (file or folder) no longer exists.
+//! - `del` is a tombstone: the path (file or folder) no longer exists. A file moved to
+//!   another channel is deleted with `"moved":{"to":"<channel id>","messages":
+//!   ["<channel id>/<message id>", …]}`: the destination's record now points at those
+//!   messages, which stay. Whoever later deletes or replaces the file frees them, once no
+//!   channel on the file's path of moves still uses them.
 //!
 //! Paths are relative to the channel, `/`-separated UTF-8, with no empty, `.` or `..`
 //! component, no NUL, components of at most 255 bytes. Folders other than those made by
@@ -334,6 +342,7 @@ impl ChunkBuffer {
                     bytes: self.bytes,
                     plain_len,
                     sha256: Some(sha256),
+                    tag: None,
                 })
             }
             Sealing::Encrypted(key) => {
@@ -348,6 +357,7 @@ impl ChunkBuffer {
                     bytes: self.bytes,
                     plain_len,
                     sha256: None,
+                    tag: Some(tag),
                 })
             }
         }
@@ -363,6 +373,8 @@ pub struct SealedChunk {
     pub plain_len: u64,
     /// SHA-256 of the plaintext, for plain chunks.
     pub sha256: Option<[u8; 32]>,
+    /// The AES-GCM tag, for encrypted chunks.
+    pub tag: Option<[u8; TAG_LEN]>,
 }
 
 fn chunk_aad(file: FileId, index: u64) -> [u8; 4 + 1 + 16 + 8] {
@@ -402,6 +414,12 @@ pub fn open_chunk(
         let tag_at = data.len() - TAG_LEN;
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&data[tag_at..]);
+        if chunk.tag.is_some_and(|expected| expected != tag) {
+            return Err(damaged(
+                "chunk",
+                format!("chunk {index} is not the version the record names"),
+            ));
+        }
         data.truncate(tag_at);
         key.open_detached(
             &nonce,
@@ -450,8 +468,13 @@ pub fn chunk_filename(index: u64) -> String {
 /// Where a chunk is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ChunkLocation {
-    /// An attachment of another message, by ids.
-    Stored { message: Id, attachment: Id },
+    /// An attachment of another message, by ids; `channel` is `Some` when that message
+    /// is in another channel than the record (a file moved across channels).
+    Stored {
+        channel: Option<Id>,
+        message: Id,
+        attachment: Id,
+    },
     /// An attachment of the record's own message, by file name.
     Attached { filename: String },
 }
@@ -465,10 +488,15 @@ pub struct ChunkRef {
     pub len: u64,
     /// SHA-256 of the plaintext (plain files only).
     pub sha256: Option<[u8; 32]>,
+    /// The AES-GCM tag of the sealed chunk (encrypted files): pins this exact sealing, so
+    /// an older chunk of the same file and index can't stand in for it.
+    pub tag: Option<[u8; TAG_LEN]>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct WireChunk {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -478,51 +506,63 @@ struct WireChunk {
     n: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     h: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
 }
 
 impl TryFrom<WireChunk> for ChunkRef {
     type Error = String;
     fn try_from(wire: WireChunk) -> Result<Self, String> {
         let id = |text: &str| text.parse::<Id>().map_err(|_| format!("bad id '{text}'"));
-        let location = match (wire.m, wire.a, wire.f) {
-            (Some(m), Some(a), None) => ChunkLocation::Stored {
+        let location = match (wire.c, wire.m, wire.a, wire.f) {
+            (c, Some(m), Some(a), None) => ChunkLocation::Stored {
+                channel: c.as_deref().map(id).transpose()?,
                 message: id(&m)?,
                 attachment: id(&a)?,
             },
-            (None, None, Some(filename)) => ChunkLocation::Attached { filename },
-            _ => return Err("a chunk names either m and a, or f".into()),
+            (None, None, None, Some(filename)) => ChunkLocation::Attached { filename },
+            _ => return Err("a chunk names either m and a (and maybe c), or f".into()),
         };
         let sha256 = match wire.h {
             Some(hex) => Some(crypto::decode_hex::<32>(&hex).ok_or("bad chunk checksum")?),
+            None => None,
+        };
+        let tag = match wire.t {
+            Some(hex) => Some(crypto::decode_hex::<TAG_LEN>(&hex).ok_or("bad chunk tag")?),
             None => None,
         };
         Ok(ChunkRef {
             location,
             len: wire.n,
             sha256,
+            tag,
         })
     }
 }
 
 impl From<ChunkRef> for WireChunk {
     fn from(chunk: ChunkRef) -> WireChunk {
-        let (m, a, f) = match chunk.location {
+        let (c, m, a, f) = match chunk.location {
             ChunkLocation::Stored {
+                channel,
                 message,
                 attachment,
             } => (
+                channel.map(|c| c.to_string()),
                 Some(message.to_string()),
                 Some(attachment.to_string()),
                 None,
             ),
-            ChunkLocation::Attached { filename } => (None, None, Some(filename)),
+            ChunkLocation::Attached { filename } => (None, None, None, Some(filename)),
         };
         WireChunk {
+            c,
             m,
             a,
             f,
             n: chunk.len,
             h: chunk.sha256.map(|h| crypto::encode_hex(&h)),
+            t: chunk.tag.map(|t| crypto::encode_hex(&t)),
         }
     }
 }
@@ -553,7 +593,64 @@ pub struct DirManifest {
 pub enum Op {
     Put(FileManifest),
     Mkdir(DirManifest),
-    Del { path: String },
+    Del {
+        path: String,
+        /// Set when the file moved to another channel, whose record now uses its chunks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        moved: Option<Moved>,
+    },
+}
+
+/// Where a file deleted by a move across channels went, and which messages its chunks
+/// are in (they stay: the destination's record points at them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// The destination channel.
+    #[serde(with = "id_string")]
+    pub to: Id,
+    /// The messages holding the file's chunks, `(channel, message)`.
+    #[serde(with = "id_pairs")]
+    pub messages: Vec<(Id, Id)>,
+}
+
+/// Ids as decimal strings, like Discord's.
+mod id_string {
+    use super::Id;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &Id, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&id.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Id, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|_| serde::de::Error::custom(format!("bad id '{text}'")))
+    }
+}
+
+/// `(channel, message)` pairs as `"<channel>/<message>"` strings.
+mod id_pairs {
+    use super::Id;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(pairs: &[(Id, Id)], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(pairs.iter().map(|(c, m)| format!("{c}/{m}")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(Id, Id)>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts
+            .iter()
+            .map(|text| {
+                text.split_once('/')
+                    .and_then(|(c, m)| Some((c.parse().ok()?, m.parse().ok()?)))
+                    .ok_or_else(|| serde::de::Error::custom(format!("bad message '{text}'")))
+            })
+            .collect()
+    }
 }
 
 impl Op {
@@ -562,7 +659,7 @@ impl Op {
         match self {
             Op::Put(file) => &file.path,
             Op::Mkdir(dir) => &dir.path,
-            Op::Del { path } => path,
+            Op::Del { path, .. } => path,
         }
     }
 }
@@ -738,6 +835,7 @@ mod tests {
             },
             len,
             sha256: None,
+            tag: None,
         }
     }
 
@@ -759,6 +857,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(opened, data);
+    }
+
+    #[test]
+    fn an_older_sealing_of_the_same_chunk_is_refused_by_its_tag() {
+        let key = Key::generate().unwrap();
+        let file = FileId::random().unwrap();
+        let old = sealed(&key, file, 2, &[1u8; 100]);
+        let new = sealed(&key, file, 2, &[2u8; 100]);
+        let mut reference = chunk_ref(100);
+        reference.tag = new.tag;
+        let opened = open_chunk(Some(&key), file, true, 2, &reference, new.bytes).unwrap();
+        assert_eq!(opened, vec![2u8; 100]);
+        let rolled_back = open_chunk(Some(&key), file, true, 2, &reference, old.bytes);
+        assert!(
+            rolled_back
+                .unwrap_err()
+                .to_string()
+                .contains("not the version")
+        );
     }
 
     #[test]
@@ -863,11 +980,13 @@ mod tests {
                     chunks: vec![
                         ChunkRef {
                             location: ChunkLocation::Stored {
+                                channel: Some(7),
                                 message: u64::MAX,
                                 attachment: 1,
                             },
                             len: 10,
                             sha256: None,
+                            tag: Some([3; 16]),
                         },
                         chunk_ref(5),
                     ],
@@ -877,7 +996,17 @@ mod tests {
                     mtime_ns: 1,
                     mode: 0o755,
                 }),
-                Op::Del { path: "old".into() },
+                Op::Del {
+                    path: "old".into(),
+                    moved: None,
+                },
+                Op::Del {
+                    path: "gone".into(),
+                    moved: Some(Moved {
+                        to: 8,
+                        messages: vec![(7, 9), (8, u64::MAX)],
+                    }),
+                },
             ],
         }
     }

@@ -841,6 +841,7 @@ async fn foreign_and_garbage_messages_are_ignored() {
             }),
             Op::Del {
                 path: "ours.txt".into(),
+                moved: None,
             },
         ],
     };

@@ -33,6 +33,10 @@ pub type Stamp = (Id, u32);
 /// A chunk with its attachment resolved to ids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredChunk {
+    /// The channel of the message, when it isn't the index's own (a file moved here
+    /// from another channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Id>,
     pub message: Id,
     pub attachment: Id,
     /// Plaintext length.
@@ -40,6 +44,9 @@ pub struct StoredChunk {
     /// SHA-256 of the plaintext (plain files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<[u8; 32]>,
+    /// AES-GCM tag of the sealed chunk (encrypted files, when the record names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<[u8; 16]>,
 }
 
 impl From<&StoredChunk> for ChunkRef {
@@ -47,11 +54,13 @@ impl From<&StoredChunk> for ChunkRef {
     fn from(chunk: &StoredChunk) -> ChunkRef {
         ChunkRef {
             location: ChunkLocation::Stored {
+                channel: chunk.channel,
                 message: chunk.message,
                 attachment: chunk.attachment,
             },
             len: chunk.len,
             sha256: chunk.sha256,
+            tag: chunk.tag,
         }
     }
 }
@@ -85,11 +94,16 @@ pub enum Entry {
 }
 
 impl Entry {
-    /// The messages this entry needs: its record's and its chunks'.
+    /// The messages of its own channel this entry needs: its record's and its chunks'.
     pub fn messages(&self) -> Vec<Id> {
         match self {
             Entry::File(file) => std::iter::once(file.record_message)
-                .chain(file.chunks.iter().map(|c| c.message))
+                .chain(
+                    file.chunks
+                        .iter()
+                        .filter(|c| c.channel.is_none())
+                        .map(|c| c.message),
+                )
                 .collect(),
             Entry::Dir(dir) => vec![dir.record_message],
         }
@@ -329,23 +343,30 @@ fn resolve(message: &Message, op: &Op) -> Result<(String, Option<Entry>), String
         Op::Put(file) => {
             let mut chunks = Vec::with_capacity(file.chunks.len());
             for chunk in &file.chunks {
-                let (message_id, attachment) = match &chunk.location {
+                let (channel, message_id, attachment) = match &chunk.location {
                     ChunkLocation::Stored {
-                        message,
+                        channel,
+                        message: chunk_message,
                         attachment,
-                    } => (*message, *attachment),
+                    } => (
+                        channel.filter(|&c| c != message.channel_id),
+                        *chunk_message,
+                        *attachment,
+                    ),
                     ChunkLocation::Attached { filename } => {
                         let attachment = message.attachment_named(filename).ok_or_else(|| {
                             format!("record names attachment '{filename}' that its message lacks")
                         })?;
-                        (message.id, attachment.id)
+                        (None, message.id, attachment.id)
                     }
                 };
                 chunks.push(StoredChunk {
+                    channel,
                     message: message_id,
                     attachment,
                     len: chunk.len,
                     sha256: chunk.sha256,
+                    tag: chunk.tag,
                 });
             }
             Some(Entry::File(FileEntry {
@@ -392,6 +413,7 @@ mod tests {
                 location,
                 len: 1,
                 sha256: None,
+                tag: None,
             })
             .collect();
         Op::Put(FileManifest {
@@ -424,6 +446,7 @@ mod tests {
         let second = record(vec![put("a.txt", vec![attached("c0.bin")])]);
         let delete = record(vec![Op::Del {
             path: "a.txt".into(),
+            moved: None,
         }]);
 
         let mut forward = Index::new(1, None);
@@ -452,6 +475,7 @@ mod tests {
         let moved = put(
             "new",
             vec![ChunkLocation::Stored {
+                channel: None,
                 message: 10,
                 attachment: 100,
             }],
@@ -459,7 +483,13 @@ mod tests {
         index
             .apply(
                 &message(11, &[]),
-                &record(vec![moved, Op::Del { path: "old".into() }]),
+                &record(vec![
+                    moved,
+                    Op::Del {
+                        path: "old".into(),
+                        moved: None,
+                    },
+                ]),
             )
             .unwrap();
         assert!(index.entry("old").is_none());

@@ -1127,6 +1127,7 @@ impl Volume {
                 }
                 Some(Node::File(_)) => vec![Op::Del {
                     path: path.to_string(),
+                    moved: None,
                 }],
                 Some(Node::Dir(explicit)) => {
                     let mut paths: Vec<String> =
@@ -1140,7 +1141,10 @@ impl Volume {
                     if explicit.is_some() {
                         paths.push(path.to_string());
                     }
-                    paths.into_iter().map(|path| Op::Del { path }).collect()
+                    paths
+                        .into_iter()
+                        .map(|path| Op::Del { path, moved: None })
+                        .collect()
                 }
             }
         };
@@ -1179,6 +1183,7 @@ impl Volume {
                         Op::Put(manifest_for(to, &file)),
                         Op::Del {
                             path: from.to_string(),
+                            moved: None,
                         },
                     ]
                 }
@@ -1207,7 +1212,7 @@ impl Volume {
                                 mode: dir.mode,
                             }),
                         });
-                        ops.push(Op::Del { path });
+                        ops.push(Op::Del { path, moved: None });
                     }
                     if ops.is_empty() {
                         return Ok(());

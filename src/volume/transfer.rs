@@ -390,6 +390,7 @@ pub fn attach(sealed: Vec<(u64, SealedChunk)>) -> (Vec<NewAttachment>, Vec<Chunk
                 },
                 len: chunk.plain_len,
                 sha256: chunk.sha256,
+                tag: chunk.tag,
             };
             let attachment = NewAttachment {
                 filename,
@@ -414,6 +415,7 @@ pub fn resolve_attached(
                 ))
             })?;
             chunk.location = ChunkLocation::Stored {
+                channel: None,
                 message: message.id,
                 attachment: attachment.id,
             };
@@ -464,7 +466,11 @@ impl ChunkFetcher {
     ) -> Result<Bytes, VolumeError> {
         let data = self
             .store
-            .fetch_attachment(self.channel, chunk.message, chunk.attachment)
+            .fetch_attachment(
+                chunk.channel.unwrap_or(self.channel),
+                chunk.message,
+                chunk.attachment,
+            )
             .await
             .map_err(|e| match e {
                 e if e.is_not_found() => VolumeError::ChunkMissing {
