@@ -17,6 +17,7 @@ mod data;
 
 use data::random_bytes;
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -514,6 +515,43 @@ fn append_truncate_and_overwrite_in_place() {
     assert_eq!(env.get("docs/log.txt"), b"short");
 }
 
+/// The chunk attachments of a channel, as `(message id, file name)`.
+fn chunk_attachments(env: &Env, channel: &str) -> BTreeSet<(String, String)> {
+    env.ok(&["attachments", channel])
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (message, name) = (fields.first()?, fields.last()?);
+            (name.starts_with('c') && name.ends_with(".bin"))
+                .then(|| (message.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn changing_a_few_bytes_uploads_only_the_chunk_they_are_in() {
+    need_fuse!();
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    let path = env.at("docs/big.bin");
+    let mut expected = random_bytes(300 * KIB, 12);
+    write_file(&path, &expected);
+    let before = chunk_attachments(&env, "docs");
+    assert!(before.len() > 10, "a file of many chunks: {before:?}");
+
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(b"patched", 150_000).unwrap();
+    close(file).unwrap();
+    expected[150_000..150_007].copy_from_slice(b"patched");
+
+    let after = chunk_attachments(&env, "docs");
+    let uploaded: Vec<_> = after.difference(&before).collect();
+    assert_eq!(uploaded.len(), 1, "one chunk uploaded again: {uploaded:?}");
+    assert!(fs::read(&path).unwrap() == expected);
+    mount.stop();
+    assert!(env.get("docs/big.bin") == expected);
+}
+
 #[test]
 fn a_child_closing_an_inherited_descriptor_publishes_nothing() {
     need_fuse!();
@@ -903,15 +941,20 @@ fn rename_during_an_upload_lands_under_the_new_name() {
     need_fuse!();
     let env = Env::new();
     let mount = env.mount(&[]);
-    let data = random_bytes(2 * 1024 * KIB, 9);
+    // About 130 chunks: as many as a record fits in the tiny test limits.
+    let data = random_bytes(1536 * KIB, 9);
     let mut file = File::create(env.at("docs/temp")).unwrap();
     file.write_all(&data).unwrap();
     let copy = file.try_clone().unwrap();
     let closing = std::thread::spawn(move || close(copy));
     std::thread::sleep(Duration::from_millis(30));
     fs::rename(env.at("docs/temp"), env.at("docs/target")).unwrap();
-    closing.join().unwrap().unwrap();
-    close(file).unwrap();
+    if let Err(e) = closing.join().unwrap() {
+        panic!("close of the copy: {e}\n{}", mount.log());
+    }
+    if let Err(e) = close(file) {
+        panic!("close: {e}\n{}", mount.log());
+    }
     let shown = env.tool("ls", &[&env.at("docs")]);
     let stored = env.ok(&["ls", "docs"]);
     mount.stop();

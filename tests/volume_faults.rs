@@ -270,9 +270,10 @@ async fn round_trips_at_chunk_and_message_boundaries() {
         let plan = plan(encrypted);
         let (c, k) = (plan.chunk_len, plan.chunks_per_message);
         assert!(k >= 2, "the test limits should pack chunks: {plan:?}");
-        // Plain chunks carry a checksum in the record, which caps how many chunks fit in
-        // a 4 KiB record attachment (see `plain_manifest_over_the_limit_...` below).
-        let many = if encrypted { 50 } else { 20 };
+        // Chunks carry a checksum (plain) or a tag (encrypted) in the record, which caps
+        // how many fit in a 4 KiB record attachment (see
+        // `plain_manifest_over_the_limit_...` below).
+        let many = if encrypted { 30 } else { 20 };
         let sizes = [
             0,
             1,
@@ -347,9 +348,9 @@ async fn failed_put_leaves_nothing_behind_and_keeps_the_old_version() {
     let volume = fx.open(Some(&key)).await;
     let mut rng = SplitMix64::new(0x0002_5eed);
     let c = plan(true).chunk_len;
-    // 50 chunks: 16 data messages, then the last 2 chunks and a record too large to
+    // 36 chunks: 11 data messages, then the last 3 chunks and a record too large to
     // share their message, i.e. one more data message and the record on its own.
-    let big = rng.bytes(50 * c + 100);
+    let big = rng.bytes(35 * c + 100);
 
     // How many posts does this put make? Count it on another channel.
     let probe_channel = fx.local.create_channel("probe").await.unwrap();
@@ -364,7 +365,7 @@ async fn failed_put_leaves_nothing_behind_and_keeps_the_old_version() {
     let before = fx.store.counts();
     put(&probe, "big", &big, options(true)).await.unwrap();
     let posts = (fx.store.counts() - before).posts;
-    assert!(posts >= 17, "a 50-chunk file took only {posts} posts");
+    assert!(posts >= 13, "a 36-chunk file took only {posts} posts");
 
     // A new file: whichever post fails, the file doesn't appear and nothing is left.
     for n in 1..=posts {
@@ -1351,8 +1352,8 @@ async fn upload_bounds_posts_in_flight_and_chunks_in_memory() {
     let plan = plan(true);
     let (c, k) = (plan.chunk_len, plan.chunks_per_message);
     let mut rng = SplitMix64::new(0x0009_5eed);
-    // 49 chunks: 16 data messages, and about as many as a 4 KiB record can list.
-    let data = rng.bytes(16 * k * c + 5);
+    // 31 chunks: 10 data messages, and about as many as a 4 KiB record can list.
+    let data = rng.bytes(10 * k * c + 5);
     for parallel in [1usize, 2, 4] {
         let fx = Fixture::new(9).await;
         let key = Key::generate().unwrap();
@@ -1633,4 +1634,134 @@ async fn small_files_share_a_message_and_land_together_or_not_at_all() {
         Err(VolumeError::NotADirectory { .. })
     ));
     assert_eq!(fx.store.counts().posts, posts);
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. New versions that change a few bytes
+
+/// A local file holding `data`, to put from.
+fn file_with(data: &[u8]) -> std::fs::File {
+    use std::io::{Seek, Write};
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(data).unwrap();
+    file.rewind().unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_uploads_only_the_chunks_that_changed() {
+    use dcloud_fs::volume::Delta;
+    for encrypted in [true, false] {
+        let mode = if encrypted { "encrypted" } else { "plain" };
+        let fx = Fixture::new(10).await;
+        let key = Key::generate().unwrap();
+        let volume = fx.open(Some(&key)).await;
+        let c = plan(encrypted).chunk_len;
+        let mut data = SplitMix64::new(0x0010_5eed).bytes(10 * c + 100);
+        let first = put(&volume, "f", &data, options(encrypted)).await.unwrap();
+        let base_version = volume.index().version_of("f").unwrap();
+
+        // Change 10 bytes inside chunk 3 and append 50 bytes to the last chunk.
+        data[3 * c + 5..3 * c + 15].fill(0xAB);
+        data.extend_from_slice(&[7; 50]);
+        let delta = Delta {
+            base_version,
+            changed: vec![
+                (3 * c + 5) as u64..(3 * c + 15) as u64,
+                (10 * c + 100) as u64..(10 * c + 150) as u64,
+            ],
+        };
+        let before = fx.store.counts();
+        let second = volume
+            .put_changes("f", file_with(&data), "f", options(encrypted), Some(&delta))
+            .await
+            .unwrap();
+        let uploaded = fx.store.counts() - before;
+        assert_eq!(
+            uploaded.posted_chunk_attachments, 2,
+            "{mode}: chunks 3 and 10 only"
+        );
+        assert_eq!(
+            second.id, first.id,
+            "{mode}: a new version keeps the file id"
+        );
+        for index in [0, 1, 2, 4, 5, 6, 7, 8, 9] {
+            assert_eq!(
+                second.chunks[index], first.chunks[index],
+                "{mode}: chunk {index}"
+            );
+        }
+        assert_ne!(second.chunks[3].attachment, first.chunks[3].attachment);
+        assert!(read(&volume, "f").await == data, "{mode}: new content");
+        let fresh = fx.open(Some(&key)).await;
+        assert!(
+            read(&fresh, "f").await == data,
+            "{mode}: new content, replayed"
+        );
+        fx.assert_no_orphans(&volume, mode).await;
+
+        // A stale delta (the file changed since its base) uploads everything.
+        let stale = Delta {
+            base_version: "1:0".into(),
+            changed: vec![0..1, 2..3],
+        };
+        data[0] ^= 1;
+        let before = fx.store.counts();
+        let third = volume
+            .put_changes("f", file_with(&data), "f", options(encrypted), Some(&stale))
+            .await
+            .unwrap();
+        let uploaded = fx.store.counts() - before;
+        assert_eq!(
+            uploaded.posted_chunk_attachments, 11,
+            "{mode}: a stale delta"
+        );
+        assert_ne!(third.id, first.id, "{mode}");
+        assert!(
+            read(&volume, "f").await == data,
+            "{mode}: after a full upload"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_chunk_at_the_same_index_cannot_stand_in_for_a_new_one() {
+    use dcloud_fs::volume::Delta;
+    let fx = Fixture::new(11).await;
+    let key = Key::generate().unwrap();
+    let volume = fx.open(Some(&key)).await;
+    let c = plan(true).chunk_len;
+    let mut data = SplitMix64::new(0x0011_5eed).bytes(4 * c);
+    let first = put(&volume, "f", &data, options(true)).await.unwrap();
+    // Keep a copy of chunk 1 as it was: a store replaying it later must be caught.
+    let old_chunk_1 = std::fs::read(
+        fx.local
+            .attachment_path(fx.channel.id, first.chunks[1].attachment),
+    )
+    .unwrap();
+    data[c + 1] ^= 0xFF;
+    data[c + 5] ^= 0xFF;
+    let delta = Delta {
+        base_version: volume.index().version_of("f").unwrap(),
+        changed: vec![
+            (c + 1) as u64..(c + 2) as u64,
+            (c + 5) as u64..(c + 6) as u64,
+        ],
+    };
+    let second = volume
+        .put_changes("f", file_with(&data), "f", options(true), Some(&delta))
+        .await
+        .unwrap();
+    assert_eq!(second.id, first.id);
+    let new_chunk_1 = fx
+        .local
+        .attachment_path(fx.channel.id, second.chunks[1].attachment);
+    std::fs::write(&new_chunk_1, &old_chunk_1).unwrap();
+    let (result, sink) = get(&volume, "f").await;
+    let err = result.unwrap_err();
+    assert!(
+        err.to_string().contains("not the version"),
+        "the old chunk 1 must be refused: {err}"
+    );
+    assert_eq!(sink, data[..c], "only chunk 0 reached the sink");
 }

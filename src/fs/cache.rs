@@ -7,8 +7,10 @@
 //!
 //! A chunk being fetched is *pending*: a second reader of it (the kernel's own
 //! read-ahead, another process, our prefetch) waits for the same fetch instead of
-//! starting another. Keys are (file id, chunk index): a file id names one version of a
-//! file's contents, so a replaced or changed file never hits a stale entry.
+//! starting another. Keys name the chunk's attachment as well as its file id and index:
+//! a new version of a file keeps its file id and the chunks it didn't change, so only
+//! the attachment tells a kept chunk from a changed one, and a changed file never hits
+//! a stale entry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use futures::future::{BoxFuture, Shared};
 use lru::LruCache;
 
 use crate::format::FileId;
+use crate::store::Id;
 use crate::volume::VolumeError;
 
 /// One chunk of one file version.
@@ -26,6 +29,8 @@ use crate::volume::VolumeError;
 pub struct ChunkKey {
     pub file: FileId,
     pub index: u64,
+    /// The attachment holding the sealed chunk.
+    pub attachment: Id,
 }
 
 /// What a fetch gives every reader waiting for it.
@@ -149,6 +154,7 @@ mod tests {
         ChunkKey {
             file: FileId([1; 16]),
             index,
+            attachment: 100 + index,
         }
     }
 

@@ -270,8 +270,9 @@ pub struct Fs {
     cache: Arc<ChunkCache>,
     handles: Mutex<HashMap<u64, Handle>>,
     sessions: Mutex<HashMap<NodeKey, Arc<WriteSession>>>,
-    /// The file version each inode had when last opened, for `keep_cache`.
-    last_opened: Mutex<HashMap<u64, crate::format::FileId>>,
+    /// The file version each inode had when last opened, for `keep_cache`: its file id
+    /// and record message (a new version keeps the file id; the record is new).
+    last_opened: Mutex<HashMap<u64, (crate::format::FileId, Id)>>,
     /// Spool files of live sessions (the others are left by failed uploads).
     live_spools: Mutex<std::collections::HashSet<String>>,
     next_fh: AtomicU64,
@@ -807,7 +808,8 @@ impl Fs {
         };
         let keep_cache = {
             let mut last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());
-            last.insert(ino, file.id) == Some(file.id)
+            let version = (file.id, file.record_message);
+            last.insert(ino, version) == Some(version)
         };
         let reader = FileReader::new(
             Arc::new(file),

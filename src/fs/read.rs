@@ -95,12 +95,18 @@ impl FileReader {
         Ok(out)
     }
 
-    /// One chunk, from the cache or fetched.
-    async fn chunk(&self, index: u64) -> Fetched {
-        let key = ChunkKey {
+    /// The cache key of chunk `index` (in range).
+    fn key(&self, index: u64) -> ChunkKey {
+        ChunkKey {
             file: self.entry.id,
             index,
-        };
+            attachment: self.entry.chunks[index as usize].attachment,
+        }
+    }
+
+    /// One chunk, from the cache or fetched.
+    async fn chunk(&self, index: u64) -> Fetched {
+        let key = self.key(index);
         self.cache
             .get_or_fetch(key, || self.fetch_future(index))
             .await
@@ -123,10 +129,7 @@ impl FileReader {
     pub fn prefetch(&self, first: u64, count: u64) {
         let total = self.entry.chunks.len() as u64;
         for index in first..first.saturating_add(count).min(total) {
-            let key = ChunkKey {
-                file: self.entry.id,
-                index,
-            };
+            let key = self.key(index);
             if self.cache.has_or_pending(&key) {
                 continue;
             }

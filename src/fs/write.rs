@@ -7,14 +7,20 @@
 //! when something changed since the last commit. While a commit reads the spool,
 //! writes wait (a tokio `RwLock`: writes share it, the commit takes it alone), so an
 //! upload never mixes two states of the file.
+//!
+//! A session also remembers which byte ranges were written or truncated since the
+//! version it started from (or last committed), so that a commit uploads only the
+//! chunks those ranges touch and keeps the others ([`Volume::put_changes`]): changing a
+//! few bytes of a large file re-uploads one chunk, not the file.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
 use super::inode::NodeKey;
 use super::spool::{SpoolFile, SpoolMeta};
 use super::{FsError, now_ns};
-use crate::volume::{PutOptions, PutSource, Volume};
+use crate::volume::{Delta, PutOptions, Volume};
 
 /// The part of a session the attributes come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +36,8 @@ struct State {
     size: u64,
     /// Changed since the last successful commit.
     dirty: bool,
+    /// The byte ranges that changed since the version in `meta.base`.
+    changed: ChangedRanges,
     /// Open handles sharing the session.
     opens: usize,
     /// Unlinked while open: never uploaded.
@@ -50,8 +58,14 @@ fn io_error(context: &str, e: std::io::Error) -> FsError {
 }
 
 impl WriteSession {
-    /// A session over `spool`, which holds `size` bytes, opened once.
+    /// A session over `spool`, opened once. The spool holds `size` bytes: the content
+    /// of the version in `meta.base` if it isn't empty (an empty spool is taken as
+    /// wholly changed).
     pub fn new(key: NodeKey, spool: SpoolFile, meta: SpoolMeta, size: u64) -> WriteSession {
+        let mut changed = ChangedRanges::default();
+        if size == 0 {
+            changed.add(0, u64::MAX);
+        }
         WriteSession {
             spool,
             state: Mutex::new(State {
@@ -59,6 +73,7 @@ impl WriteSession {
                 meta,
                 size,
                 dirty: false,
+                changed,
                 opens: 1,
                 unlinked: false,
             }),
@@ -125,9 +140,11 @@ impl WriteSession {
             .write_all_at(data, offset)
             .map_err(|e| io_error("writing the spool file", e))?;
         let mut state = self.lock();
-        state.size = state.size.max(offset + data.len() as u64);
+        let end = offset + data.len() as u64;
+        state.size = state.size.max(end);
         state.meta.mtime_ns = now_ns();
         state.dirty = true;
+        state.changed.add(offset, end);
         Ok(data.len() as u32)
     }
 
@@ -142,6 +159,7 @@ impl WriteSession {
         state.size = size;
         state.meta.mtime_ns = now_ns();
         state.dirty = true;
+        state.changed.add(size, u64::MAX);
         Ok(())
     }
 
@@ -184,12 +202,16 @@ impl WriteSession {
     /// mount uploads it if this one doesn't manage to.
     pub async fn commit(&self, volume: &Volume) -> Result<(), FsError> {
         let _alone = self.content.write().await;
-        let meta = {
+        let (meta, delta) = {
             let state = self.lock();
             if !state.dirty || state.unlinked {
                 return Ok(());
             }
-            state.meta.clone()
+            let delta = state.meta.base.clone().map(|base_version| Delta {
+                base_version,
+                changed: state.changed.ranges(),
+            });
+            (state.meta.clone(), delta)
         };
         self.spool
             .begin_commit(&meta)
@@ -206,7 +228,7 @@ impl WriteSession {
         };
         let shown = volume.display(&meta.path);
         volume
-            .put(&meta.path, PutSource::File(data), &shown, options, None)
+            .put_changes(&meta.path, data, &shown, options, delta.as_ref())
             .await
             .map_err(|e| {
                 log::warn!("{shown}: upload failed: {e}");
@@ -214,6 +236,7 @@ impl WriteSession {
             })?;
         let mut state = self.lock();
         state.dirty = false;
+        state.changed = ChangedRanges::default();
         state.meta.committing = false;
         state.meta.base = volume.index().version_of(&meta.path);
         if let Err(e) = self.spool.describe(&state.meta) {
@@ -242,5 +265,64 @@ impl WriteSession {
     /// Drops a session that was never used.
     pub fn abandon(&self) {
         self.spool.remove();
+    }
+}
+
+/// Byte ranges, merged as they are added.
+#[derive(Debug, Default)]
+struct ChangedRanges {
+    /// start → end, not overlapping or touching.
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl ChangedRanges {
+    /// Adds `start..end`.
+    fn add(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        // Swallow every range that overlaps or touches the new one.
+        if let Some((&before, &before_end)) = self.ranges.range(..=start).next_back()
+            && before_end >= start
+        {
+            start = before;
+            end = end.max(before_end);
+        }
+        let swallowed: Vec<u64> = self.ranges.range(start..=end).map(|(&s, _)| s).collect();
+        for other in swallowed {
+            if let Some(other_end) = self.ranges.remove(&other) {
+                end = end.max(other_end);
+            }
+        }
+        self.ranges.insert(start, end);
+    }
+
+    /// The ranges, in order.
+    fn ranges(&self) -> Vec<std::ops::Range<u64>> {
+        self.ranges
+            .iter()
+            .map(|(&start, &end)| start..end)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangedRanges;
+
+    #[test]
+    fn changed_ranges_merge_what_overlaps_or_touches() {
+        let mut changed = ChangedRanges::default();
+        changed.add(10, 20);
+        changed.add(30, 40);
+        changed.add(20, 25); // touches the first
+        changed.add(5, 12); // overlaps its start
+        changed.add(50, 50); // empty
+        assert_eq!(changed.ranges(), vec![5..25, 30..40]);
+        changed.add(24, 31); // bridges both
+        assert_eq!(changed.ranges(), vec![5..40]);
+        changed.add(100, u64::MAX);
+        changed.add(0, 1);
+        assert_eq!(changed.ranges(), vec![0..1, 5..40, 100..u64::MAX]);
     }
 }

@@ -169,6 +169,72 @@ impl Default for VolumeConfig {
     }
 }
 
+/// How a new version of a file differs from the version it was made from, so that
+/// [`Volume::put_changes`] uploads only the chunks that changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// The version the new content was made from ([`Index::version_of`] when it was
+    /// read).
+    pub base_version: String,
+    /// Byte ranges written since, `start..end`, sorted and not overlapping; an end of
+    /// `u64::MAX` runs to the end of the file (a truncation).
+    pub changed: Vec<std::ops::Range<u64>>,
+}
+
+impl Delta {
+    /// Whether any change touches `range`.
+    fn touches(&self, range: std::ops::Range<u64>) -> bool {
+        let first_after = self.changed.partition_point(|c| c.end <= range.start);
+        self.changed
+            .get(first_after)
+            .is_some_and(|c| c.start < range.end)
+    }
+
+    /// The file id and the chunks of `base` (the file at version `current`) that a new
+    /// version of `size` bytes, cut by `plan`, can keep: those no change touches, with
+    /// the same length at the same index. `None` if nothing can be kept: the file
+    /// changed since the base version, was sealed differently or cut in other sizes, or
+    /// lacks the chunk tags that stop a reader from taking an older chunk for a kept one.
+    fn unchanged_chunks(
+        &self,
+        current: &str,
+        base: &FileEntry,
+        plan: &ChunkPlan,
+        encrypted: bool,
+        size: u64,
+    ) -> Option<(FileId, Vec<Option<StoredChunk>>)> {
+        let chunk_len = plan.chunk_len as u64;
+        let same_cut = base.chunks.iter().rev().skip(1).all(|c| c.len == chunk_len)
+            && base.chunks.last().is_none_or(|c| c.len <= chunk_len);
+        let pinned = base.chunks.iter().all(|c| {
+            if encrypted {
+                c.tag.is_some()
+            } else {
+                c.sha256.is_some()
+            }
+        });
+        if current != self.base_version || base.encrypted != encrypted || !same_cut || !pinned {
+            return None;
+        }
+        let reuse: Vec<Option<StoredChunk>> = base
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(index, chunk)| {
+                let start = index as u64 * chunk_len;
+                let new_len = size.saturating_sub(start).min(chunk_len);
+                let keep =
+                    new_len > 0 && chunk.len == new_len && !self.touches(start..start + new_len);
+                keep.then(|| chunk.clone())
+            })
+            .collect();
+        reuse
+            .iter()
+            .any(Option::is_some)
+            .then_some((base.id, reuse))
+    }
+}
+
 /// Metadata for a new file version.
 #[derive(Debug, Clone, Copy)]
 pub struct PutOptions {
@@ -638,22 +704,63 @@ impl Volume {
         options: PutOptions,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<FileEntry, VolumeError> {
+        self.put_with_delta(path, source, source_name, options, progress, None)
+            .await
+    }
+
+    /// Like [`Volume::put`] from a file, for a new version made by changing `delta`'s
+    /// ranges of the version `delta` names: the chunks that no change touches are kept
+    /// (the new version keeps the file id, and its record names them), and only the
+    /// others are uploaded. Without a delta, or if the file changed elsewhere since that
+    /// version, or the chunk size differs now, everything is uploaded.
+    pub async fn put_changes(
+        &self,
+        path: &str,
+        file: std::fs::File,
+        source_name: &str,
+        options: PutOptions,
+        delta: Option<&Delta>,
+    ) -> Result<FileEntry, VolumeError> {
+        let source = PutSource::File(file);
+        self.put_with_delta(path, source, source_name, options, None, delta)
+            .await
+    }
+
+    async fn put_with_delta(
+        &self,
+        path: &str,
+        source: PutSource,
+        source_name: &str,
+        options: PutOptions,
+        progress: Option<Arc<dyn Progress>>,
+        delta: Option<&Delta>,
+    ) -> Result<FileEntry, VolumeError> {
         let mut source = Some(source);
         let mut attempt = 1;
         loop {
-            let (reader, again) = match source.take() {
+            let read_error = |e| VolumeError::Io {
+                context: format!("reading {source_name}"),
+                source: e,
+            };
+            let (reader, again, size) = match source.take() {
                 Some(PutSource::File(file)) => {
-                    let reader = rewound(&file).map_err(|e| VolumeError::Io {
-                        context: format!("reading {source_name}"),
-                        source: e,
-                    })?;
-                    (reader, Some(PutSource::File(file)))
+                    let size = file.metadata().map_err(read_error)?.len();
+                    let reader = rewound(&file).map_err(read_error)?;
+                    (reader, Some(PutSource::File(file)), Some(size))
                 }
-                Some(PutSource::Stream(reader)) => (reader, None),
+                Some(PutSource::Stream(reader)) => (reader, None, None),
                 None => unreachable!("a source for every attempt"),
             };
+            let changes = delta.zip(size);
             let result = self
-                .put_once(path, reader, source_name, options, progress.clone())
+                .put_once(
+                    path,
+                    reader,
+                    source_name,
+                    options,
+                    progress.clone(),
+                    changes,
+                )
                 .await;
             match result {
                 Err(VolumeError::Store(StoreError::TooLarge(reason)))
@@ -682,6 +789,7 @@ impl Volume {
         source_name: &str,
         options: PutOptions,
         progress: Option<Arc<dyn Progress>>,
+        changes: Option<(&Delta, u64)>,
     ) -> Result<FileEntry, VolumeError> {
         self.check_creatable(path, true)?;
         let key = match (options.encrypted, &self.key) {
@@ -690,18 +798,29 @@ impl Volume {
             (false, _) => None,
         };
         let overhead = format::chunk_overhead(key.is_some());
-        let file_id = FileId::random()?;
+        let plan = ChunkPlan::new(&self.limits(), overhead)?;
+        let kept = changes.and_then(|(delta, size)| {
+            let index = self.index();
+            let base = index.file(path)?;
+            let current = index.version_of(path)?;
+            delta.unchanged_chunks(&current, base, &plan, options.encrypted, size)
+        });
+        let (file_id, reuse) = match kept {
+            Some((id, reuse)) => (id, reuse),
+            None => (FileId::random()?, Vec::new()),
+        };
         let uploader = transfer::Uploader {
             store: self.store.clone(),
             channel: self.channel.id,
             key,
             file: file_id,
-            plan: ChunkPlan::new(&self.limits(), overhead)?,
+            plan,
             parallel_messages: self.config.upload_parallel_messages,
             progress: progress.clone(),
             source_name: source_name.to_string(),
             interrupt: self.config.interrupt.clone(),
             journal: journal::LazyJournal::new(self.journal_dir(), self.channel.id, file_id),
+            reuse,
         };
         let result = self
             .upload_and_commit(path, &uploader, source, options, progress)
@@ -762,7 +881,11 @@ impl Volume {
         uploaded: transfer::Uploaded,
         options: PutOptions,
     ) -> Result<(Message, Record), VolumeError> {
+        let tail_indices: Vec<u64> = uploaded.tail.iter().map(|(index, _)| *index).collect();
         let (tail_attachments, tail_chunks) = transfer::attach(uploaded.tail);
+        let mut chunks = uploaded.stored;
+        chunks.extend(tail_indices.into_iter().zip(tail_chunks));
+        chunks.sort_by_key(|(index, _)| *index);
         let mut manifest = FileManifest {
             path: path.to_string(),
             id: uploader.file,
@@ -770,7 +893,7 @@ impl Volume {
             mtime_ns: options.mtime_ns,
             mode: options.mode & 0o7777,
             encrypted: uploader.key.is_some(),
-            chunks: uploaded.stored.into_iter().chain(tail_chunks).collect(),
+            chunks: chunks.into_iter().map(|(_, chunk)| chunk).collect(),
         };
         let sealing_key = if manifest.encrypted {
             self.key.as_ref()
@@ -808,9 +931,8 @@ impl Volume {
             };
             uploader.journal.ensure_started();
             let data_message = self.store.post(self.channel.id, data).await?;
-            let first_tail = manifest.chunks.len() - chunk_count;
             let record_posted: Result<Message, VolumeError> = async {
-                transfer::resolve_attached(&data_message, &mut manifest.chunks[first_tail..])?;
+                transfer::resolve_attached(&data_message, &mut manifest.chunks)?;
                 let record = Record {
                     ops: vec![Op::Put(manifest.clone())],
                 };

@@ -23,6 +23,10 @@
 //! chunk buffers bounds memory: reading waits while that many chunks are being sealed or
 //! posted, whatever the file's size.
 //!
+//! A new version of a file may keep chunks of the version it replaces (see
+//! [`super::Delta`]): the uploader skips over those in the source and hands their
+//! references back with the new ones, so only changed chunks are sealed and posted.
+//!
 //! The last, partial group is not posted here: it goes back to the caller, which posts it
 //! together with the file's record, so a small file is one message. If anything fails,
 //! every data message already posted is deleted before the error is returned, so a failed
@@ -147,14 +151,16 @@ struct PendingChunk {
 /// A data message posted by the upload.
 struct PostedGroup {
     message: Id,
-    chunks: Vec<ChunkRef>,
+    /// The chunks it holds, with their indices.
+    chunks: Vec<(u64, ChunkRef)>,
 }
 
 /// What an upload leaves for the caller to commit.
 #[derive(Debug)]
 pub struct Uploaded {
-    /// Chunks already stored in data messages, in file order.
-    pub stored: Vec<ChunkRef>,
+    /// Chunks already stored, with their indices, in no particular order: those posted
+    /// in data messages and those reused from the previous version.
+    pub stored: Vec<(u64, ChunkRef)>,
     /// The data messages posted, to delete if the commit fails.
     pub posted: Vec<Id>,
     /// The last chunks (index, sealed bytes), to attach to the record's message.
@@ -179,6 +185,9 @@ pub struct Uploader {
     pub interrupt: Interrupt,
     /// Started before the first data message is posted.
     pub journal: LazyJournal,
+    /// Chunks of the previous version to keep, by index (`Some` = unchanged: the source
+    /// is skipped over instead of sealed and posted). Empty to upload everything.
+    pub reuse: Vec<Option<StoredChunk>>,
 }
 
 type Source = Box<dyn Read + Send>;
@@ -208,7 +217,7 @@ impl Uploader {
         &self,
         source: Source,
         posted: &mut Vec<Id>,
-        stored: &mut Vec<ChunkRef>,
+        stored: &mut Vec<(u64, ChunkRef)>,
     ) -> Result<(Vec<(u64, SealedChunk)>, u64), VolumeError> {
         let per_message = self.plan.chunks_per_message;
         let parallel = self.parallel_messages.max(1);
@@ -225,6 +234,26 @@ impl Uploader {
             if let Err(e) = self.interrupt.check() {
                 failure = Some(e);
                 break;
+            }
+            if let Some(Some(kept)) = self.reuse.get(index as usize) {
+                let rest = self.skip(source.take().expect("source kept"), kept.len);
+                source = match rest.await {
+                    Ok(rest) => Some(rest),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                size += kept.len;
+                stored.push((index, ChunkRef::from(kept)));
+                if let Some(progress) = &self.progress {
+                    progress.advance(kept.len);
+                }
+                index += 1;
+                if kept.len < self.plan.chunk_len as u64 {
+                    break; // a short chunk is the last
+                }
+                continue;
             }
             let permit = permits
                 .clone()
@@ -309,6 +338,25 @@ impl Uploader {
         })
     }
 
+    /// Reads past `len` bytes of the source: a chunk kept from the previous version.
+    async fn skip(&self, mut source: Source, len: u64) -> Result<Source, VolumeError> {
+        let skipped = tokio::task::spawn_blocking(move || {
+            let copied = std::io::copy(&mut (&mut source).take(len), &mut std::io::sink())?;
+            if copied < len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the source ended inside a chunk it was expected to hold",
+                ));
+            }
+            Ok(source)
+        })
+        .await;
+        joined(skipped)?.map_err(|source| VolumeError::Io {
+            context: format!("reading {}", self.source_name),
+            source,
+        })
+    }
+
     fn spawn_seal(
         &self,
         buffer: ChunkBuffer,
@@ -326,7 +374,7 @@ impl Uploader {
 fn collect(
     done: Option<Result<Result<PostedGroup, VolumeError>, tokio::task::JoinError>>,
     posted: &mut Vec<Id>,
-    stored: &mut Vec<ChunkRef>,
+    stored: &mut Vec<(u64, ChunkRef)>,
 ) -> Result<(), VolumeError> {
     let Some(done) = done else { return Ok(()) };
     let group = joined(done)??;
@@ -355,6 +403,7 @@ async fn post_group(
         sealed.push((pending.index, joined(pending.seal.await)??));
         permits.push(pending._permit);
     }
+    let indices: Vec<u64> = sealed.iter().map(|(index, _)| *index).collect();
     let (attachments, mut chunks) = attach(sealed);
     let bytes: u64 = chunks.iter().map(|c| c.len).sum();
     let message = store
@@ -373,7 +422,7 @@ async fn post_group(
     }
     Ok(PostedGroup {
         message: message.id,
-        chunks,
+        chunks: indices.into_iter().zip(chunks).collect(),
     })
 }
 
