@@ -718,6 +718,8 @@ impl Fs {
             encrypted: self.key.is_some(),
             committing: false,
             base,
+            synced: false,
+            boot: None,
         }
     }
 
@@ -1189,7 +1191,14 @@ impl Fs {
                     spool.remove();
                     stored += 1;
                 }
-                Err(e) => log::warn!("could not finish uploading {} ({e}); will retry", meta.path),
+                Err(e) => {
+                    log::warn!("could not finish uploading {} ({e}); will retry", meta.path);
+                    if !meta.synced
+                        && let Err(e) = spool.keep_for_retry(&meta)
+                    {
+                        log::warn!("could not save the spool of {}: {e}", meta.path);
+                    }
+                }
             }
         }
         stored

@@ -3,17 +3,24 @@
 //!
 //! A file opened for writing lives in a spool file (`<id>.data`) beside a small JSON
 //! description (`<id>.json`: channel, path, mode, mtime, and whether a commit has
-//! begun). Writes go to the data file; closing (or fsync) commits: the data is synced,
-//! the description is rewritten with `committing: true` (atomically: temp file,
-//! fsync, rename), and only then does the upload start. Both files are removed only
-//! after the record is posted.
+//! begun). Writes go to the data file; closing (or fsync) commits: the description is
+//! rewritten with `committing: true` (atomically: temp file, fsync, rename), and only
+//! then does the upload start. Both files are removed only after the record is posted.
 //!
-//! So if the daemon dies (kill -9, a crash, the machine) or the store fails mid-upload,
-//! the next mount finds every description with `committing: true` and finishes those
-//! uploads; until then the file shows its last committed version, never a half-written
-//! one. A description without `committing` belongs to a file that was never closed:
-//! its writer had not finished, so publishing it would publish a torn file; the next
-//! mount sets it aside (renamed `.orphan`, with a log line naming it) instead.
+//! So if the daemon dies (kill -9, a crash) or the store fails mid-upload, the next
+//! mount finds every description with `committing: true` and finishes those uploads;
+//! until then the file shows its last committed version, never a half-written one. A
+//! description without `committing` belongs to a file that was never closed: its writer
+//! had not finished, so publishing it would publish a torn file; the next mount sets it
+//! aside (renamed `.orphan`, with a log line naming it) instead.
+//!
+//! The data file is not synced before the upload: after a daemon's death its content is
+//! intact in the page cache, and syncing a large file first would double the time a
+//! close takes. Only a machine that goes down can lose unsynced data, so a commit
+//! records the kernel's boot id, and recovery trusts an unsynced data file only in the
+//! boot that wrote it. A spool that outlives its commit (the upload failed, and waits
+//! for a retry) is synced and marked `synced` right away, so it survives a reboot too;
+//! an unsynced one found after a reboot is set aside, since it may be torn.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -41,6 +48,28 @@ pub struct SpoolMeta {
     /// [`Index::version_of`]: crate::volume::Index::version_of
     #[serde(default)]
     pub base: Option<String>,
+    /// The data file is synced to disk as it is (see the module docs).
+    #[serde(default)]
+    pub synced: bool,
+    /// The boot in which the commit began (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default)]
+    pub boot: Option<String>,
+}
+
+/// The id of the running boot, if the kernel tells it.
+pub fn current_boot() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+}
+
+impl SpoolMeta {
+    /// Whether the data file can be trusted to hold what was written: synced, or
+    /// written in this boot.
+    fn data_trusted(&self) -> bool {
+        self.synced || (self.boot.is_some() && self.boot == current_boot())
+    }
 }
 
 /// One spooled file.
@@ -92,11 +121,29 @@ impl SpoolFile {
         Ok(())
     }
 
-    /// Marks the data complete: synced, and described as committing.
+    /// Marks the data complete: described as committing, in this boot (synced only if
+    /// the boot can't be told).
     pub fn begin_commit(&self, meta: &SpoolMeta) -> std::io::Result<()> {
+        let boot = current_boot();
+        if boot.is_none() {
+            self.data.sync_all()?;
+        }
+        self.describe(&SpoolMeta {
+            committing: true,
+            synced: boot.is_none(),
+            boot,
+            ..meta.clone()
+        })
+    }
+
+    /// Keeps the data for an upload after this one (this mount's retry, or the next
+    /// mount's, even after a reboot): synced, and described as committing and synced.
+    pub fn keep_for_retry(&self, meta: &SpoolMeta) -> std::io::Result<()> {
         self.data.sync_all()?;
         self.describe(&SpoolMeta {
             committing: true,
+            synced: true,
+            boot: current_boot(),
             ..meta.clone()
         })
     }
@@ -115,7 +162,7 @@ impl SpoolFile {
     /// Keeps this spool file where the user can find it (renamed `.orphan`), instead of
     /// uploading it.
     pub fn set_aside(&self) {
-        set_aside(&self.meta_path, &self.data_path);
+        set_aside(&self.meta_path, &self.data_path, NEWER_IN_STORE);
     }
 
     /// The spooled files in `dir` whose commit had begun, the latest commit first (so
@@ -156,10 +203,14 @@ impl SpoolFile {
                 .and_then(|bytes| serde_json::from_slice(&bytes).ok());
             let Some(meta) = meta.filter(|m| m.committing) else {
                 if set_aside_unfinished {
-                    set_aside(&meta_path, &data_path);
+                    set_aside(&meta_path, &data_path, NEVER_CLOSED);
                 }
                 continue;
             };
+            if !meta.data_trusted() {
+                set_aside(&meta_path, &data_path, UNSYNCED);
+                continue;
+            }
             let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
                 Ok(data) => data,
                 Err(e) => {
@@ -168,7 +219,7 @@ impl SpoolFile {
                         meta_path.display(),
                         meta.path
                     );
-                    set_aside(&meta_path, &data_path);
+                    set_aside(&meta_path, &data_path, NEVER_CLOSED);
                     continue;
                 }
             };
@@ -194,8 +245,14 @@ impl SpoolFile {
     }
 }
 
-/// Keeps a spool file that can't be uploaded where the user can find it.
-fn set_aside(meta_path: &Path, data_path: &Path) {
+const NEVER_CLOSED: &str = "a file that was being written when the mount stopped, never \
+                            closed (its last closed version is in the store)";
+const UNSYNCED: &str = "a file whose upload the machine's restart interrupted before it was \
+                        on disk, so it may be incomplete (its last version is in the store)";
+const NEWER_IN_STORE: &str = "an unfinished upload of a file that changed since in the store";
+
+/// Keeps a spool file that can't be uploaded where the user can find it, logging `why`.
+fn set_aside(meta_path: &Path, data_path: &Path, why: &str) {
     for path in [meta_path, data_path] {
         if path.exists() {
             let orphan = path.with_extension(format!(
@@ -203,11 +260,7 @@ fn set_aside(meta_path: &Path, data_path: &Path) {
                 path.extension().and_then(|e| e.to_str()).unwrap_or("")
             ));
             match fs::rename(path, &orphan) {
-                Ok(()) => log::warn!(
-                    "set aside {}: a file that was being written when the mount stopped, \
-                     never closed (its last closed version is in the store)",
-                    orphan.display()
-                ),
+                Ok(()) => log::warn!("set aside {}: {why}", orphan.display()),
                 Err(e) => log::warn!("could not set aside {}: {e}", path.display()),
             }
         }
@@ -235,6 +288,8 @@ mod tests {
             encrypted: true,
             committing: false,
             base: None,
+            synced: false,
+            boot: None,
         }
     }
 
@@ -289,6 +344,46 @@ mod tests {
             SpoolFile::recover(dir.path(), &|_| false, true)
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_unsynced_commit_is_trusted_only_in_the_boot_that_wrote_it() {
+        if current_boot().is_none() {
+            return; // no boot id here: every commit is synced
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let this_boot = SpoolFile::create(dir.path(), &meta("this-boot")).unwrap();
+        this_boot.begin_commit(&meta("this-boot")).unwrap();
+        let other_boot = SpoolFile::create(dir.path(), &meta("other-boot")).unwrap();
+        other_boot
+            .describe(&SpoolMeta {
+                committing: true,
+                boot: Some("another-boot".into()),
+                ..meta("other-boot")
+            })
+            .unwrap();
+        let kept = SpoolFile::create(dir.path(), &meta("kept")).unwrap();
+        kept.keep_for_retry(&meta("kept")).unwrap();
+        kept.describe(&SpoolMeta {
+            committing: true,
+            synced: true,
+            boot: Some("another-boot".into()),
+            ..meta("kept")
+        })
+        .unwrap();
+        let recovered: Vec<String> = SpoolFile::recover(dir.path(), &|_| false, true)
+            .unwrap()
+            .into_iter()
+            .map(|(_, meta)| meta.path)
+            .collect();
+        assert_eq!(recovered.len(), 2, "{recovered:?}");
+        assert!(recovered.contains(&"this-boot".to_string()));
+        assert!(recovered.contains(&"kept".to_string()));
+        assert!(
+            dir.path()
+                .join(format!("{}.data.orphan", other_boot.id))
+                .exists()
         );
     }
 }

@@ -232,6 +232,9 @@ impl WriteSession {
             .await
             .map_err(|e| {
                 log::warn!("{shown}: upload failed: {e}");
+                if let Err(e) = self.spool.keep_for_retry(&meta) {
+                    log::warn!("could not save the spool of {shown}: {e}");
+                }
                 FsError::Io(e.to_string())
             })?;
         let mut state = self.lock();
@@ -250,7 +253,7 @@ impl WriteSession {
     pub fn finish(&self) {
         let state = self.lock();
         if state.dirty && !state.unlinked {
-            if let Err(e) = self.spool.begin_commit(&state.meta) {
+            if let Err(e) = self.spool.keep_for_retry(&state.meta) {
                 log::warn!("could not save the spool of {}: {e}", state.meta.path);
             }
             log::warn!(
