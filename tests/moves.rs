@@ -560,3 +560,35 @@ async fn the_fs_core_moves_across_channels_and_keeps_needed_channels() {
     fs.rmdir(ROOT, "x").await.unwrap();
     assert!(matches!(fs.lookup(ROOT, "x").await, Err(FsError::NotFound)));
 }
+
+#[tokio::test]
+async fn a_move_whose_second_record_failed_leaves_two_safe_copies() {
+    let w = World::new().await;
+    let (x, b) = (w.vol("x").await, w.vol("b").await);
+    let data = random_bytes(20_000, 12);
+    let chunks = chunk_messages(&put(&x, "f", &data).await);
+    // The destination's record lands, the source's delete doesn't.
+    w.store.fail_post_in(2);
+    let err = x.move_to("f", &b, "f").await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert!(read(&x, "f").await == data);
+    assert!(read(&b, "f").await == data);
+    // Deleting the copy left in x keeps the chunks b's copy uses, and the other way.
+    x.remove("f", false).await.unwrap();
+    assert!(w.messages("x").await.is_superset(&chunks));
+    assert!(read(&b, "f").await == data);
+    b.remove("f", false).await.unwrap();
+    assert!(w.messages("x").await.is_disjoint(&chunks));
+    assert_eq!(w.attachments("x"), 0);
+
+    // Moving again finishes a half-done move.
+    let chunks = chunk_messages(&put(&x, "g", &data).await);
+    w.store.fail_post_in(2);
+    x.move_to("g", &b, "g").await.unwrap_err();
+    x.move_to("g", &b, "g").await.unwrap();
+    assert!(is_not_found(x.file("g")));
+    assert!(read(&b, "g").await == data);
+    assert!(w.messages("x").await.is_superset(&chunks));
+    b.remove("g", false).await.unwrap();
+    assert_eq!(w.attachments("x"), 0);
+}

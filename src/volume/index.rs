@@ -449,6 +449,19 @@ impl Index {
         kept
     }
 
+    /// Notes that files using `messages` now live in channel `to` too, without a record
+    /// saying so here (a move whose delete here could not be posted): until the cache
+    /// is dropped, freeing them here asks `to` first. An older link stands for it.
+    pub fn note_moved(&mut self, messages: &[(Id, Id)], to: Id) {
+        for &held in messages {
+            self.moved_out
+                .entry(held)
+                .or_default()
+                .entry(to)
+                .or_insert((0, 0));
+        }
+    }
+
     /// Messages of this channel that files moved to other channels took along.
     pub fn moved_out_messages(&self) -> Vec<Id> {
         self.moved_out

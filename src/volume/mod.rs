@@ -1431,9 +1431,12 @@ impl Volume {
     ///
     /// Not atomic across the two channels: the destination's records come first, so if
     /// the process dies (or the store fails) between them, the files show in both
-    /// channels rather than in none. The copy left behind doesn't know of the move, so
-    /// deleting it there would free chunks that the destination uses too: a half-done
-    /// move (the error says so) is finished by moving the same name again.
+    /// channels rather than in none, sharing their chunks. When the store fails, this
+    /// channel's index notes that the destination uses them ([`Index::note_moved`]), so
+    /// deleting either copy from here keeps what the other needs. After a crash, or on
+    /// another machine, the copy left behind doesn't know of the move, and deleting it
+    /// there would free chunks that the destination uses too: a half-done move (the
+    /// error says so) is finished by moving the same name again.
     pub async fn move_to(&self, from: &str, dest: &Volume, to: &str) -> Result<(), VolumeError> {
         if dest.channel.id == self.channel.id {
             return self.rename(from, to).await;
@@ -1505,14 +1508,30 @@ impl Volume {
             }
         }
         dest.post_ops(puts).await?;
-        self.post_ops(dels).await.inspect_err(|e| {
+        let result = self.post_ops(dels.clone()).await;
+        if let Err(e) = &result {
+            // The files are in both channels now, sharing their chunks: remember here
+            // (in this index and its cache) that the destination uses them too, so that
+            // deleting the copy here doesn't free what the other one needs.
+            let mut index = self.index();
+            for op in &dels {
+                if let Op::Del {
+                    moved: Some(moved), ..
+                } = op
+                {
+                    index.note_moved(&moved.messages, moved.to);
+                }
+            }
+            drop(index);
+            self.unsaved.store(true, Ordering::Relaxed);
             log::warn!(
                 "{} is now also at {}, but deleting it here failed ({e}); move it again to \
                  finish the move",
                 self.display(from),
                 dest.display(to)
-            )
-        })
+            );
+        }
+        result
     }
 
     /// The manifest that puts an indexed file of this channel (its same chunks) at
