@@ -929,7 +929,9 @@ fn rename_during_an_upload_lands_under_the_new_name() {
     need_fuse!();
     let env = Env::new();
     let mount = env.mount(&[]);
-    let data = random_bytes(2 * 1024 * KIB, 9);
+    // 1.5 MiB: about a hundred 16 KiB chunks, as many as a 16 KiB record lists with
+    // their tags (2 MiB is over it since chunks carry tags).
+    let data = random_bytes(1536 * KIB, 9);
     let mut file = File::create(env.at("docs/temp")).unwrap();
     file.write_all(&data).unwrap();
     let copy = file.try_clone().unwrap();
