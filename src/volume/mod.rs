@@ -516,8 +516,12 @@ impl Volume {
             // Whether files that moved away still use them can't be asked from here.
             kept = undecided;
         } else {
+            let mut fresh = HashSet::new();
             for (channel, message) in undecided {
-                match self.holder(channel, message).await {
+                let searched = self
+                    .search(channel, message, vec![channel], HashSet::new(), &mut fresh)
+                    .await;
+                match searched {
                     Ok(None) => free.entry(channel).or_default().push(message),
                     Ok(Some(holder)) => log::debug!(
                         "#{}: message {message} of channel {channel} stays: a file in \
@@ -566,8 +570,28 @@ impl Volume {
     /// was not called), a channel can't be opened or read — is an error: the caller
     /// keeps the message.
     pub async fn holder(&self, channel: Id, message: Id) -> Result<Option<Id>, VolumeError> {
-        let mut seen = HashSet::new();
-        let mut queue = VecDeque::from([channel]);
+        self.search(
+            channel,
+            message,
+            vec![channel],
+            HashSet::new(),
+            &mut HashSet::new(),
+        )
+        .await
+    }
+
+    /// [`Volume::holder`] from the channels `start`, having seen `seen` already.
+    /// `fresh` are the other channels read up to date in this pass already (a pass
+    /// over many messages reads each channel once).
+    async fn search(
+        &self,
+        channel: Id,
+        message: Id,
+        start: Vec<Id>,
+        mut seen: HashSet<Id>,
+        fresh: &mut HashSet<Id>,
+    ) -> Result<Option<Id>, VolumeError> {
+        let mut queue = VecDeque::from(start);
         while let Some(at) = queue.pop_front() {
             if !seen.insert(at) {
                 continue;
@@ -579,7 +603,11 @@ impl Volume {
                     VolumeError::Internal("the other channels can't be reached from here".into())
                 })?;
                 let volume = peers.peer(at).await?;
-                volume.catch_up().await?;
+                if fresh.insert(at) {
+                    volume.catch_up().await.inspect_err(|_| {
+                        fresh.remove(&at);
+                    })?;
+                }
                 volume.index().holds(channel, message)
             };
             match hold {
@@ -591,18 +619,21 @@ impl Volume {
         Ok(None)
     }
 
-    /// Channels where files moved away from this one still use its messages (for each
-    /// such message, the first channel found): deleting this channel would destroy
-    /// their bytes. Errors if that can't be told.
+    /// The other channels where files moved away from this one still use its messages
+    /// (for each such message, the first channel found): deleting this channel would
+    /// destroy their bytes. Errors if that can't be told.
     pub async fn moved_files_elsewhere(&self) -> Result<BTreeSet<Id>, VolumeError> {
         let messages = self.index().moved_out_messages();
         let mut holders = BTreeSet::new();
+        let mut fresh = HashSet::new();
         for message in messages {
-            if let Some(holder) = self.holder(self.channel.id, message).await? {
-                holders.insert(holder);
-            }
+            let start = self.index().moved_to(self.channel.id, message);
+            let seen = HashSet::from([self.channel.id]);
+            let found = self
+                .search(self.channel.id, message, start, seen, &mut fresh)
+                .await?;
+            holders.extend(found);
         }
-        holders.remove(&self.channel.id);
         Ok(holders)
     }
 
