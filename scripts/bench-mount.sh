@@ -12,6 +12,9 @@
 #   after dropping the page cache (cold) and again (warm).
 # - ls -l of a folder of SMALL_FILES small files (put there with `dcloud-fs put -r`
 #   first), through a fresh mount; baseline: `ls -l` of the same folder on the disk.
+# - patch: `dd` of 4 KiB into the middle of the file (conv=notrunc), until close
+#   returns: the file is fetched into the spool, then only the changed chunk is
+#   uploaded; baseline: the same `dd` + sync on the disk.
 # Needs root (to drop the page cache and to mount) and fusermount3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +79,7 @@ for run in $(seq "$runs"); do
     timed disk_cold sh -c "cat disk/copy.bin > /dev/null"
     timed disk_warm sh -c "cat disk/copy.bin > /dev/null"
     timed disk_ls sh -c "ls -l small > /dev/null"
+    timed disk_patch sh -c "dd if=/dev/urandom of=disk/copy.bin bs=4k count=1 seek=$((size_mib * 128)) conv=notrunc status=none && sync disk/copy.bin"
     rm disk/copy.bin
 
     mount_fs "$run"
@@ -87,6 +91,7 @@ for run in $(seq "$runs"); do
     timed mnt_warm sh -c "cat '$mnt/bench/f$run.bin' > /dev/null"
     cmp -s src.bin "$mnt/bench/f$run.bin" || { echo "read back different bytes" >&2; exit 1; }
     timed mnt_ls sh -c "ls -l '$mnt/bench/small' > /dev/null"
+    timed mnt_patch dd if=/dev/urandom of="$mnt/bench/f$run.bin" bs=4k count=1 seek=$((size_mib * 128)) conv=notrunc status=none
     unmount_fs
     "$bin" -q rm "bench/f$run.bin"
 done
@@ -111,5 +116,6 @@ row "cp in (until close returns)" mnt_cp.times disk_cp.times "$size_mib"
 row "sequential read, cold" mnt_cold.times disk_cold.times "$size_mib"
 row "sequential read, warm" mnt_warm.times disk_warm.times "$size_mib"
 row "ls -l of ${small} files" mnt_ls.times disk_ls.times 0
+row "patch 4 KiB in the middle (until close returns)" mnt_patch.times disk_patch.times 0
 echo
 echo "peak RSS of the daemon: $(rss_mib) MiB (chunk cache ${cache_mib} MiB)"

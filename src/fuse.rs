@@ -847,7 +847,7 @@ mod tests {
     #[test]
     fn errors_map_to_their_errno() {
         assert_eq!(errno(&FsError::NotFound), Errno::ENOENT);
-        assert_eq!(errno(&FsError::CrossChannel), Errno::EXDEV);
+        assert_eq!(errno(&FsError::Exists), Errno::EEXIST);
         assert_eq!(errno(&FsError::NotEmpty).code(), libc::ENOTEMPTY);
     }
 

@@ -254,7 +254,11 @@ fn mv_across_channels_and_into_folders() {
     let data = random_bytes(12_345, 9);
     env.write("m.bin", &data);
     env.ok(&["put", "m.bin", "docs/folder/m.bin"]);
+    let uploaded = env.attachments();
+    assert!(uploaded.len() > 3, "{uploaded:?}");
     env.ok(&["mv", "docs/folder", "other/"]);
+    // Only records were posted: the chunks are the same attachments as before.
+    assert_eq!(env.attachments(), uploaded);
     assert_eq!(env.ok(&["ls", "other/folder"]), "m.bin\n");
     assert!(env.fails(&["ls", "docs/folder"]).contains("no such file"));
     env.ok(&["get", "other/folder/m.bin", "back"]);
@@ -262,6 +266,13 @@ fn mv_across_channels_and_into_folders() {
     env.ok(&["mkdir", "other/dir"]);
     env.ok(&["mv", "other/folder/m.bin", "other/dir"]);
     assert_eq!(env.ok(&["ls", "other/dir"]), "m.bin\n");
+    // Deleting the file in its new channel frees its chunks in the old one.
+    env.ok(&["rm", "other/dir/m.bin"]);
+    assert_eq!(env.attachments(), Vec::<PathBuf>::new());
+    assert!(
+        env.fails(&["get", "other/dir/m.bin", "gone"])
+            .contains("no such file")
+    );
 }
 
 #[test]

@@ -4,12 +4,15 @@
 //! The model is what a user of a local disk expects, plus dcloud-fs's promise about
 //! failures: a map of committed file contents, the content each open file shows, and
 //! the uploads that failed and wait in the spool. Random sequences of create, open,
-//! write at any offset, truncate, read, close, rename, unlink and remount run against
-//! both, with 35% of posts and 10% of chunk fetches failing. After every step the
+//! write at any offset, truncate, read, close, rename (within a channel and to the
+//! other one: there are two), unlink and remount run against both, with 35% of posts
+//! and 10% of chunk fetches failing. After every step the
 //! filesystem must agree with the model: reads return the model's bytes or an error,
 //! never other bytes; a failed close leaves the last committed content visible; and
 //! a remount finishes the failed uploads — the newest one of each file, and only if
-//! nothing newer was committed meanwhile.
+//! nothing newer was committed meanwhile. A move to the other channel posts twice (the
+//! destination's record, then the source's delete): when the second post fails, the
+//! file is in both channels, and the harness moves it again, as the error asks.
 
 #[path = "common/faulty.rs"]
 mod faulty;
@@ -32,7 +35,11 @@ const LIMITS: Limits = Limits {
     max_content_chars: 2000,
 };
 
-const NAMES: [&str; 4] = ["f0", "f1", "f2", "f3"];
+/// The channels, and the files: names in either channel.
+const CHANNELS: [&str; 2] = ["a", "b"];
+const NAMES: [&str; 8] = [
+    "a/f0", "a/f1", "a/f2", "a/f3", "b/f0", "b/f1", "b/f2", "b/f3",
+];
 
 /// Fraction of posts and of chunk fetches that fail while the operations run.
 const POST_FAILURES: f64 = 0.35;
@@ -75,6 +82,8 @@ struct Model {
     pending: Vec<(String, Vec<u8>, u64)>,
     /// What happened, to check that the run exercised what it should.
     closes_landed: usize,
+    moves_across: usize,
+    half_moves: usize,
     closes_failed: usize,
     recovered: usize,
 }
@@ -95,7 +104,8 @@ struct Harness {
     key: Key,
     config: FsConfig,
     fs: Arc<Fs>,
-    channel: u64,
+    /// The inode numbers of the channels' folders.
+    channels: [u64; 2],
 }
 
 impl Harness {
@@ -103,7 +113,9 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let local =
             Arc::new(LocalStore::open_or_create(&dir.path().join("store"), LIMITS).unwrap());
-        local.create_channel("a").await.unwrap();
+        for channel in CHANNELS {
+            local.create_channel(channel).await.unwrap();
+        }
         let store = Arc::new(FaultyStore::new(local, seed));
         let config = FsConfig {
             cache_bytes: 64 * 1024,
@@ -118,15 +130,16 @@ impl Harness {
         let fs = Fs::new(store.clone(), Some(key.clone()), config.clone())
             .await
             .unwrap();
-        let channel = fs.lookup(ROOT, "a").await.unwrap().ino;
-        Harness {
+        let mut h = Harness {
             _dir: dir,
             store,
             key,
             config,
             fs,
-            channel,
-        }
+            channels: [0; 2],
+        };
+        h.look_up_channels().await;
+        h
     }
 
     async fn remount(&mut self) {
@@ -138,11 +151,25 @@ impl Harness {
         .await
         .unwrap();
         self.fs.recover_spool().await;
-        self.channel = self.fs.lookup(ROOT, "a").await.unwrap().ino;
+        self.look_up_channels().await;
+    }
+
+    async fn look_up_channels(&mut self) {
+        for (i, channel) in CHANNELS.iter().enumerate() {
+            self.channels[i] = self.fs.lookup(ROOT, channel).await.unwrap().ino;
+        }
+    }
+
+    /// The folder holding a file of [`NAMES`], and the file's name in it.
+    fn split<'a>(&self, path: &'a str) -> (u64, &'a str) {
+        let (channel, name) = path.split_once('/').unwrap();
+        let i = CHANNELS.iter().position(|c| *c == channel).unwrap();
+        (self.channels[i], name)
     }
 
     async fn ino(&self, path: &str) -> Result<u64, FsError> {
-        Ok(self.fs.lookup(self.channel, path).await?.ino)
+        let (parent, name) = self.split(path);
+        Ok(self.fs.lookup(parent, name).await?.ino)
     }
 
     /// The whole content of a file through a fresh read-only open.
@@ -236,7 +263,8 @@ async fn step(h: &mut Harness, model: &mut Model, rng: &mut SplitMix64) {
     match op {
         // Create (truncating an existing file).
         0..=11 => {
-            let result = h.fs.create(h.channel, name, 0o644, false).await;
+            let (parent, leaf) = h.split(name);
+            let result = h.fs.create(parent, leaf, 0o644, false).await;
             if let Ok((attr, opened)) = result {
                 assert_eq!(attr.size, 0);
                 let base = model.version(name);
@@ -346,19 +374,47 @@ async fn step(h: &mut Harness, model: &mut Model, rng: &mut SplitMix64) {
             close(h, model, i).await;
         }
         // Read a file nobody is writing.
-        70..=79 if !model.sessions.contains_key(name) => match h.read_all(name).await {
+        70..=75 if !model.sessions.contains_key(name) => match h.read_all(name).await {
             Ok(content) => assert_same(Some(&content), model.committed.get(name), name),
             Err(FsError::NotFound) => assert!(!model.committed.contains_key(name)),
             Err(FsError::Io(_)) => {} // an injected fetch failure: an error, not bytes
             Err(e) => panic!("read {name}: {e:?}"),
         },
-        // Rename a file nobody is writing over one nobody is writing.
-        80..=86 => {
+        // Rename a file nobody is writing over one nobody is writing, in its channel or
+        // to the other one (mostly a file that exists; sometimes any name).
+        76..=86 => {
+            let stored: Vec<&str> = NAMES
+                .into_iter()
+                .filter(|n| model.committed.contains_key(*n) && !model.sessions.contains_key(*n))
+                .collect();
+            let name = if stored.is_empty() || rng.chance(0.2) {
+                name
+            } else {
+                stored[rng.index(stored.len())]
+            };
             let to = NAMES[rng.index(NAMES.len())];
             if to == name || model.sessions.contains_key(name) || model.sessions.contains_key(to) {
                 return;
             }
-            let result = h.fs.rename(h.channel, name, h.channel, to, false).await;
+            let ((parent, leaf), (new_parent, new_leaf)) = (h.split(name), h.split(to));
+            let across = parent != new_parent;
+            let before = h.store.counts();
+            let mut result = h.fs.rename(parent, leaf, new_parent, new_leaf, false).await;
+            let posted = (h.store.counts() - before).posted_messages;
+            if across && result.is_ok() {
+                model.moves_across += 1;
+            }
+            if across && result.is_err() && posted > 0 {
+                // The destination's record landed, the source's delete didn't: the file
+                // is in both channels. Moving it again finishes the move.
+                trace!("half move {name} -> {to}; moving again");
+                model.half_moves += 1;
+                h.store.clear_faults();
+                result = h.fs.rename(parent, leaf, new_parent, new_leaf, false).await;
+                h.store
+                    .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
+                assert!(result.is_ok(), "moving {name} to {to} again: {result:?}");
+            }
             match result {
                 Ok(()) => {
                     let content = model.committed.remove(name).unwrap();
@@ -372,15 +428,17 @@ async fn step(h: &mut Harness, model: &mut Model, rng: &mut SplitMix64) {
             }
         }
         // Unlink a file nobody is writing.
-        87..=92 if !model.sessions.contains_key(name) => match h.fs.unlink(h.channel, name).await {
-            Ok(()) => {
-                model.committed.remove(name).unwrap();
-                model.bump(name);
+        87..=92 if !model.sessions.contains_key(name) => {
+            match h.fs.unlink(h.split(name).0, h.split(name).1).await {
+                Ok(()) => {
+                    model.committed.remove(name).unwrap();
+                    model.bump(name);
+                }
+                Err(FsError::NotFound) => assert!(!model.committed.contains_key(name)),
+                Err(FsError::Io(_)) => {}
+                Err(e) => panic!("unlink {name}: {e:?}"),
             }
-            Err(FsError::NotFound) => assert!(!model.committed.contains_key(name)),
-            Err(FsError::Io(_)) => {}
-            Err(e) => panic!("unlink {name}: {e:?}"),
-        },
+        }
         // Remount: close everything, then start again from the store and the spool.
         93..=95 => {
             while !model.open.is_empty() {
@@ -399,11 +457,16 @@ async fn step(h: &mut Harness, model: &mut Model, rng: &mut SplitMix64) {
 /// Checks every name against the model (faults off while checking).
 async fn check(h: &Harness, model: &Model) {
     h.store.clear_faults();
-    let listed = h.fs.readdir(h.channel).await.unwrap();
+    let mut listed = Vec::new();
+    for (i, channel) in CHANNELS.iter().enumerate() {
+        for item in h.fs.readdir(h.channels[i]).await.unwrap() {
+            listed.push((format!("{channel}/{}", item.name), item.kind));
+        }
+    }
     for name in NAMES {
         let in_listing = listed
             .iter()
-            .any(|item| item.name == name && item.kind == Kind::File);
+            .any(|(path, kind)| path == name && *kind == Kind::File);
         let expected = model.committed.contains_key(name) || model.sessions.contains_key(name);
         assert_eq!(in_listing, expected, "{name} listed");
         if !model.sessions.contains_key(name) {
@@ -417,7 +480,7 @@ async fn check(h: &Harness, model: &Model) {
 
 #[tokio::test]
 async fn the_core_matches_a_reference_model_under_random_failures() {
-    let mut totals = (0, 0, 0);
+    let mut totals = (0, 0, 0, 0, 0);
     for seed in seeds() {
         eprintln!("seed {seed}");
         let mut h = Harness::new(seed).await;
@@ -441,11 +504,17 @@ async fn the_core_matches_a_reference_model_under_random_failures() {
         totals.0 += model.closes_landed;
         totals.1 += model.closes_failed;
         totals.2 += model.recovered;
+        totals.3 += model.moves_across;
+        totals.4 += model.half_moves;
     }
-    let (landed, failed, recovered) = totals;
+    let (landed, failed, recovered, moves, half_moves) = totals;
+    eprintln!(
+        "closes landed {landed}, failed {failed}; recovered {recovered}; moves across \
+         channels {moves}, of which half done at first {half_moves}"
+    );
     assert!(
-        landed > 50 && failed > 5 && recovered > 0,
-        "landed {landed}, failed {failed}, recovered {recovered}"
+        landed > 50 && failed > 5 && recovered > 0 && moves > 5,
+        "landed {landed}, failed {failed}, recovered {recovered}, moves {moves}"
     );
 }
 

@@ -663,7 +663,7 @@ fn listing_line(item: &Listed<'_>, long: bool) -> String {
 pub async fn rm(context: &Context, args: RmArgs) -> Result<(), CliError> {
     let store = context.store().await?;
     let key = context.key()?;
-    let mut volumes: HashMap<String, Volume> = HashMap::new();
+    let mut volumes: HashMap<String, Arc<Volume>> = HashMap::new();
     let mut outcome = Outcome::new(args.targets.len());
     for target in &args.targets {
         let result = remove_one(context, &store, &key, &mut volumes, target, args.recursive).await;
@@ -678,7 +678,7 @@ async fn remove_one(
     context: &Context,
     store: &Arc<dyn Store>,
     key: &Option<Key>,
-    volumes: &mut HashMap<String, Volume>,
+    volumes: &mut HashMap<String, Arc<Volume>>,
     target: &str,
     recursive: bool,
 ) -> Result<(), CliError> {
@@ -707,13 +707,7 @@ pub async fn mv(context: &Context, source: &str, dest: &str) -> Result<(), CliEr
     let store = context.store().await?;
     let key = context.key()?;
     let from = context.volume(&store, &key, &from_channel).await?;
-    let same_channel = from_channel == to_channel;
-    let to_owned = if same_channel {
-        None
-    } else {
-        Some(context.volume(&store, &key, &to_channel).await?)
-    };
-    let to = to_owned.as_ref().unwrap_or(&from);
+    let to = context.volume(&store, &key, &to_channel).await?;
     let into = to_path.is_empty()
         || trailing_slash
         || matches!(to.index().node(&to_path), Some(Node::Dir(_)));
@@ -722,80 +716,8 @@ pub async fn mv(context: &Context, source: &str, dest: &str) -> Result<(), CliEr
     } else {
         to_path
     };
-    if same_channel {
-        from.rename(&from_path, &target).await?;
-        return Ok(());
-    }
-    copy_across(context, &from, &from_path, to, &target).await?;
-    from.remove(&from_path, true).await?;
-    Ok(())
-}
-
-/// Copies a file or folder from one channel to another by downloading each file to an
-/// anonymous temporary file and uploading it again (chunks belong to their channel).
-async fn copy_across(
-    context: &Context,
-    from: &Volume,
-    from_path: &str,
-    to: &Volume,
-    target: &str,
-) -> Result<(), CliError> {
-    let entries: Vec<(String, Entry)> = {
-        let index = from.index();
-        match index.node(from_path) {
-            None => {
-                drop(index);
-                return Err(from.not_found(from_path).into());
-            }
-            Some(Node::File(file)) => vec![(String::new(), Entry::File(file.clone()))],
-            // The folder's own record first, then what is below it in path order, so
-            // that every folder is made before the paths inside it.
-            Some(Node::Dir(_)) => index
-                .entry(from_path)
-                .cloned()
-                .map(|e| (String::new(), e))
-                .into_iter()
-                .chain(
-                    index
-                        .live_under(from_path)
-                        .map(|(p, e)| (p[from_path.len()..].to_string(), e.clone())),
-                )
-                .collect(),
-        }
-    };
-    for (suffix, entry) in entries {
-        let source = format!("{from_path}{suffix}");
-        let dest = format!("{target}{suffix}");
-        match entry {
-            Entry::Dir(dir) => to.mkdir(&dest, dir.mtime_ns, dir.mode).await?,
-            Entry::File(file) => {
-                let spool = tempfile::tempfile()
-                    .map_err(|e| CliError::io("creating a temporary file", e))?;
-                let copy = spool
-                    .try_clone()
-                    .map_err(|e| CliError::io("creating a temporary file", e))?;
-                let bar = Bar::new(file.size * 2, &from.display(&source), context.global.quiet);
-                from.get_to_file(&source, Arc::new(copy), bar.progress())
-                    .await?;
-                let options = PutOptions {
-                    mtime_ns: file.mtime_ns,
-                    mode: file.mode,
-                    encrypted: file.encrypted,
-                };
-                let result = to
-                    .put(
-                        &dest,
-                        PutSource::File(spool),
-                        &from.display(&source),
-                        options,
-                        bar.progress(),
-                    )
-                    .await;
-                bar.finish();
-                result?;
-            }
-        }
-    }
+    // Within a channel a rename; across channels a move. Neither uploads anything.
+    from.move_to(&from_path, &to, &target).await?;
     Ok(())
 }
 

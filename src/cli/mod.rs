@@ -3,7 +3,7 @@
 //!
 //! Names on the command line are `CHANNEL` or `CHANNEL/PATH`: the first component is
 //! the channel (a top-level folder), the rest a path inside it. Commands that move bytes
-//! (`put`, `get`, cross-channel `mv`) follow `cp`'s rules for where things land: into a
+//! or names (`put`, `get`, `mv`) follow `cp`'s rules for where things land: into a
 //! folder if the destination is one (or ends in `/`), else to the destination's name.
 //! Every failure is one line on stderr and a non-zero exit; with several sources, the
 //! others are still done and the exit code says that something failed.
@@ -15,9 +15,10 @@ mod output;
 
 pub use mount::MountArgs;
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -25,8 +26,8 @@ use crate::config::{self, ConfigError, ConfigFile};
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::discord::{DiscordConfig, DiscordStore, Token};
 use crate::store::local::LocalStore;
-use crate::store::{Limits, Store, StoreError};
-use crate::volume::{Interrupt, Volume, VolumeConfig, VolumeError, find_channel};
+use crate::store::{Channel, Id, Limits, Store, StoreError};
+use crate::volume::{Interrupt, Peers, Volume, VolumeConfig, VolumeError, find_channel};
 
 /// Store files in Discord channels: one folder per channel, files as chunked,
 /// AES-256-GCM-encrypted attachments. The key never leaves this machine.
@@ -117,7 +118,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Delete files or folders, freeing their messages in the store.
     Rm(RmArgs),
-    /// Move or rename a file or folder (within a channel: no re-upload).
+    /// Move or rename a file or folder, also to another channel (nothing is uploaded
+    /// again).
     Mv {
         /// CHANNEL/PATH to move.
         source: String,
@@ -323,6 +325,70 @@ pub(crate) struct Context {
     /// Triggered by Ctrl-C or SIGTERM: transfers stop and clean up.
     interrupt: Interrupt,
     store: tokio::sync::OnceCell<OpenStore>,
+    /// The channels opened so far, shared by the command's volumes.
+    volumes: tokio::sync::OnceCell<Arc<OpenVolumes>>,
+}
+
+/// The volumes a command opened, one per channel, which reach each other through it
+/// ([`Peers`]): freeing a message of a file that moved across channels asks the
+/// channels it moved through. Dropped with the [`Context`], which saves their caches.
+pub(crate) struct OpenVolumes {
+    store: Arc<dyn Store>,
+    key: Option<Key>,
+    config: VolumeConfig,
+    me: Weak<OpenVolumes>,
+    open: tokio::sync::Mutex<HashMap<Id, Arc<Volume>>>,
+}
+
+impl OpenVolumes {
+    fn new(store: Arc<dyn Store>, key: Option<Key>, config: VolumeConfig) -> Arc<OpenVolumes> {
+        Arc::new_cyclic(|me| OpenVolumes {
+            store,
+            key,
+            config,
+            me: me.clone(),
+            open: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// The volume of `channel`, opened on first use.
+    async fn volume(&self, channel: Channel) -> Result<Arc<Volume>, VolumeError> {
+        let mut open = self.open.lock().await;
+        if let Some(volume) = open.get(&channel.id) {
+            return Ok(volume.clone());
+        }
+        let id = channel.id;
+        let volume = Arc::new(
+            Volume::open(
+                self.store.clone(),
+                channel,
+                self.key.clone(),
+                self.config.clone(),
+            )
+            .await?,
+        );
+        let peers: Weak<dyn Peers> = self.me.clone();
+        volume.set_peers(peers);
+        open.insert(id, volume.clone());
+        Ok(volume)
+    }
+}
+
+#[async_trait::async_trait]
+impl Peers for OpenVolumes {
+    async fn peer(&self, channel: Id) -> Result<Arc<Volume>, VolumeError> {
+        if let Some(volume) = self.open.lock().await.get(&channel) {
+            return Ok(volume.clone());
+        }
+        let info = self
+            .store
+            .channels()
+            .await?
+            .into_iter()
+            .find(|c| c.id == channel)
+            .ok_or(StoreError::NoSuchChannel(channel))?;
+        self.volume(info).await
+    }
 }
 
 /// The store the settings select.
@@ -351,6 +417,7 @@ impl Context {
             file,
             interrupt,
             store: tokio::sync::OnceCell::new(),
+            volumes: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -474,15 +541,22 @@ impl Context {
         }
     }
 
-    /// Opens the channel named `name` with the configured key.
+    /// Opens the channel named `name` with the configured key (once per command: the
+    /// same volume the next time).
     async fn volume(
         &self,
         store: &Arc<dyn Store>,
         key: &Option<Key>,
         name: &str,
-    ) -> Result<Volume, CliError> {
+    ) -> Result<Arc<Volume>, CliError> {
         let channel = find_channel(store.as_ref(), name).await?;
-        Ok(Volume::open(store.clone(), channel, key.clone(), self.volume_config()).await?)
+        let volumes = self
+            .volumes
+            .get_or_init(|| async {
+                OpenVolumes::new(store.clone(), key.clone(), self.volume_config())
+            })
+            .await;
+        Ok(volumes.volume(channel).await?)
     }
 }
 

@@ -5,7 +5,9 @@
 //! The tree: the root holds one folder per channel; inside a channel, the files and
 //! folders its records describe ([`crate::volume`]). Parts:
 //!
-//! - [`inode`]: stable inode numbers for (channel, path) names, carried across renames;
+//! - [`inode`]: stable inode numbers for (channel, path) names, carried across renames
+//!   (also to another channel: a rename there is a move, [`Volume::move_to`], which
+//!   posts records only; the bytes stay in the channel they were uploaded to);
 //! - [`cache`] and [`read`]: reads at any offset fetch only the chunks they cover,
 //!   through a byte-bounded LRU of decrypted chunks, with read-ahead for sequential
 //!   readers;
@@ -13,6 +15,10 @@
 //!   disk; closing it (or fsync) uploads it and posts its record, and close returns the
 //!   error if that fails; the spool survives a crash and the next mount finishes the
 //!   upload.
+//!
+//! The fs core opens each channel's volume once and is their [`Peers`]: freeing a
+//! message of a file that moved across channels asks the channels it moved through (see
+//! [`crate::volume`]), through the same volumes the mount serves.
 //!
 //! Every operation is an `async fn` on `&self`: the adapter runs each request as a task,
 //! so a slow upload or download never holds up another request. Metadata (lookup,
@@ -29,7 +35,7 @@ pub mod write;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use self::cache::ChunkCache;
@@ -39,7 +45,7 @@ use self::spool::{SpoolFile, SpoolMeta};
 use self::write::WriteSession;
 use crate::crypto::Key;
 use crate::store::{Channel, Id, Store, StoreError};
-use crate::volume::{Node, PutOptions, PutSource, Volume, VolumeConfig, VolumeError};
+use crate::volume::{Node, Peers, PutOptions, PutSource, Volume, VolumeConfig, VolumeError};
 
 /// How the filesystem behaves. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -176,8 +182,6 @@ pub enum FsError {
     NotPermitted(String),
     #[error("{0}")]
     Unsupported(String),
-    #[error("moving between channels is not supported yet; copy and delete instead")]
-    CrossChannel,
     #[error("invalid name: {0}")]
     InvalidName(String),
     #[error("stale file handle")]
@@ -198,7 +202,6 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::Unsupported(_) => libc::ENOTSUP,
-            FsError::CrossChannel => libc::EXDEV,
             FsError::InvalidName(_) => libc::EINVAL,
             FsError::BadHandle => libc::EBADF,
             FsError::Io(_) => libc::EIO,
@@ -281,6 +284,9 @@ pub struct Fs {
     /// Shown as the modification time of folders that have no record of their own
     /// (the root, and folders implied by the paths under them).
     mounted_at_ns: i64,
+    /// Itself, for the volumes to reach the other channels ([`Peers`]); weak, as it
+    /// holds them.
+    me: Weak<Fs>,
 }
 
 fn time_of(mtime_ns: i64) -> SystemTime {
@@ -323,7 +329,8 @@ impl Fs {
                 .join("spool")
                 .join(store.identity())
         });
-        let fs = Arc::new(Fs {
+        let fs = Arc::new_cyclic(|me| Fs {
+            me: me.clone(),
             cache: Arc::new(ChunkCache::new(config.cache_bytes)),
             store,
             key,
@@ -412,6 +419,8 @@ impl Fs {
             )
             .await?,
         );
+        let peers: Weak<dyn Peers> = self.me.clone();
+        volume.set_peers(peers);
         volumes.insert(channel, volume.clone());
         Ok(volume)
     }
@@ -1037,7 +1046,8 @@ impl Fs {
     }
 
     /// `rmdir`: an empty folder; at the root, an empty channel, and only when the mount
-    /// allows deleting channels.
+    /// allows deleting channels and no file moved from it to another channel still
+    /// keeps its bytes there (`ENOTEMPTY`, with a log line saying where they went).
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<(), FsError> {
         self.writable()?;
         check_name(name)?;
@@ -1050,6 +1060,26 @@ impl Fs {
             }
             let volume = self.volume(channel.id).await?;
             if volume.index().live().next().is_some() {
+                return Err(FsError::NotEmpty);
+            }
+            // Files moved away may still keep their bytes here.
+            let holders = volume.moved_files_elsewhere().await.map_err(|e| {
+                log::warn!("not deleting channel #{name}: can't tell whether files moved from it still use it ({e})");
+                FsError::from(e)
+            })?;
+            if !holders.is_empty() {
+                let names: Vec<String> = holders
+                    .iter()
+                    .map(|&id| {
+                        self.channel_by_id(id)
+                            .map_or(id.to_string(), |c| format!("#{}", c.name))
+                    })
+                    .collect();
+                log::warn!(
+                    "not deleting channel #{name}: files moved from it to {} still keep their \
+                     bytes in it",
+                    names.join(", ")
+                );
                 return Err(FsError::NotEmpty);
             }
             self.store.delete_channel(channel.id).await?;
@@ -1075,8 +1105,10 @@ impl Fs {
         Ok(())
     }
 
-    /// `rename`: within a channel, one record pointing at the same chunks. A file being
-    /// written moves with its session.
+    /// `rename`: one record pointing at the same chunks within a channel; across
+    /// channels a move ([`Volume::move_to`]: a record in each, the chunks stay where they
+    /// are). Either way the inode numbers go along, and a file being written moves with
+    /// its session (its next upload lands under the new name, in the new channel).
     pub async fn rename(
         &self,
         parent: u64,
@@ -1095,18 +1127,20 @@ impl Fs {
         }
         let from = self.key_of(parent)?.child(name);
         let to = self.key_of(new_parent)?.child(new_name);
-        if from.channel != to.channel {
-            return Err(FsError::CrossChannel);
-        }
         let volume = self.volume(from.channel).await?;
+        let dest = if to.channel == from.channel {
+            volume.clone()
+        } else {
+            self.volume(to.channel).await?
+        };
         crate::format::validate_path(&to.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
-        let target_stored = volume.index().node(&to.path).is_some();
+        let target_stored = dest.index().node(&to.path).is_some();
         let target_exists = target_stored || self.session(&to).is_some();
         if no_replace && target_exists {
             return Err(FsError::Exists);
         }
         let target_is_full_folder = {
-            let index = volume.index();
+            let index = dest.index();
             matches!(index.node(&to.path), Some(Node::Dir(_)))
                 && index.live_under(&to.path).next().is_some()
         };
@@ -1122,7 +1156,7 @@ impl Fs {
         };
         let stored = volume.index().node(&from.path).is_some();
         if stored {
-            volume.rename(&from.path, &to.path).await?;
+            volume.move_to(&from.path, &dest, &to.path).await?;
         } else if session.is_none() {
             return Err(FsError::NotFound);
         }
@@ -1251,5 +1285,17 @@ impl Fs {
         for volume in self.volumes.lock().await.values() {
             volume.save();
         }
+    }
+}
+
+/// The volumes reach each other's channels through the filesystem's own table, so that
+/// a channel is open once.
+#[async_trait::async_trait]
+impl Peers for Fs {
+    async fn peer(&self, channel: Id) -> Result<Arc<Volume>, VolumeError> {
+        self.volume(channel).await.map_err(|e| match e {
+            FsError::NotFound => VolumeError::Store(StoreError::NoSuchChannel(channel)),
+            other => VolumeError::Internal(format!("channel {channel}: {other}")),
+        })
     }
 }

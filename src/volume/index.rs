@@ -14,7 +14,23 @@
 //!
 //! The index also tells which messages are still needed ([`Index::messages_in_use`]):
 //! the record messages of live entries, the messages holding their chunks, and messages
-//! with tombstones. Everything else that an operation leaves behind can be deleted.
+//! with tombstones. Everything else that an operation leaves behind can be deleted —
+//! unless a file moved to another channel took it along.
+//!
+//! ## Files moved across channels
+//!
+//! A file moved from this channel to another keeps its chunks where they are: the
+//! destination's record names them with their channel (`c`), and this channel's
+//! tombstone for it is a *moved* delete that lists the messages holding them and the
+//! destination. The index remembers, for every `(channel, message)` such a delete
+//! named, the destinations it went to (each with the stamp of the newest delete that
+//! sent it there): [`Index::holds`] answers [`Hold::MovedTo`] for them. Whoever wants to
+//! delete a message follows these links from the message's own channel, channel by
+//! channel, until one [`Hold::Live`]s it (keep it) or every path ends (free it); see
+//! [`crate::volume`]. Every link is kept, not only the newest: several small files
+//! sharing one message can move to different channels, and each keeps the message
+//! alive. Replay stays order-independent: the links are a union, and per destination
+//! the newest stamp wins.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -25,7 +41,7 @@ use crate::format::{ChunkLocation, ChunkRef, FileId, Op, Record};
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
-pub const INDEX_CACHE_VERSION: u32 = 1;
+pub const INDEX_CACHE_VERSION: u32 = 2;
 
 /// Orders operations: message id, then position within the record.
 pub type Stamp = (Id, u32);
@@ -108,6 +124,69 @@ impl Entry {
             Entry::Dir(dir) => vec![dir.record_message],
         }
     }
+
+    /// The messages of other channels this entry needs, `(channel, message)`: the
+    /// chunks of a file moved here from elsewhere.
+    pub fn foreign_messages(&self) -> Vec<(Id, Id)> {
+        match self {
+            Entry::File(file) => file
+                .chunks
+                .iter()
+                .filter_map(|c| c.channel.map(|channel| (channel, c.message)))
+                .collect(),
+            Entry::Dir(_) => Vec::new(),
+        }
+    }
+}
+
+/// Whether an index holds a message (see [`Index::holds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// A live entry of this channel uses it (or it carries a tombstone of this channel).
+    Live,
+    /// Nothing here uses it, but files using it moved to these channels.
+    MovedTo(Vec<Id>),
+    /// Nothing here uses it, and no file using it moved away from here.
+    No,
+}
+
+/// Where the messages of files moved away went: `(channel, message)` → destination →
+/// stamp of the newest moved delete that named the message with that destination. In
+/// the cache as a list (JSON map keys must be strings).
+mod moved_out_serde {
+    use super::{BTreeMap, Id, Stamp};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub type MovedOut = BTreeMap<(Id, Id), BTreeMap<Id, Stamp>>;
+
+    #[derive(Serialize, Deserialize)]
+    struct Link {
+        channel: Id,
+        message: Id,
+        to: Id,
+        stamp: Stamp,
+    }
+
+    pub fn serialize<S: Serializer>(map: &MovedOut, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter().flat_map(|(&(channel, message), dests)| {
+            dests.iter().map(move |(&to, &stamp)| Link {
+                channel,
+                message,
+                to,
+                stamp,
+            })
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<MovedOut, D::Error> {
+        let mut map = MovedOut::new();
+        for link in Vec::<Link>::deserialize(deserializer)? {
+            map.entry((link.channel, link.message))
+                .or_default()
+                .insert(link.to, link.stamp);
+        }
+        Ok(map)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,10 +236,18 @@ pub struct Index {
     slots: BTreeMap<String, Slot>,
     tombstone_messages: BTreeSet<Id>,
     skipped: BTreeMap<Id, Skip>,
+    /// Where the messages of files moved to other channels went (see the module docs).
+    #[serde(default, with = "moved_out_serde")]
+    moved_out: moved_out_serde::MovedOut,
     /// Messages that a change of ours made useless but that couldn't be deleted yet
-    /// (the store failed); retried after every successful refresh.
+    /// (the store failed, or whether another channel still needs them couldn't be
+    /// told); retried after every successful refresh.
     #[serde(default)]
     pub unfreed: BTreeSet<Id>,
+    /// The same for messages of other channels, `(channel, message)`: chunks of files
+    /// moved here that a change of ours replaced or deleted.
+    #[serde(default)]
+    pub unfreed_foreign: BTreeSet<(Id, Id)>,
 }
 
 impl Index {
@@ -174,7 +261,9 @@ impl Index {
             slots: BTreeMap::new(),
             tombstone_messages: BTreeSet::new(),
             skipped: BTreeMap::new(),
+            moved_out: BTreeMap::new(),
             unfreed: BTreeSet::new(),
+            unfreed_foreign: BTreeSet::new(),
         }
     }
 
@@ -194,6 +283,22 @@ impl Index {
             let stamp = (message.id, position as u32);
             if entry.is_none() {
                 self.tombstone_messages.insert(message.id);
+            }
+            // Where a moved file's messages went counts whether or not this delete
+            // wins its path: a newer put of the path doesn't bring the chunks back.
+            if let Op::Del {
+                moved: Some(moved), ..
+            } = &record.ops[position]
+            {
+                for &held in &moved.messages {
+                    let newest = self
+                        .moved_out
+                        .entry(held)
+                        .or_default()
+                        .entry(moved.to)
+                        .or_insert(stamp);
+                    *newest = (*newest).max(stamp);
+                }
             }
             match self.slots.get_mut(&path) {
                 Some(slot) if slot.stamp >= stamp => {}
@@ -329,6 +434,85 @@ impl Index {
         }
         in_use
     }
+
+    /// Messages of this channel that must not be deleted without asking the channels
+    /// their files moved to: [`Index::messages_in_use`] and those named by moved
+    /// deletes.
+    pub fn messages_kept(&self) -> HashSet<Id> {
+        let mut kept = self.messages_in_use();
+        kept.extend(
+            self.moved_out
+                .keys()
+                .filter(|(channel, _)| *channel == self.channel)
+                .map(|&(_, message)| message),
+        );
+        kept
+    }
+
+    /// Notes that files using `messages` now live in channel `to` too, without a record
+    /// saying so here (a move whose delete here could not be posted): until the cache
+    /// is dropped, freeing them here asks `to` first. An older link stands for it.
+    pub fn note_moved(&mut self, messages: &[(Id, Id)], to: Id) {
+        for &held in messages {
+            self.moved_out
+                .entry(held)
+                .or_default()
+                .entry(to)
+                .or_insert((0, 0));
+        }
+    }
+
+    /// Messages of this channel that files moved to other channels took along.
+    pub fn moved_out_messages(&self) -> Vec<Id> {
+        self.moved_out
+            .keys()
+            .filter(|(channel, _)| *channel == self.channel)
+            .map(|&(_, message)| message)
+            .collect()
+    }
+
+    /// Whether this channel holds message `message` of channel `channel`: a live entry
+    /// uses it ([`Hold::Live`]; for this channel's own messages also the record and
+    /// tombstone messages), else files that used it moved on ([`Hold::MovedTo`], the
+    /// destinations newest first), else [`Hold::No`].
+    pub fn holds(&self, channel: Id, message: Id) -> Hold {
+        let live = if channel == self.channel {
+            self.tombstone_messages.contains(&message)
+                || self
+                    .live()
+                    .any(|(_, entry)| entry.messages().contains(&message))
+        } else {
+            self.live()
+                .any(|(_, entry)| entry.foreign_messages().contains(&(channel, message)))
+        };
+        if live {
+            return Hold::Live;
+        }
+        let dests = self.moved_to(channel, message);
+        if dests.is_empty() {
+            Hold::No
+        } else {
+            Hold::MovedTo(dests)
+        }
+    }
+
+    /// The channels that files using message `message` of channel `channel` moved to
+    /// from here, newest first (empty if none did).
+    pub fn moved_to(&self, channel: Id, message: Id) -> Vec<Id> {
+        let Some(dests) = self.moved_out.get(&(channel, message)) else {
+            return Vec::new();
+        };
+        let mut dests: Vec<(Stamp, Id)> = dests.iter().map(|(&to, &stamp)| (stamp, to)).collect();
+        dests.sort_unstable_by(|a, b| b.cmp(a));
+        dests.into_iter().map(|(_, to)| to).collect()
+    }
+
+    /// The messages of other channels that live entries use, `(channel, message)`.
+    pub fn foreign_in_use(&self) -> HashSet<(Id, Id)> {
+        self.live()
+            .flat_map(|(_, entry)| entry.foreign_messages())
+            .collect()
+    }
 }
 
 /// Turns an operation into the entry it sets, with attachments resolved to ids.
@@ -390,9 +574,13 @@ mod tests {
     use crate::store::Attachment;
 
     fn message(id: Id, attachments: &[(&str, Id)]) -> Message {
+        message_in(1, id, attachments)
+    }
+
+    fn message_in(channel_id: Id, id: Id, attachments: &[(&str, Id)]) -> Message {
         Message {
             id,
-            channel_id: 1,
+            channel_id,
             author_id: 1,
             content: String::new(),
             attachments: attachments
@@ -547,6 +735,134 @@ mod tests {
             .unwrap();
         assert_eq!(names(&index, "photos"), vec!["2024", "top.jpg"]);
         assert_eq!(index.totals(), (5, 0));
+    }
+
+    fn moved_del(path: &str, to: Id, messages: Vec<(Id, Id)>) -> Op {
+        Op::Del {
+            path: path.into(),
+            moved: Some(crate::format::Moved { to, messages }),
+        }
+    }
+
+    fn stored(channel: Option<Id>, message: Id) -> ChunkLocation {
+        ChunkLocation::Stored {
+            channel,
+            message,
+            attachment: message * 10,
+        }
+    }
+
+    /// Channel 1: "a" and "b" share message 10 (small files batched in one message),
+    /// "a" moves to channel 2 (message 20), "b" to channel 3 (message 30); then a newer
+    /// put of "a" (message 40) that doesn't bring the chunks back, and a second move of
+    /// "b"'s message to channel 2 (message 50, older stamp for 3 stays).
+    fn moves_in_channel_one() -> Vec<(Message, Record)> {
+        let shared = message(10, &[("c0.bin", 100), ("c1.bin", 101)]);
+        vec![
+            (
+                shared,
+                record(vec![
+                    put("a", vec![attached("c0.bin")]),
+                    put("b", vec![attached("c1.bin")]),
+                ]),
+            ),
+            (
+                message(20, &[]),
+                record(vec![moved_del("a", 2, vec![(1, 10)])]),
+            ),
+            (
+                message(30, &[]),
+                record(vec![moved_del("b", 3, vec![(1, 10), (9, 90)])]),
+            ),
+            (message(40, &[]), record(vec![put("a", vec![])])),
+            (
+                message(50, &[]),
+                record(vec![moved_del("gone", 2, vec![(9, 90)])]),
+            ),
+        ]
+    }
+
+    #[test]
+    fn moved_out_replay_is_order_independent() {
+        let ops = moves_in_channel_one();
+        let mut forward = Index::new(1, None);
+        for (message, record) in &ops {
+            forward.apply(message, record).unwrap();
+        }
+        let mut backward = Index::new(1, None);
+        for (message, record) in ops.iter().rev() {
+            backward.apply(message, record).unwrap();
+        }
+        backward.apply(&ops[2].0, &ops[2].1).unwrap(); // read twice
+        let mut shuffled = Index::new(1, None);
+        for i in [3, 0, 4, 2, 1] {
+            shuffled.apply(&ops[i].0, &ops[i].1).unwrap();
+        }
+        for index in [&forward, &backward, &shuffled] {
+            assert_eq!(index.moved_to(1, 10), vec![3, 2]);
+            // Newest first: message 50 sent (9, 90) to 2 after message 30 sent it to 3.
+            assert_eq!(index.moved_to(9, 90), vec![2, 3]);
+            assert!(index.moved_to(1, 11).is_empty());
+            assert_eq!(index.holds(1, 10), Hold::MovedTo(vec![3, 2]));
+            assert!(index.file("a").unwrap().chunks.is_empty());
+            assert!(index.entry("b").is_none());
+        }
+        // The cache keeps it (JSON, keyed by a list).
+        let json = serde_json::to_string(&forward).unwrap();
+        let read: Index = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.moved_out, forward.moved_out);
+        assert_eq!(read.holds(9, 90), Hold::MovedTo(vec![2, 3]));
+    }
+
+    #[test]
+    fn holds_tells_live_moved_and_unknown_messages_apart() {
+        let mut index = Index::new(2, None);
+        // A file moved here from channel 1 (chunks in 1/10 and in 2/15), and a file of
+        // our own in message 16.
+        index
+            .apply(
+                &message_in(2, 16, &[("c0.bin", 160)]),
+                &record(vec![
+                    put("moved", vec![stored(Some(1), 10), stored(Some(2), 15)]),
+                    put("own", vec![attached("c0.bin")]),
+                ]),
+            )
+            .unwrap();
+        let moved = index.file("moved").unwrap();
+        // A `c` naming the record's own channel is no channel.
+        assert_eq!(moved.chunks[0].channel, Some(1));
+        assert_eq!(moved.chunks[1].channel, None);
+        assert_eq!(index.holds(1, 10), Hold::Live);
+        assert_eq!(index.holds(2, 15), Hold::Live);
+        assert_eq!(index.holds(2, 16), Hold::Live);
+        assert_eq!(index.holds(1, 16), Hold::No);
+        assert_eq!(index.holds(1, 11), Hold::No);
+        assert_eq!(index.foreign_in_use(), HashSet::from([(1, 10)]));
+        // "moved" goes on to channel 3; "own" is deleted.
+        index
+            .apply(
+                &message_in(2, 17, &[]),
+                &record(vec![moved_del("moved", 3, vec![(1, 10), (2, 15)])]),
+            )
+            .unwrap();
+        index
+            .apply(
+                &message_in(2, 18, &[]),
+                &record(vec![Op::Del {
+                    path: "own".into(),
+                    moved: None,
+                }]),
+            )
+            .unwrap();
+        assert_eq!(index.holds(1, 10), Hold::MovedTo(vec![3]));
+        assert_eq!(index.holds(2, 15), Hold::MovedTo(vec![3]));
+        assert_eq!(index.holds(2, 16), Hold::No);
+        // Messages with tombstones are this channel's own, and stay.
+        assert_eq!(index.holds(2, 17), Hold::Live);
+        assert_eq!(index.holds(2, 18), Hold::Live);
+        assert!(index.messages_kept().contains(&15));
+        assert!(!index.messages_in_use().contains(&15));
+        assert_eq!(index.moved_out_messages(), vec![15]);
     }
 
     #[test]

@@ -23,6 +23,12 @@
 //! - **rename**: one record `[put new-path (same chunks), del old-path]`; nothing is
 //!   uploaded again and the change is atomic.
 //! - **remove**: one record of tombstones.
+//! - **move to another channel** ([`Volume::move_to`]): a record in the destination that
+//!   puts the file with the same chunks, each naming the channel it is in (`c`), then a
+//!   *moved* delete here that names the messages holding them. Nothing is uploaded
+//!   again; the bytes stay in the source channel. The destination's record comes
+//!   first: if the process dies between the two, the file shows in both channels rather
+//!   than in none.
 //!
 //! After a change lands, the messages it made useless (the old version's chunks and
 //! record) are deleted: [`Index::messages_in_use`] says what is still needed. The index is
@@ -32,24 +38,47 @@
 //! Once a change's record is stored the change has happened: nothing after that point
 //! fails it. Messages that can't be freed then (the store failed) are kept in
 //! [`Index::unfreed`] (and its cache) and freed after a later successful refresh.
+//!
+//! ## Who owns a moved file's chunks
+//!
+//! After a move, the source channel's messages hold chunks that the destination's files
+//! use, and a file may move on again (X → B → C) or come back. A message is deleted only
+//! once no channel uses it, found by following the chain of moves from the message's
+//! own channel: a channel whose live entries use it ([`Hold::Live`]) keeps it; one whose
+//! files using it moved on ([`Hold::MovedTo`]) passes the question to the destinations,
+//! each read up to date first; a channel already asked counts as not using it (the file
+//! came back), and when every path ends the message goes. So a delete or a new version
+//! in B of a file moved from X frees X's messages (they are kept in
+//! [`Index::unfreed_foreign`] until then), a message shared by small files stays while
+//! any of them, wherever it moved, uses it, and a moved delete frees none of the moved
+//! file's chunks. A message of this channel that no entry uses and no file took along
+//! goes without asking anyone, as before. Asking needs the other channels' volumes:
+//! whoever opens volumes gives them a [`Peers`] ([`Volume::set_peers`]); the fs core
+//! and the CLI do. Without one, or when a channel can't be opened or read, the message
+//! stays and is asked about again after a later refresh: a doubt never deletes.
+//! [`Volume::moved_files_elsewhere`] tells whether deleting a whole channel would
+//! destroy moved files' bytes.
 
 pub mod index;
 pub mod journal;
 pub mod transfer;
 
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
+use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 
-pub use index::{DirEntry, Entry, FileEntry, Index, Listed, Node, Skip, StoredChunk};
+pub use index::{DirEntry, Entry, FileEntry, Hold, Index, Listed, Node, Skip, StoredChunk};
 pub use transfer::{ChunkPlan, Interrupt, Progress};
 
 use crate::crypto::{CryptoError, Key, KeyId};
 use crate::format::{
-    self, ChunkRef, DirManifest, FileId, FileManifest, FormatError, MessageKind, Op, Record,
+    self, ChunkLocation, ChunkRef, DirManifest, FileId, FileManifest, FormatError, MessageKind,
+    Moved, Op, Record,
 };
 use crate::store::{
     Channel, HistoryCursor, Id, Limits, MAX_HISTORY_PAGE, Message, NewMessage, Store, StoreError,
@@ -323,6 +352,16 @@ pub async fn find_channel(store: &dyn Store, name: &str) -> Result<Channel, Volu
     })
 }
 
+/// The other channels' volumes, as whoever opened this one keeps them (the fs core, the
+/// CLI): what a volume asks when it must know whether a file moved elsewhere still
+/// needs a message (see the module docs). Implementations hand out the volume they
+/// already have open for a channel, or open it.
+#[async_trait]
+pub trait Peers: Send + Sync {
+    /// The volume of `channel`, opened with the same store, key and settings.
+    async fn peer(&self, channel: Id) -> Result<Arc<Volume>, VolumeError>;
+}
+
 /// One channel, opened. Methods take `&self`; the index sits behind a mutex that is
 /// never held across a store call. The index cache is written when the volume is
 /// dropped (or [`Volume::save`]d), not after every change: writing the whole index per
@@ -340,6 +379,9 @@ pub struct Volume {
     index: Mutex<Index>,
     /// The index changed since the cache was last written.
     unsaved: AtomicBool,
+    /// The other channels, once set ([`Volume::set_peers`]); weak, as the one who keeps
+    /// them keeps this volume too.
+    peers: OnceLock<Weak<dyn Peers>>,
 }
 
 impl Drop for Volume {
@@ -368,6 +410,7 @@ impl Volume {
             config,
             index: Mutex::new(index),
             unsaved: AtomicBool::new(false),
+            peers: OnceLock::new(),
         };
         volume.refresh().await?;
         volume.reclaim_abandoned_uploads().await;
@@ -379,7 +422,7 @@ impl Volume {
         let Some(dir) = self.journal_dir() else {
             return;
         };
-        let in_use = || self.index().messages_in_use();
+        let in_use = || self.index().messages_kept();
         let deleted = journal::reclaim_abandoned(
             &dir,
             self.store.as_ref(),
@@ -404,6 +447,17 @@ impl Volume {
     /// The channel.
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// Tells the volume how to reach the other channels' volumes. Until this is set,
+    /// messages that files moved to other channels may still need are never deleted.
+    /// Only the first call counts.
+    pub fn set_peers(&self, peers: Weak<dyn Peers>) {
+        let _ = self.peers.set(peers);
+    }
+
+    fn peers(&self) -> Option<Arc<dyn Peers>> {
+        self.peers.get().and_then(Weak::upgrade)
     }
 
     /// The store's limits as last read.
@@ -438,9 +492,22 @@ impl Volume {
         }
     }
 
-    /// Reads the messages posted since the index last looked (the index is marked for
-    /// saving only if that changed something).
+    /// Reads the messages posted since the index last looked, then deletes the
+    /// messages that changes of ours left unneeded ([`Index::unfreed`]). The index is
+    /// marked for saving only if that changed something.
     pub async fn refresh(&self) -> Result<(), VolumeError> {
+        let read_new = self.catch_up().await?;
+        let freed = self.free_unused().await;
+        if read_new || freed {
+            self.unsaved.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Reads the messages posted since the index last looked, and nothing more (what
+    /// another channel's volume asks of this one while it follows a moved file: it
+    /// must not start freeing in turn). Returns whether anything new was read.
+    async fn catch_up(&self) -> Result<bool, VolumeError> {
         let last_seen = self.index().last_seen;
         let mut cursor = if last_seen == 0 {
             0
@@ -468,33 +535,172 @@ impl Volume {
             }
         }
         let read_new = self.index().last_seen != last_seen;
-        let freed = self.free_unused().await;
-        if read_new || freed {
+        if read_new {
             self.unsaved.store(true, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(read_new)
     }
 
-    /// Deletes the messages in [`Index::unfreed`] that nothing needs, now that the index
-    /// is up to date. Those the store fails to delete stay for the next time. Returns
-    /// whether there was anything to do.
+    /// Deletes the messages in [`Index::unfreed`] and [`Index::unfreed_foreign`] that
+    /// nothing needs, now that the index is up to date. A message of this channel that
+    /// no live entry uses and no file took along to another channel goes at once; one
+    /// that a moved file took along, or one of another channel, goes only once
+    /// following the moves ([`Volume::holder`]) finds no channel that still uses it.
+    /// Those that can't be decided or deleted now stay for the next time. Returns
+    /// whether anything changed.
     async fn free_unused(&self) -> bool {
-        let candidates: Vec<Id> = {
+        let (own, foreign, before) = {
             let mut index = self.index();
-            if index.unfreed.is_empty() {
+            if index.unfreed.is_empty() && index.unfreed_foreign.is_empty() {
                 return false;
             }
+            let before = (index.unfreed.clone(), index.unfreed_foreign.clone());
             let in_use = index.messages_in_use();
-            let unfreed = std::mem::take(&mut index.unfreed);
-            unfreed
+            let foreign_in_use = index.foreign_in_use();
+            let own: Vec<Id> = std::mem::take(&mut index.unfreed)
                 .into_iter()
                 .filter(|id| !in_use.contains(id))
-                .collect()
+                .collect();
+            let foreign: Vec<(Id, Id)> = std::mem::take(&mut index.unfreed_foreign)
+                .into_iter()
+                .filter(|held| !foreign_in_use.contains(held))
+                .collect();
+            (own, foreign, before)
         };
-        let failed =
-            transfer::delete_quietly(self.store.as_ref(), self.channel.id, &candidates).await;
-        self.index().unfreed.extend(failed);
-        true
+        let mut free: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
+        let mut undecided = Vec::new();
+        for message in own {
+            if self.index().moved_to(self.channel.id, message).is_empty() {
+                free.entry(self.channel.id).or_default().push(message);
+            } else {
+                undecided.push((self.channel.id, message));
+            }
+        }
+        undecided.extend(foreign);
+        let mut kept: Vec<(Id, Id)> = Vec::new();
+        if self.peers().is_none() {
+            // Whether files that moved away still use them can't be asked from here.
+            kept = undecided;
+        } else {
+            let mut fresh = HashSet::new();
+            for (channel, message) in undecided {
+                let searched = self
+                    .search(channel, message, vec![channel], HashSet::new(), &mut fresh)
+                    .await;
+                match searched {
+                    Ok(None) => free.entry(channel).or_default().push(message),
+                    Ok(Some(holder)) => log::debug!(
+                        "#{}: message {message} of channel {channel} stays: a file in \
+                         channel {holder} uses it",
+                        self.channel.name
+                    ),
+                    Err(e) => {
+                        log::info!(
+                            "#{}: can't tell yet whether message {message} of channel \
+                             {channel} is still needed ({e}); will try again later",
+                            self.channel.name
+                        );
+                        kept.push((channel, message));
+                    }
+                }
+            }
+        }
+        let deleted_any = !free.is_empty();
+        for (channel, messages) in free {
+            let failed = transfer::delete_quietly(self.store.as_ref(), channel, &messages).await;
+            let mut index = self.index();
+            if channel == self.channel.id {
+                index.unfreed.extend(failed);
+            } else {
+                index
+                    .unfreed_foreign
+                    .extend(failed.into_iter().map(|m| (channel, m)));
+            }
+        }
+        let mut index = self.index();
+        for (channel, message) in kept {
+            if channel == self.channel.id {
+                index.unfreed.insert(message);
+            } else {
+                index.unfreed_foreign.insert((channel, message));
+            }
+        }
+        deleted_any || (index.unfreed.clone(), index.unfreed_foreign.clone()) != before
+    }
+
+    /// Which channel still uses message `message` of channel `channel`, if any: starting
+    /// at the message's own channel, a channel whose index [`Hold::Live`]s it holds it;
+    /// one whose files using it moved on sends the search to their destinations (each
+    /// read up to date first); a channel seen before counts as not holding it (the file
+    /// came back). Any doubt — the other channels can't be reached ([`Volume::set_peers`]
+    /// was not called), a channel can't be opened or read — is an error: the caller
+    /// keeps the message.
+    pub async fn holder(&self, channel: Id, message: Id) -> Result<Option<Id>, VolumeError> {
+        self.search(
+            channel,
+            message,
+            vec![channel],
+            HashSet::new(),
+            &mut HashSet::new(),
+        )
+        .await
+    }
+
+    /// [`Volume::holder`] from the channels `start`, having seen `seen` already.
+    /// `fresh` are the other channels read up to date in this pass already (a pass
+    /// over many messages reads each channel once).
+    async fn search(
+        &self,
+        channel: Id,
+        message: Id,
+        start: Vec<Id>,
+        mut seen: HashSet<Id>,
+        fresh: &mut HashSet<Id>,
+    ) -> Result<Option<Id>, VolumeError> {
+        let mut queue = VecDeque::from(start);
+        while let Some(at) = queue.pop_front() {
+            if !seen.insert(at) {
+                continue;
+            }
+            let hold = if at == self.channel.id {
+                self.index().holds(channel, message)
+            } else {
+                let peers = self.peers().ok_or_else(|| {
+                    VolumeError::Internal("the other channels can't be reached from here".into())
+                })?;
+                let volume = peers.peer(at).await?;
+                if fresh.insert(at) {
+                    volume.catch_up().await.inspect_err(|_| {
+                        fresh.remove(&at);
+                    })?;
+                }
+                volume.index().holds(channel, message)
+            };
+            match hold {
+                Hold::Live => return Ok(Some(at)),
+                Hold::MovedTo(dests) => queue.extend(dests),
+                Hold::No => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The other channels where files moved away from this one still use its messages
+    /// (for each such message, the first channel found): deleting this channel would
+    /// destroy their bytes. Errors if that can't be told.
+    pub async fn moved_files_elsewhere(&self) -> Result<BTreeSet<Id>, VolumeError> {
+        let messages = self.index().moved_out_messages();
+        let mut holders = BTreeSet::new();
+        let mut fresh = HashSet::new();
+        for message in messages {
+            let start = self.index().moved_to(self.channel.id, message);
+            let seen = HashSet::from([self.channel.id]);
+            let found = self
+                .search(self.channel.id, message, start, seen, &mut fresh)
+                .await?;
+            holders.extend(found);
+        }
+        Ok(holders)
     }
 
     /// Applies one message from history (ours and a record), or notes why not.
@@ -1017,9 +1223,25 @@ impl Volume {
         let replaced_something = {
             let mut index = self.index();
             let mut freed = Vec::new();
+            let mut freed_foreign = Vec::new();
             for op in &record.ops {
-                if let Some(old) = index.entry(op.path()) {
-                    freed.extend(old.messages());
+                let Some(old) = index.entry(op.path()) else {
+                    continue;
+                };
+                match op {
+                    // A moved file's chunks stay: the destination uses them. Its record
+                    // message may go, unless it holds some of them.
+                    Op::Del {
+                        moved: Some(moved), ..
+                    } => freed.extend(
+                        old.messages()
+                            .into_iter()
+                            .filter(|m| !moved.messages.contains(&(self.channel.id, *m))),
+                    ),
+                    _ => {
+                        freed.extend(old.messages());
+                        freed_foreign.extend(old.foreign_messages());
+                    }
                 }
             }
             if let Err(why) = index.apply(message, record) {
@@ -1029,8 +1251,9 @@ impl Volume {
                     message.id
                 );
             }
-            let replaced_something = !freed.is_empty();
+            let replaced_something = !freed.is_empty() || !freed_foreign.is_empty();
             index.unfreed.extend(freed);
+            index.unfreed_foreign.extend(freed_foreign);
             replaced_something
         };
         if replaced_something {
@@ -1344,6 +1567,137 @@ impl Volume {
             }
         };
         self.post_ops(ops).await
+    }
+}
+
+impl Volume {
+    /// Moves the file or folder at `from` to `to` in the channel of `dest`, without
+    /// uploading anything again: the chunks stay where they are. The same checks as
+    /// [`Volume::rename`] apply (into which this turns when `dest` is this channel), and
+    /// a file at `to` is replaced (its messages are freed as by any change).
+    ///
+    /// First `dest` gets a record putting every file (chunks named with their channel,
+    /// `c`) and folder at its new path; then this channel gets the deletes: for files
+    /// *moved* deletes that name the messages holding their chunks and the destination,
+    /// so that nobody frees them while the destination uses them; plain ones for
+    /// folders. Large folders take several records on each side, like [`Volume::remove`].
+    ///
+    /// Not atomic across the two channels: the destination's records come first, so if
+    /// the process dies (or the store fails) between them, the files show in both
+    /// channels rather than in none, sharing their chunks. When the store fails, this
+    /// channel's index notes that the destination uses them ([`Index::note_moved`]), so
+    /// deleting either copy from here keeps what the other needs. After a crash, or on
+    /// another machine, the copy left behind doesn't know of the move, and deleting it
+    /// there would free chunks that the destination uses too: a half-done move (the
+    /// error says so) is finished by moving the same name again.
+    pub async fn move_to(&self, from: &str, dest: &Volume, to: &str) -> Result<(), VolumeError> {
+        if dest.channel.id == self.channel.id {
+            return self.rename(from, to).await;
+        }
+        if from.is_empty() || to.is_empty() {
+            return Err(VolumeError::Unsupported(format!(
+                "can't move a channel itself ({} to {})",
+                self.display(from),
+                dest.display(to)
+            )));
+        }
+        let moving: Vec<(String, Entry)> = {
+            let index = self.index();
+            match index.node(from) {
+                None => {
+                    drop(index);
+                    return Err(self.not_found(from));
+                }
+                Some(Node::File(file)) => vec![(from.to_string(), Entry::File(file.clone()))],
+                // The folder's own record first, then what is below it in path order.
+                Some(Node::Dir(_)) => index
+                    .entry(from)
+                    .cloned()
+                    .map(|e| (from.to_string(), e))
+                    .into_iter()
+                    .chain(
+                        index
+                            .live_under(from)
+                            .map(|(p, e)| (p.to_string(), e.clone())),
+                    )
+                    .collect(),
+            }
+        };
+        let is_file = matches!(moving.as_slice(), [(path, Entry::File(_))] if path == from);
+        dest.check_creatable(to, is_file)?;
+        if moving.is_empty() {
+            return Ok(()); // a folder implied by nothing (can't happen) or already gone
+        }
+        let mut puts = Vec::with_capacity(moving.len());
+        let mut dels = Vec::with_capacity(moving.len());
+        for (path, entry) in moving {
+            let target = format!("{to}{}", &path[from.len()..]);
+            match entry {
+                Entry::File(file) => {
+                    puts.push(Op::Put(self.manifest_in(&target, &file, dest.channel.id)));
+                    let mut messages: Vec<(Id, Id)> = Vec::new();
+                    for chunk in &file.chunks {
+                        let held = (chunk.channel.unwrap_or(self.channel.id), chunk.message);
+                        if !messages.contains(&held) {
+                            messages.push(held);
+                        }
+                    }
+                    dels.push(Op::Del {
+                        path,
+                        moved: Some(Moved {
+                            to: dest.channel.id,
+                            messages,
+                        }),
+                    });
+                }
+                Entry::Dir(dir) => {
+                    puts.push(Op::Mkdir(DirManifest {
+                        path: target,
+                        mtime_ns: dir.mtime_ns,
+                        mode: dir.mode,
+                    }));
+                    dels.push(Op::Del { path, moved: None });
+                }
+            }
+        }
+        dest.post_ops(puts).await?;
+        let result = self.post_ops(dels.clone()).await;
+        if let Err(e) = &result {
+            // The files are in both channels now, sharing their chunks: remember here
+            // (in this index and its cache) that the destination uses them too, so that
+            // deleting the copy here doesn't free what the other one needs.
+            let mut index = self.index();
+            for op in &dels {
+                if let Op::Del {
+                    moved: Some(moved), ..
+                } = op
+                {
+                    index.note_moved(&moved.messages, moved.to);
+                }
+            }
+            drop(index);
+            self.unsaved.store(true, Ordering::Relaxed);
+            log::warn!(
+                "{} is now also at {}, but deleting it here failed ({e}); move it again to \
+                 finish the move",
+                self.display(from),
+                dest.display(to)
+            );
+        }
+        result
+    }
+
+    /// The manifest that puts an indexed file of this channel (its same chunks) at
+    /// `path` in channel `dest`: every chunk names its channel, unless that is `dest`.
+    fn manifest_in(&self, path: &str, file: &FileEntry, dest: Id) -> FileManifest {
+        let mut manifest = manifest_for(path, file);
+        for chunk in &mut manifest.chunks {
+            if let ChunkLocation::Stored { channel, .. } = &mut chunk.location {
+                let at = channel.unwrap_or(self.channel.id);
+                *channel = (at != dest).then_some(at);
+            }
+        }
+        manifest
     }
 }
 
