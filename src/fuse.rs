@@ -10,7 +10,9 @@
 //!   touch the store is spawned as a task on the tokio runtime and answered from there;
 //!   the worker goes straight back to reading the next request. A slow upload on close
 //!   therefore never delays a `ls` or a read of another file. (A task that panics drops
-//!   its reply, which fuser answers with EIO.)
+//!   its reply, which fuser answers with EIO.) The one exception is a write that no
+//!   upload holds up: it goes into the local spool file on the worker thread itself,
+//!   which spares copying each 1 MiB request and a hand-off between threads.
 //! - **Errors** are [`FsError::errno`]; names that are not UTF-8 are EINVAL (the store
 //!   keeps UTF-8 paths only).
 //! - **Folders** list `.` and `..` first, then the core's names; entry `i` carries the
@@ -529,6 +531,13 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Into the spool at once when no upload holds the file: a local write, and it
+        // saves copying the data and handing it to another thread.
+        match self.fs.try_write_now(fh.0, offset, data) {
+            Some(Ok(written)) => return reply.written(written),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
         // The request's buffer is fuser's, reused for the next request: copy.
         let data = data.to_vec();
         self.spawn(move |fs| async move {

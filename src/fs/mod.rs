@@ -888,6 +888,16 @@ impl Fs {
         }
     }
 
+    /// `write`, done at once if it needn't wait (see [`WriteSession::try_write`]): `None`
+    /// if it must, and then [`Fs::write`] does it.
+    pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
+        match self.handle(fh) {
+            Ok(Handle::Write(session)) => session.try_write(offset, data),
+            Ok(Handle::Read(_)) => Some(Err(FsError::BadHandle)),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// Uploads a session's content if it changed since its last upload.
     async fn commit(&self, session: &Arc<WriteSession>) -> Result<(), FsError> {
         let key = session.key();

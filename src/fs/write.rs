@@ -135,6 +135,19 @@ impl WriteSession {
     /// Writes `data` at `offset`.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let _shared = self.content.read().await;
+        self.write_unlocked(offset, data)
+    }
+
+    /// Writes `data` at `offset` now, if no upload holds the file; `None` if one does
+    /// (then [`WriteSession::write`] waits for it). Writing to the spool is a local
+    /// write, so a caller that must not wait for the network can do it in place.
+    pub fn try_write(&self, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
+        let _shared = self.content.try_read().ok()?;
+        Some(self.write_unlocked(offset, data))
+    }
+
+    /// Writes with the content lock held (shared).
+    fn write_unlocked(&self, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         self.spool
             .data
             .write_all_at(data, offset)
