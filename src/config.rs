@@ -1,9 +1,13 @@
 //! The config file, `$XDG_CONFIG_HOME/dcloud-fs/config.toml`.
 //!
 //! It holds what a user sets once: which store (a Discord guild through a bot, or a
-//! local folder), the bot's token, the key file. Command-line flags override the
-//! environment, which overrides this file, which overrides the defaults; the CLI does
-//! that merge, this module only reads and checks the file.
+//! local folder), the bot's token, the key file, and how to mount. Command-line flags
+//! override the environment, which overrides this file, which overrides the defaults;
+//! the CLI does that merge (and `dcloud-fs config` shows it), this module only reads
+//! and checks the file. `contrib/config.toml.template` documents every key; a test
+//! checks that it names each one.
+//!
+//! Paths may start with `~/`, meaning the home folder.
 //!
 //! The file is strict: an unknown key or a value of the wrong kind is an error that
 //! names the key and the file, so a typo never silently means "use the default". A
@@ -34,6 +38,48 @@ pub struct ConfigFile {
     pub max_file_size_mib: Option<u64>,
     /// Bound on one request to Discord, in seconds (default 120).
     pub request_timeout_secs: Option<u64>,
+    /// Where `mount` and `umount` mount when given no mount point (default `~/discord`).
+    pub mount_point: Option<PathBuf>,
+    /// Memory for decrypted chunks, in MiB (default 256).
+    pub cache_size_mib: Option<u64>,
+    /// Index cache, upload journals and spool (default `$XDG_CACHE_HOME/dcloud-fs`).
+    pub cache_dir: Option<PathBuf>,
+    /// Seconds between checks of open channels for changes made elsewhere (default 5).
+    pub poll_interval_secs: Option<u64>,
+    /// Mount read-only (default false).
+    pub read_only: Option<bool>,
+    /// Let other users into the mount (default false).
+    pub allow_other: Option<bool>,
+}
+
+/// The keys a config file may hold, in the order the template documents them.
+pub const KEYS: [&str; 14] = [
+    "token",
+    "guild",
+    "category",
+    "api",
+    "local",
+    "key_file",
+    "max_file_size_mib",
+    "request_timeout_secs",
+    "mount_point",
+    "cache_size_mib",
+    "cache_dir",
+    "poll_interval_secs",
+    "read_only",
+    "allow_other",
+];
+
+/// `path` with a leading `~/` (or a lone `~`) replaced by the home folder.
+pub fn expand_home(path: &Path) -> PathBuf {
+    let home = || std::env::var_os("HOME").map(PathBuf::from);
+    if path == Path::new("~") {
+        return home().unwrap_or_else(|| path.to_path_buf());
+    }
+    match (path.strip_prefix("~"), home()) {
+        (Ok(rest), Some(home)) => home.join(rest),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// A snowflake id written as a TOML integer or a string of digits.
@@ -92,10 +138,33 @@ pub fn load(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
             });
         }
     };
-    let config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+    let mut config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
         path: path.to_path_buf(),
         message: one_line(&e.to_string()),
     })?;
+    for value in [
+        &mut config.local,
+        &mut config.key_file,
+        &mut config.mount_point,
+        &mut config.cache_dir,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *value = expand_home(value);
+    }
+    let positive = [
+        ("max_file_size_mib", config.max_file_size_mib),
+        ("request_timeout_secs", config.request_timeout_secs),
+        ("cache_size_mib", config.cache_size_mib),
+        ("poll_interval_secs", config.poll_interval_secs),
+    ];
+    if let Some((key, _)) = positive.iter().find(|(_, value)| *value == Some(0)) {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("{key} must be at least 1"),
+        });
+    }
     if config.token.is_some() {
         let mode = std::fs::metadata(path)
             .map_err(|source| ConfigError::Unreadable {
@@ -166,6 +235,64 @@ mod tests {
             message.contains("guild") || message.contains("abc"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn mount_keys_read_and_paths_expand_the_home_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "mount_point = \"~/drive\"\ncache_size_mib = 64\ncache_dir = \"/var/c\"\n\
+             poll_interval_secs = 9\nread_only = true\nallow_other = false\n",
+            0o644,
+        );
+        let config = load(&path, true).unwrap();
+        let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+        assert_eq!(config.mount_point, Some(home.join("drive")));
+        assert_eq!(config.cache_dir, Some(PathBuf::from("/var/c")));
+        assert_eq!(
+            (config.cache_size_mib, config.poll_interval_secs),
+            (Some(64), Some(9))
+        );
+        assert_eq!(
+            (config.read_only, config.allow_other),
+            (Some(true), Some(false))
+        );
+        let zero = write(dir.path(), "poll_interval_secs = 0\n", 0o644);
+        let message = load(&zero, true).unwrap_err().to_string();
+        assert!(message.contains("poll_interval_secs"), "{message}");
+        let bad = write(dir.path(), "read_only = \"yes\"\n", 0o644);
+        let message = load(&bad, true).unwrap_err().to_string();
+        assert!(
+            message.contains("read_only") || message.contains("bool"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_template_documents_every_key_and_reads_as_it_is() {
+        let template = include_str!("../contrib/config.toml.template");
+        for key in KEYS {
+            assert!(
+                template.contains(&format!("\n#{key} = ")),
+                "the template has no commented example of '{key}'"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), template, 0o600);
+        assert_eq!(load(&path, true).unwrap(), ConfigFile::default());
+        // Uncommented, every example must be a valid value of its key.
+        let uncommented: String = template
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if KEYS.iter().any(|k| rest.starts_with(&format!("{k} = "))) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = write(dir.path(), &uncommented, 0o600);
+        let all = load(&path, true).unwrap();
+        assert!(all.token.is_some() && all.allow_other.is_some());
     }
 
     #[test]

@@ -48,6 +48,11 @@ fn bound_allocator_caches() {
 
 /// Warnings by default; -v info, -vv debug; -q errors only. RUST_LOG wins over all.
 ///
+/// On a terminal the level is coloured (debug cyan, info green, warning yellow, error
+/// red, as the Flask app's colorlog did); elsewhere the lines are plain. Under systemd
+/// (stderr is the journal's stream, `$JOURNAL_STREAM`) each line starts with its
+/// syslog priority (`<3>` for an error, ...), so `journalctl -p warning` filters by level.
+///
 /// Below debug, fuser's session module says only errors: it warns "Failed to umount
 /// filesystem" whenever a mount ends by `umount` from outside, its normal way to end.
 fn init_logging(verbose: u8, quiet: bool) {
@@ -57,7 +62,74 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "info,fuser::session=error",
         (false, _) => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
+    let journal = stderr_is_the_journal();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    if journal {
+        builder.write_style(env_logger::WriteStyle::Never);
+    }
+    builder
+        .format(move |buf, record| {
+            use std::io::Write;
+            let level = record.level();
+            if journal {
+                return writeln!(
+                    buf,
+                    "<{}>{}: {}",
+                    syslog_priority(level),
+                    record.target(),
+                    record.args()
+                );
+            }
+            let style = level_style(level);
+            writeln!(
+                buf,
+                "[{style}{level:<5}{style:#} {}] {}",
+                record.target(),
+                record.args()
+            )
+        })
         .init();
+}
+
+/// The colour of a level on a terminal.
+fn level_style(level: log::Level) -> env_logger::fmt::style::Style {
+    use env_logger::fmt::style::{AnsiColor, Effects};
+    match level {
+        log::Level::Error => AnsiColor::Red.on_default(),
+        log::Level::Warn => AnsiColor::Yellow.on_default(),
+        log::Level::Info => AnsiColor::Green.on_default(),
+        log::Level::Debug => AnsiColor::Cyan.on_default(),
+        log::Level::Trace => AnsiColor::Cyan.on_default().effects(Effects::DIMMED),
+    }
+}
+
+/// The syslog priority journald reads from a `<N>` prefix.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// Whether stderr is the stream systemd connected to the journal: `$JOURNAL_STREAM`
+/// names its device and inode.
+fn stderr_is_the_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((device, inode)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a stat struct for a valid descriptor; 2 is stderr.
+    if unsafe { libc::fstat(2, stat.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so the struct is initialised.
+    let stat = unsafe { stat.assume_init() };
+    device.parse::<u64>().ok() == Some(stat.st_dev)
+        && inode.parse::<u64>().ok() == Some(stat.st_ino)
 }

@@ -747,3 +747,83 @@ fn small_files_go_several_to_a_message_and_fail_alone() {
     assert_eq!(listed.lines().count(), 11, "{listed}");
     assert!(listed.contains("f3.txt/") && listed.contains("f4.txt") && listed.contains("big.bin"));
 }
+
+/// `dcloud-fs config` shows each setting with where it comes from, in the order
+/// flag > environment > config file > default, and never the token.
+#[test]
+fn config_shows_each_setting_and_its_source() {
+    let env = Env::new(tiny_limits());
+    let config_dir = env.home().join(".config/dcloud-fs");
+    fs::create_dir_all(&config_dir).unwrap();
+    let config = config_dir.join("config.toml");
+    fs::write(
+        &config,
+        "token = \"zq-secret-token-zq\"\nguild = 77\ncache_size_mib = 64\n\
+         poll_interval_secs = 9\nmount_point = \"~/drive\"\nread_only = true\n",
+    )
+    .unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    let output = env
+        .command(&["config", "--cache-dir", "/var/tmp/flagged"])
+        .env("DCLOUD_POLL_INTERVAL_SECS", "3")
+        .env("DCLOUD_GUILD", "88")
+        .output()
+        .unwrap();
+    let shown = data::succeeded(&["config"], output);
+    assert!(!shown.contains("zq-secret-token-zq"), "{shown}");
+    let row = |name: &str| -> String {
+        shown
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row {name}: {shown}"))
+            .to_string()
+    };
+    assert!(row("token").contains("config file"), "{shown}");
+    assert!(row("guild").contains("88") && row("guild").contains("DCLOUD_GUILD"));
+    assert!(row("cache_size_mib").contains("64") && row("cache_size_mib").contains("config file"));
+    assert!(row("poll_interval_secs").contains("3 ") || row("poll_interval_secs").contains(" 3"));
+    assert!(row("poll_interval_secs").contains("DCLOUD_POLL_INTERVAL_SECS"));
+    assert!(
+        row("cache_dir").contains("/var/tmp/flagged") && row("cache_dir").contains("--cache-dir")
+    );
+    let drive = env.home().join("drive");
+    assert!(
+        row("mount_point").contains(drive.to_str().unwrap()),
+        "{shown}"
+    );
+    assert!(row("read_only").contains("true"));
+    assert!(row("allow_other").contains("default"));
+    assert!(
+        shown.contains("(DCLOUD_LOCAL)") || shown.contains("local folder"),
+        "{shown}"
+    );
+
+    // A bad value in the environment is one line naming the variable.
+    let output = env
+        .command(&["config"])
+        .env("DCLOUD_REQUEST_TIMEOUT_SECS", "soon")
+        .output()
+        .unwrap();
+    let line = data::failed_with_one_line(&["config"], output);
+    assert!(line.contains("DCLOUD_REQUEST_TIMEOUT_SECS"), "{line}");
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definitions() {
+    let env = Env::new(tiny_limits());
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.ok(&["completions", shell]);
+        assert!(
+            script.contains("dcloud-fs") && script.contains("umount") && script.contains("mount"),
+            "{shell}: {}",
+            &script[..script.len().min(300)]
+        );
+    }
+    let page = env.ok(&["man"]);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH dcloud-fs 1"),
+        "{page}"
+    );
+    assert!(page.contains("doctor") && page.contains("config"));
+    assert!(!env.run(&["completions", "tcsh"]).status.success());
+}

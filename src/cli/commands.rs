@@ -730,3 +730,35 @@ fn put_source(file: fs::File, metadata: &fs::Metadata) -> PutSource {
         PutSource::Stream(Box::new(file))
     }
 }
+
+/// `dcloud-fs config`: the config file, then every setting, its value and its source.
+pub fn show_config(context: &Context) -> Result<(), CliError> {
+    let (path, named) = context.config_path();
+    let state = if path.exists() {
+        "read"
+    } else if named {
+        "missing"
+    } else {
+        "none there; every key at its default or from flags and environment"
+    };
+    println!("config file: {} ({state})", path.display());
+    println!("store: {}", context.store_summary());
+    println!("precedence: flag > environment > config file > default");
+    println!();
+    let rows = context.settings_table()?;
+    let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let value_width = rows
+        .iter()
+        .map(|r| r.1.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    println!(
+        "{:<name_width$}  {:<value_width$}  FROM",
+        "SETTING", "VALUE"
+    );
+    for (name, value, source) in rows {
+        println!("{name:<name_width$}  {value:<value_width$}  {source}");
+    }
+    Ok(())
+}

@@ -12,6 +12,7 @@ mod commands;
 mod inspect;
 mod mount;
 mod output;
+mod settings;
 
 pub use mount::MountArgs;
 
@@ -88,6 +89,10 @@ pub struct GlobalArgs {
     /// Keep no index cache (read every channel's whole history each time).
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// Folder for the index cache, upload journals, the mount's spool and log. Default:
+    /// $XDG_CACHE_HOME/dcloud-fs.
+    #[arg(long, global = true, env = "DCLOUD_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// More log output (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -146,9 +151,23 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a mount made by `dcloud-fs mount`.
     Umount {
-        /// The folder it is mounted on.
-        mountpoint: PathBuf,
+        /// The folder it is mounted on. Default: the config file's `mount_point`, else
+        /// ~/discord.
+        #[arg(env = "DCLOUD_MOUNT_POINT")]
+        mountpoint: Option<PathBuf>,
     },
+    /// Show the settings in effect and where each comes from (flag, environment, config
+    /// file, default); the token is never shown.
+    Config,
+    /// Print a shell completion script (e.g. `dcloud-fs completions bash >
+    /// ~/.local/share/bash-completion/completions/dcloud-fs`).
+    Completions {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+    /// Print the manual page (roff), e.g. `dcloud-fs man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +283,11 @@ impl CliError {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Completions { shell } => return print_completions(shell),
+        Command::Man => return print_man_page(),
+        _ => {}
+    }
     let interrupt = Interrupt::default();
     // A mount handles its signals itself: they stop it cleanly, not its transfers.
     if !matches!(cli.command, Command::Mount(_)) {
@@ -285,7 +309,36 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Members => inspect::members(&context).await,
         Command::Doctor => inspect::doctor(&context).await,
         Command::Mount(args) => mount::mount(&context, args).await,
-        Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Umount { mountpoint } => mount::umount(&context.mount_point(mountpoint)),
+        Command::Config => commands::show_config(&context),
+        Command::Completions { .. } | Command::Man => unreachable!("answered above"),
+    }
+}
+
+/// Writes the completion script for `shell` (bash, zsh or fish) to stdout.
+fn print_completions(shell: &str) -> Result<(), CliError> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        "bash" => Shell::Bash,
+        "zsh" => Shell::Zsh,
+        "fish" => Shell::Fish,
+        other => return Err(CliError::Usage(format!("no completions for '{other}'"))),
+    };
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "dcloud-fs", &mut std::io::stdout());
+    Ok(())
+}
+
+/// Writes the manual page, made from the command-line definitions, to stdout.
+fn print_man_page() -> Result<(), CliError> {
+    use clap::CommandFactory;
+    let page = clap_mangen::Man::new(Cli::command());
+    match page.render(&mut std::io::stdout()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::io("writing the manual page", e))
+        }
+        _ => Ok(()), // a reader that stopped early (`| head`) is no failure
     }
 }
 
@@ -421,6 +474,14 @@ impl Context {
         })
     }
 
+    /// The config file in use, and whether it was named (flag or $DCLOUD_CONFIG).
+    fn config_path(&self) -> (PathBuf, bool) {
+        match &self.global.config {
+            Some(path) => (path.clone(), true),
+            None => (config::default_path(), false),
+        }
+    }
+
     /// Which store the flags, environment and config file select.
     fn store_choice(&self) -> Result<StoreChoice, CliError> {
         if let Some(dir) = &self.global.local {
@@ -457,10 +518,11 @@ impl Context {
             .category
             .clone()
             .or_else(|| self.file.category.clone());
-        discord.max_file_size = self.file.max_file_size_mib.map(|mib| mib * 1024 * 1024);
-        if let Some(secs) = self.file.request_timeout_secs {
-            discord.request_timeout = std::time::Duration::from_secs(secs.max(1));
-        }
+        discord.max_file_size = self
+            .max_file_size_mib()?
+            .map(|mib| mib.value.saturating_mul(1024 * 1024));
+        discord.request_timeout =
+            std::time::Duration::from_secs(self.request_timeout_secs()?.value.max(1));
         Ok(StoreChoice::Discord(discord))
     }
 
@@ -535,7 +597,7 @@ impl Context {
             cache_dir: if self.global.no_cache {
                 None
             } else {
-                VolumeConfig::default().cache_dir
+                Some(self.cache_base().value.join("index"))
             },
             interrupt: self.interrupt.clone(),
         }

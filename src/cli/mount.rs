@@ -51,24 +51,27 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 #[command(next_help_heading = "Mount options")]
 pub struct MountArgs {
     /// The folder to mount on (it must exist). Its top-level folders are the channels.
-    pub mountpoint: PathBuf,
+    /// Default: the config file's `mount_point`, else ~/discord.
+    #[arg(env = "DCLOUD_MOUNT_POINT")]
+    pub mountpoint: Option<PathBuf>,
     /// Stay in the foreground, logging to stderr, until Ctrl-C or SIGTERM (which upload
     /// the files still open, then unmount). Without it: run in the background, logging
     /// to $XDG_CACHE_HOME/dcloud-fs/mount.log, and return once mounted.
     #[arg(short, long)]
     pub foreground: bool,
-    /// Mount read-only.
-    #[arg(long)]
+    /// Mount read-only (config: `read_only`).
+    #[arg(long, env = "DCLOUD_READ_ONLY")]
     pub read_only: bool,
     /// Let other users use the mount (needs `user_allow_other` in /etc/fuse.conf
-    /// unless mounting as root).
-    #[arg(long)]
+    /// unless mounting as root) (config: `allow_other`).
+    #[arg(long, env = "DCLOUD_ALLOW_OTHER")]
     pub allow_other: bool,
-    /// Memory for decrypted chunks, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
-    pub cache_size: u64,
-    /// Where files being written wait for their upload. Default:
-    /// $XDG_CACHE_HOME/dcloud-fs/spool/<store>.
+    /// Memory for decrypted chunks, in MiB (config: `cache_size_mib`). Default: 256.
+    #[arg(long, value_name = "MIB", env = "DCLOUD_CACHE_SIZE_MIB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_size: Option<u64>,
+    /// Where files being written wait for their upload. Default: spool/<store> in the
+    /// cache folder (`--cache-dir`).
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
     /// Owner shown for every file. Default: the mounting user.
@@ -80,14 +83,20 @@ pub struct MountArgs {
     /// Permission bits taken away from the modes shown (octal).
     #[arg(long, value_name = "OCTAL", default_value = "022", value_parser = parse_umask)]
     pub umask: u32,
-    /// Seconds between checks of the open channels for changes made elsewhere.
-    #[arg(long, value_name = "SECS", default_value_t = 5,
+    /// Seconds between checks of the open channels for changes made elsewhere (config:
+    /// `poll_interval_secs`). Default: 5.
+    #[arg(long, value_name = "SECS", env = "DCLOUD_POLL_INTERVAL_SECS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub poll_interval: u64,
+    pub poll_interval: Option<u64>,
     /// Let `rmdir` of a top-level folder delete its (empty) channel.
     #[arg(long)]
     pub allow_delete_channels: bool,
 }
+
+/// Memory for decrypted chunks when nothing says otherwise, in MiB.
+pub(crate) const DEFAULT_CACHE_SIZE_MIB: u64 = 256;
+/// Seconds between polls when nothing says otherwise.
+pub(crate) const DEFAULT_POLL_SECS: u64 = 5;
 
 fn parse_umask(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text, 8)
@@ -97,14 +106,19 @@ fn parse_umask(text: &str) -> Result<u32, String> {
 }
 
 /// `dcloud-fs mount`.
-pub(crate) async fn mount(context: &Context, args: MountArgs) -> Result<(), CliError> {
-    let mountpoint = check_mountpoint(&args.mountpoint)?;
+pub(crate) async fn mount(context: &Context, mut args: MountArgs) -> Result<(), CliError> {
+    let mountpoint = check_mountpoint(&context.mount_point(args.mountpoint.take()))?;
+    let settings = context.mount_settings(&args);
+    args.read_only = settings.read_only.value;
+    args.allow_other = settings.allow_other.value;
+    args.cache_size = Some(settings.cache_size_mib.value);
+    args.poll_interval = Some(settings.poll_interval_secs.value);
     if args.foreground {
         run_foreground(context, args, mountpoint).await
     } else {
         // Fail here, not in the log, on what the daemon would fail on at once.
         require_key(context)?;
-        run_background(&mountpoint).await
+        run_background(&context.cache_base().value, &mountpoint).await
     }
 }
 
@@ -142,12 +156,22 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
     Ok(path)
 }
 
-fn fs_config(context: &Context, args: &MountArgs) -> FsConfig {
+/// The file system's settings; `args` hold the merged settings (see [`mount`]).
+fn fs_config(context: &Context, args: &MountArgs, store_identity: &str) -> FsConfig {
     let defaults = FsConfig::default();
     FsConfig {
-        cache_bytes: args.cache_size.saturating_mul(1024 * 1024),
-        spool_dir: args.spool_dir.clone(),
-        poll_interval: Duration::from_secs(args.poll_interval),
+        cache_bytes: args
+            .cache_size
+            .unwrap_or(DEFAULT_CACHE_SIZE_MIB)
+            .saturating_mul(1024 * 1024),
+        spool_dir: Some(args.spool_dir.clone().unwrap_or_else(|| {
+            context
+                .cache_base()
+                .value
+                .join("spool")
+                .join(store_identity)
+        })),
+        poll_interval: Duration::from_secs(args.poll_interval.unwrap_or(DEFAULT_POLL_SECS)),
         read_only: args.read_only,
         allow_delete_channels: args.allow_delete_channels,
         uid: args.uid.unwrap_or(defaults.uid),
@@ -189,7 +213,7 @@ async fn run_foreground(
 ) -> Result<(), CliError> {
     let key = require_key(context)?;
     let store = context.store().await?;
-    let config = fs_config(context, &args);
+    let config = fs_config(context, &args, &store.identity());
     let fs = Fs::new(store, Some(key), config)
         .await
         .map_err(|e| CliError::Mount(format!("could not open the store: {e}")))?;
@@ -230,7 +254,7 @@ async fn run_foreground(
     });
     let poller = tokio::spawn({
         let fs = Arc::downgrade(&fs);
-        let every = Duration::from_secs(args.poll_interval);
+        let every = Duration::from_secs(args.poll_interval.unwrap_or(DEFAULT_POLL_SECS));
         async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -307,9 +331,10 @@ fn detach(mountpoint: &Path) {
         .status();
 }
 
-/// Starts the mount as a daemon and waits until it is mounted.
-async fn run_background(mountpoint: &Path) -> Result<(), CliError> {
-    let log_path = crate::dirs::cache_dir().join("mount.log");
+/// Starts the mount as a daemon and waits until it is mounted; it logs to `mount.log`
+/// in `cache_dir`.
+async fn run_background(cache_dir: &Path, mountpoint: &Path) -> Result<(), CliError> {
+    let log_path = cache_dir.join("mount.log");
     if let Some(dir) = log_path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| CliError::io(format!("creating {}", dir.display()), e))?;

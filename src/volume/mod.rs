@@ -536,6 +536,9 @@ impl Volume {
         }
         let read_new = self.index().last_seen != last_seen;
         if read_new {
+            log::debug!("#{}: read new messages", self.channel.name);
+        }
+        if read_new {
             self.unsaved.store(true, Ordering::Relaxed);
         }
         Ok(read_new)
@@ -1053,8 +1056,12 @@ impl Volume {
         options: PutOptions,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<FileEntry, VolumeError> {
+        let started = std::time::Instant::now();
         let uploaded = uploader.run(source).await?;
         let posted = uploaded.posted.clone();
+        let kept = uploader.reuse.iter().flatten().count();
+        // The data messages, and the record's own.
+        let (size, sent) = (uploaded.size, uploaded.posted.len() + 1);
         let tail_bytes: u64 = uploaded.tail.iter().map(|(_, c)| c.plain_len).sum();
         let committed = match self.config.interrupt.check() {
             Ok(()) => {
@@ -1075,6 +1082,21 @@ impl Volume {
             progress.advance(tail_bytes);
         }
         self.landed(&message, &record).await;
+        let chunks = match &record.ops[..] {
+            [Op::Put(manifest)] => manifest.chunks.len(),
+            _ => 0,
+        };
+        log::info!(
+            "stored {}: {size} bytes, {} new chunk(s){} in {sent} message(s), {:.1?}",
+            self.display(path),
+            chunks - kept,
+            if kept > 0 {
+                format!(" ({kept} unchanged kept)")
+            } else {
+                String::new()
+            },
+            started.elapsed()
+        );
         self.file(path)
     }
 
@@ -1299,9 +1321,17 @@ impl Volume {
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<FileEntry, VolumeError> {
         let file = self.file(path)?;
+        let started = std::time::Instant::now();
         self.fetcher(path)
             .download(&file, sink, self.config.download_parallel_chunks, progress)
             .await?;
+        log::debug!(
+            "fetched {}: {} bytes in {} chunk(s), {:.1?}",
+            self.display(path),
+            file.size,
+            file.chunks.len(),
+            started.elapsed()
+        );
         Ok(file)
     }
 

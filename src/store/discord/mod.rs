@@ -97,6 +97,9 @@ impl fmt::Display for Token {
     }
 }
 
+/// How long one request may take when nothing says otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How to reach the guild, and how patiently.
 #[derive(Debug, Clone)]
 pub struct DiscordConfig {
@@ -130,7 +133,7 @@ impl DiscordConfig {
             api: None,
             category: None,
             max_file_size: None,
-            request_timeout: Duration::from_secs(120),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             attempts: 5,
             global_rate: 45,
         }
