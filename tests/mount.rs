@@ -870,6 +870,64 @@ fn daemon_pids(mnt: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Under systemd (`Type=notify`): `READY=1` once the mount is up, `STOPPING=1` when a
+/// SIGTERM begins the stop.
+#[test]
+fn tells_a_service_manager_when_it_is_ready_and_when_it_stops() {
+    need_fuse!();
+    use std::os::unix::net::UnixDatagram;
+    let env = Env::new();
+    let socket_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let receive = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf)?;
+        Ok::<_, std::io::Error>(String::from_utf8(buf[..n].to_vec()).unwrap())
+    };
+    let mnt = env.mnt();
+    let spool = env.spool();
+    let log = env.dir.path().join("mount-notify.log");
+    let child = env
+        .command(&[
+            "mount",
+            "-f",
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mount = Mount {
+        env: &env,
+        child: Some(child),
+        log,
+    };
+
+    let ready = receive().unwrap_or_else(|e| panic!("no READY=1 ({e}): {}", mount.log()));
+    let mounted_then = is_mounted(&mnt);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == format!("STATUS=mounted {}", mnt.display())),
+        "{ready:?}"
+    );
+    assert!(mounted_then, "READY=1 came before the mount was up");
+    write_file(&env.at("docs/ready.txt"), b"ready");
+
+    mount.stop();
+    let stopping = receive().unwrap_or_else(|e| panic!("no STOPPING=1 ({e})"));
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert_eq!(env.get("docs/ready.txt"), b"ready");
+}
+
 #[test]
 fn kill_9_loses_no_closed_file_and_publishes_no_torn_one() {
     need_fuse!();
