@@ -928,6 +928,43 @@ fn tells_a_service_manager_when_it_is_ready_and_when_it_stops() {
     assert_eq!(env.get("docs/ready.txt"), b"ready");
 }
 
+/// Stopping the way the systemd unit stops it: `dcloud-fs umount` (its ExecStop), then
+/// SIGTERM to whatever is left. Idle, the umount does it all and the SIGTERM that
+/// follows at once changes nothing; busy (a file still open for writing), the umount
+/// fails and the SIGTERM uploads the file, then unmounts.
+#[test]
+fn stopping_the_way_the_service_does() {
+    need_fuse!();
+    let env = Env::new();
+    let mnt = env.mnt();
+    let mnt_arg = mnt.to_str().unwrap();
+
+    let mut mount = env.mount(&[]);
+    write_file(&env.at("docs/closed.txt"), b"closed");
+    env.ok(&["umount", mnt_arg]);
+    let mut child = mount.child.take().unwrap();
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        wait_child(&mut child, Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        mount.log()
+    );
+    assert!(!is_mounted(&mnt));
+    drop(mount);
+    assert_eq!(env.get("docs/closed.txt"), b"closed");
+
+    let mount = env.mount(&[]);
+    let mut open = File::create(env.at("docs/open.txt")).unwrap();
+    open.write_all(b"still open").unwrap();
+    let error = env.fails(&["umount", mnt_arg]);
+    assert!(error.contains("could not unmount"), "{error}");
+    assert!(is_mounted(&mnt));
+    mount.stop();
+    drop(open);
+    assert_eq!(env.get("docs/open.txt"), b"still open");
+}
+
 #[test]
 fn kill_9_loses_no_closed_file_and_publishes_no_torn_one() {
     need_fuse!();
