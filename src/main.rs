@@ -8,6 +8,8 @@ use dcloud_fs::cli::{self, Cli};
 
 fn main() -> ExitCode {
     bound_allocator_caches();
+    // SAFETY: no other thread exists yet (the async runtime starts below).
+    unsafe { cli::notify::take_from_environment() };
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -870,6 +870,247 @@ fn daemon_pids(mnt: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Under systemd (`Type=notify`): `READY=1` once the mount is up, `STOPPING=1` when a
+/// SIGTERM begins the stop.
+#[test]
+fn tells_a_service_manager_when_it_is_ready_and_when_it_stops() {
+    need_fuse!();
+    use std::os::unix::net::UnixDatagram;
+    let env = Env::new();
+    let socket_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let receive = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf)?;
+        Ok::<_, std::io::Error>(String::from_utf8(buf[..n].to_vec()).unwrap())
+    };
+    let mnt = env.mnt();
+    let spool = env.spool();
+    let log = env.dir.path().join("mount-notify.log");
+    let child = env
+        .command(&[
+            "mount",
+            "-f",
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mount = Mount {
+        env: &env,
+        child: Some(child),
+        log,
+    };
+
+    let ready = receive().unwrap_or_else(|e| panic!("no READY=1 ({e}): {}", mount.log()));
+    let mounted_then = is_mounted(&mnt);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == format!("STATUS=mounted {}", mnt.display())),
+        "{ready:?}"
+    );
+    assert!(mounted_then, "READY=1 came before the mount was up");
+    write_file(&env.at("docs/ready.txt"), b"ready");
+
+    mount.stop();
+    let stopping = receive().unwrap_or_else(|e| panic!("no STOPPING=1 ({e})"));
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert_eq!(env.get("docs/ready.txt"), b"ready");
+}
+
+/// Stopping the way the systemd unit stops it: `dcloud-fs umount` (its ExecStop), then
+/// SIGTERM to whatever is left. Idle, the umount does it all and the SIGTERM that
+/// follows at once changes nothing; busy (a file still open for writing), the umount
+/// fails and the SIGTERM uploads the file, then unmounts.
+#[test]
+fn stopping_the_way_the_service_does() {
+    need_fuse!();
+    let env = Env::new();
+    let mnt = env.mnt();
+    let mnt_arg = mnt.to_str().unwrap();
+
+    let mut mount = env.mount(&[]);
+    write_file(&env.at("docs/closed.txt"), b"closed");
+    env.ok(&["umount", mnt_arg]);
+    let mut child = mount.child.take().unwrap();
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        wait_child(&mut child, Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        mount.log()
+    );
+    assert!(!is_mounted(&mnt));
+    drop(mount);
+    assert_eq!(env.get("docs/closed.txt"), b"closed");
+
+    let mount = env.mount(&[]);
+    let mut open = File::create(env.at("docs/open.txt")).unwrap();
+    open.write_all(b"still open").unwrap();
+    let error = env.fails(&["umount", mnt_arg]);
+    assert!(error.contains("could not unmount"), "{error}");
+    assert!(is_mounted(&mnt));
+    mount.stop();
+    drop(open);
+    assert_eq!(env.get("docs/open.txt"), b"still open");
+}
+
+/// The mount(8) helper, scripts/mount.dcloud-fs, laid out as scripts/install.sh lays it
+/// out (beside a `dcloud-fs`).
+fn install_mount_helper(env: &Env) -> PathBuf {
+    let bin = env.dir.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("mount.dcloud-fs");
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mount.dcloud-fs"),
+        &helper,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(BIN, bin.join("dcloud-fs")).unwrap();
+    helper
+}
+
+/// `mount -t fuse 'HELPER#dcloud-fs' MOUNTPOINT -o OPTIONS`: mount(8) runs mount.fuse3,
+/// which runs `HELPER dcloud-fs MOUNTPOINT -o OPTIONS`, as for an /etc/fstab entry; and
+/// `umount` undoes it. mount(8) removes HOME from a helper's environment, so the config
+/// folder comes from XDG_CONFIG_HOME here (a real entry reads the user's home).
+#[test]
+fn mount_t_fuse_runs_the_helper_and_umount_undoes_it() {
+    need_fuse!();
+    let env = Env::new();
+    fs::write(env.work().join("hello.txt"), b"hello").unwrap();
+    env.ok(&["put", "hello.txt", "docs"]);
+    let helper = install_mount_helper(&env);
+    let mnt = env.mnt();
+    let home = env.home();
+    let spool = env.spool();
+    let mount_command = |program: &str| {
+        let mut command = Command::new(program);
+        command
+            .current_dir(env.work())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("DCLOUD_LOCAL", env.store());
+        command
+    };
+    let _guard = Daemon { env: &env };
+
+    let options = format!(
+        "ro,umask=077,cache_size=64,poll_interval=1,spool_dir={},noauto,nofail,_netdev,\
+         x-systemd.automount",
+        spool.display()
+    );
+    let output = mount_command("mount")
+        .args(["-t", "fuse"])
+        .arg(format!("{}#dcloud-fs", helper.display()))
+        .arg(&mnt)
+        .args(["-o", &options])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "mount failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(is_mounted(&mnt), "mount returned before the mount was up");
+    assert_eq!(fs::read(env.at("docs/hello.txt")).unwrap(), b"hello");
+    let mode = fs::metadata(env.at("docs/hello.txt"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077,
+        0,
+        "umask=077"
+    );
+    assert_eq!(
+        errno_of(File::create(env.at("docs/new.txt"))),
+        libc::EROFS,
+        "ro"
+    );
+
+    let output = mount_command("umount").arg(&mnt).output().unwrap();
+    assert!(
+        output.status.success(),
+        "umount failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!is_mounted(&mnt));
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon_pids(&mnt).is_empty()),
+        "the daemon did not exit after umount"
+    );
+
+    // Options it can't honour are refused, in one line, before anything is mounted.
+    let output = mount_command("mount")
+        .args(["-t", "fuse"])
+        .arg(format!("{}#dcloud-fs", helper.display()))
+        .arg(&mnt)
+        .args(["-o", "rw,frobnicate=1"])
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(error.contains("unknown option 'frobnicate=1'"), "{error}");
+    assert!(!is_mounted(&mnt));
+}
+
+/// The helper called the way mount(8) calls /sbin/mount.fuse.dcloud-fs for
+/// `-t fuse.dcloud-fs` (no mount.fuse3 in between): the generic options mount(8) adds
+/// are taken; `-f` (fake) mounts nothing; a read-write mount stores what is written.
+#[test]
+fn the_helper_takes_what_mount_passes_it() {
+    need_fuse!();
+    let env = Env::new();
+    let helper = install_mount_helper(&env);
+    let mnt = env.mnt();
+    let spool = env.spool();
+    // As mount(8) runs it: no PATH (the helper sets a default one).
+    let run = |args: &[&str]| {
+        Command::new(&helper)
+            .args(args)
+            .current_dir(env.work())
+            .env_clear()
+            .env("HOME", env.home())
+            .env("DCLOUD_LOCAL", env.store())
+            .output()
+            .unwrap()
+    };
+    let _guard = Daemon { env: &env };
+    let options = format!(
+        "rw,nosuid,nodev,user,exec,spool_dir={},allow_delete_channels",
+        spool.display()
+    );
+    let mnt_arg = mnt.to_str().unwrap();
+
+    let output = run(&["dcloud-fs", mnt_arg, "-f", "-v", "-o", &options]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(!is_mounted(&mnt), "-f (fake) mounted");
+
+    let output = run(&["dcloud-fs", mnt_arg, "-n", "-o", &options]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(is_mounted(&mnt));
+    write_file(&env.at("docs/written.txt"), b"through the helper");
+    env.ok(&["umount", mnt_arg]);
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon_pids(&mnt).is_empty()),
+        "the daemon did not exit after umount"
+    );
+    assert_eq!(env.get("docs/written.txt"), b"through the helper");
+}
+
 #[test]
 fn kill_9_loses_no_closed_file_and_publishes_no_torn_one() {
     need_fuse!();

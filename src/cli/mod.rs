@@ -11,6 +11,7 @@
 mod commands;
 mod inspect;
 mod mount;
+pub mod notify;
 mod output;
 mod settings;
 

@@ -8,7 +8,10 @@
 //! every file still open for writing, unmount and exit 0 (a second signal skips the
 //! uploads; the spool keeps them for the next mount); or for the mount to go away from
 //! outside (`dcloud-fs umount`, `fusermount3 -u`), which exits 0 too. If the unmount
-//! finds the mount busy (a shell inside it), it is detached lazily.
+//! finds the mount busy (a shell inside it), it is detached lazily. Under a service
+//! manager that asks for it (`$NOTIFY_SOCKET`, a systemd `Type=notify` service) it
+//! reports `READY=1` once mounted and `STOPPING=1` as it begins to stop
+//! ([`super::notify`]).
 //!
 //! **Background** (the default): run the same command again with `--foreground` added,
 //! as a new session (`setsid`, so it outlives the terminal) with stdin and stdout on
@@ -218,6 +221,7 @@ async fn run_foreground(
         .await
         .map_err(|e| CliError::Mount(format!("could not open the store: {e}")))?;
     let mut signals = Signals::new()?;
+    let notifier = super::notify::Notifier::from_environment();
 
     let adapter = FuseFs::new(fs.clone(), tokio::runtime::Handle::current());
     let session_config = crate::fuse::session_config(MountSettings {
@@ -242,6 +246,9 @@ async fn run_foreground(
         })
         .map_err(|e| CliError::io("could not start the FUSE session", e))?;
     log::info!("mounted {}", mountpoint.display());
+    if let Some(notifier) = &notifier {
+        notifier.send(&format!("READY=1\nSTATUS=mounted {}", mountpoint.display()));
+    }
 
     tokio::spawn({
         let fs = fs.clone();
@@ -271,6 +278,9 @@ async fn run_foreground(
         _ = signals.next() => {}
         result = &mut ended => {
             // Unmounted from outside (or the session failed).
+            if let Some(notifier) = &notifier {
+                notifier.send("STOPPING=1\nSTATUS=unmounted; stopping");
+            }
             poller.abort();
             fs.shutdown().await;
             return match result {
@@ -285,6 +295,10 @@ async fn run_foreground(
     }
 
     log::info!("stopping: uploading the files still open, then unmounting");
+    if let Some(notifier) = &notifier {
+        notifier
+            .send("STOPPING=1\nSTATUS=stopping: uploading the files still open, then unmounting");
+    }
     poller.abort();
     tokio::select! {
         _ = fs.shutdown() => {}
