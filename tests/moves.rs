@@ -27,9 +27,10 @@ use dcloud_fs::crypto::Key;
 use dcloud_fs::fs::inode::ROOT;
 use dcloud_fs::fs::{Fs, FsConfig, FsError, OpenFlags};
 use dcloud_fs::store::local::LocalStore;
-use dcloud_fs::store::{Channel, HistoryCursor, Id, Limits, Store, StoreError};
+use dcloud_fs::store::{Channel, HistoryCursor, Id, Limits, Store};
 use dcloud_fs::volume::{
     FileEntry, Node, Peers, PutOptions, PutSource, SmallFile, Volume, VolumeConfig, VolumeError,
+    channel_with_id,
 };
 use faulty::FaultyStore;
 use tempfile::TempDir;
@@ -89,13 +90,7 @@ impl Peers for Volumes {
         if let Some(volume) = open.get(&channel) {
             return Ok(volume.clone());
         }
-        let info = self
-            .store
-            .channels()
-            .await?
-            .into_iter()
-            .find(|c| c.id == channel)
-            .ok_or(StoreError::NoSuchChannel(channel))?;
+        let info = channel_with_id(self.store.as_ref(), channel).await?;
         let volume = Arc::new(
             Volume::open(
                 self.store.clone(),

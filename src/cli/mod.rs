@@ -29,7 +29,9 @@ use crate::crypto::{self, CryptoError, Key};
 use crate::store::discord::{DiscordConfig, DiscordStore, Token};
 use crate::store::local::LocalStore;
 use crate::store::{Channel, Id, Limits, Store, StoreError};
-use crate::volume::{Interrupt, Peers, Volume, VolumeConfig, VolumeError, find_channel};
+use crate::volume::{
+    Interrupt, Peers, Volume, VolumeConfig, VolumeError, channel_with_id, find_channel,
+};
 
 /// Store files in Discord channels: one folder per channel, files as chunked,
 /// AES-256-GCM-encrypted attachments. The key never leaves this machine.
@@ -434,13 +436,7 @@ impl Peers for OpenVolumes {
         if let Some(volume) = self.open.lock().await.get(&channel) {
             return Ok(volume.clone());
         }
-        let info = self
-            .store
-            .channels()
-            .await?
-            .into_iter()
-            .find(|c| c.id == channel)
-            .ok_or(StoreError::NoSuchChannel(channel))?;
+        let info = channel_with_id(self.store.as_ref(), channel).await?;
         self.volume(info).await
     }
 }

@@ -338,6 +338,16 @@ fn seal_small_files(
     Ok((attachments, ops))
 }
 
+/// Looks a channel up by its id.
+pub async fn channel_with_id(store: &dyn Store, id: Id) -> Result<Channel, VolumeError> {
+    store
+        .channels()
+        .await?
+        .into_iter()
+        .find(|c| c.id == id)
+        .ok_or(VolumeError::Store(StoreError::NoSuchChannel(id)))
+}
+
 /// Looks a channel up by its folder name.
 pub async fn find_channel(store: &dyn Store, name: &str) -> Result<Channel, VolumeError> {
     let channels = store.channels().await?;
