@@ -103,7 +103,10 @@ impl SpoolFile {
         Ok(spool)
     }
 
-    /// Rewrites the description atomically (temp file, fsync, rename).
+    /// Rewrites the description atomically (temp file, rename); synced to disk only if
+    /// `meta` says the data is (`synced`): an unsynced description matters only within
+    /// this boot, when the page cache holds it anyway (see the module docs), and syncing
+    /// it would cost every close of a small file two more disk flushes.
     pub fn describe(&self, meta: &SpoolMeta) -> std::io::Result<()> {
         let temp = self.meta_path.with_extension("json.tmp");
         let mut file = OpenOptions::new()
@@ -113,9 +116,13 @@ impl SpoolFile {
             .mode(0o600)
             .open(&temp)?;
         file.write_all(&serde_json::to_vec(meta).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
+        if meta.synced {
+            file.sync_all()?;
+        }
         fs::rename(&temp, &self.meta_path)?;
-        if let Some(dir) = self.meta_path.parent() {
+        if meta.synced
+            && let Some(dir) = self.meta_path.parent()
+        {
             File::open(dir)?.sync_all()?;
         }
         Ok(())

@@ -42,6 +42,9 @@ struct State {
     opens: usize,
     /// Unlinked while open: never uploaded.
     unlinked: bool,
+    /// The spool is described on disk as a synced upload to retry (a commit failed):
+    /// the next change must take that back, or a reboot would publish a torn file.
+    kept_for_retry: bool,
 }
 
 /// One file being written.
@@ -76,6 +79,7 @@ impl WriteSession {
                 changed,
                 opens: 1,
                 unlinked: false,
+                kept_for_retry: false,
             }),
             content: tokio::sync::RwLock::new(()),
         }
@@ -158,7 +162,17 @@ impl WriteSession {
         state.meta.mtime_ns = now_ns();
         state.dirty = true;
         state.changed.add(offset, end);
+        self.withdraw_retry(&mut state);
         Ok(data.len() as u32)
+    }
+
+    /// After a change: a spool described as a complete upload to retry no longer is.
+    fn withdraw_retry(&self, state: &mut State) {
+        if std::mem::take(&mut state.kept_for_retry)
+            && let Err(e) = self.spool.describe(&state.meta)
+        {
+            log::warn!("could not update the spool of {}: {e}", state.meta.path);
+        }
     }
 
     /// Sets the size (cuts, or extends with zeros).
@@ -173,6 +187,7 @@ impl WriteSession {
         state.meta.mtime_ns = now_ns();
         state.dirty = true;
         state.changed.add(size, u64::MAX);
+        self.withdraw_retry(&mut state);
         Ok(())
     }
 
@@ -245,8 +260,9 @@ impl WriteSession {
             .await
             .map_err(|e| {
                 log::warn!("{shown}: upload failed: {e}");
-                if let Err(e) = self.spool.keep_for_retry(&meta) {
-                    log::warn!("could not save the spool of {shown}: {e}");
+                match self.spool.keep_for_retry(&meta) {
+                    Ok(()) => self.lock().kept_for_retry = true,
+                    Err(e) => log::warn!("could not save the spool of {shown}: {e}"),
                 }
                 FsError::Io(e.to_string())
             })?;

@@ -338,6 +338,9 @@ fn seal_small_files(
     Ok((attachments, ops))
 }
 
+/// Records in attachments that a refresh downloads at once.
+const RECORD_FETCHES: usize = 8;
+
 /// Looks a channel up by its id.
 pub async fn channel_with_id(store: &dyn Store, id: Id) -> Result<Channel, VolumeError> {
     store
@@ -534,8 +537,16 @@ impl Volume {
                 )
                 .await?;
             page.sort_by_key(|m| m.id);
-            for message in &page {
-                self.ingest(message).await?;
+            // Replay doesn't depend on order, so the records of a page are read several
+            // at once: a record in an attachment costs a download, one latency each.
+            for batch in page.chunks(RECORD_FETCHES) {
+                let mut ingests: Vec<futures::future::BoxFuture<'_, Result<(), VolumeError>>> =
+                    Vec::with_capacity(batch.len());
+                for message in batch {
+                    ingests.push(Box::pin(self.ingest(message)));
+                }
+                let ingested = futures::future::join_all(ingests).await;
+                ingested.into_iter().collect::<Result<(), VolumeError>>()?;
             }
             let Some(newest) = page.last() else { break };
             cursor = newest.id;
@@ -547,8 +558,6 @@ impl Volume {
         let read_new = self.index().last_seen != last_seen;
         if read_new {
             log::debug!("#{}: read new messages", self.channel.name);
-        }
-        if read_new {
             self.unsaved.store(true, Ordering::Relaxed);
         }
         Ok(read_new)
