@@ -29,7 +29,7 @@ fake=$PWD/target/release/fake-discord
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dcloud-bench.XXXXXX")
 fake_pid=
 cleanup() {
-    [ -n "$fake_pid" ] && kill "$fake_pid" 2> /dev/null || true
+    if [ -n "$fake_pid" ]; then kill "$fake_pid" 2> /dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -42,6 +42,7 @@ cd "$work"
 fake_pid=$!
 for _ in $(seq 50); do [ -s fake.env ] && [ "$(wc -l < fake.env)" -ge 3 ] && break; sleep 0.1; done
 set -a
+# shellcheck source=/dev/null
 . ./fake.env
 set +a
 
