@@ -158,28 +158,45 @@ impl Context {
     /// The mount's settings, from `args` (flags and environment), the config file and
     /// the defaults.
     pub(crate) fn mount_settings(&self, args: &MountArgs) -> MountSettings {
+        self.merge_mount_settings(
+            args.read_only,
+            args.allow_other,
+            args.cache_size,
+            args.poll_interval,
+        )
+    }
+
+    /// The mount's settings from what clap read (flag or environment), the config file
+    /// and the defaults.
+    fn merge_mount_settings(
+        &self,
+        read_only: bool,
+        allow_other: bool,
+        cache_size_mib: Option<u64>,
+        poll_interval_secs: Option<u64>,
+    ) -> MountSettings {
         MountSettings {
             read_only: switch(
-                args.read_only,
+                read_only,
                 "--read-only",
                 "DCLOUD_READ_ONLY",
                 self.file.read_only,
             ),
             allow_other: switch(
-                args.allow_other,
+                allow_other,
                 "--allow-other",
                 "DCLOUD_ALLOW_OTHER",
                 self.file.allow_other,
             ),
             cache_size_mib: pick(
-                args.cache_size,
+                cache_size_mib,
                 "--cache-size",
                 "DCLOUD_CACHE_SIZE_MIB",
                 self.file.cache_size_mib,
                 DEFAULT_CACHE_SIZE_MIB,
             ),
             poll_interval_secs: pick(
-                args.poll_interval,
+                poll_interval_secs,
                 "--poll-interval",
                 "DCLOUD_POLL_INTERVAL_SECS",
                 self.file.poll_interval_secs,
@@ -323,36 +340,14 @@ impl Context {
         let mount_point =
             self.mount_point_setting(std::env::var_os("DCLOUD_MOUNT_POINT").map(PathBuf::from));
         row("mount_point", shown(&mount_point.value), mount_point.source);
-        let defaults = MountSettings {
-            read_only: switch(
-                false,
-                "--read-only",
-                "DCLOUD_READ_ONLY",
-                self.file.read_only,
-            ),
-            allow_other: switch(
-                false,
-                "--allow-other",
-                "DCLOUD_ALLOW_OTHER",
-                self.file.allow_other,
-            ),
-            cache_size_mib: pick(
-                env_number("DCLOUD_CACHE_SIZE_MIB")?,
-                "--cache-size",
-                "DCLOUD_CACHE_SIZE_MIB",
-                self.file.cache_size_mib,
-                DEFAULT_CACHE_SIZE_MIB,
-            ),
-            poll_interval_secs: pick(
-                env_number("DCLOUD_POLL_INTERVAL_SECS")?,
-                "--poll-interval",
-                "DCLOUD_POLL_INTERVAL_SECS",
-                self.file.poll_interval_secs,
-                DEFAULT_POLL_SECS,
-            ),
-        };
-        let read_only = read_env_switch(defaults.read_only, "DCLOUD_READ_ONLY");
-        let allow_other = read_env_switch(defaults.allow_other, "DCLOUD_ALLOW_OTHER");
+        // Outside `mount`, clap hasn't read the mount's variables: read them here.
+        let defaults = self.merge_mount_settings(
+            env_switch("DCLOUD_READ_ONLY"),
+            env_switch("DCLOUD_ALLOW_OTHER"),
+            env_number("DCLOUD_CACHE_SIZE_MIB")?,
+            env_number("DCLOUD_POLL_INTERVAL_SECS")?,
+        );
+        let (read_only, allow_other) = (defaults.read_only, defaults.allow_other);
         row(
             "cache_size_mib",
             defaults.cache_size_mib.value.to_string(),
@@ -375,19 +370,15 @@ impl Context {
     }
 }
 
-/// A switch set by its environment variable outside `mount` (where clap doesn't read
-/// it): true unless the variable says false.
-fn read_env_switch(resolved: Resolved<bool>, variable: &'static str) -> Resolved<bool> {
-    match resolved.source {
-        Source::Env(_) => {
-            let text = std::env::var(variable).unwrap_or_default();
-            let off = ["0", "false", "no", "off", "n", "f"]
+/// A switch's environment variable as clap reads it: set and not false.
+fn env_switch(variable: &str) -> bool {
+    std::env::var(variable).is_ok_and(|text| {
+        let text = text.trim();
+        !text.is_empty()
+            && !["0", "false", "no", "off", "n", "f"]
                 .iter()
-                .any(|f| text.trim().eq_ignore_ascii_case(f));
-            Resolved::new(!off, resolved.source)
-        }
-        _ => resolved,
-    }
+                .any(|off| text.eq_ignore_ascii_case(off))
+    })
 }
 
 fn shown(path: &std::path::Path) -> String {
