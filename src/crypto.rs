@@ -241,6 +241,16 @@ impl Key {
         Ok(Key::from_bytes(bytes))
     }
 
+    /// A key for another purpose, derived from this one: SHA-256 over `label` and the
+    /// key. The label must say what the subkey is for (and its version), so that no two
+    /// uses share a key. The subkey's id is its own, not this key's.
+    pub fn derive(&self, label: &[u8]) -> Key {
+        let mut hasher = Sha256::new();
+        hasher.update(label);
+        hasher.update(self.bytes);
+        Key::from_bytes(hasher.finalize().into())
+    }
+
     /// The key's id.
     pub fn id(&self) -> KeyId {
         self.id

@@ -1,4 +1,4 @@
-//! The on-Discord format, version 1: the contract between every dcloud-fs that ever reads
+//! The on-Discord format, version 2: the contract between every dcloud-fs that ever reads
 //! or writes a channel. This page is meant to be enough to write a second reader.
 //!
 //! A channel holds a file's bytes as **chunks** (attachments) and its metadata as
@@ -28,7 +28,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "DCFC"
-//! 4       1     format version (1)
+//! 4       1     chunk format version (1)
 //! 5       12    nonce, random for every chunk
 //! 17      n     AES-256-GCM ciphertext of the n plaintext bytes
 //! 17+n    16    AES-256-GCM tag
@@ -45,24 +45,44 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "DCFR"
-//! 4       1     format version (1)
-//! 5       1     cipher: 0 = none (plain JSON follows), 1 = AES-256-GCM
-//! 6       8     key id of the sealing key (zero for cipher 0)
-//! 14      …     cipher 0: the record JSON
-//!               cipher 1: nonce (12) ‖ ciphertext of the record JSON ‖ tag (16),
-//!                         associated data = bytes 0..14
+//! 4       1     record format version (2; version 1 is described below)
+//! 5       1     cipher: 0 = none (the JSON is readable), 1 = AES-256-GCM
+//! 6       8     key id of the key that sealed (cipher 1) or signed (cipher 0) the
+//!               record; zero for a plain record written without a key
+//! 14      …     cipher 1:           nonce (12) ‖ AES-256-GCM ciphertext of the JSON ‖ tag (16)
+//!               cipher 0, signed:   nonce (12) ‖ the JSON ‖ tag (16)
+//!               cipher 0, unsigned: the JSON
 //! ```
+//!
+//! Both ciphers bind the record to its channel: the associated data starts with bytes
+//! 0..14 of the envelope followed by the id of the channel the record is posted in
+//! (u64, little endian), so a record copied into another channel fails to open.
+//!
+//! - **cipher 1** encrypts the JSON under the key, associated data `bytes 0..14 ‖
+//!   channel id`.
+//! - **cipher 0, signed** (plain records written by someone holding a key) keeps the
+//!   JSON readable to anyone, and authenticates it: the tag is AES-256-GCM's tag for an
+//!   empty plaintext under the *record MAC key*, with that nonce and associated data
+//!   `bytes 0..14 ‖ channel id ‖ JSON` (that is, GMAC). The record MAC key is
+//!   SHA-256("dcloud-fs record mac v2\0" ‖ key), so the MAC never uses the encryption
+//!   key itself. A reader without the key reads the JSON without checking the tag.
 //!
 //! The key id is the first 8 bytes of SHA-256("dcloud-fs key id v1\0" ‖ key): a reader
 //! with another key can say so instead of failing obscurely. A reader meeting a higher
 //! version skips the record (it was written by a newer dcloud-fs).
 //!
+//! **Which records count.** A reader that holds a key takes only records that key
+//! authenticated: sealed or signed by it. Unsigned plain records, and records of another
+//! key, are skipped (and counted, so `ls` can say why files are missing). A reader
+//! without a key takes every plain record, signed or not, without checking.
+//!
 //! ## Record JSON
 //!
-//! A record is one atomic batch of operations on paths, applied in order:
+//! A record is one atomic batch of operations on paths, applied in order, with its
+//! place in the channel's order of changes:
 //!
 //! ```json
-//! {"ops":[
+//! {"seq":42,"ops":[
 //!   {"op":"put","path":"photos/2024/a.jpg","id":"<32 hex digits>","size":12345,
 //!    "mtime_ns":1732550000000000000,"mode":420,"encrypted":true,
 //!    "chunks":[{"m":"<message id>","a":"<attachment id>","n":8716288},
@@ -72,6 +92,10 @@
 //! ]}
 //! ```
 //!
+//! - `seq` (version 2) is a Lamport clock of the channel: one more than the highest
+//!   `seq` of any record the writer had read in the channel when it wrote this one. It
+//!   is sealed (or signed) with the record, so a record posted again later keeps its
+//!   old place (see Replay).
 //! - `put` creates or replaces the file at `path`. `id` is the file id (random per
 //!   upload, kept across renames) that chunk AAD binds. `size` is the sum of the chunks'
 //!   `n`. `mtime_ns` is nanoseconds since the Unix epoch (may be negative), `mode` the
@@ -96,9 +120,32 @@
 //!
 //! ## Replay
 //!
-//! A channel's contents are its records replayed by message id: for every path, the
-//! operation from the message with the highest id wins (within one message, the later
-//! operation). Replay is therefore independent of the order in which messages are read.
+//! A channel's contents are its records replayed in the order of their changes: for
+//! every path, the operation with the highest *stamp* wins, where a version-2 record's
+//! stamp is `(seq, then the lower message id, then the later position in the record)`
+//! and every version-2 record stamps higher than every version-1 record (whose stamps
+//! are `(message id, position)`). Replay is therefore independent of the order in which
+//! messages are read, and every reader converges on the same version of a path. Two
+//! writers that wrote one path without seeing each other's record may pick the same
+//! `seq`: the record posted first (lower message id) wins, on every reader. A copy of
+//! a record posted again later has a higher message id and the same `seq` as the
+//! original, or a lower one than the path's newer versions, so it never wins; readers
+//! log it.
+//!
+//! Chunk references in a record must name messages of the bot's own: in the record's
+//! channel, a data message (`dcfs1 data <id>`) of the same file id, or a record
+//! message. A reader refuses a record that names any other message.
+//!
+//! ## Version 1
+//!
+//! Version-1 records (envelope version byte 1) have the same layout without the
+//! channel in the associated data and without signed plain records (cipher 0 is always
+//! the bare JSON, key id zero), and their JSON has no `seq`: they replay by message id,
+//! the highest winning. Chunks are the same in both versions. A reader holding a key
+//! takes a channel's version-1 records only if they were posted before the channel's
+//! first version-2 record that the key authenticated (the *cutover*): after it, a
+//! version-1 record can only be a copy or a forgery. Version 1 used `"dcfs1 "` as the
+//! content prefix too; the prefix names the message kinds, not the format version.
 
 use std::fmt;
 
@@ -111,8 +158,10 @@ use sha2::{Digest, Sha256};
 use crate::crypto::{self, CryptoError, KEY_ID_LEN, Key, KeyId, NONCE_LEN, TAG_LEN};
 use crate::store::{Id, Limits, NewAttachment};
 
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The record format version this code writes (it reads this one and every older).
+pub const FORMAT_VERSION: u8 = 2;
+/// The chunk format version (chunks are the same in format versions 1 and 2).
+pub const CHUNK_VERSION: u8 = 1;
 /// First bytes of an encrypted chunk.
 pub const CHUNK_MAGIC: [u8; 4] = *b"DCFC";
 /// First bytes of a record envelope.
@@ -348,7 +397,7 @@ impl ChunkBuffer {
             Sealing::Encrypted(key) => {
                 let nonce = crypto::random_nonce()?;
                 self.bytes[0..4].copy_from_slice(&CHUNK_MAGIC);
-                self.bytes[4] = FORMAT_VERSION;
+                self.bytes[4] = CHUNK_VERSION;
                 self.bytes[5..CHUNK_HEADER_LEN].copy_from_slice(&nonce);
                 let aad = chunk_aad(file, index);
                 let tag = key.seal_detached(&nonce, &aad, &mut self.bytes[CHUNK_HEADER_LEN..])?;
@@ -380,7 +429,7 @@ pub struct SealedChunk {
 fn chunk_aad(file: FileId, index: u64) -> [u8; 4 + 1 + 16 + 8] {
     let mut aad = [0u8; 29];
     aad[0..4].copy_from_slice(&CHUNK_MAGIC);
-    aad[4] = FORMAT_VERSION;
+    aad[4] = CHUNK_VERSION;
     aad[5..21].copy_from_slice(&file.0);
     aad[21..29].copy_from_slice(&index.to_le_bytes());
     aad
@@ -406,7 +455,7 @@ pub fn open_chunk(
                 format!("chunk {index} is not a dcloud-fs chunk"),
             ));
         }
-        if data[4] != FORMAT_VERSION {
+        if data[4] != CHUNK_VERSION {
             return Err(FormatError::NewerVersion(data[4]));
         }
         let mut nonce = [0u8; NONCE_LEN];
@@ -667,15 +716,35 @@ impl Op {
 /// A record: operations applied together, atomically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The channel's Lamport clock when the record was written (see the module docs);
+    /// 0 in version-1 records, which have none.
+    #[serde(default)]
+    pub seq: u64,
     pub ops: Vec<Op>,
 }
+
+/// Largest plaintext a chunk may claim to hold. Discord's largest attachment is far
+/// smaller; a record claiming more is damaged, so no length read from the store can
+/// make a reader allocate without bound.
+pub const MAX_CHUNK_LEN: u64 = 1 << 30;
 
 impl Record {
     fn validate(&self) -> Result<(), FormatError> {
         for op in &self.ops {
             validate_path(op.path())?;
             if let Op::Put(file) = op {
-                let total: u64 = file.chunks.iter().map(|c| c.len).sum();
+                let mut total = 0u64;
+                for chunk in &file.chunks {
+                    if chunk.len > MAX_CHUNK_LEN {
+                        return Err(damaged(
+                            "record",
+                            format!("'{}': a chunk claims {} bytes", file.path, chunk.len),
+                        ));
+                    }
+                    total = total.checked_add(chunk.len).ok_or_else(|| {
+                        damaged("record", format!("'{}': chunk sizes overflow", file.path))
+                    })?;
+                }
                 if total != file.size {
                     return Err(damaged(
                         "record",
@@ -697,75 +766,180 @@ impl Record {
     }
 }
 
-/// Seals a record into its envelope: encrypted under `key`, or plain JSON if `None`.
-pub fn seal_record(record: &Record, key: Option<&Key>) -> Result<Vec<u8>, FormatError> {
+/// How a record is protected when sealed.
+#[derive(Clone, Copy, Debug)]
+pub enum RecordSeal<'a> {
+    /// Encrypted and authenticated under the key (cipher 1).
+    Encrypted(&'a Key),
+    /// Readable by anyone, authenticated under the key's record MAC key (cipher 0,
+    /// signed): for records that only put plain files.
+    Signed(&'a Key),
+    /// Readable by anyone and unauthenticated (cipher 0, key id zero): what a writer
+    /// without a key can do.
+    Unsigned,
+}
+
+/// Label of the record MAC key (see the module docs).
+const RECORD_MAC_LABEL: &[u8] = b"dcloud-fs record mac v2\0";
+
+/// The associated data of a version-2 record: its header and its channel, then (for
+/// signed plain records) the JSON.
+fn record_aad(header: &[u8], channel: Id, json: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + 8 + json.len());
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(&channel.to_le_bytes());
+    aad.extend_from_slice(json);
+    aad
+}
+
+/// Seals a record into its envelope (the current version), bound to `channel`.
+pub fn seal_record(
+    record: &Record,
+    seal: RecordSeal<'_>,
+    channel: Id,
+) -> Result<Vec<u8>, FormatError> {
     record.validate()?;
     let json = serde_json::to_vec(record).expect("records serialize");
     let mut envelope = Vec::with_capacity(RECORD_HEADER_LEN + NONCE_LEN + json.len() + TAG_LEN);
     envelope.extend_from_slice(&RECORD_MAGIC);
     envelope.push(FORMAT_VERSION);
-    match key {
-        None => {
+    match seal {
+        RecordSeal::Unsigned => {
             envelope.push(CIPHER_NONE);
             envelope.extend_from_slice(&[0u8; KEY_ID_LEN]);
             envelope.extend_from_slice(&json);
         }
-        Some(key) => {
+        RecordSeal::Signed(key) => {
+            envelope.push(CIPHER_NONE);
+            envelope.extend_from_slice(&key.id().0);
+            let nonce = crypto::random_nonce()?;
+            let aad = record_aad(&envelope, channel, &json);
+            let tag = key
+                .derive(RECORD_MAC_LABEL)
+                .seal_detached(&nonce, &aad, &mut [])?;
+            envelope.extend_from_slice(&nonce);
+            envelope.extend_from_slice(&json);
+            envelope.extend_from_slice(&tag);
+        }
+        RecordSeal::Encrypted(key) => {
             envelope.push(CIPHER_AES_256_GCM);
             envelope.extend_from_slice(&key.id().0);
             let nonce = crypto::random_nonce()?;
+            let aad = record_aad(&envelope, channel, &[]);
             envelope.extend_from_slice(&nonce);
             let body_at = envelope.len();
             envelope.extend_from_slice(&json);
-            let (header, body) = envelope.split_at_mut(body_at);
-            let tag = key.seal_detached(&nonce, &header[..RECORD_HEADER_LEN], body)?;
+            let tag = key.seal_detached(&nonce, &aad, &mut envelope[body_at..])?;
             envelope.extend_from_slice(&tag);
         }
     }
     Ok(envelope)
 }
 
-/// Opens a record envelope. A record sealed with another key is
-/// [`CryptoError::WrongKey`], one sealed while no key is loaded [`CryptoError::NoKey`].
-pub fn open_record(envelope: &[u8], key: Option<&Key>) -> Result<Record, FormatError> {
+/// A record as opened, with what vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedRecord {
+    pub record: Record,
+    /// The envelope's version (1 or 2).
+    pub version: u8,
+    /// The loaded key authenticated it: sealed by it, or (version 2) signed by it.
+    /// Plain records read without a key, and version-1 plain records, are not.
+    pub authenticated: bool,
+}
+
+/// A record body's parts: nonce, payload, tag.
+type SealedParts<'a> = ([u8; NONCE_LEN], &'a [u8], [u8; TAG_LEN]);
+
+/// Splits `nonce ‖ payload ‖ tag`.
+fn split_sealed(body: &[u8]) -> Result<SealedParts<'_>, FormatError> {
+    if body.len() < NONCE_LEN + TAG_LEN {
+        return Err(damaged("record", "truncated"));
+    }
+    let (nonce, rest) = body.split_at(NONCE_LEN);
+    let (payload, tag) = rest.split_at(rest.len() - TAG_LEN);
+    Ok((
+        nonce.try_into().expect("nonce length"),
+        payload,
+        tag.try_into().expect("tag length"),
+    ))
+}
+
+/// The key a record names must be the one loaded.
+fn check_key(key: Option<&Key>, written: KeyId) -> Result<&Key, FormatError> {
+    let key = key.ok_or(CryptoError::NoKey { written })?;
+    if key.id() != written {
+        return Err(CryptoError::WrongKey {
+            written,
+            have: key.id(),
+        }
+        .into());
+    }
+    Ok(key)
+}
+
+/// Opens a record envelope of any version, found in `channel`. A record sealed with
+/// another key is [`CryptoError::WrongKey`], one sealed while no key is loaded
+/// [`CryptoError::NoKey`]; so is a plain record signed by another key while a key is
+/// loaded (that key can't vouch for it). Plain records opened without a key, and
+/// unsigned ones, come back with `authenticated: false`: which of those count is the
+/// reader's policy (see the module docs).
+pub fn open_record(
+    envelope: &[u8],
+    key: Option<&Key>,
+    channel: Id,
+) -> Result<OpenedRecord, FormatError> {
     if envelope.len() < RECORD_HEADER_LEN || envelope[0..4] != RECORD_MAGIC {
         return Err(FormatError::NotOurs("record"));
     }
-    if envelope[4] != FORMAT_VERSION {
-        return Err(FormatError::NewerVersion(envelope[4]));
+    let version = envelope[4];
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(FormatError::NewerVersion(version));
     }
+    let header = &envelope[..RECORD_HEADER_LEN];
+    let body = &envelope[RECORD_HEADER_LEN..];
     let mut written = KeyId::default();
     written.0.copy_from_slice(&envelope[6..RECORD_HEADER_LEN]);
-    let json = match envelope[5] {
-        CIPHER_NONE => envelope[RECORD_HEADER_LEN..].to_vec(),
-        CIPHER_AES_256_GCM => {
-            let key = key.ok_or(CryptoError::NoKey { written })?;
-            if key.id() != written {
-                return Err(CryptoError::WrongKey {
-                    written,
-                    have: key.id(),
-                }
-                .into());
-            }
-            let body = &envelope[RECORD_HEADER_LEN..];
-            if body.len() < NONCE_LEN + TAG_LEN {
-                return Err(damaged("record", "truncated"));
-            }
-            let mut nonce = [0u8; NONCE_LEN];
-            nonce.copy_from_slice(&body[..NONCE_LEN]);
-            let mut tag = [0u8; TAG_LEN];
-            tag.copy_from_slice(&body[body.len() - TAG_LEN..]);
-            let mut json = body[NONCE_LEN..body.len() - TAG_LEN].to_vec();
-            key.open_detached(&nonce, &envelope[..RECORD_HEADER_LEN], &mut json, &tag)
+    let unsigned = written == KeyId::default();
+    let (json, authenticated) = match (envelope[5], version) {
+        (CIPHER_NONE, 1) => (body.to_vec(), false),
+        (CIPHER_NONE, _) if unsigned => (body.to_vec(), false),
+        (CIPHER_NONE, _) if key.is_none() => (split_sealed(body)?.1.to_vec(), false),
+        (CIPHER_NONE, _) => {
+            let key = check_key(key, written)?;
+            let (nonce, json, tag) = split_sealed(body)?;
+            key.derive(RECORD_MAC_LABEL)
+                .open_detached(&nonce, &record_aad(header, channel, json), &mut [], &tag)
                 .map_err(|_| damaged("record", "failed authentication"))?;
-            json
+            (json.to_vec(), true)
         }
-        other => return Err(damaged("record", format!("unknown cipher {other}"))),
+        (CIPHER_AES_256_GCM, _) => {
+            let key = check_key(key, written)?;
+            let (nonce, ciphertext, tag) = split_sealed(body)?;
+            let aad = if version == 1 {
+                header.to_vec()
+            } else {
+                record_aad(header, channel, &[])
+            };
+            let mut json = ciphertext.to_vec();
+            key.open_detached(&nonce, &aad, &mut json, &tag)
+                .map_err(|_| damaged("record", "failed authentication"))?;
+            (json, true)
+        }
+        (other, _) => return Err(damaged("record", format!("unknown cipher {other}"))),
     };
-    let record: Record =
+    let mut record: Record =
         serde_json::from_slice(&json).map_err(|e| damaged("record", e.to_string()))?;
     record.validate()?;
-    Ok(record)
+    if version == 1 {
+        record.seq = 0; // version 1 has no seq: whatever the JSON says means nothing
+    } else if record.seq == 0 {
+        return Err(damaged("record", "no seq"));
+    }
+    Ok(OpenedRecord {
+        record,
+        version,
+        authenticated,
+    })
 }
 
 /// What a message is, judged by its content.
@@ -967,8 +1141,42 @@ mod tests {
         assert!(open_chunk(None, file, false, 0, &reference, b"hellp".to_vec()).is_err());
     }
 
+    const CHANNEL: Id = 77;
+
+    /// A version-1 envelope, as dcloud-fs wrote them before version 2.
+    fn seal_v1(record: &Record, key: Option<&Key>) -> Vec<u8> {
+        let json = serde_json::to_vec(&Record {
+            seq: 0,
+            ops: record.ops.clone(),
+        })
+        .unwrap();
+        let mut envelope = RECORD_MAGIC.to_vec();
+        envelope.push(1);
+        match key {
+            None => {
+                envelope.push(CIPHER_NONE);
+                envelope.extend_from_slice(&[0u8; KEY_ID_LEN]);
+                envelope.extend_from_slice(&json);
+            }
+            Some(key) => {
+                envelope.push(CIPHER_AES_256_GCM);
+                envelope.extend_from_slice(&key.id().0);
+                let nonce = crypto::random_nonce().unwrap();
+                envelope.extend_from_slice(&nonce);
+                let mut body = json;
+                let tag = key
+                    .seal_detached(&nonce, &envelope[..RECORD_HEADER_LEN], &mut body)
+                    .unwrap();
+                envelope.extend_from_slice(&body);
+                envelope.extend_from_slice(&tag);
+            }
+        }
+        envelope
+    }
+
     fn sample_record() -> Record {
         Record {
+            seq: 5,
             ops: vec![
                 Op::Put(FileManifest {
                     path: "photos/2024/a b ü.jpg".into(),
@@ -1011,25 +1219,127 @@ mod tests {
         }
     }
 
+    fn opened(record: &Record, version: u8, authenticated: bool) -> OpenedRecord {
+        OpenedRecord {
+            record: record.clone(),
+            version,
+            authenticated,
+        }
+    }
+
     #[test]
-    fn records_round_trip_sealed_and_plain() {
+    fn records_round_trip_sealed_signed_and_unsigned() {
         let key = Key::generate().unwrap();
         let record = sample_record();
-        let envelope = seal_record(&record, Some(&key)).unwrap();
+        let envelope = seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap();
         assert!(!envelope.windows(6).any(|w| w == b"photos"));
-        assert_eq!(open_record(&envelope, Some(&key)).unwrap(), record);
+        assert_eq!(
+            open_record(&envelope, Some(&key), CHANNEL).unwrap(),
+            opened(&record, 2, true)
+        );
 
-        let plain = seal_record(&record, None).unwrap();
-        assert_eq!(open_record(&plain, None).unwrap(), record);
-        assert_eq!(open_record(&plain, Some(&key)).unwrap(), record);
+        let signed = seal_record(&record, RecordSeal::Signed(&key), CHANNEL).unwrap();
+        assert!(
+            signed.windows(6).any(|w| w == b"photos"),
+            "signed stays readable"
+        );
+        assert_eq!(
+            open_record(&signed, Some(&key), CHANNEL).unwrap(),
+            opened(&record, 2, true)
+        );
+        // Without the key it reads, unchecked.
+        assert_eq!(
+            open_record(&signed, None, CHANNEL).unwrap(),
+            opened(&record, 2, false)
+        );
+
+        let unsigned = seal_record(&record, RecordSeal::Unsigned, CHANNEL).unwrap();
+        for reader in [None, Some(&key)] {
+            assert_eq!(
+                open_record(&unsigned, reader, CHANNEL).unwrap(),
+                opened(&record, 2, false)
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_opens_only_in_its_own_channel() {
+        let key = Key::generate().unwrap();
+        let record = sample_record();
+        for seal in [RecordSeal::Encrypted(&key), RecordSeal::Signed(&key)] {
+            let envelope = seal_record(&record, seal, CHANNEL).unwrap();
+            assert!(matches!(
+                open_record(&envelope, Some(&key), CHANNEL + 1),
+                Err(FormatError::Damaged { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_signed_record_changed_without_the_key_fails_authentication() {
+        let key = Key::generate().unwrap();
+        let envelope = seal_record(&sample_record(), RecordSeal::Signed(&key), CHANNEL).unwrap();
+        let text = String::from_utf8_lossy(&envelope).into_owned();
+        let at = text.find("\"mode\":420").unwrap();
+        let mut forged = envelope.clone();
+        forged[at + 8..at + 11].copy_from_slice(b"511");
+        assert!(matches!(
+            open_record(&forged, Some(&key), CHANNEL),
+            Err(FormatError::Damaged { .. })
+        ));
+        // Signed by another key: that key can't vouch for it.
+        let other = Key::generate().unwrap();
+        assert!(matches!(
+            open_record(&envelope, Some(&other), CHANNEL),
+            Err(FormatError::Crypto(CryptoError::WrongKey { .. }))
+        ));
+    }
+
+    #[test]
+    fn version_1_records_still_open() {
+        let key = Key::generate().unwrap();
+        let mut record = sample_record();
+        let sealed = seal_v1(&record, Some(&key));
+        let plain = seal_v1(&record, None);
+        record.seq = 0;
+        // Version 1 doesn't bind the channel: any channel opens it.
+        assert_eq!(
+            open_record(&sealed, Some(&key), CHANNEL + 9).unwrap(),
+            opened(&record, 1, true)
+        );
+        assert_eq!(
+            open_record(&plain, Some(&key), CHANNEL).unwrap(),
+            opened(&record, 1, false)
+        );
+    }
+
+    #[test]
+    fn overflowing_or_huge_sizes_are_damage() {
+        let mut record = sample_record();
+        if let Op::Put(file) = &mut record.ops[0] {
+            file.chunks[0].len = u64::MAX;
+            file.chunks[1].len = 16;
+            file.size = 15; // u64::MAX + 16 wraps to 15
+        }
+        let json = serde_json::to_vec(&record).unwrap();
+        let mut envelope = RECORD_MAGIC.to_vec();
+        envelope.extend_from_slice(&[FORMAT_VERSION, CIPHER_NONE, 0, 0, 0, 0, 0, 0, 0, 0]);
+        envelope.extend_from_slice(&json);
+        let err = open_record(&envelope, None, CHANNEL).unwrap_err();
+        assert!(err.to_string().contains("claims"), "{err}");
+        if let Op::Put(file) = &mut record.ops[0] {
+            file.chunks[0].len = MAX_CHUNK_LEN;
+            file.chunks[1].len = u64::MAX - MAX_CHUNK_LEN + 1;
+        }
+        assert!(seal_record(&record, RecordSeal::Unsigned, CHANNEL).is_err());
     }
 
     #[test]
     fn wrong_or_missing_key_is_reported_with_key_ids() {
         let key = Key::generate().unwrap();
         let other = Key::generate().unwrap();
-        let envelope = seal_record(&sample_record(), Some(&key)).unwrap();
-        let err = open_record(&envelope, Some(&other)).unwrap_err();
+        let envelope = seal_record(&sample_record(), RecordSeal::Encrypted(&key), CHANNEL).unwrap();
+        let err = open_record(&envelope, Some(&other), CHANNEL).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains(&format!("written with key id {}", key.id())),
@@ -1037,21 +1347,21 @@ mod tests {
         );
         assert!(text.contains(&format!("you have {}", other.id())), "{text}");
         assert!(matches!(
-            open_record(&envelope, None),
+            open_record(&envelope, None, CHANNEL),
             Err(FormatError::Crypto(CryptoError::NoKey { .. }))
         ));
         let mut damaged_envelope = envelope.clone();
         let last = damaged_envelope.len() - 1;
         damaged_envelope[last] ^= 1;
         assert!(matches!(
-            open_record(&damaged_envelope, Some(&key)),
+            open_record(&damaged_envelope, Some(&key), CHANNEL),
             Err(FormatError::Damaged { .. })
         ));
         let mut newer = envelope;
-        newer[4] = 2;
+        newer[4] = 3;
         assert!(matches!(
-            open_record(&newer, Some(&key)),
-            Err(FormatError::NewerVersion(2))
+            open_record(&newer, Some(&key), CHANNEL),
+            Err(FormatError::NewerVersion(3))
         ));
     }
 
@@ -1065,13 +1375,13 @@ mod tests {
         if let Op::Put(file) = &mut record.ops[0] {
             file.size += 1;
         }
-        assert!(seal_record(&record, None).is_err());
+        assert!(seal_record(&record, RecordSeal::Unsigned, CHANNEL).is_err());
         let evil = br#"{"ops":[{"op":"del","path":"../../etc/passwd"}]}"#;
         let mut envelope = RECORD_MAGIC.to_vec();
         envelope.extend_from_slice(&[FORMAT_VERSION, CIPHER_NONE, 0, 0, 0, 0, 0, 0, 0, 0]);
         envelope.extend_from_slice(evil);
         assert!(matches!(
-            open_record(&envelope, None),
+            open_record(&envelope, None, CHANNEL),
             Err(FormatError::InvalidPath { .. })
         ));
     }
@@ -1085,7 +1395,7 @@ mod tests {
         assert!(!matches!(classify("dcfs1 database"), MessageKind::Data(_)));
         assert_eq!(classify("hello everyone"), MessageKind::Other);
         assert_eq!(classify("dcfs1 !!!"), MessageKind::Other);
-        let envelope = seal_record(&sample_record(), None).unwrap();
+        let envelope = seal_record(&sample_record(), RecordSeal::Unsigned, CHANNEL).unwrap();
         let (content, attachment) = record_message_parts(envelope.clone(), &limits);
         assert!(attachment.is_none());
         assert_eq!(classify(&content), MessageKind::InlineRecord(envelope));
@@ -1096,45 +1406,96 @@ mod tests {
         assert_eq!(attachment.unwrap().filename, RECORD_ATTACHMENT);
     }
 
-    /// Every mutation of a valid envelope or chunk (a flipped bit, a cut, bytes
-    /// appended), and random bytes, is refused with an error, never accepted or a panic.
-    #[test]
-    fn mutated_or_random_input_is_refused_without_panicking() {
-        let mut state = 0x5eed_u64;
-        let mut next = move || {
+    /// Mutation runs of the decoders: `DCLOUD_FUZZ_ITERATIONS` (default 3000, what CI
+    /// runs) rounds, each mutating valid input. Run it longer by hand with, say,
+    /// `DCLOUD_FUZZ_ITERATIONS=3000000 cargo test --release --lib mutated`.
+    fn fuzz_iterations() -> u64 {
+        std::env::var("DCLOUD_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000)
+    }
+
+    /// A small xorshift generator: the runs are repeatable from their seed.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed | 1;
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
-        };
-        let key = Key::generate().unwrap();
-        let file = FileId::random().unwrap();
-        let envelope = seal_record(&sample_record(), Some(&key)).unwrap();
-        let chunk = sealed(&key, file, 2, &[9u8; 300]).bytes;
-        for _ in 0..2000 {
-            let mut record = envelope.clone();
-            let mut data = chunk.clone();
-            match next() % 3 {
-                0 => {
-                    let bit = next() as usize % (record.len() * 8);
-                    record[bit / 8] ^= 1 << (bit % 8);
-                    let bit = next() as usize % (data.len() * 8);
-                    data[bit / 8] ^= 1 << (bit % 8);
-                }
-                1 => {
-                    record.truncate(next() as usize % record.len());
-                    data.truncate(next() as usize % data.len());
-                }
-                _ => {
-                    record.push(next() as u8);
-                    data.push(next() as u8);
+        }
+    }
+
+    /// One mutation of `bytes`: a flipped bit, a cut, bytes inserted or appended, or a
+    /// run of bytes overwritten with random (or with digits, to reach number parsing).
+    pub(crate) fn mutate(bytes: &mut Vec<u8>, next: &mut impl FnMut() -> u64) {
+        match next() % 5 {
+            0 if !bytes.is_empty() => {
+                let bit = next() as usize % (bytes.len() * 8);
+                bytes[bit / 8] ^= 1 << (bit % 8);
+            }
+            1 if !bytes.is_empty() => bytes.truncate(next() as usize % bytes.len()),
+            2 => {
+                let at = next() as usize % (bytes.len() + 1);
+                for _ in 0..1 + next() % 8 {
+                    bytes.insert(at, next() as u8);
                 }
             }
-            assert!(open_record(&record, Some(&key)).is_err());
+            3 if !bytes.is_empty() => {
+                let at = next() as usize % bytes.len();
+                let digits = next() % 2 == 0;
+                for byte in bytes.iter_mut().skip(at).take(1 + next() as usize % 24) {
+                    *byte = if digits {
+                        b'0' + (next() % 10) as u8
+                    } else {
+                        next() as u8
+                    };
+                }
+            }
+            _ => bytes.push(next() as u8),
+        }
+    }
+
+    /// Every mutation of a sealed or signed envelope, or of a chunk, is refused with an
+    /// error, never accepted; mutations of unsigned plain records and of their JSON
+    /// (which no key covers) and random bytes never panic, and what opens is valid.
+    #[test]
+    fn mutated_or_random_input_is_refused_without_panicking() {
+        let mut next = xorshift(0x5eed);
+        let key = Key::generate().unwrap();
+        let file = FileId::random().unwrap();
+        let record = sample_record();
+        let covered = [
+            seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap(),
+            seal_record(&record, RecordSeal::Signed(&key), CHANNEL).unwrap(),
+            seal_v1(&record, Some(&key)),
+        ];
+        let unsigned = seal_record(&record, RecordSeal::Unsigned, CHANNEL).unwrap();
+        let v1_plain = seal_v1(&record, None);
+        let chunk = sealed(&key, file, 2, &[9u8; 300]).bytes;
+        for round in 0..fuzz_iterations() {
+            let mut envelope = covered[round as usize % covered.len()].clone();
+            mutate(&mut envelope, &mut next);
+            assert!(open_record(&envelope, Some(&key), CHANNEL).is_err());
+            let mut data = chunk.clone();
+            mutate(&mut data, &mut next);
             assert!(open_chunk(Some(&key), file, true, 2, &chunk_ref(300), data).is_err());
 
+            let mut open = if round % 2 == 0 {
+                unsigned.clone()
+            } else {
+                v1_plain.clone()
+            };
+            for _ in 0..1 + next() % 4 {
+                mutate(&mut open, &mut next);
+            }
+            if let Ok(opened) = open_record(&open, None, CHANNEL) {
+                opened.record.validate().unwrap();
+            }
+
             let random: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
-            assert!(open_record(&random, Some(&key)).is_err());
+            assert!(open_record(&random, Some(&key), CHANNEL).is_err());
             let text: String = random.iter().map(|&b| char::from(b % 96 + 32)).collect();
             let _ = classify(&format!("{CONTENT_PREFIX}{text}"));
         }

@@ -180,7 +180,7 @@ pub async fn channels(context: &Context) -> Result<(), CliError> {
 fn warn_hidden(volume: &Volume) {
     let index = volume.index();
     let (mut wrong_key, mut no_key, mut other) = (None, 0, 0);
-    let mut wrong_count = 0;
+    let (mut wrong_count, mut unauthenticated) = (0, 0);
     for skip in index.skipped().values() {
         match skip {
             Skip::WrongKey(id) => {
@@ -188,6 +188,7 @@ fn warn_hidden(volume: &Volume) {
                 wrong_count += 1;
             }
             Skip::NoKey(_) => no_key += 1,
+            Skip::Unauthenticated(_) => unauthenticated += 1,
             Skip::NewerVersion(_) | Skip::Damaged(_) => other += 1,
         }
     }
@@ -200,6 +201,11 @@ fn warn_hidden(volume: &Volume) {
     if no_key > 0 {
         eprintln!(
             "note: {no_key} record(s) in '{channel}' are encrypted and no key is loaded; their files are not shown"
+        );
+    }
+    if unauthenticated > 0 {
+        eprintln!(
+            "note: {unauthenticated} record(s) in '{channel}' are not authenticated by your key (written without it, or copies or forgeries); their changes are not shown (run with -v for details)"
         );
     }
     if other > 0 {

@@ -29,6 +29,7 @@ use crate::crypto::{self, CryptoError, Key};
 use crate::store::discord::{DiscordConfig, DiscordStore, Token};
 use crate::store::local::LocalStore;
 use crate::store::{Channel, Id, Limits, Store, StoreError};
+use crate::volume::Pins;
 use crate::volume::{
     Interrupt, Peers, Volume, VolumeConfig, VolumeError, channel_with_id, find_channel,
 };
@@ -383,6 +384,8 @@ pub(crate) struct Context {
     store: tokio::sync::OnceCell<OpenStore>,
     /// The channels opened so far, shared by the command's volumes.
     volumes: tokio::sync::OnceCell<Arc<OpenVolumes>>,
+    /// What must not be deleted for now, shared by the command's volumes.
+    pins: Pins,
 }
 
 /// The volumes a command opened, one per channel, which reach each other through it
@@ -468,6 +471,7 @@ impl Context {
             interrupt,
             store: tokio::sync::OnceCell::new(),
             volumes: tokio::sync::OnceCell::new(),
+            pins: Pins::default(),
         })
     }
 
@@ -597,6 +601,7 @@ impl Context {
                 Some(self.cache_base().value.join("index"))
             },
             interrupt: self.interrupt.clone(),
+            pins: self.pins.clone(),
         }
     }
 

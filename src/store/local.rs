@@ -588,7 +588,13 @@ impl Inner {
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))
     }
 
-    fn fetch_attachment(&self, channel: Id, message: Id, attachment: Id) -> StoreResult<Bytes> {
+    fn fetch_attachment(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+        max_bytes: u64,
+    ) -> StoreResult<Bytes> {
         let stored = self.message(channel, message)?;
         if !stored.attachments.iter().any(|a| a.id == attachment) {
             return Err(StoreError::NoSuchAttachment {
@@ -597,7 +603,17 @@ impl Inner {
             });
         }
         let path = self.attachment_path(channel, attachment);
-        match fs::read(&path) {
+        let read = File::open(&path).and_then(|file| {
+            let mut data = Vec::new();
+            file.take(max_bytes.saturating_add(1))
+                .read_to_end(&mut data)?;
+            Ok(data)
+        });
+        match read {
+            Ok(data) if data.len() as u64 > max_bytes => Err(StoreError::Corrupt(format!(
+                "attachment {attachment} of message {message} is longer than the {max_bytes} \
+                 bytes expected"
+            ))),
             Ok(data) => Ok(Bytes::from(data)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(StoreError::NoSuchAttachment {
@@ -684,9 +700,10 @@ impl Store for LocalStore {
         channel: Id,
         message: Id,
         attachment: Id,
+        max_bytes: u64,
     ) -> StoreResult<Bytes> {
         let inner = self.inner.clone();
-        blocking(move || inner.fetch_attachment(channel, message, attachment)).await
+        blocking(move || inner.fetch_attachment(channel, message, attachment, max_bytes)).await
     }
 
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
@@ -778,7 +795,7 @@ mod tests {
             .unwrap();
         assert_eq!(ok.attachments.len(), 2);
         let bytes = store
-            .fetch_attachment(channel.id, ok.id, ok.attachments[1].id)
+            .fetch_attachment(channel.id, ok.id, ok.attachments[1].id, u64::MAX)
             .await
             .unwrap();
         assert_eq!(bytes.len(), 100);

@@ -250,12 +250,15 @@ pub trait Store: Send + Sync {
     /// One message.
     async fn message(&self, channel: Id, message: Id) -> StoreResult<Message>;
 
-    /// The bytes of one attachment.
+    /// The bytes of one attachment, which the caller expects to be at most `max_bytes`
+    /// long: a longer one is [`StoreError::Corrupt`], and no more than that is read
+    /// (what the store sends is untrusted input).
     async fn fetch_attachment(
         &self,
         channel: Id,
         message: Id,
         attachment: Id,
+        max_bytes: u64,
     ) -> StoreResult<Bytes>;
 
     /// Deletes one message and its attachments.

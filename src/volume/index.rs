@@ -2,11 +2,26 @@
 //!
 //! The index is a last-writer-wins map from path to [`Slot`]: each slot remembers the
 //! entry (file, folder, or nothing for a tombstone) and the [`Stamp`] of the operation
-//! that set it, `(message id, position in the record)`. An operation only lands if its
-//! stamp is newer than the slot's. That makes replay independent of the order messages
-//! are read in and safe to repeat: the index can be rebuilt from any mix of a cached
-//! state and re-read messages, pages can be read in any order, and the operation we
-//! just posted can be applied at once and again when the next refresh reads it.
+//! that set it. A stamp orders changes as the format says (see [`crate::format`],
+//! Replay): by the record's sealed Lamport `seq` (version 2; every version-2 record
+//! after every version-1 one, and those by message id), ties going to the lower message
+//! id. An operation only lands if its stamp is higher than the slot's. That makes replay
+//! independent of the order messages are read in and safe to repeat: the index can be
+//! rebuilt from any mix of a cached state and re-read messages, pages can be read in any
+//! order, and the operation we just posted can be applied at once and again when the
+//! next refresh reads it. Because `seq` is sealed inside the record, an old record
+//! posted again (a new message id, the old `seq`) never wins over what replaced it;
+//! [`Index::apply`] reports such a record, so the reader can warn about it.
+//!
+//! ## Whose messages
+//!
+//! The index knows which messages of the channel are the bot's own and of which kind
+//! ([`Own`]): data messages (with their file id) and record messages, from the history
+//! as it is read and from what this machine posts, and which messages of other authors
+//! carry attachments. A record whose chunks name someone else's message, or a data
+//! message of another file, is refused whole; and nothing is deleted that isn't in the
+//! map of our own (see [`crate::volume::reclaim`]). A chunk naming a message that is in
+//! neither (deleted since, say) is taken: reading it fails as a missing chunk.
 //!
 //! Tombstones stay in the map (they must outlive older records of their path in caches
 //! elsewhere), and so do the ids of the messages that carry them: such messages are
@@ -41,10 +56,75 @@ use crate::format::{ChunkLocation, ChunkRef, FileId, Op, Record};
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
-pub const INDEX_CACHE_VERSION: u32 = 2;
+pub const INDEX_CACHE_VERSION: u32 = 3;
 
-/// Orders operations: message id, then position within the record.
-pub type Stamp = (Id, u32);
+/// Orders the operations on a path (see the module docs): the highest stamp wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// 0 for version-1 records, 1 for version 2: every version-2 change is newer.
+    era: u8,
+    /// Version 2: the record's `seq`. Version 1: the message id.
+    order: u64,
+    /// Version 2: the message id, inverted, so that of two records with one `seq` the
+    /// one posted first wins. Version 1: 0.
+    tie: u64,
+    /// Position of the operation in its record: a later one wins.
+    position: u32,
+}
+
+impl Stamp {
+    /// The stamp of operation `position` of a record of format `version` with `seq`,
+    /// in message `message`.
+    pub fn new(version: u8, seq: u64, message: Id, position: u32) -> Stamp {
+        if version >= 2 {
+            Stamp {
+                era: 1,
+                order: seq,
+                tie: !message,
+                position,
+            }
+        } else {
+            Stamp {
+                era: 0,
+                order: message,
+                tie: 0,
+                position,
+            }
+        }
+    }
+
+    /// The message the operation is in.
+    pub fn message(&self) -> Id {
+        if self.era == 0 { self.order } else { !self.tie }
+    }
+
+    /// The record's `seq` (0 for version 1).
+    pub fn seq(&self) -> u64 {
+        if self.era == 0 { 0 } else { self.order }
+    }
+}
+
+/// What a message of the bot's own in this channel is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Own {
+    /// A data message holding chunks of this file.
+    Data(FileId),
+    /// A record message (it may carry chunks of the files it puts).
+    Record,
+}
+
+/// An operation that lost to the path's current state although its message was posted
+/// after the one that set it: a record that is older than what it would replace (a
+/// copy of an old record posted again, or a writer that hadn't seen the newer one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outdated {
+    pub path: String,
+    /// The outdated record's `seq`.
+    pub seq: u64,
+    /// The message and `seq` of the change that stands.
+    pub current_message: Id,
+    pub current_seq: u64,
+}
 
 /// A chunk with its attachment resolved to ids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +278,10 @@ struct Slot {
 /// Why a record message was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Skip {
+    /// Not authenticated by the loaded key (a plain record written without a key, a
+    /// version-1 record posted after the channel's cutover): hidden, as a forgery or a
+    /// copy could be.
+    Unauthenticated(String),
     /// Sealed with another key.
     WrongKey(KeyId),
     /// Encrypted, and no key is loaded.
@@ -248,6 +332,21 @@ pub struct Index {
     /// moved here that a change of ours replaced or deleted.
     #[serde(default)]
     pub unfreed_foreign: BTreeSet<(Id, Id)>,
+    /// The bot's own messages in this channel, and what they are (see the module docs).
+    own: BTreeMap<Id, Own>,
+    /// The highest `seq` of any record read or written here: the next record's is one
+    /// more.
+    max_seq: u64,
+    /// The first version-2 record the key authenticated here: version-1 records posted
+    /// after it are not taken (see [`crate::format`], Version 1).
+    cutover: Option<Id>,
+    /// Record messages whose record couldn't be read although the message exists (its
+    /// attachment refused): read again at every refresh.
+    pub unread: BTreeSet<Id>,
+    /// Messages of other authors that have attachments (what a forged chunk reference
+    /// could name): a record naming one is refused. Chat without attachments costs
+    /// nothing here.
+    foreign: BTreeSet<Id>,
 }
 
 impl Index {
@@ -264,7 +363,55 @@ impl Index {
             moved_out: BTreeMap::new(),
             unfreed: BTreeSet::new(),
             unfreed_foreign: BTreeSet::new(),
+            own: BTreeMap::new(),
+            max_seq: 0,
+            cutover: None,
+            unread: BTreeSet::new(),
+            foreign: BTreeSet::new(),
         }
+    }
+
+    /// Notes a message of another author that has attachments.
+    pub fn note_foreign(&mut self, message: Id) {
+        self.foreign.insert(message);
+    }
+
+    /// Notes a message of the bot's own.
+    pub fn note_own(&mut self, message: Id, kind: Own) {
+        self.own.insert(message, kind);
+    }
+
+    /// What message `message` of this channel is, if it is one of the bot's own that
+    /// still exists as far as this index knows.
+    pub fn own(&self, message: Id) -> Option<Own> {
+        self.own.get(&message).copied()
+    }
+
+    /// Notes that a message is gone.
+    pub fn forget_own(&mut self, message: Id) {
+        self.own.remove(&message);
+    }
+
+    /// The `seq` for the next record written here.
+    pub fn next_seq(&self) -> u64 {
+        self.max_seq + 1
+    }
+
+    /// Takes the `seq` for a record about to be written: two records written at once
+    /// here never share one.
+    pub fn take_seq(&mut self) -> u64 {
+        self.max_seq += 1;
+        self.max_seq
+    }
+
+    /// Notes a version-2 record that the key authenticated in message `message`.
+    pub fn note_authenticated(&mut self, message: Id) {
+        self.cutover = Some(self.cutover.map_or(message, |c| c.min(message)));
+    }
+
+    /// The first version-2 record the key authenticated here, if any.
+    pub fn cutover(&self) -> Option<Id> {
+        self.cutover
     }
 
     /// Whether a cached index can stand in for this channel and key.
@@ -272,15 +419,31 @@ impl Index {
         self.version == INDEX_CACHE_VERSION && self.channel == channel && self.key_id == key_id
     }
 
-    /// Applies a record read from `message`. A record whose chunks name attachments the
-    /// message doesn't have is damaged and applied not at all.
-    pub fn apply(&mut self, message: &Message, record: &Record) -> Result<(), String> {
+    /// Applies a record of format `version` read from `message`. A record whose chunks
+    /// name attachments the message doesn't have, or messages that aren't the bot's own
+    /// data messages of the file (or its record messages), is damaged and applied not
+    /// at all. Returns the operations that lost to a change posted before them (see
+    /// [`Outdated`]).
+    pub fn apply(
+        &mut self,
+        message: &Message,
+        record: &Record,
+        version: u8,
+    ) -> Result<Vec<Outdated>, String> {
         let mut resolved = Vec::with_capacity(record.ops.len());
         for op in &record.ops {
             resolved.push(resolve(message, op)?);
         }
+        for (_, entry) in &resolved {
+            if let Some(Entry::File(file)) = entry {
+                self.check_own_chunks(file)?;
+            }
+        }
+        let seq = if version >= 2 { record.seq } else { 0 };
+        self.max_seq = self.max_seq.max(seq);
+        let mut outdated = Vec::new();
         for (position, (path, entry)) in resolved.into_iter().enumerate() {
-            let stamp = (message.id, position as u32);
+            let stamp = Stamp::new(version, seq, message.id, position as u32);
             if entry.is_none() {
                 self.tombstone_messages.insert(message.id);
             }
@@ -301,7 +464,16 @@ impl Index {
                 }
             }
             match self.slots.get_mut(&path) {
-                Some(slot) if slot.stamp >= stamp => {}
+                Some(slot) if slot.stamp >= stamp => {
+                    if slot.stamp.message() < message.id {
+                        outdated.push(Outdated {
+                            path,
+                            seq,
+                            current_message: slot.stamp.message(),
+                            current_seq: slot.stamp.seq(),
+                        });
+                    }
+                }
                 Some(slot) => *slot = Slot { stamp, entry },
                 None => {
                     self.slots.insert(path, Slot { stamp, entry });
@@ -309,6 +481,34 @@ impl Index {
             }
         }
         self.skipped.remove(&message.id);
+        self.unread.remove(&message.id);
+        Ok(outdated)
+    }
+
+    /// Checks that the chunks of `file` stored in this channel are in the bot's own
+    /// messages: data messages of this file, or record messages.
+    fn check_own_chunks(&self, file: &FileEntry) -> Result<(), String> {
+        for chunk in file.chunks.iter().filter(|c| c.channel.is_none()) {
+            match self.own(chunk.message) {
+                Some(Own::Record) => {}
+                Some(Own::Data(id)) if id == file.id => {}
+                Some(Own::Data(_)) => {
+                    return Err(format!(
+                        "a chunk names message {}, which holds another file's data",
+                        chunk.message
+                    ));
+                }
+                None if self.foreign.contains(&chunk.message) => {
+                    return Err(format!(
+                        "a chunk names message {}, which is someone else's",
+                        chunk.message
+                    ));
+                }
+                // Gone (a later change freed it), or never seen: the chunk is missing
+                // when read, and nothing that isn't ours is ever deleted.
+                None => {}
+            }
+        }
         Ok(())
     }
 
@@ -334,7 +534,7 @@ impl Index {
     pub fn version_of(&self, path: &str) -> Option<String> {
         self.slots
             .get(path)
-            .map(|slot| format!("{}:{}", slot.stamp.0, slot.stamp.1))
+            .map(|slot| format!("{}:{}", slot.stamp.message(), slot.stamp.position))
     }
 
     /// The live entry at `path`.
@@ -458,7 +658,7 @@ impl Index {
                 .entry(held)
                 .or_default()
                 .entry(to)
-                .or_insert((0, 0));
+                .or_insert(Stamp::new(1, 0, 0, 0).min(Stamp::new(0, 0, 0, 0)));
         }
     }
 
@@ -622,7 +822,12 @@ mod tests {
     }
 
     fn record(ops: Vec<Op>) -> Record {
-        Record { ops }
+        Record { seq: 0, ops }
+    }
+
+    /// Applies a version-1 record (replayed by message id).
+    fn apply_v1(index: &mut Index, message: &Message, record: &Record) -> Result<(), String> {
+        index.apply(message, record, 1).map(|_| ())
     }
 
     #[test]
@@ -638,17 +843,17 @@ mod tests {
         }]);
 
         let mut forward = Index::new(1, None);
-        forward.apply(&m10, &first).unwrap();
-        forward.apply(&m20, &second).unwrap();
+        apply_v1(&mut forward, &m10, &first).unwrap();
+        apply_v1(&mut forward, &m20, &second).unwrap();
         assert_eq!(forward.file("a.txt").unwrap().chunks[0].attachment, 200);
-        forward.apply(&m30, &delete).unwrap();
+        apply_v1(&mut forward, &m30, &delete).unwrap();
         assert!(forward.entry("a.txt").is_none());
 
         let mut backward = Index::new(1, None);
-        backward.apply(&m30, &delete).unwrap();
-        backward.apply(&m20, &second).unwrap();
-        backward.apply(&m10, &first).unwrap();
-        backward.apply(&m20, &second).unwrap(); // read twice
+        apply_v1(&mut backward, &m30, &delete).unwrap();
+        apply_v1(&mut backward, &m20, &second).unwrap();
+        apply_v1(&mut backward, &m10, &first).unwrap();
+        apply_v1(&mut backward, &m20, &second).unwrap(); // read twice
         assert!(backward.entry("a.txt").is_none());
         assert!(backward.messages_in_use().contains(&30));
     }
@@ -657,9 +862,13 @@ mod tests {
     fn rename_in_one_record_keeps_the_chunks() {
         let m10 = message(10, &[("c0.bin", 100)]);
         let mut index = Index::new(1, None);
-        index
-            .apply(&m10, &record(vec![put("old", vec![attached("c0.bin")])]))
-            .unwrap();
+        apply_v1(
+            &mut index,
+            &m10,
+            &record(vec![put("old", vec![attached("c0.bin")])]),
+        )
+        .unwrap();
+        index.note_own(10, Own::Record);
         let moved = put(
             "new",
             vec![ChunkLocation::Stored {
@@ -668,18 +877,18 @@ mod tests {
                 attachment: 100,
             }],
         );
-        index
-            .apply(
-                &message(11, &[]),
-                &record(vec![
-                    moved,
-                    Op::Del {
-                        path: "old".into(),
-                        moved: None,
-                    },
-                ]),
-            )
-            .unwrap();
+        apply_v1(
+            &mut index,
+            &message(11, &[]),
+            &record(vec![
+                moved,
+                Op::Del {
+                    path: "old".into(),
+                    moved: None,
+                },
+            ]),
+        )
+        .unwrap();
         assert!(index.entry("old").is_none());
         let file = index.file("new").unwrap();
         assert_eq!((file.chunks[0].message, file.record_message), (10, 11));
@@ -694,7 +903,7 @@ mod tests {
             put("ok", vec![]),
             put("broken", vec![attached("c9.bin")]),
         ]);
-        assert!(index.apply(&message(10, &[]), &bad).is_err());
+        assert!(apply_v1(&mut index, &message(10, &[]), &bad).is_err());
         assert!(index.entry("ok").is_none());
     }
 
@@ -712,7 +921,7 @@ mod tests {
                 mode: 0o755,
             }),
         ];
-        index.apply(&message(10, &[]), &record(ops)).unwrap();
+        apply_v1(&mut index, &message(10, &[]), &record(ops)).unwrap();
         fn names(index: &Index, dir: &str) -> Vec<String> {
             index
                 .list(dir)
@@ -730,9 +939,12 @@ mod tests {
         assert!(matches!(index.node("photos"), Some(Node::Dir(None))));
         assert!(matches!(index.node("empty"), Some(Node::Dir(Some(_)))));
         // "photos2" sorts between "photos" and "photos/": it must not leak into photos.
-        index
-            .apply(&message(11, &[]), &record(vec![put("photos2", vec![])]))
-            .unwrap();
+        apply_v1(
+            &mut index,
+            &message(11, &[]),
+            &record(vec![put("photos2", vec![])]),
+        )
+        .unwrap();
         assert_eq!(names(&index, "photos"), vec!["2024", "top.jpg"]);
         assert_eq!(index.totals(), (5, 0));
     }
@@ -787,16 +999,16 @@ mod tests {
         let ops = moves_in_channel_one();
         let mut forward = Index::new(1, None);
         for (message, record) in &ops {
-            forward.apply(message, record).unwrap();
+            apply_v1(&mut forward, message, record).unwrap();
         }
         let mut backward = Index::new(1, None);
         for (message, record) in ops.iter().rev() {
-            backward.apply(message, record).unwrap();
+            apply_v1(&mut backward, message, record).unwrap();
         }
-        backward.apply(&ops[2].0, &ops[2].1).unwrap(); // read twice
+        apply_v1(&mut backward, &ops[2].0, &ops[2].1).unwrap(); // read twice
         let mut shuffled = Index::new(1, None);
         for i in [3, 0, 4, 2, 1] {
-            shuffled.apply(&ops[i].0, &ops[i].1).unwrap();
+            apply_v1(&mut shuffled, &ops[i].0, &ops[i].1).unwrap();
         }
         for index in [&forward, &backward, &shuffled] {
             assert_eq!(index.moved_to(1, 10), vec![3, 2]);
@@ -819,15 +1031,16 @@ mod tests {
         let mut index = Index::new(2, None);
         // A file moved here from channel 1 (chunks in 1/10 and in 2/15), and a file of
         // our own in message 16.
-        index
-            .apply(
-                &message_in(2, 16, &[("c0.bin", 160)]),
-                &record(vec![
-                    put("moved", vec![stored(Some(1), 10), stored(Some(2), 15)]),
-                    put("own", vec![attached("c0.bin")]),
-                ]),
-            )
-            .unwrap();
+        index.note_own(15, Own::Data(FileId([1; 16])));
+        apply_v1(
+            &mut index,
+            &message_in(2, 16, &[("c0.bin", 160)]),
+            &record(vec![
+                put("moved", vec![stored(Some(1), 10), stored(Some(2), 15)]),
+                put("own", vec![attached("c0.bin")]),
+            ]),
+        )
+        .unwrap();
         let moved = index.file("moved").unwrap();
         // A `c` naming the record's own channel is no channel.
         assert_eq!(moved.chunks[0].channel, Some(1));
@@ -839,21 +1052,21 @@ mod tests {
         assert_eq!(index.holds(1, 11), Hold::No);
         assert_eq!(index.foreign_in_use(), HashSet::from([(1, 10)]));
         // "moved" goes on to channel 3; "own" is deleted.
-        index
-            .apply(
-                &message_in(2, 17, &[]),
-                &record(vec![moved_del("moved", 3, vec![(1, 10), (2, 15)])]),
-            )
-            .unwrap();
-        index
-            .apply(
-                &message_in(2, 18, &[]),
-                &record(vec![Op::Del {
-                    path: "own".into(),
-                    moved: None,
-                }]),
-            )
-            .unwrap();
+        apply_v1(
+            &mut index,
+            &message_in(2, 17, &[]),
+            &record(vec![moved_del("moved", 3, vec![(1, 10), (2, 15)])]),
+        )
+        .unwrap();
+        apply_v1(
+            &mut index,
+            &message_in(2, 18, &[]),
+            &record(vec![Op::Del {
+                path: "own".into(),
+                moved: None,
+            }]),
+        )
+        .unwrap();
         assert_eq!(index.holds(1, 10), Hold::MovedTo(vec![3]));
         assert_eq!(index.holds(2, 15), Hold::MovedTo(vec![3]));
         assert_eq!(index.holds(2, 16), Hold::No);
@@ -871,5 +1084,129 @@ mod tests {
         assert!(index.skip(5, Skip::NoKey(KeyId([1; 8]))));
         assert!(!index.skip(5, Skip::NoKey(KeyId([1; 8]))));
         assert_eq!(index.skipped().len(), 1);
+    }
+
+    fn record_v2(seq: u64, ops: Vec<Op>) -> Record {
+        Record { seq, ops }
+    }
+
+    fn chunk_of(index: &Index, path: &str) -> Option<Id> {
+        index.file(path).map(|f| f.chunks[0].attachment)
+    }
+
+    #[test]
+    fn the_highest_seq_wins_and_a_record_posted_again_never_does() {
+        let v1 = (
+            message(10, &[("c0.bin", 100)]),
+            record_v2(1, vec![put("a", vec![attached("c0.bin")])]),
+        );
+        let v2 = (
+            message(20, &[("c0.bin", 200)]),
+            record_v2(2, vec![put("a", vec![attached("c0.bin")])]),
+        );
+        // The first version's record posted again, attachments and all.
+        let copy = (message(30, &[("c0.bin", 300)]), v1.1.clone());
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+            let all = [&v1, &v2, &copy];
+            let mut index = Index::new(1, None);
+            let mut outdated = Vec::new();
+            for i in order {
+                outdated.extend(index.apply(&all[i].0, &all[i].1, 2).unwrap());
+            }
+            assert_eq!(chunk_of(&index, "a"), Some(200), "order {order:?}");
+            assert_eq!(index.next_seq(), 3);
+            // The copy is reported whenever it comes after what it lost to.
+            if order.iter().position(|&i| i == 2) > order.iter().position(|&i| i == 1) {
+                assert!(
+                    outdated
+                        .iter()
+                        .any(|o| o.path == "a" && o.seq == 1 && o.current_seq == 2)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_seq_from_two_writers_goes_to_the_record_posted_first() {
+        let first = (
+            message(10, &[("c0.bin", 100)]),
+            record_v2(7, vec![put("a", vec![attached("c0.bin")])]),
+        );
+        let second = (
+            message(11, &[("c0.bin", 110)]),
+            record_v2(7, vec![put("a", vec![attached("c0.bin")])]),
+        );
+        for reversed in [false, true] {
+            let mut index = Index::new(1, None);
+            let (a, b) = if reversed {
+                (&second, &first)
+            } else {
+                (&first, &second)
+            };
+            index.apply(&a.0, &a.1, 2).unwrap();
+            index.apply(&b.0, &b.1, 2).unwrap();
+            assert_eq!(chunk_of(&index, "a"), Some(100));
+        }
+    }
+
+    #[test]
+    fn every_version_2_change_is_newer_than_every_version_1_change() {
+        let new = (
+            message(10, &[("c0.bin", 100)]),
+            record_v2(1, vec![put("a", vec![attached("c0.bin")])]),
+        );
+        let old = (
+            message(50, &[("c0.bin", 500)]),
+            record(vec![put("a", vec![attached("c0.bin")])]),
+        );
+        let mut index = Index::new(1, None);
+        index.apply(&old.0, &old.1, 1).unwrap();
+        index.apply(&new.0, &new.1, 2).unwrap();
+        assert_eq!(chunk_of(&index, "a"), Some(100));
+        let mut index = Index::new(1, None);
+        index.apply(&new.0, &new.1, 2).unwrap();
+        index.apply(&old.0, &old.1, 1).unwrap();
+        assert_eq!(chunk_of(&index, "a"), Some(100));
+    }
+
+    #[test]
+    fn chunks_must_be_in_our_own_messages_of_the_same_file() {
+        let mut index = Index::new(1, None);
+        let at = |message| vec![stored(None, message)];
+        // Message 5 is someone else's; 6 holds another file's data; 7 this file's; 8 is
+        // a record message of ours; 9 is unknown (deleted since, say).
+        index.note_foreign(5);
+        index.note_own(6, Own::Data(FileId([2; 16])));
+        index.note_own(7, Own::Data(FileId([1; 16])));
+        index.note_own(8, Own::Record);
+        for (message, ok) in [(5, false), (6, false), (7, true), (8, true), (9, true)] {
+            let applied = index.apply(
+                &message_in(1, 20 + message, &[]),
+                &record_v2(message, vec![put("f", at(message))]),
+                2,
+            );
+            assert_eq!(applied.is_ok(), ok, "message {message}: {applied:?}");
+        }
+        // Another channel's messages are checked where they are (when freed).
+        index
+            .apply(
+                &message_in(1, 40, &[]),
+                &record_v2(9, vec![put("g", vec![stored(Some(3), 5)])]),
+                2,
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn the_cutover_is_the_first_authenticated_version_2_record() {
+        let mut index = Index::new(1, None);
+        assert_eq!(index.cutover(), None);
+        index.note_authenticated(30);
+        index.note_authenticated(20);
+        index.note_authenticated(40);
+        assert_eq!(index.cutover(), Some(20));
+        let json = serde_json::to_string(&index).unwrap();
+        let read: Index = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.cutover(), Some(20));
     }
 }

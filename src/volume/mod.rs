@@ -61,9 +61,11 @@
 
 pub mod index;
 pub mod journal;
+pub mod reclaim;
+mod records;
 pub mod transfer;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,16 +74,17 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 
-pub use index::{DirEntry, Entry, FileEntry, Hold, Index, Listed, Node, Skip, StoredChunk};
+pub use index::{DirEntry, Entry, FileEntry, Hold, Index, Listed, Node, Own, Skip, StoredChunk};
+pub use reclaim::{PinGuard, Pins};
 pub use transfer::{ChunkPlan, Interrupt, Progress};
 
 use crate::crypto::{CryptoError, Key, KeyId};
 use crate::format::{
-    self, ChunkLocation, ChunkRef, DirManifest, FileId, FileManifest, FormatError, MessageKind,
-    Moved, Op, Record,
+    self, ChunkLocation, ChunkRef, DirManifest, FileId, FileManifest, FormatError, Moved, Op,
+    Record,
 };
 use crate::store::{
-    Channel, HistoryCursor, Id, Limits, MAX_HISTORY_PAGE, Message, NewMessage, Store, StoreError,
+    Channel, HistoryCursor, Id, Limits, MAX_HISTORY_PAGE, Message, Store, StoreError,
     snowflake_at_ms, snowflake_time_ms,
 };
 
@@ -185,6 +188,10 @@ pub struct VolumeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Stops this volume's transfers when triggered. Default: never triggered.
     pub interrupt: Interrupt,
+    /// Messages that must not be deleted for now (readers, uploads reusing chunks);
+    /// clones share them, so give every volume of a store clones of one. Default: a
+    /// new, empty set.
+    pub pins: Pins,
 }
 
 impl Default for VolumeConfig {
@@ -194,6 +201,7 @@ impl Default for VolumeConfig {
             download_parallel_chunks: 4,
             cache_dir: Some(crate::dirs::cache_dir().join("index")),
             interrupt: Interrupt::default(),
+            pins: Pins::default(),
         }
     }
 }
@@ -338,9 +346,6 @@ fn seal_small_files(
     Ok((attachments, ops))
 }
 
-/// Records in attachments that a refresh downloads at once.
-const RECORD_FETCHES: usize = 8;
-
 /// Looks a channel up by its id.
 pub async fn channel_with_id(store: &dyn Store, id: Id) -> Result<Channel, VolumeError> {
     store
@@ -395,6 +400,8 @@ pub struct Volume {
     /// The other channels, once set ([`Volume::set_peers`]); weak, as the one who keeps
     /// them keeps this volume too.
     peers: OnceLock<Weak<dyn Peers>>,
+    /// Messages warned about already (records older than what they would replace).
+    warned: Mutex<HashSet<Id>>,
 }
 
 impl Drop for Volume {
@@ -424,6 +431,7 @@ impl Volume {
             index: Mutex::new(index),
             unsaved: AtomicBool::new(false),
             peers: OnceLock::new(),
+            warned: Mutex::default(),
         };
         volume.refresh().await?;
         volume.reclaim_abandoned_uploads().await;
@@ -521,6 +529,7 @@ impl Volume {
     /// another channel's volume asks of this one while it follows a moved file: it
     /// must not start freeing in turn). Returns whether anything new was read.
     async fn catch_up(&self) -> Result<bool, VolumeError> {
+        self.read_unread().await?;
         let last_seen = self.index().last_seen;
         let mut cursor = if last_seen == 0 {
             0
@@ -537,17 +546,7 @@ impl Volume {
                 )
                 .await?;
             page.sort_by_key(|m| m.id);
-            // Replay doesn't depend on order, so the records of a page are read several
-            // at once: a record in an attachment costs a download, one latency each.
-            for batch in page.chunks(RECORD_FETCHES) {
-                let mut ingests: Vec<futures::future::BoxFuture<'_, Result<(), VolumeError>>> =
-                    Vec::with_capacity(batch.len());
-                for message in batch {
-                    ingests.push(Box::pin(self.ingest(message)));
-                }
-                let ingested = futures::future::join_all(ingests).await;
-                ingested.into_iter().collect::<Result<(), VolumeError>>()?;
-            }
+            self.read_page(&page).await?;
             let Some(newest) = page.last() else { break };
             cursor = newest.id;
             self.index().advance(cursor);
@@ -561,251 +560,6 @@ impl Volume {
             self.unsaved.store(true, Ordering::Relaxed);
         }
         Ok(read_new)
-    }
-
-    /// Deletes the messages in [`Index::unfreed`] and [`Index::unfreed_foreign`] that
-    /// nothing needs, now that the index is up to date. A message of this channel that
-    /// no live entry uses and no file took along to another channel goes at once; one
-    /// that a moved file took along, or one of another channel, goes only once
-    /// following the moves ([`Volume::holder`]) finds no channel that still uses it.
-    /// Those that can't be decided or deleted now stay for the next time. Returns
-    /// whether anything changed.
-    async fn free_unused(&self) -> bool {
-        let (own, foreign, before) = {
-            let mut index = self.index();
-            if index.unfreed.is_empty() && index.unfreed_foreign.is_empty() {
-                return false;
-            }
-            let before = (index.unfreed.clone(), index.unfreed_foreign.clone());
-            let in_use = index.messages_in_use();
-            let foreign_in_use = index.foreign_in_use();
-            let own: Vec<Id> = std::mem::take(&mut index.unfreed)
-                .into_iter()
-                .filter(|id| !in_use.contains(id))
-                .collect();
-            let foreign: Vec<(Id, Id)> = std::mem::take(&mut index.unfreed_foreign)
-                .into_iter()
-                .filter(|held| !foreign_in_use.contains(held))
-                .collect();
-            (own, foreign, before)
-        };
-        let mut free: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
-        let mut undecided = Vec::new();
-        for message in own {
-            if self.index().moved_to(self.channel.id, message).is_empty() {
-                free.entry(self.channel.id).or_default().push(message);
-            } else {
-                undecided.push((self.channel.id, message));
-            }
-        }
-        undecided.extend(foreign);
-        let mut kept: Vec<(Id, Id)> = Vec::new();
-        if self.peers().is_none() {
-            // Whether files that moved away still use them can't be asked from here.
-            kept = undecided;
-        } else {
-            let mut fresh = HashSet::new();
-            for (channel, message) in undecided {
-                let searched = self
-                    .search(channel, message, vec![channel], HashSet::new(), &mut fresh)
-                    .await;
-                match searched {
-                    Ok(None) => free.entry(channel).or_default().push(message),
-                    Ok(Some(holder)) => log::debug!(
-                        "#{}: message {message} of channel {channel} stays: a file in \
-                         channel {holder} uses it",
-                        self.channel.name
-                    ),
-                    Err(e) => {
-                        log::info!(
-                            "#{}: can't tell yet whether message {message} of channel \
-                             {channel} is still needed ({e}); will try again later",
-                            self.channel.name
-                        );
-                        kept.push((channel, message));
-                    }
-                }
-            }
-        }
-        let deleted_any = !free.is_empty();
-        for (channel, messages) in free {
-            let failed = transfer::delete_quietly(self.store.as_ref(), channel, &messages).await;
-            let mut index = self.index();
-            if channel == self.channel.id {
-                index.unfreed.extend(failed);
-            } else {
-                index
-                    .unfreed_foreign
-                    .extend(failed.into_iter().map(|m| (channel, m)));
-            }
-        }
-        let mut index = self.index();
-        for (channel, message) in kept {
-            if channel == self.channel.id {
-                index.unfreed.insert(message);
-            } else {
-                index.unfreed_foreign.insert((channel, message));
-            }
-        }
-        deleted_any || (index.unfreed.clone(), index.unfreed_foreign.clone()) != before
-    }
-
-    /// Which channel still uses message `message` of channel `channel`, if any: starting
-    /// at the message's own channel, a channel whose index [`Hold::Live`]s it holds it;
-    /// one whose files using it moved on sends the search to their destinations (each
-    /// read up to date first); a channel seen before counts as not holding it (the file
-    /// came back). Any doubt — the other channels can't be reached ([`Volume::set_peers`]
-    /// was not called), a channel can't be opened or read — is an error: the caller
-    /// keeps the message.
-    pub async fn holder(&self, channel: Id, message: Id) -> Result<Option<Id>, VolumeError> {
-        self.search(
-            channel,
-            message,
-            vec![channel],
-            HashSet::new(),
-            &mut HashSet::new(),
-        )
-        .await
-    }
-
-    /// [`Volume::holder`] from the channels `start`, having seen `seen` already.
-    /// `fresh` are the other channels read up to date in this pass already (a pass
-    /// over many messages reads each channel once).
-    async fn search(
-        &self,
-        channel: Id,
-        message: Id,
-        start: Vec<Id>,
-        mut seen: HashSet<Id>,
-        fresh: &mut HashSet<Id>,
-    ) -> Result<Option<Id>, VolumeError> {
-        let mut queue = VecDeque::from(start);
-        while let Some(at) = queue.pop_front() {
-            if !seen.insert(at) {
-                continue;
-            }
-            let hold = if at == self.channel.id {
-                self.index().holds(channel, message)
-            } else {
-                let peers = self.peers().ok_or_else(|| {
-                    VolumeError::Internal("the other channels can't be reached from here".into())
-                })?;
-                let volume = peers.peer(at).await?;
-                if fresh.insert(at) {
-                    volume.catch_up().await.inspect_err(|_| {
-                        fresh.remove(&at);
-                    })?;
-                }
-                volume.index().holds(channel, message)
-            };
-            match hold {
-                Hold::Live => return Ok(Some(at)),
-                Hold::MovedTo(dests) => queue.extend(dests),
-                Hold::No => {}
-            }
-        }
-        Ok(None)
-    }
-
-    /// The other channels where files moved away from this one still use its messages
-    /// (for each such message, the first channel found): deleting this channel would
-    /// destroy their bytes. Errors if that can't be told.
-    pub async fn moved_files_elsewhere(&self) -> Result<BTreeSet<Id>, VolumeError> {
-        let messages = self.index().moved_out_messages();
-        let mut holders = BTreeSet::new();
-        let mut fresh = HashSet::new();
-        for message in messages {
-            let start = self.index().moved_to(self.channel.id, message);
-            let seen = HashSet::from([self.channel.id]);
-            let found = self
-                .search(self.channel.id, message, start, seen, &mut fresh)
-                .await?;
-            holders.extend(found);
-        }
-        Ok(holders)
-    }
-
-    /// Applies one message from history (ours and a record), or notes why not.
-    async fn ingest(&self, message: &Message) -> Result<(), VolumeError> {
-        if message.author_id != self.user {
-            log::debug!(
-                "#{}: message {} is someone else's; ignored",
-                self.channel.name,
-                message.id
-            );
-            return Ok(());
-        }
-        let envelope = match format::classify(&message.content) {
-            MessageKind::InlineRecord(envelope) => envelope,
-            MessageKind::AttachedRecord => {
-                let Some(attachment) = message.attachment_named(format::RECORD_ATTACHMENT) else {
-                    self.note_skip(
-                        message.id,
-                        Skip::Damaged("record attachment missing".into()),
-                    );
-                    return Ok(());
-                };
-                let fetched = self
-                    .store
-                    .fetch_attachment(self.channel.id, message.id, attachment.id)
-                    .await;
-                match fetched {
-                    Ok(bytes) => bytes.to_vec(),
-                    Err(e) if e.is_not_found() => return Ok(()), // deleted meanwhile
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            MessageKind::Data(_) | MessageKind::Other => return Ok(()),
-        };
-        match format::open_record(&envelope, self.key.as_ref()) {
-            Ok(record) => {
-                let applied = self.index().apply(message, &record);
-                if let Err(why) = applied {
-                    self.note_skip(message.id, Skip::Damaged(why));
-                }
-            }
-            Err(FormatError::Crypto(CryptoError::WrongKey { written, .. })) => {
-                self.note_skip(message.id, Skip::WrongKey(written))
-            }
-            Err(FormatError::Crypto(CryptoError::NoKey { written })) => {
-                self.note_skip(message.id, Skip::NoKey(written))
-            }
-            Err(FormatError::NewerVersion(version)) => {
-                self.note_skip(message.id, Skip::NewerVersion(version))
-            }
-            Err(e) => self.note_skip(message.id, Skip::Damaged(e.to_string())),
-        }
-        Ok(())
-    }
-
-    fn note_skip(&self, message: Id, why: Skip) {
-        let news = self.index().skip(message, why.clone());
-        if !news {
-            return;
-        }
-        let channel = &self.channel.name;
-        // Another key, or none, is the user's choice: the commands say so where it
-        // matters (ls notes, "wrong key" on get). Damage is worth a warning.
-        match why {
-            Skip::WrongKey(written) => {
-                log::info!(
-                    "#{channel}: record in message {message} is sealed with another key (key id {written})"
-                )
-            }
-            Skip::NoKey(written) => {
-                log::info!(
-                    "#{channel}: record in message {message} is encrypted (key id {written}) and no key is loaded"
-                )
-            }
-            Skip::NewerVersion(v) => {
-                log::warn!(
-                    "#{channel}: record in message {message} skipped: written by a newer dcloud-fs (format {v})"
-                )
-            }
-            Skip::Damaged(why) => {
-                log::warn!("#{channel}: record in message {message} skipped: damaged: {why}")
-            }
-        }
     }
 
     /// Writes the index cache if the index changed since it was last written.
@@ -835,7 +589,7 @@ impl Volume {
     pub fn not_found(&self, path: &str) -> VolumeError {
         let name = self.display(path);
         let index = self.index();
-        let (mut no_key, mut unreadable) = (0, 0);
+        let (mut no_key, mut unreadable, mut unauthenticated) = (0, 0, 0);
         for skip in index.skipped().values() {
             match (skip, &self.key) {
                 (Skip::WrongKey(written), Some(key)) => {
@@ -846,6 +600,7 @@ impl Volume {
                     };
                 }
                 (Skip::NoKey(_), _) => no_key += 1,
+                (Skip::Unauthenticated(_), _) => unauthenticated += 1,
                 (Skip::Damaged(_) | Skip::NewerVersion(_), _) => unreadable += 1,
                 (Skip::WrongKey(_), None) => {}
             }
@@ -856,13 +611,23 @@ impl Volume {
                 count: no_key,
             };
         }
-        let hint = if unreadable > 0 {
-            format!(
-                " ({unreadable} record(s) in this channel could not be read: damaged, or \
-                 written by a newer dcloud-fs)"
-            )
-        } else {
+        let mut hints = Vec::new();
+        if unreadable > 0 {
+            hints.push(format!(
+                "{unreadable} record(s) in this channel could not be read: damaged, or \
+                 written by a newer dcloud-fs"
+            ));
+        }
+        if unauthenticated > 0 {
+            hints.push(format!(
+                "{unauthenticated} record(s) in this channel are not authenticated by your \
+                 key and are not shown"
+            ));
+        }
+        let hint = if hints.is_empty() {
             String::new()
+        } else {
+            format!(" ({})", hints.join("; "))
         };
         VolumeError::NotFound { name, hint }
     }
@@ -1033,9 +798,29 @@ impl Volume {
             let current = index.version_of(path)?;
             delta.unchanged_chunks(&current, base, &plan, options.encrypted, size)
         });
-        let (file_id, reuse) = match kept {
-            Some((id, reuse)) => (id, reuse),
-            None => (FileId::random()?, Vec::new()),
+        // The kept chunks are pinned until the new version's record has landed, under
+        // the same exclusion as deletions (see [`reclaim`]): if another change is freeing
+        // them already, everything is uploaded instead.
+        let kept = kept.and_then(|(id, reuse)| {
+            let messages: Vec<(Id, Id)> = reuse
+                .iter()
+                .flatten()
+                .map(|c| (c.channel.unwrap_or(self.channel.id), c.message))
+                .collect();
+            match self.pin_messages(&messages) {
+                Ok(pin) => Some((id, reuse, pin)),
+                Err(e) => {
+                    log::info!(
+                        "{}: uploading all of it: the chunks it would keep are going ({e})",
+                        self.display(path)
+                    );
+                    None
+                }
+            }
+        });
+        let (file_id, reuse, _kept_pinned) = match kept {
+            Some((id, reuse, pin)) => (id, reuse, Some(pin)),
+            None => (FileId::random()?, Vec::new(), None),
         };
         let uploader = transfer::Uploader {
             store: self.store.clone(),
@@ -1089,7 +874,7 @@ impl Volume {
             }
             Err(e) => Err(e),
         };
-        let (message, record) = match committed {
+        let (_, record) = match committed {
             Ok(committed) => committed,
             Err(e) => {
                 transfer::delete_quietly(self.store.as_ref(), self.channel.id, &posted).await;
@@ -1100,7 +885,6 @@ impl Volume {
         if let Some(progress) = &progress {
             progress.advance(tail_bytes);
         }
-        self.landed(&message, &record).await;
         let chunks = match &record.ops[..] {
             [Op::Put(manifest)] => manifest.chunks.len(),
             _ => 0,
@@ -1119,8 +903,8 @@ impl Volume {
         self.file(path)
     }
 
-    /// Posts the record of an uploaded file, with its last chunks when they fit in the
-    /// same message. Returns the record's message and the record as posted.
+    /// Posts the record of an uploaded file, with its last chunks riding on its message
+    /// ([`Volume::post_record`]), and lets it land.
     async fn post_file_record(
         &self,
         path: &str,
@@ -1133,7 +917,7 @@ impl Volume {
         let mut chunks = uploaded.stored;
         chunks.extend(tail_indices.into_iter().zip(tail_chunks));
         chunks.sort_by_key(|(index, _)| *index);
-        let mut manifest = FileManifest {
+        let manifest = FileManifest {
             path: path.to_string(),
             id: uploader.file,
             size: uploaded.size,
@@ -1142,116 +926,24 @@ impl Volume {
             encrypted: uploader.key.is_some(),
             chunks: chunks.into_iter().map(|(_, chunk)| chunk).collect(),
         };
-        let sealing_key = if manifest.encrypted {
-            self.key.as_ref()
-        } else {
-            None
-        };
-        let envelope = format::seal_record(
-            &Record {
-                ops: vec![Op::Put(manifest.clone())],
-            },
-            sealing_key,
-        )?;
-        let (content, record_attachment) = format::record_message_parts(envelope, &self.limits());
-        let mut attachments = tail_attachments;
-        attachments.extend(record_attachment);
-        let message = NewMessage {
-            content,
-            attachments,
-        };
-        let posted = if self.fits(&message) {
-            self.store.post(self.channel.id, message).await?
-        } else {
-            // The record doesn't fit beside the last chunks: store those on their own
-            // first, then post the record alone, naming them by id.
-            let chunk_count = message.attachments.len()
-                - usize::from(
-                    message
-                        .attachments
-                        .last()
-                        .is_some_and(|a| a.filename == format::RECORD_ATTACHMENT),
-                );
-            let data = NewMessage {
-                content: format::data_content(uploader.file),
-                attachments: message.attachments.into_iter().take(chunk_count).collect(),
-            };
-            uploader.journal.ensure_started();
-            let data_message = self.store.post(self.channel.id, data).await?;
-            let record_posted: Result<Message, VolumeError> = async {
-                transfer::resolve_attached(&data_message, &mut manifest.chunks)?;
-                let record = Record {
-                    ops: vec![Op::Put(manifest.clone())],
-                };
-                let envelope = format::seal_record(&record, sealing_key)?;
-                let message = self.record_message(envelope, path)?;
-                Ok(self.store.post(self.channel.id, message).await?)
-            }
-            .await;
-            match record_posted {
-                Ok(message) => message,
-                Err(e) => {
-                    let orphan = [data_message.id];
-                    transfer::delete_quietly(self.store.as_ref(), self.channel.id, &orphan).await;
-                    return Err(e);
-                }
-            }
-        };
-        Ok((
-            posted,
-            Record {
-                ops: vec![Op::Put(manifest)],
-            },
-        ))
-    }
-
-    /// Whether a message is within the store's limits.
-    fn fits(&self, message: &NewMessage) -> bool {
-        message.attachments.len() <= self.limits().max_attachments
-            && message.attachment_bytes() <= self.limits().max_request_size
-            && message
-                .attachments
+        let riders = records::Riders {
+            attachments: tail_attachments,
+            file: Some(uploader.file),
+            data_messages: uploaded
+                .posted
                 .iter()
-                .all(|a| a.data.len() as u64 <= self.limits().max_file_size)
-    }
-
-    /// A message carrying only a record.
-    fn record_message(&self, envelope: Vec<u8>, path: &str) -> Result<NewMessage, VolumeError> {
-        let bytes = envelope.len();
-        let (content, attachment) = format::record_message_parts(envelope, &self.limits());
-        let message = NewMessage {
-            content,
-            attachments: attachment.into_iter().collect(),
+                .map(|&message| (message, uploader.file))
+                .collect(),
+            journal: Some(&uploader.journal),
         };
-        if !self.fits(&message) {
-            return Err(VolumeError::ManifestTooLarge {
-                name: self.display(path),
-                bytes,
-            });
-        }
-        Ok(message)
+        self.post_record(vec![Op::Put(manifest)], riders).await
     }
 
-    /// Seals and posts records of `ops`, in batches, and lets each land.
+    /// Posts records of `ops`, in batches, and lets each land.
     async fn post_ops(&self, ops: Vec<Op>) -> Result<(), VolumeError> {
-        // A record that puts only plain files (renaming or moving them, say) stays
-        // readable to everyone, like the files; any other record is sealed when a key
-        // is loaded.
-        let puts_plain_only = ops.iter().any(|op| matches!(op, Op::Put(_)))
-            && !ops.iter().any(|op| matches!(op, Op::Put(f) if f.encrypted));
-        let sealing_key = if puts_plain_only {
-            None
-        } else {
-            self.key.as_ref()
-        };
         for batch in ops.chunks(MAX_OPS_PER_RECORD) {
-            let record = Record {
-                ops: batch.to_vec(),
-            };
-            let envelope = format::seal_record(&record, sealing_key)?;
-            let message = self.record_message(envelope, batch[0].path())?;
-            let posted = self.store.post(self.channel.id, message).await?;
-            self.landed(&posted, &record).await;
+            self.post_record(batch.to_vec(), records::Riders::default())
+                .await?;
         }
         Ok(())
     }
@@ -1285,7 +977,10 @@ impl Volume {
                     }
                 }
             }
-            if let Err(why) = index.apply(message, record) {
+            if self.key.is_some() {
+                index.note_authenticated(message.id);
+            }
+            if let Err(why) = index.apply(message, record, format::FORMAT_VERSION) {
                 log::error!(
                     "#{}: our own record in message {} failed to apply: {why}",
                     self.channel.name,
@@ -1436,26 +1131,11 @@ impl Volume {
         let sealed =
             tokio::task::spawn_blocking(move || seal_small_files(files, key.as_ref())).await;
         let (attachments, ops) = sealed.map_err(|e| VolumeError::Internal(e.to_string()))??;
-        let sealing_key = if ops.iter().any(|op| matches!(op, Op::Put(f) if f.encrypted)) {
-            self.key.as_ref()
-        } else {
-            None
-        };
-        let record = Record { ops };
-        let envelope = format::seal_record(&record, sealing_key)?;
-        let (content, record_attachment) = format::record_message_parts(envelope, &self.limits());
-        let mut message = NewMessage {
-            content,
+        let riders = records::Riders {
             attachments,
+            ..records::Riders::default()
         };
-        message.attachments.extend(record_attachment);
-        if !self.fits(&message) {
-            return Err(VolumeError::Internal(
-                "a batch of small files does not fit one message".into(),
-            ));
-        }
-        let posted = self.store.post(self.channel.id, message).await?;
-        self.landed(&posted, &record).await;
+        self.post_record(ops, riders).await?;
         Ok(())
     }
 

@@ -519,6 +519,7 @@ impl ChunkFetcher {
                 chunk.channel.unwrap_or(self.channel),
                 chunk.message,
                 chunk.attachment,
+                chunk.len + format::chunk_overhead(encrypted) as u64,
             )
             .await
             .map_err(|e| match e {

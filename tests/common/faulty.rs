@@ -353,6 +353,7 @@ impl Store for FaultyStore {
         channel: Id,
         message: Id,
         attachment: Id,
+        max_bytes: u64,
     ) -> StoreResult<Bytes> {
         let number = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
         let fail = {
@@ -366,7 +367,7 @@ impl Store for FaultyStore {
             return Err(injected("fetch_attachment", number));
         }
         self.inner
-            .fetch_attachment(channel, message, attachment)
+            .fetch_attachment(channel, message, attachment, max_bytes)
             .await
     }
 

@@ -118,10 +118,18 @@ pub enum Download {
     Refused(u16),
     /// Worth another try.
     Transient(String),
+    /// Longer than the caller expects: damaged or hostile, not worth another try.
+    Oversized,
 }
 
-/// Fetches a URL's bytes once, within `timeout`.
-pub async fn download(client: &reqwest::Client, url: &str, timeout: Duration) -> Download {
+/// Fetches a URL's bytes once, within `timeout`, reading no more than `max_bytes` of
+/// them: a longer body is [`Download::Oversized`] (announced or sent).
+pub async fn download(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    max_bytes: u64,
+) -> Download {
     let exchange = async {
         let response = match client.get(url).send().await {
             Ok(response) => response,
@@ -134,14 +142,28 @@ pub async fn download(client: &reqwest::Client, url: &str, timeout: Duration) ->
             _ => return Download::Transient(format!("the CDN answered {status}")),
         }
         let expected = response.content_length();
-        match response.bytes().await {
-            Ok(bytes) if expected.is_none_or(|n| n == bytes.len() as u64) => Download::Bytes(bytes),
-            Ok(bytes) => Download::Transient(format!(
-                "the CDN sent {} of {} bytes",
-                bytes.len(),
-                expected.unwrap_or_default()
-            )),
-            Err(e) => Download::Transient(super::rest::describe_chain(&e)),
+        if expected.is_some_and(|n| n > max_bytes) {
+            return Download::Oversized;
+        }
+        let mut body = Vec::with_capacity(expected.unwrap_or(0) as usize);
+        let mut response = response;
+        loop {
+            match response.chunk().await {
+                Ok(Some(part)) => {
+                    if (body.len() + part.len()) as u64 > max_bytes {
+                        return Download::Oversized;
+                    }
+                    body.extend_from_slice(&part);
+                }
+                Ok(None) => break,
+                Err(e) => return Download::Transient(super::rest::describe_chain(&e)),
+            }
+        }
+        match expected {
+            Some(n) if n != body.len() as u64 => {
+                Download::Transient(format!("the CDN sent {} of {n} bytes", body.len()))
+            }
+            _ => Download::Bytes(Bytes::from(body)),
         }
     };
     tokio::time::timeout(timeout, exchange)

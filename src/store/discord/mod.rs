@@ -912,14 +912,22 @@ impl Store for DiscordStore {
         channel: Id,
         message: Id,
         attachment: Id,
+        max_bytes: u64,
     ) -> StoreResult<Bytes> {
         let policy = self.rest.policy;
         let mut refused_once = false;
         let mut attempt = 1;
         loop {
             let url = self.fresh_url(channel, message, attachment).await?;
-            let reason = match cdn::download(&self.cdn, &url, self.config.request_timeout).await {
+            let timeout = self.config.request_timeout;
+            let reason = match cdn::download(&self.cdn, &url, timeout, max_bytes).await {
                 Download::Bytes(bytes) => return Ok(bytes),
+                Download::Oversized => {
+                    return Err(StoreError::Corrupt(format!(
+                        "the CDN sent more than the {max_bytes} bytes expected of attachment \
+                         {attachment} of message {message}"
+                    )));
+                }
                 Download::Refused(status) if !refused_once => {
                     // Expired early, or signed differently than we thought: re-read the
                     // message for a fresh URL, once.
