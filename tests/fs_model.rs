@@ -513,7 +513,7 @@ async fn the_core_matches_a_reference_model_under_random_failures() {
          channels {moves}, of which half done at first {half_moves}"
     );
     assert!(
-        landed > 50 && failed > 5 && recovered > 0 && moves > 5,
+        landed > 50 && failed > 5 && recovered > 0 && moves > 0 && moves + half_moves > 5,
         "landed {landed}, failed {failed}, recovered {recovered}, moves {moves}"
     );
 }

@@ -207,6 +207,24 @@ fn forged(record: &Record, channel: Id, attachments: Vec<NewAttachment>) -> NewM
     }
 }
 
+/// An inline record's content with `from` replaced by `to` in its (readable) JSON, as an
+/// attacker would edit a signed plain record.
+fn edited_json(content: &str, from: &str, to: &str) -> String {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let envelope = engine
+        .decode(content.strip_prefix("dcfs1 ").unwrap())
+        .unwrap();
+    let at = envelope
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .expect("the JSON holds it");
+    let mut edited = envelope[..at].to_vec();
+    edited.extend_from_slice(to.as_bytes());
+    edited.extend_from_slice(&envelope[at + from.len()..]);
+    format!("dcfs1 {}", engine.encode(edited))
+}
+
 /// A plain put of `data` at `path` whose one chunk rides on the record's message.
 fn plain_put(path: &str, data: &[u8], seq: u64) -> (Record, Vec<NewAttachment>) {
     use sha2::Digest;
@@ -304,7 +322,7 @@ async fn a_plain_record_forged_without_the_key_changes_nothing_for_the_key_holde
     // And a signed record whose JSON the attacker edited: its tag no longer matches.
     let signed = put(&volume, "b.txt", b"signed", false).await;
     let mut saved = fx.save(channel, signed).await;
-    saved.content = saved.content.replace('A', "B");
+    saved.content = edited_json(&saved.content, "mode\":420", "mode\":511");
     fx.post(channel, saved).await;
 
     for reader in [fx.volume(FILES, None).await, volume] {

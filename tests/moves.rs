@@ -229,8 +229,9 @@ async fn a_moved_file_keeps_its_chunks_until_its_new_channel_deletes_it() {
     let before = w.store.counts();
     x.move_to("docs/f.bin", &b, "moved/g.bin").await.unwrap();
     let posted = w.store.counts() - before;
-    // Two records, one in each channel, and no chunk uploaded again.
-    assert_eq!(posted.posted_messages, 2, "{posted:?}");
+    // Three records (the link and the delete in x, the put in b), and no chunk
+    // uploaded again.
+    assert_eq!(posted.posted_messages, 3, "{posted:?}");
     assert_eq!(posted.posted_chunk_attachments, 0, "{posted:?}");
     assert_eq!(posted.deletes, 0, "{posted:?}");
     assert_eq!(w.attachments("x"), attachments_before);
@@ -272,8 +273,8 @@ async fn a_moved_file_keeps_its_chunks_until_its_new_channel_deletes_it() {
     assert!(w.messages("x").await.is_disjoint(&chunks));
     assert_eq!(w.attachments("x"), 0);
     assert!(x.moved_files_elsewhere().await.unwrap().is_empty());
-    // What is left are records without attachments: tombstones.
-    assert_eq!(w.messages("x").await.len(), 1);
+    // What is left are records without attachments: the link and the tombstone.
+    assert_eq!(w.messages("x").await.len(), 2);
 }
 
 #[tokio::test]
@@ -562,14 +563,22 @@ async fn a_move_whose_second_record_failed_leaves_two_safe_copies() {
     let (x, b) = (w.vol("x").await, w.vol("b").await);
     let data = random_bytes(20_000, 12);
     let chunks = chunk_messages(&put(&x, "f", &data).await);
-    // The destination's record lands, the source's delete doesn't.
-    w.store.fail_post_in(2);
+    // The link and the destination's record land, the source's delete doesn't.
+    w.store.fail_post_in(3);
     let err = x.move_to("f", &b, "f").await.unwrap_err();
     assert!(err.to_string().contains("injected"), "{err}");
     assert!(read(&x, "f").await == data);
     assert!(read(&b, "f").await == data);
-    // Deleting the copy left in x keeps the chunks b's copy uses, and the other way.
-    x.remove("f", false).await.unwrap();
+    // Deleting the copy left in x keeps the chunks b's copy uses, and the other way;
+    // also on another machine (fresh volumes, no cache), which learns it from the link.
+    let elsewhere = w.fresh(false, None);
+    let x_elsewhere = elsewhere.peer(w.id("x")).await.unwrap();
+    x_elsewhere.remove("f", false).await.unwrap();
+    assert!(w.messages("x").await.is_superset(&chunks));
+    assert!(read(&b, "f").await == data);
+    drop((x_elsewhere, elsewhere));
+    x.refresh().await.unwrap();
+    assert!(is_not_found(x.file("f")));
     assert!(w.messages("x").await.is_superset(&chunks));
     assert!(read(&b, "f").await == data);
     b.remove("f", false).await.unwrap();
@@ -578,7 +587,7 @@ async fn a_move_whose_second_record_failed_leaves_two_safe_copies() {
 
     // Moving again finishes a half-done move.
     let chunks = chunk_messages(&put(&x, "g", &data).await);
-    w.store.fail_post_in(2);
+    w.store.fail_post_in(3);
     x.move_to("g", &b, "g").await.unwrap_err();
     x.move_to("g", &b, "g").await.unwrap();
     assert!(is_not_found(x.file("g")));

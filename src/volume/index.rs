@@ -434,6 +434,9 @@ impl Index {
         for op in &record.ops {
             resolved.push(resolve(message, op)?);
         }
+        if record.ops.iter().any(|op| matches!(op, Op::Link { .. })) {
+            self.tombstone_messages.insert(message.id); // a guard: it stays
+        }
         for (_, entry) in &resolved {
             if let Some(Entry::File(file)) = entry {
                 self.check_own_chunks(file)?;
@@ -444,15 +447,16 @@ impl Index {
         let mut outdated = Vec::new();
         for (position, (path, entry)) in resolved.into_iter().enumerate() {
             let stamp = Stamp::new(version, seq, message.id, position as u32);
-            if entry.is_none() {
-                self.tombstone_messages.insert(message.id);
-            }
             // Where a moved file's messages went counts whether or not this delete
             // wins its path: a newer put of the path doesn't bring the chunks back.
-            if let Op::Del {
-                moved: Some(moved), ..
-            } = &record.ops[position]
-            {
+            let link = match &record.ops[position] {
+                Op::Del {
+                    moved: Some(moved), ..
+                } => Some((moved, false)),
+                Op::Link { moved, .. } => Some((moved, true)),
+                _ => None,
+            };
+            if let Some((moved, link_only)) = link {
                 for &held in &moved.messages {
                     let newest = self
                         .moved_out
@@ -462,6 +466,12 @@ impl Index {
                         .or_insert(stamp);
                     *newest = (*newest).max(stamp);
                 }
+                if link_only {
+                    continue; // nothing changes at the path
+                }
+            }
+            if entry.is_none() {
+                self.tombstone_messages.insert(message.id);
             }
             match self.slots.get_mut(&path) {
                 Some(slot) if slot.stamp >= stamp => {
@@ -649,19 +659,6 @@ impl Index {
         kept
     }
 
-    /// Notes that files using `messages` now live in channel `to` too, without a record
-    /// saying so here (a move whose delete here could not be posted): until the cache
-    /// is dropped, freeing them here asks `to` first. An older link stands for it.
-    pub fn note_moved(&mut self, messages: &[(Id, Id)], to: Id) {
-        for &held in messages {
-            self.moved_out
-                .entry(held)
-                .or_default()
-                .entry(to)
-                .or_insert(Stamp::new(1, 0, 0, 0).min(Stamp::new(0, 0, 0, 0)));
-        }
-    }
-
     /// Messages of this channel that files moved to other channels took along.
     pub fn moved_out_messages(&self) -> Vec<Id> {
         self.moved_out
@@ -718,7 +715,7 @@ impl Index {
 /// Turns an operation into the entry it sets, with attachments resolved to ids.
 fn resolve(message: &Message, op: &Op) -> Result<(String, Option<Entry>), String> {
     let entry = match op {
-        Op::Del { .. } => None,
+        Op::Del { .. } | Op::Link { .. } => None,
         Op::Mkdir(dir) => Some(Entry::Dir(DirEntry {
             mtime_ns: dir.mtime_ns,
             mode: dir.mode,

@@ -329,7 +329,7 @@ fn seal_small_files(
             let mut buffer = format::ChunkBuffer::new(file.data.len(), file.options.encrypted);
             buffer.extend_from_slice(&file.data);
             let sealed = buffer.seal(sealing, id, 0)?;
-            let (attachment, reference) = transfer::attach(vec![(position as u64, sealed)]);
+            let (attachment, reference) = transfer::attach(vec![sealed], position);
             attachments.extend(attachment);
             chunks.extend(reference);
         }
@@ -913,7 +913,8 @@ impl Volume {
         options: PutOptions,
     ) -> Result<(Message, Record), VolumeError> {
         let tail_indices: Vec<u64> = uploaded.tail.iter().map(|(index, _)| *index).collect();
-        let (tail_attachments, tail_chunks) = transfer::attach(uploaded.tail);
+        let tail_sealed = uploaded.tail.into_iter().map(|(_, chunk)| chunk).collect();
+        let (tail_attachments, tail_chunks) = transfer::attach(tail_sealed, 0);
         let mut chunks = uploaded.stored;
         chunks.extend(tail_indices.into_iter().zip(tail_chunks));
         chunks.sort_by_key(|(index, _)| *index);
@@ -962,6 +963,8 @@ impl Volume {
                     continue;
                 };
                 match op {
+                    // A link changes nothing at its path.
+                    Op::Link { .. } => {}
                     // A moved file's chunks stay: the destination uses them. Its record
                     // message may go, unless it holds some of them.
                     Op::Del {
@@ -1305,20 +1308,20 @@ impl Volume {
     /// [`Volume::rename`] apply (into which this turns when `dest` is this channel), and
     /// a file at `to` is replaced (its messages are freed as by any change).
     ///
-    /// First `dest` gets a record putting every file (chunks named with their channel,
-    /// `c`) and folder at its new path; then this channel gets the deletes: for files
-    /// *moved* deletes that name the messages holding their chunks and the destination,
-    /// so that nobody frees them while the destination uses them; plain ones for
-    /// folders. Large folders take several records on each side, like [`Volume::remove`].
+    /// Three steps, each a record: first this channel gets `link`s, a durable note
+    /// that the destination uses the messages holding the files' chunks from now on;
+    /// then `dest` gets a record putting every file (chunks named with their channel,
+    /// `c`) and folder at its new path; then this channel gets the deletes: *moved*
+    /// deletes for files, naming those messages and the destination, plain ones for
+    /// folders. Large folders take several records on each step, like
+    /// [`Volume::remove`].
     ///
-    /// Not atomic across the two channels: the destination's records come first, so if
-    /// the process dies (or the store fails) between them, the files show in both
-    /// channels rather than in none, sharing their chunks. When the store fails, this
-    /// channel's index notes that the destination uses them ([`Index::note_moved`]), so
-    /// deleting either copy from here keeps what the other needs. After a crash, or on
-    /// another machine, the copy left behind doesn't know of the move, and deleting it
-    /// there would free chunks that the destination uses too: a half-done move (the
-    /// error says so) is finished by moving the same name again.
+    /// Not atomic across the two channels, but never unsafe: if the process dies (or
+    /// the store fails) after the links, the files are still here and only here; after
+    /// the destination's record, they show in both channels, sharing their chunks, and
+    /// the links make every reader of this channel (on any machine, with any cache)
+    /// keep what the destination uses when the copy here is deleted. A half-done move
+    /// (the error says so) is finished by moving the same name again.
     pub async fn move_to(&self, from: &str, dest: &Volume, to: &str) -> Result<(), VolumeError> {
         if dest.channel.id == self.channel.id {
             return self.rename(from, to).await;
@@ -1389,23 +1392,30 @@ impl Volume {
                 }
             }
         }
+        // First the guard (a durable link here: the destination uses these messages
+        // from now on), then the destination's record, then the deletes here.
+        let links: Vec<Op> = dels
+            .iter()
+            .filter_map(|op| match op {
+                Op::Del {
+                    path,
+                    moved: Some(moved),
+                } => Some(Op::Link {
+                    path: path.clone(),
+                    moved: moved.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if !links.is_empty() {
+            self.post_ops(links).await?;
+        }
         dest.post_ops(puts).await?;
-        let result = self.post_ops(dels.clone()).await;
+        let result = self.post_ops(dels).await;
         if let Err(e) = &result {
-            // The files are in both channels now, sharing their chunks: remember here
-            // (in this index and its cache) that the destination uses them too, so that
-            // deleting the copy here doesn't free what the other one needs.
-            let mut index = self.index();
-            for op in &dels {
-                if let Op::Del {
-                    moved: Some(moved), ..
-                } = op
-                {
-                    index.note_moved(&moved.messages, moved.to);
-                }
-            }
-            drop(index);
-            self.unsaved.store(true, Ordering::Relaxed);
+            // The files are in both channels now, sharing their chunks; the links
+            // posted first tell every reader of this channel that the destination uses
+            // them too, so deleting the copy here doesn't free what the other needs.
             log::warn!(
                 "{} is now also at {}, but deleting it here failed ({e}); move it again to \
                  finish the move",

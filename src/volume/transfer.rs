@@ -404,7 +404,7 @@ async fn post_group(
         permits.push(pending._permit);
     }
     let indices: Vec<u64> = sealed.iter().map(|(index, _)| *index).collect();
-    let (attachments, mut chunks) = attach(sealed);
+    let (attachments, mut chunks) = attach(sealed.into_iter().map(|(_, c)| c).collect(), 0);
     let bytes: u64 = chunks.iter().map(|c| c.len).sum();
     let message = store
         .post(
@@ -426,13 +426,16 @@ async fn post_group(
     })
 }
 
-/// Turns sealed chunks into attachments, and the chunk references that name them by
-/// file name.
-pub fn attach(sealed: Vec<(u64, SealedChunk)>) -> (Vec<NewAttachment>, Vec<ChunkRef>) {
+/// Turns sealed chunks, in the order they go into one message, into attachments named
+/// by their position from `first` on (not by their index in the file, which would tell
+/// anyone reading the channel where in a file each chunk is), and the chunk references
+/// that name them.
+pub fn attach(sealed: Vec<SealedChunk>, first: usize) -> (Vec<NewAttachment>, Vec<ChunkRef>) {
     sealed
         .into_iter()
-        .map(|(index, chunk)| {
-            let filename = format::chunk_filename(index);
+        .enumerate()
+        .map(|(position, chunk)| {
+            let filename = format::chunk_filename((first + position) as u64);
             let reference = ChunkRef {
                 location: ChunkLocation::Attached {
                     filename: filename.clone(),
