@@ -38,6 +38,9 @@ pub struct ConfigFile {
     pub max_file_size_mib: Option<u64>,
     /// Bound on one request to Discord, in seconds (default 120).
     pub request_timeout_secs: Option<u64>,
+    /// Seconds a message a change made unneeded stays before it is deleted (default
+    /// 120; 0 deletes at once).
+    pub free_grace_secs: Option<u64>,
     /// Where `mount` and `umount` mount when given no mount point (default `~/discord`).
     pub mount_point: Option<PathBuf>,
     /// Memory for decrypted chunks, in MiB (default 256).
@@ -53,7 +56,7 @@ pub struct ConfigFile {
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 15] = [
     "token",
     "guild",
     "category",
@@ -62,6 +65,7 @@ pub const KEYS: [&str; 14] = [
     "key_file",
     "max_file_size_mib",
     "request_timeout_secs",
+    "free_grace_secs",
     "mount_point",
     "cache_size_mib",
     "cache_dir",

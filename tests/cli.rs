@@ -69,7 +69,9 @@ impl Env {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.home())
-            .env("DCLOUD_LOCAL", self.store());
+            .env("DCLOUD_LOCAL", self.store())
+            // Replaced messages are deleted at once: the tests count what is left.
+            .env("DCLOUD_FREE_GRACE_SECS", "0");
         command
     }
 

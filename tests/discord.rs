@@ -87,6 +87,8 @@ async fn open_volume(store: Arc<DiscordStore>, key: &Key) -> Volume {
     let channel = find_channel(store.as_ref(), CHANNEL).await.unwrap();
     let config = VolumeConfig {
         cache_dir: None,
+        // Freed at once: these tests count what is left.
+        free_grace: std::time::Duration::ZERO,
         ..VolumeConfig::default()
     };
     Volume::open(store, channel, Some(key.clone()), config)

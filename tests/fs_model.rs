@@ -122,6 +122,8 @@ impl Harness {
             spool_dir: Some(dir.path().join("spool")),
             volume: VolumeConfig {
                 cache_dir: None,
+                // Freed at once: these tests count what is left.
+                free_grace: std::time::Duration::ZERO,
                 ..VolumeConfig::default()
             },
             ..FsConfig::default()

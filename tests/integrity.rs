@@ -119,6 +119,8 @@ impl Fixture {
     ) -> Volume {
         let config = VolumeConfig {
             cache_dir: cache.map(|c| c.to_path_buf()),
+            // Freed at once: these tests count what is left.
+            free_grace: std::time::Duration::ZERO,
             ..VolumeConfig::default()
         };
         Volume::open(
@@ -464,6 +466,8 @@ async fn damaged_sizes_and_huge_records_are_refused_without_harm() {
         None,
         VolumeConfig {
             cache_dir: None,
+            // Freed at once: these tests count what is left.
+            free_grace: std::time::Duration::ZERO,
             ..VolumeConfig::default()
         },
     )

@@ -164,7 +164,7 @@ impl Fixture {
         for message in &messages {
             if !message.attachments.is_empty() {
                 assert!(
-                    in_use.contains(&message.id) || unfreed.contains(&message.id),
+                    in_use.contains(&message.id) || unfreed.contains_key(&message.id),
                     "{context}: message {} ({:?}, {} attachments) is not used by any file",
                     message.id,
                     message.content.get(..16),
@@ -196,6 +196,8 @@ impl Fixture {
 fn config(cache_dir: Option<PathBuf>) -> VolumeConfig {
     VolumeConfig {
         cache_dir,
+        // Freed at once: these tests count what is left.
+        free_grace: std::time::Duration::ZERO,
         ..VolumeConfig::default()
     }
 }
@@ -1769,4 +1771,51 @@ async fn an_older_chunk_at_the_same_index_cannot_stand_in_for_a_new_one() {
         "the old chunk 1 must be refused: {err}"
     );
     assert_eq!(sink, data[..c], "only chunk 0 reached the sink");
+}
+
+/// A replaced version's messages stay for the grace period (another machine may be
+/// reading it), then go; the time they became unneeded survives in the index cache, so
+/// the next command that opens the channel after the grace frees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_messages_go_only_after_the_grace_period() {
+    let fx = Fixture::new(31).await;
+    let key = Key::generate().unwrap();
+    let grace = VolumeConfig {
+        free_grace: std::time::Duration::from_secs(3600),
+        ..config(Some(fx.cache_dir()))
+    };
+    let volume = fx.try_open(Some(&key), grace.clone()).await.unwrap();
+    let mut rng = SplitMix64::new(31);
+    let old = put(
+        &volume,
+        "f",
+        &rng.bytes(3 * plan(true).chunk_len),
+        options(true),
+    )
+    .await
+    .unwrap();
+    let new_data = rng.bytes(100);
+    put(&volume, "f", &new_data, options(true)).await.unwrap();
+    let present: BTreeSet<Id> = fx.message_ids().await.into_iter().collect();
+    let old_messages: BTreeSet<Id> = old.chunks.iter().map(|c| c.message).collect();
+    assert!(present.is_superset(&old_messages), "freed before the grace");
+    assert!(
+        old_messages
+            .iter()
+            .all(|m| volume.index().unfreed.contains_key(m))
+    );
+    volume.refresh().await.unwrap();
+    let present: BTreeSet<Id> = fx.message_ids().await.into_iter().collect();
+    assert!(present.is_superset(&old_messages));
+    // An hour later (as the cache tells it), the next open frees them.
+    for since in volume.index().unfreed.values_mut() {
+        *since -= 3_600_000;
+    }
+    volume.save();
+    drop(volume);
+    let later = fx.try_open(Some(&key), grace).await.unwrap();
+    let present: BTreeSet<Id> = fx.message_ids().await.into_iter().collect();
+    assert!(present.is_disjoint(&old_messages));
+    assert!(read(&later, "f").await == new_data);
+    fx.assert_no_orphans(&later, "after the grace").await;
 }

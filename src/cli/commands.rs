@@ -167,8 +167,13 @@ pub async fn channels(context: &Context) -> Result<(), CliError> {
     println!("{:<30} {:>8} {:>12}", "CHANNEL", "FILES", "SIZE");
     for channel in channels {
         let name = channel.name.clone();
-        let volume =
-            Volume::open(store.clone(), channel, key.clone(), context.volume_config()).await?;
+        let volume = Volume::open(
+            store.clone(),
+            channel,
+            key.clone(),
+            context.volume_config()?,
+        )
+        .await?;
         let (files, bytes) = volume.index().totals();
         println!("{name:<30} {files:>8} {:>12}", output::human_size(bytes));
         warn_hidden(&volume);

@@ -61,7 +61,7 @@ pub async fn info(context: &Context, name: &str) -> Result<(), CliError> {
         opened.store.clone(),
         channel,
         context.key()?,
-        context.volume_config(),
+        context.volume_config()?,
     )
     .await?;
     let (files, bytes) = volume.index().totals();

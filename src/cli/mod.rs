@@ -590,9 +590,9 @@ impl Context {
         }
     }
 
-    fn volume_config(&self) -> VolumeConfig {
+    fn volume_config(&self) -> Result<VolumeConfig, CliError> {
         let jobs = usize::from(self.global.jobs);
-        VolumeConfig {
+        Ok(VolumeConfig {
             upload_parallel_messages: jobs.div_ceil(2),
             download_parallel_chunks: jobs,
             cache_dir: if self.global.no_cache {
@@ -602,7 +602,8 @@ impl Context {
             },
             interrupt: self.interrupt.clone(),
             pins: self.pins.clone(),
-        }
+            free_grace: std::time::Duration::from_secs(self.free_grace_secs()?.value),
+        })
     }
 
     /// Opens the channel named `name` with the configured key (once per command: the
@@ -614,11 +615,10 @@ impl Context {
         name: &str,
     ) -> Result<Arc<Volume>, CliError> {
         let channel = find_channel(store.as_ref(), name).await?;
+        let config = self.volume_config()?;
         let volumes = self
             .volumes
-            .get_or_init(|| async {
-                OpenVolumes::new(store.clone(), key.clone(), self.volume_config())
-            })
+            .get_or_init(|| async { OpenVolumes::new(store.clone(), key.clone(), config) })
             .await;
         Ok(volumes.volume(channel).await?)
     }

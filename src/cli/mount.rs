@@ -160,9 +160,13 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
 }
 
 /// The file system's settings; `args` hold the merged settings (see [`mount`]).
-fn fs_config(context: &Context, args: &MountArgs, store_identity: &str) -> FsConfig {
+fn fs_config(
+    context: &Context,
+    args: &MountArgs,
+    store_identity: &str,
+) -> Result<FsConfig, CliError> {
     let defaults = FsConfig::default();
-    FsConfig {
+    Ok(FsConfig {
         cache_bytes: args
             .cache_size
             .unwrap_or(DEFAULT_CACHE_SIZE_MIB)
@@ -180,9 +184,9 @@ fn fs_config(context: &Context, args: &MountArgs, store_identity: &str) -> FsCon
         uid: args.uid.unwrap_or(defaults.uid),
         gid: args.gid.unwrap_or(defaults.gid),
         umask: args.umask,
-        volume: context.volume_config(),
+        volume: context.volume_config()?,
         ..defaults
-    }
+    })
 }
 
 /// Listens for SIGINT and SIGTERM.
@@ -216,7 +220,7 @@ async fn run_foreground(
 ) -> Result<(), CliError> {
     let key = require_key(context)?;
     let store = context.store().await?;
-    let config = fs_config(context, &args, &store.identity());
+    let config = fs_config(context, &args, &store.identity())?;
     let fs = Fs::new(store, Some(key), config)
         .await
         .map_err(|e| CliError::Mount(format!("could not open the store: {e}")))?;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use super::mount::{DEFAULT_CACHE_SIZE_MIB, DEFAULT_POLL_SECS};
 use super::{CliError, Context, MountArgs, StoreChoice};
 use crate::store::discord::DEFAULT_REQUEST_TIMEOUT;
+use crate::volume::DEFAULT_FREE_GRACE;
 
 /// Where a setting's value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +240,24 @@ impl Context {
         })
     }
 
+    /// How long unneeded messages stay before they are deleted, in seconds.
+    pub(crate) fn free_grace_secs(&self) -> Result<Resolved<u64>, CliError> {
+        const VARIABLE: &str = "DCLOUD_FREE_GRACE_SECS";
+        let from_env = match std::env::var(VARIABLE) {
+            Ok(text) if !text.trim().is_empty() => {
+                Some(text.trim().parse::<u64>().map_err(|_| {
+                    CliError::Usage(format!("{VARIABLE}='{text}' is not a whole number"))
+                })?)
+            }
+            _ => None,
+        };
+        Ok(match (from_env, self.file.free_grace_secs) {
+            (Some(secs), _) => Resolved::new(secs, Source::Env(VARIABLE)),
+            (None, Some(secs)) => Resolved::new(secs, Source::File),
+            (None, None) => Resolved::new(DEFAULT_FREE_GRACE.as_secs(), Source::Default),
+        })
+    }
+
     /// Which store the settings select, in words.
     pub(crate) fn store_summary(&self) -> String {
         match self.store_choice() {
@@ -337,6 +356,8 @@ impl Context {
             timeout.value.to_string(),
             timeout.source,
         );
+        let grace = self.free_grace_secs()?;
+        row("free_grace_secs", grace.value.to_string(), grace.source);
         let mount_point =
             self.mount_point_setting(std::env::var_os("DCLOUD_MOUNT_POINT").map(PathBuf::from));
         row("mount_point", shown(&mount_point.value), mount_point.source);

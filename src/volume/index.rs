@@ -269,6 +269,29 @@ mod moved_out_serde {
     }
 }
 
+/// [`Index::unfreed_foreign`] in the cache, as a list (JSON map keys must be strings).
+mod foreign_unfreed_serde {
+    use super::{BTreeMap, Id};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<(Id, Id), u64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter().map(|(&(c, m), &since)| (c, m, since)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<(Id, Id), u64>, D::Error> {
+        let list = Vec::<(Id, Id, u64)>::deserialize(deserializer)?;
+        Ok(list
+            .into_iter()
+            .map(|(c, m, since)| ((c, m), since))
+            .collect())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Slot {
     stamp: Stamp,
@@ -326,12 +349,13 @@ pub struct Index {
     /// Messages that a change of ours made useless but that couldn't be deleted yet
     /// (the store failed, or whether another channel still needs them couldn't be
     /// told); retried after every successful refresh.
-    #[serde(default)]
-    pub unfreed: BTreeSet<Id>,
+    /// Each with the time (Unix ms) it became unneeded: it is deleted only a grace
+    /// period later (see [`crate::volume::reclaim`]).
+    pub unfreed: BTreeMap<Id, u64>,
     /// The same for messages of other channels, `(channel, message)`: chunks of files
     /// moved here that a change of ours replaced or deleted.
-    #[serde(default)]
-    pub unfreed_foreign: BTreeSet<(Id, Id)>,
+    #[serde(with = "foreign_unfreed_serde")]
+    pub unfreed_foreign: BTreeMap<(Id, Id), u64>,
     /// The bot's own messages in this channel, and what they are (see the module docs).
     own: BTreeMap<Id, Own>,
     /// The highest `seq` of any record read or written here: the next record's is one
@@ -361,8 +385,8 @@ impl Index {
             tombstone_messages: BTreeSet::new(),
             skipped: BTreeMap::new(),
             moved_out: BTreeMap::new(),
-            unfreed: BTreeSet::new(),
-            unfreed_foreign: BTreeSet::new(),
+            unfreed: BTreeMap::new(),
+            unfreed_foreign: BTreeMap::new(),
             own: BTreeMap::new(),
             max_seq: 0,
             cutover: None,

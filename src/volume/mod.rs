@@ -192,7 +192,14 @@ pub struct VolumeConfig {
     /// clones share them, so give every volume of a store clones of one. Default: a
     /// new, empty set.
     pub pins: Pins,
+    /// How long a message a change made unneeded stays before it is deleted, so that
+    /// another machine that has the old version open can go on reading it a while.
+    /// Default [`DEFAULT_FREE_GRACE`] (2 minutes).
+    pub free_grace: std::time::Duration,
 }
+
+/// The default [`VolumeConfig::free_grace`].
+pub const DEFAULT_FREE_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Default for VolumeConfig {
     fn default() -> Self {
@@ -202,6 +209,7 @@ impl Default for VolumeConfig {
             cache_dir: Some(crate::dirs::cache_dir().join("index")),
             interrupt: Interrupt::default(),
             pins: Pins::default(),
+            free_grace: DEFAULT_FREE_GRACE,
         }
     }
 }
@@ -991,8 +999,13 @@ impl Volume {
                 );
             }
             let replaced_something = !freed.is_empty() || !freed_foreign.is_empty();
-            index.unfreed.extend(freed);
-            index.unfreed_foreign.extend(freed_foreign);
+            let now = reclaim::now_ms();
+            for message in freed {
+                index.unfreed.entry(message).or_insert(now);
+            }
+            for held in freed_foreign {
+                index.unfreed_foreign.entry(held).or_insert(now);
+            }
             replaced_something
         };
         if replaced_something {

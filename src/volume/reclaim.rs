@@ -26,6 +26,13 @@
 //! 5. **Doubt keeps.** When any of this can't be told now (the other channels can't be
 //!    reached or read), the message stays for a later pass.
 //!
+//! And none of it is asked before the message has been unneeded for a grace period
+//! ([`super::VolumeConfig::free_grace`], 2 minutes by default): a reader on another
+//! machine that opened the old version just before it was replaced can go on reading
+//! it that long (a local reader pins it for as long as it reads, rule 3). The time
+//! each message became unneeded is kept in the index cache, so a command that exits
+//! before the grace is over leaves it to the next one (or to a mount's next poll).
+//!
 //! Otherwise it is deleted.
 //!
 //! ## Deleting and reusing at once
@@ -48,6 +55,13 @@ use crate::store::Id;
 
 /// A message of some channel: `(channel, message)`.
 type Held = (Id, Id);
+
+/// Now, in milliseconds since the Unix epoch: when a message became unneeded.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// What a pass does with one message (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,18 +220,31 @@ impl Volume {
     /// that the rules allow, now that the index is up to date; those to ask about again
     /// stay. Returns whether anything changed.
     pub(super) async fn free_unused(&self) -> bool {
+        let grace = self.config.free_grace.as_millis() as u64;
+        let due = |since: u64| now_ms().saturating_sub(since) >= grace;
         let (candidates, before) = {
             let mut index = self.index();
             if index.unfreed.is_empty() && index.unfreed_foreign.is_empty() {
                 return false;
             }
             let before = (index.unfreed.clone(), index.unfreed_foreign.clone());
-            let own = std::mem::take(&mut index.unfreed)
+            let (own, waiting): (BTreeMap<Id, u64>, _) = std::mem::take(&mut index.unfreed)
                 .into_iter()
-                .map(|message| (self.channel.id, message));
-            let foreign = std::mem::take(&mut index.unfreed_foreign);
+                .partition(|&(_, since)| due(since));
+            index.unfreed = waiting;
+            let (foreign, waiting): (BTreeMap<Held, u64>, _) =
+                std::mem::take(&mut index.unfreed_foreign)
+                    .into_iter()
+                    .partition(|&(_, since)| due(since));
+            index.unfreed_foreign = waiting;
+            let own = own
+                .into_iter()
+                .map(|(message, since)| ((self.channel.id, message), since));
             (own.chain(foreign).collect::<Vec<_>>(), before)
         };
+        if candidates.is_empty() {
+            return false;
+        }
         let in_use = {
             let index = self.index();
             (index.messages_in_use(), index.foreign_in_use())
@@ -225,7 +252,8 @@ impl Volume {
         let mut fresh = HashSet::new();
         let mut delete = Vec::new();
         let mut later = Vec::new();
-        for (channel, message) in candidates {
+        let since: HashMap<Held, u64> = candidates.iter().copied().collect();
+        for ((channel, message), _) in candidates {
             let facts = self.facts(channel, message, &in_use, &mut fresh).await;
             match verdict(&facts) {
                 Verdict::Delete => delete.push((channel, message)),
@@ -260,11 +288,12 @@ impl Volume {
         }
         self.config.pins.done_deleting(&delete);
         let mut index = self.index();
-        for (channel, message) in later {
-            if channel == self.channel.id {
-                index.unfreed.insert(message);
+        for held in later {
+            let since = since.get(&held).copied().unwrap_or_else(now_ms);
+            if held.0 == self.channel.id {
+                index.unfreed.insert(held.1, since);
             } else {
-                index.unfreed_foreign.insert((channel, message));
+                index.unfreed_foreign.insert(held, since);
             }
         }
         deleted_any || (index.unfreed.clone(), index.unfreed_foreign.clone()) != before
