@@ -281,5 +281,6 @@ fn chunk_ref(sha256: Option<[u8; 32]>, tag: Option<[u8; 16]>) -> ChunkRef {
         len: CHUNK as u64,
         sha256,
         tag,
+        key: None,
     }
 }

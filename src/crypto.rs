@@ -16,9 +16,14 @@
 //! - `DCLOUD_KEY`, the same base64 text, for machines that keep secrets in the
 //!   environment ([`Key::from_base64`]).
 //! - a passphrase stretched with Argon2id ([`Key::from_passphrase`]). The derivation is
-//!   deterministic (a fixed, versioned salt plus an optional user salt), so the same
-//!   passphrase gives the same key on every machine: that is what makes a passphrase
-//!   useful for recovering your files on a new machine.
+//!   deterministic (a versioned label, the store's own salt — the guild for Discord, a
+//!   random salt kept in a local store's `guild.json` — and an optional user salt), so
+//!   the same passphrase gives the same key for that store on every machine: that is
+//!   what makes a passphrase useful for recovering your files on a new machine; and a
+//!   table precomputed against one store is worth nothing against another. Keys derived
+//!   before per-store salts ([`Key::from_passphrase_v1`]: the same salt for everyone)
+//!   still open what they sealed: a passphrase key carries the older key along
+//!   ([`Key::for_id`]) and seals with the new one only.
 //!
 //! ## Key ids
 //!
@@ -57,8 +62,10 @@ pub const KEY_ID_LEN: usize = 8;
 /// Label hashed with the key to make its id; versioned so that a future scheme can't
 /// collide with this one.
 const KEY_ID_LABEL: &[u8] = b"dcloud-fs key id v1\0";
-/// Fixed part of the Argon2id salt; a user salt is appended to it.
+/// Fixed part of the Argon2id salt before per-store salts; a user salt is appended.
 const PASSPHRASE_SALT_PREFIX: &str = "dcloud-fs passphrase v1:";
+/// Fixed part of the Argon2id salt; the store's salt, a NUL and the user salt follow.
+const PASSPHRASE_SALT_PREFIX_V2: &str = "dcloud-fs passphrase v2:";
 /// Argon2id memory cost in KiB (64 MiB, RFC 9106's second recommended setting).
 const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
 /// Argon2id passes over memory.
@@ -175,6 +182,9 @@ pub struct Key {
     id: KeyId,
     cipher: Aes256Gcm,
     bytes: [u8; KEY_LEN],
+    /// A key this one replaces, that still opens what it sealed (a passphrase key as
+    /// derived before per-store salts): used to read, never to seal.
+    older: Option<std::sync::Arc<Key>>,
 }
 
 impl fmt::Debug for Key {
@@ -196,6 +206,7 @@ impl Key {
             id: KeyId(id),
             cipher: Aes256Gcm::new(&bytes.into()),
             bytes,
+            older: None,
         }
     }
 
@@ -217,28 +228,44 @@ impl Key {
         Ok(Key::from_bytes(bytes))
     }
 
-    /// Derives a key from a passphrase with Argon2id (64 MiB, 3 passes, 1 lane). The
-    /// same passphrase and salt give the same key everywhere; `user_salt` (may be empty)
-    /// makes the key yours alone even if someone else picks the same passphrase.
-    pub fn from_passphrase(passphrase: &str, user_salt: &str) -> Result<Key, CryptoError> {
-        if passphrase.is_empty() {
-            return Err(CryptoError::EmptyPassphrase);
+    /// Derives the key for the store whose salt is `store_salt` from a passphrase with
+    /// Argon2id (64 MiB, 3 passes, 1 lane), salted with a versioned label, the store's
+    /// salt and `user_salt` (may be empty; it makes the key yours alone even if someone
+    /// else picks the same passphrase for the same store). The same passphrase and
+    /// salts give the same key on every machine, and a precomputation against one
+    /// store is worth nothing against another. The key also opens what the same
+    /// passphrase sealed before per-store salts ([`Key::from_passphrase_v1`]), so that
+    /// files written then stay readable; it seals with the new key only.
+    pub fn from_passphrase(
+        passphrase: &str,
+        user_salt: &str,
+        store_salt: &str,
+    ) -> Result<Key, CryptoError> {
+        let salt = format!("{PASSPHRASE_SALT_PREFIX_V2}{store_salt}\0{user_salt}");
+        let key = argon2id(passphrase, &salt)?;
+        Ok(key.with_older(Key::from_passphrase_v1(passphrase, user_salt)?))
+    }
+
+    /// Derives a key from a passphrase as dcloud-fs did before per-store salts: the
+    /// salt is a fixed label and `user_salt`, the same for every store and user (so one
+    /// precomputation serves against all of them). Only to open what such a key sealed.
+    pub fn from_passphrase_v1(passphrase: &str, user_salt: &str) -> Result<Key, CryptoError> {
+        argon2id(passphrase, &format!("{PASSPHRASE_SALT_PREFIX}{user_salt}"))
+    }
+
+    /// This key, also opening what `older` sealed.
+    pub fn with_older(mut self, older: Key) -> Key {
+        self.older = Some(std::sync::Arc::new(older));
+        self
+    }
+
+    /// The key (this one, or the older one it also opens with) whose id is `id`.
+    pub fn for_id(&self, id: KeyId) -> Option<&Key> {
+        if id == self.id {
+            Some(self)
+        } else {
+            self.older.as_deref().and_then(|older| older.for_id(id))
         }
-        let params = argon2::Params::new(
-            ARGON2_MEMORY_KIB,
-            ARGON2_PASSES,
-            ARGON2_LANES,
-            Some(KEY_LEN),
-        )
-        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-        let argon =
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let salt = format!("{PASSPHRASE_SALT_PREFIX}{user_salt}");
-        let mut bytes = [0u8; KEY_LEN];
-        argon
-            .hash_password_into(passphrase.as_bytes(), salt.as_bytes(), &mut bytes)
-            .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-        Ok(Key::from_bytes(bytes))
     }
 
     /// A key for another purpose, derived from this one: SHA-256 over `label` and the
@@ -255,7 +282,29 @@ impl Key {
     pub fn id(&self) -> KeyId {
         self.id
     }
+}
 
+/// Argon2id (64 MiB, 3 passes, 1 lane) of `passphrase` with `salt`.
+fn argon2id(passphrase: &str, salt: &str) -> Result<Key, CryptoError> {
+    if passphrase.is_empty() {
+        return Err(CryptoError::EmptyPassphrase);
+    }
+    let params = argon2::Params::new(
+        ARGON2_MEMORY_KIB,
+        ARGON2_PASSES,
+        ARGON2_LANES,
+        Some(KEY_LEN),
+    )
+    .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut bytes = [0u8; KEY_LEN];
+    argon
+        .hash_password_into(passphrase.as_bytes(), salt.as_bytes(), &mut bytes)
+        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    Ok(Key::from_bytes(bytes))
+}
+
+impl Key {
     /// The key as base64 text, the format of key files and `DCLOUD_KEY`.
     pub fn to_base64(&self) -> String {
         BASE64.encode(self.bytes)
@@ -425,15 +474,27 @@ mod tests {
 
     #[test]
     fn passphrase_derivation_is_deterministic_and_salted() {
-        let a = Key::from_passphrase("correct horse", "").unwrap();
-        let b = Key::from_passphrase("correct horse", "").unwrap();
-        let c = Key::from_passphrase("correct horse", "me@example.org").unwrap();
+        let a = Key::from_passphrase("correct horse", "", "guild 1").unwrap();
+        let b = Key::from_passphrase("correct horse", "", "guild 1").unwrap();
+        let c = Key::from_passphrase("correct horse", "me@example.org", "guild 1").unwrap();
+        let d = Key::from_passphrase("correct horse", "", "guild 2").unwrap();
         assert_eq!(a.id(), b.id());
         assert_ne!(a.id(), c.id());
+        assert_ne!(a.id(), d.id(), "each store salts its own");
         assert!(matches!(
-            Key::from_passphrase("", ""),
+            Key::from_passphrase("", "", "guild 1"),
             Err(CryptoError::EmptyPassphrase)
         ));
+        // The key derived the old way (one salt for all) is carried along, to read.
+        let old = Key::from_passphrase_v1("correct horse", "").unwrap();
+        assert_ne!(old.id(), a.id());
+        assert_eq!(a.for_id(old.id()).map(Key::id), Some(old.id()));
+        assert_eq!(d.for_id(old.id()).map(Key::id), Some(old.id()));
+        assert!(
+            c.for_id(old.id()).is_none(),
+            "another user salt, another old key"
+        );
+        assert_eq!(a.for_id(a.id()).map(Key::id), Some(a.id()));
     }
 
     #[test]

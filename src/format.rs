@@ -104,6 +104,8 @@
 //!   is in another channel than the record) or, for chunks attached to the record's own
 //!   message, by file name (`f`); `n` is its plaintext length; plain files add `h`, the
 //!   chunk's SHA-256 in hex; encrypted chunks add `t`, the chunk's AES-GCM tag in hex.
+//!   A chunk sealed by another key than the record (a file written under an older key
+//!   and renamed under a newer one) names that key's id in `k`.
 //!   A new version of a file keeps the file id and reuses the chunks it didn't change,
 //!   so `t` is what tells a reader that a chunk is this version's and not an older one
 //!   at the same index (whose seal would otherwise open fine); a reader checks it.
@@ -545,6 +547,9 @@ pub struct ChunkRef {
     /// The AES-GCM tag of the sealed chunk (encrypted files): pins this exact sealing, so
     /// an older chunk of the same file and index can't stand in for it.
     pub tag: Option<[u8; TAG_LEN]>,
+    /// The key that sealed the chunk, when it isn't the key that sealed the record (`k`,
+    /// version 2): a file written under an older key and renamed under a newer one.
+    pub key: Option<KeyId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -562,6 +567,8 @@ struct WireChunk {
     h: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     t: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<KeyId>,
 }
 
 impl TryFrom<WireChunk> for ChunkRef {
@@ -590,6 +597,7 @@ impl TryFrom<WireChunk> for ChunkRef {
             len: wire.n,
             sha256,
             tag,
+            key: wire.k,
         })
     }
 }
@@ -617,6 +625,7 @@ impl From<ChunkRef> for WireChunk {
             n: chunk.len,
             h: chunk.sha256.map(|h| crypto::encode_hex(&h)),
             t: chunk.tag.map(|t| crypto::encode_hex(&t)),
+            k: chunk.key,
         }
     }
 }
@@ -856,6 +865,9 @@ pub struct OpenedRecord {
     /// The loaded key authenticated it: sealed by it, or (version 2) signed by it.
     /// Plain records read without a key, and version-1 plain records, are not.
     pub authenticated: bool,
+    /// The key that sealed it (cipher 1), which also sealed the chunks it puts unless
+    /// they say otherwise (`k`).
+    pub sealed_by: Option<KeyId>,
 }
 
 /// A record body's parts: nonce, payload, tag.
@@ -878,14 +890,13 @@ fn split_sealed(body: &[u8]) -> Result<SealedParts<'_>, FormatError> {
 /// The key a record names must be the one loaded.
 fn check_key(key: Option<&Key>, written: KeyId) -> Result<&Key, FormatError> {
     let key = key.ok_or(CryptoError::NoKey { written })?;
-    if key.id() != written {
-        return Err(CryptoError::WrongKey {
+    key.for_id(written).ok_or_else(|| {
+        CryptoError::WrongKey {
             written,
             have: key.id(),
         }
-        .into());
-    }
-    Ok(key)
+        .into()
+    })
 }
 
 /// Opens a record envelope of any version, found in `channel`. A record sealed with
@@ -911,6 +922,7 @@ pub fn open_record(
     let mut written = KeyId::default();
     written.0.copy_from_slice(&envelope[6..RECORD_HEADER_LEN]);
     let unsigned = written == KeyId::default();
+    let sealed_by = (envelope[5] == CIPHER_AES_256_GCM).then_some(written);
     let (json, authenticated) = match (envelope[5], version) {
         (CIPHER_NONE, 1) => (body.to_vec(), false),
         (CIPHER_NONE, _) if unsigned => (body.to_vec(), false),
@@ -950,6 +962,7 @@ pub fn open_record(
         record,
         version,
         authenticated,
+        sealed_by,
     })
 }
 
@@ -1021,6 +1034,7 @@ mod tests {
             len,
             sha256: None,
             tag: None,
+            key: None,
         }
     }
 
@@ -1206,6 +1220,7 @@ mod tests {
                             len: 10,
                             sha256: None,
                             tag: Some([3; 16]),
+                            key: Some(KeyId([4; KEY_ID_LEN])),
                         },
                         chunk_ref(5),
                     ],
@@ -1230,12 +1245,13 @@ mod tests {
         }
     }
 
-    fn opened(record: &Record, version: u8, authenticated: bool) -> OpenedRecord {
-        OpenedRecord {
-            record: record.clone(),
-            version,
-            authenticated,
-        }
+    fn opened(record: &Record, version: u8, authenticated: bool) -> (Record, u8, bool) {
+        (record.clone(), version, authenticated)
+    }
+
+    /// What a test compares of an opened record (who sealed it is checked on its own).
+    fn summary(opened: OpenedRecord) -> (Record, u8, bool) {
+        (opened.record, opened.version, opened.authenticated)
     }
 
     #[test]
@@ -1244,8 +1260,12 @@ mod tests {
         let record = sample_record();
         let envelope = seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap();
         assert!(!envelope.windows(6).any(|w| w == b"photos"));
+        let sealed_by = open_record(&envelope, Some(&key), CHANNEL)
+            .unwrap()
+            .sealed_by;
+        assert_eq!(sealed_by, Some(key.id()));
         assert_eq!(
-            open_record(&envelope, Some(&key), CHANNEL).unwrap(),
+            summary(open_record(&envelope, Some(&key), CHANNEL).unwrap()),
             opened(&record, 2, true)
         );
 
@@ -1255,19 +1275,19 @@ mod tests {
             "signed stays readable"
         );
         assert_eq!(
-            open_record(&signed, Some(&key), CHANNEL).unwrap(),
+            summary(open_record(&signed, Some(&key), CHANNEL).unwrap()),
             opened(&record, 2, true)
         );
         // Without the key it reads, unchecked.
         assert_eq!(
-            open_record(&signed, None, CHANNEL).unwrap(),
+            summary(open_record(&signed, None, CHANNEL).unwrap()),
             opened(&record, 2, false)
         );
 
         let unsigned = seal_record(&record, RecordSeal::Unsigned, CHANNEL).unwrap();
         for reader in [None, Some(&key)] {
             assert_eq!(
-                open_record(&unsigned, reader, CHANNEL).unwrap(),
+                summary(open_record(&unsigned, reader, CHANNEL).unwrap()),
                 opened(&record, 2, false)
             );
         }
@@ -1315,11 +1335,11 @@ mod tests {
         record.seq = 0;
         // Version 1 doesn't bind the channel: any channel opens it.
         assert_eq!(
-            open_record(&sealed, Some(&key), CHANNEL + 9).unwrap(),
+            summary(open_record(&sealed, Some(&key), CHANNEL + 9).unwrap()),
             opened(&record, 1, true)
         );
         assert_eq!(
-            open_record(&plain, Some(&key), CHANNEL).unwrap(),
+            summary(open_record(&plain, Some(&key), CHANNEL).unwrap()),
             opened(&record, 1, false)
         );
     }
@@ -1509,6 +1529,17 @@ mod tests {
             }
             if let Ok(opened) = open_record(&open, None, CHANNEL) {
                 opened.record.validate().unwrap();
+                // What opens is applied to an index without a panic, whatever it says.
+                let message = crate::store::Message {
+                    id: 1 + next() % 1000,
+                    channel_id: CHANNEL,
+                    author_id: 1,
+                    content: String::new(),
+                    attachments: Vec::new(),
+                };
+                let mut index = crate::volume::Index::new(CHANNEL, None);
+                let _ = index.apply(&message, &opened.record, opened.version, opened.sealed_by);
+                let _ = index.list("");
             }
 
             let random: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();

@@ -246,6 +246,7 @@ fn plain_put(path: &str, data: &[u8], seq: u64) -> (Record, Vec<NewAttachment>) 
                 len: data.len() as u64,
                 sha256: Some(sha2::Sha256::digest(data).into()),
                 tag: None,
+                key: None,
             }],
         })],
     };

@@ -1819,3 +1819,41 @@ async fn replaced_messages_go_only_after_the_grace_period() {
     assert!(read(&later, "f").await == new_data);
     fx.assert_no_orphans(&later, "after the grace").await;
 }
+
+/// A passphrase key is salted with the store's own salt now; files written under the
+/// key the same passphrase gave before (one salt for every store) still read, also
+/// after a rename or a new version under the new key, which keeps the old chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_a_passphrase_key_derived_the_old_way_still_read() {
+    let fx = Fixture::new(32).await;
+    let old = Key::from_passphrase_v1("correct horse", "").unwrap();
+    let store_salt = fx.dyn_store().key_salt().await.unwrap();
+    let new = Key::from_passphrase("correct horse", "", &store_salt).unwrap();
+    assert_ne!(old.id(), new.id());
+    let mut rng = SplitMix64::new(32);
+    let data = rng.bytes(3 * plan(true).chunk_len + 5);
+    {
+        let before = fx.open(Some(&old)).await;
+        put(&before, "old.bin", &data, options(true)).await.unwrap();
+    }
+    let volume = fx.open(Some(&new)).await;
+    assert!(volume.index().skipped().is_empty());
+    assert!(read(&volume, "old.bin").await == data);
+    volume.rename("old.bin", "renamed.bin").await.unwrap();
+    let fresh = fx.open(Some(&new)).await;
+    assert!(read(&fresh, "renamed.bin").await == data);
+    // The same passphrase for another store gives another key.
+    let elsewhere = Key::from_passphrase("correct horse", "", "another store").unwrap();
+    assert_ne!(elsewhere.id(), new.id());
+    // A reader with only the old key can't read the rename (sealed with the new key):
+    // it sees the file where the old key left it, and says why there is more.
+    let stale = fx.open(Some(&old)).await;
+    assert_eq!(file_paths(&stale), vec!["old.bin"]);
+    assert!(
+        stale
+            .index()
+            .skipped()
+            .values()
+            .any(|s| *s == Skip::WrongKey(new.id()))
+    );
+}

@@ -100,7 +100,7 @@ fn utf8_name(name: &OsStr, whole: &Path) -> Result<String, CliError> {
         .ok_or_else(|| CliError::Usage(format!("{}: file names must be UTF-8", whole.display())))
 }
 
-pub fn keygen(context: &Context, args: KeygenArgs) -> Result<(), CliError> {
+pub async fn keygen(context: &Context, args: KeygenArgs) -> Result<(), CliError> {
     let path = context.key_path();
     if path.exists() {
         return Err(CryptoError::KeyFileExists {
@@ -108,8 +108,11 @@ pub fn keygen(context: &Context, args: KeygenArgs) -> Result<(), CliError> {
         }
         .into());
     }
-    let key = if args.passphrase {
-        Key::from_passphrase(&read_passphrase()?, &args.salt)?
+    let key = if args.passphrase && args.legacy_kdf {
+        Key::from_passphrase_v1(&read_passphrase()?, &args.salt)?
+    } else if args.passphrase {
+        let store_salt = context.store().await?.key_salt().await?;
+        Key::from_passphrase(&read_passphrase()?, &args.salt, &store_salt)?
     } else {
         Key::generate()?
     };
@@ -150,7 +153,9 @@ pub async fn mkdir(context: &Context, target: &str, existing_ok: bool) -> Result
             Err(e) => Err(e.into()),
         };
     }
-    let volume = context.volume(&store, &context.key()?, &channel).await?;
+    let volume = context
+        .volume(&store, &context.key().await?, &channel)
+        .await?;
     let is_dir = matches!(volume.index().node(&path), Some(Node::Dir(_)));
     if is_dir && existing_ok {
         return Ok(());
@@ -161,7 +166,7 @@ pub async fn mkdir(context: &Context, target: &str, existing_ok: bool) -> Result
 
 pub async fn channels(context: &Context) -> Result<(), CliError> {
     let store = context.store().await?;
-    let key = context.key()?;
+    let key = context.key().await?;
     let mut channels = store.channels().await?;
     channels.sort_by(|a, b| a.name.cmp(&b.name));
     println!("{:<30} {:>8} {:>12}", "CHANNEL", "FILES", "SIZE");
@@ -227,7 +232,9 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
         .ok_or_else(|| CliError::Usage("DEST must be CHANNEL[/PATH] in UTF-8".into()))?;
     let (channel, dest_path, trailing_slash) = split_target(dest)?;
     let store = context.store().await?;
-    let volume = context.volume(&store, &context.key()?, &channel).await?;
+    let volume = context
+        .volume(&store, &context.key().await?, &channel)
+        .await?;
     let dest_is_dir = matches!(volume.index().node(&dest_path), Some(Node::Dir(_)));
     let into = dest_path.is_empty() || trailing_slash || sources.len() > 1 || dest_is_dir;
     let mut uploader = TreeUploader {
@@ -474,7 +481,9 @@ fn mtime_ns(metadata: &fs::Metadata) -> i64 {
 pub async fn get(context: &Context, args: GetArgs) -> Result<(), CliError> {
     let (channel, path, _) = split_target(&args.source)?;
     let store = context.store().await?;
-    let volume = context.volume(&store, &context.key()?, &channel).await?;
+    let volume = context
+        .volume(&store, &context.key().await?, &channel)
+        .await?;
     let is_dir = match volume.index().node(&path) {
         None => None,
         Some(Node::File(_)) => Some(false),
@@ -625,7 +634,9 @@ pub async fn ls(context: &Context, args: LsArgs) -> Result<(), CliError> {
     };
     let (channel, path, _) = split_target(&target)?;
     let store = context.store().await?;
-    let volume = context.volume(&store, &context.key()?, &channel).await?;
+    let volume = context
+        .volume(&store, &context.key().await?, &channel)
+        .await?;
     warn_hidden(&volume);
     let index = volume.index();
     let listing: Vec<Listed<'_>> = match index.node(&path) {
@@ -673,7 +684,7 @@ fn listing_line(item: &Listed<'_>, long: bool) -> String {
 
 pub async fn rm(context: &Context, args: RmArgs) -> Result<(), CliError> {
     let store = context.store().await?;
-    let key = context.key()?;
+    let key = context.key().await?;
     let mut volumes: HashMap<String, Arc<Volume>> = HashMap::new();
     let mut outcome = Outcome::new(args.targets.len());
     for target in &args.targets {
@@ -716,7 +727,7 @@ pub async fn mv(context: &Context, source: &str, dest: &str) -> Result<(), CliEr
     }
     let (to_channel, to_path, trailing_slash) = split_target(dest)?;
     let store = context.store().await?;
-    let key = context.key()?;
+    let key = context.key().await?;
     let from = context.volume(&store, &key, &from_channel).await?;
     let to = context.volume(&store, &key, &to_channel).await?;
     let into = to_path.is_empty()

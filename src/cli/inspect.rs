@@ -60,7 +60,7 @@ pub async fn info(context: &Context, name: &str) -> Result<(), CliError> {
     let volume = Volume::open(
         opened.store.clone(),
         channel,
-        context.key()?,
+        context.key().await?,
         context.volume_config()?,
     )
     .await?;
@@ -184,7 +184,7 @@ impl Report {
 /// `doctor`.
 pub async fn doctor(context: &Context) -> Result<(), CliError> {
     let mut report = Report::default();
-    check_key(context, &mut report);
+    check_key(context, &mut report).await;
     match context.store_choice() {
         Err(e) => report.line(Status::Fail, "settings", e.to_string()),
         Ok(StoreChoice::Local(dir)) => check_local(context, &dir, &mut report).await,
@@ -201,8 +201,8 @@ pub async fn doctor(context: &Context) -> Result<(), CliError> {
     Ok(())
 }
 
-fn check_key(context: &Context, report: &mut Report) {
-    match context.key() {
+async fn check_key(context: &Context, report: &mut Report) {
+    match context.key().await {
         Ok(Some(key)) => report.line(Status::Ok, "key", format!("key id {}", key.id())),
         Ok(None) => report.line(
             Status::Fail,

@@ -176,15 +176,19 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Derive the key from a passphrase (Argon2id) instead of random bytes: the same
-    /// passphrase and salt give the same key on any machine. Read from the terminal, or
-    /// one line of stdin.
+    /// Derive the key from a passphrase (Argon2id) instead of random bytes, salted with
+    /// the configured store's own salt: the same passphrase and salt give the same key
+    /// for that store on any machine. Read from the terminal, or one line of stdin.
     #[arg(long)]
     pub passphrase: bool,
     /// Salt for --passphrase (e.g. your e-mail address), so that your key differs from
     /// anyone else's with the same passphrase. Keep it: it is needed again.
     #[arg(long, requires = "passphrase", default_value = "")]
     pub salt: String,
+    /// With --passphrase: derive the key as dcloud-fs did before per-store salts (one
+    /// salt for every store), to recreate a key file made then.
+    #[arg(long, requires = "passphrase")]
+    pub legacy_kdf: bool,
 }
 
 #[derive(Debug, Args)]
@@ -299,7 +303,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
     let context = Context::new(cli.global, interrupt)?;
     match cli.command {
-        Command::Keygen(args) => commands::keygen(&context, args),
+        Command::Keygen(args) => commands::keygen(&context, args).await,
         Command::Mkdir { parents, target } => commands::mkdir(&context, &target, parents).await,
         Command::Channels => commands::channels(&context).await,
         Command::Put(args) => commands::put(&context, args).await,
@@ -386,6 +390,8 @@ pub(crate) struct Context {
     volumes: tokio::sync::OnceCell<Arc<OpenVolumes>>,
     /// What must not be deleted for now, shared by the command's volumes.
     pins: Pins,
+    /// The key, once loaded.
+    key: tokio::sync::OnceCell<Option<Key>>,
 }
 
 /// The volumes a command opened, one per channel, which reach each other through it
@@ -472,6 +478,7 @@ impl Context {
             store: tokio::sync::OnceCell::new(),
             volumes: tokio::sync::OnceCell::new(),
             pins: Pins::default(),
+            key: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -565,9 +572,14 @@ impl Context {
             .unwrap_or_else(crypto::default_key_path)
     }
 
-    /// The key, if one is configured: --key-file, then $DCLOUD_KEY, $DCLOUD_PASSPHRASE,
-    /// $DCLOUD_KEY_FILE, and the default key file if it exists.
-    fn key(&self) -> Result<Option<Key>, CliError> {
+    /// The key, if one is configured: --key-file, then $DCLOUD_KEY, $DCLOUD_PASSPHRASE
+    /// (salted with the store's salt, so it opens the store first), $DCLOUD_KEY_FILE,
+    /// and the default key file if it exists. Loaded once per command.
+    async fn key(&self) -> Result<Option<Key>, CliError> {
+        self.key.get_or_try_init(|| self.load_key()).await.cloned()
+    }
+
+    async fn load_key(&self) -> Result<Option<Key>, CliError> {
         if let Some(path) = &self.global.key_file {
             return Ok(Some(crypto::load_key_file(path)?));
         }
@@ -579,7 +591,8 @@ impl Context {
             .filter(|p| !p.is_empty())
         {
             let salt = std::env::var("DCLOUD_SALT").unwrap_or_default();
-            return Ok(Some(Key::from_passphrase(&passphrase, &salt)?));
+            let store_salt = self.store().await?.key_salt().await?;
+            return Ok(Some(Key::from_passphrase(&passphrase, &salt, &store_salt)?));
         }
         let explicit =
             std::env::var_os("DCLOUD_KEY_FILE").is_some() || self.file.key_file.is_some();

@@ -120,13 +120,13 @@ pub(crate) async fn mount(context: &Context, mut args: MountArgs) -> Result<(), 
         run_foreground(context, args, mountpoint).await
     } else {
         // Fail here, not in the log, on what the daemon would fail on at once.
-        require_key(context)?;
+        require_key(context).await?;
         run_background(&context.cache_base().value, &mountpoint).await
     }
 }
 
-fn require_key(context: &Context) -> Result<crate::crypto::Key, CliError> {
-    context.key()?.ok_or_else(|| {
+async fn require_key(context: &Context) -> Result<crate::crypto::Key, CliError> {
+    context.key().await?.ok_or_else(|| {
         CliError::Crypto(CryptoError::KeyFileMissing {
             path: context.key_path().display().to_string(),
         })
@@ -218,7 +218,7 @@ async fn run_foreground(
     args: MountArgs,
     mountpoint: PathBuf,
 ) -> Result<(), CliError> {
-    let key = require_key(context)?;
+    let key = require_key(context).await?;
     let store = context.store().await?;
     let config = fs_config(context, &args, &store.identity())?;
     let fs = Fs::new(store, Some(key), config)

@@ -10,6 +10,7 @@
 //! ```text
 //! ROOT/guild.json                         {"format":1,"user_id":…,"limits":{…}}
 //! ROOT/ids.lock                           last snowflake handed out (guarded by flock)
+//! ROOT/salt                               the store's own salt for passphrase keys (hex)
 //! ROOT/channels/<channel id>/channel.json {"id":…,"name":"…"}
 //! ROOT/channels/<channel id>/messages/<message id>.json
 //! ROOT/channels/<channel id>/attachments/<attachment id>
@@ -151,6 +152,35 @@ where
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| StoreError::io("local store worker", std::io::Error::other(e)))?
+}
+
+impl Inner {
+    /// The store's salt (`ROOT/salt`), made on first use: random, written once (the
+    /// first process to link it in wins, and every other reads that one).
+    fn salt(&self) -> StoreResult<String> {
+        let path = self.root.join("salt");
+        let read = |path: &Path| {
+            fs::read_to_string(path)
+                .map(|text| text.trim().to_string())
+                .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))
+        };
+        if path.exists() {
+            return read(&path);
+        }
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| StoreError::io("making a salt", std::io::Error::other(e.to_string())))?;
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = self.root.join(format!(".salt.{}", std::process::id()));
+        write_synced(&tmp, text.as_bytes())?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => sync_dir(&self.root).map(|()| text),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+            Err(e) => Err(StoreError::io(format!("creating {}", path.display()), e)),
+        }
+    }
 }
 
 fn create_layout(root: &Path, limits: Limits) -> StoreResult<()> {
@@ -644,6 +674,11 @@ impl Inner {
 
 #[async_trait]
 impl Store for LocalStore {
+    async fn key_salt(&self) -> StoreResult<String> {
+        let inner = self.inner.clone();
+        blocking(move || inner.salt()).await
+    }
+
     fn identity(&self) -> String {
         let root = fs::canonicalize(&self.inner.root).unwrap_or_else(|_| self.inner.root.clone());
         let digest = Sha256::digest(root.as_os_str().as_encoded_bytes());

@@ -224,6 +224,11 @@ pub trait Store: Send + Sync {
     /// What one message may carry.
     async fn limits(&self) -> StoreResult<Limits>;
 
+    /// A salt of this store's own, the same on every machine that uses it, for keys
+    /// derived from a passphrase: so that no two stores share one salt (a table
+    /// precomputed against one is worth nothing against another).
+    async fn key_salt(&self) -> StoreResult<String>;
+
     /// The id of the user we post as; only its messages are files.
     async fn current_user(&self) -> StoreResult<Id>;
 

@@ -143,6 +143,10 @@ pub struct StoredChunk {
     /// AES-GCM tag of the sealed chunk (encrypted files, when the record names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<[u8; 16]>,
+    /// The key that sealed it, when that isn't the key this index was read with (an
+    /// older key a passphrase key carries along).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyId>,
 }
 
 impl From<&StoredChunk> for ChunkRef {
@@ -157,6 +161,7 @@ impl From<&StoredChunk> for ChunkRef {
             len: chunk.len,
             sha256: chunk.sha256,
             tag: chunk.tag,
+            key: chunk.key,
         }
     }
 }
@@ -448,15 +453,20 @@ impl Index {
     /// data messages of the file (or its record messages), is damaged and applied not
     /// at all. Returns the operations that lost to a change posted before them (see
     /// [`Outdated`]).
+    ///
+    /// `sealed_by` is the key that sealed the record (and so, unless they name another
+    /// one, its chunks): an older key than the index's is kept with each chunk.
     pub fn apply(
         &mut self,
         message: &Message,
         record: &Record,
         version: u8,
+        sealed_by: Option<KeyId>,
     ) -> Result<Vec<Outdated>, String> {
+        let sealed_by = sealed_by.filter(|&key| Some(key) != self.key_id);
         let mut resolved = Vec::with_capacity(record.ops.len());
         for op in &record.ops {
-            resolved.push(resolve(message, op)?);
+            resolved.push(resolve(message, op, sealed_by)?);
         }
         if record.ops.iter().any(|op| matches!(op, Op::Link { .. })) {
             self.tombstone_messages.insert(message.id); // a guard: it stays
@@ -737,7 +747,13 @@ impl Index {
 }
 
 /// Turns an operation into the entry it sets, with attachments resolved to ids.
-fn resolve(message: &Message, op: &Op) -> Result<(String, Option<Entry>), String> {
+/// `chunk_key`: the key that sealed the record's chunks unless a chunk says otherwise,
+/// when that isn't the index's own key.
+fn resolve(
+    message: &Message,
+    op: &Op,
+    chunk_key: Option<KeyId>,
+) -> Result<(String, Option<Entry>), String> {
     let entry = match op {
         Op::Del { .. } | Op::Link { .. } => None,
         Op::Mkdir(dir) => Some(Entry::Dir(DirEntry {
@@ -772,6 +788,7 @@ fn resolve(message: &Message, op: &Op) -> Result<(String, Option<Entry>), String
                     len: chunk.len,
                     sha256: chunk.sha256,
                     tag: chunk.tag,
+                    key: chunk.key.or(chunk_key).filter(|_| file.encrypted),
                 });
             }
             Some(Entry::File(FileEntry {
@@ -823,6 +840,7 @@ mod tests {
                 len: 1,
                 sha256: None,
                 tag: None,
+                key: None,
             })
             .collect();
         Op::Put(FileManifest {
@@ -848,7 +866,7 @@ mod tests {
 
     /// Applies a version-1 record (replayed by message id).
     fn apply_v1(index: &mut Index, message: &Message, record: &Record) -> Result<(), String> {
-        index.apply(message, record, 1).map(|_| ())
+        index.apply(message, record, 1, None).map(|_| ())
     }
 
     #[test]
@@ -1132,7 +1150,7 @@ mod tests {
             let mut index = Index::new(1, None);
             let mut outdated = Vec::new();
             for i in order {
-                outdated.extend(index.apply(&all[i].0, &all[i].1, 2).unwrap());
+                outdated.extend(index.apply(&all[i].0, &all[i].1, 2, None).unwrap());
             }
             assert_eq!(chunk_of(&index, "a"), Some(200), "order {order:?}");
             assert_eq!(index.next_seq(), 3);
@@ -1164,8 +1182,8 @@ mod tests {
             } else {
                 (&first, &second)
             };
-            index.apply(&a.0, &a.1, 2).unwrap();
-            index.apply(&b.0, &b.1, 2).unwrap();
+            index.apply(&a.0, &a.1, 2, None).unwrap();
+            index.apply(&b.0, &b.1, 2, None).unwrap();
             assert_eq!(chunk_of(&index, "a"), Some(100));
         }
     }
@@ -1181,12 +1199,12 @@ mod tests {
             record(vec![put("a", vec![attached("c0.bin")])]),
         );
         let mut index = Index::new(1, None);
-        index.apply(&old.0, &old.1, 1).unwrap();
-        index.apply(&new.0, &new.1, 2).unwrap();
+        index.apply(&old.0, &old.1, 1, None).unwrap();
+        index.apply(&new.0, &new.1, 2, None).unwrap();
         assert_eq!(chunk_of(&index, "a"), Some(100));
         let mut index = Index::new(1, None);
-        index.apply(&new.0, &new.1, 2).unwrap();
-        index.apply(&old.0, &old.1, 1).unwrap();
+        index.apply(&new.0, &new.1, 2, None).unwrap();
+        index.apply(&old.0, &old.1, 1, None).unwrap();
         assert_eq!(chunk_of(&index, "a"), Some(100));
     }
 
@@ -1205,6 +1223,7 @@ mod tests {
                 &message_in(1, 20 + message, &[]),
                 &record_v2(message, vec![put("f", at(message))]),
                 2,
+                None,
             );
             assert_eq!(applied.is_ok(), ok, "message {message}: {applied:?}");
         }
@@ -1214,6 +1233,7 @@ mod tests {
                 &message_in(1, 40, &[]),
                 &record_v2(9, vec![put("g", vec![stored(Some(3), 5)])]),
                 2,
+                None,
             )
             .unwrap();
     }

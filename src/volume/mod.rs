@@ -991,7 +991,8 @@ impl Volume {
             if self.key.is_some() {
                 index.note_authenticated(message.id);
             }
-            if let Err(why) = index.apply(message, record, format::FORMAT_VERSION) {
+            let sealed_by = self.key.as_ref().map(Key::id);
+            if let Err(why) = index.apply(message, record, format::FORMAT_VERSION, sealed_by) {
                 log::error!(
                     "#{}: our own record in message {} failed to apply: {why}",
                     self.channel.name,

@@ -356,7 +356,7 @@ impl Volume {
                 return;
             }
         }
-        match index.apply(message, &opened.record, opened.version) {
+        match index.apply(message, &opened.record, opened.version, opened.sealed_by) {
             Ok(outdated) => {
                 drop(index);
                 if outdated.is_empty() || !self.first_warning(message.id) {

@@ -443,6 +443,7 @@ pub fn attach(sealed: Vec<SealedChunk>, first: usize) -> (Vec<NewAttachment>, Ve
                 len: chunk.plain_len,
                 sha256: chunk.sha256,
                 tag: chunk.tag,
+                key: None,
             };
             let attachment = NewAttachment {
                 filename,
@@ -532,7 +533,21 @@ impl ChunkFetcher {
                 },
                 e => VolumeError::Store(e),
             })?;
-        let key = self.key.clone();
+        // The key that sealed it: ours, or an older one ours carries along.
+        let key = match (&self.key, chunk.key) {
+            (Some(key), Some(id)) => {
+                Some(
+                    key.for_id(id)
+                        .cloned()
+                        .ok_or_else(|| VolumeError::WrongKey {
+                            name: self.name.clone(),
+                            written: id,
+                            have: key.id(),
+                        })?,
+                )
+            }
+            (key, _) => key.clone(),
+        };
         let reference = ChunkRef::from(&chunk);
         let opened = tokio::task::spawn_blocking(move || {
             format::open_chunk(

@@ -266,6 +266,10 @@ impl FaultyStore {
 
 #[async_trait]
 impl Store for FaultyStore {
+    async fn key_salt(&self) -> StoreResult<String> {
+        self.inner.key_salt().await
+    }
+
     fn identity(&self) -> String {
         self.inner.identity()
     }

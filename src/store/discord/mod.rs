@@ -715,6 +715,10 @@ fn random_nonce() -> StoreResult<u64> {
 
 #[async_trait]
 impl Store for DiscordStore {
+    async fn key_salt(&self) -> StoreResult<String> {
+        Ok(format!("discord guild {}", self.config.guild))
+    }
+
     fn identity(&self) -> String {
         self.identity.clone()
     }
