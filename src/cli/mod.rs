@@ -17,10 +17,9 @@ mod settings;
 
 pub use mount::MountArgs;
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -28,11 +27,9 @@ use crate::config::{self, ConfigError, ConfigFile};
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::discord::{DiscordConfig, DiscordStore, Token};
 use crate::store::local::LocalStore;
-use crate::store::{Channel, Id, Limits, Store, StoreError};
-use crate::volume::Pins;
-use crate::volume::{
-    Interrupt, Peers, Volume, VolumeConfig, VolumeError, channel_with_id, find_channel,
-};
+use crate::store::{Limits, Store, StoreError};
+use crate::volume::registry::Volumes;
+use crate::volume::{Interrupt, Pins, Volume, VolumeConfig, VolumeError, find_channel};
 
 /// Store files in Discord channels: one folder per channel, files as chunked,
 /// AES-256-GCM-encrypted attachments. The key never leaves this machine.
@@ -386,68 +383,13 @@ pub(crate) struct Context {
     /// Triggered by Ctrl-C or SIGTERM: transfers stop and clean up.
     interrupt: Interrupt,
     store: tokio::sync::OnceCell<OpenStore>,
-    /// The channels opened so far, shared by the command's volumes.
-    volumes: tokio::sync::OnceCell<Arc<OpenVolumes>>,
+    /// The channels opened so far, shared by the command's volumes, which reach each
+    /// other through it. Dropped with the context, which saves their caches.
+    volumes: tokio::sync::OnceCell<Arc<Volumes>>,
     /// What must not be deleted for now, shared by the command's volumes.
     pins: Pins,
     /// The key, once loaded.
     key: tokio::sync::OnceCell<Option<Key>>,
-}
-
-/// The volumes a command opened, one per channel, which reach each other through it
-/// ([`Peers`]): freeing a message of a file that moved across channels asks the
-/// channels it moved through. Dropped with the [`Context`], which saves their caches.
-pub(crate) struct OpenVolumes {
-    store: Arc<dyn Store>,
-    key: Option<Key>,
-    config: VolumeConfig,
-    me: Weak<OpenVolumes>,
-    open: tokio::sync::Mutex<HashMap<Id, Arc<Volume>>>,
-}
-
-impl OpenVolumes {
-    fn new(store: Arc<dyn Store>, key: Option<Key>, config: VolumeConfig) -> Arc<OpenVolumes> {
-        Arc::new_cyclic(|me| OpenVolumes {
-            store,
-            key,
-            config,
-            me: me.clone(),
-            open: tokio::sync::Mutex::default(),
-        })
-    }
-
-    /// The volume of `channel`, opened on first use.
-    async fn volume(&self, channel: Channel) -> Result<Arc<Volume>, VolumeError> {
-        let mut open = self.open.lock().await;
-        if let Some(volume) = open.get(&channel.id) {
-            return Ok(volume.clone());
-        }
-        let id = channel.id;
-        let volume = Arc::new(
-            Volume::open(
-                self.store.clone(),
-                channel,
-                self.key.clone(),
-                self.config.clone(),
-            )
-            .await?,
-        );
-        let peers: Weak<dyn Peers> = self.me.clone();
-        volume.set_peers(peers);
-        open.insert(id, volume.clone());
-        Ok(volume)
-    }
-}
-
-#[async_trait::async_trait]
-impl Peers for OpenVolumes {
-    async fn peer(&self, channel: Id) -> Result<Arc<Volume>, VolumeError> {
-        if let Some(volume) = self.open.lock().await.get(&channel) {
-            return Ok(volume.clone());
-        }
-        let info = channel_with_id(self.store.as_ref(), channel).await?;
-        self.volume(info).await
-    }
 }
 
 /// The store the settings select.
@@ -631,9 +573,9 @@ impl Context {
         let config = self.volume_config()?;
         let volumes = self
             .volumes
-            .get_or_init(|| async { OpenVolumes::new(store.clone(), key.clone(), config) })
+            .get_or_init(|| async { Volumes::new(store.clone(), key.clone(), config) })
             .await;
-        Ok(volumes.volume(channel).await?)
+        Ok(volumes.open(channel).await?)
     }
 }
 

@@ -63,6 +63,7 @@ pub mod index;
 pub mod journal;
 pub mod reclaim;
 mod records;
+pub mod registry;
 pub mod transfer;
 
 use std::collections::HashSet;
