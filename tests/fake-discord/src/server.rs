@@ -85,6 +85,36 @@ impl Shared {
     pub fn stats(&self) -> Stats {
         lock(&self.stats).clone()
     }
+
+    /// Posts a message as another user (not the bot): someone else in the channel.
+    /// Returns its id, or why it can't be posted.
+    pub fn post_foreign(
+        &self,
+        channel_id: u64,
+        author_id: u64,
+        content: &str,
+        attachments: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, String> {
+        let files = attachments
+            .into_iter()
+            .map(|(filename, data)| NewFile {
+                filename,
+                data: Bytes::from(data),
+                content_type: None,
+            })
+            .collect();
+        let message = NewMessage {
+            content: content.to_owned(),
+            files,
+            ..NewMessage::default()
+        };
+        let mut guild = self.guild();
+        guild.ensure_user(author_id);
+        match guild.post_message(channel_id, author_id, message) {
+            Ok(Posted::Created(id) | Posted::Existing(id)) => Ok(id),
+            Err(error) => Err(error.message),
+        }
+    }
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking handler leaves consistent enough state
@@ -207,25 +237,9 @@ impl FakeDiscord {
         content: &str,
         attachments: Vec<(String, Vec<u8>)>,
     ) -> u64 {
-        let files = attachments
-            .into_iter()
-            .map(|(filename, data)| NewFile {
-                filename,
-                data: Bytes::from(data),
-                content_type: None,
-            })
-            .collect();
-        let message = NewMessage {
-            content: content.to_owned(),
-            files,
-            ..NewMessage::default()
-        };
-        let mut guild = self.shared.guild();
-        guild.ensure_user(author_id);
-        match guild.post_message(channel_id, author_id, message) {
-            Ok(Posted::Created(id) | Posted::Existing(id)) => id,
-            Err(error) => panic!("cannot post in channel {channel_id}: {}", error.message),
-        }
+        self.shared
+            .post_foreign(channel_id, author_id, content, attachments)
+            .unwrap_or_else(|error| panic!("cannot post in channel {channel_id}: {error}"))
     }
 
     /// The id of the text channel with this name (rewritten as Discord would).

@@ -810,6 +810,38 @@ fn control_endpoints_change_knobs_and_report_stats() {
 }
 
 #[test]
+fn a_control_endpoint_posts_as_someone_else() {
+    let (server, client, channel) = server_with(|_| {});
+    let body = format!(
+        r#"{{"channel": {channel}, "author": 4242, "content": "hi", "attachments": [["a.txt", "text"]]}}"#
+    );
+    let posted = send(
+        server.addr(),
+        "POST",
+        "/_fake/foreign-message",
+        &[],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(posted.status, 200);
+    let id = posted.json()["id"].as_str().unwrap().to_string();
+    let message = client
+        .get(&format!("/channels/{channel}/messages/{id}"))
+        .json();
+    assert_eq!(message["author"]["id"], "4242");
+    assert_eq!(message["attachments"][0]["filename"], "a.txt");
+    let nowhere = send(
+        server.addr(),
+        "POST",
+        "/_fake/foreign-message",
+        &[],
+        br#"{"channel": 1, "author": 4242, "content": "hi"}"#,
+    )
+    .unwrap();
+    assert_eq!(nowhere.status, 400);
+}
+
+#[test]
 fn unknown_paths_and_methods() {
     let (_server, client, channel) = server_with(|_| {});
     assert_eq!(client.get("/nothing").status, 404);
