@@ -457,6 +457,40 @@ impl Volume {
         Ok(None)
     }
 
+    /// Whether this whole channel may be deleted (`rmdir` of a channel): only when it
+    /// holds no live file or folder, no bytes that files moved elsewhere still use, and
+    /// no message of anyone else (deleting the channel would delete theirs too). The
+    /// history is read for that last one, up to the first message by someone else.
+    pub async fn channel_deletable(&self) -> Result<(), ChannelKept> {
+        if self.index().live().next().is_some() {
+            return Err(ChannelKept::NotEmpty);
+        }
+        let holders = self
+            .moved_files_elsewhere()
+            .await
+            .map_err(|e| ChannelKept::CantTell(e.to_string()))?;
+        if !holders.is_empty() {
+            return Err(ChannelKept::MovedFilesUseIt(holders));
+        }
+        let mut cursor = crate::store::HistoryCursor::Latest;
+        loop {
+            let page = self
+                .store
+                .history(self.channel.id, cursor, crate::store::MAX_HISTORY_PAGE)
+                .await
+                .map_err(|e| ChannelKept::CantTell(e.to_string()))?;
+            if let Some(theirs) = page.iter().find(|m| m.author_id != self.user) {
+                return Err(ChannelKept::OthersMessages(theirs.author_id));
+            }
+            match page.last() {
+                Some(oldest) if page.len() == crate::store::MAX_HISTORY_PAGE => {
+                    cursor = crate::store::HistoryCursor::Before(oldest.id);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// The other channels where files moved away from this one still use its messages
     /// (for each such message, the first channel found): deleting this channel would
     /// destroy their bytes. Errors if that can't be told.
@@ -474,6 +508,19 @@ impl Volume {
         }
         Ok(holders)
     }
+}
+
+/// Why a channel may not be deleted ([`Volume::channel_deletable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelKept {
+    /// It holds files or folders.
+    NotEmpty,
+    /// Files moved from it to these channels still keep their bytes in it.
+    MovedFilesUseIt(BTreeSet<Id>),
+    /// Someone else (this user id, the first found) has messages in it.
+    OthersMessages(Id),
+    /// That can't be told now.
+    CantTell(String),
 }
 
 #[cfg(test)]
