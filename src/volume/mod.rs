@@ -1,17 +1,26 @@
 //! One channel as a folder tree: the index replayed from its records, and the operations
-//! that change it (put, get, mkdir, rename, remove).
+//! that change it (put, get, mkdir, rename, remove, move). Its parts:
+//!
+//! - [`index`]: the replayed state, and the rules of replay;
+//! - [`records`]: how records are written (the one place that seals, lays out and posts
+//!   them) and which records read from the history count;
+//! - [`reclaim`]: what may be deleted, and when (the one place that decides it);
+//! - [`transfer`]: chunks to and from the store;
+//! - [`journal`]: uploads in progress, for cleaning up after a crash;
+//! - [`registry`]: the channels a process has open, and how they reach each other.
 //!
 //! ## Reading the channel
 //!
 //! [`Volume::open`] loads the channel's cached index from local disk (if it was made for
 //! the same channel and key) and then [`Volume::refresh`]es it: it pages through the
 //! messages newer than the last one the cache has seen, oldest first, and applies the
-//! records among them. Replay is last-writer-wins per path (see [`index`]), so the pages
-//! can overlap the cache a little — refresh re-reads a few seconds before the cache's
-//! last message, in case a message with a smaller id became visible late — at no risk.
-//! Only our own messages count; records that can't be read (another key, no key, a newer
-//! format, damaged) are skipped with one log line each and remembered, so that `get` of
-//! a missing file can say "wrong key" rather than "no such file".
+//! records among them. Replay doesn't depend on the order messages are read in (see
+//! [`index`]), so the pages can overlap the cache a little — refresh re-reads a few
+//! seconds before the cache's last message, in case a message with a smaller id became
+//! visible late — at no risk. Only our own messages count, and of those only the records
+//! the loaded key authenticated ([`records`]); the others are skipped with one log line
+//! each and remembered, so that `get` of a missing file can say "wrong key" rather than
+//! "no such file".
 //!
 //! ## Changing it
 //!
@@ -19,50 +28,29 @@
 //!
 //! - **put**: the chunks are uploaded first ([`transfer::Uploader`]); the record rides
 //!   on the message carrying the last chunks. Until that message exists the file doesn't;
-//!   if anything fails, the chunks already posted are deleted.
+//!   if anything fails, the chunks already posted are deleted. A new version keeps the
+//!   chunks it didn't change ([`Delta`]), pinned against deletion until its record lands.
 //! - **rename**: one record `[put new-path (same chunks), del old-path]`; nothing is
 //!   uploaded again and the change is atomic.
 //! - **remove**: one record of tombstones.
-//! - **move to another channel** ([`Volume::move_to`]): a record in the destination that
-//!   puts the file with the same chunks, each naming the channel it is in (`c`), then a
-//!   *moved* delete here that names the messages holding them. Nothing is uploaded
-//!   again; the bytes stay in the source channel. The destination's record comes
-//!   first: if the process dies between the two, the file shows in both channels rather
-//!   than in none.
+//! - **move to another channel** ([`Volume::move_to`]): a *link* here (the destination
+//!   uses these messages from now on), a record in the destination that puts the file
+//!   with the same chunks, each naming the channel it is in (`c`), then a *moved* delete
+//!   here. Nothing is uploaded again; the bytes stay in the source channel.
 //!
 //! After a change lands, the messages it made useless (the old version's chunks and
-//! record) are deleted: [`Index::messages_in_use`] says what is still needed. The index is
-//! refreshed just before, so that a concurrent writer's record that still uses them is
-//! seen; two writers racing on the same channel can still leave unreferenced messages
-//! behind (never delete referenced ones they both know of), which only costs space.
-//! Once a change's record is stored the change has happened: nothing after that point
-//! fails it. Messages that can't be freed then (the store failed) are kept in
-//! [`Index::unfreed`] (and its cache) and freed after a later successful refresh.
-//!
-//! ## Who owns a moved file's chunks
-//!
-//! After a move, the source channel's messages hold chunks that the destination's files
-//! use, and a file may move on again (X → B → C) or come back. A message is deleted only
-//! once no channel uses it, found by following the chain of moves from the message's
-//! own channel: a channel whose live entries use it ([`Hold::Live`]) keeps it; one whose
-//! files using it moved on ([`Hold::MovedTo`]) passes the question to the destinations,
-//! each read up to date first; a channel already asked counts as not using it (the file
-//! came back), and when every path ends the message goes. So a delete or a new version
-//! in B of a file moved from X frees X's messages (they are kept in
-//! [`Index::unfreed_foreign`] until then), a message shared by small files stays while
-//! any of them, wherever it moved, uses it, and a moved delete frees none of the moved
-//! file's chunks. A message of this channel that no entry uses and no file took along
-//! goes without asking anyone, as before. Asking needs the other channels' volumes:
-//! whoever opens volumes gives them a [`Peers`] ([`Volume::set_peers`]); the fs core
-//! and the CLI do. Without one, or when a channel can't be opened or read, the message
-//! stays and is asked about again after a later refresh: a doubt never deletes.
-//! [`Volume::moved_files_elsewhere`] tells whether deleting a whole channel would
-//! destroy moved files' bytes.
+//! record) wait in [`Index::unfreed`] (and its cache) and are deleted by a later pass,
+//! after a grace period, if [`reclaim`]'s rules allow: ours, unused here, not pinned, and
+//! not used by a channel a file moved to. The index is refreshed before every pass, so
+//! that a concurrent writer's record that still uses them is seen; two writers racing on
+//! the same channel can still leave unreferenced messages behind (never delete
+//! referenced ones they both know of), which only costs space. Once a change's record
+//! is stored the change has happened: nothing after that point fails it.
 
 pub mod index;
 pub mod journal;
 pub mod reclaim;
-mod records;
+pub mod records;
 pub mod registry;
 pub mod transfer;
 
