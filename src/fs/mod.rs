@@ -14,9 +14,15 @@
 //! - [`spool`] and [`write`]: a file opened for writing lives in a spool file on local
 //!   disk; closing it (or fsync) uploads it and posts its record, and close returns the
 //!   error if that fails; the spool survives a crash and the next mount finishes the
-//!   upload.
+//!   upload;
+//! - `handles`: the open-file table, and which handle reads a version and which
+//!   joins a write session;
+//! - `channels`: the channel list and each channel's volume, opened once;
+//! - `recovery`: finishing and retrying the uploads the spool holds, and uploading
+//!   what is open at shutdown;
+//! - `error`: [`FsError`], one per errno, and how volume and store errors map to it.
 //!
-//! The fs core opens each channel's volume once and is their [`Peers`]: freeing a
+//! The fs core opens each channel's volume once and is their [`Peers`](crate::volume::Peers): freeing a
 //! message of a file that moved across channels asks the channels it moved through (see
 //! [`crate::volume`]), through the same volumes the mount serves.
 //!
@@ -27,25 +33,31 @@
 //! another machine) appear within [`FsConfig::poll_interval`].
 
 pub mod cache;
+mod channels;
+mod error;
+mod handles;
 pub mod inode;
 pub mod read;
+mod recovery;
 pub mod spool;
 pub mod write;
 
-use std::collections::{BTreeMap, HashMap};
+pub use self::error::FsError;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::cache::ChunkCache;
+use self::channels::Channels;
+use self::handles::Handle;
 use self::inode::{InodeTable, NodeKey, ROOT};
-use self::read::FileReader;
-use self::spool::{SpoolFile, SpoolMeta};
 use self::write::WriteSession;
 use crate::crypto::Key;
-use crate::store::{Channel, Id, Store, StoreError};
-use crate::volume::{Node, Peers, PutOptions, PutSource, Volume, VolumeConfig, VolumeError};
+use crate::store::{Id, Store};
+use crate::volume::{Node, Volume, VolumeConfig};
 
 /// How the filesystem behaves. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -163,104 +175,6 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
-/// Errors of the filesystem core; each maps to one errno.
-#[derive(Debug, thiserror::Error)]
-pub enum FsError {
-    #[error("no such file or folder")]
-    NotFound,
-    #[error("not a folder")]
-    NotADirectory,
-    #[error("is a folder")]
-    IsADirectory,
-    #[error("already exists")]
-    Exists,
-    #[error("folder not empty")]
-    NotEmpty,
-    #[error("mounted read-only")]
-    ReadOnly,
-    #[error("{0}")]
-    NotPermitted(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("invalid name: {0}")]
-    InvalidName(String),
-    #[error("stale file handle")]
-    BadHandle,
-    #[error("{0}")]
-    Io(String),
-}
-
-impl FsError {
-    /// The errno the kernel gets.
-    pub fn errno(&self) -> i32 {
-        match self {
-            FsError::NotFound => libc::ENOENT,
-            FsError::NotADirectory => libc::ENOTDIR,
-            FsError::IsADirectory => libc::EISDIR,
-            FsError::Exists => libc::EEXIST,
-            FsError::NotEmpty => libc::ENOTEMPTY,
-            FsError::ReadOnly => libc::EROFS,
-            FsError::NotPermitted(_) => libc::EPERM,
-            FsError::Unsupported(_) => libc::ENOTSUP,
-            FsError::InvalidName(_) => libc::EINVAL,
-            FsError::BadHandle => libc::EBADF,
-            FsError::Io(_) => libc::EIO,
-        }
-    }
-}
-
-impl From<VolumeError> for FsError {
-    fn from(e: VolumeError) -> Self {
-        match e {
-            VolumeError::NotFound { .. } | VolumeError::NoSuchChannel { .. } => FsError::NotFound,
-            VolumeError::NotADirectory { .. } => FsError::NotADirectory,
-            VolumeError::IsADirectory { .. } => FsError::IsADirectory,
-            VolumeError::AlreadyExists { .. } => FsError::Exists,
-            VolumeError::Unsupported(m) => FsError::Unsupported(m),
-            VolumeError::Format(crate::format::FormatError::InvalidPath { path, why }) => {
-                FsError::InvalidName(format!("{path}: {why}"))
-            }
-            VolumeError::Store(e) => e.into(),
-            other => {
-                log::warn!("{other}");
-                FsError::Io(other.to_string())
-            }
-        }
-    }
-}
-
-impl From<StoreError> for FsError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NoSuchChannel(_) => FsError::NotFound,
-            StoreError::ChannelExists(_) => FsError::Exists,
-            StoreError::PermissionDenied(m) => {
-                log::warn!("{m}");
-                FsError::NotPermitted(m)
-            }
-            StoreError::Invalid(m) => FsError::InvalidName(m),
-            other => {
-                log::warn!("{other}");
-                FsError::Io(other.to_string())
-            }
-        }
-    }
-}
-
-/// What an open file handle reads from.
-#[derive(Clone)]
-enum Handle {
-    Read(Arc<FileReader>),
-    Write(Arc<WriteSession>),
-}
-
-/// The channels, as last listed.
-#[derive(Default)]
-struct Channels {
-    by_name: BTreeMap<String, Channel>,
-    listed: Option<Instant>,
-}
-
 /// The filesystem. Share it behind an `Arc`.
 pub struct Fs {
     store: Arc<dyn Store>,
@@ -354,92 +268,6 @@ impl Fs {
     /// How long the kernel may cache names and attributes.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(1)
-    }
-
-    // ----- channels and volumes -----
-
-    /// The channels, listed again if the list is older than the poll interval (or
-    /// `force`).
-    async fn list_channels(&self, force: bool) -> Result<Vec<Channel>, FsError> {
-        {
-            let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-            let fresh = channels
-                .listed
-                .is_some_and(|at| at.elapsed() < self.config.poll_interval);
-            if fresh && !force {
-                return Ok(channels.by_name.values().cloned().collect());
-            }
-        }
-        let listed = self.store.channels().await?;
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels.by_name = listed.iter().map(|c| (c.name.clone(), c.clone())).collect();
-        channels.listed = Some(Instant::now());
-        Ok(listed)
-    }
-
-    async fn channel_named(&self, name: &str) -> Result<Channel, FsError> {
-        let channels = self.list_channels(false).await?;
-        if let Some(channel) = channels.into_iter().find(|c| c.name == name) {
-            return Ok(channel);
-        }
-        // Perhaps made a moment ago elsewhere.
-        self.list_channels(true)
-            .await?
-            .into_iter()
-            .find(|c| c.name == name)
-            .ok_or(FsError::NotFound)
-    }
-
-    fn channel_by_id(&self, id: Id) -> Option<Channel> {
-        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels.by_name.values().find(|c| c.id == id).cloned()
-    }
-
-    /// The channel's volume, opened on first use.
-    async fn volume(&self, channel: Id) -> Result<Arc<Volume>, FsError> {
-        let mut volumes = self.volumes.lock().await;
-        if let Some(volume) = volumes.get(&channel) {
-            return Ok(volume.clone());
-        }
-        let info = match self.channel_by_id(channel) {
-            Some(info) => info,
-            None => self
-                .list_channels(true)
-                .await?
-                .into_iter()
-                .find(|c| c.id == channel)
-                .ok_or(FsError::NotFound)?,
-        };
-        let volume = Arc::new(
-            Volume::open(
-                self.store.clone(),
-                info,
-                self.key.clone(),
-                self.config.volume.clone(),
-            )
-            .await?,
-        );
-        let peers: Weak<dyn Peers> = self.me.clone();
-        volume.set_peers(peers);
-        volumes.insert(channel, volume.clone());
-        Ok(volume)
-    }
-
-    /// Reads what changed elsewhere in every open channel, and the channel list.
-    pub async fn poll(&self) {
-        let volumes: Vec<Arc<Volume>> = self.volumes.lock().await.values().cloned().collect();
-        for volume in volumes {
-            if let Err(e) = volume.refresh().await {
-                log::info!(
-                    "#{}: could not check for changes: {e}",
-                    volume.channel().name
-                );
-            }
-        }
-        if let Err(e) = self.list_channels(true).await {
-            log::info!("could not list channels: {e}");
-        }
-        self.retry_failed_uploads().await;
     }
 
     // ----- names and attributes -----
@@ -683,325 +511,6 @@ impl Fs {
         attr
     }
 
-    // ----- open files -----
-
-    fn new_handle(&self, handle: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, handle);
-        fh
-    }
-
-    /// The handle `fh` (a clone: the table's lock is not held while it is used).
-    fn handle(&self, fh: u64) -> Result<Handle, FsError> {
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)
-    }
-
-    fn writable(&self) -> Result<(), FsError> {
-        if self.config.read_only {
-            Err(FsError::ReadOnly)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn spool_meta(
-        &self,
-        key: &NodeKey,
-        mode: u32,
-        mtime_ns: i64,
-        base: Option<String>,
-    ) -> SpoolMeta {
-        SpoolMeta {
-            channel: key.channel,
-            path: key.path.clone(),
-            mode,
-            mtime_ns,
-            encrypted: self.key.is_some(),
-            committing: false,
-            base,
-            synced: false,
-            boot: None,
-        }
-    }
-
-    /// The write session of the file at `key`, started if there is none: a spool file
-    /// holding the file's current content (fetched), or nothing if `empty`.
-    async fn start_session(
-        &self,
-        key: &NodeKey,
-        empty: bool,
-    ) -> Result<Arc<WriteSession>, FsError> {
-        if let Some(session) = self.session(key) {
-            session.open_one();
-            if empty {
-                session.truncate(0).await?;
-            }
-            return Ok(session);
-        }
-        let volume = self.volume(key.channel).await?;
-        let existing = match volume.index().node(&key.path) {
-            Some(Node::File(file)) => Some(file.clone()),
-            Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
-            None => None,
-        };
-        let (mode, mtime_ns) = existing
-            .as_ref()
-            .map_or((0o644, now_ns()), |f| (f.mode, f.mtime_ns));
-        let base = volume.index().version_of(&key.path);
-        let meta = self.spool_meta(key, mode, mtime_ns, base);
-        let spool = SpoolFile::create(&self.spool_dir, &meta)
-            .map_err(|e| FsError::Io(format!("spool {}: {e}", self.spool_dir.display())))?;
-        if let Some(file) = existing.filter(|f| !empty && f.size > 0) {
-            let data = spool
-                .data
-                .try_clone()
-                .map_err(|e| FsError::Io(e.to_string()))?;
-            if let Err(e) = volume.get_to_file(&key.path, Arc::new(data), None).await {
-                spool.remove();
-                return Err(e.into());
-            }
-            log::debug!("fetched {} ({} bytes) to write it", key.path, file.size);
-        }
-        let size = spool
-            .data
-            .metadata()
-            .map_err(|e| FsError::Io(e.to_string()))?
-            .len();
-        let session = Arc::new(WriteSession::new(key.clone(), spool, meta, size));
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        // Another open may have started one meanwhile: use that one.
-        if let Some(other) = sessions.get(key) {
-            session.abandon();
-            other.open_one();
-            return Ok(other.clone());
-        }
-        sessions.insert(key.clone(), session.clone());
-        self.live_spools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session.spool_id());
-        Ok(session)
-    }
-
-    /// `open`.
-    pub async fn open(&self, ino: u64, flags: OpenFlags) -> Result<Opened, FsError> {
-        let key = self.key_of(ino)?;
-        if flags.write {
-            self.writable()?;
-            let session = self.start_session(&key, flags.truncate).await?;
-            let fh = self.new_handle(Handle::Write(session));
-            return Ok(Opened {
-                fh,
-                keep_cache: false,
-            });
-        }
-        if let Some(session) = self.session(&key) {
-            session.open_one();
-            let fh = self.new_handle(Handle::Write(session));
-            return Ok(Opened {
-                fh,
-                keep_cache: false,
-            });
-        }
-        let volume = self.volume(key.channel).await?;
-        let file = match volume.index().node(&key.path) {
-            Some(Node::File(file)) => file.clone(),
-            Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
-            None => return Err(FsError::NotFound),
-        };
-        let keep_cache = {
-            let mut last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());
-            let version = (file.id, file.record_message);
-            last.insert(ino, version) == Some(version)
-        };
-        let reader = FileReader::new(
-            Arc::new(file),
-            volume.fetcher(&key.path),
-            self.cache.clone(),
-            self.config.read_ahead_chunks,
-        );
-        let fh = self.new_handle(Handle::Read(Arc::new(reader)));
-        Ok(Opened { fh, keep_cache })
-    }
-
-    /// `create`: a new, empty file (or, with `O_TRUNC` semantics, an existing one
-    /// emptied), opened for writing.
-    pub async fn create(
-        &self,
-        parent: u64,
-        name: &str,
-        mode: u32,
-        exclusive: bool,
-    ) -> Result<(Attr, Opened), FsError> {
-        self.writable()?;
-        check_name(name)?;
-        if parent == ROOT {
-            return Err(FsError::NotPermitted(
-                "files live in channels: the root holds only channel folders".into(),
-            ));
-        }
-        let key = self.key_of(parent)?.child(name);
-        let volume = self.volume(key.channel).await?;
-        crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
-        let stored = volume.index().node(&key.path).is_some();
-        let exists = stored || self.session(&key).is_some();
-        if exists && exclusive {
-            return Err(FsError::Exists);
-        }
-        let session = self.start_session(&key, true).await?;
-        session.set_meta(Some(now_ns()), Some(mode & 0o7777));
-        let fh = self.new_handle(Handle::Write(session));
-        let attr = self.count_lookup(self.attr_of(&key).await?);
-        Ok((
-            attr,
-            Opened {
-                fh,
-                keep_cache: false,
-            },
-        ))
-    }
-
-    /// `read`.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        match self.handle(fh)? {
-            Handle::Read(reader) => reader.read(offset, size).await.map_err(|e| {
-                log::warn!("read failed: {e}");
-                FsError::Io(e.to_string())
-            }),
-            Handle::Write(session) => session.read(offset, size).await,
-        }
-    }
-
-    /// `write`.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        match self.handle(fh)? {
-            Handle::Read(_) => Err(FsError::BadHandle),
-            Handle::Write(session) => session.write(offset, data).await,
-        }
-    }
-
-    /// `write`, done at once if it needn't wait (see [`WriteSession::try_write`]): `None`
-    /// if it must, and then [`Fs::write`] does it.
-    pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
-        match self.handle(fh) {
-            Ok(Handle::Write(session)) => session.try_write(offset, data),
-            Ok(Handle::Read(_)) => Some(Err(FsError::BadHandle)),
-            Err(e) => Some(Err(e)),
-        }
-    }
-
-    /// Uploads a session's content if it changed since its last upload.
-    async fn commit(&self, session: &Arc<WriteSession>) -> Result<(), FsError> {
-        let key = session.key();
-        let volume = self.volume(key.channel).await?;
-        session.commit(&volume).await
-    }
-
-    /// `flush` (each `close` of a file descriptor): uploads what was written, so that
-    /// close returns the error if the upload fails.
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        match self.handle(fh)? {
-            Handle::Read(_) => Ok(()),
-            Handle::Write(session) => self.commit(&session).await,
-        }
-    }
-
-    /// `fsync`: the same as flush.
-    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        self.flush(fh).await
-    }
-
-    /// `release` (the last close of an open): uploads anything still unwritten and
-    /// lets go of the handle; the spool file goes once nothing holds it open.
-    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
-        let handle = self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
-        let Some(Handle::Write(session)) = handle else {
-            return Ok(());
-        };
-        let committed = self.commit(&session).await;
-        if session.close_one() {
-            let key = session.key();
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, &session)) {
-                sessions.remove(&key);
-            }
-            drop(sessions);
-            self.end_session(&session);
-        }
-        committed
-    }
-
-    /// The last handle of a session is gone.
-    fn end_session(&self, session: &WriteSession) {
-        session.finish();
-        self.live_spools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&session.spool_id());
-    }
-
-    /// `setattr`: size (truncate), modification time, mode.
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        fh: Option<u64>,
-        changes: SetAttr,
-    ) -> Result<Attr, FsError> {
-        if ino == ROOT {
-            return Err(FsError::NotPermitted("the root can't be changed".into()));
-        }
-        self.writable()?;
-        let key = self.key_of(ino)?;
-        let session = match fh.map(|fh| self.handle(fh)) {
-            Some(Ok(Handle::Write(session))) => Some(session),
-            _ => self.session(&key),
-        };
-        let mtime_ns = changes.mtime.map(ns_of);
-        if let Some(session) = session {
-            if let Some(size) = changes.size {
-                session.truncate(size).await?;
-            }
-            session.set_meta(mtime_ns, changes.mode);
-            return self.attr_of(&key).await;
-        }
-        if let Some(size) = changes.size {
-            // truncate(2) of a file nobody has open: a write session of its own.
-            let session = self.start_session(&key, size == 0).await?;
-            let result = async {
-                session.truncate(size).await?;
-                session.set_meta(mtime_ns, changes.mode);
-                self.commit(&session).await
-            }
-            .await;
-            if session.close_one() {
-                self.sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
-                self.end_session(&session);
-            }
-            result?;
-            return self.attr_of(&key).await;
-        }
-        if mtime_ns.is_some() || changes.mode.is_some() {
-            let volume = self.volume(key.channel).await?;
-            volume.set_meta(&key.path, mtime_ns, changes.mode).await?;
-        }
-        self.attr_of(&key).await
-    }
-
     // ----- namespace changes -----
 
     /// `mkdir`: a folder in a channel, or (at the root) a new channel.
@@ -1183,129 +692,5 @@ impl Fs {
             .unwrap_or_else(|e| e.into_inner())
             .rename(&from, &to);
         Ok(())
-    }
-
-    // ----- start and stop -----
-
-    /// Uploads what a previous mount left in the spool (files closed but not yet
-    /// stored when it stopped), and sets aside files it left unfinished. Call it once,
-    /// at mount. Returns how many files were stored.
-    pub async fn recover_spool(&self) -> usize {
-        let _one_pass = self.spool_uploads.lock().await;
-        self.upload_spooled(true).await
-    }
-
-    /// Retries the uploads that failed earlier in this mount (unless a pass is under
-    /// way already).
-    async fn retry_failed_uploads(&self) -> usize {
-        match self.spool_uploads.try_lock() {
-            Ok(_one_pass) => self.upload_spooled(false).await,
-            Err(_) => 0,
-        }
-    }
-
-    async fn upload_spooled(&self, at_mount: bool) -> usize {
-        let live = |id: &str| {
-            self.live_spools
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(id)
-        };
-        let found = match SpoolFile::recover(&self.spool_dir, &live, at_mount) {
-            Ok(found) => found,
-            Err(e) => {
-                log::warn!("could not read the spool {}: {e}", self.spool_dir.display());
-                return 0;
-            }
-        };
-        if !found.is_empty() {
-            log::info!(
-                "{} unfinished upload(s) in the spool; finishing them",
-                found.len()
-            );
-        }
-        let mut stored = 0;
-        for (spool, meta) in found {
-            match self.upload_recovered(&spool, &meta).await {
-                Ok(()) => {
-                    log::info!(
-                        "finished uploading {} (an earlier upload had failed)",
-                        meta.path
-                    );
-                    spool.remove();
-                    stored += 1;
-                }
-                Err(e) => {
-                    log::warn!("could not finish uploading {} ({e}); will retry", meta.path);
-                    if !meta.synced
-                        && let Err(e) = spool.keep_for_retry(&meta)
-                    {
-                        log::warn!("could not save the spool of {}: {e}", meta.path);
-                    }
-                }
-            }
-        }
-        stored
-    }
-
-    async fn upload_recovered(&self, spool: &SpoolFile, meta: &SpoolMeta) -> Result<(), FsError> {
-        let volume = self.volume(meta.channel).await?;
-        let current = volume.index().version_of(&meta.path);
-        if current != meta.base {
-            log::warn!(
-                "{} changed since this unfinished upload was written; keeping the newer \
-                 version and setting the older one aside",
-                meta.path
-            );
-            spool.set_aside();
-            return Ok(());
-        }
-        let data = spool
-            .data
-            .try_clone()
-            .map_err(|e| FsError::Io(e.to_string()))?;
-        let options = PutOptions {
-            mtime_ns: meta.mtime_ns,
-            mode: meta.mode,
-            encrypted: meta.encrypted,
-        };
-        volume
-            .put(&meta.path, PutSource::File(data), &meta.path, options, None)
-            .await?;
-        Ok(())
-    }
-
-    /// Uploads every file still open for writing (before unmounting on a signal).
-    pub async fn shutdown(&self) {
-        let sessions: Vec<Arc<WriteSession>> = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for session in sessions {
-            if let Err(e) = self.commit(&session).await {
-                log::warn!(
-                    "{}: could not upload it before stopping ({e}); the next mount will retry",
-                    session.key().path
-                );
-            }
-        }
-        for volume in self.volumes.lock().await.values() {
-            volume.save();
-        }
-    }
-}
-
-/// The volumes reach each other's channels through the filesystem's own table, so that
-/// a channel is open once.
-#[async_trait::async_trait]
-impl Peers for Fs {
-    async fn peer(&self, channel: Id) -> Result<Arc<Volume>, VolumeError> {
-        self.volume(channel).await.map_err(|e| match e {
-            FsError::NotFound => VolumeError::Store(StoreError::NoSuchChannel(channel)),
-            other => VolumeError::Internal(format!("channel {channel}: {other}")),
-        })
     }
 }

@@ -1,0 +1,91 @@
+//! The fs core's errors: one [`FsError`] per errno the kernel gets, and the mapping from
+//! the volume's and the store's errors to them. Kept apart so the adapter
+//! ([`crate::fuse`]) and every part of the core share one mapping, and the rule for
+//! what gets logged (the unexpected errors, once, where they are mapped) is in one place.
+
+use crate::store::StoreError;
+use crate::volume::VolumeError;
+
+/// Errors of the filesystem core; each maps to one errno.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or folder")]
+    NotFound,
+    #[error("not a folder")]
+    NotADirectory,
+    #[error("is a folder")]
+    IsADirectory,
+    #[error("already exists")]
+    Exists,
+    #[error("folder not empty")]
+    NotEmpty,
+    #[error("mounted read-only")]
+    ReadOnly,
+    #[error("{0}")]
+    NotPermitted(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    #[error("stale file handle")]
+    BadHandle,
+    #[error("{0}")]
+    Io(String),
+}
+
+impl FsError {
+    /// The errno the kernel gets.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::Unsupported(_) => libc::ENOTSUP,
+            FsError::InvalidName(_) => libc::EINVAL,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Io(_) => libc::EIO,
+        }
+    }
+}
+
+impl From<VolumeError> for FsError {
+    fn from(e: VolumeError) -> Self {
+        match e {
+            VolumeError::NotFound { .. } | VolumeError::NoSuchChannel { .. } => FsError::NotFound,
+            VolumeError::NotADirectory { .. } => FsError::NotADirectory,
+            VolumeError::IsADirectory { .. } => FsError::IsADirectory,
+            VolumeError::AlreadyExists { .. } => FsError::Exists,
+            VolumeError::Unsupported(m) => FsError::Unsupported(m),
+            VolumeError::Format(crate::format::FormatError::InvalidPath { path, why }) => {
+                FsError::InvalidName(format!("{path}: {why}"))
+            }
+            VolumeError::Store(e) => e.into(),
+            other => {
+                log::warn!("{other}");
+                FsError::Io(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchChannel(_) => FsError::NotFound,
+            StoreError::ChannelExists(_) => FsError::Exists,
+            StoreError::PermissionDenied(m) => {
+                log::warn!("{m}");
+                FsError::NotPermitted(m)
+            }
+            StoreError::Invalid(m) => FsError::InvalidName(m),
+            other => {
+                log::warn!("{other}");
+                FsError::Io(other.to_string())
+            }
+        }
+    }
+}

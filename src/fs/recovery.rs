@@ -1,0 +1,131 @@
+//! Finishing uploads the spool holds: at mount, those a previous mount left (files
+//! closed but not stored when it stopped, or whose upload failed); during the mount,
+//! retries of uploads that failed earlier (on each poll); and at shutdown, uploading
+//! every file still open for writing. A spooled upload is stored only if the file is
+//! still the version it was made from; otherwise the newer version wins and the spool
+//! is set aside.
+
+use std::sync::Arc;
+
+use super::spool::{SpoolFile, SpoolMeta};
+use super::write::WriteSession;
+use super::{Fs, FsError};
+use crate::volume::{PutOptions, PutSource};
+
+impl Fs {
+    // ----- start and stop -----
+
+    /// Uploads what a previous mount left in the spool (files closed but not yet
+    /// stored when it stopped), and sets aside files it left unfinished. Call it once,
+    /// at mount. Returns how many files were stored.
+    pub async fn recover_spool(&self) -> usize {
+        let _one_pass = self.spool_uploads.lock().await;
+        self.upload_spooled(true).await
+    }
+
+    /// Retries the uploads that failed earlier in this mount (unless a pass is under
+    /// way already).
+    pub(super) async fn retry_failed_uploads(&self) -> usize {
+        match self.spool_uploads.try_lock() {
+            Ok(_one_pass) => self.upload_spooled(false).await,
+            Err(_) => 0,
+        }
+    }
+
+    pub(super) async fn upload_spooled(&self, at_mount: bool) -> usize {
+        let live = |id: &str| {
+            self.live_spools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id)
+        };
+        let found = match SpoolFile::recover(&self.spool_dir, &live, at_mount) {
+            Ok(found) => found,
+            Err(e) => {
+                log::warn!("could not read the spool {}: {e}", self.spool_dir.display());
+                return 0;
+            }
+        };
+        if !found.is_empty() {
+            log::info!(
+                "{} unfinished upload(s) in the spool; finishing them",
+                found.len()
+            );
+        }
+        let mut stored = 0;
+        for (spool, meta) in found {
+            match self.upload_recovered(&spool, &meta).await {
+                Ok(()) => {
+                    log::info!(
+                        "finished uploading {} (an earlier upload had failed)",
+                        meta.path
+                    );
+                    spool.remove();
+                    stored += 1;
+                }
+                Err(e) => {
+                    log::warn!("could not finish uploading {} ({e}); will retry", meta.path);
+                    if !meta.synced
+                        && let Err(e) = spool.keep_for_retry(&meta)
+                    {
+                        log::warn!("could not save the spool of {}: {e}", meta.path);
+                    }
+                }
+            }
+        }
+        stored
+    }
+
+    pub(super) async fn upload_recovered(
+        &self,
+        spool: &SpoolFile,
+        meta: &SpoolMeta,
+    ) -> Result<(), FsError> {
+        let volume = self.volume(meta.channel).await?;
+        let current = volume.index().version_of(&meta.path);
+        if current != meta.base {
+            log::warn!(
+                "{} changed since this unfinished upload was written; keeping the newer \
+                 version and setting the older one aside",
+                meta.path
+            );
+            spool.set_aside();
+            return Ok(());
+        }
+        let data = spool
+            .data
+            .try_clone()
+            .map_err(|e| FsError::Io(e.to_string()))?;
+        let options = PutOptions {
+            mtime_ns: meta.mtime_ns,
+            mode: meta.mode,
+            encrypted: meta.encrypted,
+        };
+        volume
+            .put(&meta.path, PutSource::File(data), &meta.path, options, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Uploads every file still open for writing (before unmounting on a signal).
+    pub async fn shutdown(&self) {
+        let sessions: Vec<Arc<WriteSession>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for session in sessions {
+            if let Err(e) = self.commit(&session).await {
+                log::warn!(
+                    "{}: could not upload it before stopping ({e}); the next mount will retry",
+                    session.key().path
+                );
+            }
+        }
+        for volume in self.volumes.lock().await.values() {
+            volume.save();
+        }
+    }
+}
