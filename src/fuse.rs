@@ -294,9 +294,9 @@ impl Filesystem for FuseFs {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |fs| async move {
-            match fs.getattr(ino.0).await {
+            match fs.getattr_of(ino.0, fh.map(|fh| fh.0)).await {
                 Ok(attr) => reply.attr(&fs.ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -492,6 +492,9 @@ impl Filesystem for FuseFs {
                     let mut fopen = FopenFlags::empty();
                     if opened.keep_cache {
                         fopen |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    if opened.direct_io {
+                        fopen |= FopenFlags::FOPEN_DIRECT_IO;
                     }
                     reply.opened(FileHandle(opened.fh), fopen)
                 }

@@ -4,9 +4,11 @@
 //! that moved across channels asks the channels it moved through, through the same
 //! volumes the mount serves, so that a channel is open once).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
+
+use tokio::sync::OnceCell;
 
 use super::{Fs, FsError};
 use crate::store::{Channel, Id, StoreError};
@@ -17,6 +19,40 @@ use crate::volume::{Peers, Volume, VolumeError};
 pub(super) struct Channels {
     by_name: BTreeMap<String, Channel>,
     listed: Option<Instant>,
+}
+
+/// The channels' volumes, opened or being opened: a cell per channel, filled by the
+/// first request that needs the volume while the others for that channel wait on the
+/// cell. The table's lock is held only to find a cell, never across an open (a replay
+/// of a channel), so a slow channel holds up no other. If an open fails, the next
+/// request tries again.
+#[derive(Default)]
+pub(super) struct Volumes {
+    cells: Mutex<HashMap<Id, Arc<OnceCell<Arc<Volume>>>>>,
+}
+
+impl Volumes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Arc<OnceCell<Arc<Volume>>>>> {
+        self.cells.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cell of `channel`'s volume, made if there is none.
+    fn cell(&self, channel: Id) -> Arc<OnceCell<Arc<Volume>>> {
+        self.lock().entry(channel).or_default().clone()
+    }
+
+    /// The volumes opened so far.
+    pub(super) fn opened(&self) -> Vec<Arc<Volume>> {
+        self.lock()
+            .values()
+            .filter_map(|cell| cell.get().cloned())
+            .collect()
+    }
+
+    /// Forgets a channel's volume (the channel was deleted).
+    pub(super) fn forget(&self, channel: Id) {
+        self.lock().remove(&channel);
+    }
 }
 
 impl Fs {
@@ -59,39 +95,40 @@ impl Fs {
         channels.by_name.values().find(|c| c.id == id).cloned()
     }
 
-    /// The channel's volume, opened on first use.
+    /// The channel's volume, opened on first use. Opening replays the channel's new
+    /// records, which can take long: requests for that channel wait for it (one open
+    /// per channel, never two), those for other channels don't.
     pub(super) async fn volume(&self, channel: Id) -> Result<Arc<Volume>, FsError> {
-        let mut volumes = self.volumes.lock().await;
-        if let Some(volume) = volumes.get(&channel) {
-            return Ok(volume.clone());
-        }
-        let info = match self.channel_by_id(channel) {
-            Some(info) => info,
-            None => self
-                .list_channels(true)
-                .await?
-                .into_iter()
-                .find(|c| c.id == channel)
-                .ok_or(FsError::NotFound)?,
-        };
-        let volume = Arc::new(
-            Volume::open(
-                self.store.clone(),
-                info,
-                self.key.clone(),
-                self.config.volume.clone(),
-            )
-            .await?,
-        );
-        let peers: Weak<dyn Peers> = self.me.clone();
-        volume.set_peers(peers);
-        volumes.insert(channel, volume.clone());
-        Ok(volume)
+        let cell = self.volumes.cell(channel);
+        let volume = cell
+            .get_or_try_init(|| async {
+                let info = match self.channel_by_id(channel) {
+                    Some(info) => info,
+                    None => self
+                        .list_channels(true)
+                        .await?
+                        .into_iter()
+                        .find(|c| c.id == channel)
+                        .ok_or(FsError::NotFound)?,
+                };
+                let volume = Volume::open(
+                    self.store.clone(),
+                    info,
+                    self.key.clone(),
+                    self.config.volume.clone(),
+                )
+                .await?;
+                let peers: Weak<dyn Peers> = self.me.clone();
+                volume.set_peers(peers);
+                Ok::<_, FsError>(Arc::new(volume))
+            })
+            .await?;
+        Ok(volume.clone())
     }
 
     /// Reads what changed elsewhere in every open channel, and the channel list.
     pub async fn poll(&self) {
-        let volumes: Vec<Arc<Volume>> = self.volumes.lock().await.values().cloned().collect();
+        let volumes = self.volumes.opened();
         for volume in volumes {
             if let Err(e) = volume.refresh().await {
                 log::info!(

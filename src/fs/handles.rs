@@ -3,6 +3,16 @@
 //! opening it for writing joins or starts the file's one [`WriteSession`] (a spool
 //! file), so that every descriptor of a file sees the others' writes. `flush`, `fsync`
 //! and `release` upload (commit) a session; the spool goes with its last handle.
+//!
+//! As on a local disk, an open file is the file it was opened as, whatever happens to
+//! its name meanwhile: a reader keeps reading its version (pinned, so this mount frees
+//! none of its messages until it is closed: [`crate::volume::reclaim`]); a session whose
+//! name is renamed uploads under the new name, one whose name is unlinked uploads
+//! nothing and its close succeeds; and a file that lost its name still answers
+//! `getattr` from its handles. The kernel reads through its page cache up to the size
+//! it was last told an inode has, so a handle that reads a file of another size than
+//! that (the name went to another file between the kernel's lookup and the open) reads
+//! around the page cache (`direct_io`), not cut short or padded with zeros.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,9 +20,10 @@ use std::sync::atomic::Ordering;
 use super::inode::{NodeKey, ROOT};
 use super::read::FileReader;
 use super::spool::{SpoolFile, SpoolMeta};
-use super::write::WriteSession;
+use super::write::{SessionView, WriteSession};
 use super::{Attr, Fs, FsError, OpenFlags, Opened, SetAttr, check_name, now_ns, ns_of};
-use crate::volume::Node;
+use crate::store::Id;
+use crate::volume::{FileEntry, Node, PinGuard, Volume};
 
 /// What an open file handle reads from.
 #[derive(Clone)]
@@ -21,25 +32,83 @@ pub(super) enum Handle {
     Write(Arc<WriteSession>),
 }
 
+/// An entry of the handle table: the handle, and the inode it was opened on.
+pub(super) struct OpenFile {
+    ino: u64,
+    handle: Handle,
+}
+
+impl Handle {
+    /// Size, modification time and mode of what the handle reads.
+    fn view(&self) -> SessionView {
+        match self {
+            Handle::Read(reader) => {
+                let entry = reader.entry();
+                SessionView {
+                    size: entry.size,
+                    mtime_ns: entry.mtime_ns,
+                    mode: entry.mode,
+                }
+            }
+            Handle::Write(session) => session.state(),
+        }
+    }
+}
+
 impl Fs {
     // ----- open files -----
 
-    pub(super) fn new_handle(&self, handle: Handle) -> u64 {
+    pub(super) fn new_handle(&self, ino: u64, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, handle);
+            .insert(fh, OpenFile { ino, handle });
         fh
+    }
+
+    /// The attributes of inode `ino` as one of its open handles sees them: for a file
+    /// that lost its name (unlinked, or replaced by a rename) while open, which the
+    /// kernel still asks about (fstat, and before reads) and which must go on working
+    /// as on a local disk.
+    /// Several handles of the inode may read different versions (opened before and
+    /// after its name was given to another file): `fh`'s is preferred.
+    pub(super) fn attr_of_open(&self, ino: u64, fh: Option<u64>) -> Option<Attr> {
+        let view = {
+            let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+            fh.and_then(|fh| handles.get(&fh))
+                .filter(|open| open.ino == ino)
+                .or_else(|| handles.values().find(|open| open.ino == ino))
+                .map(|open| open.handle.view())?
+        };
+        Some(self.file_attr(ino, view.size, view.mtime_ns, view.mode))
+    }
+
+    /// Whether the kernel was last told that inode `ino` has `size` bytes. When it
+    /// wasn't, the name `ino` was opened by was given to another file between the
+    /// kernel's lookup and the open (a rename over it), and the handle reads that file.
+    fn kernel_knows_size(&self, ino: u64, size: u64) -> bool {
+        let told = self
+            .told_sizes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .copied();
+        told.is_none_or(|told| told == size)
     }
 
     /// The handle `fh` (a clone: the table's lock is not held while it is used).
     pub(super) fn handle(&self, fh: u64) -> Result<Handle, FsError> {
+        self.open_file(fh).map(|(_, handle)| handle)
+    }
+
+    /// The inode handle `fh` was opened on, and the handle.
+    fn open_file(&self, fh: u64) -> Result<(u64, Handle), FsError> {
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh)
-            .cloned()
+            .map(|open| (open.ino, open.handle.clone()))
             .ok_or(FsError::BadHandle)
     }
 
@@ -136,27 +205,27 @@ impl Fs {
         if flags.write {
             self.writable()?;
             let session = self.start_session(&key, flags.truncate).await?;
-            let fh = self.new_handle(Handle::Write(session));
+            let fh = self.new_handle(ino, Handle::Write(session));
             return Ok(Opened {
                 fh,
                 keep_cache: false,
+                direct_io: false,
             });
         }
         if let Some(session) = self.session(&key) {
             session.open_one();
-            let fh = self.new_handle(Handle::Write(session));
+            let direct_io = !self.kernel_knows_size(ino, session.state().size);
+            let fh = self.new_handle(ino, Handle::Write(session));
             return Ok(Opened {
                 fh,
                 keep_cache: false,
+                direct_io,
             });
         }
         let volume = self.volume(key.channel).await?;
-        let file = match volume.index().node(&key.path) {
-            Some(Node::File(file)) => file.clone(),
-            Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
-            None => return Err(FsError::NotFound),
-        };
-        let keep_cache = {
+        let (file, pin) = pinned_file(&volume, &key.path)?;
+        let direct_io = !self.kernel_knows_size(ino, file.size);
+        let keep_cache = !direct_io && {
             let mut last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());
             let version = (file.id, file.record_message);
             last.insert(ino, version) == Some(version)
@@ -166,9 +235,14 @@ impl Fs {
             volume.fetcher(&key.path),
             self.cache.clone(),
             self.config.read_ahead_chunks,
-        );
-        let fh = self.new_handle(Handle::Read(Arc::new(reader)));
-        Ok(Opened { fh, keep_cache })
+        )
+        .pinned(pin);
+        let fh = self.new_handle(ino, Handle::Read(Arc::new(reader)));
+        Ok(Opened {
+            fh,
+            keep_cache,
+            direct_io,
+        })
     }
 
     /// `create`: a new, empty file (or, with `O_TRUNC` semantics, an existing one
@@ -197,13 +271,14 @@ impl Fs {
         }
         let session = self.start_session(&key, true).await?;
         session.set_meta(Some(now_ns()), Some(mode & 0o7777));
-        let fh = self.new_handle(Handle::Write(session));
+        let fh = self.new_handle(self.ino_of(&key), Handle::Write(session));
         let attr = self.count_lookup(self.attr_of(&key).await?);
         Ok((
             attr,
             Opened {
                 fh,
                 keep_cache: false,
+                direct_io: false,
             },
         ))
     }
@@ -221,20 +296,38 @@ impl Fs {
 
     /// `write`.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        match self.handle(fh)? {
-            Handle::Read(_) => Err(FsError::BadHandle),
-            Handle::Write(session) => session.write(offset, data).await,
+        match self.open_file(fh)? {
+            (_, Handle::Read(_)) => Err(FsError::BadHandle),
+            (ino, Handle::Write(session)) => {
+                let written = session.write(offset, data).await?;
+                self.note_written(ino, offset, written);
+                Ok(written)
+            }
         }
     }
 
     /// `write`, done at once if it needn't wait (see [`WriteSession::try_write`]): `None`
     /// if it must, and then [`Fs::write`] does it.
     pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
-        match self.handle(fh) {
-            Ok(Handle::Write(session)) => session.try_write(offset, data),
-            Ok(Handle::Read(_)) => Some(Err(FsError::BadHandle)),
+        match self.open_file(fh) {
+            Ok((ino, Handle::Write(session))) => {
+                let written = session.try_write(offset, data)?;
+                if let Ok(written) = written {
+                    self.note_written(ino, offset, written);
+                }
+                Some(written)
+            }
+            Ok((_, Handle::Read(_))) => Some(Err(FsError::BadHandle)),
             Err(e) => Some(Err(e)),
         }
+    }
+
+    /// A write through the kernel grows the size the kernel knows, as it does there.
+    fn note_written(&self, ino: u64, offset: u64, written: u32) {
+        let end = offset.saturating_add(u64::from(written));
+        let mut told = self.told_sizes.lock().unwrap_or_else(|e| e.into_inner());
+        let size = told.entry(ino).or_default();
+        *size = (*size).max(end);
     }
 
     /// Uploads a session's content if it changed since its last upload.
@@ -265,7 +358,8 @@ impl Fs {
             .handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
+            .remove(&fh)
+            .map(|open| open.handle);
         let Some(Handle::Write(session)) = handle else {
             return Ok(());
         };
@@ -339,5 +433,45 @@ impl Fs {
             volume.set_meta(&key.path, mtime_ns, changes.mode).await?;
         }
         self.attr_of(&key).await
+    }
+}
+
+/// The file at `path` and a pin of the messages its chunks are in
+/// ([`Volume::pin_messages`]), so that no freeing pass deletes them while it is open. A
+/// version whose messages are being freed was replaced meanwhile: the newer one is
+/// taken. One the volume can't pin otherwise is read unpinned, with a log line (as
+/// before pins: a read of a chunk freed under it then fails, it never mixes versions).
+pub(super) fn pinned_file(
+    volume: &Volume,
+    path: &str,
+) -> Result<(FileEntry, Option<PinGuard>), FsError> {
+    let mut attempts = 0;
+    loop {
+        let file = match volume.index().node(path) {
+            Some(Node::File(file)) => file.clone(),
+            Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
+            None => return Err(FsError::NotFound),
+        };
+        let own = volume.channel().id;
+        let mut messages: Vec<(Id, Id)> = file
+            .chunks
+            .iter()
+            .map(|c| (c.channel.unwrap_or(own), c.message))
+            .collect();
+        messages.sort_unstable();
+        messages.dedup();
+        let why = match volume.pin_messages(&messages) {
+            Ok(pin) => return Ok((file, Some(pin))),
+            Err(why) => why,
+        };
+        attempts += 1;
+        let replaced = volume
+            .index()
+            .file(path)
+            .is_none_or(|now| (now.id, now.record_message) != (file.id, file.record_message));
+        if !replaced || attempts == 3 {
+            log::info!("{}: read without a pin ({why})", volume.display(path));
+            return Ok((file, None));
+        }
     }
 }

@@ -17,12 +17,13 @@
 //!   upload;
 //! - `handles`: the open-file table, and which handle reads a version and which
 //!   joins a write session;
-//! - `channels`: the channel list and each channel's volume, opened once;
+//! - `channels`: the channel list and each channel's volume, opened once (channels
+//!   open concurrently: a slow replay of one holds up no other);
 //! - `recovery`: finishing and retrying the uploads the spool holds, and uploading
 //!   what is open at shutdown;
 //! - `error`: [`FsError`], one per errno, and how volume and store errors map to it.
 //!
-//! The fs core opens each channel's volume once and is their [`Peers`](crate::volume::Peers): freeing a
+//! The fs core opens each channel's volume once and is their [`Peers`]: freeing a
 //! message of a file that moved across channels asks the channels it moved through (see
 //! [`crate::volume`]), through the same volumes the mount serves.
 //!
@@ -31,6 +32,9 @@
 //! getattr, readdir, statfs) comes from the in-memory index and never waits for the
 //! store, except the first time a channel is opened. Changes made elsewhere (the CLI,
 //! another machine) appear within [`FsConfig::poll_interval`].
+//!
+//! [`Volume::move_to`]: crate::volume::Volume::move_to
+//! [`Peers`]: crate::volume::Peers
 
 pub mod cache;
 mod channels;
@@ -51,13 +55,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::cache::ChunkCache;
-use self::channels::Channels;
-use self::handles::Handle;
+use self::channels::{Channels, Volumes};
+use self::handles::OpenFile;
 use self::inode::{InodeTable, NodeKey, ROOT};
 use self::write::WriteSession;
 use crate::crypto::Key;
 use crate::store::{Id, Store};
-use crate::volume::{Node, Volume, VolumeConfig};
+use crate::volume::{Node, VolumeConfig};
 
 /// How the filesystem behaves. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -163,6 +167,11 @@ pub struct Opened {
     /// The file is the same version as at its previous open: the kernel may keep the
     /// pages it cached.
     pub keep_cache: bool,
+    /// Reads must bypass the kernel's page cache (FOPEN_DIRECT_IO): the version the
+    /// handle reads has another size than the kernel was last told the inode has (the
+    /// name was given to another file while it was being opened), and the kernel would
+    /// cut it at that size or fill it out with zeros.
+    pub direct_io: bool,
 }
 
 /// Space figures for `statfs`.
@@ -182,14 +191,17 @@ pub struct Fs {
     config: FsConfig,
     spool_dir: PathBuf,
     channels: Mutex<Channels>,
-    volumes: tokio::sync::Mutex<HashMap<Id, Arc<Volume>>>,
+    volumes: Volumes,
     inodes: Mutex<InodeTable>,
     cache: Arc<ChunkCache>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    handles: Mutex<HashMap<u64, OpenFile>>,
     sessions: Mutex<HashMap<NodeKey, Arc<WriteSession>>>,
     /// The file version each inode had when last opened, for `keep_cache`: its file id
     /// and record message (a new version keeps the file id; the record is new).
     last_opened: Mutex<HashMap<u64, (crate::format::FileId, Id)>>,
+    /// The size each file's inode was last described to the kernel with (the kernel
+    /// reads through its page cache up to the size it knows).
+    told_sizes: Mutex<HashMap<u64, u64>>,
     /// Spool files of live sessions (the others are left by failed uploads).
     live_spools: Mutex<std::collections::HashSet<String>>,
     next_fh: AtomicU64,
@@ -250,11 +262,12 @@ impl Fs {
             key,
             spool_dir,
             channels: Mutex::default(),
-            volumes: tokio::sync::Mutex::default(),
+            volumes: Volumes::default(),
             inodes: Mutex::default(),
             handles: Mutex::default(),
             sessions: Mutex::default(),
             last_opened: Mutex::default(),
+            told_sizes: Mutex::default(),
             live_spools: Mutex::default(),
             next_fh: AtomicU64::new(1),
             mounted_at_ns: now_ns(),
@@ -310,6 +323,10 @@ impl Fs {
     }
 
     fn file_attr(&self, ino: u64, size: u64, mtime_ns: i64, mode: u32) -> Attr {
+        self.told_sizes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino, size);
         Attr {
             ino,
             kind: Kind::File,
@@ -376,13 +393,26 @@ impl Fs {
         }
     }
 
-    /// `getattr`.
+    /// `getattr`. A file that lost its name while open (unlinked, or replaced by a
+    /// rename) still has the attributes its open handles see, as on a local disk.
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.getattr_of(ino, None).await
+    }
+
+    /// `getattr` with the handle the kernel asks through, if any: for a file that lost
+    /// its name, the version that handle reads.
+    pub async fn getattr_of(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
         if ino == ROOT {
             return Ok(self.dir_attr(ROOT, self.mounted_at_ns, 0o755));
         }
-        let key = self.key_of(ino)?;
-        self.attr_of(&key).await
+        let named = match self.key_of(ino) {
+            Ok(key) => self.attr_of(&key).await,
+            Err(e) => Err(e),
+        };
+        match named {
+            Err(FsError::NotFound) => self.attr_of_open(ino, fh).ok_or(FsError::NotFound),
+            other => other,
+        }
     }
 
     /// `readdir`: the names in a folder (without `.` and `..`).
@@ -470,7 +500,7 @@ impl Fs {
 
     /// `statfs`: the files and bytes stored in the channels opened so far.
     pub async fn statfs(&self) -> StatFs {
-        let volumes: Vec<Arc<Volume>> = self.volumes.lock().await.values().cloned().collect();
+        let volumes = self.volumes.opened();
         let (mut files, mut bytes) = (0, 0);
         for volume in volumes {
             let (f, b) = volume.index().totals();
@@ -493,10 +523,14 @@ impl Fs {
     /// `forget`: the kernel dropped `count` of its lookups of `ino`.
     pub fn forget(&self, ino: u64, count: u64) {
         if ino != ROOT {
-            self.inodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .forget(ino, count);
+            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            inodes.forget(ino, count);
+            if inodes.key(ino).is_none() {
+                self.told_sizes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&ino);
+            }
         }
     }
 
@@ -602,7 +636,7 @@ impl Fs {
                 return Err(FsError::NotEmpty);
             }
             self.store.delete_channel(channel.id).await?;
-            self.volumes.lock().await.remove(&channel.id);
+            self.volumes.forget(channel.id);
             self.list_channels(true).await?;
             return Ok(());
         }
@@ -625,9 +659,10 @@ impl Fs {
     }
 
     /// `rename`: one record pointing at the same chunks within a channel; across
-    /// channels a move ([`Volume::move_to`]: a record in each, the chunks stay where they
-    /// are). Either way the inode numbers go along, and a file being written moves with
-    /// its session (its next upload lands under the new name, in the new channel).
+    /// channels a move ([`crate::volume::Volume::move_to`]: a record in each, the chunks
+    /// stay where they are). Either way the inode numbers go along, and a file being
+    /// written moves with its session (its next upload lands under the new name, in the
+    /// new channel).
     pub async fn rename(
         &self,
         parent: u64,

@@ -4,8 +4,9 @@
 //!
 //! A [`FileReader`] is made per open file handle from the file's entry as it was at
 //! open, so a file replaced by another writer meanwhile keeps serving the version that
-//! was opened (its chunks stay valid until that version's messages are deleted, and
-//! then the read fails with EIO instead of mixing versions). A chunk that can't be
+//! was opened: the reader pins that version's messages ([`crate::volume::reclaim`]), so
+//! this mount frees them only once it is closed. (Another machine may still delete
+//! them; then the read fails with EIO instead of mixing versions.) A chunk that can't be
 //! fetched or doesn't authenticate fails the read; it never yields other bytes.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use futures::FutureExt;
 
 use super::cache::{ChunkCache, ChunkKey, Fetched};
 use crate::volume::FileEntry;
+use crate::volume::PinGuard;
 use crate::volume::transfer::ChunkFetcher;
 
 /// Reads one file version.
@@ -29,6 +31,9 @@ pub struct FileReader {
     read_ahead: u64,
     /// Where the last read ended: a read starting there is sequential.
     last_end: AtomicU64,
+    /// Keeps the version's messages from being freed while it is open
+    /// ([`crate::volume::reclaim`]).
+    _pin: Option<PinGuard>,
 }
 
 impl FileReader {
@@ -52,7 +57,19 @@ impl FileReader {
             cache,
             read_ahead,
             last_end: AtomicU64::new(u64::MAX),
+            _pin: None,
         }
+    }
+
+    /// The reader, holding `pin` (the version's messages,
+    /// [`crate::volume::Volume::pin_messages`]) for as long as it lives.
+    pub fn pinned(self, pin: Option<PinGuard>) -> FileReader {
+        FileReader { _pin: pin, ..self }
+    }
+
+    /// The version it reads.
+    pub fn entry(&self) -> &FileEntry {
+        &self.entry
     }
 
     /// The file's size.

@@ -124,7 +124,7 @@ impl Fs {
                 );
             }
         }
-        for volume in self.volumes.lock().await.values() {
+        for volume in self.volumes.opened() {
             volume.save();
         }
     }

@@ -128,11 +128,24 @@ impl WriteSession {
         if offset >= end {
             return Ok(Vec::new());
         }
+        // The size was read before the spool: a truncation meanwhile (another open
+        // with O_TRUNC, say) makes the spool shorter, and the read ends where it does,
+        // as a read racing a truncation on a local disk would.
         let mut buffer = vec![0; (end - offset) as usize];
-        self.spool
-            .data
-            .read_exact_at(&mut buffer, offset)
-            .map_err(|e| io_error("reading the spool file", e))?;
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match self
+                .spool
+                .data
+                .read_at(&mut buffer[filled..], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error("reading the spool file", e)),
+            }
+        }
+        buffer.truncate(filled);
         Ok(buffer)
     }
 
@@ -340,7 +353,33 @@ impl ChangedRanges {
 
 #[cfg(test)]
 mod tests {
-    use super::ChangedRanges;
+    use super::*;
+    use crate::fs::spool::SpoolMeta;
+
+    #[tokio::test]
+    async fn a_read_racing_a_truncation_returns_what_the_spool_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SpoolMeta {
+            channel: 5,
+            path: "f".into(),
+            mode: 0o644,
+            mtime_ns: 1,
+            encrypted: true,
+            committing: false,
+            base: None,
+            synced: false,
+            boot: None,
+        };
+        let spool = SpoolFile::create(dir.path(), &meta).unwrap();
+        let session = WriteSession::new(NodeKey::new(5, "f"), spool, meta, 0);
+        session.write(0, &[7; 100]).await.unwrap();
+        // What a truncation by another handle does between a read's look at the size
+        // and its read of the spool.
+        session.spool.data.set_len(10).unwrap();
+        assert_eq!(session.read(0, 100).await.unwrap(), vec![7; 10]);
+        assert_eq!(session.read(50, 100).await.unwrap(), Vec::<u8>::new());
+        session.abandon();
+    }
 
     #[test]
     fn changed_ranges_merge_what_overlaps_or_touches() {

@@ -871,7 +871,7 @@ impl Volume {
             }
             Err(e) => Err(e),
         };
-        let (_, record) = match committed {
+        let (posted_record, record) = match committed {
             Ok(committed) => committed,
             Err(e) => {
                 transfer::delete_quietly(self.store.as_ref(), self.channel.id, &posted).await;
@@ -897,7 +897,19 @@ impl Volume {
             },
             started.elapsed()
         );
+        // The version is stored whatever another caller did to the path since its record
+        // landed (an unlink, a rename): that fails nothing.
         self.file(path)
+            .or_else(|gone| self.entry_put(&posted_record, &record, path).ok_or(gone))
+    }
+
+    /// The file that `record`, posted as `message`, put at `path`, as it applies alone.
+    fn entry_put(&self, message: &Message, record: &Record, path: &str) -> Option<FileEntry> {
+        let mut alone = Index::new(self.channel.id, None);
+        alone
+            .apply(message, record, format::FORMAT_VERSION, None)
+            .ok()?;
+        alone.file(path).cloned()
     }
 
     /// Posts the record of an uploaded file, with its last chunks riding on its message

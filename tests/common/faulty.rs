@@ -11,7 +11,7 @@
 // Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -134,6 +134,36 @@ pub struct FaultyStore {
     deletes: AtomicU64,
     posts_in_flight: AtomicU64,
     max_posts_in_flight: AtomicU64,
+    /// Channels whose `history` calls wait ([`FaultyStore::hold_history`]).
+    history_holds: Mutex<HashMap<Id, Arc<HistoryHold>>>,
+}
+
+/// Holds a channel's `history` calls until released, and counts them: what a slow
+/// channel looks like to whoever opens it.
+#[derive(Debug)]
+pub struct HistoryHold {
+    /// A permit per call that arrived.
+    arrived: tokio::sync::Semaphore,
+    /// Closed once released.
+    released: tokio::sync::Semaphore,
+    calls: AtomicU64,
+}
+
+impl HistoryHold {
+    /// Waits until one more call arrived (and is held).
+    pub async fn arrived(&self) {
+        self.arrived.acquire().await.unwrap().forget();
+    }
+
+    /// Lets the held calls and every later one through.
+    pub fn release(&self) {
+        self.released.close();
+    }
+
+    /// The calls so far, held or let through.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
 }
 
 /// Decrements the in-flight counter however the post ends (even if it is cancelled).
@@ -178,7 +208,22 @@ impl FaultyStore {
             deletes: AtomicU64::new(0),
             posts_in_flight: AtomicU64::new(0),
             max_posts_in_flight: AtomicU64::new(0),
+            history_holds: Mutex::default(),
         }
+    }
+
+    /// Makes `channel`'s `history` calls wait until the hold is released.
+    pub fn hold_history(&self, channel: Id) -> Arc<HistoryHold> {
+        let hold = Arc::new(HistoryHold {
+            arrived: tokio::sync::Semaphore::new(0),
+            released: tokio::sync::Semaphore::new(0),
+            calls: AtomicU64::new(0),
+        });
+        self.history_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel, hold.clone());
+        hold
     }
 
     pub fn inner(&self) -> &Arc<LocalStore> {
@@ -331,6 +376,18 @@ impl Store for FaultyStore {
         cursor: HistoryCursor,
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
+        let hold = self
+            .history_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&channel)
+            .cloned();
+        if let Some(hold) = hold {
+            hold.calls.fetch_add(1, Ordering::SeqCst);
+            hold.arrived.add_permits(1);
+            // Closed when released: then every wait ends.
+            let _ = hold.released.acquire().await;
+        }
         let number = self.histories.fetch_add(1, Ordering::SeqCst) + 1;
         let fail = {
             let mut faults = self.faults();
