@@ -1225,3 +1225,418 @@ fn rename_during_an_upload_lands_under_the_new_name() {
     assert_eq!(stored.trim(), "target", "the store has {stored}");
     assert!(env.get("docs/target") == data);
 }
+
+// ----- the concurrent stress test -----
+//
+// Several processes share one mount and a few names in one channel for a bounded
+// time: each writes whole files (to a name of its own, then renamed over a shared name,
+// as editors save; or straight into a shared name made with O_EXCL), renames and
+// unlinks shared names, and reads them. Every file written describes itself (writer,
+// version, length and a checksum of its body), so a torn or mixed file is told apart
+// from a whole one. The processes are this test binary run again with
+// `DCLOUD_STRESS_WORKER` set, which makes [`stress_worker`] the worker: processes, not
+// threads, because what is tested is several programs using one mount at once.
+//
+// An outcome another process may cause is expected: ENOENT from an open, rename or
+// unlink of a name another process just renamed or unlinked, EEXIST from an O_EXCL
+// create, and a read that sees a prefix of a file still being written. Anything else
+// (EIO, a failed close, a read of bytes no writer wrote) is an error. After the run the
+// mount is stopped and mounted again, and every file listed must read as one whole
+// version.
+//
+// `DCLOUD_STRESS_SECS` (default 10) and `DCLOUD_STRESS_PROCESSES` (default 3) set the
+// run; by hand, 60 s with 4 processes:
+//
+//     DCLOUD_STRESS_SECS=60 DCLOUD_STRESS_PROCESSES=4 \
+//         cargo test --test mount stress -- --nocapture
+
+/// The shared names.
+const STRESS_NAMES: usize = 6;
+const STRESS_MAGIC: &str = "DCSTRESS";
+
+/// The body of version `version` by writer `writer`.
+fn stress_body(writer: u64, version: u64, len: usize) -> Vec<u8> {
+    random_bytes(len, (writer << 40) ^ version)
+}
+
+/// FNV-1a, 64 bits: the checksum in a stress file's header.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A whole stress file: a header line, then the body.
+fn stress_file(writer: u64, version: u64, len: usize) -> Vec<u8> {
+    let body = stress_body(writer, version, len);
+    let mut file = format!(
+        "{STRESS_MAGIC} {writer} {version} {len} {:016x}\n",
+        fnv1a(&body)
+    )
+    .into_bytes();
+    file.extend_from_slice(&body);
+    file
+}
+
+/// What a read of a stress file saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// One whole version.
+    Whole,
+    /// The start of one version (it is still being written).
+    Prefix,
+    /// Anything else: what is wrong with it.
+    Damaged(String),
+}
+
+fn check_stress_file(data: &[u8]) -> Seen {
+    let Some(newline) = data.iter().position(|&b| b == b'\n') else {
+        let magic = STRESS_MAGIC.as_bytes();
+        if data.len() < 64 && data.iter().zip(magic).all(|(a, b)| a == b) {
+            return Seen::Prefix;
+        }
+        return Seen::Damaged(format!("{} bytes without a header", data.len()));
+    };
+    let header = String::from_utf8_lossy(&data[..newline]);
+    let fields: Vec<&str> = header.split(' ').collect();
+    let parsed = match fields[..] {
+        [STRESS_MAGIC, writer, version, len, sum] => (|| {
+            Some((
+                writer.parse::<u64>().ok()?,
+                version.parse::<u64>().ok()?,
+                len.parse::<usize>().ok()?,
+                u64::from_str_radix(sum, 16).ok()?,
+            ))
+        })(),
+        _ => None,
+    };
+    let Some((writer, version, len, sum)) = parsed else {
+        return Seen::Damaged(format!("a bad header: {header:?}"));
+    };
+    let body = &data[newline + 1..];
+    let expected = stress_body(writer, version, len);
+    if fnv1a(&expected) != sum {
+        return Seen::Damaged(format!("{header:?}: the checksum is not its body's"));
+    }
+    if body.len() > len {
+        let (own, more) = body.split_at(len);
+        let zeros = more.iter().all(|&b| b == 0);
+        return Seen::Damaged(format!(
+            "{header:?}: {} bytes of body ({} its own, then {} {})",
+            body.len(),
+            if own == expected { "all" } else { "not" },
+            more.len(),
+            if zeros { "zeros" } else { "other bytes" }
+        ));
+    }
+    if body != &expected[..body.len()] {
+        let at = body.iter().zip(&expected).position(|(a, b)| a != b);
+        return Seen::Damaged(format!("{header:?}: other bytes from {at:?}"));
+    }
+    if body.len() < len {
+        return Seen::Prefix;
+    }
+    Seen::Whole
+}
+
+/// What one worker did.
+#[derive(Debug, Default)]
+struct StressCounts {
+    ops: u64,
+    /// Outcomes another process caused (ENOENT, EEXIST), as expected.
+    expected: u64,
+    /// Reads that saw a file still being written.
+    prefixes: u64,
+    errors: Vec<String>,
+}
+
+impl StressCounts {
+    fn to_line(&self) -> String {
+        format!(
+            "ops={} expected={} prefixes={} errors={}",
+            self.ops,
+            self.expected,
+            self.prefixes,
+            self.errors.len()
+        )
+    }
+
+    fn parse(output: &str) -> StressCounts {
+        let mut counts = StressCounts::default();
+        for line in output.lines() {
+            if let Some(error) = line.strip_prefix("stress-error: ") {
+                counts.errors.push(error.to_string());
+            } else if let Some(totals) = line.strip_prefix("stress-counts: ") {
+                for field in totals.split(' ') {
+                    let (name, value) = field.split_once('=').unwrap();
+                    let value: u64 = value.parse().unwrap();
+                    match name {
+                        "ops" => counts.ops = value,
+                        "expected" => counts.expected = value,
+                        "prefixes" => counts.prefixes = value,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// One operation's outcome: done, an outcome another process caused, or an error.
+enum Outcome {
+    Done,
+    Expected,
+    Error(String),
+}
+
+fn outcome_of(what: &str, result: std::io::Result<()>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Done,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EEXIST)) => {
+            Outcome::Expected
+        }
+        Err(e) => Outcome::Error(format!("{what}: {e}")),
+    }
+}
+
+/// Writes `data` through `file` in pieces, then closes it (where the upload's error
+/// shows). The first error is returned; the descriptor is closed either way.
+fn write_and_close(mut file: File, data: &[u8]) -> std::io::Result<()> {
+    let written = data
+        .chunks(8 * KIB)
+        .try_for_each(|piece| file.write_all(piece));
+    let closed = close(file);
+    written.and(closed)
+}
+
+/// The worker (a process of its own; see above): until the deadline, random operations
+/// on the shared names in `dir`. Prints its counts and errors on stdout.
+fn stress_worker(writer: u64, dir: &Path, deadline: Instant) -> StressCounts {
+    let mut counts = StressCounts::default();
+    let mut rng = writer.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |below: u64| {
+        // xorshift64
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % below
+    };
+    let name = |i: u64| dir.join(format!("n{i}"));
+    let mut version = 0;
+    while Instant::now() < deadline {
+        counts.ops += 1;
+        let roll = next(100);
+        let outcome = if roll < 45 {
+            version += 1;
+            let data = stress_file(writer, version, next(120 * KIB as u64) as usize);
+            let target = name(next(STRESS_NAMES as u64));
+            if roll < 30 {
+                // Whole, under a name of its own, then renamed over a shared one.
+                let own = dir.join(format!("w{writer}.tmp"));
+                let written = File::create(&own).and_then(|file| write_and_close(file, &data));
+                match written {
+                    Err(e) => Outcome::Error(format!("writing {}: {e}", own.display())),
+                    Ok(()) => outcome_of("rename into place", fs::rename(&own, &target)),
+                }
+            } else {
+                // Straight into a new shared name, which others may rename or unlink
+                // while it is written: the data follows the name, or goes with it.
+                match OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                {
+                    Err(e) => outcome_of("create", Err(e)),
+                    Ok(file) => match write_and_close(file, &data) {
+                        Ok(()) => Outcome::Done,
+                        Err(e) => Outcome::Error(format!("writing {}: {e}", target.display())),
+                    },
+                }
+            }
+        } else if roll < 60 {
+            let (from, to) = (
+                name(next(STRESS_NAMES as u64)),
+                name(next(STRESS_NAMES as u64)),
+            );
+            outcome_of("rename", fs::rename(from, to))
+        } else if roll < 70 {
+            outcome_of("unlink", fs::remove_file(name(next(STRESS_NAMES as u64))))
+        } else {
+            let path = name(next(STRESS_NAMES as u64));
+            match File::open(&path) {
+                Err(e) => outcome_of("open", Err(e)),
+                Ok(mut file) => {
+                    // Slowly, so that other processes change the name meanwhile.
+                    let mut data = Vec::new();
+                    let mut piece = vec![0; 8 * KIB];
+                    let read = loop {
+                        match file.read(&mut piece) {
+                            Ok(0) => break Ok(()),
+                            Ok(n) => data.extend_from_slice(&piece[..n]),
+                            Err(e) => break Err(e),
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    };
+                    match read {
+                        Err(e) => Outcome::Error(format!("reading {}: {e}", path.display())),
+                        Ok(()) if data.is_empty() => Outcome::Done,
+                        Ok(()) => match check_stress_file(&data) {
+                            Seen::Whole => Outcome::Done,
+                            Seen::Prefix => {
+                                counts.prefixes += 1;
+                                Outcome::Done
+                            }
+                            Seen::Damaged(why) => {
+                                let size = file.metadata().map(|m| m.len());
+                                Outcome::Error(format!(
+                                    "read {} ({} bytes, size now {size:?}): {why}",
+                                    path.display(),
+                                    data.len()
+                                ))
+                            }
+                        },
+                    }
+                }
+            }
+        };
+        match outcome {
+            Outcome::Done => {}
+            Outcome::Expected => counts.expected += 1,
+            Outcome::Error(e) => counts.errors.push(e),
+        }
+    }
+    counts
+}
+
+/// Run by the stress test as each of its processes (`DCLOUD_STRESS_WORKER` set); on its
+/// own it has nothing to do.
+#[test]
+#[ignore = "a worker process of `stress_several_processes_share_names`, which runs it"]
+fn stress_worker_process() {
+    let Ok(writer) = std::env::var("DCLOUD_STRESS_WORKER") else {
+        println!("nothing to do: the stress test runs this as its worker processes");
+        return;
+    };
+    let dir = PathBuf::from(std::env::var("DCLOUD_STRESS_DIR").unwrap());
+    let secs: u64 = std::env::var("DCLOUD_STRESS_SECS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let counts = stress_worker(
+        writer.parse().unwrap(),
+        &dir,
+        Instant::now() + Duration::from_secs(secs),
+    );
+    for error in &counts.errors {
+        println!("stress-error: {error}");
+    }
+    println!("stress-counts: {}", counts.to_line());
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| v.parse().unwrap())
+}
+
+#[test]
+fn stress_several_processes_share_names() {
+    need_fuse!();
+    let secs = env_number("DCLOUD_STRESS_SECS", 10);
+    let processes = env_number("DCLOUD_STRESS_PROCESSES", 3);
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    let workers: Vec<Child> = (1..=processes)
+        .map(|writer| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "stress_worker_process",
+                    "--nocapture",
+                ])
+                .args(["--test-threads", "1", "--quiet"])
+                .env("DCLOUD_STRESS_WORKER", writer.to_string())
+                .env("DCLOUD_STRESS_DIR", env.at("docs"))
+                .env("DCLOUD_STRESS_SECS", secs.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut total = StressCounts::default();
+    for (writer, worker) in (1..).zip(workers) {
+        let output = worker.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "worker {writer} failed: {stdout}");
+        let counts = StressCounts::parse(&stdout);
+        assert!(counts.ops > 0, "worker {writer} did nothing: {stdout}");
+        total.ops += counts.ops;
+        total.expected += counts.expected;
+        total.prefixes += counts.prefixes;
+        total.errors.extend(
+            counts
+                .errors
+                .into_iter()
+                .map(|e| format!("worker {writer}: {e}")),
+        );
+    }
+    let log = mount.log();
+    mount.stop();
+
+    // Mounted again, every file there reads as one whole version.
+    let mount = env.mount(&[]);
+    let mut files = 0;
+    let mut damaged = Vec::new();
+    for item in fs::read_dir(env.at("docs")).unwrap() {
+        let path = item.unwrap().path();
+        files += 1;
+        match fs::read(&path) {
+            Err(e) => damaged.push(format!("{}: {e}", path.display())),
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => match check_stress_file(&data) {
+                Seen::Whole => {}
+                other => damaged.push(format!("{}: {other:?}", path.display())),
+            },
+        }
+    }
+    let log = log + &mount.log();
+    mount.stop();
+    println!(
+        "stress: {processes} processes, {secs} s, {} names: {} operations ({} ENOENT/EEXIST \
+         from the others, {} reads of a file being written), {} errors; after a remount {files} \
+         file(s), {} damaged",
+        STRESS_NAMES,
+        total.ops,
+        total.expected,
+        total.prefixes,
+        total.errors.len(),
+        damaged.len()
+    );
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .take(30)
+        .collect();
+    assert!(
+        total.errors.is_empty() && damaged.is_empty(),
+        "errors: {:#?}\ndamaged: {damaged:#?}\nthe mount's warnings:\n{}",
+        &total.errors[..total.errors.len().min(30)],
+        warnings.join("\n")
+    );
+}
+
+#[test]
+fn stress_files_tell_whole_from_torn() {
+    let file = stress_file(3, 7, 5000);
+    assert_eq!(check_stress_file(&file), Seen::Whole);
+    assert_eq!(check_stress_file(&file[..100]), Seen::Prefix);
+    assert_eq!(check_stress_file(&file[..4]), Seen::Prefix);
+    let mut mixed = file.clone();
+    mixed[3000..].copy_from_slice(&stress_file(3, 8, 5000)[3000..]);
+    assert!(matches!(check_stress_file(&mixed), Seen::Damaged(_)));
+    let mut longer = file.clone();
+    longer.push(0);
+    assert!(matches!(check_stress_file(&longer), Seen::Damaged(_)));
+    assert!(matches!(check_stress_file(b"garbage\n"), Seen::Damaged(_)));
+}
