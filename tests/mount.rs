@@ -1228,13 +1228,13 @@ fn rename_during_an_upload_lands_under_the_new_name() {
 
 // ----- the concurrent stress test -----
 //
-// Several processes share one mount and a few names in one channel for a bounded
-// time: each writes whole files (to a name of its own, then renamed over a shared name,
+// Several processes share one mount and a few names, spread over two channels (so a
+// rename may be a move), for a bounded time: each writes whole files (to a name of its own, then renamed over a shared name,
 // as editors save; or straight into a shared name made with O_EXCL), renames and
 // unlinks shared names, and reads them. Every file written describes itself (writer,
 // version, length and a checksum of its body), so a torn or mixed file is told apart
 // from a whole one. The processes are this test binary run again with
-// `DCLOUD_STRESS_WORKER` set, which makes [`stress_worker`] the worker: processes, not
+// `DCLOUD_STRESS_WORKER` set, which makes `stress_worker` the worker: processes, not
 // threads, because what is tested is several programs using one mount at once.
 //
 // An outcome another process may cause is expected: ENOENT from an open, rename or
@@ -1250,8 +1250,9 @@ fn rename_during_an_upload_lands_under_the_new_name() {
 //     DCLOUD_STRESS_SECS=60 DCLOUD_STRESS_PROCESSES=4 \
 //         cargo test --test mount stress -- --nocapture
 
-/// The shared names.
+/// The shared names, spread over the channels.
 const STRESS_NAMES: usize = 6;
+const STRESS_CHANNELS: [&str; 2] = ["docs", "other"];
 const STRESS_MAGIC: &str = "DCSTRESS";
 
 /// The body of version `version` by writer `writer`.
@@ -1411,7 +1412,7 @@ fn write_and_close(mut file: File, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// The worker (a process of its own; see above): until the deadline, random operations
-/// on the shared names in `dir`. Prints its counts and errors on stdout.
+/// on the shared names under `dir` (the mount point).
 fn stress_worker(writer: u64, dir: &Path, deadline: Instant) -> StressCounts {
     let mut counts = StressCounts::default();
     let mut rng = writer.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -1422,7 +1423,11 @@ fn stress_worker(writer: u64, dir: &Path, deadline: Instant) -> StressCounts {
         rng ^= rng << 17;
         rng % below
     };
-    let name = |i: u64| dir.join(format!("n{i}"));
+    // Half the names in each channel: a rename between them is a move.
+    let name = |i: u64| {
+        let channel = STRESS_CHANNELS[(i as usize * STRESS_CHANNELS.len()) / STRESS_NAMES];
+        dir.join(channel).join(format!("n{i}"))
+    };
     let mut version = 0;
     while Instant::now() < deadline {
         counts.ops += 1;
@@ -1433,7 +1438,7 @@ fn stress_worker(writer: u64, dir: &Path, deadline: Instant) -> StressCounts {
             let target = name(next(STRESS_NAMES as u64));
             if roll < 30 {
                 // Whole, under a name of its own, then renamed over a shared one.
-                let own = dir.join(format!("w{writer}.tmp"));
+                let own = dir.join(STRESS_CHANNELS[0]).join(format!("w{writer}.tmp"));
                 let written = File::create(&own).and_then(|file| write_and_close(file, &data));
                 match written {
                     Err(e) => Outcome::Error(format!("writing {}: {e}", own.display())),
@@ -1556,7 +1561,7 @@ fn stress_several_processes_share_names() {
                 ])
                 .args(["--test-threads", "1", "--quiet"])
                 .env("DCLOUD_STRESS_WORKER", writer.to_string())
-                .env("DCLOUD_STRESS_DIR", env.at("docs"))
+                .env("DCLOUD_STRESS_DIR", env.mnt())
                 .env("DCLOUD_STRESS_SECS", secs.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -1588,7 +1593,10 @@ fn stress_several_processes_share_names() {
     let mount = env.mount(&[]);
     let mut files = 0;
     let mut damaged = Vec::new();
-    for item in fs::read_dir(env.at("docs")).unwrap() {
+    let listed = STRESS_CHANNELS
+        .iter()
+        .flat_map(|channel| fs::read_dir(env.at(channel)).unwrap());
+    for item in listed {
         let path = item.unwrap().path();
         files += 1;
         match fs::read(&path) {
