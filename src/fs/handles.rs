@@ -155,15 +155,17 @@ impl Fs {
             return Ok(session);
         }
         let volume = self.volume(key.channel).await?;
-        let existing = match volume.index().node(&key.path) {
-            Some(Node::File(file)) => Some(file.clone()),
-            Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
-            None => None,
+        // The version the session starts from is pinned while it is fetched, so that an
+        // overwrite meanwhile can't free it under us.
+        let (existing, _pin) = match pinned_file(&volume, &key.path) {
+            Ok((file, pin)) => (Some(file), pin),
+            Err(FsError::NotFound) => (None, None),
+            Err(e) => return Err(e),
         };
+        let base = volume.index().version_of(&key.path);
         let (mode, mtime_ns) = existing
             .as_ref()
             .map_or((0o644, now_ns()), |f| (f.mode, f.mtime_ns));
-        let base = volume.index().version_of(&key.path);
         let meta = self.spool_meta(key, mode, mtime_ns, base);
         let spool = SpoolFile::create(&self.spool_dir, &meta)
             .map_err(|e| FsError::Io(format!("spool {}: {e}", self.spool_dir.display())))?;
