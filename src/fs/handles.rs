@@ -94,7 +94,14 @@ impl Fs {
             .unwrap_or_else(|e| e.into_inner())
             .get(&ino)
             .copied();
-        told.is_none_or(|told| told == size)
+        let knows = told.is_none_or(|told| told == size);
+        if !knows {
+            log::debug!(
+                "inode {ino} opened as a file of {size} bytes, told {told:?}: reads bypass \
+                 the page cache"
+            );
+        }
+        knows
     }
 
     /// The handle `fh` (a clone: the table's lock is not held while it is used).
