@@ -113,6 +113,53 @@ pub struct FuseFs {
     next_dir_handle: AtomicU64,
     /// The process that opened each handle open for writing.
     writers: Arc<Mutex<HashMap<u64, u32>>>,
+    /// The requests being served.
+    in_flight: InFlight,
+}
+
+/// Counts the requests being served, so that a stop can wait for the last ones (the
+/// releases the kernel sends as it unmounts, which end write sessions and remove their
+/// spool files) before the process exits and drops them.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    inner: Arc<InFlightInner>,
+}
+
+#[derive(Default)]
+struct InFlightInner {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One request being served.
+struct Serving(Arc<InFlightInner>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    fn enter(&self) -> Serving {
+        self.inner.count.fetch_add(1, Ordering::AcqRel);
+        Serving(self.inner.clone())
+    }
+
+    /// Waits until no request is being served.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.inner.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.inner.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
 }
 
 /// One name in a folder listing, `.` and `..` included.
@@ -132,7 +179,13 @@ impl FuseFs {
             dirs: Arc::default(),
             next_dir_handle: AtomicU64::new(1),
             writers: Arc::default(),
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// The count of its requests being served (a handle on it that outlives the session).
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
     }
 
     /// Runs `work` on the runtime with a handle on the core.
@@ -141,7 +194,12 @@ impl FuseFs {
         F: FnOnce(Arc<Fs>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.runtime.spawn(work(self.fs.clone()));
+        let serving = self.in_flight.enter();
+        let work = work(self.fs.clone());
+        self.runtime.spawn(async move {
+            work.await;
+            drop(serving);
+        });
     }
 }
 

@@ -228,6 +228,7 @@ async fn run_foreground(
     let notifier = super::notify::Notifier::from_environment();
 
     let adapter = FuseFs::new(fs.clone(), tokio::runtime::Handle::current());
+    let in_flight = adapter.in_flight();
     let session_config = crate::fuse::session_config(MountSettings {
         read_only: args.read_only,
         allow_other: args.allow_other,
@@ -286,6 +287,8 @@ async fn run_foreground(
                 notifier.send("STOPPING=1\nSTATUS=unmounted; stopping");
             }
             poller.abort();
+            // The last requests (releases, as the kernel let go) finish first.
+            let _ = tokio::time::timeout(STOP_TIMEOUT, in_flight.drained()).await;
             fs.shutdown().await;
             return match result {
                 Ok(Ok(())) => {
@@ -328,6 +331,14 @@ async fn run_foreground(
     // The session ends once the kernel lets go; a detached mount still in use won't.
     if unmounted && tokio::time::timeout(STOP_TIMEOUT, ended).await.is_err() {
         log::warn!("the FUSE session did not end; stopping anyway");
+    }
+    // The requests the kernel sent as it let go (releases of files closed just before
+    // the stop) finish, so that the sessions they end leave no spool behind.
+    if tokio::time::timeout(STOP_TIMEOUT, in_flight.drained())
+        .await
+        .is_err()
+    {
+        log::warn!("requests still being served; stopping anyway");
     }
     Ok(())
 }
