@@ -1586,7 +1586,7 @@ fn stress_several_processes_share_names() {
                 .map(|e| format!("worker {writer}: {e}")),
         );
     }
-    let log = mount.log();
+    let first_log = mount.log.clone();
     mount.stop();
 
     // Mounted again, every file there reads as one whole version.
@@ -1608,29 +1608,34 @@ fn stress_several_processes_share_names() {
             },
         }
     }
-    let log = log + &mount.log();
+    let second_log = mount.log.clone();
     mount.stop();
+    // Both mounts, to the end: no upload or read failed. (A spool the remount sets
+    // aside is counted, not failed: the kernel may drop the release of a file closed
+    // just before the stop, and then its session's spool stays; its content is stored.)
+    let log = fs::read_to_string(first_log).unwrap() + &fs::read_to_string(second_log).unwrap();
+    let (set_aside, warnings): (Vec<&str>, Vec<&str>) = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .partition(|l| l.contains("set aside") && l.contains("never closed"));
     println!(
         "stress: {processes} processes, {secs} s, {} names: {} operations ({} ENOENT/EEXIST \
-         from the others, {} reads of a file being written), {} errors; after a remount {files} \
-         file(s), {} damaged",
+         from the others, {} reads of a file being written), {} errors, {} warnings logged; \
+         after a remount {files} file(s), {} damaged, {} spool(s) set aside",
         STRESS_NAMES,
         total.ops,
         total.expected,
         total.prefixes,
         total.errors.len(),
-        damaged.len()
+        warnings.len(),
+        damaged.len(),
+        set_aside.len()
     );
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .take(30)
-        .collect();
     assert!(
-        total.errors.is_empty() && damaged.is_empty(),
-        "errors: {:#?}\ndamaged: {damaged:#?}\nthe mount's warnings:\n{}",
+        total.errors.is_empty() && damaged.is_empty() && warnings.is_empty(),
+        "errors: {:#?}\ndamaged: {damaged:#?}\nthe mounts' warnings:\n{}",
         &total.errors[..total.errors.len().min(30)],
-        warnings.join("\n")
+        warnings[..warnings.len().min(30)].join("\n")
     );
 }
 
