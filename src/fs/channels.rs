@@ -1,58 +1,25 @@
 //! Channels and their volumes: the channel list (listed again after the poll
-//! interval), the volume of each channel opened on first use and shared by every
-//! request, and the filesystem as the volumes' [`Peers`] (freeing a message of a file
+//! interval), and the volume of each channel, opened on first use and shared by every
+//! request, through the process's registry of open channels
+//! ([`crate::volume::registry`], the one the CLI uses): a channel opens once, and
+//! channels open concurrently (no lock is held across a replay, so a slow channel holds
+//! up no other). The registry is also the volumes' `Peers`: freeing a message of a file
 //! that moved across channels asks the channels it moved through, through the same
-//! volumes the mount serves, so that a channel is open once).
+//! volumes the mount serves.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::OnceCell;
-
 use super::{Fs, FsError};
-use crate::store::{Channel, Id, StoreError};
-use crate::volume::{Peers, Volume, VolumeError};
+use crate::store::{Channel, Id};
+use crate::volume::Volume;
 
 /// The channels, as last listed.
 #[derive(Default)]
 pub(super) struct Channels {
     by_name: BTreeMap<String, Channel>,
     listed: Option<Instant>,
-}
-
-/// The channels' volumes, opened or being opened: a cell per channel, filled by the
-/// first request that needs the volume while the others for that channel wait on the
-/// cell. The table's lock is held only to find a cell, never across an open (a replay
-/// of a channel), so a slow channel holds up no other. If an open fails, the next
-/// request tries again.
-#[derive(Default)]
-pub(super) struct Volumes {
-    cells: Mutex<HashMap<Id, Arc<OnceCell<Arc<Volume>>>>>,
-}
-
-impl Volumes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Arc<OnceCell<Arc<Volume>>>>> {
-        self.cells.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The cell of `channel`'s volume, made if there is none.
-    fn cell(&self, channel: Id) -> Arc<OnceCell<Arc<Volume>>> {
-        self.lock().entry(channel).or_default().clone()
-    }
-
-    /// The volumes opened so far.
-    pub(super) fn opened(&self) -> Vec<Arc<Volume>> {
-        self.lock()
-            .values()
-            .filter_map(|cell| cell.get().cloned())
-            .collect()
-    }
-
-    /// Forgets a channel's volume (the channel was deleted).
-    pub(super) fn forget(&self, channel: Id) {
-        self.lock().remove(&channel);
-    }
 }
 
 impl Fs {
@@ -95,35 +62,21 @@ impl Fs {
         channels.by_name.values().find(|c| c.id == id).cloned()
     }
 
-    /// The channel's volume, opened on first use. Opening replays the channel's new
-    /// records, which can take long: requests for that channel wait for it (one open
-    /// per channel, never two), those for other channels don't.
+    /// The channel's volume, opened on first use (see the module docs).
     pub(super) async fn volume(&self, channel: Id) -> Result<Arc<Volume>, FsError> {
-        let cell = self.volumes.cell(channel);
-        let volume = cell
-            .get_or_try_init(|| async {
-                let info = match self.channel_by_id(channel) {
-                    Some(info) => info,
-                    None => self
-                        .list_channels(true)
-                        .await?
-                        .into_iter()
-                        .find(|c| c.id == channel)
-                        .ok_or(FsError::NotFound)?,
-                };
-                let volume = Volume::open(
-                    self.store.clone(),
-                    info,
-                    self.key.clone(),
-                    self.config.volume.clone(),
-                )
-                .await?;
-                let peers: Weak<dyn Peers> = self.me.clone();
-                volume.set_peers(peers);
-                Ok::<_, FsError>(Arc::new(volume))
-            })
-            .await?;
-        Ok(volume.clone())
+        if let Some(volume) = self.volumes.already_open(channel) {
+            return Ok(volume);
+        }
+        let info = match self.channel_by_id(channel) {
+            Some(info) => info,
+            None => self
+                .list_channels(true)
+                .await?
+                .into_iter()
+                .find(|c| c.id == channel)
+                .ok_or(FsError::NotFound)?,
+        };
+        Ok(self.volumes.open(info).await?)
     }
 
     /// Reads what changed elsewhere in every open channel, and the channel list.
@@ -141,17 +94,5 @@ impl Fs {
             log::info!("could not list channels: {e}");
         }
         self.retry_failed_uploads().await;
-    }
-}
-
-/// The volumes reach each other's channels through the filesystem's own table, so that
-/// a channel is open once.
-#[async_trait::async_trait]
-impl Peers for Fs {
-    async fn peer(&self, channel: Id) -> Result<Arc<Volume>, VolumeError> {
-        self.volume(channel).await.map_err(|e| match e {
-            FsError::NotFound => VolumeError::Store(StoreError::NoSuchChannel(channel)),
-            other => VolumeError::Internal(format!("channel {channel}: {other}")),
-        })
     }
 }

@@ -23,7 +23,8 @@
 //!   what is open at shutdown;
 //! - `error`: [`FsError`], one per errno, and how volume and store errors map to it.
 //!
-//! The fs core opens each channel's volume once and is their [`Peers`]: freeing a
+//! The fs core opens each channel's volume once, through the process's registry of
+//! open channels ([`crate::volume::registry`]), which is also their `Peers`: freeing a
 //! message of a file that moved across channels asks the channels it moved through (see
 //! [`crate::volume`]), through the same volumes the mount serves.
 //!
@@ -34,7 +35,6 @@
 //! another machine) appear within [`FsConfig::poll_interval`].
 //!
 //! [`Volume::move_to`]: crate::volume::Volume::move_to
-//! [`Peers`]: crate::volume::Peers
 
 pub mod cache;
 mod channels;
@@ -51,16 +51,17 @@ pub use self::error::FsError;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::cache::ChunkCache;
-use self::channels::{Channels, Volumes};
+use self::channels::Channels;
 use self::handles::OpenFile;
 use self::inode::{InodeTable, NodeKey, ROOT};
 use self::write::WriteSession;
 use crate::crypto::Key;
 use crate::store::{Id, Store};
+use crate::volume::registry::Volumes;
 use crate::volume::{Node, VolumeConfig};
 
 /// How the filesystem behaves. `Default` gives the documented defaults.
@@ -191,7 +192,7 @@ pub struct Fs {
     config: FsConfig,
     spool_dir: PathBuf,
     channels: Mutex<Channels>,
-    volumes: Volumes,
+    volumes: Arc<Volumes>,
     inodes: Mutex<InodeTable>,
     cache: Arc<ChunkCache>,
     handles: Mutex<HashMap<u64, OpenFile>>,
@@ -210,9 +211,6 @@ pub struct Fs {
     /// Shown as the modification time of folders that have no record of their own
     /// (the root, and folders implied by the paths under them).
     mounted_at_ns: i64,
-    /// Itself, for the volumes to reach the other channels ([`Peers`]); weak, as it
-    /// holds them.
-    me: Weak<Fs>,
 }
 
 fn time_of(mtime_ns: i64) -> SystemTime {
@@ -255,14 +253,13 @@ impl Fs {
                 .join("spool")
                 .join(store.identity())
         });
-        let fs = Arc::new_cyclic(|me| Fs {
-            me: me.clone(),
+        let fs = Arc::new(Fs {
+            volumes: Volumes::new(store.clone(), key.clone(), config.volume.clone()),
             cache: Arc::new(ChunkCache::new(config.cache_bytes)),
             store,
             key,
             spool_dir,
             channels: Mutex::default(),
-            volumes: Volumes::default(),
             inodes: Mutex::default(),
             handles: Mutex::default(),
             sessions: Mutex::default(),
