@@ -492,3 +492,22 @@ async fn damaged_sizes_and_huge_records_are_refused_without_harm() {
         .unwrap();
     assert_eq!(history.len(), 2);
 }
+
+#[tokio::test]
+async fn a_channel_holding_someone_elses_messages_is_never_deleted_with_them() {
+    use dcloud_fs::volume::reclaim::ChannelKept;
+    let fx = Fixture::start().await;
+    let volume = fx.volume(FILES, None).await;
+    put(&volume, "a.txt", b"ours", true).await;
+    assert_eq!(volume.channel_deletable().await, Err(ChannelKept::NotEmpty));
+    volume.remove("a.txt", false).await.unwrap();
+    assert_eq!(volume.channel_deletable().await, Ok(()));
+    // Someone says hello in it: deleting the channel would delete their message too.
+    let channel = volume.channel().id;
+    fx.fake
+        .post_foreign_message(channel, STRANGER, "hello", Vec::new());
+    assert_eq!(
+        volume.channel_deletable().await,
+        Err(ChannelKept::OthersMessages(STRANGER))
+    );
+}

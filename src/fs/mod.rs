@@ -61,6 +61,7 @@ use self::inode::{InodeTable, NodeKey, ROOT};
 use self::write::WriteSession;
 use crate::crypto::Key;
 use crate::store::{Id, Store};
+use crate::volume::reclaim::ChannelKept;
 use crate::volume::registry::Volumes;
 use crate::volume::{Node, VolumeConfig};
 
@@ -596,8 +597,9 @@ impl Fs {
     }
 
     /// `rmdir`: an empty folder; at the root, an empty channel, and only when the mount
-    /// allows deleting channels and no file moved from it to another channel still
-    /// keeps its bytes there (`ENOTEMPTY`, with a log line saying where they went).
+    /// allows deleting channels, no file moved from it to another channel still keeps
+    /// its bytes there and nobody else has messages in it (`ENOTEMPTY`, with a log line
+    /// saying why; see [`crate::volume::Volume::channel_deletable`]).
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<(), FsError> {
         self.writable()?;
         check_name(name)?;
@@ -609,28 +611,37 @@ impl Fs {
                 )));
             }
             let volume = self.volume(channel.id).await?;
-            if volume.index().live().next().is_some() {
-                return Err(FsError::NotEmpty);
-            }
-            // Files moved away may still keep their bytes here.
-            let holders = volume.moved_files_elsewhere().await.map_err(|e| {
-                log::warn!("not deleting channel #{name}: can't tell whether files moved from it still use it ({e})");
-                FsError::from(e)
-            })?;
-            if !holders.is_empty() {
-                let names: Vec<String> = holders
-                    .iter()
-                    .map(|&id| {
-                        self.channel_by_id(id)
-                            .map_or(id.to_string(), |c| format!("#{}", c.name))
-                    })
-                    .collect();
-                log::warn!(
-                    "not deleting channel #{name}: files moved from it to {} still keep their \
-                     bytes in it",
-                    names.join(", ")
-                );
-                return Err(FsError::NotEmpty);
+            match volume.channel_deletable().await {
+                Ok(()) => {}
+                Err(ChannelKept::NotEmpty) => return Err(FsError::NotEmpty),
+                Err(ChannelKept::MovedFilesUseIt(holders)) => {
+                    let names: Vec<String> = holders
+                        .iter()
+                        .map(|&id| {
+                            self.channel_by_id(id)
+                                .map_or(id.to_string(), |c| format!("#{}", c.name))
+                        })
+                        .collect();
+                    log::warn!(
+                        "not deleting channel #{name}: files moved from it to {} still keep \
+                         their bytes in it",
+                        names.join(", ")
+                    );
+                    return Err(FsError::NotEmpty);
+                }
+                Err(ChannelKept::OthersMessages(author)) => {
+                    log::warn!(
+                        "not deleting channel #{name}: it holds messages of others (user \
+                         {author}, at least), which deleting it would delete too"
+                    );
+                    return Err(FsError::NotEmpty);
+                }
+                Err(ChannelKept::CantTell(why)) => {
+                    log::warn!(
+                        "not deleting channel #{name}: can't tell whether it may go ({why})"
+                    );
+                    return Err(FsError::Io(why));
+                }
             }
             self.store.delete_channel(channel.id).await?;
             self.volumes.forget(channel.id);

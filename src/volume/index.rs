@@ -747,6 +747,17 @@ impl Index {
 }
 
 /// Turns an operation into the entry it sets, with attachments resolved to ids.
+/// The entry that operation `op` of a record in `message`, sealed by `sealed_by`, sets
+/// (`None` for a delete), as it would be applied: what a writer hands back for the
+/// version it stored.
+pub fn entry_of(
+    message: &Message,
+    op: &Op,
+    sealed_by: Option<KeyId>,
+) -> Result<Option<Entry>, String> {
+    resolve(message, op, sealed_by).map(|(_, entry)| entry)
+}
+
 /// `chunk_key`: the key that sealed the record's chunks unless a chunk says otherwise,
 /// when that isn't the index's own key.
 fn resolve(

@@ -399,6 +399,8 @@ pub struct Volume {
     peers: OnceLock<Weak<dyn Peers>>,
     /// Messages warned about already (records older than what they would replace).
     warned: Mutex<HashSet<Id>>,
+    /// Held while a record is posted (see [`records`]).
+    posting: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Volume {
@@ -429,6 +431,7 @@ impl Volume {
             unsaved: AtomicBool::new(false),
             peers: OnceLock::new(),
             warned: Mutex::default(),
+            posting: tokio::sync::Mutex::new(()),
         };
         volume.refresh().await?;
         volume.reclaim_abandoned_uploads().await;
@@ -897,19 +900,20 @@ impl Volume {
             },
             started.elapsed()
         );
-        // The version is stored whatever another caller did to the path since its record
-        // landed (an unlink, a rename): that fails nothing.
-        self.file(path)
-            .or_else(|gone| self.entry_put(&posted_record, &record, path).ok_or(gone))
-    }
-
-    /// The file that `record`, posted as `message`, put at `path`, as it applies alone.
-    fn entry_put(&self, message: &Message, record: &Record, path: &str) -> Option<FileEntry> {
-        let mut alone = Index::new(self.channel.id, None);
-        alone
-            .apply(message, record, format::FORMAT_VERSION, None)
-            .ok()?;
-        alone.file(path).cloned()
+        // The version stored, whatever another caller did to the path since its record
+        // landed (an unlink, a rename): that fails nothing. (Sealed with our own key:
+        // its chunks name no other.)
+        match record
+            .ops
+            .first()
+            .map(|op| index::entry_of(&posted_record, op, None))
+        {
+            Some(Ok(Some(Entry::File(file)))) => Ok(file),
+            _ => Err(VolumeError::Internal(format!(
+                "{}: the record posted puts no file",
+                self.display(path)
+            ))),
+        }
     }
 
     /// Posts the record of an uploaded file, with its last chunks riding on its message
@@ -958,70 +962,85 @@ impl Volume {
         Ok(())
     }
 
-    /// After a record of ours is stored: apply it, then delete the messages that the
-    /// entries it replaced held and nothing needs any more. The change has happened
-    /// whatever goes wrong here, so nothing here fails the operation: at worst some
-    /// space stays in use.
-    async fn landed(&self, message: &Message, record: &Record) {
-        let replaced_something = {
-            let mut index = self.index();
-            let mut freed = Vec::new();
-            let mut freed_foreign = Vec::new();
-            for op in &record.ops {
-                let Some(old) = index.entry(op.path()) else {
-                    continue;
-                };
-                match op {
-                    // A link changes nothing at its path.
-                    Op::Link { .. } => {}
-                    // A moved file's chunks stay: the destination uses them. Its record
-                    // message may go, unless it holds some of them.
-                    Op::Del {
-                        moved: Some(moved), ..
-                    } => freed.extend(
-                        old.messages()
-                            .into_iter()
-                            .filter(|m| !moved.messages.contains(&(self.channel.id, *m))),
-                    ),
-                    _ => {
-                        freed.extend(old.messages());
-                        freed_foreign.extend(old.foreign_messages());
+    /// After a record of ours is stored: applies it, and notes as unneeded what the
+    /// entries it replaced held — and, if a change another writer made to a path beats
+    /// ours (it had seen more), what our losing operation put there. Returns whether
+    /// anything became unneeded (then [`Volume::free_after_change`] should run). The
+    /// change has happened whatever goes wrong here, so nothing here fails it.
+    fn apply_own(&self, message: &Message, record: &Record) -> bool {
+        let mut index = self.index();
+        let mut freed = Vec::new();
+        let mut freed_foreign = Vec::new();
+        for op in &record.ops {
+            let Some(old) = index.entry(op.path()) else {
+                continue;
+            };
+            match op {
+                // A link changes nothing at its path.
+                Op::Link { .. } => {}
+                // A moved file's chunks stay: the destination uses them. Its record
+                // message may go, unless it holds some of them.
+                Op::Del {
+                    moved: Some(moved), ..
+                } => freed.extend(
+                    old.messages()
+                        .into_iter()
+                        .filter(|m| !moved.messages.contains(&(self.channel.id, *m))),
+                ),
+                _ => {
+                    freed.extend(old.messages());
+                    freed_foreign.extend(old.foreign_messages());
+                }
+            }
+        }
+        if self.key.is_some() {
+            index.note_authenticated(message.id);
+        }
+        let sealed_by = self.key.as_ref().map(Key::id);
+        match index.apply(message, record, format::FORMAT_VERSION, sealed_by) {
+            Ok(outdated) => {
+                for lost in &outdated {
+                    let op = record.ops.iter().find(|op| op.path() == lost.path);
+                    if let Some(Ok(Some(entry))) =
+                        op.map(|op| index::entry_of(message, op, sealed_by))
+                    {
+                        log::info!(
+                            "{}: a change made elsewhere (message {}) stands over ours",
+                            self.display(&lost.path),
+                            lost.current_message
+                        );
+                        freed.extend(entry.messages());
                     }
                 }
             }
-            if self.key.is_some() {
-                index.note_authenticated(message.id);
-            }
-            let sealed_by = self.key.as_ref().map(Key::id);
-            if let Err(why) = index.apply(message, record, format::FORMAT_VERSION, sealed_by) {
-                log::error!(
-                    "#{}: our own record in message {} failed to apply: {why}",
-                    self.channel.name,
-                    message.id
-                );
-            }
-            let replaced_something = !freed.is_empty() || !freed_foreign.is_empty();
-            let now = reclaim::now_ms();
-            for message in freed {
-                index.unfreed.entry(message).or_insert(now);
-            }
-            for held in freed_foreign {
-                index.unfreed_foreign.entry(held).or_insert(now);
-            }
-            replaced_something
-        };
-        if replaced_something {
-            // Re-read the channel first, to see what others did meanwhile; the refresh
-            // then frees what nothing needs.
-            if let Err(e) = self.refresh().await {
-                log::warn!(
-                    "#{}: could not re-read the channel to free replaced messages ({e}); \
-                     will try again next time",
-                    self.channel.name
-                );
-            }
+            Err(why) => log::error!(
+                "#{}: our own record in message {} failed to apply: {why}",
+                self.channel.name,
+                message.id
+            ),
+        }
+        let replaced_something = !freed.is_empty() || !freed_foreign.is_empty();
+        let now = reclaim::now_ms();
+        for message in freed {
+            index.unfreed.entry(message).or_insert(now);
+        }
+        for held in freed_foreign {
+            index.unfreed_foreign.entry(held).or_insert(now);
         }
         self.unsaved.store(true, Ordering::Relaxed);
+        replaced_something
+    }
+
+    /// After a change of ours made messages unneeded: re-reads the channel first, to
+    /// see what others did meanwhile; the refresh then frees what nothing needs.
+    async fn free_after_change(&self) {
+        if let Err(e) = self.refresh().await {
+            log::warn!(
+                "#{}: could not re-read the channel to free replaced messages ({e}); \
+                 will try again next time",
+                self.channel.name
+            );
+        }
     }
 
     /// Writes the file at `path` to `sink`.

@@ -19,8 +19,14 @@
 //!    the chunks of the one file they belong to go first in a data message of their
 //!    own, and the record follows alone, naming them by id (re-sealed, since its chunk
 //!    references changed); if that record fails, the data message is deleted;
-//! 4. notes the messages it posted as the bot's own ([`Own`]) and lets the record land
-//!    ([`Volume::landed`]): applied to the index, and what it replaced freed.
+//! 4. notes the messages it posted as the bot's own ([`Own`]) and applies the record
+//!    ([`Volume::apply_own`]); what it replaced is freed after that.
+//!
+//! Records of one volume are posted one at a time, from taking the `seq` to applying
+//! the record, so that this process's records land in the order of their `seq` (two
+//! concurrent changes of one file would otherwise let the one that took the lower `seq`
+//! land last, and lose). Uploads of data run in parallel all the same: only the record
+//! posts wait for each other, and Discord serializes posts to one channel anyway.
 //!
 //! ## Reading
 //!
@@ -95,6 +101,9 @@ impl Volume {
         mut ops: Vec<Op>,
         riders: Riders<'_>,
     ) -> Result<(Message, Record), VolumeError> {
+        // From taking the seq to applying the record, one record at a time: records of
+        // this process land in the order of their seq.
+        let posting = self.posting.lock().await;
         let seq = self.index().take_seq();
         let seal = self.record_seal(&ops)?;
         let record = Record {
@@ -179,7 +188,11 @@ impl Volume {
             index.note_own(posted.id, Own::Record);
         }
         let record = Record { seq, ops };
-        self.landed(&posted, &record).await;
+        let replaced_something = self.apply_own(&posted, &record);
+        drop(posting);
+        if replaced_something {
+            self.free_after_change().await;
+        }
         Ok((posted, record))
     }
 
