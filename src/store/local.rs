@@ -634,7 +634,10 @@ impl Inner {
         }
         let path = self.attachment_path(channel, attachment);
         let read = File::open(&path).and_then(|file| {
-            let mut data = Vec::new();
+            // Sized from the file, as far as the caller expects: one allocation, and
+            // never more than the caller's bound.
+            let len = file.metadata()?.len().min(max_bytes.saturating_add(1));
+            let mut data = Vec::with_capacity(len as usize);
             file.take(max_bytes.saturating_add(1))
                 .read_to_end(&mut data)?;
             Ok(data)

@@ -24,6 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::index::Own;
+use super::reclaim::{Facts, Verdict, verdict};
 use crate::format::{self, FileId, MessageKind};
 use crate::store::local::process_alive;
 use crate::store::{HistoryCursor, Id, MAX_HISTORY_PAGE, Store, StoreError, snowflake_at_ms};
@@ -194,7 +196,18 @@ async fn find_orphans(
         for message in &page {
             let of_this_upload = message.author_id == user
                 && format::classify(&message.content) == MessageKind::Data(Some(journal.file));
-            if of_this_upload && !in_use.contains(&message.id) {
+            if !of_this_upload {
+                continue;
+            }
+            // The same rules as every deletion (see `reclaim`): ours, and unused.
+            let facts = Facts {
+                own: Some(Own::Data(journal.file)),
+                used_here: in_use.contains(&message.id),
+                pinned: false,
+                moved_away: false,
+                holder: None,
+            };
+            if verdict(&facts) == Verdict::Delete {
                 orphans.push(message.id);
             }
         }
