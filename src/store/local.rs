@@ -633,21 +633,20 @@ impl Inner {
             });
         }
         let path = self.attachment_path(channel, attachment);
-        let read = File::open(&path).and_then(|file| {
-            // Sized from the file, as far as the caller expects: one allocation, and
-            // never more than the caller's bound.
-            let len = file.metadata()?.len().min(max_bytes.saturating_add(1));
-            let mut data = Vec::with_capacity(len as usize);
-            file.take(max_bytes.saturating_add(1))
-                .read_to_end(&mut data)?;
-            Ok(data)
+        // Attachments never change once stored: a length checked first is the length
+        // read (and a file read whole is read in one go, at the file's own size).
+        let read = fs::metadata(&path).and_then(|meta| {
+            if meta.len() > max_bytes {
+                return Ok(None);
+            }
+            fs::read(&path).map(Some)
         });
         match read {
-            Ok(data) if data.len() as u64 > max_bytes => Err(StoreError::Corrupt(format!(
+            Ok(None) => Err(StoreError::Corrupt(format!(
                 "attachment {attachment} of message {message} is longer than the {max_bytes} \
                  bytes expected"
             ))),
-            Ok(data) => Ok(Bytes::from(data)),
+            Ok(Some(data)) => Ok(Bytes::from(data)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(StoreError::NoSuchAttachment {
                     message,
