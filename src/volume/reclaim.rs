@@ -216,6 +216,18 @@ impl Volume {
         })
     }
 
+    /// Whether some unneeded message's grace period is over (a pass would look at it).
+    pub(super) fn frees_due(&self) -> bool {
+        let grace = self.config.free_grace.as_millis() as u64;
+        let now = now_ms();
+        let index = self.index();
+        index
+            .unfreed
+            .values()
+            .chain(index.unfreed_foreign.values())
+            .any(|&since| now.saturating_sub(since) >= grace)
+    }
+
     /// A pass: deletes the messages in [`Index::unfreed`] and [`Index::unfreed_foreign`]
     /// that the rules allow, now that the index is up to date; those to ask about again
     /// stay. Returns whether anything changed.

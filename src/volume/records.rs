@@ -190,7 +190,9 @@ impl Volume {
         let record = Record { seq, ops };
         let replaced_something = self.apply_own(&posted, &record);
         drop(posting);
-        if replaced_something {
+        // What it replaced waits out the grace period; a pass now is worth its re-read
+        // of the channel only if something is due already.
+        if replaced_something && self.frees_due() {
             self.free_after_change().await;
         }
         Ok((posted, record))
