@@ -280,6 +280,22 @@ fn random_id() -> std::io::Result<[u8; 12]> {
     Ok(id)
 }
 
+/// A spool description for tests: `path` in channel 5, encrypted, not committing.
+#[cfg(test)]
+pub(crate) fn test_meta(path: &str) -> SpoolMeta {
+    SpoolMeta {
+        channel: 5,
+        path: path.into(),
+        mode: 0o644,
+        mtime_ns: 1,
+        encrypted: true,
+        committing: false,
+        base: None,
+        synced: false,
+        boot: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek};
@@ -287,17 +303,7 @@ mod tests {
     use super::*;
 
     fn meta(path: &str) -> SpoolMeta {
-        SpoolMeta {
-            channel: 5,
-            path: path.into(),
-            mode: 0o644,
-            mtime_ns: 1,
-            encrypted: true,
-            committing: false,
-            base: None,
-            synced: false,
-            boot: None,
-        }
+        test_meta(path)
     }
 
     #[test]

@@ -354,22 +354,11 @@ impl ChangedRanges {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::spool::SpoolMeta;
 
     #[tokio::test]
     async fn a_read_racing_a_truncation_returns_what_the_spool_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = SpoolMeta {
-            channel: 5,
-            path: "f".into(),
-            mode: 0o644,
-            mtime_ns: 1,
-            encrypted: true,
-            committing: false,
-            base: None,
-            synced: false,
-            boot: None,
-        };
+        let meta = crate::fs::spool::test_meta("f");
         let spool = SpoolFile::create(dir.path(), &meta).unwrap();
         let session = WriteSession::new(NodeKey::new(5, "f"), spool, meta, 0);
         session.write(0, &[7; 100]).await.unwrap();

@@ -94,13 +94,6 @@ impl Volumes {
     pub fn forget(&self, channel: Id) {
         self.cells().remove(&channel);
     }
-
-    /// Writes the index caches of the open volumes that changed.
-    pub fn save_all(&self) {
-        for volume in self.opened() {
-            volume.save();
-        }
-    }
 }
 
 #[async_trait]
