@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dcloud_fs::crypto::Key;
-use dcloud_fs::store::Store;
 use dcloud_fs::store::local::LocalStore;
+use dcloud_fs::store::{HistoryCursor, MAX_HISTORY_PAGE, Store};
 use dcloud_fs::volume::{self, Entry, Volume, VolumeConfig};
 
 /// The fixture's store, copied to a temporary folder (opening a store writes to it).
@@ -66,10 +66,30 @@ async fn read_all(volume: &Volume) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_channel_written_by_format_version_1_reads_back_byte_exact() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1");
-    let (_dir, root) = copy_of(&fixture);
+/// A fixture's store (a copy of it), its key, and the expected plaintext of every live
+/// file, by `channel/path`.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    key: Key,
+    config: VolumeConfig,
+    expected: BTreeMap<String, Vec<u8>>,
+}
+
+/// Opens the fixture `tests/fixtures/<name>` and checks what every fixture must hold:
+/// with the fixture's key, each of `channels` opens with no record skipped, its files
+/// read back byte for byte as `expected/` has them (and no other file is there), and its
+/// folder records are `folders`; a reader without the key sees exactly the `plain` files.
+async fn reads_back_byte_exact(
+    name: &str,
+    channels: &[&str],
+    folders: &[&str],
+    plain: &[&str],
+) -> Fixture {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let (dir, root) = copy_of(&fixture);
     let store: Arc<dyn Store> = Arc::new(LocalStore::open(&root).unwrap());
     let key_text = std::fs::read_to_string(fixture.join("key.b64")).unwrap();
     let key = Key::from_base64(&key_text, "the fixture's key").unwrap();
@@ -80,24 +100,26 @@ async fn a_channel_written_by_format_version_1_reads_back_byte_exact() {
         ..VolumeConfig::default()
     };
     let mut read = BTreeMap::new();
-    let mut folders = Vec::new();
-    for name in ["docs", "other"] {
-        let channel = volume::find_channel(store.as_ref(), name).await.unwrap();
+    let mut found_folders = Vec::new();
+    for &channel_name in channels {
+        let channel = volume::find_channel(store.as_ref(), channel_name)
+            .await
+            .unwrap();
         let volume = Volume::open(store.clone(), channel, Some(key.clone()), config.clone())
             .await
             .unwrap();
         assert!(
             volume.index().skipped().is_empty(),
-            "#{name}: records skipped: {:?}",
+            "{name} #{channel_name}: records skipped: {:?}",
             volume.index().skipped()
         );
         read.extend(read_all(&volume).await);
-        folders.extend(
+        found_folders.extend(
             volume
                 .index()
                 .live()
                 .filter(|(_, entry)| matches!(entry, Entry::Dir(_)))
-                .map(|(path, _)| format!("{name}/{path}")),
+                .map(|(path, _)| format!("{channel_name}/{path}")),
         );
     }
     let mut expected = BTreeMap::new();
@@ -107,19 +129,55 @@ async fn a_channel_written_by_format_version_1_reads_back_byte_exact() {
         expected.keys().collect::<Vec<_>>()
     );
     for (path, bytes) in &expected {
-        assert!(read[path] == *bytes, "{path} differs from what was written");
+        assert!(
+            read[path] == *bytes,
+            "{name}: {path} differs from what was written"
+        );
     }
-    assert_eq!(folders, vec!["docs/empty-folder"]);
+    assert_eq!(found_folders, folders);
 
-    // A reader without the key still sees the plain file, and only it.
-    let channel = volume::find_channel(store.as_ref(), "docs").await.unwrap();
-    let keyless = Volume::open(store.clone(), channel, None, config.clone())
-        .await
-        .unwrap();
-    let plain = read_all(&keyless).await;
-    assert_eq!(plain.keys().collect::<Vec<_>>(), vec!["docs/shared.txt"]);
-    assert!(plain["docs/shared.txt"] == expected["docs/shared.txt"]);
-    drop(keyless);
+    // A reader without the key still sees the plain files, and only them.
+    let mut seen_plain = BTreeMap::new();
+    for &channel_name in channels {
+        let channel = volume::find_channel(store.as_ref(), channel_name)
+            .await
+            .unwrap();
+        let keyless = Volume::open(store.clone(), channel, None, config.clone())
+            .await
+            .unwrap();
+        seen_plain.extend(read_all(&keyless).await);
+    }
+    assert_eq!(seen_plain.keys().collect::<Vec<_>>(), plain);
+    for (path, bytes) in &seen_plain {
+        assert!(
+            *bytes == expected[path],
+            "{name}: {path} differs without the key"
+        );
+    }
+    Fixture {
+        _dir: dir,
+        store,
+        key,
+        config,
+        expected,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_written_by_format_version_1_reads_back_byte_exact() {
+    let Fixture {
+        _dir,
+        store,
+        key,
+        config,
+        expected,
+    } = reads_back_byte_exact(
+        "format-v1",
+        &["docs", "other"],
+        &["docs/empty-folder"],
+        &["docs/shared.txt"],
+    )
+    .await;
 
     // The first version-2 change in the channel is its cutover: after it, a version-1
     // record (what a forger without the key can still make) no longer counts.
@@ -161,6 +219,55 @@ async fn a_channel_written_by_format_version_1_reads_back_byte_exact() {
             .values()
             .any(|skip| matches!(skip, volume::Skip::Unauthenticated(_)))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_written_by_format_version_2_reads_back_byte_exact() {
+    use base64::Engine;
+    // With the key, only authenticated records count: that the plain file reads back
+    // with it at all shows its (signed) record still verifies.
+    let fixture = reads_back_byte_exact(
+        "format-v2",
+        &["docs", "other"],
+        &["docs/empty-folder"],
+        &["docs/shared.txt"],
+    )
+    .await;
+
+    // The fixture is what it says: every record in it is a version-2 envelope, and the
+    // plain ones are signed (cipher 0 with the key's id), so a later format can't
+    // quietly regenerate it.
+    let mut signed_plain = 0;
+    for channel in fixture.store.channels().await.unwrap() {
+        let messages = fixture
+            .store
+            .history(channel.id, HistoryCursor::Latest, MAX_HISTORY_PAGE)
+            .await
+            .unwrap();
+        assert!(messages.len() < MAX_HISTORY_PAGE, "one page holds it all");
+        for message in messages {
+            let Some(encoded) = message.content.strip_prefix("dcfs1 ") else {
+                continue;
+            };
+            if encoded.starts_with("data ") {
+                continue;
+            }
+            let envelope = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded)
+                .unwrap_or_else(|e| panic!("message {}: {e} (records are inline)", message.id));
+            assert_eq!(&envelope[..5], b"DCFR\x02", "message {}", message.id);
+            if envelope[5] == 0 {
+                assert_eq!(
+                    envelope[6..14],
+                    fixture.key.id().0,
+                    "message {}",
+                    message.id
+                );
+                signed_plain += 1;
+            }
+        }
+    }
+    assert_eq!(signed_plain, 2, "the plain file's put and its rename");
 }
 
 /// A version-1 plain record, as anyone with the bot's token and no key can make one,
