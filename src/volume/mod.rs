@@ -47,6 +47,7 @@
 //! referenced ones they both know of), which only costs space. Once a change's record
 //! is stored the change has happened: nothing after that point fails it.
 
+pub mod disk_cache;
 pub mod index;
 pub mod journal;
 pub mod reclaim;
