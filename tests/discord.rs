@@ -414,6 +414,178 @@ async fn members_need_the_members_intent() {
     assert!(members.iter().any(|m| m.bot));
 }
 
+/// A fake guild whose per-file limit holds a 200 KiB attachment, one posted there raw
+/// (through the store, no volume), and its bytes.
+async fn one_raw_attachment() -> (Fixture, u64, u64, u64, Vec<u8>) {
+    let config = Config {
+        channels: vec![CHANNEL.to_string()],
+        max_file_size: MIB,
+        ..Config::default()
+    };
+    let fx = Fixture::start(config, None).await;
+    let channel = find_channel(fx.store.as_ref(), CHANNEL).await.unwrap().id;
+    let whole = random_bytes(200 * KIB as usize, 77);
+    let posted = fx
+        .store
+        .post(
+            channel,
+            NewMessage {
+                content: "raw".into(),
+                attachments: vec![NewAttachment {
+                    filename: "c0".into(),
+                    data: bytes::Bytes::from(whole.clone()),
+                }],
+            },
+        )
+        .await
+        .unwrap();
+    let (message, attachment) = (posted.id, posted.attachments[0].id);
+    (fx, channel, message, attachment, whole)
+}
+
+/// Ranges at the start, in the middle, ending at the end, across a 64 KiB boundary,
+/// of one byte, the whole, and empty.
+fn boundary_ranges(len: u64) -> Vec<std::ops::Range<u64>> {
+    vec![
+        0..10,
+        0..64 * KIB,
+        1000..5000,
+        len - 17..len,
+        65530..65550,
+        64 * KIB - 1..64 * KIB + 1,
+        4242..4243,
+        len - 1..len,
+        0..len,
+        9..9,
+    ]
+}
+
+/// Fetches every boundary range and compares it with the slice of the whole.
+async fn ranges_match(fx: &Fixture, channel: u64, message: u64, attachment: u64, whole: &[u8]) {
+    for range in boundary_ranges(whole.len() as u64) {
+        let got = fx
+            .store
+            .fetch_range(channel, message, attachment, range.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{range:?}: {e}"));
+        assert!(
+            got == whole[range.start as usize..range.end as usize],
+            "{range:?}: {} bytes, not the slice",
+            got.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn ranges_of_an_attachment_are_its_slices() {
+    let (fx, channel, message, attachment, whole) = one_raw_attachment().await;
+    let before = fx.fake.stats();
+    ranges_match(&fx, channel, message, attachment, &whole).await;
+    let stats = fx.fake.stats();
+    let asked: u64 = boundary_ranges(whole.len() as u64)
+        .iter()
+        .map(|r| r.end - r.start)
+        .sum();
+    // One request per non-empty range, each answered with its range only.
+    assert_eq!(stats.range_requests - before.range_requests, 9);
+    assert_eq!(stats.bytes_downloaded - before.bytes_downloaded, asked);
+    assert_eq!(stats.injected_failures, 0);
+}
+
+#[tokio::test]
+async fn ranges_are_cut_out_of_whole_answers_when_the_cdn_ignores_range() {
+    let (fx, channel, message, attachment, whole) = one_raw_attachment().await;
+    fx.fake.set_knobs(|k| k.ignore_range = true);
+    let before = fx.fake.stats();
+    ranges_match(&fx, channel, message, attachment, &whole).await;
+    let stats = fx.fake.stats();
+    assert_eq!(stats.range_requests - before.range_requests, 9);
+    // Every answer was the whole attachment (read only up to the range's end).
+    assert_eq!(
+        stats.bytes_downloaded - before.bytes_downloaded,
+        9 * whole.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn ranges_past_the_end_are_corrupt_with_or_without_range_support() {
+    let (fx, channel, message, attachment, whole) = one_raw_attachment().await;
+    let len = whole.len() as u64;
+    for ignore_range in [false, true] {
+        fx.fake.set_knobs(|k| k.ignore_range = ignore_range);
+        for past_the_end in [len - 5..len + 5, len..len + 1, len + 100..len + 200] {
+            let error = fx
+                .store
+                .fetch_range(channel, message, attachment, past_the_end.clone())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, StoreError::Corrupt(_)),
+                "ignore_range {ignore_range}, {past_the_end:?}: {error:?}"
+            );
+            assert!(error.to_string().contains("shorter"), "{error}");
+        }
+    }
+    #[allow(clippy::reversed_empty_ranges)]
+    let backwards = 9..3;
+    let error = fx
+        .store
+        .fetch_range(channel, message, attachment, backwards)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Invalid(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn ranges_survive_failures_and_expired_urls() {
+    let (fx, channel, message, attachment, whole) = one_raw_attachment().await;
+    fx.fake.expire_all_urls();
+    let got = fx
+        .store
+        .fetch_range(channel, message, attachment, 65530..65550)
+        .await
+        .unwrap();
+    assert!(got == whole[65530..65550]);
+    fx.fake.set_knobs(|k| k.failure_rate = 0.3);
+    for ignore_range in [false, true] {
+        fx.fake.set_knobs(|k| k.ignore_range = ignore_range);
+        for start in (0..whole.len() as u64 - 4096).step_by(20_000) {
+            let range = start..start + 4096;
+            let got = fx
+                .store
+                .fetch_range(channel, message, attachment, range.clone())
+                .await
+                .unwrap();
+            assert!(
+                got == whole[range.start as usize..range.end as usize],
+                "{range:?}"
+            );
+        }
+    }
+    assert!(fx.fake.stats().injected_failures > 0);
+}
+
+#[tokio::test]
+async fn a_range_of_a_deleted_attachment_is_not_found() {
+    let (fx, channel, message, attachment, whole) = one_raw_attachment().await;
+    let got = fx
+        .store
+        .fetch_range(channel, message, attachment, 0..100)
+        .await
+        .unwrap();
+    assert!(got == whole[..100]);
+    fx.store.delete_message(channel, message).await.unwrap();
+    for ignore_range in [false, true] {
+        fx.fake.set_knobs(|k| k.ignore_range = ignore_range);
+        let error = fx
+            .store
+            .fetch_range(channel, message, attachment, 0..100)
+            .await
+            .unwrap_err();
+        assert!(error.is_not_found(), "{error:?}");
+    }
+}
+
 /// The command line against a fake server running in the background.
 mod cli {
     use std::path::PathBuf;

@@ -36,6 +36,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -618,6 +619,30 @@ impl Inner {
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))
     }
 
+    /// An attachment's file, open, and its length: the attachment must be listed on its
+    /// message, and a listed one whose file is gone is not found either.
+    fn open_attachment(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+    ) -> StoreResult<(File, PathBuf, u64)> {
+        let stored = self.message(channel, message)?;
+        let missing = || StoreError::NoSuchAttachment {
+            message,
+            attachment,
+        };
+        if !stored.attachments.iter().any(|a| a.id == attachment) {
+            return Err(missing());
+        }
+        let path = self.attachment_path(channel, attachment);
+        match File::open(&path).and_then(|file| Ok((file.metadata()?.len(), file))) {
+            Ok((len, file)) => Ok((file, path, len)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
     fn fetch_attachment(
         &self,
         channel: Id,
@@ -625,36 +650,44 @@ impl Inner {
         attachment: Id,
         max_bytes: u64,
     ) -> StoreResult<Bytes> {
-        let stored = self.message(channel, message)?;
-        if !stored.attachments.iter().any(|a| a.id == attachment) {
-            return Err(StoreError::NoSuchAttachment {
-                message,
-                attachment,
-            });
-        }
-        let path = self.attachment_path(channel, attachment);
+        let (file, path, len) = self.open_attachment(channel, message, attachment)?;
         // Attachments never change once stored: a length checked first is the length
         // read (and a file read whole is read in one go, at the file's own size).
-        let read = fs::metadata(&path).and_then(|meta| {
-            if meta.len() > max_bytes {
-                return Ok(None);
-            }
-            fs::read(&path).map(Some)
-        });
-        match read {
-            Ok(None) => Err(StoreError::Corrupt(format!(
+        if len > max_bytes {
+            return Err(StoreError::Corrupt(format!(
                 "attachment {attachment} of message {message} is longer than the {max_bytes} \
                  bytes expected"
-            ))),
-            Ok(Some(data)) => Ok(Bytes::from(data)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StoreError::NoSuchAttachment {
-                    message,
-                    attachment,
-                })
-            }
-            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
+            )));
         }
+        let mut data = vec![0; len as usize];
+        file.read_exact_at(&mut data, 0)
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        Ok(Bytes::from(data))
+    }
+
+    fn fetch_range(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<Bytes> {
+        let wanted = super::range_len(&range)?;
+        if wanted == 0 {
+            return Ok(Bytes::new());
+        }
+        let (file, path, len) = self.open_attachment(channel, message, attachment)?;
+        if len < range.end {
+            return Err(StoreError::Corrupt(format!(
+                "attachment {attachment} of message {message} is {len} bytes long, shorter \
+                 than the record says (bytes {}..{} were asked for)",
+                range.start, range.end
+            )));
+        }
+        let mut data = vec![0; wanted as usize];
+        file.read_exact_at(&mut data, range.start)
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        Ok(Bytes::from(data))
     }
 
     fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
@@ -743,6 +776,21 @@ impl Store for LocalStore {
         blocking(move || inner.fetch_attachment(channel, message, attachment, max_bytes)).await
     }
 
+    async fn fetch_range(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<Bytes> {
+        // Checked here too, so that an empty range costs no trip to the blocking pool.
+        if super::range_len(&range)? == 0 {
+            return Ok(Bytes::new());
+        }
+        let inner = self.inner.clone();
+        blocking(move || inner.fetch_range(channel, message, attachment, range)).await
+    }
+
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
         let inner = self.inner.clone();
         blocking(move || inner.delete_message(channel, message)).await
@@ -751,7 +799,7 @@ impl Store for LocalStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::NewAttachment;
+    use super::super::{MAX_RANGE_BYTES, NewAttachment};
     use super::*;
 
     fn small_limits() -> Limits {
@@ -945,5 +993,140 @@ mod tests {
             assert!(ids.insert(task.await.unwrap()));
         }
         assert_eq!(ids.len(), 20);
+    }
+
+    #[tokio::test]
+    async fn ranges_read_exactly_their_bytes_and_never_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), Limits::default()).unwrap();
+        let channel = store.create_channel("c").await.unwrap().id;
+        let whole: Vec<u8> = (0..200 * 1024u32)
+            .map(|i| (i * 31 + i / 251) as u8)
+            .collect();
+        let posted = store
+            .post(
+                channel,
+                NewMessage {
+                    content: String::new(),
+                    attachments: vec![NewAttachment {
+                        filename: "c0".into(),
+                        data: Bytes::from(whole.clone()),
+                    }],
+                },
+            )
+            .await
+            .unwrap();
+        let (message, attachment) = (posted.id, posted.attachments[0].id);
+        let len = whole.len() as u64;
+        for range in [
+            0..10,
+            1000..5000,
+            len - 17..len,
+            65530..65550,
+            4242..4243,
+            0..len,
+        ] {
+            let got = store
+                .fetch_range(channel, message, attachment, range.clone())
+                .await
+                .unwrap();
+            assert!(
+                got == whole[range.start as usize..range.end as usize],
+                "{range:?}"
+            );
+        }
+        // Empty: nothing to read, not even from a message that doesn't exist.
+        assert!(
+            store
+                .fetch_range(channel, message, attachment, 7..7)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .fetch_range(channel, 1, 2, len..len)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for past_the_end in [len - 1..len + 1, len..len + 1, len + 100..len + 200] {
+            let error = store
+                .fetch_range(channel, message, attachment, past_the_end.clone())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, StoreError::Corrupt(_)),
+                "{past_the_end:?}: {error:?}"
+            );
+        }
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = 9..3;
+        for invalid in [backwards, 0..MAX_RANGE_BYTES + 1] {
+            let error = store
+                .fetch_range(channel, message, attachment, invalid)
+                .await
+                .unwrap_err();
+            assert!(matches!(error, StoreError::Invalid(_)), "{error:?}");
+        }
+        // Not found, like fetch_attachment: an attachment not on the message, a file gone,
+        // a message gone.
+        let error = store
+            .fetch_range(channel, message, attachment + 1, 0..1)
+            .await
+            .unwrap_err();
+        assert!(error.is_not_found(), "{error:?}");
+        fs::remove_file(store.attachment_path(channel, attachment)).unwrap();
+        let error = store
+            .fetch_range(channel, message, attachment, 0..1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::NoSuchAttachment { .. }),
+            "{error:?}"
+        );
+        let error = store
+            .fetch_attachment(channel, message, attachment, u64::MAX)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::NoSuchAttachment { .. }),
+            "{error:?}"
+        );
+        store.delete_message(channel, message).await.unwrap();
+        let error = store
+            .fetch_range(channel, message, attachment, 0..1)
+            .await
+            .unwrap_err();
+        assert!(error.is_not_found(), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn whole_fetches_keep_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_create(dir.path(), small_limits()).unwrap();
+        let channel = store.create_channel("c").await.unwrap().id;
+        let posted = store
+            .post(
+                channel,
+                NewMessage {
+                    content: String::new(),
+                    attachments: vec![attachment("a", 50), attachment("e", 0)],
+                },
+            )
+            .await
+            .unwrap();
+        let fetch = |attachment: Id, max_bytes: u64| {
+            let store = store.clone();
+            async move {
+                store
+                    .fetch_attachment(channel, posted.id, attachment, max_bytes)
+                    .await
+            }
+        };
+        let (a, e) = (posted.attachments[0].id, posted.attachments[1].id);
+        assert_eq!(fetch(a, 50).await.unwrap(), vec![7u8; 50]);
+        assert!(matches!(fetch(a, 49).await, Err(StoreError::Corrupt(_))));
+        assert!(fetch(e, 0).await.unwrap().is_empty());
     }
 }

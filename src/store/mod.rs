@@ -15,8 +15,10 @@
 //!   [`StoreError::TooLarge`] (Discord: HTTP 413, code 40005) and nothing is stored;
 //! - [`Store::history`] pages like Discord's "get channel messages": at most 100
 //!   messages, newest first, after or before a cursor id;
-//! - attachments are fetched by (channel, message, attachment) id; there are no URLs in
-//!   this interface, because Discord's expire;
+//! - attachments are fetched by (channel, message, attachment) id, whole
+//!   ([`Store::fetch_attachment`]) or a byte range of one ([`Store::fetch_range`], an
+//!   HTTP `Range` request on Discord's CDN); there are no URLs in this interface,
+//!   because Discord's expire;
 //! - every message has an author; a bot only trusts its own ([`Store::current_user`]).
 //!
 //! Stores are `Send + Sync` and used through `Arc<dyn Store>`; every call may run
@@ -47,6 +49,29 @@ pub fn snowflake_at_ms(unix_ms: u64) -> Id {
 
 /// Most messages one history call returns (Discord's cap).
 pub const MAX_HISTORY_PAGE: usize = 100;
+
+/// Longest byte range one [`Store::fetch_range`] call reads: 1 GiB and a MiB, far above
+/// any attachment Discord accepts (100 MiB at boost tier 3), so that only a nonsensical
+/// range (a bug, or a length read from damaged data) is refused before any allocation.
+pub const MAX_RANGE_BYTES: u64 = (1 << 30) + (1 << 20);
+
+/// The length of a range asked of [`Store::fetch_range`], or [`StoreError::Invalid`] if
+/// it is backwards or longer than [`MAX_RANGE_BYTES`]. Every store checks ranges with it.
+pub fn range_len(range: &std::ops::Range<u64>) -> StoreResult<u64> {
+    let Some(len) = range.end.checked_sub(range.start) else {
+        return Err(StoreError::Invalid(format!(
+            "the byte range {}..{} ends before it starts",
+            range.start, range.end
+        )));
+    };
+    if len > MAX_RANGE_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "the byte range {}..{} is longer than the {MAX_RANGE_BYTES} bytes one read may be",
+            range.start, range.end
+        )));
+    }
+    Ok(len)
+}
 
 /// What a store accepts in one message. Read from the store, never assumed: a Discord
 /// guild's per-file limit depends on its boost tier.
@@ -264,6 +289,21 @@ pub trait Store: Send + Sync {
         message: Id,
         attachment: Id,
         max_bytes: u64,
+    ) -> StoreResult<Bytes>;
+
+    /// Bytes `range` of one attachment (the caller knows the attachment's length from a
+    /// record, so the range must lie inside it): exactly `range.end - range.start` bytes,
+    /// or an error. An attachment shorter than the range's end is [`StoreError::Corrupt`]
+    /// (what the store sends is untrusted); a missing one is not-found, as with
+    /// [`Store::fetch_attachment`]. An empty range is empty bytes, without any I/O; a
+    /// backwards one, or one longer than [`MAX_RANGE_BYTES`], is [`StoreError::Invalid`]
+    /// (see [`range_len`]).
+    async fn fetch_range(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+        range: std::ops::Range<u64>,
     ) -> StoreResult<Bytes>;
 
     /// Deletes one message and its attachments.

@@ -1,8 +1,8 @@
 //! Test helpers: a [`Store`] wrapper that fails on purpose and counts what it is asked
 //! to do, and a tiny deterministic PRNG (no dependency needed).
 //!
-//! [`FaultyStore`] wraps a [`LocalStore`] and can make `post`, `fetch_attachment` and
-//! `history` fail — a chosen call number, or each call with a probability drawn from a
+//! [`FaultyStore`] wraps a [`LocalStore`] and can make `post`, fetches (`fetch_attachment`
+//! and `fetch_range`, counted together as fetches) and `history` fail — a chosen call number, or each call with a probability drawn from a
 //! seeded PRNG — with [`StoreError::Io`], before the inner store is touched (so a failed
 //! post stores nothing, like an HTTP error that Discord answered). Faults can be changed
 //! while a volume uses the store. It also counts calls and the most `post` calls that
@@ -90,6 +90,7 @@ pub struct Counts {
     pub posted_chunk_attachments: u64,
     /// Posts that succeeded.
     pub posted_messages: u64,
+    /// `fetch_attachment` and `fetch_range` calls.
     pub fetches: u64,
     pub failed_fetches: u64,
     pub histories: u64,
@@ -240,7 +241,7 @@ impl FaultyStore {
         self.faults().fail_posts.insert(at);
     }
 
-    /// Makes the `n`-th `fetch_attachment` from now fail.
+    /// Makes the `n`-th fetch (`fetch_attachment` or `fetch_range`) from now fail.
     pub fn fail_fetch_in(&self, n: u64) {
         let at = self.fetches.load(Ordering::SeqCst) + n;
         self.faults().fail_fetches.insert(at);
@@ -299,6 +300,22 @@ impl FaultyStore {
 
     pub fn reset_max_posts_in_flight(&self) {
         self.max_posts_in_flight.store(0, Ordering::SeqCst);
+    }
+
+    /// Counts a fetch (whole or ranged) and fails it if its number is due to fail.
+    fn fetch_fault(&self, what: &str) -> StoreResult<()> {
+        let number = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+        let fail = {
+            let mut faults = self.faults();
+            let faults = &mut *faults;
+            let p = faults.fetch_probability;
+            Self::decide(number, &mut faults.fail_fetches, p, &mut faults.rng)
+        };
+        if fail {
+            self.failed_fetches.fetch_add(1, Ordering::SeqCst);
+            return Err(injected(what, number));
+        }
+        Ok(())
     }
 
     /// Whether call `number` of a kind fails, given the explicit list and probability.
@@ -416,19 +433,22 @@ impl Store for FaultyStore {
         attachment: Id,
         max_bytes: u64,
     ) -> StoreResult<Bytes> {
-        let number = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
-        let fail = {
-            let mut faults = self.faults();
-            let faults = &mut *faults;
-            let p = faults.fetch_probability;
-            Self::decide(number, &mut faults.fail_fetches, p, &mut faults.rng)
-        };
-        if fail {
-            self.failed_fetches.fetch_add(1, Ordering::SeqCst);
-            return Err(injected("fetch_attachment", number));
-        }
+        self.fetch_fault("fetch_attachment")?;
         self.inner
             .fetch_attachment(channel, message, attachment, max_bytes)
+            .await
+    }
+
+    async fn fetch_range(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<Bytes> {
+        self.fetch_fault("fetch_range")?;
+        self.inner
+            .fetch_range(channel, message, attachment, range)
             .await
     }
 

@@ -42,7 +42,7 @@ use twilight_model::http::attachment::Attachment as TwilightAttachment;
 use twilight_model::id::Id as TwilightId;
 use twilight_model::id::marker::{ChannelMarker, GuildMarker, MessageMarker, UserMarker};
 
-use self::cdn::{Download, UrlCache};
+use self::cdn::{Download, UrlCache, Want};
 use self::folders::PermissionContext;
 use self::ratelimit::RateGate;
 use self::rest::{Rest, RestError, RetryPolicy};
@@ -441,6 +441,64 @@ impl DiscordStore {
             .await
             .map_err(|e| Self::channel_error(channel, Some(message), "reading a message", e))?;
         Ok(self.message_from(&found))
+    }
+
+    /// Downloads what `want` asks of an attachment from the CDN: through a fresh signed
+    /// URL (refreshed once if the CDN refuses it), retrying transient failures with the
+    /// REST side's backoff.
+    async fn download(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+        want: Want,
+    ) -> StoreResult<Bytes> {
+        let policy = self.rest.policy;
+        let mut refused_once = false;
+        let mut attempt = 1;
+        loop {
+            let url = self.fresh_url(channel, message, attachment).await?;
+            let timeout = self.config.request_timeout;
+            let reason = match cdn::download(&self.cdn, &url, timeout, &want).await {
+                Download::Bytes(bytes) => return Ok(bytes),
+                Download::Corrupt(reason) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "attachment {attachment} of message {message}: {reason}"
+                    )));
+                }
+                Download::Refused(status) if !refused_once => {
+                    // Expired early, or signed differently than we thought: re-read the
+                    // message for a fresh URL, once.
+                    log::debug!("the CDN refused an attachment URL ({status}); refreshing it");
+                    self.urls.forget(attachment);
+                    refused_once = true;
+                    continue;
+                }
+                Download::Refused(status) => {
+                    return Err(StoreError::NoSuchAttachment {
+                        message,
+                        attachment,
+                    })
+                    .inspect_err(|_| {
+                        log::warn!(
+                            "the CDN refused attachment {attachment} of message {message} \
+                             ({status}) even with a fresh URL"
+                        )
+                    });
+                }
+                Download::Transient(reason) => reason,
+            };
+            if attempt >= policy.attempts {
+                return Err(StoreError::Unavailable(format!(
+                    "downloading attachment {attachment} failed {attempt} times, last: \
+                     {reason}; check the network and try again"
+                )));
+            }
+            let pause = policy.backoff(attempt);
+            log::info!("downloading attachment {attachment}: {reason}; retrying in {pause:.1?}");
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
     }
 
     /// A fresh URL for an attachment: from the cache, else by re-reading its message.
@@ -918,53 +976,22 @@ impl Store for DiscordStore {
         attachment: Id,
         max_bytes: u64,
     ) -> StoreResult<Bytes> {
-        let policy = self.rest.policy;
-        let mut refused_once = false;
-        let mut attempt = 1;
-        loop {
-            let url = self.fresh_url(channel, message, attachment).await?;
-            let timeout = self.config.request_timeout;
-            let reason = match cdn::download(&self.cdn, &url, timeout, max_bytes).await {
-                Download::Bytes(bytes) => return Ok(bytes),
-                Download::Oversized => {
-                    return Err(StoreError::Corrupt(format!(
-                        "the CDN sent more than the {max_bytes} bytes expected of attachment \
-                         {attachment} of message {message}"
-                    )));
-                }
-                Download::Refused(status) if !refused_once => {
-                    // Expired early, or signed differently than we thought: re-read the
-                    // message for a fresh URL, once.
-                    log::debug!("the CDN refused an attachment URL ({status}); refreshing it");
-                    self.urls.forget(attachment);
-                    refused_once = true;
-                    continue;
-                }
-                Download::Refused(status) => {
-                    return Err(StoreError::NoSuchAttachment {
-                        message,
-                        attachment,
-                    })
-                    .inspect_err(|_| {
-                        log::warn!(
-                            "the CDN refused attachment {attachment} of message {message} \
-                             ({status}) even with a fresh URL"
-                        )
-                    });
-                }
-                Download::Transient(reason) => reason,
-            };
-            if attempt >= policy.attempts {
-                return Err(StoreError::Unavailable(format!(
-                    "downloading attachment {attachment} failed {attempt} times, last: \
-                     {reason}; check the network and try again"
-                )));
-            }
-            let pause = policy.backoff(attempt);
-            log::info!("downloading attachment {attachment}: {reason}; retrying in {pause:.1?}");
-            tokio::time::sleep(pause).await;
-            attempt += 1;
+        self.download(channel, message, attachment, Want::Whole { max_bytes })
+            .await
+    }
+
+    async fn fetch_range(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<Bytes> {
+        if super::range_len(&range)? == 0 {
+            return Ok(Bytes::new());
         }
+        self.download(channel, message, attachment, Want::Range(range))
+            .await
     }
 
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {

@@ -1,7 +1,9 @@
 //! The CDN: `GET /attachments/{channel}/{attachment}/{filename}?ex&is&hm`, no token needed.
 //! It answers 404 (as Discord's CDN does) when the signature is wrong or stale, the URL
 //! has expired, or the attachment is gone; otherwise the bytes, at the bandwidth knob's
-//! speed, with single-range `Range` support. Failure injection may answer 5xx, drop the
+//! speed, with single-range `Range` support (206 with `Content-Range`, 416 when
+//! unsatisfiable) unless the `ignore_range` knob makes it answer every request 200 with
+//! the whole attachment, as a server without range support does. Failure injection may answer 5xx, drop the
 //! connection before answering, or break it off in the middle of the body.
 
 use crate::body::ResponseBody;
@@ -24,6 +26,9 @@ pub async fn handle(
     knobs: &Knobs,
 ) -> Result<HttpResponse, ConnectionError> {
     shared.count(|s| s.cdn_requests += 1);
+    if request.headers().contains_key(RANGE) {
+        shared.count(|s| s.range_requests += 1);
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Ok(reply::api_error(&ApiError::method_not_allowed()));
     }
@@ -37,7 +42,11 @@ pub async fn handle(
     let Some(data) = attachment_bytes(shared, uri.path(), uri.query().unwrap_or("")) else {
         return Ok(reply::text(404, GONE));
     };
-    let range = request.headers().get(RANGE).and_then(|v| v.to_str().ok());
+    let range = request
+        .headers()
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| !knobs.ignore_range);
     let (status, body, content_range) = match range.map(|r| parse_range(r, data.len())) {
         None => (StatusCode::OK, data.clone(), None),
         Some(Some((start, end))) => (
@@ -60,7 +69,8 @@ pub async fn handle(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let accepted = if knobs.ignore_range { "none" } else { "bytes" };
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static(accepted));
     if let Some(value) = content_range.and_then(|v| HeaderValue::try_from(v).ok()) {
         headers.insert(CONTENT_RANGE, value);
     }

@@ -1,5 +1,5 @@
 //! What a fake server is started with ([`Config`]) and the part of it that may change while
-//! it runs ([`Knobs`]): limits, delays, failure rates. Defaults are Discord's own numbers for
+//! it runs ([`Knobs`]): limits, delays, failure rates, whether the CDN honours `Range`. Defaults are Discord's own numbers for
 //! a guild without boosts, so a test that changes nothing sees Discord-like behaviour.
 
 use crate::permissions;
@@ -53,6 +53,9 @@ pub struct Config {
     pub everyone_permissions: u64,
     /// Whether the bot has the privileged GUILD_MEMBERS intent (needed to list members).
     pub members_intent: bool,
+    /// Whether the CDN ignores `Range` headers and answers every download 200 with the
+    /// whole attachment, as a server without range support does.
+    pub ignore_range: bool,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             bot_permissions: knobs.bot_permissions,
             everyone_permissions: knobs.everyone_permissions,
             members_intent: knobs.members_intent,
+            ignore_range: knobs.ignore_range,
         }
     }
 }
@@ -105,6 +109,7 @@ impl Config {
             bot_permissions: self.bot_permissions,
             everyone_permissions: self.everyone_permissions,
             members_intent: self.members_intent,
+            ignore_range: self.ignore_range,
         }
     }
 }
@@ -154,6 +159,9 @@ pub struct Knobs {
     pub everyone_permissions: u64,
     /// Whether the bot may list guild members.
     pub members_intent: bool,
+    /// Whether the CDN ignores `Range` (answers 200 with the whole attachment).
+    #[serde(default)]
+    pub ignore_range: bool,
 }
 
 impl Default for Knobs {
@@ -176,6 +184,7 @@ impl Default for Knobs {
             bot_permissions: permissions::DEFAULT_BOT,
             everyone_permissions: permissions::DEFAULT_EVERYONE,
             members_intent: false,
+            ignore_range: false,
         }
     }
 }
@@ -267,6 +276,12 @@ mod tests {
         assert_eq!(knobs.latency, Duration::from_millis(250));
         assert_eq!(knobs.message_create_limit, (3, Duration::from_secs(2)));
         assert_eq!(knobs.max_attachments, 10);
+        assert!(!knobs.ignore_range);
+        knobs
+            .apply_json(&serde_json::json!({"ignore_range": true}))
+            .unwrap();
+        assert!(knobs.ignore_range);
+        assert_eq!(knobs.latency, Duration::from_millis(250));
         assert!(
             knobs
                 .apply_json(&serde_json::json!({"latency": "x"}))

@@ -52,6 +52,9 @@ struct Args {
     /// Permission bits of the bot's role.
     #[arg(long)]
     bot_permissions: Option<u64>,
+    /// Ignore `Range` headers: answer every CDN download 200 with the whole attachment.
+    #[arg(long)]
+    ignore_range: bool,
 }
 
 impl Args {
@@ -71,6 +74,7 @@ impl Args {
             forced_429_rate: self.forced_429_rate,
             rate_limits: !self.no_rate_limits,
             members_intent: self.members_intent,
+            ignore_range: self.ignore_range,
             bot_permissions: self.bot_permissions.unwrap_or(defaults.bot_permissions),
             ..defaults
         }

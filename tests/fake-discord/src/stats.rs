@@ -11,6 +11,9 @@ pub struct Stats {
     pub requests: u64,
     /// CDN requests (under `/attachments`).
     pub cdn_requests: u64,
+    /// Of `cdn_requests`, those with a `Range` header (counted also when `ignore_range`
+    /// makes the CDN answer them whole).
+    pub range_requests: u64,
     /// API requests refused with 401.
     pub unauthorized: u64,
     /// 429s because the client overran a bucket or the global limit.

@@ -251,6 +251,62 @@ fn three_files_go_up_and_come_back_through_their_urls() {
 }
 
 #[test]
+fn ranges_are_answered_206_or_416_unless_the_cdn_ignores_them() {
+    let (server, client, channel) = server_with(|_| {});
+    let data: Vec<u8> = (0..5000u32).map(|b| (b * 13) as u8).collect();
+    let posted = client.post_files(channel, &json!({"content": "r"}), &[("c0", &data)]);
+    assert_eq!(posted.status, 200);
+    let url = posted.json()["attachments"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = &url[client.addr.to_string().len() + 7..];
+    let ranged = |range: &str| {
+        send(
+            client.addr,
+            "GET",
+            path,
+            &[("Range", range.to_owned())],
+            b"",
+        )
+        .unwrap()
+    };
+    let partial = ranged("bytes=4990-4999");
+    assert_eq!(partial.status, 206);
+    assert_eq!(
+        partial.header("content-range"),
+        Some("bytes 4990-4999/5000")
+    );
+    assert_eq!(partial.body, data[4990..]);
+    let past_the_end = ranged("bytes=5000-5009");
+    assert_eq!(past_the_end.status, 416);
+    assert_eq!(past_the_end.header("content-range"), Some("bytes */5000"));
+
+    let changed = send(
+        server.addr(),
+        "POST",
+        "/_fake/knobs",
+        &[],
+        br#"{"ignore_range": true}"#,
+    )
+    .unwrap();
+    assert_eq!(changed.status, 200);
+    assert_eq!(changed.json()["ignore_range"], true);
+    for range in ["bytes=10-19", "bytes=5000-5009"] {
+        let whole = ranged(range);
+        assert_eq!(whole.status, 200, "{range}");
+        assert_eq!(whole.header("content-range"), None);
+        assert_eq!(whole.header("accept-ranges"), Some("none"));
+        assert_eq!(whole.body, data);
+    }
+    assert_eq!(client.download(&url).body, data);
+    let stats = server.stats();
+    assert_eq!(stats.range_requests, 4);
+    assert_eq!(stats.cdn_requests, 5);
+    assert_eq!(stats.bytes_downloaded, 10 + 3 * 5000);
+}
+
+#[test]
 fn too_large_uploads_get_413_and_store_nothing() {
     let (server, client, channel) = server_with(|c| {
         c.max_file_size = 1000;
