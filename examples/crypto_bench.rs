@@ -94,7 +94,7 @@ fn main() {
     let file = FileId([3u8; 16]);
 
     let sealed = seal_chunk(&plain, Sealing::Encrypted(&key), file);
-    let sealed_ref = chunk_ref(None, sealed.tag);
+    let sealed_ref = chunk_ref(None, sealed.prefix);
     let plain_sealed = seal_chunk(&plain, Sealing::Plain, file);
     let plain_ref = chunk_ref(plain_sealed.sha256, None);
     let cipher = Aes256Gcm::new(&key_bytes.into());
@@ -123,7 +123,7 @@ fn main() {
         (
             Job::Open,
             Box::new(|| {
-                let data = sealed.bytes.clone(); // what the download hands over
+                let data = sealed.as_bytes().to_vec(); // what the download hands over
                 let start = Instant::now();
                 let opened =
                     open_chunk(Some(&key), file, true, 0, &sealed_ref, data).expect("opens");
@@ -177,7 +177,7 @@ fn main() {
         (
             Job::OpenPlain,
             Box::new(|| {
-                let data = plain_sealed.bytes.clone();
+                let data = plain_sealed.as_bytes().to_vec();
                 let start = Instant::now();
                 let opened = open_chunk(None, file, false, 0, &plain_ref, data).expect("opens");
                 let elapsed = start.elapsed();
@@ -273,14 +273,15 @@ fn seal_chunk(plain: &[u8], sealing: Sealing<'_>, file: FileId) -> dcloud_fs::fo
 }
 
 /// How a record would describe the chunk.
-fn chunk_ref(sha256: Option<[u8; 32]>, tag: Option<[u8; 16]>) -> ChunkRef {
+fn chunk_ref(sha256: Option<[u8; 32]>, prefix: Option<[u8; 8]>) -> ChunkRef {
     ChunkRef {
         location: ChunkLocation::Attached {
             filename: "c0.bin".into(),
         },
         len: CHUNK as u64,
         sha256,
-        tag,
+        tag: None,
         key: None,
+        prefix,
     }
 }

@@ -43,8 +43,11 @@ pub struct ConfigFile {
     pub free_grace_secs: Option<u64>,
     /// Where `mount` and `umount` mount when given no mount point (default `~/discord`).
     pub mount_point: Option<PathBuf>,
-    /// Memory for decrypted chunks, in MiB (default 256).
+    /// Memory for decrypted blocks, in MiB (default 64).
     pub cache_size_mib: Option<u64>,
+    /// Disk for fetched chunks, still sealed, in MiB, for stores not on local disk
+    /// (default 4096; 0 keeps none).
+    pub disk_cache_mib: Option<u64>,
     /// Index cache, upload journals and spool (default `$XDG_CACHE_HOME/dcloud-fs`).
     pub cache_dir: Option<PathBuf>,
     /// Seconds between checks of open channels for changes made elsewhere (default 5).
@@ -56,7 +59,7 @@ pub struct ConfigFile {
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "token",
     "guild",
     "category",
@@ -68,6 +71,7 @@ pub const KEYS: [&str; 15] = [
     "free_grace_secs",
     "mount_point",
     "cache_size_mib",
+    "disk_cache_mib",
     "cache_dir",
     "poll_interval_secs",
     "read_only",

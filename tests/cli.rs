@@ -14,7 +14,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dcloud_fs::format::CHUNK_OVERHEAD;
 use dcloud_fs::store::Limits;
 use dcloud_fs::volume::ChunkPlan;
 
@@ -139,7 +138,7 @@ impl Env {
 }
 
 fn tiny_chunk() -> usize {
-    ChunkPlan::new(&tiny_limits(), CHUNK_OVERHEAD)
+    ChunkPlan::new(&tiny_limits(), dcloud_fs::format::ChunkKind::Segmented)
         .unwrap()
         .chunk_len
 }

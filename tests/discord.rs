@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dcloud_fs::crypto::Key;
-use dcloud_fs::format::{self, CHUNK_OVERHEAD};
+use dcloud_fs::format;
 use dcloud_fs::store::discord::{DiscordConfig, DiscordStore, Token};
 use dcloud_fs::store::{HistoryCursor, Limits, NewAttachment, NewMessage, Store, StoreError};
 use dcloud_fs::volume::{
@@ -144,7 +144,9 @@ fn small_chunk() -> usize {
         max_request_size: 25 * MIB,
         ..Limits::default()
     };
-    ChunkPlan::new(&limits, CHUNK_OVERHEAD).unwrap().chunk_len
+    ChunkPlan::new(&limits, format::ChunkKind::Segmented)
+        .unwrap()
+        .chunk_len
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The filesystem core's read path, driven directly (no kernel): reads at any offset
-//! return exactly the file's bytes, only the chunks a read covers are fetched, a
-//! sequential reader gets the next chunks fetched ahead, and a damaged chunk fails the
-//! reads that need it — and only those.
+//! return exactly the file's bytes, only the blocks a read covers are fetched, a reader
+//! that goes on sequentially gets a read-ahead window that a seek closes again, and a
+//! damaged chunk fails the reads that need it — and only those.
 //!
 //! Runs on the local store with tiny limits (4 KiB attachments), so that a file of
 //! 50 KiB has a dozen chunks.
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dcloud_fs::crypto::Key;
-use dcloud_fs::fs::cache::ChunkCache;
+use dcloud_fs::fs::cache::BlockCache;
 use dcloud_fs::fs::read::FileReader;
 use dcloud_fs::store::local::LocalStore;
 use dcloud_fs::store::{Limits, Store};
@@ -36,8 +36,12 @@ struct Fixture {
 }
 
 async fn fixture_with(data: &[u8]) -> Fixture {
+    fixture_limited(data, LIMITS).await
+}
+
+async fn fixture_limited(data: &[u8], limits: Limits) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store"), LIMITS).unwrap());
+    let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store"), limits).unwrap());
     store.create_channel("files").await.unwrap();
     let channel = find_channel(store.as_ref(), "files").await.unwrap();
     let config = VolumeConfig {
@@ -69,7 +73,7 @@ async fn fixture_with(data: &[u8]) -> Fixture {
 }
 
 impl Fixture {
-    fn reader(&self, cache: &Arc<ChunkCache>, read_ahead: u64) -> FileReader {
+    fn reader(&self, cache: &Arc<BlockCache>, read_ahead: u64) -> FileReader {
         FileReader::new(
             Arc::new(self.volume.file("f").unwrap()),
             self.volume.fetcher("f"),
@@ -83,7 +87,7 @@ impl Fixture {
 async fn reads_at_any_offset_return_the_files_bytes() {
     let data = random_bytes(50_000, 1);
     let fx = fixture_with(&data).await;
-    let cache = Arc::new(ChunkCache::new(1 << 20));
+    let cache = Arc::new(BlockCache::new(1 << 20));
     let reader = fx.reader(&cache, 0);
     assert_eq!(reader.size(), data.len() as u64);
     let mut state = 7u64;
@@ -101,29 +105,59 @@ async fn reads_at_any_offset_return_the_files_bytes() {
     assert!(reader.read(0, 0).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn only_the_chunks_a_read_covers_are_fetched_and_sequential_reads_prefetch() {
-    let data = random_bytes(50_000, 2);
-    let fx = fixture_with(&data).await;
-    let chunks = fx.volume.file("f").unwrap().chunks.len();
-    assert!(chunks >= 10, "{chunks} chunks");
-    // A read in the middle, not sequential: only its chunk.
-    let cache = Arc::new(ChunkCache::new(1 << 20));
-    let reader = fx.reader(&cache, 4);
-    let chunk_len = fx.volume.file("f").unwrap().chunks[0].len;
-    reader.read(5 * chunk_len + 10, 100).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(cache.bytes(), chunk_len);
-    // From the start, sequentially: the next four chunks arrive ahead of the reader.
-    let cache = Arc::new(ChunkCache::new(1 << 20));
-    let reader = fx.reader(&cache, 4);
-    reader.read(0, 100).await.unwrap();
-    let mut waited = 0;
-    while cache.bytes() < 5 * chunk_len && waited < 50 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
+/// Waits for the fetches under way to land in the cache, and returns its bytes.
+async fn settled(cache: &BlockCache) -> u64 {
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = cache.bytes();
+        if now == last {
+            return now;
+        }
+        last = now;
     }
-    assert_eq!(cache.bytes(), 5 * chunk_len);
+}
+
+#[tokio::test]
+async fn only_the_blocks_a_read_covers_are_fetched_until_reading_goes_on() {
+    // Chunks of about 32 KiB, so that a file of a few chunks' worth of records reaches
+    // past the streak that opens the read-ahead window.
+    let limits = Limits {
+        max_file_size: 32 * 1024,
+        max_request_size: 100_000,
+        ..LIMITS
+    };
+    let data = random_bytes(1_200_000, 2);
+    let fx = fixture_limited(&data, limits).await;
+    let chunk_len = fx.volume.file("f").unwrap().chunks[0].len;
+    // A read in the middle, not sequential: only its chunk (one block: chunks are
+    // smaller than a block here).
+    let cache = Arc::new(BlockCache::new(8 << 20));
+    let reader = fx.reader(&cache, 4);
+    reader.read(5 * chunk_len + 10, 100).await.unwrap();
+    assert_eq!(settled(&cache).await, chunk_len);
+    // The first 64 KiB, in small sequential reads (a file manager's peek): only them.
+    let cache = Arc::new(BlockCache::new(8 << 20));
+    let reader = fx.reader(&cache, 4);
+    let peek = 64 * 1024;
+    for offset in (0..peek).step_by(4096) {
+        reader.read(offset, 4096).await.unwrap();
+    }
+    assert_eq!(settled(&cache).await, peek.div_ceil(chunk_len) * chunk_len);
+    // Reading on past the streak: the window opens, and chunks arrive ahead of the
+    // reader, at most four (its read-ahead) past it.
+    let streak = dcloud_fs::fs::read::STREAK_BEFORE_READ_AHEAD;
+    for offset in (peek..streak + peek).step_by(4096) {
+        reader.read(offset, 4096).await.unwrap();
+    }
+    let read = (streak + peek).div_ceil(chunk_len) * chunk_len;
+    let held = settled(&cache).await;
+    assert!(held > read, "read ahead: {held} held, {read} read");
+    assert!(held <= read + 5 * chunk_len, "{held} held, {read} read");
+    // A seek closes it: a read elsewhere fetches only its chunk.
+    let before = settled(&cache).await;
+    reader.read(30 * chunk_len, 10).await.unwrap();
+    assert_eq!(settled(&cache).await, before + chunk_len);
 }
 
 #[tokio::test]
@@ -139,7 +173,7 @@ async fn a_damaged_chunk_fails_only_the_reads_that_need_it() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let cache = Arc::new(ChunkCache::new(1 << 20));
+    let cache = Arc::new(BlockCache::new(1 << 20));
     let reader = fx.reader(&cache, 0);
     let chunk_len = file.chunks[0].len;
     assert!(reader.read(3 * chunk_len, 10).await.is_err());

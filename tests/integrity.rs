@@ -247,7 +247,9 @@ fn plain_put(path: &str, data: &[u8], seq: u64) -> (Record, Vec<NewAttachment>) 
                 sha256: Some(sha2::Sha256::digest(data).into()),
                 tag: None,
                 key: None,
+                prefix: None,
             }],
+            data_key: None,
         })],
     };
     let attachment = NewAttachment {

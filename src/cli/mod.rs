@@ -28,6 +28,7 @@ use crate::crypto::{self, CryptoError, Key};
 use crate::store::discord::{DiscordConfig, DiscordStore, Token};
 use crate::store::local::LocalStore;
 use crate::store::{Limits, Store, StoreError};
+use crate::volume::disk_cache::{DiskCache, DiskCacheConfig};
 use crate::volume::registry::Volumes;
 use crate::volume::{Interrupt, Pins, Volume, VolumeConfig, VolumeError, find_channel};
 
@@ -390,6 +391,10 @@ pub(crate) struct Context {
     pins: Pins,
     /// The key, once loaded.
     key: tokio::sync::OnceCell<Option<Key>>,
+    /// The disk cache's size in MiB given by `mount --disk-cache`, over the settings.
+    disk_cache_flag: std::sync::OnceLock<u64>,
+    /// The disk cache, once opened (`None`: none is kept).
+    disk_cache: std::sync::OnceLock<Option<Arc<DiskCache>>>,
 }
 
 /// The store the settings select.
@@ -421,6 +426,8 @@ impl Context {
             volumes: tokio::sync::OnceCell::new(),
             pins: Pins::default(),
             key: tokio::sync::OnceCell::new(),
+            disk_cache_flag: std::sync::OnceLock::new(),
+            disk_cache: std::sync::OnceLock::new(),
         })
     }
 
@@ -558,7 +565,54 @@ impl Context {
             interrupt: self.interrupt.clone(),
             pins: self.pins.clone(),
             free_grace: std::time::Duration::from_secs(self.free_grace_secs()?.value),
+            disk_cache: self.disk_cache()?,
         })
+    }
+
+    /// The disk cache of fetched chunks, opened once, for a store that isn't on local
+    /// disk already (a local store's chunks are a disk read away as they are), and
+    /// only once the store is open. A cache folder that can't be used is logged and
+    /// worked without: the cache saves downloads, it is never needed to read.
+    fn disk_cache(&self) -> Result<Option<Arc<DiskCache>>, CliError> {
+        let mib = match self.disk_cache_flag.get() {
+            Some(&mib) => mib,
+            None => self.disk_cache_mib()?.value,
+        };
+        let Some(store) = self.store.get().filter(|s| s.discord.is_some()) else {
+            return Ok(None);
+        };
+        let dir = self
+            .cache_base()
+            .value
+            .join("blocks")
+            .join(store.store.identity());
+        Ok(self
+            .disk_cache
+            .get_or_init(|| {
+                if mib == 0 || self.global.no_cache {
+                    return None;
+                }
+                let config = DiskCacheConfig {
+                    dir: dir.clone(),
+                    capacity_bytes: mib.saturating_mul(1024 * 1024),
+                };
+                match DiskCache::open(config) {
+                    Ok(cache) => Some(Arc::new(cache)),
+                    Err(e) => {
+                        log::warn!(
+                            "not keeping fetched chunks on disk: {} can't be used ({e})",
+                            dir.display()
+                        );
+                        None
+                    }
+                }
+            })
+            .clone())
+    }
+
+    /// Sets the disk cache's size from `mount --disk-cache`, before anything opens it.
+    pub(crate) fn set_disk_cache_mib(&self, mib: u64) {
+        let _ = self.disk_cache_flag.set(mib);
     }
 
     /// Opens the channel named `name` with the configured key (once per command: the

@@ -69,10 +69,14 @@ pub struct MountArgs {
     /// unless mounting as root) (config: `allow_other`).
     #[arg(long, env = "DCLOUD_ALLOW_OTHER")]
     pub allow_other: bool,
-    /// Memory for decrypted chunks, in MiB (config: `cache_size_mib`). Default: 256.
+    /// Memory for decrypted blocks, in MiB (config: `cache_size_mib`). Default: 64.
     #[arg(long, value_name = "MIB", env = "DCLOUD_CACHE_SIZE_MIB",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_size: Option<u64>,
+    /// Disk for chunks fetched from Discord, kept sealed, in MiB; 0 keeps none
+    /// (config: `disk_cache_mib`). Default: 4096.
+    #[arg(long, value_name = "MIB", env = "DCLOUD_DISK_CACHE_MIB")]
+    pub disk_cache: Option<u64>,
     /// Where files being written wait for their upload. Default: spool/<store> in the
     /// cache folder (`--cache-dir`).
     #[arg(long, value_name = "DIR")]
@@ -96,8 +100,10 @@ pub struct MountArgs {
     pub allow_delete_channels: bool,
 }
 
-/// Memory for decrypted chunks when nothing says otherwise, in MiB.
-pub(crate) const DEFAULT_CACHE_SIZE_MIB: u64 = 256;
+/// Memory for decrypted blocks when nothing says otherwise, in MiB.
+pub(crate) const DEFAULT_CACHE_SIZE_MIB: u64 = 64;
+/// Disk for fetched chunks when nothing says otherwise, in MiB.
+pub(crate) const DEFAULT_DISK_CACHE_MIB: u64 = 4096;
 /// Seconds between polls when nothing says otherwise.
 pub(crate) const DEFAULT_POLL_SECS: u64 = 5;
 
@@ -116,6 +122,8 @@ pub(crate) async fn mount(context: &Context, mut args: MountArgs) -> Result<(), 
     args.allow_other = settings.allow_other.value;
     args.cache_size = Some(settings.cache_size_mib.value);
     args.poll_interval = Some(settings.poll_interval_secs.value);
+    args.disk_cache = Some(settings.disk_cache_mib.value);
+    context.set_disk_cache_mib(settings.disk_cache_mib.value);
     if args.foreground {
         run_foreground(context, args, mountpoint).await
     } else {

@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::PathBuf;
 
-use super::mount::{DEFAULT_CACHE_SIZE_MIB, DEFAULT_POLL_SECS};
+use super::mount::{DEFAULT_CACHE_SIZE_MIB, DEFAULT_DISK_CACHE_MIB, DEFAULT_POLL_SECS};
 use super::{CliError, Context, MountArgs, StoreChoice};
 use crate::store::discord::DEFAULT_REQUEST_TIMEOUT;
 use crate::volume::DEFAULT_FREE_GRACE;
@@ -130,6 +130,7 @@ pub struct MountSettings {
     pub allow_other: Resolved<bool>,
     pub cache_size_mib: Resolved<u64>,
     pub poll_interval_secs: Resolved<u64>,
+    pub disk_cache_mib: Resolved<u64>,
 }
 
 impl Context {
@@ -164,6 +165,7 @@ impl Context {
             args.allow_other,
             args.cache_size,
             args.poll_interval,
+            args.disk_cache,
         )
     }
 
@@ -175,6 +177,7 @@ impl Context {
         allow_other: bool,
         cache_size_mib: Option<u64>,
         poll_interval_secs: Option<u64>,
+        disk_cache_mib: Option<u64>,
     ) -> MountSettings {
         MountSettings {
             read_only: switch(
@@ -203,7 +206,35 @@ impl Context {
                 self.file.poll_interval_secs,
                 DEFAULT_POLL_SECS,
             ),
+            disk_cache_mib: pick(
+                disk_cache_mib,
+                "--disk-cache",
+                "DCLOUD_DISK_CACHE_MIB",
+                self.file.disk_cache_mib,
+                DEFAULT_DISK_CACHE_MIB,
+            ),
         }
+    }
+
+    /// The disk cache's size in MiB for commands other than `mount` (environment,
+    /// config file, default).
+    pub(crate) fn disk_cache_mib(&self) -> Result<Resolved<u64>, CliError> {
+        const VARIABLE: &str = "DCLOUD_DISK_CACHE_MIB";
+        let from_env = match std::env::var(VARIABLE) {
+            Ok(text) if !text.trim().is_empty() => {
+                Some(text.trim().parse::<u64>().map_err(|_| {
+                    CliError::Usage(format!("{VARIABLE}='{text}' is not a whole number"))
+                })?)
+            }
+            _ => None,
+        };
+        Ok(match from_env {
+            Some(mib) => Resolved::new(mib, Source::Env(VARIABLE)),
+            None => match self.file.disk_cache_mib {
+                Some(mib) => Resolved::new(mib, Source::File),
+                None => Resolved::new(DEFAULT_DISK_CACHE_MIB, Source::Default),
+            },
+        })
     }
 
     /// The folder for the index cache, upload journals, spool and mount log.
@@ -367,12 +398,19 @@ impl Context {
             env_switch("DCLOUD_ALLOW_OTHER"),
             env_number("DCLOUD_CACHE_SIZE_MIB")?,
             env_number("DCLOUD_POLL_INTERVAL_SECS")?,
+            None,
         );
         let (read_only, allow_other) = (defaults.read_only, defaults.allow_other);
         row(
             "cache_size_mib",
             defaults.cache_size_mib.value.to_string(),
             defaults.cache_size_mib.source,
+        );
+        let disk_cache = self.disk_cache_mib()?;
+        row(
+            "disk_cache_mib",
+            disk_cache.value.to_string(),
+            disk_cache.source,
         );
         let cache_dir = self.cache_base();
         row("cache_dir", shown(&cache_dir.value), cache_dir.source);

@@ -54,7 +54,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use self::cache::ChunkCache;
+use self::cache::BlockCache;
 use self::channels::Channels;
 use self::handles::OpenFile;
 use self::inode::{InodeTable, NodeKey, ROOT};
@@ -68,7 +68,9 @@ use crate::volume::{Node, VolumeConfig};
 /// How the filesystem behaves. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct FsConfig {
-    /// Bytes of decrypted chunks kept in memory. Default 256 MiB.
+    /// Bytes of decrypted blocks kept in memory: what hot reads and the read-ahead
+    /// window need (fetched ciphertext is kept on disk, [`VolumeConfig::disk_cache`]).
+    /// Default 64 MiB.
     pub cache_bytes: u64,
     /// Chunks fetched ahead of a sequential reader. Default 4.
     pub read_ahead_chunks: u64,
@@ -95,7 +97,7 @@ impl Default for FsConfig {
         // SAFETY: getuid and getgid have no preconditions and can't fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         FsConfig {
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
             read_ahead_chunks: 4,
             spool_dir: None,
             poll_interval: Duration::from_secs(5),
@@ -195,7 +197,7 @@ pub struct Fs {
     channels: Mutex<Channels>,
     volumes: Arc<Volumes>,
     inodes: Mutex<InodeTable>,
-    cache: Arc<ChunkCache>,
+    cache: Arc<BlockCache>,
     handles: Mutex<HashMap<u64, OpenFile>>,
     sessions: Mutex<HashMap<NodeKey, Arc<WriteSession>>>,
     /// The file version each inode had when last opened, for `keep_cache`: its file id
@@ -256,7 +258,7 @@ impl Fs {
         });
         let fs = Arc::new(Fs {
             volumes: Volumes::new(store.clone(), key.clone(), config.volume.clone()),
-            cache: Arc::new(ChunkCache::new(config.cache_bytes)),
+            cache: Arc::new(BlockCache::new(config.cache_bytes)),
             store,
             key,
             spool_dir,

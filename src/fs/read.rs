@@ -1,24 +1,58 @@
-//! Reading a file version at any offset: only the chunks that cover the range are
-//! fetched, through the shared [`ChunkCache`]; a reader that goes sequentially gets the
-//! next chunks fetched ahead, in parallel, while it consumes the current one.
+//! Reading a file version at any offset: only the 64 KiB blocks that cover the range are
+//! fetched (a ranged fetch of those segments, for segmented chunks), through the shared
+//! [`BlockCache`], and a reader that goes on sequentially gets a read-ahead window that
+//! grows with it.
+//!
+//! ## Read-ahead
+//!
+//! Modelled on mountpoint-s3's prefetcher: the window starts at nothing, so the first
+//! read of a file fetches only the blocks it covers (the kernel's own read-ahead, at
+//! most 1 MiB and 128 KiB for a first small read, is the small window after it: a file
+//! manager reading the first KiB of each file for thumbnails costs a block or two per
+//! file, not a chunk). Once a reader has gone [`STREAK_BEFORE_READ_AHEAD`] bytes
+//! sequentially, the window opens at that size and doubles on each sequential read, up
+//! to `read_ahead_chunks` chunks, fetched as one run per chunk, in parallel. A read
+//! anywhere else (a seek) closes it again. New fetches start only when the part of the
+//! window not yet asked for is at least half the window, so a sequential reader costs
+//! a few large requests (whole chunks, at full speed), not one per read.
 //!
 //! A [`FileReader`] is made per open file handle from the file's entry as it was at
 //! open, so a file replaced by another writer meanwhile keeps serving the version that
 //! was opened: the reader pins that version's messages ([`crate::volume::reclaim`]), so
 //! this mount frees them only once it is closed. (Another machine may still delete
-//! them; then the read fails with EIO instead of mixing versions.) A chunk that can't be
-//! fetched or doesn't authenticate fails the read; it never yields other bytes.
+//! them; then the read fails with EIO instead of mixing versions.) A block that can't
+//! be fetched or doesn't authenticate fails the read; it never yields other bytes.
 
+use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-use bytes::Bytes;
 use futures::FutureExt;
 
-use super::cache::{ChunkCache, ChunkKey, Fetched};
+use super::cache::{BlockCache, BlockId, FetchRun};
+use crate::format::{self, ChunkKind, SEGMENT_LEN};
 use crate::volume::FileEntry;
 use crate::volume::PinGuard;
-use crate::volume::transfer::ChunkFetcher;
+use crate::volume::transfer::{ChunkFetcher, FileSeal};
+
+/// Sequential bytes a reader must have read before read-ahead starts: past what the
+/// kernel's own read-ahead asks for at the start of a file.
+pub const STREAK_BEFORE_READ_AHEAD: u64 = 256 * 1024;
+
+const BLOCK: u64 = SEGMENT_LEN as u64;
+
+/// Where a reader is, for read-ahead.
+#[derive(Debug, Default)]
+struct Stream {
+    /// Where the last read ended.
+    last_end: u64,
+    /// Bytes read sequentially up to `last_end`.
+    streak: u64,
+    /// The read-ahead window, in bytes (0: closed).
+    window: u64,
+    /// How far read-ahead has been asked for.
+    requested_end: u64,
+}
 
 /// Reads one file version.
 pub struct FileReader {
@@ -26,22 +60,22 @@ pub struct FileReader {
     /// Where each chunk starts in the file; one more entry for the end.
     starts: Vec<u64>,
     fetcher: ChunkFetcher,
-    cache: Arc<ChunkCache>,
-    /// Chunks to fetch ahead of a sequential reader.
-    read_ahead: u64,
-    /// Where the last read ended: a read starting there is sequential.
-    last_end: AtomicU64,
+    cache: Arc<BlockCache>,
+    /// The widest read-ahead window, in bytes.
+    max_window: u64,
+    stream: Mutex<Stream>,
     /// Keeps the version's messages from being freed while it is open
     /// ([`crate::volume::reclaim`]).
     _pin: Option<PinGuard>,
 }
 
 impl FileReader {
+    /// A reader of `entry` whose read-ahead reaches at most `read_ahead_chunks` chunks.
     pub fn new(
         entry: Arc<FileEntry>,
         fetcher: ChunkFetcher,
-        cache: Arc<ChunkCache>,
-        read_ahead: u64,
+        cache: Arc<BlockCache>,
+        read_ahead_chunks: u64,
     ) -> FileReader {
         let mut starts = Vec::with_capacity(entry.chunks.len() + 1);
         let mut offset = 0;
@@ -50,13 +84,17 @@ impl FileReader {
             offset += chunk.len;
             starts.push(offset);
         }
+        let chunk_len = entry.chunks.first().map_or(0, |c| c.len);
         FileReader {
             entry,
             starts,
             fetcher,
             cache,
-            read_ahead,
-            last_end: AtomicU64::new(u64::MAX),
+            max_window: read_ahead_chunks.saturating_mul(chunk_len),
+            stream: Mutex::new(Stream {
+                last_end: u64::MAX,
+                ..Stream::default()
+            }),
             _pin: None,
         }
     }
@@ -93,70 +131,120 @@ impl FileReader {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let first = self.chunk_at(offset);
-        let last = self.chunk_at(end - 1);
-        let sequential = self.last_end.swap(end, Ordering::Relaxed) == offset || offset == 0;
-        if sequential {
-            self.prefetch(last as u64 + 1, self.read_ahead);
+        if let Some(ahead) = self.advance(offset, end) {
+            self.start_range(ahead);
         }
-        let fetches = (first..=last).map(|index| self.chunk(index as u64));
-        let chunks: Vec<Fetched> = futures::future::join_all(fetches).await;
+        self.start_range(offset..end);
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for (index, chunk) in (first..=last).zip(chunks) {
-            let chunk = chunk?;
-            let start = self.starts[index];
-            let from = offset.saturating_sub(start) as usize;
-            let to = ((end - start) as usize).min(chunk.len());
-            out.extend_from_slice(&chunk[from..to]);
+        for (id, within) in self.blocks_of(offset..end) {
+            let block = self
+                .cache
+                .block(id, self.whole(id.chunk), &|run| {
+                    self.fetch_run(id.chunk, run)
+                })
+                .await?;
+            let to = (within.end as usize).min(block.len());
+            let from = (within.start as usize).min(to);
+            out.extend_from_slice(&block[from..to]);
         }
         Ok(out)
     }
 
-    /// The cache key of chunk `index` (in range).
-    fn key(&self, index: u64) -> ChunkKey {
-        ChunkKey {
-            file: self.entry.id,
-            index,
-            attachment: self.entry.chunks[index as usize].attachment,
+    /// Notes a read of `offset..end`; returns the range to read ahead, if any.
+    fn advance(&self, offset: u64, end: u64) -> Option<Range<u64>> {
+        let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let sequential = offset == stream.last_end || (offset == 0 && stream.streak == 0);
+        if sequential {
+            stream.streak += end - offset;
+            stream.window = if stream.window > 0 {
+                stream.window.saturating_mul(2)
+            } else if stream.streak >= STREAK_BEFORE_READ_AHEAD {
+                stream.streak
+            } else {
+                0
+            }
+            .min(self.max_window);
+        } else {
+            stream.streak = end - offset;
+            stream.window = 0;
+            stream.requested_end = 0;
+        }
+        stream.last_end = end;
+        let target = end.saturating_add(stream.window).min(self.size());
+        let from = stream.requested_end.max(end);
+        if stream.window == 0 || target <= from || target - from < stream.window / 2 {
+            return None;
+        }
+        stream.requested_end = target;
+        Some(from..target)
+    }
+
+    /// The blocks covering `range`, with the part of each that is in it.
+    fn blocks_of(&self, range: Range<u64>) -> Vec<(BlockId, Range<u64>)> {
+        let mut out = Vec::new();
+        let mut at = range.start;
+        while at < range.end {
+            let chunk = self.chunk_at(at);
+            let start = self.starts[chunk];
+            let block = (at - start) / BLOCK;
+            let block_start = start + block * BLOCK;
+            let block_end = (block_start + BLOCK).min(self.starts[chunk + 1]);
+            let stop = block_end.min(range.end);
+            out.push((
+                self.id(chunk as u64, block),
+                at - block_start..stop - block_start,
+            ));
+            at = stop;
+        }
+        out
+    }
+
+    /// Starts fetching the blocks of `range` that are neither cached nor on their way:
+    /// a run per chunk.
+    fn start_range(&self, range: Range<u64>) {
+        if range.start >= range.end {
+            return;
+        }
+        let first = self.chunk_at(range.start);
+        let last = self.chunk_at(range.end - 1);
+        for chunk in first..=last {
+            let start = self.starts[chunk];
+            let from = range.start.max(start) - start;
+            let to = range.end.min(self.starts[chunk + 1]) - start;
+            let blocks = from / BLOCK..to.div_ceil(BLOCK).max(from / BLOCK + 1);
+            let index = chunk as u64;
+            self.cache
+                .start(self.id(index, 0), blocks, self.whole(index), &|run| {
+                    self.fetch_run(index, run)
+                });
         }
     }
 
-    /// One chunk, from the cache or fetched.
-    async fn chunk(&self, index: u64) -> Fetched {
-        let key = self.key(index);
-        self.cache
-            .get_or_fetch(key, || self.fetch_future(index))
-            .await
+    /// All the blocks of a chunk that opens only whole; `None` for a segmented one.
+    fn whole(&self, chunk: u64) -> Option<Range<u64>> {
+        let stored = &self.entry.chunks[chunk as usize];
+        (stored.kind(self.entry.encrypted) != ChunkKind::Segmented)
+            .then(|| 0..format::segment_count(stored.len))
     }
 
-    fn fetch_future(
-        &self,
-        index: u64,
-    ) -> futures::future::BoxFuture<'static, Result<Bytes, crate::volume::VolumeError>> {
+    fn id(&self, chunk: u64, block: u64) -> BlockId {
+        BlockId {
+            file: self.entry.id,
+            chunk,
+            attachment: self.entry.chunks[chunk as usize].attachment,
+            block,
+        }
+    }
+
+    fn fetch_run(&self, chunk: u64, run: Range<u64>) -> FetchRun {
         let fetcher = self.fetcher.clone();
         let entry = self.entry.clone();
         async move {
-            let chunk = entry.chunks[index as usize].clone();
-            fetcher.fetch(entry.id, entry.encrypted, index, chunk).await
+            let stored = &entry.chunks[chunk as usize];
+            fetcher
+                .fetch_blocks(FileSeal::of(&entry), chunk, stored, run)
+                .await
         }
         .boxed()
-    }
-
-    /// Starts fetching `count` chunks from `first` into the cache, in the background.
-    pub fn prefetch(&self, first: u64, count: u64) {
-        let total = self.entry.chunks.len() as u64;
-        for index in first..first.saturating_add(count).min(total) {
-            let key = self.key(index);
-            if self.cache.has_or_pending(&key) {
-                continue;
-            }
-            let cache = self.cache.clone();
-            let fetch = self.fetch_future(index);
-            tokio::spawn(async move {
-                if let Err(e) = cache.get_or_fetch(key, || fetch).await {
-                    log::debug!("read-ahead of chunk {index} failed: {e}");
-                }
-            });
-        }
     }
 }

@@ -52,11 +52,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::KeyId;
-use crate::format::{ChunkLocation, ChunkRef, FileId, Op, Record};
+use crate::format::{
+    ChunkKind, ChunkLocation, ChunkRef, DataKey, FileId, NONCE_PREFIX_LEN, Op, Record,
+};
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
-pub const INDEX_CACHE_VERSION: u32 = 3;
+pub const INDEX_CACHE_VERSION: u32 = 4;
 
 /// Orders the operations on a path (see the module docs): the highest stamp wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -144,9 +146,19 @@ pub struct StoredChunk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<[u8; 16]>,
     /// The key that sealed it, when that isn't the key this index was read with (an
-    /// older key a passphrase key carries along).
+    /// older key a passphrase key carries along); whole chunks only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeyId>,
+    /// The nonce prefix of a segmented chunk (sealed under the file's data key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<[u8; NONCE_PREFIX_LEN]>,
+}
+
+impl StoredChunk {
+    /// How the chunk is sealed, in a file that is `encrypted` or not.
+    pub fn kind(&self, encrypted: bool) -> ChunkKind {
+        ChunkKind::of(encrypted, self.prefix)
+    }
 }
 
 impl From<&StoredChunk> for ChunkRef {
@@ -162,6 +174,7 @@ impl From<&StoredChunk> for ChunkRef {
             sha256: chunk.sha256,
             tag: chunk.tag,
             key: chunk.key,
+            prefix: chunk.prefix,
         }
     }
 }
@@ -177,6 +190,9 @@ pub struct FileEntry {
     pub chunks: Vec<StoredChunk>,
     /// The message whose record put this version here.
     pub record_message: Id,
+    /// The file's data key, which its segmented chunks are sealed under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<DataKey>,
 }
 
 /// A folder recorded by `mkdir`.
@@ -799,7 +815,11 @@ fn resolve(
                     len: chunk.len,
                     sha256: chunk.sha256,
                     tag: chunk.tag,
-                    key: chunk.key.or(chunk_key).filter(|_| file.encrypted),
+                    key: chunk
+                        .key
+                        .or(chunk_key)
+                        .filter(|_| chunk.kind(file.encrypted) == ChunkKind::Whole),
+                    prefix: chunk.prefix,
                 });
             }
             Some(Entry::File(FileEntry {
@@ -810,6 +830,7 @@ fn resolve(
                 encrypted: file.encrypted,
                 chunks,
                 record_message: message.id,
+                data_key: file.data_key,
             }))
         }
     };
@@ -852,6 +873,7 @@ mod tests {
                 sha256: None,
                 tag: None,
                 key: None,
+                prefix: None,
             })
             .collect();
         Op::Put(FileManifest {
@@ -862,6 +884,7 @@ mod tests {
             mode: 0o644,
             encrypted: true,
             chunks,
+            data_key: None,
         })
     }
 

@@ -68,10 +68,10 @@ pub use index::{DirEntry, Entry, FileEntry, Hold, Index, Listed, Node, Own, Skip
 pub use reclaim::{PinGuard, Pins};
 pub use transfer::{ChunkPlan, Interrupt, Progress};
 
-use crate::crypto::{CryptoError, Key, KeyId};
+use crate::crypto::{self, CryptoError, Key, KeyId};
 use crate::format::{
-    self, ChunkLocation, ChunkRef, DirManifest, FileId, FileManifest, FormatError, Moved, Op,
-    Record,
+    self, ChunkKind, ChunkLocation, ChunkRef, DataKey, DirManifest, FileId, FileManifest,
+    FormatError, Moved, Op, Record,
 };
 use crate::store::{
     Channel, HistoryCursor, Id, Limits, MAX_HISTORY_PAGE, Message, Store, StoreError,
@@ -186,6 +186,10 @@ pub struct VolumeConfig {
     /// another machine that has the old version open can go on reading it a while.
     /// Default [`DEFAULT_FREE_GRACE`] (2 minutes).
     pub free_grace: std::time::Duration,
+    /// Where fetched chunks are kept on local disk, still sealed, so that reading them
+    /// again downloads nothing; `None` keeps none. Default: none (the CLI and the mount
+    /// open one for stores that aren't on local disk already).
+    pub disk_cache: Option<Arc<disk_cache::DiskCache>>,
 }
 
 /// The default [`VolumeConfig::free_grace`].
@@ -200,6 +204,7 @@ impl Default for VolumeConfig {
             interrupt: Interrupt::default(),
             pins: Pins::default(),
             free_grace: DEFAULT_FREE_GRACE,
+            disk_cache: None,
         }
     }
 }
@@ -243,7 +248,7 @@ impl Delta {
             && base.chunks.last().is_none_or(|c| c.len <= chunk_len);
         let pinned = base.chunks.iter().all(|c| {
             if encrypted {
-                c.tag.is_some()
+                c.tag.is_some() || c.prefix.is_some()
             } else {
                 c.sha256.is_some()
             }
@@ -317,13 +322,17 @@ fn seal_small_files(
     let mut ops = Vec::with_capacity(files.len());
     for (position, file) in files.into_iter().enumerate() {
         let id = FileId::random()?;
+        let data_key = match (file.options.encrypted, key) {
+            (true, Some(_)) => Some(DataKey::random()?),
+            (true, None) => return Err(VolumeError::NoKey),
+            (false, _) => None,
+        };
         let mut chunks = Vec::new();
         if !file.data.is_empty() {
-            let sealing = match (file.options.encrypted, key) {
-                (true, Some(key)) => format::Sealing::Encrypted(key),
-                (true, None) => return Err(VolumeError::NoKey),
-                (false, _) => format::Sealing::Plain,
-            };
+            let sealing_key = data_key.map(|k| k.key());
+            let sealing = sealing_key
+                .as_ref()
+                .map_or(format::Sealing::Plain, format::Sealing::Encrypted);
             let mut buffer = format::ChunkBuffer::new(file.data.len(), file.options.encrypted);
             buffer.extend_from_slice(&file.data);
             let sealed = buffer.seal(sealing, id, 0)?;
@@ -339,6 +348,7 @@ fn seal_small_files(
             mode: file.options.mode & 0o7777,
             encrypted: file.options.encrypted,
             chunks,
+            data_key,
         }));
     }
     Ok((attachments, ops))
@@ -419,7 +429,7 @@ impl Volume {
         config: VolumeConfig,
     ) -> Result<Volume, VolumeError> {
         let key_id = key.as_ref().map(Key::id);
-        let index = load_cache(&config, store.as_ref(), channel.id, key_id)
+        let index = load_cache(&config, store.as_ref(), channel.id, key.as_ref())
             .unwrap_or_else(|| Index::new(channel.id, key_id));
         let volume = Volume {
             user: store.current_user().await?,
@@ -580,7 +590,14 @@ impl Volume {
             return;
         };
         let json = serde_json::to_vec(&*self.index()).expect("index serializes");
-        if let Err(e) = write_private_atomically(&path, &json) {
+        let bytes = match seal_cache(self.key.as_ref(), json) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                log::warn!("could not seal the index cache {}: {e}", path.display());
+                return;
+            }
+        };
+        if let Err(e) = write_private_atomically(&path, &bytes) {
             log::warn!("could not save the index cache {}: {e}", path.display());
         }
     }
@@ -786,30 +803,29 @@ impl Volume {
         changes: Option<(&Delta, u64)>,
     ) -> Result<FileEntry, VolumeError> {
         self.check_creatable(path, true)?;
-        let key = match (options.encrypted, &self.key) {
-            (true, Some(key)) => Some(key.clone()),
-            (true, None) => return Err(VolumeError::NoKey),
-            (false, _) => None,
-        };
-        let overhead = format::chunk_overhead(key.is_some());
-        let plan = ChunkPlan::new(&self.limits(), overhead)?;
+        if options.encrypted && self.key.is_none() {
+            return Err(VolumeError::NoKey);
+        }
+        let plan = ChunkPlan::new(&self.limits(), chunk_kind(options.encrypted))?;
         let kept = changes.and_then(|(delta, size)| {
             let index = self.index();
             let base = index.file(path)?;
             let current = index.version_of(path)?;
-            delta.unchanged_chunks(&current, base, &plan, options.encrypted, size)
+            delta
+                .unchanged_chunks(&current, base, &plan, options.encrypted, size)
+                .map(|(id, reuse)| (id, base.data_key, reuse))
         });
         // The kept chunks are pinned until the new version's record has landed, under
         // the same exclusion as deletions (see [`reclaim`]): if another change is freeing
         // them already, everything is uploaded instead.
-        let kept = kept.and_then(|(id, reuse)| {
+        let kept = kept.and_then(|(id, data_key, reuse)| {
             let messages: Vec<(Id, Id)> = reuse
                 .iter()
                 .flatten()
                 .map(|c| (c.channel.unwrap_or(self.channel.id), c.message))
                 .collect();
             match self.pin_messages(&messages) {
-                Ok(pin) => Some((id, reuse, pin)),
+                Ok(pin) => Some((id, data_key, reuse, pin)),
                 Err(e) => {
                     log::info!(
                         "{}: uploading all of it: the chunks it would keep are going ({e})",
@@ -819,14 +835,21 @@ impl Volume {
                 }
             }
         });
-        let (file_id, reuse, _kept_pinned) = match kept {
-            Some((id, reuse, pin)) => (id, reuse, Some(pin)),
-            None => (FileId::random()?, Vec::new(), None),
+        let (file_id, data_key, reuse, _kept_pinned) = match kept {
+            Some((id, data_key, reuse, pin)) => (id, data_key, reuse, Some(pin)),
+            None => (FileId::random()?, None, Vec::new(), None),
+        };
+        // A new version keeps its file's data key, which its kept chunks are sealed
+        // under; a new file (or one from before data keys) gets its own.
+        let data_key = match (options.encrypted, data_key) {
+            (true, Some(key)) => Some(key),
+            (true, None) => Some(DataKey::random()?),
+            (false, _) => None,
         };
         let uploader = transfer::Uploader {
             store: self.store.clone(),
             channel: self.channel.id,
-            key,
+            data_key,
             file: file_id,
             plan,
             parallel_messages: self.config.upload_parallel_messages,
@@ -938,8 +961,9 @@ impl Volume {
             size: uploaded.size,
             mtime_ns: options.mtime_ns,
             mode: options.mode & 0o7777,
-            encrypted: uploader.key.is_some(),
+            encrypted: uploader.data_key.is_some(),
             chunks: chunks.into_iter().map(|(_, chunk)| chunk).collect(),
+            data_key: uploader.data_key,
         };
         let riders = records::Riders {
             attachments: tail_attachments,
@@ -1095,6 +1119,7 @@ impl Volume {
             key: self.key.clone(),
             name: self.display(path),
             interrupt: self.config.interrupt.clone(),
+            disk_cache: self.config.disk_cache.clone(),
         }
     }
 
@@ -1106,14 +1131,11 @@ impl Volume {
     /// The largest file [`Volume::put_small`] takes: one chunk, small enough that a full
     /// batch of them fits in one message.
     pub fn small_file_limit(&self, encrypted: bool) -> u64 {
-        let overhead = format::chunk_overhead(encrypted) as u64;
+        let kind = chunk_kind(encrypted);
         let per_file =
             transfer::request_budget(&self.limits()) / self.small_files_per_message() as u64;
-        let chunk =
-            ChunkPlan::new(&self.limits(), overhead as usize).map_or(0, |p| p.chunk_len as u64);
-        per_file
-            .min(self.limits().max_file_size)
-            .saturating_sub(overhead)
+        let chunk = ChunkPlan::new(&self.limits(), kind).map_or(0, |p| p.chunk_len as u64);
+        kind.capacity(per_file.min(self.limits().max_file_size))
             .min(chunk)
     }
 
@@ -1485,6 +1507,16 @@ fn manifest_for(path: &str, file: &FileEntry) -> FileManifest {
         mode: file.mode,
         encrypted: file.encrypted,
         chunks: file.chunks.iter().map(ChunkRef::from).collect(),
+        data_key: file.data_key,
+    }
+}
+
+/// How this code seals a new chunk of a file that is `encrypted` or not.
+pub fn chunk_kind(encrypted: bool) -> ChunkKind {
+    if encrypted {
+        ChunkKind::Segmented
+    } else {
+        ChunkKind::Plain
     }
 }
 
@@ -1508,18 +1540,68 @@ fn load_cache(
     config: &VolumeConfig,
     store: &dyn Store,
     channel: Id,
-    key: Option<KeyId>,
+    key: Option<&Key>,
 ) -> Option<Index> {
-    let path = cache_path(config, store, channel, key)?;
-    let bytes = fs::read(&path).ok()?;
+    let path = cache_path(config, store, channel, key.map(|k| k.id()))?;
+    let sealed = fs::read(&path).ok()?;
+    let Some(bytes) = open_cache(key, sealed) else {
+        log::info!("ignoring index cache {}: it doesn't open", path.display());
+        return None;
+    };
     match serde_json::from_slice::<Index>(&bytes) {
-        Ok(index) if index.usable_for(channel, key) => Some(index),
+        Ok(index) if index.usable_for(channel, key.map(|k| k.id())) => Some(index),
         Ok(_) => None,
         Err(e) => {
             log::info!("ignoring unreadable index cache {}: {e}", path.display());
             None
         }
     }
+}
+
+/// First bytes of an index cache sealed under the key.
+const SEALED_CACHE_MAGIC: &[u8; 4] = b"DCIX";
+/// Label of the key index caches are sealed under.
+const CACHE_KEY_LABEL: &[u8] = b"dcloud-fs index cache v1\0";
+
+/// An index cache as it is written: sealed under a key derived from the channel key
+/// when there is one (it holds file names and files' data keys, which must not lie
+/// on disk in the clear: with them, the sealed blocks of the disk cache would open),
+/// else the JSON itself (a reader without a key only ever reads plain files).
+fn seal_cache(key: Option<&Key>, json: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+    let Some(key) = key else { return Ok(json) };
+    let nonce = crypto::random_nonce()?;
+    let mut sealed = Vec::with_capacity(4 + nonce.len() + json.len() + crypto::TAG_LEN);
+    sealed.extend_from_slice(SEALED_CACHE_MAGIC);
+    sealed.extend_from_slice(&nonce);
+    let body = sealed.len();
+    sealed.extend_from_slice(&json);
+    let tag = key.derive(CACHE_KEY_LABEL).seal_detached(
+        &nonce,
+        SEALED_CACHE_MAGIC,
+        &mut sealed[body..],
+    )?;
+    sealed.extend_from_slice(&tag);
+    Ok(sealed)
+}
+
+/// The JSON of an index cache written by [`seal_cache`], if it opens with `key`.
+fn open_cache(key: Option<&Key>, mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+    let Some(key) = key else {
+        return (!sealed.starts_with(SEALED_CACHE_MAGIC)).then_some(sealed);
+    };
+    let header = 4 + crypto::NONCE_LEN;
+    if !sealed.starts_with(SEALED_CACHE_MAGIC) || sealed.len() < header + crypto::TAG_LEN {
+        return None;
+    }
+    let tag_at = sealed.len() - crypto::TAG_LEN;
+    let tag: [u8; crypto::TAG_LEN] = sealed[tag_at..].try_into().ok()?;
+    let nonce: [u8; crypto::NONCE_LEN] = sealed[4..header].try_into().ok()?;
+    sealed.truncate(tag_at);
+    key.derive(CACHE_KEY_LABEL)
+        .open_detached(&nonce, SEALED_CACHE_MAGIC, &mut sealed[header..], &tag)
+        .ok()?;
+    sealed.drain(..header);
+    Some(sealed)
 }
 
 /// Writes a file only its owner can read (the index holds file names), atomically.

@@ -51,10 +51,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::VolumeError;
+use super::disk_cache::{BlockKey, DiskCache};
 use super::index::{FileEntry, StoredChunk};
 use super::journal::LazyJournal;
 use crate::crypto::Key;
-use crate::format::{self, ChunkBuffer, ChunkLocation, ChunkRef, FileId, SealedChunk, Sealing};
+use crate::format::{
+    self, ChunkBuffer, ChunkKind, ChunkLocation, ChunkRef, DataKey, FileId, SealedChunk, Sealing,
+};
 use crate::store::{Id, Limits, NewAttachment, NewMessage, Store, StoreError};
 
 /// Something that wants to hear how many bytes have moved (a progress bar).
@@ -102,22 +105,23 @@ pub struct ChunkPlan {
 }
 
 impl ChunkPlan {
-    /// The plan that puts the most bytes in a message within `limits`, for chunks that
-    /// grow by `overhead` bytes when sealed.
-    pub fn new(limits: &Limits, overhead: usize) -> Result<ChunkPlan, VolumeError> {
+    /// The plan that puts the most bytes in a message within `limits`, for chunks
+    /// sealed as `kind`.
+    pub fn new(limits: &Limits, kind: ChunkKind) -> Result<ChunkPlan, VolumeError> {
+        let overhead = kind.sealed_len(0);
         let budget = request_budget(limits);
         let per_file = limits.max_file_size.min(budget);
         let too_small = || VolumeError::LimitsTooSmall {
             limits: format!("{limits:?}"),
         };
-        if per_file <= overhead as u64 || limits.max_attachments == 0 {
+        if per_file <= overhead || limits.max_attachments == 0 {
             return Err(too_small());
         }
         // Keep one attachment free for a record that rides with the last chunks.
         let max_per_message = (limits.max_attachments.saturating_sub(1)).max(1) as u64;
         let per_message = budget.div_ceil(per_file).clamp(1, max_per_message);
         let sealed = (budget / per_message).min(per_file);
-        let plain = sealed - overhead as u64;
+        let plain = kind.capacity(sealed);
         let rounded = if plain >= 2 * MIB {
             plain / MIB * MIB
         } else if plain >= 8 * 1024 {
@@ -173,8 +177,8 @@ pub struct Uploaded {
 pub struct Uploader {
     pub store: Arc<dyn Store>,
     pub channel: Id,
-    /// `Some` to encrypt under this key, `None` for plaintext mode.
-    pub key: Option<Key>,
+    /// `Some` to encrypt under this data key (the file's), `None` for plaintext mode.
+    pub data_key: Option<DataKey>,
     pub file: FileId,
     pub plan: ChunkPlan,
     /// Data messages being posted at once.
@@ -324,7 +328,7 @@ impl Uploader {
 
     async fn read_chunk(&self, mut source: Source) -> Result<(ChunkBuffer, Source), VolumeError> {
         let capacity = self.plan.chunk_len;
-        let encrypted = self.key.is_some();
+        let encrypted = self.data_key.is_some();
         let read = tokio::task::spawn_blocking(move || {
             let mut buffer = ChunkBuffer::new(capacity, encrypted);
             buffer
@@ -362,7 +366,7 @@ impl Uploader {
         buffer: ChunkBuffer,
         index: u64,
     ) -> JoinHandle<Result<SealedChunk, format::FormatError>> {
-        let key = self.key.clone();
+        let key = self.data_key.map(|k| k.key());
         let file = self.file;
         tokio::task::spawn_blocking(move || {
             let sealing = key.as_ref().map_or(Sealing::Plain, Sealing::Encrypted);
@@ -442,12 +446,13 @@ pub fn attach(sealed: Vec<SealedChunk>, first: usize) -> (Vec<NewAttachment>, Ve
                 },
                 len: chunk.plain_len,
                 sha256: chunk.sha256,
-                tag: chunk.tag,
+                tag: None,
                 key: None,
+                prefix: chunk.prefix,
             };
             let attachment = NewAttachment {
                 filename,
-                data: Bytes::from(chunk.bytes),
+                data: chunk.into_bytes(),
             };
             (attachment, reference)
         })
@@ -495,8 +500,42 @@ pub async fn delete_quietly(store: &dyn Store, channel: Id, messages: &[Id]) -> 
     failed
 }
 
+/// What opening a file's chunks needs to know of the file.
+#[derive(Debug, Clone, Copy)]
+pub struct FileSeal {
+    pub id: FileId,
+    pub encrypted: bool,
+    /// The key its segmented chunks are sealed under.
+    pub data_key: Option<DataKey>,
+}
+
+impl FileSeal {
+    /// The seal of an indexed file version.
+    pub fn of(file: &FileEntry) -> FileSeal {
+        FileSeal {
+            id: file.id,
+            encrypted: file.encrypted,
+            data_key: file.data_key,
+        }
+    }
+}
+
+/// Plaintext of some of a chunk's blocks: each [`format::SEGMENT_LEN`] long (the last
+/// of the chunk may be shorter), from block `first` on. A block is a segment of a
+/// segmented chunk; a chunk that opens only whole is cut into blocks the same way.
+#[derive(Debug, Clone)]
+pub struct Blocks {
+    pub first: u64,
+    pub blocks: Vec<Bytes>,
+}
+
 /// Where a file's chunks are fetched from, and how they are opened. Cheap to clone, so
 /// that every chunk fetch can run as its own task.
+///
+/// A segmented chunk is fetched by ranges: only the segments asked for. With a disk
+/// cache, every segment (or whole chunk, for the kinds that open only whole) is looked
+/// for there first and kept there once fetched, still sealed; a cached copy that fails
+/// to open is dropped and fetched again, never served.
 #[derive(Clone)]
 pub struct ChunkFetcher {
     pub store: Arc<dyn Store>,
@@ -505,65 +544,295 @@ pub struct ChunkFetcher {
     /// Names the file in error messages (`channel/path`).
     pub name: String,
     pub interrupt: Interrupt,
+    /// Sealed bytes kept on local disk, if any.
+    pub disk_cache: Option<Arc<DiskCache>>,
 }
 
 impl ChunkFetcher {
-    /// Fetches chunk `index` of `file` and opens it: its plaintext, or an error — never
+    /// Chunk `index` of `file`, opened: its plaintext in blocks, or an error — never
     /// bytes that didn't authenticate (or match their checksum).
     pub async fn fetch(
         &self,
-        file: FileId,
-        encrypted: bool,
+        file: FileSeal,
         index: u64,
-        chunk: StoredChunk,
-    ) -> Result<Bytes, VolumeError> {
+        chunk: &StoredChunk,
+    ) -> Result<Vec<Bytes>, VolumeError> {
+        let all = 0..format::segment_count(chunk.len);
+        Ok(self.fetch_blocks(file, index, chunk, all).await?.blocks)
+    }
+
+    /// Blocks `wanted` (within the chunk) of chunk `index` of `file`, opened: just those
+    /// of a segmented chunk, all of one that opens only whole.
+    pub async fn fetch_blocks(
+        &self,
+        file: FileSeal,
+        index: u64,
+        chunk: &StoredChunk,
+        wanted: std::ops::Range<u64>,
+    ) -> Result<Blocks, VolumeError> {
+        match chunk.kind(file.encrypted) {
+            ChunkKind::Segmented => self.fetch_segments(file, index, chunk, wanted).await,
+            kind => Ok(Blocks {
+                first: 0,
+                blocks: self.fetch_whole(file, kind, index, chunk).await?,
+            }),
+        }
+    }
+
+    /// A chunk that opens only whole (plain, or chunk version 1).
+    async fn fetch_whole(
+        &self,
+        file: FileSeal,
+        kind: ChunkKind,
+        index: u64,
+        chunk: &StoredChunk,
+    ) -> Result<Vec<Bytes>, VolumeError> {
+        let sealed_len = kind.sealed_len(chunk.len);
+        let block = BlockKey {
+            attachment: chunk.attachment,
+            offset: 0,
+            len: u32::try_from(sealed_len).unwrap_or(u32::MAX),
+        };
+        let key = self.whole_key(chunk)?;
+        if let Some(cached) = self.cached_on_disk(vec![block]).await.pop().flatten() {
+            match self
+                .open_whole(file, index, chunk, key.clone(), cached)
+                .await
+            {
+                Ok(blocks) => return Ok(blocks),
+                Err(e) => self.drop_damaged(block, &e),
+            }
+        }
         let data = self
             .store
             .fetch_attachment(
                 chunk.channel.unwrap_or(self.channel),
                 chunk.message,
                 chunk.attachment,
-                chunk.len + format::chunk_overhead(encrypted) as u64,
+                sealed_len,
             )
             .await
-            .map_err(|e| match e {
-                e if e.is_not_found() => VolumeError::ChunkMissing {
-                    name: self.name.clone(),
-                    index,
-                },
-                e => VolumeError::Store(e),
-            })?;
-        // The key that sealed it: ours, or an older one ours carries along.
-        let key = match (&self.key, chunk.key) {
-            (Some(key), Some(id)) => {
-                Some(
-                    key.for_id(id)
-                        .cloned()
-                        .ok_or_else(|| VolumeError::WrongKey {
-                            name: self.name.clone(),
-                            written: id,
-                            have: key.id(),
-                        })?,
-                )
-            }
-            (key, _) => key.clone(),
-        };
-        let reference = ChunkRef::from(&chunk);
+            .map_err(|e| self.store_error(e, index))?;
+        let data = Vec::from(data);
+        self.keep_on_disk(vec![(block, Bytes::copy_from_slice(&data))]);
+        self.open_whole(file, index, chunk, key, data).await
+    }
+
+    async fn open_whole(
+        &self,
+        file: FileSeal,
+        index: u64,
+        chunk: &StoredChunk,
+        key: Option<Key>,
+        data: Vec<u8>,
+    ) -> Result<Vec<Bytes>, VolumeError> {
+        let reference = ChunkRef::from(chunk);
         let opened = tokio::task::spawn_blocking(move || {
             format::open_chunk(
                 key.as_ref(),
-                file,
-                encrypted,
+                file.id,
+                file.encrypted,
                 index,
                 &reference,
-                Vec::from(data),
+                data,
             )
         })
         .await;
-        joined(opened)?.map_err(|source| VolumeError::Chunk {
+        joined(opened)?.map_err(|source| self.chunk_error(source))
+    }
+
+    /// Segments `wanted` of a segmented chunk: those on disk from there, the rest by
+    /// ranged fetches of the runs missing.
+    async fn fetch_segments(
+        &self,
+        file: FileSeal,
+        index: u64,
+        chunk: &StoredChunk,
+        wanted: std::ops::Range<u64>,
+    ) -> Result<Blocks, VolumeError> {
+        let count = format::segment_count(chunk.len);
+        let wanted = wanted.start.min(count - 1)..wanted.end.clamp(wanted.start + 1, count);
+        let key = file
+            .data_key
+            .ok_or_else(|| {
+                self.chunk_error(format::FormatError::Damaged {
+                    what: "record",
+                    detail: format!("chunk {index} is segmented but the file has no data key"),
+                })
+            })?
+            .key();
+        let keys: Vec<BlockKey> = wanted
+            .clone()
+            .map(|segment| segment_block(chunk, segment))
+            .collect();
+        let cached = self.cached_on_disk(keys.clone()).await;
+        let mut blocks: Vec<Option<Bytes>> = vec![None; keys.len()];
+        for (at, data) in cached.into_iter().enumerate() {
+            let Some(data) = data else { continue };
+            let segment = wanted.start + at as u64;
+            match self.open_run(file, index, chunk, &key, segment, data).await {
+                Ok(mut opened) => blocks[at] = opened.pop(),
+                Err(e) => self.drop_damaged(keys[at], &e),
+            }
+        }
+        for run in missing_runs(&blocks) {
+            let segments = wanted.start + run.start as u64..wanted.start + run.end as u64;
+            let mut span = format::segments_span(chunk.len, segments.clone());
+            // A run from the first segment brings the header along (13 bytes more), so
+            // that a chunk of another sealing is named as such.
+            let header = if segments.start == 0 {
+                span.start = 0;
+                format::SEGMENTED_HEADER_LEN
+            } else {
+                0
+            };
+            let data = self
+                .store
+                .fetch_range(
+                    chunk.channel.unwrap_or(self.channel),
+                    chunk.message,
+                    chunk.attachment,
+                    span.clone(),
+                )
+                .await
+                .map_err(|e| self.store_error(e, index))?;
+            let data = Vec::from(data);
+            if self.disk_cache.is_some() {
+                let kept = Bytes::copy_from_slice(&data);
+                let pieces = segments
+                    .clone()
+                    .map(|segment| {
+                        let at = format::segments_span(chunk.len, segment..segment + 1);
+                        let piece =
+                            (at.start - span.start) as usize..(at.end - span.start) as usize;
+                        (segment_block(chunk, segment), kept.slice(piece))
+                    })
+                    .collect();
+                self.keep_on_disk(pieces);
+            }
+            let opened = if header > 0 {
+                self.open_first_run(file, index, chunk, &key, data).await?
+            } else {
+                self.open_run(file, index, chunk, &key, segments.start, data)
+                    .await?
+            };
+            for (slot, block) in blocks[run].iter_mut().zip(opened) {
+                *slot = Some(block);
+            }
+        }
+        Ok(Blocks {
+            first: wanted.start,
+            blocks: blocks
+                .into_iter()
+                .map(|b| b.expect("every run filled"))
+                .collect(),
+        })
+    }
+
+    async fn open_run(
+        &self,
+        file: FileSeal,
+        index: u64,
+        chunk: &StoredChunk,
+        key: &Key,
+        first: u64,
+        data: Vec<u8>,
+    ) -> Result<Vec<Bytes>, VolumeError> {
+        let reference = ChunkRef::from(chunk);
+        let key = key.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            format::open_segments(&key, file.id, index, &reference, first, data)
+        })
+        .await;
+        joined(opened)?.map_err(|source| self.chunk_error(source))
+    }
+
+    /// [`Self::open_run`] of a run from segment 0 with the chunk's header in front.
+    async fn open_first_run(
+        &self,
+        file: FileSeal,
+        index: u64,
+        chunk: &StoredChunk,
+        key: &Key,
+        data: Vec<u8>,
+    ) -> Result<Vec<Bytes>, VolumeError> {
+        let reference = ChunkRef::from(chunk);
+        let key = key.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            format::open_segments_with_header(&key, file.id, index, &reference, data)
+        })
+        .await;
+        joined(opened)?.map_err(|source| self.chunk_error(source))
+    }
+
+    /// The key that sealed a whole chunk: ours, or an older one ours carries along.
+    fn whole_key(&self, chunk: &StoredChunk) -> Result<Option<Key>, VolumeError> {
+        match (&self.key, chunk.key) {
+            (Some(key), Some(id)) => Ok(Some(key.for_id(id).cloned().ok_or_else(|| {
+                VolumeError::WrongKey {
+                    name: self.name.clone(),
+                    written: id,
+                    have: key.id(),
+                }
+            })?)),
+            (key, _) => Ok(key.clone()),
+        }
+    }
+
+    /// The blocks found on disk, in order (`None` where missing).
+    async fn cached_on_disk(&self, keys: Vec<BlockKey>) -> Vec<Option<Vec<u8>>> {
+        let Some(cache) = self.disk_cache.clone() else {
+            return vec![None; keys.len()];
+        };
+        let count = keys.len();
+        tokio::task::spawn_blocking(move || keys.iter().map(|key| cache.get(key)).collect())
+            .await
+            .unwrap_or_else(|_| vec![None; count])
+    }
+
+    /// Keeps fetched blocks on disk, in the background.
+    fn keep_on_disk(&self, blocks: Vec<(BlockKey, Bytes)>) {
+        if let Some(cache) = self.disk_cache.clone() {
+            tokio::task::spawn_blocking(move || {
+                for (key, data) in blocks {
+                    cache.put(&key, &data);
+                }
+            });
+        }
+    }
+
+    /// A cached block that didn't open is dropped (and fetched again by the caller).
+    fn drop_damaged(&self, block: BlockKey, error: &VolumeError) {
+        log::warn!(
+            "{}: a cached copy failed to open ({error}); fetching it again",
+            self.name
+        );
+        if let Some(cache) = &self.disk_cache {
+            cache.remove(&block);
+        }
+    }
+
+    /// A fetch's failure: a missing chunk, a chunk shorter or longer than its record
+    /// says (damaged), or the store's own trouble.
+    fn store_error(&self, error: StoreError, index: u64) -> VolumeError {
+        match error {
+            e if e.is_not_found() => VolumeError::ChunkMissing {
+                name: self.name.clone(),
+                index,
+            },
+            StoreError::Corrupt(detail) => self.chunk_error(format::FormatError::Damaged {
+                what: "chunk",
+                detail: format!("chunk {index}: {detail}"),
+            }),
+            e => VolumeError::Store(e),
+        }
+    }
+
+    fn chunk_error(&self, source: format::FormatError) -> VolumeError {
+        VolumeError::Chunk {
             name: self.name.clone(),
             source,
-        })
+        }
     }
 
     /// Writes the whole file to `sink`, in order, with up to `parallel` chunks being
@@ -576,11 +845,11 @@ impl ChunkFetcher {
         parallel: usize,
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<(), VolumeError> {
-        let (id, encrypted) = (file.id, file.encrypted);
+        let seal = FileSeal::of(file);
         let mut chunks = futures::stream::iter(file.chunks.iter().cloned().enumerate())
             .map(|(index, chunk)| {
                 let fetcher = self.clone();
-                tokio::spawn(async move { fetcher.fetch(id, encrypted, index as u64, chunk).await })
+                tokio::spawn(async move { fetcher.fetch(seal, index as u64, &chunk).await })
             })
             .buffered(parallel.max(1));
         let write_error = |source| VolumeError::Io {
@@ -589,15 +858,43 @@ impl ChunkFetcher {
         };
         while let Some(chunk) = chunks.next().await {
             self.interrupt.check()?;
-            let data = joined(chunk)??;
-            let len = data.len() as u64;
-            sink.write(data).await.map_err(write_error)?;
+            let blocks = joined(chunk)??;
+            let len: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+            sink.write(blocks).await.map_err(write_error)?;
             if let Some(progress) = &progress {
                 progress.advance(len);
             }
         }
         sink.flush().await.map_err(write_error)
     }
+}
+
+/// The disk-cache key of one segment of a segmented chunk.
+fn segment_block(chunk: &StoredChunk, segment: u64) -> BlockKey {
+    let span = format::segments_span(chunk.len, segment..segment + 1);
+    BlockKey {
+        attachment: chunk.attachment,
+        offset: span.start,
+        len: (span.end - span.start) as u32,
+    }
+}
+
+/// The runs of consecutive missing blocks, as index ranges.
+fn missing_runs(blocks: &[Option<Bytes>]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut at = 0;
+    while at < blocks.len() {
+        if blocks[at].is_some() {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while at < blocks.len() && blocks[at].is_none() {
+            at += 1;
+        }
+        runs.push(start..at);
+    }
+    runs
 }
 
 /// Where a download's bytes go.
@@ -610,14 +907,23 @@ pub enum Sink<'a> {
 }
 
 impl Sink<'_> {
-    async fn write(&mut self, data: Bytes) -> std::io::Result<()> {
+    async fn write(&mut self, blocks: Vec<Bytes>) -> std::io::Result<()> {
         match self {
-            Sink::Writer(writer) => writer.write_all(&data).await,
+            Sink::Writer(writer) => {
+                for block in blocks {
+                    writer.write_all(&block).await?;
+                }
+                Ok(())
+            }
             Sink::File(file) => {
                 let file = file.clone();
-                tokio::task::spawn_blocking(move || (&*file).write_all(&data))
-                    .await
-                    .map_err(std::io::Error::other)?
+                tokio::task::spawn_blocking(move || {
+                    blocks
+                        .iter()
+                        .try_for_each(|block| (&*file).write_all(block))
+                })
+                .await
+                .map_err(std::io::Error::other)?
             }
         }
     }
@@ -633,11 +939,13 @@ impl Sink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::CHUNK_OVERHEAD;
+    use crate::format::ChunkKind;
+
+    const SEGMENTED: ChunkKind = ChunkKind::Segmented;
 
     #[test]
     fn discord_defaults_pack_three_8_mib_chunks_per_message() {
-        let plan = ChunkPlan::new(&Limits::default(), CHUNK_OVERHEAD).unwrap();
+        let plan = ChunkPlan::new(&Limits::default(), SEGMENTED).unwrap();
         assert_eq!(
             plan,
             ChunkPlan {
@@ -645,7 +953,7 @@ mod tests {
                 chunks_per_message: 3
             }
         );
-        let sealed = (plan.chunk_len + CHUNK_OVERHEAD) as u64;
+        let sealed = SEGMENTED.sealed_len(plan.chunk_len as u64);
         assert!(sealed <= Limits::default().max_file_size);
         assert!(3 * sealed <= Limits::default().max_request_size);
     }
@@ -657,9 +965,9 @@ mod tests {
             max_request_size: 100 * 1024 * 1024,
             ..Limits::default()
         };
-        let plan = ChunkPlan::new(&boosted, CHUNK_OVERHEAD).unwrap();
+        let plan = ChunkPlan::new(&boosted, SEGMENTED).unwrap();
         assert_eq!(plan.chunks_per_message, 1);
-        assert!((plan.chunk_len + CHUNK_OVERHEAD) as u64 <= boosted.max_file_size);
+        assert!(SEGMENTED.sealed_len(plan.chunk_len as u64) <= boosted.max_file_size);
 
         let tiny = Limits {
             max_file_size: 1000,
@@ -667,11 +975,11 @@ mod tests {
             max_request_size: 2500,
             max_content_chars: 2000,
         };
-        let plan = ChunkPlan::new(&tiny, CHUNK_OVERHEAD).unwrap();
+        let plan = ChunkPlan::new(&tiny, SEGMENTED).unwrap();
         assert!(plan.chunks_per_message <= 2);
-        assert!((plan.chunk_len + CHUNK_OVERHEAD) as u64 <= tiny.max_file_size);
+        assert!(SEGMENTED.sealed_len(plan.chunk_len as u64) <= tiny.max_file_size);
         assert!(
-            plan.chunks_per_message as u64 * (plan.chunk_len + CHUNK_OVERHEAD) as u64
+            plan.chunks_per_message as u64 * SEGMENTED.sealed_len(plan.chunk_len as u64)
                 <= tiny.max_request_size
         );
 
@@ -679,6 +987,6 @@ mod tests {
             max_file_size: 10,
             ..tiny
         };
-        assert!(ChunkPlan::new(&useless, CHUNK_OVERHEAD).is_err());
+        assert!(ChunkPlan::new(&useless, SEGMENTED).is_err());
     }
 }

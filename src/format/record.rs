@@ -1,0 +1,995 @@
+//! Records: the sealed JSON that says what a channel holds. The layout and the rules
+//! are specified in the [parent module's docs](super); this module is their one
+//! implementation.
+
+use serde::{Deserialize, Serialize};
+
+use super::chunk::{ChunkKind, DataKey, NONCE_PREFIX_LEN};
+use super::{FORMAT_VERSION, FileId, FormatError, RECORD_MAGIC, damaged, validate_path};
+use crate::crypto::{self, CryptoError, KEY_ID_LEN, Key, KeyId, NONCE_LEN, TAG_LEN};
+use crate::store::Id;
+
+/// Bytes of the record envelope header (magic, version, cipher, key id).
+const RECORD_HEADER_LEN: usize = 4 + 1 + 1 + KEY_ID_LEN;
+const CIPHER_NONE: u8 = 0;
+const CIPHER_AES_256_GCM: u8 = 1;
+
+/// Where a chunk is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ChunkLocation {
+    /// An attachment of another message, by ids; `channel` is `Some` when that message
+    /// is in another channel than the record (a file moved across channels).
+    Stored {
+        channel: Option<Id>,
+        message: Id,
+        attachment: Id,
+    },
+    /// An attachment of the record's own message, by file name.
+    Attached { filename: String },
+}
+
+/// One chunk of a file, as a record lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WireChunk", into = "WireChunk")]
+pub struct ChunkRef {
+    pub location: ChunkLocation,
+    /// Plaintext length.
+    pub len: u64,
+    /// SHA-256 of the plaintext (plain files only).
+    pub sha256: Option<[u8; 32]>,
+    /// The AES-GCM tag of the sealed chunk (encrypted files): pins this exact sealing, so
+    /// an older chunk of the same file and index can't stand in for it.
+    pub tag: Option<[u8; TAG_LEN]>,
+    /// The key that sealed the chunk, when it isn't the key that sealed the record (`k`,
+    /// version 2): a whole chunk of a file written under an older key and renamed under
+    /// a newer one.
+    pub key: Option<KeyId>,
+    /// The nonce prefix of a segmented chunk (`p`, version 3): pins this exact sealing,
+    /// and is what a reader derives the segments' nonces from.
+    pub prefix: Option<[u8; NONCE_PREFIX_LEN]>,
+}
+
+impl ChunkRef {
+    /// How the chunk is sealed, which says how to read it.
+    pub fn kind(&self, encrypted: bool) -> ChunkKind {
+        ChunkKind::of(encrypted, self.prefix)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireChunk {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    f: Option<String>,
+    n: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    h: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<KeyId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<String>,
+}
+
+impl TryFrom<WireChunk> for ChunkRef {
+    type Error = String;
+    fn try_from(wire: WireChunk) -> Result<Self, String> {
+        let id = |text: &str| text.parse::<Id>().map_err(|_| format!("bad id '{text}'"));
+        let location = match (wire.c, wire.m, wire.a, wire.f) {
+            (c, Some(m), Some(a), None) => ChunkLocation::Stored {
+                channel: c.as_deref().map(id).transpose()?,
+                message: id(&m)?,
+                attachment: id(&a)?,
+            },
+            (None, None, None, Some(filename)) => ChunkLocation::Attached { filename },
+            _ => return Err("a chunk names either m and a (and maybe c), or f".into()),
+        };
+        let sha256 = match wire.h {
+            Some(hex) => Some(crypto::decode_hex::<32>(&hex).ok_or("bad chunk checksum")?),
+            None => None,
+        };
+        let tag = match wire.t {
+            Some(hex) => Some(crypto::decode_hex::<TAG_LEN>(&hex).ok_or("bad chunk tag")?),
+            None => None,
+        };
+        let prefix = match wire.p {
+            Some(hex) => {
+                Some(crypto::decode_hex::<NONCE_PREFIX_LEN>(&hex).ok_or("bad chunk nonce prefix")?)
+            }
+            None => None,
+        };
+        Ok(ChunkRef {
+            location,
+            len: wire.n,
+            sha256,
+            tag,
+            key: wire.k,
+            prefix,
+        })
+    }
+}
+
+impl From<ChunkRef> for WireChunk {
+    fn from(chunk: ChunkRef) -> WireChunk {
+        let (c, m, a, f) = match chunk.location {
+            ChunkLocation::Stored {
+                channel,
+                message,
+                attachment,
+            } => (
+                channel.map(|c| c.to_string()),
+                Some(message.to_string()),
+                Some(attachment.to_string()),
+                None,
+            ),
+            ChunkLocation::Attached { filename } => (None, None, None, Some(filename)),
+        };
+        WireChunk {
+            c,
+            m,
+            a,
+            f,
+            n: chunk.len,
+            h: chunk.sha256.map(|h| crypto::encode_hex(&h)),
+            t: chunk.tag.map(|t| crypto::encode_hex(&t)),
+            k: chunk.key,
+            p: chunk.prefix.map(|p| crypto::encode_hex(&p)),
+        }
+    }
+}
+
+/// A file version: what a `put` operation says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileManifest {
+    pub path: String,
+    pub id: FileId,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub mode: u32,
+    pub encrypted: bool,
+    pub chunks: Vec<ChunkRef>,
+    /// The file's data key (`dk`, version 3), which its segmented chunks are sealed
+    /// under. Only ever in an encrypted record.
+    #[serde(rename = "dk", default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<DataKey>,
+}
+
+impl FileManifest {
+    /// Segmented chunks (version 3) are sealed under the file's data key: an encrypted
+    /// file that has them carries one, a plain file has neither.
+    fn validate_keys(&self, version: u8) -> Result<(), FormatError> {
+        let segmented = self.chunks.iter().any(|c| c.prefix.is_some());
+        let problem = if version < 3 && (segmented || self.data_key.is_some()) {
+            Some("segmented chunks or a data key in a record older than version 3")
+        } else if !self.encrypted && (segmented || self.data_key.is_some()) {
+            Some("a plain file with segmented chunks or a data key")
+        } else if segmented && self.data_key.is_none() {
+            Some("segmented chunks without a data key")
+        } else {
+            None
+        };
+        match problem {
+            Some(why) => Err(damaged("record", format!("'{}': {why}", self.path))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A folder that exists on its own: what a `mkdir` operation says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirManifest {
+    pub path: String,
+    pub mtime_ns: i64,
+    pub mode: u32,
+}
+
+/// One operation of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    Put(FileManifest),
+    Mkdir(DirManifest),
+    Del {
+        path: String,
+        /// Set when the file moved to another channel, whose record now uses its chunks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        moved: Option<Moved>,
+    },
+    /// The file at `path` is being moved to another channel (version 2): its messages
+    /// are used there too from now on. Changes nothing at `path`.
+    Link {
+        path: String,
+        moved: Moved,
+    },
+}
+
+/// Where a file deleted by a move across channels went, and which messages its chunks
+/// are in (they stay: the destination's record points at them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// The destination channel.
+    #[serde(with = "id_string")]
+    pub to: Id,
+    /// The messages holding the file's chunks, `(channel, message)`.
+    #[serde(with = "id_pairs")]
+    pub messages: Vec<(Id, Id)>,
+}
+
+/// Ids as decimal strings, like Discord's.
+mod id_string {
+    use super::Id;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &Id, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&id.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Id, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|_| serde::de::Error::custom(format!("bad id '{text}'")))
+    }
+}
+
+/// `(channel, message)` pairs as `"<channel>/<message>"` strings.
+mod id_pairs {
+    use super::Id;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(pairs: &[(Id, Id)], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(pairs.iter().map(|(c, m)| format!("{c}/{m}")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(Id, Id)>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts
+            .iter()
+            .map(|text| {
+                text.split_once('/')
+                    .and_then(|(c, m)| Some((c.parse().ok()?, m.parse().ok()?)))
+                    .ok_or_else(|| serde::de::Error::custom(format!("bad message '{text}'")))
+            })
+            .collect()
+    }
+}
+
+impl Op {
+    /// The path the operation is about.
+    pub fn path(&self) -> &str {
+        match self {
+            Op::Put(file) => &file.path,
+            Op::Mkdir(dir) => &dir.path,
+            Op::Del { path, .. } | Op::Link { path, .. } => path,
+        }
+    }
+}
+
+/// A record: operations applied together, atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The channel's Lamport clock when the record was written (see the module docs);
+    /// 0 in version-1 records, which have none.
+    #[serde(default)]
+    pub seq: u64,
+    pub ops: Vec<Op>,
+}
+
+/// Largest plaintext a chunk may claim to hold. Discord's largest attachment is far
+/// smaller; a record claiming more is damaged, so no length read from the store can
+/// make a reader allocate without bound.
+pub const MAX_CHUNK_LEN: u64 = 1 << 30;
+
+impl Record {
+    fn validate(&self, version: u8) -> Result<(), FormatError> {
+        for op in &self.ops {
+            validate_path(op.path())?;
+            if let Op::Put(file) = op {
+                let mut total = 0u64;
+                for chunk in &file.chunks {
+                    if chunk.len > MAX_CHUNK_LEN {
+                        return Err(damaged(
+                            "record",
+                            format!("'{}': a chunk claims {} bytes", file.path, chunk.len),
+                        ));
+                    }
+                    total = total.checked_add(chunk.len).ok_or_else(|| {
+                        damaged("record", format!("'{}': chunk sizes overflow", file.path))
+                    })?;
+                }
+                if total != file.size {
+                    return Err(damaged(
+                        "record",
+                        format!(
+                            "'{}': chunks add up to {total} bytes, size says {}",
+                            file.path, file.size
+                        ),
+                    ));
+                }
+                if !file.encrypted && file.chunks.iter().any(|c| c.sha256.is_none()) {
+                    return Err(damaged(
+                        "record",
+                        format!("'{}': a plain chunk has no checksum", file.path),
+                    ));
+                }
+                file.validate_keys(version)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a record is protected when sealed.
+#[derive(Clone, Copy, Debug)]
+pub enum RecordSeal<'a> {
+    /// Encrypted and authenticated under the key (cipher 1).
+    Encrypted(&'a Key),
+    /// Readable by anyone, authenticated under the key's record MAC key (cipher 0,
+    /// signed): for records that only put plain files.
+    Signed(&'a Key),
+    /// Readable by anyone and unauthenticated (cipher 0, key id zero): what a writer
+    /// without a key can do.
+    Unsigned,
+}
+
+/// Label of the record MAC key (see the module docs).
+const RECORD_MAC_LABEL: &[u8] = b"dcloud-fs record mac v2\0";
+
+/// The associated data of a version-2 record: its header and its channel, then (for
+/// signed plain records) the JSON.
+fn record_aad(header: &[u8], channel: Id, json: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + 8 + json.len());
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(&channel.to_le_bytes());
+    aad.extend_from_slice(json);
+    aad
+}
+
+/// Seals a record into its envelope (the current version), bound to `channel`.
+pub fn seal_record(
+    record: &Record,
+    seal: RecordSeal<'_>,
+    channel: Id,
+) -> Result<Vec<u8>, FormatError> {
+    record.validate(FORMAT_VERSION)?;
+    let carries_keys = record
+        .ops
+        .iter()
+        .any(|op| matches!(op, Op::Put(file) if file.data_key.is_some()));
+    if carries_keys && !matches!(seal, RecordSeal::Encrypted(_)) {
+        return Err(damaged(
+            "record",
+            "a record that carries a data key must be encrypted",
+        ));
+    }
+    let json = serde_json::to_vec(record).expect("records serialize");
+    let mut envelope = Vec::with_capacity(RECORD_HEADER_LEN + NONCE_LEN + json.len() + TAG_LEN);
+    envelope.extend_from_slice(&RECORD_MAGIC);
+    envelope.push(FORMAT_VERSION);
+    match seal {
+        RecordSeal::Unsigned => {
+            envelope.push(CIPHER_NONE);
+            envelope.extend_from_slice(&[0u8; KEY_ID_LEN]);
+            envelope.extend_from_slice(&json);
+        }
+        RecordSeal::Signed(key) => {
+            envelope.push(CIPHER_NONE);
+            envelope.extend_from_slice(&key.id().0);
+            let nonce = crypto::random_nonce()?;
+            let aad = record_aad(&envelope, channel, &json);
+            let tag = key
+                .derive(RECORD_MAC_LABEL)
+                .seal_detached(&nonce, &aad, &mut [])?;
+            envelope.extend_from_slice(&nonce);
+            envelope.extend_from_slice(&json);
+            envelope.extend_from_slice(&tag);
+        }
+        RecordSeal::Encrypted(key) => {
+            envelope.push(CIPHER_AES_256_GCM);
+            envelope.extend_from_slice(&key.id().0);
+            let nonce = crypto::random_nonce()?;
+            let aad = record_aad(&envelope, channel, &[]);
+            envelope.extend_from_slice(&nonce);
+            let body_at = envelope.len();
+            envelope.extend_from_slice(&json);
+            let tag = key.seal_detached(&nonce, &aad, &mut envelope[body_at..])?;
+            envelope.extend_from_slice(&tag);
+        }
+    }
+    Ok(envelope)
+}
+
+/// A record as opened, with what vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedRecord {
+    pub record: Record,
+    /// The envelope's version (1, 2 or 3).
+    pub version: u8,
+    /// The loaded key authenticated it: sealed by it, or (version 2) signed by it.
+    /// Plain records read without a key, and version-1 plain records, are not.
+    pub authenticated: bool,
+    /// The key that sealed it (cipher 1), which also sealed the chunks it puts unless
+    /// they say otherwise (`k`).
+    pub sealed_by: Option<KeyId>,
+}
+
+/// A record body's parts: nonce, payload, tag.
+type SealedParts<'a> = ([u8; NONCE_LEN], &'a [u8], [u8; TAG_LEN]);
+
+/// Splits `nonce ‖ payload ‖ tag`.
+fn split_sealed(body: &[u8]) -> Result<SealedParts<'_>, FormatError> {
+    if body.len() < NONCE_LEN + TAG_LEN {
+        return Err(damaged("record", "truncated"));
+    }
+    let (nonce, rest) = body.split_at(NONCE_LEN);
+    let (payload, tag) = rest.split_at(rest.len() - TAG_LEN);
+    Ok((
+        nonce.try_into().expect("nonce length"),
+        payload,
+        tag.try_into().expect("tag length"),
+    ))
+}
+
+/// The key a record names must be the one loaded.
+fn check_key(key: Option<&Key>, written: KeyId) -> Result<&Key, FormatError> {
+    let key = key.ok_or(CryptoError::NoKey { written })?;
+    key.for_id(written).ok_or_else(|| {
+        CryptoError::WrongKey {
+            written,
+            have: key.id(),
+        }
+        .into()
+    })
+}
+
+/// Opens a record envelope of any version, found in `channel`. A record sealed with
+/// another key is [`CryptoError::WrongKey`], one sealed while no key is loaded
+/// [`CryptoError::NoKey`]; so is a plain record signed by another key while a key is
+/// loaded (that key can't vouch for it). Plain records opened without a key, and
+/// unsigned ones, come back with `authenticated: false`: which of those count is the
+/// reader's policy (see the module docs).
+pub fn open_record(
+    envelope: &[u8],
+    key: Option<&Key>,
+    channel: Id,
+) -> Result<OpenedRecord, FormatError> {
+    if envelope.len() < RECORD_HEADER_LEN || envelope[0..4] != RECORD_MAGIC {
+        return Err(FormatError::NotOurs("record"));
+    }
+    let version = envelope[4];
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(FormatError::NewerVersion(version));
+    }
+    let header = &envelope[..RECORD_HEADER_LEN];
+    let body = &envelope[RECORD_HEADER_LEN..];
+    let mut written = KeyId::default();
+    written.0.copy_from_slice(&envelope[6..RECORD_HEADER_LEN]);
+    let unsigned = written == KeyId::default();
+    let sealed_by = (envelope[5] == CIPHER_AES_256_GCM).then_some(written);
+    let (json, authenticated) = match (envelope[5], version) {
+        (CIPHER_NONE, 1) => (body.to_vec(), false),
+        (CIPHER_NONE, _) if unsigned => (body.to_vec(), false),
+        (CIPHER_NONE, _) if key.is_none() => (split_sealed(body)?.1.to_vec(), false),
+        (CIPHER_NONE, _) => {
+            let key = check_key(key, written)?;
+            let (nonce, json, tag) = split_sealed(body)?;
+            key.derive(RECORD_MAC_LABEL)
+                .open_detached(&nonce, &record_aad(header, channel, json), &mut [], &tag)
+                .map_err(|_| damaged("record", "failed authentication"))?;
+            (json.to_vec(), true)
+        }
+        (CIPHER_AES_256_GCM, _) => {
+            let key = check_key(key, written)?;
+            let (nonce, ciphertext, tag) = split_sealed(body)?;
+            let aad = if version == 1 {
+                header.to_vec()
+            } else {
+                record_aad(header, channel, &[])
+            };
+            let mut json = ciphertext.to_vec();
+            key.open_detached(&nonce, &aad, &mut json, &tag)
+                .map_err(|_| damaged("record", "failed authentication"))?;
+            (json, true)
+        }
+        (other, _) => return Err(damaged("record", format!("unknown cipher {other}"))),
+    };
+    let mut record: Record =
+        serde_json::from_slice(&json).map_err(|e| damaged("record", e.to_string()))?;
+    record.validate(version)?;
+    if version == 1 {
+        record.seq = 0; // version 1 has no seq: whatever the JSON says means nothing
+    } else if record.seq == 0 {
+        return Err(damaged("record", "no seq"));
+    }
+    Ok(OpenedRecord {
+        record,
+        version,
+        authenticated,
+        sealed_by,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{
+        CONTENT_PREFIX, ChunkBuffer, DATA_CONTENT, MessageKind, RECORD_ATTACHMENT, SEGMENT_LEN,
+        Sealing, classify, data_content, open_chunk, record_message_parts,
+    };
+    use crate::store::Limits;
+    const CHANNEL: Id = 77;
+
+    /// A version-1 envelope, as dcloud-fs wrote them before version 2.
+    fn seal_v1(record: &Record, key: Option<&Key>) -> Vec<u8> {
+        let json = serde_json::to_vec(&Record {
+            seq: 0,
+            ops: record.ops.clone(),
+        })
+        .unwrap();
+        let mut envelope = RECORD_MAGIC.to_vec();
+        envelope.push(1);
+        match key {
+            None => {
+                envelope.push(CIPHER_NONE);
+                envelope.extend_from_slice(&[0u8; KEY_ID_LEN]);
+                envelope.extend_from_slice(&json);
+            }
+            Some(key) => {
+                envelope.push(CIPHER_AES_256_GCM);
+                envelope.extend_from_slice(&key.id().0);
+                let nonce = crypto::random_nonce().unwrap();
+                envelope.extend_from_slice(&nonce);
+                let mut body = json;
+                let tag = key
+                    .seal_detached(&nonce, &envelope[..RECORD_HEADER_LEN], &mut body)
+                    .unwrap();
+                envelope.extend_from_slice(&body);
+                envelope.extend_from_slice(&tag);
+            }
+        }
+        envelope
+    }
+
+    fn sample_record() -> Record {
+        Record {
+            seq: 5,
+            ops: vec![
+                Op::Put(FileManifest {
+                    path: "photos/2024/a b ü.jpg".into(),
+                    id: FileId([9; 16]),
+                    size: 15,
+                    mtime_ns: -5,
+                    mode: 0o644,
+                    encrypted: true,
+                    chunks: vec![
+                        ChunkRef {
+                            location: ChunkLocation::Stored {
+                                channel: Some(7),
+                                message: u64::MAX,
+                                attachment: 1,
+                            },
+                            len: 10,
+                            sha256: None,
+                            tag: Some([3; 16]),
+                            key: Some(KeyId([4; KEY_ID_LEN])),
+                            prefix: None,
+                        },
+                        ChunkRef {
+                            location: ChunkLocation::Attached {
+                                filename: "c1.bin".into(),
+                            },
+                            len: 5,
+                            sha256: None,
+                            tag: None,
+                            key: None,
+                            prefix: None,
+                        },
+                    ],
+                    data_key: None,
+                }),
+                Op::Mkdir(DirManifest {
+                    path: "empty".into(),
+                    mtime_ns: 1,
+                    mode: 0o755,
+                }),
+                Op::Del {
+                    path: "old".into(),
+                    moved: None,
+                },
+                Op::Del {
+                    path: "gone".into(),
+                    moved: Some(Moved {
+                        to: 8,
+                        messages: vec![(7, 9), (8, u64::MAX)],
+                    }),
+                },
+            ],
+        }
+    }
+
+    fn opened(record: &Record, version: u8, authenticated: bool) -> (Record, u8, bool) {
+        (record.clone(), version, authenticated)
+    }
+
+    /// What a test compares of an opened record (who sealed it is checked on its own).
+    fn summary(opened: OpenedRecord) -> (Record, u8, bool) {
+        (opened.record, opened.version, opened.authenticated)
+    }
+
+    #[test]
+    fn records_round_trip_sealed_signed_and_unsigned() {
+        let key = Key::generate().unwrap();
+        let record = sample_record();
+        let envelope = seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap();
+        assert!(!envelope.windows(6).any(|w| w == b"photos"));
+        let sealed_by = open_record(&envelope, Some(&key), CHANNEL)
+            .unwrap()
+            .sealed_by;
+        assert_eq!(sealed_by, Some(key.id()));
+        assert_eq!(
+            summary(open_record(&envelope, Some(&key), CHANNEL).unwrap()),
+            opened(&record, FORMAT_VERSION, true)
+        );
+
+        let signed = seal_record(&record, RecordSeal::Signed(&key), CHANNEL).unwrap();
+        assert!(
+            signed.windows(6).any(|w| w == b"photos"),
+            "signed stays readable"
+        );
+        assert_eq!(
+            summary(open_record(&signed, Some(&key), CHANNEL).unwrap()),
+            opened(&record, FORMAT_VERSION, true)
+        );
+        // Without the key it reads, unchecked.
+        assert_eq!(
+            summary(open_record(&signed, None, CHANNEL).unwrap()),
+            opened(&record, FORMAT_VERSION, false)
+        );
+
+        let unsigned = seal_record(&record, RecordSeal::Unsigned, CHANNEL).unwrap();
+        for reader in [None, Some(&key)] {
+            assert_eq!(
+                summary(open_record(&unsigned, reader, CHANNEL).unwrap()),
+                opened(&record, FORMAT_VERSION, false)
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_opens_only_in_its_own_channel() {
+        let key = Key::generate().unwrap();
+        let record = sample_record();
+        for seal in [RecordSeal::Encrypted(&key), RecordSeal::Signed(&key)] {
+            let envelope = seal_record(&record, seal, CHANNEL).unwrap();
+            assert!(matches!(
+                open_record(&envelope, Some(&key), CHANNEL + 1),
+                Err(FormatError::Damaged { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_signed_record_changed_without_the_key_fails_authentication() {
+        let key = Key::generate().unwrap();
+        let envelope = seal_record(&sample_record(), RecordSeal::Signed(&key), CHANNEL).unwrap();
+        let text = String::from_utf8_lossy(&envelope).into_owned();
+        let at = text.find("\"mode\":420").unwrap();
+        let mut forged = envelope.clone();
+        forged[at + 8..at + 11].copy_from_slice(b"511");
+        assert!(matches!(
+            open_record(&forged, Some(&key), CHANNEL),
+            Err(FormatError::Damaged { .. })
+        ));
+        // Signed by another key: that key can't vouch for it.
+        let other = Key::generate().unwrap();
+        assert!(matches!(
+            open_record(&envelope, Some(&other), CHANNEL),
+            Err(FormatError::Crypto(CryptoError::WrongKey { .. }))
+        ));
+    }
+
+    #[test]
+    fn version_1_records_still_open() {
+        let key = Key::generate().unwrap();
+        let mut record = sample_record();
+        let sealed = seal_v1(&record, Some(&key));
+        let plain = seal_v1(&record, None);
+        record.seq = 0;
+        // Version 1 doesn't bind the channel: any channel opens it.
+        assert_eq!(
+            summary(open_record(&sealed, Some(&key), CHANNEL + 9).unwrap()),
+            opened(&record, 1, true)
+        );
+        assert_eq!(
+            summary(open_record(&plain, Some(&key), CHANNEL).unwrap()),
+            opened(&record, 1, false)
+        );
+    }
+
+    #[test]
+    fn overflowing_or_huge_sizes_are_damage() {
+        let mut record = sample_record();
+        if let Op::Put(file) = &mut record.ops[0] {
+            file.chunks[0].len = u64::MAX;
+            file.chunks[1].len = 16;
+            file.size = 15; // u64::MAX + 16 wraps to 15
+        }
+        let json = serde_json::to_vec(&record).unwrap();
+        let mut envelope = RECORD_MAGIC.to_vec();
+        envelope.extend_from_slice(&[FORMAT_VERSION, CIPHER_NONE, 0, 0, 0, 0, 0, 0, 0, 0]);
+        envelope.extend_from_slice(&json);
+        let err = open_record(&envelope, None, CHANNEL).unwrap_err();
+        assert!(err.to_string().contains("claims"), "{err}");
+        if let Op::Put(file) = &mut record.ops[0] {
+            file.chunks[0].len = MAX_CHUNK_LEN;
+            file.chunks[1].len = u64::MAX - MAX_CHUNK_LEN + 1;
+        }
+        assert!(seal_record(&record, RecordSeal::Unsigned, CHANNEL).is_err());
+    }
+
+    #[test]
+    fn wrong_or_missing_key_is_reported_with_key_ids() {
+        let key = Key::generate().unwrap();
+        let other = Key::generate().unwrap();
+        let envelope = seal_record(&sample_record(), RecordSeal::Encrypted(&key), CHANNEL).unwrap();
+        let err = open_record(&envelope, Some(&other), CHANNEL).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("written with key id {}", key.id())),
+            "{text}"
+        );
+        assert!(text.contains(&format!("you have {}", other.id())), "{text}");
+        assert!(matches!(
+            open_record(&envelope, None, CHANNEL),
+            Err(FormatError::Crypto(CryptoError::NoKey { .. }))
+        ));
+        let mut damaged_envelope = envelope.clone();
+        let last = damaged_envelope.len() - 1;
+        damaged_envelope[last] ^= 1;
+        assert!(matches!(
+            open_record(&damaged_envelope, Some(&key), CHANNEL),
+            Err(FormatError::Damaged { .. })
+        ));
+        let mut newer = envelope;
+        newer[4] = FORMAT_VERSION + 1;
+        assert!(matches!(
+            open_record(&newer, Some(&key), CHANNEL),
+            Err(FormatError::NewerVersion(v)) if v == FORMAT_VERSION + 1
+        ));
+    }
+
+    #[test]
+    fn records_with_bad_paths_or_sizes_are_refused() {
+        for path in ["", "/abs", "a//b", "a/../b", "./a", "trailing/", "nul\0"] {
+            assert!(validate_path(path).is_err(), "{path:?}");
+        }
+        validate_path("ok/nested/päth with spaces").unwrap();
+        let mut record = sample_record();
+        if let Op::Put(file) = &mut record.ops[0] {
+            file.size += 1;
+        }
+        assert!(seal_record(&record, RecordSeal::Unsigned, CHANNEL).is_err());
+        let evil = br#"{"ops":[{"op":"del","path":"../../etc/passwd"}]}"#;
+        let mut envelope = RECORD_MAGIC.to_vec();
+        envelope.extend_from_slice(&[FORMAT_VERSION, CIPHER_NONE, 0, 0, 0, 0, 0, 0, 0, 0]);
+        envelope.extend_from_slice(evil);
+        assert!(matches!(
+            open_record(&envelope, None, CHANNEL),
+            Err(FormatError::InvalidPath { .. })
+        ));
+    }
+
+    /// `sample_record` with its file as version 3 writes it: a data key, and its last
+    /// chunk segmented.
+    fn sample_v3_record() -> Record {
+        let mut record = sample_record();
+        if let Op::Put(file) = &mut record.ops[0] {
+            file.data_key = Some(DataKey([5; 32]));
+            file.chunks[1].prefix = Some([6; NONCE_PREFIX_LEN]);
+        }
+        record
+    }
+
+    #[test]
+    fn data_keys_and_segmented_chunks_travel_only_in_encrypted_version_3_records() {
+        let key = Key::generate().unwrap();
+        let record = sample_v3_record();
+        let envelope = seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap();
+        assert_eq!(
+            summary(open_record(&envelope, Some(&key), CHANNEL).unwrap()),
+            opened(&record, FORMAT_VERSION, true)
+        );
+        // Never in a record anyone can read.
+        for seal in [RecordSeal::Signed(&key), RecordSeal::Unsigned] {
+            assert!(seal_record(&record, seal, CHANNEL).is_err());
+        }
+        // Not in a version-2 record (whose writers didn't have them), nor in a plain
+        // file, nor a segmented chunk without a data key.
+        let v2 = sealed_as_version(&record, &key, 2);
+        assert!(open_record(&v2, Some(&key), CHANNEL).is_err());
+        let v3 = sealed_as_version(&record, &key, 3);
+        assert!(open_record(&v3, Some(&key), CHANNEL).is_ok());
+        let mut plain = record.clone();
+        if let Op::Put(file) = &mut plain.ops[0] {
+            file.encrypted = false;
+            file.chunks
+                .iter_mut()
+                .for_each(|c| c.sha256 = Some([1; 32]));
+        }
+        assert!(seal_record(&plain, RecordSeal::Encrypted(&key), CHANNEL).is_err());
+        let mut keyless = record.clone();
+        if let Op::Put(file) = &mut keyless.ops[0] {
+            file.data_key = None;
+        }
+        assert!(seal_record(&keyless, RecordSeal::Encrypted(&key), CHANNEL).is_err());
+    }
+
+    /// `record` sealed under `key` as if by a writer of `version` (unchecked).
+    fn sealed_as_version(record: &Record, key: &Key, version: u8) -> Vec<u8> {
+        let mut envelope = RECORD_MAGIC.to_vec();
+        envelope.extend_from_slice(&[version, CIPHER_AES_256_GCM]);
+        envelope.extend_from_slice(&key.id().0);
+        let nonce = crypto::random_nonce().unwrap();
+        let aad = record_aad(&envelope, CHANNEL, &[]);
+        let mut json = serde_json::to_vec(record).unwrap();
+        let tag = key.seal_detached(&nonce, &aad, &mut json).unwrap();
+        [envelope, nonce.to_vec(), json, tag.to_vec()].concat()
+    }
+
+    #[test]
+    fn message_content_classifies_and_long_records_go_to_an_attachment() {
+        let limits = Limits::default();
+        let file = FileId([7; 16]);
+        assert_eq!(classify(&data_content(file)), MessageKind::Data(Some(file)));
+        assert_eq!(classify(DATA_CONTENT), MessageKind::Data(None));
+        assert!(!matches!(classify("dcfs1 database"), MessageKind::Data(_)));
+        assert_eq!(classify("hello everyone"), MessageKind::Other);
+        assert_eq!(classify("dcfs1 !!!"), MessageKind::Other);
+        let envelope = seal_record(&sample_record(), RecordSeal::Unsigned, CHANNEL).unwrap();
+        let (content, attachment) = record_message_parts(envelope.clone(), &limits);
+        assert!(attachment.is_none());
+        assert_eq!(classify(&content), MessageKind::InlineRecord(envelope));
+
+        let big = vec![0u8; 2000];
+        let (content, attachment) = record_message_parts(big, &limits);
+        assert_eq!(classify(&content), MessageKind::AttachedRecord);
+        assert_eq!(attachment.unwrap().filename, RECORD_ATTACHMENT);
+    }
+
+    /// Mutation runs of the decoders: `DCLOUD_FUZZ_ITERATIONS` (default 3000, what CI
+    /// runs) rounds, each mutating valid input, from `DCLOUD_FUZZ_SEED`. Run it longer by
+    /// hand with, say, `DCLOUD_FUZZ_ITERATIONS=20000000 cargo test --lib mutated`.
+    fn fuzz_iterations() -> u64 {
+        std::env::var("DCLOUD_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000)
+    }
+
+    /// A small xorshift generator: the runs are repeatable from their seed.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// One mutation of `bytes`: a flipped bit, a cut, bytes inserted or appended, or a
+    /// run of bytes overwritten with random (or with digits, to reach number parsing).
+    pub(crate) fn mutate(bytes: &mut Vec<u8>, next: &mut impl FnMut() -> u64) {
+        match next() % 5 {
+            0 if !bytes.is_empty() => {
+                let bit = next() as usize % (bytes.len() * 8);
+                bytes[bit / 8] ^= 1 << (bit % 8);
+            }
+            1 if !bytes.is_empty() => bytes.truncate(next() as usize % bytes.len()),
+            2 => {
+                let at = next() as usize % (bytes.len() + 1);
+                for _ in 0..1 + next() % 8 {
+                    bytes.insert(at, next() as u8);
+                }
+            }
+            3 if !bytes.is_empty() => {
+                let at = next() as usize % bytes.len();
+                let digits = next() % 2 == 0;
+                for byte in bytes.iter_mut().skip(at).take(1 + next() as usize % 24) {
+                    *byte = if digits {
+                        b'0' + (next() % 10) as u8
+                    } else {
+                        next() as u8
+                    };
+                }
+            }
+            _ => bytes.push(next() as u8),
+        }
+    }
+
+    /// Every mutation of a sealed or signed envelope, or of a chunk, is refused with an
+    /// error, never accepted; mutations of unsigned plain records and of their JSON
+    /// (which no key covers) and random bytes never panic, and what opens is valid.
+    #[test]
+    fn mutated_or_random_input_is_refused_without_panicking() {
+        let seed = std::env::var("DCLOUD_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x5eed);
+        let mut next = xorshift(seed);
+        let key = Key::generate().unwrap();
+        let file = FileId::random().unwrap();
+        let record = sample_record();
+        let covered = [
+            seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap(),
+            seal_record(&record, RecordSeal::Signed(&key), CHANNEL).unwrap(),
+            seal_v1(&record, Some(&key)),
+        ];
+        let unsigned = seal_record(&record, RecordSeal::Unsigned, CHANNEL).unwrap();
+        let v1_plain = seal_v1(&record, None);
+        let data_key = Key::generate().unwrap();
+        let mut buffer = ChunkBuffer::new(2 * SEGMENT_LEN + 300, true);
+        buffer.extend_from_slice(&[9u8; 2 * SEGMENT_LEN + 300]);
+        let sealed = buffer.seal(Sealing::Encrypted(&data_key), file, 2).unwrap();
+        let chunk_ref = ChunkRef {
+            location: ChunkLocation::Attached {
+                filename: "c0.bin".into(),
+            },
+            len: sealed.plain_len,
+            sha256: None,
+            tag: None,
+            key: None,
+            prefix: sealed.prefix,
+        };
+        let chunk = sealed.as_bytes().to_vec();
+        for round in 0..fuzz_iterations() {
+            let original = &covered[round as usize % covered.len()];
+            let mut envelope = original.clone();
+            mutate(&mut envelope, &mut next);
+            // (A mutation may write back what was there: then nothing changed.)
+            if envelope != *original {
+                assert!(open_record(&envelope, Some(&key), CHANNEL).is_err());
+            }
+            let mut data = chunk.clone();
+            mutate(&mut data, &mut next);
+            if data != chunk {
+                assert!(open_chunk(Some(&data_key), file, true, 2, &chunk_ref, data).is_err());
+            }
+
+            let mut open = if round % 2 == 0 {
+                unsigned.clone()
+            } else {
+                v1_plain.clone()
+            };
+            for _ in 0..1 + next() % 4 {
+                mutate(&mut open, &mut next);
+            }
+            if let Ok(opened) = open_record(&open, None, CHANNEL) {
+                opened.record.validate(opened.version).unwrap();
+                // What opens is applied to an index without a panic, whatever it says.
+                let message = crate::store::Message {
+                    id: 1 + next() % 1000,
+                    channel_id: CHANNEL,
+                    author_id: 1,
+                    content: String::new(),
+                    attachments: Vec::new(),
+                };
+                let mut index = crate::volume::Index::new(CHANNEL, None);
+                let _ = index.apply(&message, &opened.record, opened.version, opened.sealed_by);
+                let _ = index.list("");
+            }
+
+            let random: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
+            assert!(open_record(&random, Some(&key), CHANNEL).is_err());
+            let text: String = random.iter().map(|&b| char::from(b % 96 + 32)).collect();
+            let _ = classify(&format!("{CONTENT_PREFIX}{text}"));
+        }
+    }
+}
