@@ -234,32 +234,64 @@ impl Drop for Pooled {
     }
 }
 
-/// A buffer that is filled with a chunk's plaintext and then sealed in place. It is
-/// laid out as the sealed chunk from the start: header, then for each segment its
+/// A buffer that is filled with a chunk's plaintext and sealed in place. It is laid
+/// out as the sealed chunk from the start: header, then for each segment its
 /// plaintext's slot followed by room for its tag. So reading into it is the only copy
-/// and sealing copies nothing.
+/// and sealing copies nothing. Each segment is sealed as soon as the next one starts
+/// filling (the last one when the chunk is sealed, since only then is it known to be
+/// the last), while its bytes are still in the processor's cache.
 pub struct ChunkBuffer {
-    /// The sealed layout; bytes past `laid_out` are unspecified.
+    /// The sealed layout; bytes past what is filled are unspecified.
     bytes: Vec<u8>,
     /// Plaintext bytes held.
     plain_len: usize,
-    segmented: bool,
+    /// How segments are sealed (encrypted chunks); `None` for a plain chunk.
+    sealer: Option<Sealer>,
+}
+
+/// What seals the segments of one chunk, and how far it got.
+struct Sealer {
+    key: Key,
+    file: FileId,
+    index: u64,
+    prefix: [u8; NONCE_PREFIX_LEN],
+    /// Segments sealed so far (all but the last filled, at most).
+    sealed: u64,
 }
 
 impl ChunkBuffer {
-    /// An empty buffer for up to `capacity` plaintext bytes, to be sealed encrypted
-    /// (segmented) or plain.
-    pub fn new(capacity: usize, encrypted: bool) -> ChunkBuffer {
-        let kind = if encrypted {
+    /// An empty buffer for up to `capacity` plaintext bytes of chunk `index` of file
+    /// `file`, sealed as `sealing` says.
+    pub fn new(
+        capacity: usize,
+        sealing: Sealing<'_>,
+        file: FileId,
+        index: u64,
+    ) -> Result<ChunkBuffer, FormatError> {
+        let sealer = match sealing {
+            Sealing::Plain => None,
+            Sealing::Encrypted(key) => {
+                let mut prefix = [0u8; NONCE_PREFIX_LEN];
+                crypto::fill_random(&mut prefix)?;
+                Some(Sealer {
+                    key: key.clone(),
+                    file,
+                    index,
+                    prefix,
+                    sealed: 0,
+                })
+            }
+        };
+        let kind = if sealer.is_some() {
             ChunkKind::Segmented
         } else {
             ChunkKind::Plain
         };
-        ChunkBuffer {
+        Ok(ChunkBuffer {
             bytes: buffer_of(kind.sealed_len(capacity as u64) as usize),
             plain_len: 0,
-            segmented: encrypted,
-        }
+            sealer,
+        })
     }
 
     /// Plaintext bytes held.
@@ -272,9 +304,13 @@ impl ChunkBuffer {
         self.plain_len == 0
     }
 
+    fn segmented(&self) -> bool {
+        self.sealer.is_some()
+    }
+
     /// Where plaintext byte `offset` goes in the buffer.
     fn position(&self, offset: usize) -> usize {
-        if self.segmented {
+        if self.segmented() {
             SEGMENTED_HEADER_LEN + offset + TAG_LEN * (offset / SEGMENT_LEN)
         } else {
             offset
@@ -285,7 +321,7 @@ impl ChunkBuffer {
     /// of the buffer), at most `limit` bytes; grows the buffer if a small one was made.
     fn next_slot(&mut self, limit: usize) -> &mut [u8] {
         let offset = self.plain_len;
-        let in_segment = if self.segmented {
+        let in_segment = if self.segmented() {
             SEGMENT_LEN - offset % SEGMENT_LEN
         } else {
             usize::MAX
@@ -296,6 +332,47 @@ impl ChunkBuffer {
             self.bytes.resize(at + len + TAG_LEN, 0);
         }
         &mut self.bytes[at..at + len]
+    }
+
+    /// Notes `n` more plaintext bytes written into the slot [`Self::next_slot`] gave.
+    /// Bytes in a new segment mean the one before is full and not the last: it is
+    /// sealed now, while still in the processor's cache.
+    fn filled(&mut self, n: usize) -> Result<(), FormatError> {
+        let started_segment = self.plain_len % SEGMENT_LEN == 0 && self.plain_len > 0;
+        self.plain_len += n;
+        if started_segment && n > 0 {
+            let segment = ((self.plain_len - n) / SEGMENT_LEN) as u64;
+            self.seal_segments(segment, false)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the segments not sealed yet below `end`; the one before `end` as the
+    /// chunk's last if `last_included`, else all of them as full segments.
+    fn seal_segments(&mut self, end: u64, last_included: bool) -> Result<(), FormatError> {
+        let plain_len = self.plain_len as u64;
+        let Some(sealer) = &mut self.sealer else {
+            return Ok(());
+        };
+        let mut aad = segment_aad(sealer.file, sealer.index);
+        while sealer.sealed < end {
+            let segment = sealer.sealed;
+            let last = last_included && segment + 1 == end;
+            let start = segments_span(plain_len, segment..segment + 1).start as usize;
+            let text_len = if last {
+                let plain = segment_plain(plain_len, segment);
+                (plain.end - plain.start) as usize
+            } else {
+                SEGMENT_LEN
+            };
+            let (text, rest) = self.bytes[start..].split_at_mut(text_len);
+            set_segment(&mut aad, segment, last);
+            let nonce = segment_nonce(sealer.prefix, segment);
+            let tag = sealer.key.seal_detached(&nonce, &aad, text)?;
+            rest[..TAG_LEN].copy_from_slice(&tag);
+            sealer.sealed += 1;
+        }
+        Ok(())
     }
 
     /// Reads from `reader` until the buffer holds `capacity` bytes or the reader ends.
@@ -310,7 +387,7 @@ impl ChunkBuffer {
             let want = capacity - self.plain_len;
             match reader.read(self.next_slot(want)) {
                 Ok(0) => break,
-                Ok(n) => self.plain_len += n,
+                Ok(n) => self.filled(n).map_err(std::io::Error::other)?,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -319,80 +396,48 @@ impl ChunkBuffer {
     }
 
     /// Appends plaintext.
-    pub fn extend_from_slice(&mut self, mut data: &[u8]) {
+    pub fn extend_from_slice(&mut self, mut data: &[u8]) -> Result<(), FormatError> {
         while !data.is_empty() {
             let slot = self.next_slot(data.len());
             let n = slot.len();
             slot.copy_from_slice(&data[..n]);
-            self.plain_len += n;
+            self.filled(n)?;
             data = &data[n..];
         }
+        Ok(())
     }
 
-    /// Seals the chunk as chunk `index` of file `file`: segmented under the file's
-    /// data key, or plain.
-    pub fn seal(
-        mut self,
-        sealing: Sealing<'_>,
-        file: FileId,
-        index: u64,
-    ) -> Result<SealedChunk, FormatError> {
+    /// Seals what is left (the last segment, with its flag) and returns the chunk.
+    pub fn seal(mut self) -> Result<SealedChunk, FormatError> {
         let plain_len = self.plain_len as u64;
-        if self.segmented != matches!(sealing, Sealing::Encrypted(_)) {
-            return Err(damaged("chunk buffer", "made for the other sealing mode"));
-        }
-        let len = if self.segmented {
+        let kind = if self.segmented() {
             ChunkKind::Segmented
         } else {
             ChunkKind::Plain
-        }
-        .sealed_len(plain_len) as usize;
+        };
+        let len = kind.sealed_len(plain_len) as usize;
         if self.bytes.len() < len {
             self.bytes.resize(len, 0);
         }
-        let (sha256, prefix) = match sealing {
-            Sealing::Plain => (Some(Sha256::digest(&self.bytes[..len]).into()), None),
-            Sealing::Encrypted(key) => {
-                let mut prefix = [0u8; NONCE_PREFIX_LEN];
-                crypto::fill_random(&mut prefix)?;
-                seal_segments(key, file, index, prefix, &mut self.bytes[..len], plain_len)?;
+        let (sha256, prefix) = match &self.sealer {
+            None => (Some(Sha256::digest(&self.bytes[..len]).into()), None),
+            Some(sealer) => {
+                let prefix = sealer.prefix;
+                self.bytes[0..4].copy_from_slice(&CHUNK_MAGIC);
+                self.bytes[4] = CHUNK_VERSION;
+                self.bytes[5..SEGMENTED_HEADER_LEN].copy_from_slice(&prefix);
+                self.seal_segments(segment_count(plain_len), true)?;
                 (None, Some(prefix))
             }
         };
         Ok(SealedChunk {
-            bytes: self.bytes,
+            bytes: std::mem::take(&mut self.bytes),
             len,
             plain_len,
             sha256,
             prefix,
         })
     }
-}
-
-/// Writes the header and seals every segment of `sealed` (laid out, plaintext in
-/// place) in place.
-fn seal_segments(
-    key: &Key,
-    file: FileId,
-    index: u64,
-    prefix: [u8; NONCE_PREFIX_LEN],
-    sealed: &mut [u8],
-    plain_len: u64,
-) -> Result<(), FormatError> {
-    sealed[0..4].copy_from_slice(&CHUNK_MAGIC);
-    sealed[4] = CHUNK_VERSION;
-    sealed[5..SEGMENTED_HEADER_LEN].copy_from_slice(&prefix);
-    let count = segment_count(plain_len);
-    let mut aad = segment_aad(file, index);
-    for segment in 0..count {
-        let span = segments_span(plain_len, segment..segment + 1);
-        let piece = &mut sealed[span.start as usize..span.end as usize];
-        let (text, tag_room) = piece.split_at_mut(piece.len() - TAG_LEN);
-        set_segment(&mut aad, segment, segment + 1 == count);
-        let tag = key.seal_detached(&segment_nonce(prefix, segment), &aad, text)?;
-        tag_room.copy_from_slice(&tag);
-    }
-    Ok(())
 }
 
 /// A sealed chunk, ready to upload.
@@ -718,9 +763,10 @@ mod tests {
     const S: usize = SEGMENT_LEN;
 
     fn sealed(key: &Key, file: FileId, index: u64, data: &[u8]) -> SealedChunk {
-        let mut buffer = ChunkBuffer::new(data.len(), true);
-        buffer.extend_from_slice(data);
-        buffer.seal(Sealing::Encrypted(key), file, index).unwrap()
+        let mut buffer =
+            ChunkBuffer::new(data.len(), Sealing::Encrypted(key), file, index).unwrap();
+        buffer.extend_from_slice(data).unwrap();
+        buffer.seal().unwrap()
     }
 
     fn reference(chunk: &SealedChunk) -> ChunkRef {
@@ -909,9 +955,9 @@ mod tests {
     #[test]
     fn plain_chunks_are_the_bytes_and_checked_by_checksum() {
         let file = FileId::random().unwrap();
-        let mut buffer = ChunkBuffer::new(5, false);
-        buffer.extend_from_slice(b"hello");
-        let chunk = buffer.seal(Sealing::Plain, file, 0).unwrap();
+        let mut buffer = ChunkBuffer::new(5, Sealing::Plain, file, 0).unwrap();
+        buffer.extend_from_slice(b"hello").unwrap();
+        let chunk = buffer.seal().unwrap();
         assert_eq!(chunk.as_bytes(), b"hello");
         let r = reference(&chunk);
         let opened = open_chunk(None, file, false, 0, &r, b"hello".to_vec()).unwrap();
@@ -923,8 +969,13 @@ mod tests {
     fn a_buffer_filled_from_a_reader_seals_like_one_extended() {
         let key = Key::generate().unwrap();
         let file = FileId([9; 16]);
-        let plain = data(2 * S + 300);
-        let mut filled = ChunkBuffer::new(8 << 20, true);
+        for len in [2 * S + 300, 2 * S, S, 1] {
+            filled_and_extended_agree(&key, file, &data(len));
+        }
+    }
+
+    fn filled_and_extended_agree(key: &Key, file: FileId, plain: &[u8]) {
+        let mut filled = ChunkBuffer::new(8 << 20, Sealing::Encrypted(key), file, 0).unwrap();
         // A reader that hands out odd-sized pieces.
         struct Dribble<'a>(&'a [u8]);
         impl std::io::Read for Dribble<'_> {
@@ -935,17 +986,17 @@ mod tests {
                 Ok(n)
             }
         }
-        let read = filled.fill_from(&mut Dribble(&plain), 8 << 20).unwrap();
+        let read = filled.fill_from(&mut Dribble(plain), 8 << 20).unwrap();
         assert_eq!(read, plain.len());
-        let chunk = filled.seal(Sealing::Encrypted(&key), file, 0).unwrap();
+        let chunk = filled.seal().unwrap();
         let r = reference(&chunk);
         let bytes = chunk.into_bytes();
-        let opened = open_chunk(Some(&key), file, true, 0, &r, bytes.to_vec()).unwrap();
-        assert_eq!(joined(opened), plain);
+        let opened = open_chunk(Some(key), file, true, 0, &r, bytes.to_vec()).unwrap();
+        assert_eq!(joined(opened), plain, "{} bytes", plain.len());
         drop(bytes); // the pooled buffer goes back, and is used again below
-        let again = sealed(&key, file, 0, &plain[..10]);
+        let again = sealed(key, file, 0, plain);
         let r = reference(&again);
-        let opened = open_chunk(Some(&key), file, true, 0, &r, again.as_bytes().to_vec());
-        assert_eq!(joined(opened.unwrap()), &plain[..10]);
+        let opened = open_chunk(Some(key), file, true, 0, &r, again.as_bytes().to_vec());
+        assert_eq!(joined(opened.unwrap()), plain);
     }
 }

@@ -935,9 +935,17 @@ mod tests {
         let unsigned = seal_record(&record, RecordSeal::Unsigned, CHANNEL).unwrap();
         let v1_plain = seal_v1(&record, None);
         let data_key = Key::generate().unwrap();
-        let mut buffer = ChunkBuffer::new(2 * SEGMENT_LEN + 300, true);
-        buffer.extend_from_slice(&[9u8; 2 * SEGMENT_LEN + 300]);
-        let sealed = buffer.seal(Sealing::Encrypted(&data_key), file, 2).unwrap();
+        let mut buffer = ChunkBuffer::new(
+            2 * SEGMENT_LEN + 300,
+            Sealing::Encrypted(&data_key),
+            file,
+            2,
+        )
+        .unwrap();
+        buffer
+            .extend_from_slice(&[9u8; 2 * SEGMENT_LEN + 300])
+            .unwrap();
+        let sealed = buffer.seal().unwrap();
         let chunk_ref = ChunkRef {
             location: ChunkLocation::Attached {
                 filename: "c0.bin".into(),

@@ -333,9 +333,9 @@ fn seal_small_files(
             let sealing = sealing_key
                 .as_ref()
                 .map_or(format::Sealing::Plain, format::Sealing::Encrypted);
-            let mut buffer = format::ChunkBuffer::new(file.data.len(), file.options.encrypted);
-            buffer.extend_from_slice(&file.data);
-            let sealed = buffer.seal(sealing, id, 0)?;
+            let mut buffer = format::ChunkBuffer::new(file.data.len(), sealing, id, 0)?;
+            buffer.extend_from_slice(&file.data)?;
+            let sealed = buffer.seal()?;
             let (attachment, reference) = transfer::attach(vec![sealed], position);
             attachments.extend(attachment);
             chunks.extend(reference);

@@ -264,7 +264,10 @@ impl Uploader {
                 .acquire_owned()
                 .await
                 .expect("semaphore never closed");
-            let (buffer, rest) = match self.read_chunk(source.take().expect("source kept")).await {
+            let (buffer, rest) = match self
+                .read_chunk(source.take().expect("source kept"), index)
+                .await
+            {
                 Ok(read) => read,
                 Err(e) => {
                     failure = Some(e);
@@ -279,7 +282,7 @@ impl Uploader {
             size += buffer.len() as u64;
             group.push(PendingChunk {
                 index,
-                seal: self.spawn_seal(buffer, index),
+                seal: self.spawn_seal(buffer),
                 _permit: permit,
             });
             index += 1;
@@ -326,11 +329,20 @@ impl Uploader {
         }
     }
 
-    async fn read_chunk(&self, mut source: Source) -> Result<(ChunkBuffer, Source), VolumeError> {
+    /// Reads chunk `index` from the source, sealing its segments as they fill (all but
+    /// the last, which [`ChunkBuffer::seal`] seals).
+    async fn read_chunk(
+        &self,
+        mut source: Source,
+        index: u64,
+    ) -> Result<(ChunkBuffer, Source), VolumeError> {
         let capacity = self.plan.chunk_len;
-        let encrypted = self.data_key.is_some();
+        let key = self.data_key.map(|k| k.key());
+        let file = self.file;
         let read = tokio::task::spawn_blocking(move || {
-            let mut buffer = ChunkBuffer::new(capacity, encrypted);
+            let sealing = key.as_ref().map_or(Sealing::Plain, Sealing::Encrypted);
+            let mut buffer =
+                ChunkBuffer::new(capacity, sealing, file, index).map_err(std::io::Error::other)?;
             buffer
                 .fill_from(&mut source, capacity)
                 .map(|_| (buffer, source))
@@ -364,14 +376,8 @@ impl Uploader {
     fn spawn_seal(
         &self,
         buffer: ChunkBuffer,
-        index: u64,
     ) -> JoinHandle<Result<SealedChunk, format::FormatError>> {
-        let key = self.data_key.map(|k| k.key());
-        let file = self.file;
-        tokio::task::spawn_blocking(move || {
-            let sealing = key.as_ref().map_or(Sealing::Plain, Sealing::Encrypted);
-            buffer.seal(sealing, file, index)
-        })
+        tokio::task::spawn_blocking(move || buffer.seal())
     }
 }
 
