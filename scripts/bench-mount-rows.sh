@@ -31,7 +31,7 @@
 # - patch: `dd` of 4 KiB into the middle of the file (conv=notrunc) until close returns
 #   (disk: + `sync`; rclone: until uploaded).
 # - peak RSS of the daemon over all its mounts, beside rclone's; the note gives the
-#   caches they ran with (dcloud-fs: a 256 MiB chunk cache in memory; rclone: its VFS
+#   caches they ran with (dcloud-fs: its default 64 MiB block cache in memory; rclone: its VFS
 #   cache on disk and --buffer-size 16 MiB per open file).
 # Needs root (to mount and to drop the page cache) and fusermount3; without rclone or
 # fio their rows say they were skipped. BENCH_DIR picks the disk (default /var/tmp).
@@ -45,7 +45,7 @@ case ${1:-quick} in
     full) size_mib=1024 ls_n=10000 create_n=1000 runs=3 fio_secs=5 ;;
     *) echo "usage: $0 quick|full" >&2; exit 2 ;;
 esac
-cache_mib=256
+cache_mib=64 # the default
 [ -n "${BENCH_ROWS:-}" ] || { echo "$0: set BENCH_ROWS to the rows file (see scripts/bench-lib.sh)" >&2; exit 2; }
 if [ "$(id -u)" != 0 ]; then
     echo "$0: not root: skipping the mount jobs (they mount and drop the page cache)" >&2
@@ -347,7 +347,7 @@ pair "patch 4 KiB in the middle" patch s s meta \
     "rclone: until uploaded" "$(closed patch s s)"
 
 dc_rss=$(peak_rss_mib rss.dc.*)
-rss_note="dcloud-fs: chunk cache ${cache_mib} MiB (in memory)"
+rss_note="dcloud-fs: block cache ${cache_mib} MiB (in memory, the default)"
 if [ -n "$have_rclone" ]; then
     rc_rss=$(peak_rss_mib rss.rc.*)
     row mount "peak RSS of the daemon" "$dc_rss" MiB rclone "$rc_rss" "$(better s "$dc_rss" "$rc_rss")" \

@@ -9,10 +9,12 @@
 //!   records, and the transfers (put, get, rename, delete) that change it;
 //! - [`format`]: the on-Discord format (chunks, records, message kinds), versioned;
 //! - [`crypto`]: keys and AES-256-GCM;
-//! - [`store`]: the message-level storage seam (Discord, or a local directory).
+//! - [`store`]: the message-level storage seam (Discord, or a local directory);
+//! - [`buffers`]: a pool of large buffers that sealing and fetching share.
 //!
 //! The command line (`src/main.rs`, [`cli`], reading [`config`]) sits on top.
 
+pub mod buffers;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -21,13 +21,13 @@
 //! each segment's plaintext as a view of the downloaded buffer (no copy).
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::record::ChunkRef;
 use super::{FileId, FormatError, damaged};
+use crate::buffers;
 use crate::crypto::{self, CryptoError, KEY_LEN, Key, NONCE_LEN, TAG_LEN};
 
 /// First bytes of an encrypted chunk, of either version.
@@ -173,67 +173,6 @@ pub enum Sealing<'a> {
     Plain,
 }
 
-// ---------------------------------------------------------------------------------------
-// Buffers
-
-/// Buffers at least this large go back to the pool when done with.
-const POOLED_MIN: usize = 1 << 20;
-/// Idle buffers the pool keeps (each up to a chunk, 8 MiB on Discord's defaults).
-const POOL_IDLE_MAX: usize = 4;
-
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-/// A buffer of `len` initialized bytes whose contents are unspecified: from the pool if
-/// it is large (then nothing is zeroed or faulted in again), else new (zeroed lazily by
-/// the allocator, so only what is touched costs).
-fn buffer_of(len: usize) -> Vec<u8> {
-    if len >= POOLED_MIN {
-        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = pool.iter().position(|b| b.capacity() >= len) {
-            let mut buffer = pool.swap_remove(at);
-            drop(pool);
-            if buffer.len() >= len {
-                buffer.truncate(len);
-            } else {
-                buffer.resize(len, 0);
-            }
-            return buffer;
-        }
-    }
-    vec![0; len]
-}
-
-/// Returns a large buffer to the pool, contents and length kept (whoever takes it
-/// overwrites what it uses).
-fn give_back(buffer: Vec<u8>) {
-    if buffer.capacity() < POOLED_MIN {
-        return;
-    }
-    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.len() < POOL_IDLE_MAX {
-        pool.push(buffer);
-    }
-}
-
-/// The bytes of an attachment sealed into a pooled buffer: `Bytes` that return the
-/// buffer to the pool when the last view of them is dropped.
-struct Pooled {
-    buffer: Vec<u8>,
-    len: usize,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buffer[..self.len]
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.buffer));
-    }
-}
-
 /// A buffer that is filled with a chunk's plaintext and sealed in place. It is laid
 /// out as the sealed chunk from the start: header, then for each segment its
 /// plaintext's slot followed by room for its tag. So reading into it is the only copy
@@ -288,7 +227,7 @@ impl ChunkBuffer {
             ChunkKind::Plain
         };
         Ok(ChunkBuffer {
-            bytes: buffer_of(kind.sealed_len(capacity as u64) as usize),
+            bytes: buffers::take(kind.sealed_len(capacity as u64) as usize),
             plain_len: 0,
             sealer,
         })
@@ -470,23 +409,14 @@ impl SealedChunk {
 
     /// The attachment's bytes, as `Bytes` that give a pooled buffer back when dropped.
     pub fn into_bytes(mut self) -> Bytes {
-        let mut bytes = std::mem::take(&mut self.bytes);
-        if bytes.capacity() >= POOLED_MIN {
-            Bytes::from_owner(Pooled {
-                buffer: bytes,
-                len: self.len,
-            })
-        } else {
-            bytes.truncate(self.len);
-            Bytes::from(bytes)
-        }
+        buffers::into_bytes(std::mem::take(&mut self.bytes), self.len)
     }
 }
 
 impl Drop for SealedChunk {
     /// A chunk dropped unsent (an upload that failed) gives its buffer back too.
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.bytes));
+        buffers::give_back(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -615,7 +545,8 @@ fn open_segments_in(
             })?;
         spans.push(at.start..at.end - TAG_LEN);
     }
-    let sealed = Bytes::from(sealed);
+    let len = sealed.len();
+    let sealed = buffers::into_bytes(sealed, len);
     Ok(spans.into_iter().map(|span| sealed.slice(span)).collect())
 }
 

@@ -131,7 +131,8 @@ impl BlockCache {
     }
 
     /// Starts fetching the blocks of `blocks` (of the chunk `chunk` names) that are
-    /// neither cached nor pending, one run per stretch of them, each as its own task.
+    /// neither cached nor pending, one run per stretch of them (at most
+    /// [`MAX_RUN_BLOCKS`] each), each as its own task.
     /// `whole` says the chunk opens only whole: then any missing block fetches the
     /// chunk, and all its blocks are pending meanwhile.
     pub fn start(
@@ -150,7 +151,10 @@ impl BlockCache {
             match &whole {
                 Some(all) if blocks.clone().any(|b| missing(&b)) => vec![all.clone()],
                 Some(_) => Vec::new(),
-                None => stretches(blocks, missing),
+                None => stretches(blocks, missing)
+                    .into_iter()
+                    .flat_map(|run| pieces(run, MAX_RUN_BLOCKS))
+                    .collect(),
             }
         };
         for run in runs {
@@ -233,6 +237,18 @@ impl BlockCache {
             id.block, id.chunk
         ))))
     }
+}
+
+/// Most blocks one run fetches (2 MiB): a long stretch is fetched as several runs at
+/// once, so that opening them spreads over the cores and the first blocks are there
+/// before the last ones have arrived.
+pub const MAX_RUN_BLOCKS: u64 = 32;
+
+/// `run` cut into pieces of at most `most` values.
+fn pieces(run: Range<u64>, most: u64) -> impl Iterator<Item = Range<u64>> {
+    (run.start..run.end)
+        .step_by(most as usize)
+        .map(move |start| start..(start + most).min(run.end))
 }
 
 /// The stretches of consecutive values in `range` for which `wanted` holds.
@@ -342,6 +358,15 @@ mod tests {
         let fetches = Arc::new(AtomicUsize::new(0));
         let ok = cache.block(id(0), None, &counting(fetches)).await;
         assert_eq!(ok.unwrap(), vec![0u8; 8]);
+    }
+
+    #[test]
+    fn long_runs_are_cut_into_pieces() {
+        assert_eq!(
+            pieces(3..10, 3).collect::<Vec<_>>(),
+            vec![3..6, 6..9, 9..10]
+        );
+        assert_eq!(pieces(0..2, 32).collect::<Vec<_>>(), vec![0..2]);
     }
 
     #[test]

@@ -659,7 +659,7 @@ impl Inner {
                  bytes expected"
             )));
         }
-        let mut data = vec![0; len as usize];
+        let mut data = crate::buffers::take(len as usize);
         file.read_exact_at(&mut data, 0)
             .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
         Ok(Bytes::from(data))
@@ -684,7 +684,7 @@ impl Inner {
                 range.start, range.end
             )));
         }
-        let mut data = vec![0; wanted as usize];
+        let mut data = crate::buffers::take(wanted as usize);
         file.read_exact_at(&mut data, range.start)
             .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
         Ok(Bytes::from(data))
