@@ -5,8 +5,9 @@
 //! than it looks: the allocator maps new pages, and each of them faults in (and is
 //! zeroed by the kernel) on first touch, about a quarter of the time AES-GCM takes over
 //! the same bytes. So buffers of at least [`POOLED_MIN`] bytes go back to a pool when
-//! done with, [`IDLE_MAX`] of them at most (so an idle process holds at most
-//! 48 MiB of them), and the next chunk takes one from there, already faulted in. A
+//! done with, up to [`IDLE_BYTES`] of them (what an idle process holds at most), and
+//! the next chunk (or run of segments being read) takes one from there, already
+//! faulted in. A
 //! buffer taken from the pool holds stale bytes: whoever takes it overwrites what it
 //! uses, which every caller here does (a read into it, or sealing in place).
 
@@ -16,8 +17,8 @@ use bytes::Bytes;
 
 /// Buffers at least this large go back to the pool when done with.
 pub const POOLED_MIN: usize = 1 << 20;
-/// Idle buffers the pool keeps.
-pub const IDLE_MAX: usize = 6;
+/// Bytes of idle buffers the pool keeps, at most.
+pub const IDLE_BYTES: usize = 48 << 20;
 
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
@@ -47,7 +48,8 @@ pub fn give_back(buffer: Vec<u8>) {
         return;
     }
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.len() < IDLE_MAX {
+    let idle: usize = pool.iter().map(Vec::capacity).sum();
+    if idle + buffer.capacity() <= IDLE_BYTES {
         pool.push(buffer);
     }
 }
@@ -96,7 +98,8 @@ mod tests {
         assert_eq!(view.len(), 3, "a view keeps the buffer alive");
         drop(view);
         // The pool is shared by the tests running at once: look for ours.
-        let again: Vec<Vec<u8>> = (0..IDLE_MAX).map(|_| take(2 * POOLED_MIN)).collect();
+        let most = IDLE_BYTES / (2 * POOLED_MIN);
+        let again: Vec<Vec<u8>> = (0..most).map(|_| take(2 * POOLED_MIN)).collect();
         assert!(
             again.iter().any(|b| b.as_ptr() == at),
             "the buffer came back"
