@@ -9,6 +9,7 @@
 #   upload file        128 MiB   256 MiB
 #   runs (medians)     1         3        (the cold listing runs once)
 #   files in channel   1000      10000
+#   20 MiB files       20        100      (the reads jobs)
 #
 # Jobs:
 # - put: `dcloud-fs put` of a random file into an empty channel. Baseline: the
@@ -18,9 +19,31 @@
 #   ratio is the share of it dcloud-fs reached. The note gives the 429s the server sent
 #   during the put (its /_fake/stats). A file of 5 messages or fewer fits in the first
 #   window's burst and has no ceiling, which is why even the quick file is 6 messages.
-# - get: `dcloud-fs get` of that file. Baseline: the same chunk attachments fetched
-#   from the fake CDN directly with curl, four at a time (what `get` does), so the
-#   ratio is what dcloud-fs's own work costs (URLs, decryption, writing the file).
+# - get: `dcloud-fs get` of that file, with the disk cache of fetched blocks emptied
+#   before each run (`get` fills it as it downloads; the index cache `put` left is
+#   kept), so every run is a cold download. Baseline: the same chunk attachments
+#   fetched from the fake CDN directly with curl, four at a time (what `get` does), so
+#   the ratio is what dcloud-fs's own work costs (URLs, decryption, keeping the blocks
+#   on disk, writing the file). The note gives the bytes the CDN served to `get`.
+# - first 64 KiB of each file: a channel of N random 20 MiB files (filled with the
+#   server's limits and latency off, see below). `dcloud-fs mount` with an empty cache
+#   folder, `ls` of the channel (which reads the history; not counted), then
+#   `head -c 65536` of each file in turn, in one shell loop, then unmount. The figure
+#   is the bytes the fake CDN served during the loop (the difference of
+#   `bytes_downloaded` in /_fake/stats), in MB (10^6 bytes). Baseline: the bytes read,
+#   N * 65536. Here the ratio is downloaded / read, lower better; the target is at
+#   most 2. The kernel reads ahead on its own: one 64 KiB read() asks the mount for
+#   128 KiB, but `head` reads 8 KiB at a time and the kernel's read-ahead ramps up
+#   (16, 32, 64, 128 KiB requests, seen on Linux 6.18), asking for the first 240 KiB,
+#   i.e. 4 segments. The note gives the loop's wall time and the bytes per file.
+# - second read after a remount: in that channel, with a fresh cache folder, a first
+#   mount reads 5 of the files whole (sha256sum, checked), then unmounts; a second
+#   mount with the same cache folder (the disk cache persists) reads them again. The
+#   figure is the MB downloaded during the second reads (target 0). Baseline: the MB
+#   downloaded during the first reads; the ratio is second / first, lower better.
+# - get after a remount: then, `dcloud-fs get` of the first of those files with that
+#   cache folder: the MB downloaded (target 0). Baseline: the MB the first mount
+#   downloaded reading that file; the ratio is get / first, lower better.
 # - mount + ls -l, cold: a channel of N tiny files (9 to a message, as `put` packs
 #   them): the time from starting `dcloud-fs mount` to `ls -l` of the channel having
 #   listed them all, with an empty cache folder, so the whole history is read. The
@@ -29,16 +52,18 @@
 # - mount + ls -l, warm: the same, with the index cache the cold run left. Baseline:
 #   the cold run.
 # Peak RSS is that of the `put` or `get` process, or of the mount daemon (run in the
-# foreground under /usr/bin/time), which runs with a 256 MiB chunk cache.
+# foreground under /usr/bin/time). The listing jobs' daemon runs with a 256 MiB block
+# cache, the reads jobs' with the defaults (64 MiB of memory, 4096 MiB of disk).
 #
-# Needs root (to mount), fusermount3, curl and python3. Builds the release binaries if
-# they are missing.
+# Needs root (to mount), fusermount3, curl, python3 and sha256sum. The binaries are
+# taken from $CARGO_TARGET_DIR/release (default target/release); they are built
+# (release) if missing.
 set -euo pipefail
 
 mode=${1:-}
 case $mode in
-    quick) size_mib=128 runs=1 small=1000 ;;
-    full) size_mib=256 runs=3 small=10000 ;;
+    quick) size_mib=128 runs=1 small=1000 reads_files=20 ;;
+    full) size_mib=256 runs=3 small=10000 reads_files=100 ;;
     *)
         echo "usage: BENCH_ROWS=FILE $0 quick|full" >&2
         exit 2
@@ -49,16 +74,21 @@ BENCH_ROWS=$(realpath -m "$BENCH_ROWS")
 export BENCH_ROWS
 latency_ms=${LATENCY_MS:-50}
 cache_mib=256
+reads_mib=20  # size of the reads jobs' files
+reads_again=5 # files the remount job reads
 section=discord
 
+# Cargo takes a relative CARGO_TARGET_DIR from the folder it runs in: this one.
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then CARGO_TARGET_DIR=$(realpath -m "$CARGO_TARGET_DIR"); export CARGO_TARGET_DIR; fi
 cd "$(dirname "$0")/.."
 # shellcheck source=bench-lib.sh disable=SC1091
 . scripts/bench-lib.sh
-if [ ! -x target/release/dcloud-fs ] || [ ! -x target/release/fake-discord ]; then
+release=${CARGO_TARGET_DIR:-$PWD/target}/release
+if [ ! -x "$release/dcloud-fs" ] || [ ! -x "$release/fake-discord" ]; then
     cargo build --release --locked -p dcloud-fs -p fake-discord --quiet
 fi
-bin=$PWD/target/release/dcloud-fs
-fake=$PWD/target/release/fake-discord
+bin=$release/dcloud-fs
+fake=$release/fake-discord
 section_start=$(date +%s.%N)
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dcloud-bench.XXXXXX")
@@ -81,7 +111,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 export HOME=$work/home
 unset DCLOUD_KEY DCLOUD_PASSPHRASE DCLOUD_KEY_FILE DCLOUD_LOCAL DCLOUD_CONFIG DCLOUD_CATEGORY
-unset DCLOUD_CACHE_DIR DCLOUD_MOUNT_POINT DCLOUD_CACHE_SIZE_MIB
+unset DCLOUD_CACHE_DIR DCLOUD_MOUNT_POINT DCLOUD_CACHE_SIZE_MIB DCLOUD_DISK_CACHE_MIB
 unset XDG_CONFIG_HOME XDG_CACHE_HOME XDG_DATA_HOME
 cd "$work"
 mkdir -p "$mnt"
@@ -99,6 +129,10 @@ set +a
 fake_stat() {
     curl -sf "$DCLOUD_API/_fake/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"
 }
+# downloaded: the bytes the fake CDN has served.
+downloaded() { fake_stat bytes_downloaded; }
+# mb BYTES: BYTES in MB (10^6 bytes).
+mb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e6 }'; }
 # knobs JSON: changes the fake server's knobs.
 knobs() {
     curl -sf -X POST -H 'Content-Type: application/json' -d "$1" "$DCLOUD_API/_fake/knobs" > /dev/null
@@ -121,6 +155,7 @@ with open("urls.txt", "w") as urls:
 "$bin" keygen > /dev/null 2>&1
 "$bin" -q mkdir big
 "$bin" -q mkdir small
+"$bin" -q mkdir reads
 
 # --- fill the channel of small files -------------------------------------------------
 # At Discord's pace (5 messages of 9 files per 5 s) 10,000 files take 20 minutes. So all
@@ -140,9 +175,22 @@ curl -sf "$DCLOUD_API/_fake/knobs" > knobs.json # Discord's, as the server start
 knobs '{"rate_limits": false, "latency": 0, "message_create_limit": [1000000, 1],
         "default_route_limit": [1000000, 1], "global_limit_per_sec": 1000000}'
 (cd head && "$bin" -q --no-cache put ./* small/)
-knobs "$(cat knobs.json)"
 filled=$(date +%s.%N)
 rm -r head
+# The reads jobs' channel, at the same time: N random files of 20 MiB. What the jobs
+# read is kept to check them: each file's first 64 KiB, and the checksums of the files
+# the remount job reads whole.
+mkdir reads-src heads.want
+for i in $(seq "$reads_files"); do
+    head -c "${reads_mib}M" /dev/urandom > "reads-src/f$i.bin"
+    head -c 65536 "reads-src/f$i.bin" > "heads.want/f$i.bin"
+done
+again=()
+for i in $(seq "$reads_again"); do again+=("f$i.bin"); done
+(cd reads-src && sha256sum "${again[@]}") > again.sha256
+(cd reads-src && "$bin" -q --no-cache put ./* reads/)
+rm -r reads-src
+knobs "$(cat knobs.json)"
 
 # --- put and get of one file ---------------------------------------------------------
 head -c "${size_mib}M" /dev/urandom > src.bin
@@ -155,7 +203,10 @@ for run in $(seq "$runs"); do
     messages=$(($(fake_stat messages_created) - before_messages))
     echo "$messages" >> put.messages
     chunk_urls big "$messages"
+    rm -rf "$HOME/.cache/dcloud-fs/blocks" # the disk cache: every get is a cold download
+    before_get=$(downloaded)
     timed get /usr/bin/time -f %M -o "rss.get.$run" "$bin" -q get "big/f$run" out.bin
+    echo $(($(downloaded) - before_get)) >> get.bytes
     cmp -s src.bin out.bin || { echo "get returned different bytes" >&2; exit 1; }
     rm out.bin
     timed cdn sh -c 'xargs -P 4 -n 1 curl -sf -o /dev/null < urls.txt'
@@ -175,8 +226,102 @@ row "$section" "put ${size_mib} MiB" "$put_rate" MB/s \
 row "$section" "get ${size_mib} MiB" "$get_rate" MB/s \
     "curl of the chunks from the CDN, 4 at a time" "$cdn_rate" \
     "$(ratio_rate "$get_rate" "$cdn_rate")" "$(peak_rss_mib rss.get.*)" \
-    "${latency_ms} ms latency; median of $runs"
+    "empty disk cache each run (get fills it); $(mb "$(median get.bytes)") MB downloaded; ${latency_ms} ms latency; median of $runs"
 
+# mount_start NAME CACHE_DIR [MOUNT_ARGS...]: mounts on $mnt in the foreground, under
+# /usr/bin/time (peak RSS to rss.NAME, log to mount.NAME.log), with CACHE_DIR as the
+# cache folder; returns once the mount is up.
+mount_start() {
+    local name=$1 cache=$2
+    shift 2
+    /usr/bin/time -f %M -o "rss.$name" "$bin" mount -f --cache-dir "$cache" "$@" "$mnt" \
+        2> "mount.$name.log" &
+    mount_pid=$!
+    for _ in $(seq 3000); do mountpoint -q "$mnt" && break; sleep 0.01; done
+    mountpoint -q "$mnt" || { echo "the mount did not come up; its log:" >&2; cat "mount.$name.log" >&2; exit 1; }
+}
+# mount_stop NAME: unmounts, and waits for the daemon to end.
+mount_stop() {
+    "$bin" umount "$mnt"
+    wait "$mount_pid" || { echo "the mount failed; its log:" >&2; cat "mount.$1.log" >&2; exit 1; }
+    mount_pid=
+}
+
+# --- reads through the mount: the first 64 KiB of each file ----------------------------
+# Each run mounts with a cache folder of its own, empty. The `ls` opens the channel
+# (reading its history and the files' records) before the count starts.
+for run in $(seq "$runs"); do
+    mount_start "head64.$run" "$work/cache.head64.$run"
+    ls "$mnt/reads" > /dev/null
+    before=$(downloaded)
+    rm -rf heads && mkdir heads
+    # shellcheck disable=SC2016 # the loop's own variables
+    timed head64 sh -c 'for f in "$1"/*; do head -c 65536 "$f" > "heads/${f##*/}"; done' sh "$mnt/reads"
+    echo $(($(downloaded) - before)) >> head64.bytes
+    mount_stop "head64.$run"
+    diff -r heads.want heads > /dev/null || { echo "head -c 65536 through the mount returned different bytes" >&2; exit 1; }
+done
+head_bytes=$(median head64.bytes)
+head_read=$((reads_files * 65536))
+head_s=$(median head64.times)
+row "$section" "first 64 KiB of each file" "$(mb "$head_bytes")" MB \
+    "bytes read (${reads_files} x 64 KiB)" "$(mb "$head_read")" \
+    "$(awk -v d="$head_bytes" -v r="$head_read" 'BEGIN { printf "%.2f", d / r }')" \
+    "$(peak_rss_mib rss.head64.*)" \
+    "ratio: downloaded / read, lower better (target <= 2); $((head_bytes / reads_files)) bytes downloaded a file; reads took ${head_s} s ($(awk -v s="$head_s" -v n="$reads_files" 'BEGIN { printf "%.0f", s * 1000 / n }') ms a file); ${reads_files} files of ${reads_mib} MiB; empty cache folder; ${latency_ms} ms latency; median of $runs"
+
+# --- a second read after a remount, and a get, from the disk cache ----------------------
+# Each run has a cache folder of its own: a first mount reads the files whole (the first
+# one apart, for the get's baseline), a second one with the same folder reads them
+# again, then `get` of the first one uses that folder too. The reads check the files'
+# checksums.
+head -1 again.sha256 > again.first.sha256
+tail -n +2 again.sha256 > again.rest.sha256
+# read_whole SUMS: reads the files SUMS lists through the mount, checking them.
+read_whole() { (cd "$mnt/reads" && sha256sum --quiet -c "$1"); }
+# seconds_since START: the seconds from START (date +%s.%N) to now.
+seconds_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.4f\n", e - s }'; }
+for run in $(seq "$runs"); do
+    cache=$work/cache.again.$run
+    mount_start "first.$run" "$cache"
+    ls "$mnt/reads" > /dev/null
+    start=$(date +%s.%N)
+    before=$(downloaded)
+    read_whole "$work/again.first.sha256"
+    first_file=$(($(downloaded) - before))
+    read_whole "$work/again.rest.sha256"
+    echo $(($(downloaded) - before)) >> first.bytes
+    seconds_since "$start" >> first.times
+    mount_stop "first.$run"
+    echo "$first_file" >> first_file.bytes
+
+    mount_start "again.$run" "$cache"
+    ls "$mnt/reads" > /dev/null
+    before=$(downloaded)
+    timed again read_whole "$work/again.sha256"
+    echo $(($(downloaded) - before)) >> again.bytes
+    mount_stop "again.$run"
+
+    before=$(downloaded)
+    timed getcached /usr/bin/time -f %M -o "rss.getcached.$run" \
+        "$bin" -q --cache-dir "$cache" get "reads/${again[0]}" "$work/got.bin"
+    echo $(($(downloaded) - before)) >> getcached.bytes
+    (cd "$work" && sed "s/ ${again[0]}\$/ got.bin/" again.first.sha256 | sha256sum --quiet -c -) ||
+        { echo "get returned different bytes" >&2; exit 1; }
+    rm "$work/got.bin"
+done
+first_bytes=$(median first.bytes)
+again_bytes=$(median again.bytes)
+row "$section" "second read after a remount" "$(mb "$again_bytes")" MB \
+    "first read, before the remount" "$(mb "$first_bytes")" \
+    "$(ratio_rate "$again_bytes" "$first_bytes")" "$(peak_rss_mib rss.first.* rss.again.*)" \
+    "ratio: second / first, lower better (target 0); ${reads_again} files of ${reads_mib} MiB read whole (sha256sum); same cache folder, disk cache 4096 MiB; reads took $(median again.times) s, first reads $(median first.times) s; ${latency_ms} ms latency; median of $runs"
+getcached_bytes=$(median getcached.bytes)
+first_file_bytes=$(median first_file.bytes)
+row "$section" "get after a remount" "$(mb "$getcached_bytes")" MB \
+    "first read of that file through the mount" "$(mb "$first_file_bytes")" \
+    "$(ratio_rate "$getcached_bytes" "$first_file_bytes")" "$(peak_rss_mib rss.getcached.*)" \
+    "ratio: get / first, lower better (target 0); dcloud-fs get of a ${reads_mib} MiB file with the remount's cache folder; took $(median getcached.times) s; ${latency_ms} ms latency; median of $runs"
 # --- mount and list the channel of small files ----------------------------------------
 sleep "$(awk -v f="$filled" -v now="$(date +%s.%N)" 'BEGIN { w = f + 5.5 - now; print (w > 0 ? w : 0) }')"
 (cd tail && "$bin" -q --no-cache put ./* small/)
@@ -186,19 +331,13 @@ rm -r tail
 mount_ls() {
     local name=$1 cache=$2 start end listed
     start=$(date +%s.%N)
-    /usr/bin/time -f %M -o "rss.$name" "$bin" mount -f --cache-dir "$cache" \
-        --cache-size "$cache_mib" "$mnt" 2> "mount.$name.log" &
-    mount_pid=$!
-    for _ in $(seq 3000); do mountpoint -q "$mnt" && break; sleep 0.01; done
-    mountpoint -q "$mnt" || { echo "the mount did not come up; its log:" >&2; cat "mount.$name.log" >&2; exit 1; }
+    mount_start "$name" "$cache" --cache-size "$cache_mib"
     # shellcheck disable=SC2012 # `ls -l` is the job measured
     listed=$(ls -l "$mnt/small" | wc -l)
     end=$(date +%s.%N)
     awk -v s="$start" -v e="$end" 'BEGIN { printf "%.4f\n", e - s }' >> "${name%%.*}.times"
     [ "$listed" = $((small + 1)) ] || { echo "ls listed $((listed - 1)) files, not $small" >&2; exit 1; }
-    "$bin" umount "$mnt"
-    wait "$mount_pid" || { echo "the mount failed; its log:" >&2; cat "mount.$name.log" >&2; exit 1; }
-    mount_pid=
+    mount_stop "$name"
 }
 # A cold listing is bound by the latency (it reads every record) and varies little; it
 # takes a minute for 10,000 files, so it runs once. Each warm run uses the index cache
@@ -208,8 +347,8 @@ for run in $(seq "$runs"); do mount_ls "warm.$run" "$work/cache"; done
 cold=$(median cold.times)
 warm=$(median warm.times)
 row "$section" "mount + ls -l, cold" "$cold" s "" "" "" "$(peak_rss_mib rss.cold.*)" \
-    "$small files; empty cache; chunk cache ${cache_mib} MiB; 1 run"
+    "$small files; empty cache; block cache ${cache_mib} MiB; 1 run"
 row "$section" "mount + ls -l, warm" "$warm" s "cold" "$cold" "$(ratio_time "$cold" "$warm")" \
-    "$(peak_rss_mib rss.warm.*)" "$small files; index cache; chunk cache ${cache_mib} MiB; median of $runs"
+    "$(peak_rss_mib rss.warm.*)" "$small files; index cache; block cache ${cache_mib} MiB; median of $runs"
 
 echo "discord section ($mode): $(awk -v s="$section_start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.0f", e - s }') s wall time"

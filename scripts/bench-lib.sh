@@ -9,7 +9,8 @@
 # - baseline / baseline_value: what it is compared with, measured in the same run
 #   (empty when there is none);
 # - ratio: how dcloud-fs compares, >1 better: baseline_time / time for times, value /
-#   baseline_value for rates (empty without a baseline);
+#   baseline_value for rates (empty without a baseline); for bytes downloaded (unit
+#   MB) it is value / baseline_value, lower better, and the row's note says so;
 # - rss_mib: peak RSS of the process that did the job (empty if not measured);
 # - note: anything a reader needs (cache size, sizes, 429 count, ...).
 #

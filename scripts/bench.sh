@@ -25,7 +25,11 @@
 #   4 KiB in the middle of the file; peak RSS of both daemons, with their cache sizes.
 #   Each job is two rows, the dcloud-fs figure against the disk and against rclone (the
 #   script's header says why rclone's baseline is its upload, not its close).
-# - discord (scripts/bench-discord-rows.sh): put / get through the fake Discord server.
+# - discord (scripts/bench-discord-rows.sh): through the fake Discord server (Discord's
+#   limits, 50 ms latency): put / get of a random file, the bytes downloaded reading the
+#   first 64 KiB of each of a channel's 20 MiB files through the mount and reading files
+#   again after a remount (and with `get`) from the disk cache, and mount + ls -l of a
+#   channel of small files, cold and warm.
 # - micro (examples/crypto_bench.rs): micro-benchmarks of the hot paths.
 # Every figure is a median of runs (3, in both modes).
 #
