@@ -223,7 +223,12 @@ async fn a_damaged_cached_block_is_fetched_again_never_served() {
     // Damage one cached segment (same length, one byte changed), and cut another.
     let mut files = Vec::new();
     collect_files(&fx.cache_dir, &mut files);
-    assert!(files.len() > 10, "{} blocks cached", files.len());
+    // One block per fetch: here, one per chunk.
+    assert!(files.len() >= 2, "{} blocks cached", files.len());
+    let damaged_bytes: u64 = files[..2]
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
     files.sort();
     let mut damaged = std::fs::read(&files[0]).unwrap();
     let middle = damaged.len() / 2;
@@ -239,8 +244,9 @@ async fn a_damaged_cached_block_is_fetched_again_never_served() {
     );
     let refetched = fx.downloaded() - before;
     assert!(
-        refetched > 0 && refetched <= 2 * (SEALED_SEGMENT + HEADER),
-        "the two damaged blocks fetched again ({refetched} bytes), nothing else"
+        refetched > 0 && refetched <= damaged_bytes,
+        "the two damaged blocks fetched again ({refetched} bytes of {damaged_bytes}), \
+         nothing else"
     );
     // And a third read finds them mended.
     tokio::time::sleep(Duration::from_millis(300)).await;

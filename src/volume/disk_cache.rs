@@ -53,8 +53,10 @@
 //! The cache is an optimisation, never a reason a read fails: `put` and `get` swallow
 //! I/O errors (the first one is logged as a warning, the rest at debug level).
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,6 +104,8 @@ struct Entry {
 struct State {
     lru: LruCache<BlockKey, Entry>,
     bytes: u64,
+    /// The blocks of each attachment, by offset (to find one that covers a range).
+    spans: HashMap<u64, BTreeMap<u64, u32>>,
 }
 
 impl State {
@@ -109,6 +113,9 @@ impl State {
     fn insert(&mut self, key: BlockKey, touched: Option<Instant>) {
         if self.lru.put(key, Entry { touched }).is_none() {
             self.bytes += u64::from(key.len);
+            let spans = self.spans.entry(key.attachment).or_default();
+            let len = spans.entry(key.offset).or_insert(key.len);
+            *len = (*len).max(key.len);
         }
     }
 
@@ -117,8 +124,36 @@ impl State {
         let known = self.lru.pop(key).is_some();
         if known {
             self.bytes -= u64::from(key.len);
+            self.unindex(key);
         }
         known
+    }
+
+    /// Drops `key` from the spans. (A shorter block at the same offset, if another
+    /// process left one, is then found by its exact key only: a miss at worst.)
+    fn unindex(&mut self, key: &BlockKey) {
+        if let Some(spans) = self.spans.get_mut(&key.attachment) {
+            if spans.get(&key.offset) == Some(&key.len) {
+                spans.remove(&key.offset);
+            }
+            if spans.is_empty() {
+                self.spans.remove(&key.attachment);
+            }
+        }
+    }
+
+    /// A block of `attachment` that holds all of `range`, if one is known.
+    fn covering(&self, attachment: u64, range: &Range<u64>) -> Option<BlockKey> {
+        let spans = self.spans.get(&attachment)?;
+        spans
+            .range(..=range.start)
+            .rev()
+            .map(|(&offset, &len)| BlockKey {
+                attachment,
+                offset,
+                len,
+            })
+            .find(|k| k.offset + u64::from(k.len) >= range.end)
     }
 
     /// Takes least recently used blocks off until at most `capacity` bytes are held.
@@ -129,6 +164,7 @@ impl State {
                 break;
             };
             self.bytes -= u64::from(key.len);
+            self.unindex(&key);
             victims.push(key);
         }
         victims
@@ -168,6 +204,7 @@ impl DiskCache {
         let mut state = State {
             lru: LruCache::unbounded(),
             bytes: 0,
+            spans: HashMap::new(),
         };
         for (_, key) in found {
             state.insert(key, None);
@@ -213,6 +250,45 @@ impl DiskCache {
             }
         }
         Some(data)
+    }
+
+    /// Bytes `range` of `attachment`, if a cached block holds them all: that block's key
+    /// (to [`DiskCache::remove`] it if they turn out damaged) and the bytes. Marks the
+    /// block recently used.
+    pub fn get_range(&self, attachment: u64, range: Range<u64>) -> Option<(BlockKey, Vec<u8>)> {
+        let key = self.lock().covering(attachment, &range)?;
+        let path = self.block_path(&key);
+        match read_part(
+            &path,
+            key.len,
+            range.start - key.offset,
+            range.end - range.start,
+        ) {
+            Ok(Some((file, data))) => {
+                if self.note_read(&key, &path) {
+                    if let Err(e) = file.set_modified(SystemTime::now()) {
+                        log::debug!("disk cache: touching {}: {e}", path.display());
+                    }
+                }
+                Some((key, data))
+            }
+            Ok(None) => {
+                log::debug!(
+                    "disk cache: {} has the wrong length, removed",
+                    path.display()
+                );
+                self.remove(&key);
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.lock().forget(&key);
+                None
+            }
+            Err(e) => {
+                self.failed("reading", &path, &e);
+                None
+            }
+        }
     }
 
     /// Stores a block (`data.len() == key.len`) atomically, then evicts least recently
@@ -392,6 +468,24 @@ fn read_block(path: &Path, len: u32) -> io::Result<Loaded> {
     Ok(Loaded::Block(file, data))
 }
 
+/// `len` bytes at `at` of the block file at `path`, which must be `block_len` long;
+/// `None` if it isn't.
+fn read_part(
+    path: &Path,
+    block_len: u32,
+    at: u64,
+    len: u64,
+) -> io::Result<Option<(File, Vec<u8>)>> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    if file.metadata()?.len() != u64::from(block_len) || at + len > u64::from(block_len) {
+        return Ok(None);
+    }
+    let mut data = vec![0; len as usize];
+    file.read_exact_at(&mut data, at)?;
+    Ok(Some((file, data)))
+}
+
 /// Writes `data` to a new temp file beside `path` (creating the shard folder if need
 /// be); the temp file's path.
 fn write_temp(path: &Path, data: &[u8]) -> io::Result<PathBuf> {
@@ -530,6 +624,36 @@ mod tests {
     fn is_send_and_sync() {
         fn shared<T: Send + Sync>() {}
         shared::<DiskCache>();
+    }
+
+    #[test]
+    fn a_range_is_read_from_a_block_that_covers_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = open(dir.path(), 1000);
+        let run = key(9, 100, 300);
+        put(&cache, &run);
+        let (found, bytes) = cache.get_range(9, 150..250).expect("covered");
+        assert_eq!(found, run);
+        assert_eq!(bytes, data(&run)[50..150]);
+        assert_eq!(cache.get_range(9, 100..400).unwrap().1, data(&run));
+        assert!(
+            cache.get_range(9, 50..150).is_none(),
+            "starts before the block"
+        );
+        assert!(cache.get_range(9, 350..401).is_none(), "ends after it");
+        assert!(cache.get_range(8, 150..250).is_none(), "another attachment");
+        // After a reopen too; and not once it is removed.
+        drop(cache);
+        let cache = open(dir.path(), 1000);
+        assert!(cache.get_range(9, 150..250).is_some());
+        cache.remove(&run);
+        assert!(cache.get_range(9, 150..250).is_none());
+        // A file cut short is a miss, and is dropped.
+        put(&cache, &run);
+        let path = cache.block_path(&run);
+        std::fs::write(&path, &data(&run)[..299]).unwrap();
+        assert!(cache.get_range(9, 150..250).is_none());
+        assert_eq!(cache.blocks(), 0);
     }
 
     #[test]

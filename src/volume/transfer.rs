@@ -600,7 +600,9 @@ impl ChunkFetcher {
             len: u32::try_from(sealed_len).unwrap_or(u32::MAX),
         };
         let key = self.whole_key(chunk)?;
-        if let Some(cached) = self.cached_on_disk(vec![block]).await.pop().flatten() {
+        let whole = std::iter::once(0..sealed_len).collect();
+        let cached = self.cached_on_disk(chunk, whole).await.pop();
+        if let Some(Some((block, cached))) = cached {
             match self
                 .open_whole(file, index, chunk, key.clone(), cached)
                 .await
@@ -667,20 +669,9 @@ impl ChunkFetcher {
                 })
             })?
             .key();
-        let keys: Vec<BlockKey> = wanted
-            .clone()
-            .map(|segment| segment_block(chunk, segment))
-            .collect();
-        let cached = self.cached_on_disk(keys.clone()).await;
-        let mut blocks: Vec<Option<Bytes>> = vec![None; keys.len()];
-        for (at, data) in cached.into_iter().enumerate() {
-            let Some(data) = data else { continue };
-            let segment = wanted.start + at as u64;
-            match self.open_run(file, index, chunk, &key, segment, data).await {
-                Ok(mut opened) => blocks[at] = opened.pop(),
-                Err(e) => self.drop_damaged(keys[at], &e),
-            }
-        }
+        let mut blocks: Vec<Option<Bytes>> = vec![None; (wanted.end - wanted.start) as usize];
+        self.fill_from_disk(file, index, chunk, &key, wanted.clone(), &mut blocks)
+            .await;
         for run in missing_runs(&blocks) {
             let segments = wanted.start + run.start as u64..wanted.start + run.end as u64;
             let mut span = format::segments_span(chunk.len, segments.clone());
@@ -704,17 +695,13 @@ impl ChunkFetcher {
                 .map_err(|e| self.store_error(e, index))?;
             let data = Vec::from(data);
             if self.disk_cache.is_some() {
-                let kept = Bytes::copy_from_slice(&data);
-                let pieces = segments
-                    .clone()
-                    .map(|segment| {
-                        let at = format::segments_span(chunk.len, segment..segment + 1);
-                        let piece =
-                            (at.start - span.start) as usize..(at.end - span.start) as usize;
-                        (segment_block(chunk, segment), kept.slice(piece))
-                    })
-                    .collect();
-                self.keep_on_disk(pieces);
+                // The run as one block: a file per fetch, not per segment.
+                let block = BlockKey {
+                    attachment: chunk.attachment,
+                    offset: span.start,
+                    len: data.len() as u32,
+                };
+                self.keep_on_disk(vec![(block, Bytes::copy_from_slice(&data))]);
             }
             let opened = if header > 0 {
                 self.open_first_run(file, index, chunk, &key, data).await?
@@ -733,6 +720,55 @@ impl ChunkFetcher {
                 .map(|b| b.expect("every run filled"))
                 .collect(),
         })
+    }
+
+    /// Fills `blocks` (segments `wanted`) with what the disk cache holds: all of them
+    /// from one cached block if one covers them, else each segment from any block that
+    /// covers it. A cached copy that doesn't open is dropped (and fetched by the caller).
+    async fn fill_from_disk(
+        &self,
+        file: FileSeal,
+        index: u64,
+        chunk: &StoredChunk,
+        key: &Key,
+        wanted: std::ops::Range<u64>,
+        blocks: &mut [Option<Bytes>],
+    ) {
+        if self.disk_cache.is_none() {
+            return;
+        }
+        let whole = format::segments_span(chunk.len, wanted.clone());
+        if let Some(Some((block, data))) = self
+            .cached_on_disk(chunk, std::iter::once(whole).collect())
+            .await
+            .pop()
+        {
+            match self
+                .open_run(file, index, chunk, key, wanted.start, data)
+                .await
+            {
+                Ok(opened) => {
+                    for (slot, opened) in blocks.iter_mut().zip(opened) {
+                        *slot = Some(opened);
+                    }
+                    return;
+                }
+                Err(e) => self.drop_damaged(block, &e),
+            }
+        }
+        let spans = wanted
+            .clone()
+            .map(|segment| format::segments_span(chunk.len, segment..segment + 1))
+            .collect();
+        let cached = self.cached_on_disk(chunk, spans).await;
+        for (at, found) in cached.into_iter().enumerate() {
+            let Some((block, data)) = found else { continue };
+            let segment = wanted.start + at as u64;
+            match self.open_run(file, index, chunk, key, segment, data).await {
+                Ok(mut opened) => blocks[at] = opened.pop(),
+                Err(e) => self.drop_damaged(block, &e),
+            }
+        }
     }
 
     async fn open_run(
@@ -785,15 +821,26 @@ impl ChunkFetcher {
         }
     }
 
-    /// The blocks found on disk, in order (`None` where missing).
-    async fn cached_on_disk(&self, keys: Vec<BlockKey>) -> Vec<Option<Vec<u8>>> {
+    /// Byte ranges of `chunk`'s attachment found on disk, in order (`None` where no
+    /// cached block holds one), with the block each came from.
+    async fn cached_on_disk(
+        &self,
+        chunk: &StoredChunk,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> Vec<Option<(BlockKey, Vec<u8>)>> {
         let Some(cache) = self.disk_cache.clone() else {
-            return vec![None; keys.len()];
+            return vec![None; ranges.len()];
         };
-        let count = keys.len();
-        tokio::task::spawn_blocking(move || keys.iter().map(|key| cache.get(key)).collect())
-            .await
-            .unwrap_or_else(|_| vec![None; count])
+        let count = ranges.len();
+        let attachment = chunk.attachment;
+        tokio::task::spawn_blocking(move || {
+            ranges
+                .into_iter()
+                .map(|range| cache.get_range(attachment, range))
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|_| vec![None; count])
     }
 
     /// Keeps fetched blocks on disk, in the background.
@@ -872,16 +919,6 @@ impl ChunkFetcher {
             }
         }
         sink.flush().await.map_err(write_error)
-    }
-}
-
-/// The disk-cache key of one segment of a segmented chunk.
-fn segment_block(chunk: &StoredChunk, segment: u64) -> BlockKey {
-    let span = format::segments_span(chunk.len, segment..segment + 1);
-    BlockKey {
-        attachment: chunk.attachment,
-        offset: span.start,
-        len: (span.end - span.start) as u32,
     }
 }
 

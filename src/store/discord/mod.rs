@@ -183,9 +183,19 @@ impl DiscordStore {
             let (host, plain_http) = parse_api_address(api)?;
             builder = builder.proxy(host, plain_http);
         }
-        let cdn = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .build()
+        // Each client loads the system's root certificates, tens of milliseconds at
+        // the start of every command: the two load at once.
+        let (client, cdn) = std::thread::scope(|scope| {
+            let cdn = scope.spawn(|| {
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(30))
+                    .build()
+            });
+            let client = builder.build();
+            (client, cdn.join())
+        });
+        let cdn = cdn
+            .map_err(|_| StoreError::NotSetUp("HTTP client: its set-up panicked".into()))?
             .map_err(|e| StoreError::NotSetUp(format!("HTTP client: {e}")))?;
         let identity = match &config.api {
             None => format!("discord-{}", config.guild),
@@ -200,7 +210,7 @@ impl DiscordStore {
         };
         Ok(DiscordStore {
             rest: Rest {
-                client: builder.build(),
+                client,
                 gate: RateGate::new(config.global_rate),
                 policy: RetryPolicy {
                     attempts: config.attempts.max(1),
@@ -225,32 +235,38 @@ impl DiscordStore {
     }
 
     async fn learn_guild(&self) -> StoreResult<GuildFacts> {
-        let me = self.fetch_current_user("checking the bot token").await?;
-        let guild = self
-            .rest
-            .call(
-                &format!("GET /guilds/{}", self.guild),
-                "reading the guild",
-                || self.rest.client.guild(self.guild).into_future(),
-                model,
-            )
-            .await
-            .map_err(|e| self.guild_error(e))?;
-        let member = self
-            .rest
-            .call(
-                &format!("GET /guilds/{}/members", self.guild),
-                "reading the bot's roles",
-                || {
-                    self.rest
-                        .client
-                        .guild_member(self.guild, me.id)
-                        .into_future()
-                },
-                model,
-            )
-            .await
-            .map_err(|e| self.guild_error(e))?;
+        // The guild, and (the bot, then its roles there), at once: each is a round trip.
+        let guild = async {
+            self.rest
+                .call(
+                    &format!("GET /guilds/{}", self.guild),
+                    "reading the guild",
+                    || self.rest.client.guild(self.guild).into_future(),
+                    model,
+                )
+                .await
+                .map_err(|e| self.guild_error(e))
+        };
+        let me_and_member = async {
+            let me = self.fetch_current_user("checking the bot token").await?;
+            let member = self
+                .rest
+                .call(
+                    &format!("GET /guilds/{}/members", self.guild),
+                    "reading the bot's roles",
+                    || {
+                        self.rest
+                            .client
+                            .guild_member(self.guild, me.id)
+                            .into_future()
+                    },
+                    model,
+                )
+                .await
+                .map_err(|e| self.guild_error(e))?;
+            Ok::<_, StoreError>((me, member))
+        };
+        let (guild, (me, member)) = tokio::try_join!(guild, me_and_member)?;
         let everyone = guild
             .roles
             .iter()
@@ -793,9 +809,10 @@ impl Store for DiscordStore {
     }
 
     async fn channels(&self) -> StoreResult<Vec<Channel>> {
-        let facts = self.facts().await?;
+        // Both are a round trip (or three) to Discord; neither needs the other.
+        let (facts, channels) = tokio::try_join!(self.facts(), self.guild_channels())?;
         let mut folders = Vec::new();
-        for channel in self.guild_channels().await? {
+        for channel in channels {
             if !folders::is_text(channel.kind) {
                 continue;
             }
