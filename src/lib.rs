@@ -4,7 +4,7 @@
 //! Layers, each depending only on the ones below it:
 //!
 //! - [`fuse`]: the thin adapter from the kernel's FUSE requests (fuser) to [`fs`];
-//! - [`fs`]: the filesystem core the mount serves (inodes, chunk cache, reads);
+//! - [`fs`]: the filesystem core the mount serves (inodes, block cache, reads);
 //! - [`volume`]: one channel as a folder tree — the index replayed from the channel's
 //!   records, and the transfers (put, get, rename, delete) that change it;
 //! - [`format`]: the on-Discord format (chunks, records, message kinds), versioned;

@@ -38,6 +38,13 @@
 //! `n` chunks ahead of the one being written, and the sink receives them in order. Being
 //! tasks, fetches and decryption go on while the sink is busy; memory holds at most `n`
 //! chunks plus the one being written.
+//!
+//! A reader of part of a file ([`ChunkFetcher::fetch_blocks`]) gets only the segments
+//! it asks for of a segmented chunk: one ranged fetch per run of them that the disk
+//! cache doesn't hold (a chunk of the older kinds opens only whole, so it is fetched
+//! whole). Fetched runs go to the disk cache still sealed, one block per fetch; what
+//! comes from the disk cache is opened like a download, and dropped and fetched again
+//! if it doesn't open.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
