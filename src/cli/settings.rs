@@ -105,6 +105,18 @@ fn switch(
 }
 
 /// A number from an environment variable that only the config file also sets.
+/// A whole number (0 included) from the environment variable, if it is set.
+fn env_whole_number(variable: &'static str) -> Result<Option<u64>, CliError> {
+    match std::env::var(variable) {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| CliError::Usage(format!("{variable}='{text}' is not a whole number"))),
+        _ => Ok(None),
+    }
+}
+
 fn env_number(variable: &'static str) -> Result<Option<u64>, CliError> {
     match std::env::var(variable) {
         Err(_) => Ok(None),
@@ -220,14 +232,7 @@ impl Context {
     /// config file, default).
     pub(crate) fn disk_cache_mib(&self) -> Result<Resolved<u64>, CliError> {
         const VARIABLE: &str = "DCLOUD_DISK_CACHE_MIB";
-        let from_env = match std::env::var(VARIABLE) {
-            Ok(text) if !text.trim().is_empty() => {
-                Some(text.trim().parse::<u64>().map_err(|_| {
-                    CliError::Usage(format!("{VARIABLE}='{text}' is not a whole number"))
-                })?)
-            }
-            _ => None,
-        };
+        let from_env = env_whole_number(VARIABLE)?;
         Ok(match from_env {
             Some(mib) => Resolved::new(mib, Source::Env(VARIABLE)),
             None => match self.file.disk_cache_mib {
@@ -274,14 +279,7 @@ impl Context {
     /// How long unneeded messages stay before they are deleted, in seconds.
     pub(crate) fn free_grace_secs(&self) -> Result<Resolved<u64>, CliError> {
         const VARIABLE: &str = "DCLOUD_FREE_GRACE_SECS";
-        let from_env = match std::env::var(VARIABLE) {
-            Ok(text) if !text.trim().is_empty() => {
-                Some(text.trim().parse::<u64>().map_err(|_| {
-                    CliError::Usage(format!("{VARIABLE}='{text}' is not a whole number"))
-                })?)
-            }
-            _ => None,
-        };
+        let from_env = env_whole_number(VARIABLE)?;
         Ok(match (from_env, self.file.free_grace_secs) {
             (Some(secs), _) => Resolved::new(secs, Source::Env(VARIABLE)),
             (None, Some(secs)) => Resolved::new(secs, Source::File),

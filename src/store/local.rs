@@ -659,10 +659,7 @@ impl Inner {
                  bytes expected"
             )));
         }
-        let mut data = crate::buffers::take(len as usize);
-        file.read_exact_at(&mut data, 0)
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
-        Ok(Bytes::from(data))
+        read_at(&file, &path, 0, len)
     }
 
     fn fetch_range(
@@ -695,10 +692,7 @@ impl Inner {
                 libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
             }
         }
-        let mut data = crate::buffers::take(wanted as usize);
-        file.read_exact_at(&mut data, range.start)
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
-        Ok(Bytes::from(data))
+        read_at(&file, &path, range.start, wanted)
     }
 
     fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
@@ -716,6 +710,14 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// `len` bytes of `file` (at `path`) from `at`, in one read, into a pooled buffer.
+fn read_at(file: &File, path: &Path, at: u64, len: u64) -> StoreResult<Bytes> {
+    let mut data = crate::buffers::take(len as usize);
+    file.read_exact_at(&mut data, at)
+        .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+    Ok(Bytes::from(data))
 }
 
 /// Ranged reads shorter than this (a few segments: a read through the mount, not a

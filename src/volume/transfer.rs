@@ -684,11 +684,11 @@ impl ChunkFetcher {
             let mut span = format::segments_span(chunk.len, segments.clone());
             // A run from the first segment brings the header along (13 bytes more), so
             // that a chunk of another sealing is named as such.
-            let header = if segments.start == 0 {
+            let start = if segments.start == 0 {
                 span.start = 0;
-                format::SEGMENTED_HEADER_LEN
+                RunStart::Header
             } else {
-                0
+                RunStart::Segment(segments.start)
             };
             let data = self
                 .store
@@ -710,12 +710,7 @@ impl ChunkFetcher {
                 };
                 self.keep_on_disk(vec![(block, Bytes::copy_from_slice(&data))]);
             }
-            let opened = if header > 0 {
-                self.open_first_run(file, index, chunk, &key, data).await?
-            } else {
-                self.open_run(file, index, chunk, &key, segments.start, data)
-                    .await?
-            };
+            let opened = self.open_run(file, index, chunk, &key, start, data).await?;
             for (slot, block) in blocks[run].iter_mut().zip(opened) {
                 *slot = Some(block);
             }
@@ -751,7 +746,14 @@ impl ChunkFetcher {
             .pop()
         {
             match self
-                .open_run(file, index, chunk, key, wanted.start, data)
+                .open_run(
+                    file,
+                    index,
+                    chunk,
+                    key,
+                    RunStart::Segment(wanted.start),
+                    data,
+                )
                 .await
             {
                 Ok(opened) => {
@@ -771,44 +773,35 @@ impl ChunkFetcher {
         for (at, found) in cached.into_iter().enumerate() {
             let Some((block, data)) = found else { continue };
             let segment = wanted.start + at as u64;
-            match self.open_run(file, index, chunk, key, segment, data).await {
+            match self
+                .open_run(file, index, chunk, key, RunStart::Segment(segment), data)
+                .await
+            {
                 Ok(mut opened) => blocks[at] = opened.pop(),
                 Err(e) => self.drop_damaged(block, &e),
             }
         }
     }
 
+    /// Opens the sealed bytes of a run of segments, on the blocking pool.
     async fn open_run(
         &self,
         file: FileSeal,
         index: u64,
         chunk: &StoredChunk,
         key: &Key,
-        first: u64,
+        start: RunStart,
         data: Vec<u8>,
     ) -> Result<Vec<Bytes>, VolumeError> {
         let reference = ChunkRef::from(chunk);
         let key = key.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            format::open_segments(&key, file.id, index, &reference, first, data)
-        })
-        .await;
-        joined(opened)?.map_err(|source| self.chunk_error(source))
-    }
-
-    /// [`Self::open_run`] of a run from segment 0 with the chunk's header in front.
-    async fn open_first_run(
-        &self,
-        file: FileSeal,
-        index: u64,
-        chunk: &StoredChunk,
-        key: &Key,
-        data: Vec<u8>,
-    ) -> Result<Vec<Bytes>, VolumeError> {
-        let reference = ChunkRef::from(chunk);
-        let key = key.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            format::open_segments_with_header(&key, file.id, index, &reference, data)
+        let opened = tokio::task::spawn_blocking(move || match start {
+            RunStart::Header => {
+                format::open_segments_with_header(&key, file.id, index, &reference, data)
+            }
+            RunStart::Segment(first) => {
+                format::open_segments(&key, file.id, index, &reference, first, data)
+            }
         })
         .await;
         joined(opened)?.map_err(|source| self.chunk_error(source))
@@ -927,6 +920,15 @@ impl ChunkFetcher {
         }
         sink.flush().await.map_err(write_error)
     }
+}
+
+/// Where a run's sealed bytes start.
+#[derive(Debug, Clone, Copy)]
+enum RunStart {
+    /// At the chunk's header (the run is from segment 0, header included).
+    Header,
+    /// At this segment.
+    Segment(u64),
 }
 
 /// The runs of consecutive missing blocks, as index ranges.
