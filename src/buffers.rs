@@ -7,8 +7,10 @@
 //! the same bytes. So buffers of at least [`POOLED_MIN`] bytes go back to a pool when
 //! done with, up to [`IDLE_BYTES`] of them (what an idle process holds at most), and
 //! the next chunk (or run of segments being read) takes one from there, already
-//! faulted in. A
-//! buffer taken from the pool holds stale bytes: whoever takes it overwrites what it
+//! faulted in: the one given back last, which is the likeliest to still be in the
+//! processor's cache (taking the oldest instead cycles through every idle buffer, and
+//! each chunk then writes into memory evicted long ago). A buffer taken from the pool
+//! holds stale bytes: whoever takes it overwrites what it
 //! uses, which every caller here does (a read into it, or sealing in place).
 
 use std::sync::Mutex;
@@ -28,8 +30,10 @@ static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 pub fn take(len: usize) -> Vec<u8> {
     if len >= POOLED_MIN {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = pool.iter().position(|b| b.capacity() >= len) {
-            let mut buffer = pool.swap_remove(at);
+        // The most recently given back first: its bytes are the likeliest to be still
+        // in the processor's cache (and its pages in the TLB).
+        if let Some(at) = pool.iter().rposition(|b| b.capacity() >= len) {
+            let mut buffer = pool.remove(at);
             drop(pool);
             if buffer.len() >= len {
                 buffer.truncate(len);
