@@ -463,6 +463,20 @@ pub fn open_segments(
     open_segments_in(key, file, index, chunk, first, sealed, 0)
 }
 
+/// [`open_segments`] of the sealed bytes `buffer[skip..]` (a buffer read into at an
+/// offset, as direct reads need aligned memory).
+pub fn open_segments_at(
+    key: &Key,
+    file: FileId,
+    index: u64,
+    chunk: &ChunkRef,
+    first: u64,
+    buffer: Vec<u8>,
+    skip: usize,
+) -> Result<Vec<Bytes>, FormatError> {
+    open_segments_in(key, file, index, chunk, first, buffer, skip)
+}
+
 /// [`open_segments`] of segments from 0 on, given with the chunk's header in front (so
 /// that a chunk that isn't the version the record names says so).
 pub fn open_segments_with_header(
@@ -472,8 +486,21 @@ pub fn open_segments_with_header(
     chunk: &ChunkRef,
     sealed: Vec<u8>,
 ) -> Result<Vec<Bytes>, FormatError> {
-    check_header(index, chunk, &sealed)?;
-    open_segments_in(key, file, index, chunk, 0, sealed, SEGMENTED_HEADER_LEN)
+    open_segments_with_header_at(key, file, index, chunk, sealed, 0)
+}
+
+/// [`open_segments_with_header`] of the bytes `buffer[skip..]`.
+pub fn open_segments_with_header_at(
+    key: &Key,
+    file: FileId,
+    index: u64,
+    chunk: &ChunkRef,
+    buffer: Vec<u8>,
+    skip: usize,
+) -> Result<Vec<Bytes>, FormatError> {
+    check_header(index, chunk, buffer.get(skip..).unwrap_or_default())?;
+    let skip = skip + SEGMENTED_HEADER_LEN;
+    open_segments_in(key, file, index, chunk, 0, buffer, skip)
 }
 
 /// The header of a segmented chunk must be one, of the sealing the record names.

@@ -236,6 +236,28 @@ impl StoreError {
     }
 }
 
+/// Bytes fetched by [`Store::fetch_range_owned`]: `buffer[start..]`.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The buffer the bytes were read into.
+    pub buffer: Vec<u8>,
+    /// Where in `buffer` they start.
+    pub start: usize,
+}
+
+impl From<Vec<u8>> for Fetched {
+    fn from(buffer: Vec<u8>) -> Fetched {
+        Fetched { buffer, start: 0 }
+    }
+}
+
+impl Fetched {
+    /// The fetched bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buffer[self.start.min(self.buffer.len())..]
+    }
+}
+
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -305,6 +327,23 @@ pub trait Store: Send + Sync {
         attachment: Id,
         range: std::ops::Range<u64>,
     ) -> StoreResult<Bytes>;
+
+    /// [`Store::fetch_range`] into a buffer the caller owns and may change (to open the
+    /// bytes in place). By default the fetched bytes themselves; a store may instead
+    /// read into a larger buffer, its bytes from [`Fetched::start`] (the local store's
+    /// direct reads, which need aligned buffers).
+    async fn fetch_range_owned(
+        &self,
+        channel: Id,
+        message: Id,
+        attachment: Id,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<Fetched> {
+        let data = self
+            .fetch_range(channel, message, attachment, range)
+            .await?;
+        Ok(Fetched::from(Vec::from(data)))
+    }
 
     /// Deletes one message and its attachments.
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()>;

@@ -65,7 +65,7 @@ use crate::crypto::Key;
 use crate::format::{
     self, ChunkBuffer, ChunkKind, ChunkLocation, ChunkRef, DataKey, FileId, SealedChunk, Sealing,
 };
-use crate::store::{Id, Limits, NewAttachment, NewMessage, Store, StoreError};
+use crate::store::{Fetched, Id, Limits, NewAttachment, NewMessage, Store, StoreError};
 
 /// Something that wants to hear how many bytes have moved (a progress bar).
 pub trait Progress: Send + Sync {
@@ -692,7 +692,7 @@ impl ChunkFetcher {
             };
             let data = self
                 .store
-                .fetch_range(
+                .fetch_range_owned(
                     chunk.channel.unwrap_or(self.channel),
                     chunk.message,
                     chunk.attachment,
@@ -700,15 +700,14 @@ impl ChunkFetcher {
                 )
                 .await
                 .map_err(|e| self.store_error(e, index))?;
-            let data = Vec::from(data);
             if self.disk_cache.is_some() {
                 // The run as one block: a file per fetch, not per segment.
                 let block = BlockKey {
                     attachment: chunk.attachment,
                     offset: span.start,
-                    len: data.len() as u32,
+                    len: data.bytes().len() as u32,
                 };
-                self.keep_on_disk(vec![(block, Bytes::copy_from_slice(&data))]);
+                self.keep_on_disk(vec![(block, Bytes::copy_from_slice(data.bytes()))]);
             }
             let opened = self.open_run(file, index, chunk, &key, start, data).await?;
             for (slot, block) in blocks[run].iter_mut().zip(opened) {
@@ -752,7 +751,7 @@ impl ChunkFetcher {
                     chunk,
                     key,
                     RunStart::Segment(wanted.start),
-                    data,
+                    Fetched::from(data),
                 )
                 .await
             {
@@ -774,7 +773,14 @@ impl ChunkFetcher {
             let Some((block, data)) = found else { continue };
             let segment = wanted.start + at as u64;
             match self
-                .open_run(file, index, chunk, key, RunStart::Segment(segment), data)
+                .open_run(
+                    file,
+                    index,
+                    chunk,
+                    key,
+                    RunStart::Segment(segment),
+                    Fetched::from(data),
+                )
                 .await
             {
                 Ok(mut opened) => blocks[at] = opened.pop(),
@@ -783,7 +789,8 @@ impl ChunkFetcher {
         }
     }
 
-    /// Opens the sealed bytes of a run of segments, on the blocking pool.
+    /// Opens the sealed bytes of a run of segments: a short run (a random read's) right
+    /// here, a longer one on the blocking pool.
     async fn open_run(
         &self,
         file: FileSeal,
@@ -791,20 +798,26 @@ impl ChunkFetcher {
         chunk: &StoredChunk,
         key: &Key,
         start: RunStart,
-        data: Vec<u8>,
+        data: Fetched,
     ) -> Result<Vec<Bytes>, VolumeError> {
         let reference = ChunkRef::from(chunk);
         let key = key.clone();
-        let opened = tokio::task::spawn_blocking(move || match start {
+        let inline = data.bytes().len() <= INLINE_OPEN_BYTES;
+        let Fetched { buffer, start: at } = data;
+        let open = move || match start {
             RunStart::Header => {
-                format::open_segments_with_header(&key, file.id, index, &reference, data)
+                format::open_segments_with_header_at(&key, file.id, index, &reference, buffer, at)
             }
             RunStart::Segment(first) => {
-                format::open_segments(&key, file.id, index, &reference, first, data)
+                format::open_segments_at(&key, file.id, index, &reference, first, buffer, at)
             }
-        })
-        .await;
-        joined(opened)?.map_err(|source| self.chunk_error(source))
+        };
+        let opened = if inline {
+            open()
+        } else {
+            joined(tokio::task::spawn_blocking(open).await)?
+        };
+        opened.map_err(|source| self.chunk_error(source))
     }
 
     /// The key that sealed a whole chunk: ours, or an older one ours carries along.
@@ -921,6 +934,12 @@ impl ChunkFetcher {
         sink.flush().await.map_err(write_error)
     }
 }
+
+/// Sealed runs up to this long (two segments, tens of microseconds of AES) are opened
+/// on the task that fetched them: sending them to the blocking pool would cost a thread
+/// hand-off as long as the work, on every random read.
+const INLINE_OPEN_BYTES: usize =
+    2 * (format::SEGMENT_LEN + crate::crypto::TAG_LEN) + format::SEGMENTED_HEADER_LEN;
 
 /// Where a run's sealed bytes start.
 #[derive(Debug, Clone, Copy)]
