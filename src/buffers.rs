@@ -11,7 +11,10 @@
 //! processor's cache (taking the oldest instead cycles through every idle buffer, and
 //! each chunk then writes into memory evicted long ago). A buffer taken from the pool
 //! holds stale bytes: whoever takes it overwrites what it
-//! uses, which every caller here does (a read into it, or sealing in place).
+//! uses, which every caller here does (a read into it, or sealing in place). New large
+//! buffers ask for transparent huge pages, which fault in and pin (for direct reads and
+//! FUSE replies) far cheaper than 4 KiB pages. A read through the mount replies from
+//! one of these buffers too, given back once the reply is sent.
 
 use std::sync::Mutex;
 
@@ -42,8 +45,32 @@ pub fn take(len: usize) -> Vec<u8> {
             }
             return buffer;
         }
+        drop(pool);
+        let mut buffer = vec![0; len];
+        ask_for_huge_pages(&mut buffer);
+        return buffer;
     }
     vec![0; len]
+}
+
+/// Asks the kernel to back a new large buffer with transparent huge pages (where it
+/// does so only when asked, the usual setting), before anything touches it: a 2 MiB
+/// page faults in once instead of 512 times, and pinning the buffer for a direct read
+/// or a FUSE reply walks one page table entry per 2 MiB instead of per 4 KiB. Only an
+/// advice: without it the buffer works the same.
+fn ask_for_huge_pages(buffer: &mut [u8]) {
+    const PAGE: usize = 4096;
+    let start = buffer.as_mut_ptr();
+    let skip = start.align_offset(PAGE);
+    let len = buffer.len().saturating_sub(skip) / PAGE * PAGE;
+    if len == 0 {
+        return;
+    }
+    // SAFETY: an advice on whole pages inside memory this buffer owns; it changes how
+    // the pages are backed, never their contents.
+    unsafe {
+        libc::madvise(start.add(skip).cast(), len, libc::MADV_HUGEPAGE);
+    }
 }
 
 /// Returns a large buffer to the pool, contents and length kept.

@@ -574,7 +574,10 @@ impl Filesystem for FuseFs {
     ) {
         self.spawn(move |fs| async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    reply.data(&data);
+                    crate::buffers::give_back(data);
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -135,7 +135,10 @@ impl FileReader {
             self.start_range(ahead);
         }
         self.start_range(offset..end);
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        // A pooled buffer for a large read (the caller gives it back): a new one would
+        // be mapped and faulted in on every read.
+        let mut out = crate::buffers::take((end - offset) as usize);
+        let mut filled = 0;
         for (id, within) in self.blocks_of(offset..end) {
             let block = self
                 .cache
@@ -145,8 +148,10 @@ impl FileReader {
                 .await?;
             let to = (within.end as usize).min(block.len());
             let from = (within.start as usize).min(to);
-            out.extend_from_slice(&block[from..to]);
+            out[filled..filled + (to - from)].copy_from_slice(&block[from..to]);
+            filled += to - from;
         }
+        out.truncate(filled);
         Ok(out)
     }
 
