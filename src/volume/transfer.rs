@@ -899,12 +899,25 @@ impl ChunkFetcher {
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<(), VolumeError> {
         let seal = FileSeal::of(file);
+        let parallel = parallel.max(1);
+        // The store is told of each message's chunks `ahead` chunks before the first of
+        // them is fetched (a Discord store then looks up their signed URLs meanwhile),
+        // so that no fetch waits for a message to be read.
+        let ahead = 2 * parallel;
         let mut chunks = futures::stream::iter(file.chunks.iter().cloned().enumerate())
             .map(|(index, chunk)| {
+                let told = if index == 0 {
+                    0..=ahead
+                } else {
+                    index + ahead..=index + ahead
+                };
+                for at in told {
+                    self.prepare_fetch(&file.chunks, at);
+                }
                 let fetcher = self.clone();
                 tokio::spawn(async move { fetcher.fetch(seal, index as u64, &chunk).await })
             })
-            .buffered(parallel.max(1));
+            .buffered(parallel);
         let write_error = |source| VolumeError::Io {
             context: format!("writing {}", self.name),
             source,
@@ -919,6 +932,20 @@ impl ChunkFetcher {
             }
         }
         sink.flush().await.map_err(write_error)
+    }
+
+    /// Tells the store, in the background, that chunk `at` of `chunks` will be fetched
+    /// soon, if it is the first of its message's (the others share its message).
+    fn prepare_fetch(&self, chunks: &[StoredChunk], at: usize) {
+        let Some(chunk) = chunks.get(at) else { return };
+        let message = |c: &StoredChunk| (c.channel.unwrap_or(self.channel), c.message);
+        if at > 0 && message(&chunks[at - 1]) == message(chunk) {
+            return;
+        }
+        let store = self.store.clone();
+        let (channel, message) = message(chunk);
+        let attachment = chunk.attachment;
+        tokio::spawn(async move { store.prepare_fetch(channel, message, attachment).await });
     }
 }
 
