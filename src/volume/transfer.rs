@@ -922,16 +922,32 @@ impl ChunkFetcher {
             context: format!("writing {}", self.name),
             source,
         };
-        while let Some(chunk) = chunks.next().await {
-            self.interrupt.check()?;
-            let blocks = joined(chunk)??;
-            let len: u64 = blocks.iter().map(|b| b.len() as u64).sum();
-            sink.write(blocks).await.map_err(write_error)?;
-            if let Some(progress) = &progress {
-                progress.advance(len);
+        // The chunks are written as they come, while the next ones keep being fetched:
+        // the stream is polled (and new fetches started) while a write is under way, so
+        // `parallel` fetches stay in flight. One fetched chunk may wait for the write.
+        let (fetched, to_write) = tokio::sync::mpsc::channel(1);
+        let fetch = async move {
+            while let Some(chunk) = chunks.next().await {
+                if fetched.send(chunk).await.is_err() {
+                    break; // the writing stopped
+                }
             }
-        }
-        sink.flush().await.map_err(write_error)
+        };
+        let write = async {
+            // Owned here, so that a write that stops drops it and the fetching stops too.
+            let mut to_write = to_write;
+            while let Some(chunk) = to_write.recv().await {
+                self.interrupt.check()?;
+                let blocks = joined(chunk)??;
+                let len: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+                sink.write(blocks).await.map_err(write_error)?;
+                if let Some(progress) = &progress {
+                    progress.advance(len);
+                }
+            }
+            sink.flush().await.map_err(write_error)
+        };
+        futures::join!(fetch, write).1
     }
 
     /// Tells the store, in the background, that chunk `at` of `chunks` will be fetched
