@@ -256,25 +256,6 @@ async fn ten_percent_of_requests_failing_still_round_trips_byte_exact() {
 }
 
 #[tokio::test]
-async fn a_token_that_names_another_user_still_finds_the_bot() {
-    // Tokens start with the bot's id in base64, and the store asks for that member's
-    // roles at once; one that names someone else ("123") must not fool it.
-    let config = Config {
-        token: "MTIz.fake.token".into(),
-        ..small_guild()
-    };
-    let fx = Fixture::start(config, Some(SMALL_FILE_LIMIT)).await;
-    assert_eq!(
-        fx.store.current_user().await.unwrap(),
-        fx.fake.bot_user_id()
-    );
-    let volume = fx.volume().await;
-    let data = random_bytes(2 * small_chunk() + 5, 3);
-    put(&volume, "f", &data).await.unwrap();
-    assert_eq!(read(&fx.fresh_volume().await, "f").await, data);
-}
-
-#[tokio::test]
 async fn expired_urls_are_refreshed_mid_download() {
     let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
     let volume = fx.volume().await;

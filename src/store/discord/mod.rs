@@ -238,6 +238,9 @@ impl DiscordStore {
 
     async fn learn_guild(&self) -> StoreResult<GuildFacts> {
         // The guild, and (the bot, then its roles there), at once: each is a round trip.
+        // (twilight's own limiter still sends the requests under one guild, these and
+        // the channel list, one at a time: it learns buckets from 429s only, and until
+        // then queues by top-level resource. So they take a round trip each.)
         let guild = async {
             self.rest
                 .call(
@@ -249,24 +252,9 @@ impl DiscordStore {
                 .await
                 .map_err(|e| self.guild_error(e))
         };
-        // A bot token starts with the bot's user id: its roles are asked for at once
-        // too, and again if the token's id turns out not to be the bot's.
         let me_and_member = async {
-            let what = "checking the bot token";
-            let (me, member) = match token_user_id(self.config.token.expose()) {
-                Some(guess) => {
-                    let (me, member) =
-                        tokio::join!(self.fetch_current_user(what), self.fetch_member(guess));
-                    let me = me?;
-                    let member = member.ok().filter(|_| me.id == guess);
-                    (me, member)
-                }
-                None => (self.fetch_current_user(what).await?, None),
-            };
-            let member = match member {
-                Some(member) => member,
-                None => self.fetch_member(me.id).await?,
-            };
+            let me = self.fetch_current_user("checking the bot token").await?;
+            let member = self.fetch_member(me.id).await?;
             Ok::<_, StoreError>((me, member))
         };
         let (guild, (me, member)) = tokio::try_join!(guild, me_and_member)?;
@@ -758,22 +746,6 @@ async fn no_body<T>(_response: Response<T>) -> Result<(), String> {
 }
 
 /// Splits `http://host:port` into what twilight's proxy mode takes.
-/// The user id a bot token starts with (its first part is the id, in base64), if it
-/// has one: a guess, to be checked against what Discord says the bot is.
-fn token_user_id(token: &str) -> Option<TwilightId<UserMarker>> {
-    use base64::Engine as _;
-    let first = token.split('.').next()?.trim_end_matches('=');
-    let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(first)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(first))
-        .ok()?;
-    let digits = std::str::from_utf8(&decoded).ok()?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    TwilightId::new_checked(digits.parse().ok()?)
-}
-
 fn parse_api_address(api: &str) -> StoreResult<(String, bool)> {
     let bad = || {
         StoreError::NotSetUp(format!(
@@ -1123,16 +1095,6 @@ mod tests {
         assert!(!token.masked().contains("secret"));
         let config = DiscordConfig::new(token, 1);
         assert!(!format!("{config:?}").contains("secret"));
-    }
-
-    #[test]
-    fn tokens_name_their_bot() {
-        // base64 of "1300000000000000100", as Discord's tokens start.
-        let id = token_user_id("MTMwMDAwMDAwMDAwMDAwMDEwMA.GhIjKl.mnop").map(|id| id.get());
-        assert_eq!(id, Some(1_300_000_000_000_000_100));
-        assert_eq!(token_user_id("fake.0123456789abcdef"), None);
-        assert_eq!(token_user_id(""), None);
-        assert_eq!(token_user_id("MA.x"), None); // "0"
     }
 
     #[test]
