@@ -347,4 +347,12 @@ pub trait Store: Send + Sync {
 
     /// Deletes one message and its attachments.
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()>;
+
+    /// A hint that an attachment of `message` will be fetched soon: a store that fetches
+    /// through signed URLs may look its URL up now, so that the fetch doesn't wait for
+    /// it. Never needed for a fetch to work, and it fetches no attachment bytes; what
+    /// goes wrong is the fetch's to report.
+    async fn prepare_fetch(&self, channel: Id, message: Id, attachment: Id) {
+        let _ = (channel, message, attachment);
+    }
 }

@@ -912,26 +912,69 @@ impl ChunkFetcher {
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<(), VolumeError> {
         let seal = FileSeal::of(file);
+        let parallel = parallel.max(1);
+        // The store is told of each message's chunks `ahead` chunks before the first of
+        // them is fetched (a Discord store then looks up their signed URLs meanwhile),
+        // so that no fetch waits for a message to be read.
+        let ahead = 2 * parallel;
         let mut chunks = futures::stream::iter(file.chunks.iter().cloned().enumerate())
             .map(|(index, chunk)| {
+                let told = if index == 0 {
+                    0..=ahead
+                } else {
+                    index + ahead..=index + ahead
+                };
+                for at in told {
+                    self.prepare_fetch(&file.chunks, at);
+                }
                 let fetcher = self.clone();
                 tokio::spawn(async move { fetcher.fetch(seal, index as u64, &chunk).await })
             })
-            .buffered(parallel.max(1));
+            .buffered(parallel);
         let write_error = |source| VolumeError::Io {
             context: format!("writing {}", self.name),
             source,
         };
-        while let Some(chunk) = chunks.next().await {
-            self.interrupt.check()?;
-            let blocks = joined(chunk)??;
-            let len: u64 = blocks.iter().map(|b| b.len() as u64).sum();
-            sink.write(blocks).await.map_err(write_error)?;
-            if let Some(progress) = &progress {
-                progress.advance(len);
+        // The chunks are written as they come, while the next ones keep being fetched:
+        // the stream is polled (and new fetches started) while a write is under way, so
+        // `parallel` fetches stay in flight. One fetched chunk may wait for the write.
+        let (fetched, to_write) = tokio::sync::mpsc::channel(1);
+        let fetch = async move {
+            while let Some(chunk) = chunks.next().await {
+                if fetched.send(chunk).await.is_err() {
+                    break; // the writing stopped
+                }
             }
+        };
+        let write = async {
+            // Owned here, so that a write that stops drops it and the fetching stops too.
+            let mut to_write = to_write;
+            while let Some(chunk) = to_write.recv().await {
+                self.interrupt.check()?;
+                let blocks = joined(chunk)??;
+                let len: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+                sink.write(blocks).await.map_err(write_error)?;
+                if let Some(progress) = &progress {
+                    progress.advance(len);
+                }
+            }
+            sink.flush().await.map_err(write_error)
+        };
+        futures::join!(fetch, write).1
+    }
+
+    /// Tells the store, in the background, that chunk `at` of `chunks` will be fetched
+    /// soon, if it is the first of its message's (the others share its message).
+    fn prepare_fetch(&self, chunks: &[StoredChunk], at: usize) {
+        let Some(chunk) = chunks.get(at) else { return };
+        let message = |c: &StoredChunk| (c.channel.unwrap_or(self.channel), c.message);
+        if at > 0 && message(&chunks[at - 1]) == message(chunk) {
+            return;
         }
-        sink.flush().await.map_err(write_error)
+        let store = self.store.clone();
+        let (channel, message) = message(chunk);
+        let attachment = chunk.attachment;
+        tokio::spawn(async move { store.prepare_fetch(channel, message, attachment).await });
     }
 }
 

@@ -25,8 +25,9 @@ pub mod folders;
 pub mod ratelimit;
 pub mod rest;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -163,9 +164,10 @@ pub struct DiscordStore {
     facts: OnceCell<GuildFacts>,
     /// Limits lowered after Discord refused a message as too large.
     stepped_down: Mutex<Option<Limits>>,
-    /// One URL refresh at a time: when many chunks of one message expire together,
-    /// the first refresh serves them all.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One URL look-up at a time per channel: it reads the page of history from the
+    /// message on, which gives the URLs of the next 100 messages too, so that the
+    /// look-ups after it (the other chunks of a file, mostly) find them known.
+    refreshing: Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl DiscordStore {
@@ -226,7 +228,7 @@ impl DiscordStore {
             config,
             facts: OnceCell::new(),
             stepped_down: Mutex::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: Mutex::default(),
         })
     }
 
@@ -236,6 +238,9 @@ impl DiscordStore {
 
     async fn learn_guild(&self) -> StoreResult<GuildFacts> {
         // The guild, and (the bot, then its roles there), at once: each is a round trip.
+        // (twilight's own limiter still sends the requests under one guild, these and
+        // the channel list, one at a time: it learns buckets from 429s only, and until
+        // then queues by top-level resource. So they take a round trip each.)
         let guild = async {
             self.rest
                 .call(
@@ -249,21 +254,7 @@ impl DiscordStore {
         };
         let me_and_member = async {
             let me = self.fetch_current_user("checking the bot token").await?;
-            let member = self
-                .rest
-                .call(
-                    &format!("GET /guilds/{}/members", self.guild),
-                    "reading the bot's roles",
-                    || {
-                        self.rest
-                            .client
-                            .guild_member(self.guild, me.id)
-                            .into_future()
-                    },
-                    model,
-                )
-                .await
-                .map_err(|e| self.guild_error(e))?;
+            let member = self.fetch_member(me.id).await?;
             Ok::<_, StoreError>((me, member))
         };
         let (guild, (me, member)) = tokio::try_join!(guild, me_and_member)?;
@@ -305,6 +296,27 @@ impl DiscordStore {
             facts.category = Some(find_category(&channels, wanted)?);
         }
         Ok(facts)
+    }
+
+    /// A member of the guild: the bot, for its roles.
+    async fn fetch_member(
+        &self,
+        user: TwilightId<UserMarker>,
+    ) -> StoreResult<twilight_model::guild::Member> {
+        self.rest
+            .call(
+                &format!("GET /guilds/{}/members", self.guild),
+                "reading the bot's roles",
+                || {
+                    self.rest
+                        .client
+                        .guild_member(self.guild, user)
+                        .into_future()
+                },
+                model,
+            )
+            .await
+            .map_err(|e| self.guild_error(e))
     }
 
     /// The bot's own user (one request; also how the token is checked).
@@ -522,12 +534,45 @@ impl DiscordStore {
         if let Some(url) = self.urls.fresh(attachment) {
             return Ok(url.url);
         }
-        let _one_at_a_time = self.refreshing.lock().await;
-        // Another task may have refreshed this message while we waited.
-        if let Some(url) = self.urls.fresh(attachment) {
-            return Ok(url.url);
+        let lock = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(channel)
+            .or_default()
+            .clone();
+        let found = async {
+            let _one_at_a_time = lock.lock().await;
+            // Another task may have looked it up while we waited.
+            if let Some(url) = self.urls.fresh(attachment) {
+                return Ok(Err(url.url));
+            }
+            // The page from the message on (one request for the URLs of up to 100
+            // messages); the message alone if it isn't there, which tells what is wrong.
+            let cursor = HistoryCursor::After(message.saturating_sub(1));
+            match self.history(channel, cursor, super::MAX_HISTORY_PAGE).await {
+                Ok(_) => {
+                    if let Some(url) = self.urls.fresh(attachment) {
+                        return Ok(Err(url.url));
+                    }
+                }
+                Err(e) => log::debug!("reading the history from message {message}: {e}"),
+            }
+            self.get_message(channel, message).await.map(Ok)
         }
-        let found = self.get_message(channel, message).await?;
+        .await;
+        {
+            // The last one done with the channel's lock forgets it (the map holds one
+            // reference, this call another; anyone waiting holds more).
+            let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+            if Arc::strong_count(&lock) <= 2 {
+                refreshing.remove(&channel);
+            }
+        }
+        let found = match found? {
+            Ok(found) => found,
+            Err(url) => return Ok(url),
+        };
         if found.attachments.iter().all(|a| a.id != attachment) {
             return Err(StoreError::NoSuchAttachment {
                 message,
@@ -1009,6 +1054,12 @@ impl Store for DiscordStore {
         }
         self.download(channel, message, attachment, Want::Range(range))
             .await
+    }
+
+    async fn prepare_fetch(&self, channel: Id, message: Id, attachment: Id) {
+        if let Err(e) = self.fresh_url(channel, message, attachment).await {
+            log::debug!("looking up the URL of attachment {attachment} ahead: {e}");
+        }
     }
 
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {

@@ -330,6 +330,31 @@ async fn handle(
     if path.starts_with("/_fake/") {
         return Ok(control::handle(&shared, request).await);
     }
+    if !log::log_enabled!(target: "fake_discord::requests", log::Level::Info) {
+        return route(shared, request).await;
+    }
+    // The request log (`RUST_LOG=fake_discord::requests=info`): when each request came
+    // (ms since the Unix epoch), how long its answer took to start, and what it was.
+    let arrived = crate::time::now_ms();
+    let started = std::time::Instant::now();
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let ranged = request.headers().contains_key(hyper::header::RANGE);
+    let answer = route(shared, request).await;
+    let status = answer.as_ref().map_or(0, |r| r.status().as_u16());
+    log::info!(
+        target: "fake_discord::requests",
+        "{arrived} +{}ms {status} {what}{}",
+        started.elapsed().as_millis(),
+        if ranged { " (range)" } else { "" }
+    );
+    answer
+}
+
+/// [`handle`] after the control endpoints: the latency, then the REST API or the CDN.
+async fn route(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ConnectionError> {
     let knobs = shared.knobs();
     if !knobs.latency.is_zero() {
         tokio::time::sleep(knobs.latency).await;
