@@ -20,11 +20,12 @@
 #   during the put (its /_fake/stats). A file of 5 messages or fewer fits in the first
 #   window's burst and has no ceiling, which is why even the quick file is 6 messages.
 # - get: `dcloud-fs get` of that file, with the disk cache of fetched blocks emptied
-#   before each run (`get` fills it as it downloads; the index cache `put` left is
-#   kept), so every run is a cold download. Baseline: the same chunk attachments
-#   fetched from the fake CDN directly with curl, four at a time (what `get` does), so
-#   the ratio is what dcloud-fs's own work costs (URLs, decryption, keeping the blocks
-#   on disk, writing the file). The note gives the bytes the CDN served to `get`.
+#   before each run (`get` reads it but doesn't fill it: the file it writes is the
+#   local copy; the index cache `put` left is kept), so every run is a cold download.
+#   Baselines: the same chunk attachments fetched from the fake CDN directly with curl,
+#   four at a time (what `get` does), into /dev/null, and into files (as `get` writes
+#   what it downloads), so the ratio is what dcloud-fs's own work costs (URLs,
+#   decryption, writing the file). The note gives the bytes the CDN served to `get`.
 # - first 64 KiB of each file: a channel of N random 20 MiB files (filled with the
 #   server's limits and latency off, see below). `dcloud-fs mount` with an empty cache
 #   folder, `ls` of the channel (which reads the history; not counted), then one
@@ -212,6 +213,10 @@ for run in $(seq "$runs"); do
     cmp -s src.bin out.bin || { echo "get returned different bytes" >&2; exit 1; }
     rm out.bin
     timed cdn sh -c 'xargs -P 4 -n 1 curl -sf -o /dev/null < urls.txt'
+    mkdir curl-out
+    awk '{ print "-o curl-out/c" NR, $0 }' urls.txt > url-files.txt
+    timed cdn_files sh -c 'xargs -P 4 -n 3 curl -sf < url-files.txt'
+    rm -r curl-out
 done
 rm src.bin
 
@@ -221,6 +226,7 @@ put_rate=$(rate "$size_mib" "$(median put.times)")
 ceiling_rate=$(rate "$size_mib" "$ceiling_s")
 get_rate=$(rate "$size_mib" "$(median get.times)")
 cdn_rate=$(rate "$size_mib" "$(median cdn.times)")
+cdn_files_rate=$(rate "$size_mib" "$(median cdn_files.times)")
 row "$section" "put ${size_mib} MiB" "$put_rate" MB/s \
     "rate-limit ceiling (${messages} messages, 5 per 5 s)" "$ceiling_rate" \
     "$(ratio_rate "$put_rate" "$ceiling_rate")" "$(peak_rss_mib rss.put.*)" \
@@ -228,7 +234,11 @@ row "$section" "put ${size_mib} MiB" "$put_rate" MB/s \
 row "$section" "get ${size_mib} MiB" "$get_rate" MB/s \
     "curl of the chunks from the CDN, 4 at a time" "$cdn_rate" \
     "$(ratio_rate "$get_rate" "$cdn_rate")" "$(peak_rss_mib rss.get.*)" \
-    "empty disk cache each run (get fills it); $(mb "$(median get.bytes)") MB downloaded; ${latency_ms} ms latency; median of $runs"
+    "empty disk cache each run; $(mb "$(median get.bytes)") MB downloaded; ${latency_ms} ms latency; median of $runs"
+row "$section" "get ${size_mib} MiB" "$get_rate" MB/s \
+    "curl of the chunks into files, 4 at a time" "$cdn_files_rate" \
+    "$(ratio_rate "$get_rate" "$cdn_files_rate")" "$(peak_rss_mib rss.get.*)" \
+    "as above; curl writes what it downloads to disk, as get does"
 
 # mount_start NAME CACHE_DIR [MOUNT_ARGS...]: mounts on $mnt in the foreground, under
 # /usr/bin/time (peak RSS to rss.NAME, log to mount.NAME.log), with CACHE_DIR as the

@@ -1120,6 +1120,7 @@ impl Volume {
             name: self.display(path),
             interrupt: self.config.interrupt.clone(),
             disk_cache: self.config.disk_cache.clone(),
+            fill_disk_cache: true,
         }
     }
 

@@ -559,6 +559,10 @@ pub struct ChunkFetcher {
     pub interrupt: Interrupt,
     /// Sealed bytes kept on local disk, if any.
     pub disk_cache: Option<Arc<DiskCache>>,
+    /// Whether what is fetched goes into the disk cache too (it is read from there
+    /// either way). [`ChunkFetcher::download`] doesn't: the file it writes is the local
+    /// copy, and filling the cache would write every byte twice.
+    pub fill_disk_cache: bool,
 }
 
 impl ChunkFetcher {
@@ -700,16 +704,25 @@ impl ChunkFetcher {
                 )
                 .await
                 .map_err(|e| self.store_error(e, index))?;
-            if self.disk_cache.is_some() {
-                // The run as one block: a file per fetch, not per segment.
-                let block = BlockKey {
-                    attachment: chunk.attachment,
-                    offset: span.start,
-                    len: data.bytes().len() as u32,
-                };
-                self.keep_on_disk(vec![(block, Bytes::copy_from_slice(data.bytes()))]);
-            }
-            let opened = self.open_run(file, index, chunk, &key, start, data).await?;
+            // The run as one block: a file per fetch, not per segment.
+            let keep = BlockKey {
+                attachment: chunk.attachment,
+                offset: span.start,
+                len: data.bytes().len() as u32,
+            };
+            let opened = self
+                .open_run(
+                    file,
+                    index,
+                    chunk,
+                    &key,
+                    SealedRun {
+                        start,
+                        data,
+                        keep: Some(keep),
+                    },
+                )
+                .await?;
             for (slot, block) in blocks[run].iter_mut().zip(opened) {
                 *slot = Some(block);
             }
@@ -750,8 +763,7 @@ impl ChunkFetcher {
                     index,
                     chunk,
                     key,
-                    RunStart::Segment(wanted.start),
-                    Fetched::from(data),
+                    SealedRun::cached(RunStart::Segment(wanted.start), data),
                 )
                 .await
             {
@@ -778,8 +790,7 @@ impl ChunkFetcher {
                     index,
                     chunk,
                     key,
-                    RunStart::Segment(segment),
-                    Fetched::from(data),
+                    SealedRun::cached(RunStart::Segment(segment), data),
                 )
                 .await
             {
@@ -790,26 +801,37 @@ impl ChunkFetcher {
     }
 
     /// Opens the sealed bytes of a run of segments: a short run (a random read's) right
-    /// here, a longer one on the blocking pool.
+    /// here, a longer one on the blocking pool. `keep` names the run's block in the
+    /// disk cache when it was just fetched: it is written there first, from the same
+    /// buffer, then opened in place.
     async fn open_run(
         &self,
         file: FileSeal,
         index: u64,
         chunk: &StoredChunk,
         key: &Key,
-        start: RunStart,
-        data: Fetched,
+        run: SealedRun,
     ) -> Result<Vec<Bytes>, VolumeError> {
+        let SealedRun { start, data, keep } = run;
         let reference = ChunkRef::from(chunk);
         let key = key.clone();
-        let inline = data.bytes().len() <= INLINE_OPEN_BYTES;
+        let keep = keep
+            .filter(|_| self.fill_disk_cache)
+            .and_then(|block| Some((self.disk_cache.clone()?, block)));
+        let inline = keep.is_none() && data.bytes().len() <= INLINE_OPEN_BYTES;
         let Fetched { buffer, start: at } = data;
-        let open = move || match start {
-            RunStart::Header => {
-                format::open_segments_with_header_at(&key, file.id, index, &reference, buffer, at)
+        let open = move || {
+            // Kept on disk as fetched, before it is opened in place: no copy of it.
+            if let Some((cache, block)) = keep {
+                cache.put(&block, &buffer[at..]);
             }
-            RunStart::Segment(first) => {
-                format::open_segments_at(&key, file.id, index, &reference, first, buffer, at)
+            match start {
+                RunStart::Header => format::open_segments_with_header_at(
+                    &key, file.id, index, &reference, buffer, at,
+                ),
+                RunStart::Segment(first) => {
+                    format::open_segments_at(&key, file.id, index, &reference, first, buffer, at)
+                }
             }
         };
         let opened = if inline {
@@ -858,6 +880,9 @@ impl ChunkFetcher {
 
     /// Keeps fetched blocks on disk, in the background.
     fn keep_on_disk(&self, blocks: Vec<(BlockKey, Bytes)>) {
+        if !self.fill_disk_cache {
+            return;
+        }
         if let Some(cache) = self.disk_cache.clone() {
             tokio::task::spawn_blocking(move || {
                 for (key, data) in blocks {
@@ -927,7 +952,10 @@ impl ChunkFetcher {
                 for at in told {
                     self.prepare_fetch(&file.chunks, at);
                 }
-                let fetcher = self.clone();
+                let fetcher = ChunkFetcher {
+                    fill_disk_cache: false,
+                    ..self.clone()
+                };
                 tokio::spawn(async move { fetcher.fetch(seal, index as u64, &chunk).await })
             })
             .buffered(parallel);
@@ -983,6 +1011,26 @@ impl ChunkFetcher {
 /// hand-off as long as the work, on every random read.
 const INLINE_OPEN_BYTES: usize =
     2 * (format::SEGMENT_LEN + crate::crypto::TAG_LEN) + format::SEGMENTED_HEADER_LEN;
+
+/// A run of sealed segments to open.
+struct SealedRun {
+    /// Where its bytes start.
+    start: RunStart,
+    data: Fetched,
+    /// Its block in the disk cache, when it was just fetched (to be kept there).
+    keep: Option<BlockKey>,
+}
+
+impl SealedRun {
+    /// A run read from the disk cache.
+    fn cached(start: RunStart, data: Vec<u8>) -> SealedRun {
+        SealedRun {
+            start,
+            data: Fetched::from(data),
+            keep: None,
+        }
+    }
+}
 
 /// Where a run's sealed bytes start.
 #[derive(Debug, Clone, Copy)]
