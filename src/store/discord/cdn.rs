@@ -311,7 +311,9 @@ async fn read_body(
     look_past: bool,
 ) -> Result<BodyRead, String> {
     let end = skip.saturating_add(keep);
-    let mut kept = Vec::with_capacity(capacity);
+    // A pooled buffer for a chunk (its pages already faulted in), empty to start with.
+    let mut kept = crate::buffers::take(capacity);
+    kept.clear();
     let mut seen = 0u64;
     loop {
         if seen >= end && !look_past {
