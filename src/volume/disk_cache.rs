@@ -4,6 +4,8 @@
 //! Chunks are sealed as 64 KiB segments, each authenticated on its own, so a read needs
 //! only the segments it covers. The segments fetched are kept here, still sealed, so
 //! that re-reading a file — also after a remount, or from the CLI — downloads nothing.
+//! Reads through a mount fill it; `get` only reads it (the file it writes is the copy,
+//! and filling the cache too would write every byte twice).
 //! A block is a byte range of one attachment ([`BlockKey`]); attachments never change
 //! once stored, so a block's bytes never go stale, and attachment ids (the store's
 //! snowflakes) are unique within a store, so one folder serves one store.
