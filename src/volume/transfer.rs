@@ -823,7 +823,7 @@ impl ChunkFetcher {
         let open = move || {
             // Kept on disk as fetched, before it is opened in place: no copy of it.
             if let Some((cache, block)) = keep {
-                cache.put(&block, &buffer[at..]);
+                cache.put(&block, buffer.get(at..).unwrap_or_default());
             }
             match start {
                 RunStart::Header => format::open_segments_with_header_at(
