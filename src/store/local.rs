@@ -1126,14 +1126,11 @@ mod tests {
         assert_eq!(ids.len(), 20);
     }
 
-    #[tokio::test]
-    async fn ranges_read_exactly_their_bytes_and_never_past_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open_or_create(dir.path(), Limits::default()).unwrap();
+    /// A store in `dir` with a channel holding one message of one attachment, `data`:
+    /// the store and the channel's, message's and attachment's ids.
+    async fn one_attachment(dir: &Path, data: &[u8]) -> (LocalStore, Id, Id, Id) {
+        let store = LocalStore::open_or_create(dir, Limits::default()).unwrap();
         let channel = store.create_channel("c").await.unwrap().id;
-        let whole: Vec<u8> = (0..200 * 1024u32)
-            .map(|i| (i * 31 + i / 251) as u8)
-            .collect();
         let posted = store
             .post(
                 channel,
@@ -1141,13 +1138,23 @@ mod tests {
                     content: String::new(),
                     attachments: vec![NewAttachment {
                         filename: "c0".into(),
-                        data: Bytes::from(whole.clone()),
+                        data: Bytes::copy_from_slice(data),
                     }],
                 },
             )
             .await
             .unwrap();
         let (message, attachment) = (posted.id, posted.attachments[0].id);
+        (store, channel, message, attachment)
+    }
+
+    #[tokio::test]
+    async fn ranges_read_exactly_their_bytes_and_never_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole: Vec<u8> = (0..200 * 1024u32)
+            .map(|i| (i * 31 + i / 251) as u8)
+            .collect();
+        let (store, channel, message, attachment) = one_attachment(dir.path(), &whole).await;
         let len = whole.len() as u64;
         for range in [
             0..10,
@@ -1245,25 +1252,10 @@ mod tests {
     #[tokio::test]
     async fn long_ranges_read_exactly_their_bytes_from_the_disk_or_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open_or_create(dir.path(), Limits::default()).unwrap();
-        let channel = store.create_channel("c").await.unwrap().id;
         let whole: Vec<u8> = (0..(5 << 20) + 4321u32)
             .map(|i| (i * 31 + i / 4093) as u8)
             .collect();
-        let posted = store
-            .post(
-                channel,
-                NewMessage {
-                    content: String::new(),
-                    attachments: vec![NewAttachment {
-                        filename: "c0".into(),
-                        data: Bytes::from(whole.clone()),
-                    }],
-                },
-            )
-            .await
-            .unwrap();
-        let (message, attachment) = (posted.id, posted.attachments[0].id);
+        let (store, channel, message, attachment) = one_attachment(dir.path(), &whole).await;
         let path = store.attachment_path(channel, attachment);
         let len = whole.len() as u64;
         let mib = 1 << 20;

@@ -942,6 +942,11 @@ impl ChunkFetcher {
         // them is fetched (a Discord store then looks up their signed URLs meanwhile),
         // so that no fetch waits for a message to be read.
         let ahead = 2 * parallel;
+        // The disk cache is read, not filled: the file written is the local copy.
+        let reader = ChunkFetcher {
+            fill_disk_cache: false,
+            ..self.clone()
+        };
         let mut chunks = futures::stream::iter(file.chunks.iter().cloned().enumerate())
             .map(|(index, chunk)| {
                 let told = if index == 0 {
@@ -952,10 +957,7 @@ impl ChunkFetcher {
                 for at in told {
                     self.prepare_fetch(&file.chunks, at);
                 }
-                let fetcher = ChunkFetcher {
-                    fill_disk_cache: false,
-                    ..self.clone()
-                };
+                let fetcher = reader.clone();
                 tokio::spawn(async move { fetcher.fetch(seal, index as u64, &chunk).await })
             })
             .buffered(parallel);
