@@ -223,9 +223,19 @@ async fn forced_429s_are_waited_out() {
     let data = random_bytes(4 * 9 * small_chunk() + 5, 3);
     put(&volume, "f", &data).await.unwrap();
     assert_eq!(read(&volume, "f").await, data);
-    volume.rename("f", "g").await.unwrap();
-    assert_eq!(read(&fx.fresh_volume().await, "g").await, data);
-    assert!(fx.fake.stats().forced_429 > 0, "{:?}", fx.fake.stats());
+    // Forced 429s are random: rename until some were sent (each rename is a request or
+    // two), so the test never depends on a lucky draw. 0.7^(17 + 2*40) is never.
+    let mut name = "f".to_string();
+    for i in 0..40 {
+        if fx.fake.stats().forced_429 >= 2 {
+            break;
+        }
+        let next = format!("g{i}");
+        volume.rename(&name, &next).await.unwrap();
+        name = next;
+    }
+    assert!(fx.fake.stats().forced_429 >= 2, "{:?}", fx.fake.stats());
+    assert_eq!(read(&fx.fresh_volume().await, &name).await, data);
 }
 
 #[tokio::test]
