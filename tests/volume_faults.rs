@@ -1330,6 +1330,38 @@ async fn index_cache_reads_less_and_still_sees_other_writers() {
     assert_eq!(file_paths(&keyless), vec!["f05"]);
 }
 
+#[tokio::test]
+async fn a_refresh_does_not_fetch_again_the_records_it_has_read() {
+    let fx = Fixture::new(9).await;
+    let key = Key::generate().unwrap();
+    let mut rng = SplitMix64::new(0x0009_5eed);
+    let data = rng.bytes(40 * plan(true).chunk_len);
+    {
+        let cached = fx.open_cached(Some(&key)).await;
+        put(&cached, "big", &data, options(true)).await.unwrap();
+        cached.refresh().await.unwrap();
+    }
+    // The record names 40 chunks: it is an attachment, what reading it again fetches.
+    let messages = fx.messages().await;
+    let record = messages.last().unwrap();
+    assert!(record.attachment_named("record.dcfr").is_some());
+
+    // Opened again at once, the refresh re-reads the last seconds (the record's
+    // message among them) but fetches nothing: the cache has read that record.
+    let before = fx.store.counts();
+    let reopened = fx.open_cached(Some(&key)).await;
+    let opened = fx.store.counts() - before;
+    assert!(opened.history_messages >= 1, "{opened:?}");
+    assert_eq!(opened.fetches, 0, "{opened:?}");
+    assert!(read(&reopened, "big").await == data);
+
+    // A record it hasn't read, in the same seconds, is read.
+    let other = fx.open(Some(&key)).await;
+    put(&other, "small", b"new", options(true)).await.unwrap();
+    reopened.refresh().await.unwrap();
+    assert!(read(&reopened, "small").await == b"new");
+}
+
 // ---------------------------------------------------------------------------------------
 // 9. Bounded parallelism and memory
 

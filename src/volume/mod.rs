@@ -17,7 +17,7 @@
 //! records among them. Replay doesn't depend on the order messages are read in (see
 //! [`index`]), so the pages can overlap the cache a little — refresh re-reads a few
 //! seconds before the cache's last message, in case a message with a smaller id became
-//! visible late — at no risk. Only our own messages count, and of those only the records
+//! visible late — at no risk (records it has read already are not fetched again). Only our own messages count, and of those only the records
 //! the loaded key authenticated ([`records`]); the others are skipped with one log line
 //! each and remembered, so that `get` of a missing file can say "wrong key" rather than
 //! "no such file".
@@ -557,11 +557,15 @@ impl Volume {
                 )
                 .await?;
             page.sort_by_key(|m| m.id);
+            let Some(newest) = page.last().map(|m| m.id) else {
+                break;
+            };
+            let full = page.len() >= MAX_HISTORY_PAGE;
+            page.retain(|m| !self.already_read(m, last_seen));
             self.read_page(&page).await?;
-            let Some(newest) = page.last() else { break };
-            cursor = newest.id;
+            cursor = newest;
             self.index().advance(cursor);
-            if page.len() < MAX_HISTORY_PAGE {
+            if !full {
                 break;
             }
         }
@@ -571,6 +575,15 @@ impl Volume {
             self.unsaved.store(true, Ordering::Relaxed);
         }
         Ok(read_new)
+    }
+
+    /// Whether `message`, met again in the overlap of a refresh, is a record of ours
+    /// the index has read already: one it noted in a page read to the end before
+    /// (`last_seen` is where that reading got). Messages don't change, so reading it
+    /// again (fetching its attachment, a round trip) would apply nothing new; a record
+    /// that couldn't be read is in [`Index::unread`] and read again by itself.
+    fn already_read(&self, message: &Message, last_seen: Id) -> bool {
+        message.id <= last_seen && self.index().own(message.id) == Some(index::Own::Record)
     }
 
     /// Writes the index cache if the index changed since it was last written.
