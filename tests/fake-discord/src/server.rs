@@ -337,7 +337,12 @@ async fn handle(
     // (ms since the Unix epoch), how long its answer took to start, and what it was.
     let arrived = crate::time::now_ms();
     let started = std::time::Instant::now();
-    let what = format!("{} {}", request.method(), request.uri().path());
+    // The query of API requests (a history page's cursor), not of the CDN's signed URLs.
+    let query = match request.uri().query() {
+        Some(query) if path.starts_with("/api/") => format!("?{query}"),
+        _ => String::new(),
+    };
+    let what = format!("{} {path}{query}", request.method());
     let ranged = request.headers().contains_key(hyper::header::RANGE);
     let answer = route(shared, request).await;
     let status = answer.as_ref().map_or(0, |r| r.status().as_u16());
