@@ -52,6 +52,9 @@ pub struct ConfigFile {
     pub cache_dir: Option<PathBuf>,
     /// Seconds between checks of open channels for changes made elsewhere (default 5).
     pub poll_interval_secs: Option<u64>,
+    /// Seconds after its last close that a file written through the mount is uploaded
+    /// (default 2; 0 uploads at close, which then waits for it).
+    pub write_back_secs: Option<u64>,
     /// Mount read-only (default false).
     pub read_only: Option<bool>,
     /// Let other users into the mount (default false).
@@ -59,7 +62,7 @@ pub struct ConfigFile {
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "token",
     "guild",
     "category",
@@ -74,6 +77,7 @@ pub const KEYS: [&str; 16] = [
     "disk_cache_mib",
     "cache_dir",
     "poll_interval_secs",
+    "write_back_secs",
     "read_only",
     "allow_other",
 ];

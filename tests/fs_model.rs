@@ -120,6 +120,9 @@ impl Harness {
         let config = FsConfig {
             cache_bytes: 64 * 1024,
             spool_dir: Some(dir.path().join("spool")),
+            // The model's close stores the file or fails (write-back is
+            // tests/fs_writeback.rs's).
+            write_back: std::time::Duration::ZERO,
             volume: VolumeConfig {
                 cache_dir: None,
                 // Freed at once: these tests count what is left.

@@ -58,6 +58,8 @@ impl Fixture {
             cache_bytes: 1,
             read_ahead_chunks: 0,
             spool_dir: Some(dir.path().join("spool")),
+            // Close stores the file: these tests look at the store after it.
+            write_back: Duration::ZERO,
             volume: VolumeConfig {
                 cache_dir: None,
                 // Freed at the first pass once nothing needs them (the grace for other

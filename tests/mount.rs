@@ -198,12 +198,17 @@ impl Env {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    /// `dcloud-fs mount -f` with `extra` options, once it is mounted.
+    /// `dcloud-fs mount -f` with `extra` options, once it is mounted. Without a
+    /// `--write-back` among them, with write-back off (`--write-back 0`): these tests
+    /// look at the store once close returns; the write-back tests say `--write-back`.
     fn mount(&self, extra: &[&str]) -> Mount<'_> {
         let spool = self.spool();
         let mnt = self.mnt();
         let mut args = vec!["-v", "mount", "-f", "--poll-interval", "1"];
         args.extend(["--spool-dir", spool.to_str().unwrap()]);
+        if !extra.contains(&"--write-back") {
+            args.extend(["--write-back", "0"]);
+        }
         args.extend(extra);
         args.push(mnt.to_str().unwrap());
         let log = self.dir.path().join(format!("mount-{}.log", unique()));

@@ -507,6 +507,8 @@ async fn the_fs_core_moves_across_channels_and_keeps_needed_channels() {
     let config = FsConfig {
         spool_dir: Some(w.dir.path().join("spool")),
         allow_delete_channels: true,
+        // Close stores the file: the test looks at the channels after it.
+        write_back: std::time::Duration::ZERO,
         volume: config(None),
         ..FsConfig::default()
     };

@@ -95,6 +95,13 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECS", env = "DCLOUD_POLL_INTERVAL_SECS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub poll_interval: Option<u64>,
+    /// Seconds after its last close that a file is uploaded: close returns once the file
+    /// is in the local spool, and `fsync` waits for the upload (config:
+    /// `write_back_secs`). 0 uploads at close, which then returns the upload's error.
+    /// Default: 2.
+    #[arg(long, value_name = "SECS", env = "DCLOUD_WRITE_BACK_SECS",
+          value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub write_back: Option<u64>,
     /// Let `rmdir` of a top-level folder delete its (empty) channel.
     #[arg(long)]
     pub allow_delete_channels: bool,
@@ -106,6 +113,8 @@ pub(crate) const DEFAULT_CACHE_SIZE_MIB: u64 = 64;
 pub(crate) const DEFAULT_DISK_CACHE_MIB: u64 = 4096;
 /// Seconds between polls when nothing says otherwise.
 pub(crate) const DEFAULT_POLL_SECS: u64 = 5;
+/// Seconds from a close to its upload when nothing says otherwise.
+pub(crate) const DEFAULT_WRITE_BACK_SECS: u64 = 2;
 
 fn parse_umask(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text, 8)
@@ -122,6 +131,7 @@ pub(crate) async fn mount(context: &Context, mut args: MountArgs) -> Result<(), 
     args.allow_other = settings.allow_other.value;
     args.cache_size = Some(settings.cache_size_mib.value);
     args.poll_interval = Some(settings.poll_interval_secs.value);
+    args.write_back = Some(settings.write_back_secs.value);
     args.disk_cache = Some(settings.disk_cache_mib.value);
     context.set_disk_cache_mib(settings.disk_cache_mib.value);
     if args.foreground {
@@ -187,6 +197,7 @@ fn fs_config(
                 .join(store_identity)
         })),
         poll_interval: Duration::from_secs(args.poll_interval.unwrap_or(DEFAULT_POLL_SECS)),
+        write_back: Duration::from_secs(args.write_back.unwrap_or(DEFAULT_WRITE_BACK_SECS)),
         read_only: args.read_only,
         allow_delete_channels: args.allow_delete_channels,
         uid: args.uid.unwrap_or(defaults.uid),

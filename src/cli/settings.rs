@@ -10,7 +10,9 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::PathBuf;
 
-use super::mount::{DEFAULT_CACHE_SIZE_MIB, DEFAULT_DISK_CACHE_MIB, DEFAULT_POLL_SECS};
+use super::mount::{
+    DEFAULT_CACHE_SIZE_MIB, DEFAULT_DISK_CACHE_MIB, DEFAULT_POLL_SECS, DEFAULT_WRITE_BACK_SECS,
+};
 use super::{CliError, Context, MountArgs, StoreChoice};
 use crate::store::discord::DEFAULT_REQUEST_TIMEOUT;
 use crate::volume::DEFAULT_FREE_GRACE;
@@ -142,6 +144,7 @@ pub struct MountSettings {
     pub allow_other: Resolved<bool>,
     pub cache_size_mib: Resolved<u64>,
     pub poll_interval_secs: Resolved<u64>,
+    pub write_back_secs: Resolved<u64>,
     pub disk_cache_mib: Resolved<u64>,
 }
 
@@ -177,6 +180,7 @@ impl Context {
             args.allow_other,
             args.cache_size,
             args.poll_interval,
+            args.write_back,
             args.disk_cache,
         )
     }
@@ -189,6 +193,7 @@ impl Context {
         allow_other: bool,
         cache_size_mib: Option<u64>,
         poll_interval_secs: Option<u64>,
+        write_back_secs: Option<u64>,
         disk_cache_mib: Option<u64>,
     ) -> MountSettings {
         MountSettings {
@@ -217,6 +222,13 @@ impl Context {
                 "DCLOUD_POLL_INTERVAL_SECS",
                 self.file.poll_interval_secs,
                 DEFAULT_POLL_SECS,
+            ),
+            write_back_secs: pick(
+                write_back_secs,
+                "--write-back",
+                "DCLOUD_WRITE_BACK_SECS",
+                self.file.write_back_secs,
+                DEFAULT_WRITE_BACK_SECS,
             ),
             disk_cache_mib: pick(
                 disk_cache_mib,
@@ -396,6 +408,7 @@ impl Context {
             env_switch("DCLOUD_ALLOW_OTHER"),
             env_number("DCLOUD_CACHE_SIZE_MIB")?,
             env_number("DCLOUD_POLL_INTERVAL_SECS")?,
+            env_number("DCLOUD_WRITE_BACK_SECS")?,
             None,
         );
         let (read_only, allow_other) = (defaults.read_only, defaults.allow_other);
@@ -416,6 +429,11 @@ impl Context {
             "poll_interval_secs",
             defaults.poll_interval_secs.value.to_string(),
             defaults.poll_interval_secs.source,
+        );
+        row(
+            "write_back_secs",
+            defaults.write_back_secs.value.to_string(),
+            defaults.write_back_secs.source,
         );
         row("read_only", read_only.value.to_string(), read_only.source);
         row(

@@ -144,6 +144,7 @@ impl Fs {
             base,
             synced: false,
             boot: None,
+            completed_ns: None,
         }
     }
 
@@ -154,8 +155,7 @@ impl Fs {
         key: &NodeKey,
         empty: bool,
     ) -> Result<Arc<WriteSession>, FsError> {
-        if let Some(session) = self.session(key) {
-            session.open_one();
+        if let Some(session) = self.join_session(key) {
             if empty {
                 session.truncate(0).await?;
             }
@@ -221,8 +221,7 @@ impl Fs {
                 direct_io: false,
             });
         }
-        if let Some(session) = self.session(&key) {
-            session.open_one();
+        if let Some(session) = self.join_session(&key) {
             let direct_io = !self.kernel_knows_size(ino, session.state().size);
             let fh = self.new_handle(ino, Handle::Write(session));
             return Ok(Opened {
@@ -346,22 +345,27 @@ impl Fs {
         session.commit(&volume).await
     }
 
-    /// `flush` (each `close` of a file descriptor): uploads what was written, so that
-    /// close returns the error if the upload fails.
+    /// `flush` (each `close` of a file descriptor): queues the upload of what was
+    /// written ([`super::writeback`]); with write-back off, uploads it, so that close
+    /// returns the error if the upload fails.
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
         match self.handle(fh)? {
             Handle::Read(_) => Ok(()),
-            Handle::Write(session) => self.commit(&session).await,
+            Handle::Write(session) => self.closed(&session).await,
         }
     }
 
-    /// `fsync`: the same as flush.
+    /// `fsync`: uploads what was written now, and returns the upload's error.
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        self.flush(fh).await
+        match self.handle(fh)? {
+            Handle::Read(_) => Ok(()),
+            Handle::Write(session) => self.synced(&session).await,
+        }
     }
 
-    /// `release` (the last close of an open): uploads anything still unwritten and
-    /// lets go of the handle; the spool file goes once nothing holds it open.
+    /// `release` (the last close of an open): lets go of the handle, after uploading
+    /// anything still unwritten (queued, with write-back); the spool file goes once
+    /// nothing holds it open and nothing waits to be uploaded.
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
         let handle = self
             .handles
@@ -372,15 +376,12 @@ impl Fs {
         let Some(Handle::Write(session)) = handle else {
             return Ok(());
         };
-        let committed = self.commit(&session).await;
+        let committed = self.closed(&session).await;
         if session.close_one() {
-            let key = session.key();
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, &session)) {
-                sessions.remove(&key);
-            }
-            drop(sessions);
-            self.end_session(&session);
+            // A file queued for upload stays until the queue has uploaded it; otherwise
+            // the session ends (its spool kept if the upload failed).
+            let queued = committed.is_ok() && self.write_back.enabled();
+            self.retire_session(&session, queued);
         }
         committed
     }

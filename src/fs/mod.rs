@@ -12,9 +12,10 @@
 //!   through a byte-bounded LRU of decrypted chunks, with read-ahead for sequential
 //!   readers;
 //! - [`spool`] and [`write`]: a file opened for writing lives in a spool file on local
-//!   disk; closing it (or fsync) uploads it and posts its record, and close returns the
-//!   error if that fails; the spool survives a crash and the next mount finishes the
-//!   upload;
+//!   disk; the spool survives a crash and the next mount finishes the upload;
+//! - [`writeback`]: closing a file queues its upload, which follows a settle time later
+//!   (`fsync` uploads at once and returns the upload's error); with write-back off,
+//!   close uploads and returns the error;
 //! - `handles`: the open-file table, and which handle reads a version and which
 //!   joins a write session;
 //! - `channels`: the channel list and each channel's volume, opened once (channels
@@ -45,6 +46,7 @@ pub mod read;
 mod recovery;
 pub mod spool;
 pub mod write;
+pub mod writeback;
 
 pub use self::error::FsError;
 
@@ -79,6 +81,9 @@ pub struct FsConfig {
     pub spool_dir: Option<PathBuf>,
     /// How often open channels are checked for changes made elsewhere. Default 5 s.
     pub poll_interval: Duration,
+    /// How long after its last close a file is uploaded ([`writeback`]); zero uploads
+    /// at close, which then returns the upload's error. Default 2 s.
+    pub write_back: Duration,
     /// Refuse every change (EROFS). Default false.
     pub read_only: bool,
     /// Let `rmdir` at the root delete an (empty) channel. Default false.
@@ -101,6 +106,7 @@ impl Default for FsConfig {
             read_ahead_chunks: 4,
             spool_dir: None,
             poll_interval: Duration::from_secs(5),
+            write_back: Duration::from_secs(2),
             read_only: false,
             allow_delete_channels: false,
             uid,
@@ -200,6 +206,8 @@ pub struct Fs {
     cache: Arc<BlockCache>,
     handles: Mutex<HashMap<u64, OpenFile>>,
     sessions: Mutex<HashMap<NodeKey, Arc<WriteSession>>>,
+    /// Closed files waiting for their upload.
+    write_back: Arc<writeback::WriteBack>,
     /// The file version each inode had when last opened, for `keep_cache`: its file id
     /// and record message (a new version keeps the file id; the record is new).
     last_opened: Mutex<HashMap<u64, (crate::format::FileId, Id)>>,
@@ -214,6 +222,12 @@ pub struct Fs {
     /// Shown as the modification time of folders that have no record of their own
     /// (the root, and folders implied by the paths under them).
     mounted_at_ns: i64,
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        self.write_back.stop();
+    }
 }
 
 fn time_of(mtime_ns: i64) -> SystemTime {
@@ -261,6 +275,7 @@ impl Fs {
             cache: Arc::new(BlockCache::new(config.cache_bytes)),
             store,
             key,
+            write_back: writeback::WriteBack::new(config.write_back, spool_dir.clone()),
             spool_dir,
             channels: Mutex::default(),
             inodes: Mutex::default(),
@@ -275,6 +290,7 @@ impl Fs {
             config,
         });
         fs.list_channels(true).await?;
+        fs.start_write_back();
         Ok(fs)
     }
 
@@ -307,6 +323,42 @@ impl Fs {
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .cloned()
+    }
+
+    /// The session at `key`, with one more handle on it (counted under the sessions'
+    /// lock, so that a session being retired is never joined).
+    fn join_session(&self, key: &NodeKey) -> Option<Arc<WriteSession>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let session = sessions.get(key)?;
+        session.open_one();
+        Some(session.clone())
+    }
+
+    /// Ends a session that no handle holds: out of the table, and its spool removed (or
+    /// kept, if it holds changes that are not uploaded, for the retries). With
+    /// `if_uploaded`, only a session whose changes are all uploaded ends (one waiting
+    /// for its upload stays). Does nothing if a handle joined it meanwhile.
+    fn retire_session(&self, session: &Arc<WriteSession>, if_uploaded: bool) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if session.opens() > 0 || (if_uploaded && session.is_dirty()) {
+            return;
+        }
+        let key = session.key();
+        if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            sessions.remove(&key);
+        }
+        drop(sessions);
+        self.end_session(session);
+    }
+
+    /// A session whose name went (unlinked, or replaced by a rename): nothing of it is
+    /// uploaded; if no handle holds it, it ends now.
+    fn drop_unlinked(&self, session: &Arc<WriteSession>) {
+        session.unlink();
+        self.write_back.forget(session);
+        if session.opens() == 0 {
+            self.end_session(session);
+        }
     }
 
     fn dir_attr(&self, ino: u64, mtime_ns: i64, mode: u32) -> Attr {
@@ -572,6 +624,13 @@ impl Fs {
         }
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
+        // An upload of the file may be under way (write-back): let it land first, so
+        // that the removal below removes it, and no upload brings it back after.
+        let pending = self.session(&key);
+        let _quiet = match &pending {
+            Some(session) => Some(session.exclusive().await),
+            None => None,
+        };
         let session = self
             .sessions
             .lock()
@@ -584,7 +643,7 @@ impl Fs {
         };
         if let Some(session) = &session {
             // Open files that are unlinked are not uploaded any more.
-            session.unlink();
+            self.drop_unlinked(session);
         }
         if stored {
             volume.remove(&key.path, false).await?;
@@ -727,8 +786,10 @@ impl Fs {
         if let Some(session) = &session {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             sessions.remove(&from);
-            if let Some(replaced) = sessions.insert(to.clone(), session.clone()) {
-                replaced.unlink();
+            let replaced = sessions.insert(to.clone(), session.clone());
+            drop(sessions);
+            if let Some(replaced) = replaced {
+                self.drop_unlinked(&replaced);
             }
             session.moved_to(to.clone());
         }

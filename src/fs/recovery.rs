@@ -107,8 +107,13 @@ impl Fs {
         Ok(())
     }
 
-    /// Uploads every file still open for writing (before unmounting on a signal).
+    /// Uploads every file waiting for its upload ([`super::writeback`]), then every
+    /// file still open for writing (before unmounting, or after the unmount).
     pub async fn shutdown(&self) {
+        let failed = self.drain_write_back().await;
+        if failed > 0 {
+            log::warn!("{failed} file(s) could not be uploaded; the next mount retries them");
+        }
         let sessions: Vec<Arc<WriteSession>> = self
             .sessions
             .lock()

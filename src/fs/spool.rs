@@ -54,6 +54,10 @@ pub struct SpoolMeta {
     /// The boot in which the commit began (`/proc/sys/kernel/random/boot_id`).
     #[serde(default)]
     pub boot: Option<String>,
+    /// When the commit began (Unix ns): a sync of the spool after it covers this file
+    /// too (see [`mark_synced_through`]).
+    #[serde(default)]
+    pub completed_ns: Option<i64>,
 }
 
 /// The id of the running boot, if the kernel tells it.
@@ -65,10 +69,15 @@ pub fn current_boot() -> Option<String> {
 }
 
 impl SpoolMeta {
-    /// Whether the data file can be trusted to hold what was written: synced, or
-    /// written in this boot.
-    fn data_trusted(&self) -> bool {
-        self.synced || (self.boot.is_some() && self.boot == current_boot())
+    /// Whether the data file can be trusted to hold what was written: synced, by
+    /// itself or by a sync of the whole spool after its commit began (`synced`, the
+    /// spool's mark), or written in this boot.
+    fn data_trusted(&self, synced: Option<&SyncedThrough>) -> bool {
+        let covered = synced.is_some_and(|mark| {
+            self.boot.as_ref() == Some(&mark.boot)
+                && self.completed_ns.is_some_and(|at| at <= mark.through_ns)
+        });
+        self.synced || covered || (self.boot.is_some() && self.boot == current_boot())
     }
 }
 
@@ -129,18 +138,21 @@ impl SpoolFile {
     }
 
     /// Marks the data complete: described as committing, in this boot (synced only if
-    /// the boot can't be told).
-    pub fn begin_commit(&self, meta: &SpoolMeta) -> std::io::Result<()> {
+    /// the boot can't be told). Returns the description as written.
+    pub fn begin_commit(&self, meta: &SpoolMeta) -> std::io::Result<SpoolMeta> {
         let boot = current_boot();
         if boot.is_none() {
             self.data.sync_all()?;
         }
-        self.describe(&SpoolMeta {
+        let meta = SpoolMeta {
             committing: true,
             synced: boot.is_none(),
             boot,
+            completed_ns: Some(unix_now_ns()),
             ..meta.clone()
-        })
+        };
+        self.describe(&meta)?;
+        Ok(meta)
     }
 
     /// Keeps the data for an upload after this one (this mount's retry, or the next
@@ -188,6 +200,7 @@ impl SpoolFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
+        let synced = read_synced_through(dir);
         let mut found = Vec::new();
         for entry in entries {
             let meta_path = entry?.path();
@@ -214,7 +227,7 @@ impl SpoolFile {
                 }
                 continue;
             };
-            if !meta.data_trusted() {
+            if !meta.data_trusted(synced.as_ref()) {
                 set_aside(&meta_path, &data_path, UNSYNCED);
                 continue;
             }
@@ -250,6 +263,65 @@ impl SpoolFile {
             .map(|(_, file, meta)| (file, meta))
             .collect())
     }
+}
+
+/// The spool's sync mark: every spool file whose commit began by `through_ns` (Unix ns)
+/// in boot `boot` was on disk when the mark was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedThrough {
+    pub boot: String,
+    pub through_ns: i64,
+}
+
+/// The name of the sync mark in the spool folder (not a spool file: no `.json`).
+const SYNCED_MARK: &str = "synced-through";
+
+/// Syncs the file system the spool is on (`syncfs`: every spool file's data and
+/// description in one call, however many there are), then writes the sync mark, so
+/// that after a power cut the spool files whose commit began before the sync are
+/// trusted. Blocking.
+pub fn sync_spool(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Some(boot) = current_boot() else {
+        // Without a boot id every commit syncs its own file (begin_commit).
+        return Ok(());
+    };
+    // A commit that began just before may still be writing its description: the mark
+    // covers only commits begun a little before the sync (the next sync covers those).
+    let through_ns = unix_now_ns() - SYNC_MARGIN_NS;
+    let folder = File::open(dir)?;
+    // SAFETY: syncfs on a descriptor we own; no memory is passed.
+    if unsafe { libc::syncfs(folder.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mark =
+        serde_json::to_vec(&SyncedThrough { boot, through_ns }).map_err(std::io::Error::other)?;
+    let temp = dir.join(format!("{SYNCED_MARK}.tmp"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(&mark)?;
+    file.sync_all()?;
+    fs::rename(&temp, dir.join(SYNCED_MARK))?;
+    folder.sync_all()
+}
+
+/// How long before a sync the commits it vouches for began, at the latest.
+const SYNC_MARGIN_NS: i64 = 100_000_000;
+
+/// The spool's sync mark, if there is a readable one.
+fn read_synced_through(dir: &Path) -> Option<SyncedThrough> {
+    let bytes = fs::read(dir.join(SYNCED_MARK)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn unix_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
 }
 
 const NEVER_CLOSED: &str = "a file that was being written when the mount stopped, never \
@@ -293,6 +365,7 @@ pub(crate) fn test_meta(path: &str) -> SpoolMeta {
         base: None,
         synced: false,
         boot: None,
+        completed_ns: None,
     }
 }
 
@@ -398,5 +471,64 @@ mod tests {
                 .join(format!("{}.data.orphan", other_boot.id))
                 .exists()
         );
+    }
+
+    #[test]
+    fn a_sync_of_the_spool_vouches_for_the_commits_begun_before_it() {
+        if current_boot().is_none() {
+            return; // no boot id here: every commit is synced
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Written in another boot (a power cut since): "before" began its commit before
+        // a sync of the spool, "after" after it.
+        let at = |ns: i64| SpoolMeta {
+            committing: true,
+            boot: Some("earlier-boot".into()),
+            completed_ns: Some(ns),
+            ..meta("x")
+        };
+        let before = SpoolFile::create(dir.path(), &meta("before")).unwrap();
+        before
+            .describe(&SpoolMeta {
+                path: "before".into(),
+                ..at(1_000)
+            })
+            .unwrap();
+        let after = SpoolFile::create(dir.path(), &meta("after")).unwrap();
+        after
+            .describe(&SpoolMeta {
+                path: "after".into(),
+                ..at(3_000)
+            })
+            .unwrap();
+        let mark = SyncedThrough {
+            boot: "earlier-boot".into(),
+            through_ns: 2_000,
+        };
+        std::fs::write(
+            dir.path().join(SYNCED_MARK),
+            serde_json::to_vec(&mark).unwrap(),
+        )
+        .unwrap();
+        let recovered: Vec<String> = SpoolFile::recover(dir.path(), &|_| false, true)
+            .unwrap()
+            .into_iter()
+            .map(|(_, meta)| meta.path)
+            .collect();
+        assert_eq!(recovered, vec!["before".to_string()]);
+        assert!(
+            dir.path()
+                .join(format!("{}.data.orphan", after.id))
+                .exists()
+        );
+
+        // A real sync writes a mark of this boot that covers what began before it.
+        let now = SpoolFile::create(dir.path(), &meta("now")).unwrap();
+        let began = now.begin_commit(&meta("now")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        sync_spool(dir.path()).unwrap();
+        let written = read_synced_through(dir.path()).unwrap();
+        assert_eq!(Some(written.boot.clone()), current_boot());
+        assert!(began.completed_ns.unwrap() <= written.through_ns);
     }
 }

@@ -42,9 +42,10 @@ struct State {
     opens: usize,
     /// Unlinked while open: never uploaded.
     unlinked: bool,
-    /// The spool is described on disk as a synced upload to retry (a commit failed):
-    /// the next change must take that back, or a reboot would publish a torn file.
-    kept_for_retry: bool,
+    /// The spool is described on disk as complete (closed with write-back, or a commit
+    /// that failed kept it for a retry): the next change must take that back, or a
+    /// crash would publish a torn file.
+    described_complete: bool,
 }
 
 /// One file being written.
@@ -79,7 +80,7 @@ impl WriteSession {
                 changed,
                 opens: 1,
                 unlinked: false,
-                kept_for_retry: false,
+                described_complete: false,
             }),
             content: tokio::sync::RwLock::new(()),
         }
@@ -175,17 +176,48 @@ impl WriteSession {
         state.meta.mtime_ns = now_ns();
         state.dirty = true;
         state.changed.add(offset, end);
-        self.withdraw_retry(&mut state);
+        self.withdraw_complete(&mut state);
         Ok(data.len() as u32)
     }
 
-    /// After a change: a spool described as a complete upload to retry no longer is.
-    fn withdraw_retry(&self, state: &mut State) {
-        if std::mem::take(&mut state.kept_for_retry)
-            && let Err(e) = self.spool.describe(&state.meta)
-        {
-            log::warn!("could not update the spool of {}: {e}", state.meta.path);
+    /// After a change: a spool described as complete (to upload) no longer is.
+    fn withdraw_complete(&self, state: &mut State) {
+        if std::mem::take(&mut state.described_complete) {
+            state.meta.committing = false;
+            if let Err(e) = self.spool.describe(&state.meta) {
+                log::warn!("could not update the spool of {}: {e}", state.meta.path);
+            }
         }
+    }
+
+    /// Whether the file changed since its last upload (and still has a name to be
+    /// uploaded under).
+    pub fn is_dirty(&self) -> bool {
+        let state = self.lock();
+        state.dirty && !state.unlinked
+    }
+
+    /// Handles open on the session.
+    pub fn opens(&self) -> usize {
+        self.lock().opens
+    }
+
+    /// A close with write-back: if the file changed, describes its spool as complete,
+    /// so that from now on a mount that dies uploads it at its next start. Returns
+    /// whether there is anything to upload.
+    pub fn mark_complete(&self) -> Result<bool, FsError> {
+        let mut state = self.lock();
+        if !state.dirty || state.unlinked {
+            return Ok(false);
+        }
+        if !state.described_complete {
+            state.meta = self
+                .spool
+                .begin_commit(&state.meta)
+                .map_err(|e| io_error("saving the spool file", e))?;
+            state.described_complete = true;
+        }
+        Ok(true)
     }
 
     /// Sets the size (cuts, or extends with zeros).
@@ -200,7 +232,7 @@ impl WriteSession {
         state.meta.mtime_ns = now_ns();
         state.dirty = true;
         state.changed.add(size, u64::MAX);
-        self.withdraw_retry(&mut state);
+        self.withdraw_complete(&mut state);
         Ok(())
     }
 
@@ -254,9 +286,20 @@ impl WriteSession {
             });
             (state.meta.clone(), delta)
         };
-        self.spool
+        let began = self
+            .spool
             .begin_commit(&meta)
             .map_err(|e| io_error("saving the spool file", e))?;
+        {
+            let mut state = self.lock();
+            if !state.described_complete {
+                state.meta.committing = began.committing;
+                state.meta.boot = began.boot;
+                state.meta.completed_ns = began.completed_ns;
+                state.meta.synced = began.synced;
+                state.described_complete = true;
+            }
+        }
         let data = self
             .spool
             .data
@@ -274,7 +317,7 @@ impl WriteSession {
             .map_err(|e| {
                 log::warn!("{shown}: upload failed: {e}");
                 match self.spool.keep_for_retry(&meta) {
-                    Ok(()) => self.lock().kept_for_retry = true,
+                    Ok(()) => self.lock().described_complete = true,
                     Err(e) => log::warn!("could not save the spool of {shown}: {e}"),
                 }
                 FsError::Io(e.to_string())
@@ -283,6 +326,7 @@ impl WriteSession {
         state.dirty = false;
         state.changed = ChangedRanges::default();
         state.meta.committing = false;
+        state.described_complete = false;
         state.meta.base = volume.index().version_of(&meta.path);
         if let Err(e) = self.spool.describe(&state.meta) {
             log::warn!("could not update the spool after uploading {shown}: {e}");

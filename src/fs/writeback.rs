@@ -1,0 +1,378 @@
+//! Write-back: a close returns once the file's content is in the spool, and its upload
+//! follows in the background, as rclone's `--vfs-cache-mode writes` does.
+//!
+//! The rules, all of them here:
+//!
+//! - **Close** (`flush`) of a changed file marks its spool complete (the description
+//!   says `committing`, so a mount killed from then on uploads it at the next start, see
+//!   [`super::spool`]) and queues it, due [`FsConfig::write_back`] later. A file closed
+//!   again before then is due later again: a file written in several goes within the
+//!   settle time is uploaded once. Close returns no upload error: like a local disk's
+//!   writeback, errors show at `fsync`.
+//! - **`fsync`** uploads the file now (waiting for an upload under way) and returns that
+//!   upload's result.
+//! - **The queue** uploads due files a few at a time ([`PARALLEL_UPLOADS`]) through the
+//!   same commit as a close without write-back ([`WriteSession::commit`]). A failed
+//!   upload stays in the spool and is tried again after a backoff (2 s, doubling up to
+//!   a minute); each failure is logged.
+//! - **Until it is uploaded**, a closed file keeps its write session: lookups, listings,
+//!   attributes and reads see the new content from the spool. Once uploaded and with no
+//!   handle left, the session ends and its spool goes.
+//! - **Durability**: a second after a close at most, the spool's file system is synced
+//!   (`syncfs`, one call for every file waiting) and the time it was synced up to is
+//!   recorded in the spool ([`super::spool::mark_synced_through`]), so that after a
+//!   power cut the next mount trusts, and uploads, every file closed before that time.
+//! - **Stopping** ([`Fs::shutdown`]) uploads everything queued, logging progress.
+//! - **`write_back` of zero** turns all this off: close uploads and returns the
+//!   upload's error, as before write-back existed.
+//!
+//! [`FsConfig::write_back`]: super::FsConfig::write_back
+//! [`Fs::shutdown`]: super::Fs::shutdown
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+use super::write::WriteSession;
+use super::{Fs, FsError};
+
+/// Uploads the queue runs at once.
+pub const PARALLEL_UPLOADS: usize = 4;
+/// How long after a close the spool is synced to disk at the latest.
+pub const SYNC_AFTER: Duration = Duration::from_secs(1);
+/// The pause before the first retry of a failed upload; doubled after each failure.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+/// The longest pause between retries.
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// A file waiting for its upload.
+struct Waiting {
+    session: Arc<WriteSession>,
+    due: Instant,
+    /// Failed uploads so far.
+    failures: u32,
+}
+
+/// What the queue holds, by spool id.
+#[derive(Default)]
+struct Queue {
+    waiting: HashMap<String, Waiting>,
+    uploading: HashSet<String>,
+    /// Failures of the files being uploaded, carried over if they fail again.
+    failures: HashMap<String, u32>,
+    /// A close happened since the spool was last synced: when the sync is due.
+    sync_due: Option<Instant>,
+    /// The last upload error of each file that has one, for `status` and the log.
+    errors: HashMap<String, String>,
+}
+
+/// The write-back queue of one mount.
+pub struct WriteBack {
+    settle: Duration,
+    spool_dir: PathBuf,
+    queue: Mutex<Queue>,
+    /// Something was queued, or an upload ended.
+    changed: Notify,
+    uploads: Semaphore,
+}
+
+/// What is waiting, for logs and `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    pub files: usize,
+    pub bytes: u64,
+    pub failing: usize,
+}
+
+impl WriteBack {
+    /// A queue that uploads files `settle` after their last close.
+    pub fn new(settle: Duration, spool_dir: PathBuf) -> Arc<WriteBack> {
+        Arc::new(WriteBack {
+            settle,
+            spool_dir,
+            queue: Mutex::default(),
+            changed: Notify::new(),
+            uploads: Semaphore::new(PARALLEL_UPLOADS),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether closes upload later (else at once).
+    pub fn enabled(&self) -> bool {
+        !self.settle.is_zero()
+    }
+
+    /// Queues `session`, due the settle time from now (later again if it was queued).
+    fn schedule(&self, session: &Arc<WriteSession>) {
+        let now = Instant::now();
+        let mut queue = self.lock();
+        let id = session.spool_id();
+        let failures = queue.waiting.get(&id).map_or(0, |w| w.failures);
+        queue.waiting.insert(
+            id,
+            Waiting {
+                session: session.clone(),
+                due: now + self.settle,
+                failures,
+            },
+        );
+        queue.sync_due.get_or_insert(now + SYNC_AFTER);
+        drop(queue);
+        self.changed.notify_one();
+    }
+
+    /// Takes the files due by `now` off the waiting list, as being uploaded.
+    fn take_due(&self, now: Instant) -> Vec<Arc<WriteSession>> {
+        let mut queue = self.lock();
+        let due: Vec<String> = queue
+            .waiting
+            .iter()
+            .filter(|(id, w)| w.due <= now && !queue.uploading.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut sessions = Vec::with_capacity(due.len());
+        for id in due {
+            if let Some(waiting) = queue.waiting.remove(&id) {
+                queue.failures.insert(id.clone(), waiting.failures);
+                queue.uploading.insert(id);
+                sessions.push(waiting.session);
+            }
+        }
+        sessions
+    }
+
+    /// When the worker must look again: the next file due, or the next sync.
+    fn next_wake(&self) -> Option<Instant> {
+        let queue = self.lock();
+        let next_due = queue
+            .waiting
+            .iter()
+            .filter(|(id, _)| !queue.uploading.contains(*id))
+            .map(|(_, w)| w.due)
+            .min();
+        match (next_due, queue.sync_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Notes how the upload of `session` ended. Returns whether the file is done with:
+    /// uploaded and not queued again meanwhile.
+    fn finished(&self, session: &Arc<WriteSession>, outcome: &Result<(), FsError>) -> bool {
+        let id = session.spool_id();
+        let mut queue = self.lock();
+        queue.uploading.remove(&id);
+        let failures = queue.failures.remove(&id).unwrap_or(0);
+        let done = match outcome {
+            Ok(()) => {
+                queue.errors.remove(&id);
+                !queue.waiting.contains_key(&id) && !session.is_dirty()
+            }
+            Err(e) => {
+                queue.errors.insert(id.clone(), e.to_string());
+                let failures = failures + 1;
+                let retry_in = FIRST_RETRY
+                    .saturating_mul(1 << (failures - 1).min(10))
+                    .min(MAX_RETRY);
+                log::warn!(
+                    "{}: upload failed ({e}); it stays in the spool, next try in {retry_in:?}",
+                    session.key().path
+                );
+                let waiting = queue.waiting.entry(id).or_insert_with(|| Waiting {
+                    session: session.clone(),
+                    due: Instant::now() + retry_in,
+                    failures: 0,
+                });
+                waiting.failures = failures;
+                false
+            }
+        };
+        drop(queue);
+        self.changed.notify_one();
+        done
+    }
+
+    /// Takes `session` off the queue (uploaded by `fsync`, or unlinked); an upload of it
+    /// under way is left to end.
+    pub(super) fn forget(&self, session: &WriteSession) {
+        let id = session.spool_id();
+        let mut queue = self.lock();
+        queue.waiting.remove(&id);
+        queue.errors.remove(&id);
+    }
+
+    /// The sessions queued or being uploaded.
+    pub fn summary(&self) -> QueueSummary {
+        let queue = self.lock();
+        QueueSummary {
+            files: queue.waiting.len() + queue.uploading.len(),
+            bytes: queue.waiting.values().map(|w| w.session.state().size).sum(),
+            failing: queue.errors.len(),
+        }
+    }
+
+    /// Wakes the worker, to see that the filesystem is gone.
+    pub(super) fn stop(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Whether nothing is queued or being uploaded.
+    fn is_empty(&self) -> bool {
+        let queue = self.lock();
+        queue.waiting.is_empty() && queue.uploading.is_empty()
+    }
+
+    /// Syncs the spool if a close asked for it by now.
+    async fn sync_if_due(&self, now: Instant) {
+        let due = {
+            let mut queue = self.lock();
+            match queue.sync_due {
+                Some(at) if at <= now => queue.sync_due.take(),
+                _ => None,
+            }
+        };
+        if due.is_none() {
+            return;
+        }
+        let dir = self.spool_dir.clone();
+        let synced = tokio::task::spawn_blocking(move || super::spool::sync_spool(&dir)).await;
+        match synced {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!(
+                "could not sync the spool {} to disk ({e}); files closed meanwhile are \
+                 safe from a crash of the mount, not from a power cut",
+                self.spool_dir.display()
+            ),
+            Err(e) => log::warn!("syncing the spool: {e}"),
+        }
+    }
+}
+
+impl Fs {
+    /// Starts the worker that uploads the queue (once, when the filesystem is made).
+    pub(super) fn start_write_back(self: &Arc<Fs>) {
+        if !self.write_back.enabled() {
+            return;
+        }
+        let queue = self.write_back.clone();
+        let fs = Arc::downgrade(self);
+        tokio::spawn(run_queue(queue, fs));
+    }
+
+    /// A close of a file written through `session`: queued for upload (or uploaded
+    /// now, with write-back off).
+    pub(super) async fn closed(&self, session: &Arc<WriteSession>) -> Result<(), FsError> {
+        if !self.write_back.enabled() {
+            return self.commit(session).await;
+        }
+        if !session.mark_complete()? {
+            return Ok(());
+        }
+        self.write_back.schedule(session);
+        Ok(())
+    }
+
+    /// `fsync` of a file written through `session`: uploads it now.
+    pub(super) async fn synced(&self, session: &Arc<WriteSession>) -> Result<(), FsError> {
+        self.commit(session).await?;
+        if !session.is_dirty() {
+            self.write_back.forget(session);
+        }
+        Ok(())
+    }
+
+    /// Uploads one queued file and, once it is done with, ends its session if no
+    /// handle holds it.
+    async fn upload_queued(&self, session: Arc<WriteSession>) {
+        let outcome = self.commit(&session).await;
+        if self.write_back.finished(&session, &outcome) {
+            self.retire_session(&session, true);
+        }
+    }
+
+    /// Uploads everything queued now, and waits for uploads under way (at shutdown).
+    /// A file whose upload fails stays in the spool for the next mount. Returns how
+    /// many files could not be uploaded.
+    pub(super) async fn drain_write_back(&self) -> usize {
+        let summary = self.write_back.summary();
+        if summary.files > 0 {
+            log::info!(
+                "uploading the {} file(s) waiting ({:.1} MiB) before stopping",
+                summary.files,
+                summary.bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
+        let mut failed = 0;
+        loop {
+            let changed = self.write_back.changed.notified();
+            let everything = Instant::now() + Duration::from_secs(86_400);
+            let due = self.write_back.take_due(everything);
+            if due.is_empty() {
+                if self.write_back.is_empty() {
+                    return failed;
+                }
+                // Uploads the worker started are under way: wait for them.
+                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+                continue;
+            }
+            let uploads = due.into_iter().map(|session| async move {
+                let _slot = self.write_back.uploads.acquire().await;
+                let outcome = self.commit(&session).await;
+                if self.write_back.finished(&session, &outcome) {
+                    self.retire_session(&session, true);
+                }
+                if outcome.is_err() {
+                    // Not retried here: the spool keeps it for the next mount.
+                    self.write_back.forget(&session);
+                }
+                outcome.is_err()
+            });
+            failed += futures::future::join_all(uploads)
+                .await
+                .into_iter()
+                .filter(|failed| *failed)
+                .count();
+            let left = self.write_back.summary().files;
+            if left > 0 {
+                log::info!("{left} file(s) still to upload");
+            }
+        }
+    }
+}
+
+/// The worker: uploads files as they fall due, syncs the spool after closes; ends when
+/// the filesystem is gone.
+async fn run_queue(queue: Arc<WriteBack>, fs: Weak<Fs>) {
+    loop {
+        let changed = queue.changed.notified();
+        let now = Instant::now();
+        queue.sync_if_due(now).await;
+        for session in queue.take_due(now) {
+            let Some(fs) = fs.upgrade() else { return };
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let _slot = queue.uploads.acquire().await;
+                fs.upload_queued(session).await;
+            });
+        }
+        if fs.strong_count() == 0 {
+            return;
+        }
+        match queue.next_wake() {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
+}
