@@ -23,6 +23,15 @@ pub fn data_dir() -> PathBuf {
     xdg_dir("XDG_DATA_HOME", ".local/share")
 }
 
+/// `$XDG_RUNTIME_DIR/dcloud-fs`, else the cache folder's `run`: what lives only while
+/// a process runs (which daemon serves which mount point).
+pub fn runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join(APP),
+        _ => cache_dir().join("run"),
+    }
+}
+
 fn xdg_dir(variable: &str, fallback_under_home: &str) -> PathBuf {
     match std::env::var_os(variable).map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => dir.join(APP),

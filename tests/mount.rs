@@ -1201,6 +1201,101 @@ fn kill_9_loses_no_closed_file_and_publishes_no_torn_one() {
     assert!(!env.ok(&["ls", "docs"]).contains("torn.bin"));
 }
 
+/// With write-back, `cp` returns once the files are in the spool: the mount shows them
+/// at once, the store doesn't have them yet, and `dcloud-fs umount` returns once they
+/// are all uploaded (the daemon has stopped by then).
+#[test]
+fn write_back_closes_at_once_and_umount_waits_for_the_uploads() {
+    need_fuse!();
+    let fake = FakeDiscord::start_in_background(Config {
+        channels: vec!["docs".into()],
+        message_create_limit: (5, Duration::from_millis(500)),
+        latency: Duration::from_millis(20),
+        ..Config::default()
+    })
+    .unwrap();
+    let env = Env::bare(Backend::Discord(fake));
+    env.ok(&["keygen"]);
+    let src = env.work().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            let name = if i % 3 == 0 {
+                format!("sub/f{i}")
+            } else {
+                format!("f{i}")
+            };
+            (name, random_bytes(1 + i * 1500, 40 + i as u64))
+        })
+        .collect();
+    for (name, data) in &files {
+        fs::write(src.join(name), data).unwrap();
+    }
+    // A settle time longer than the test: nothing is uploaded before the unmount.
+    let mut mount = env.mount(&["--write-back", "600"]);
+    env.tool(
+        "cp",
+        &[&"-r", &format!("{}/.", src.display()), &env.at("docs")],
+    );
+    env.tool("diff", &[&"-r", &src, &env.at("docs")]);
+    let listed = env.ok(&["ls", "docs"]);
+    assert!(
+        !listed.contains("f1"),
+        "uploaded before the settle time: {listed}"
+    );
+
+    let mnt = env.mnt();
+    env.ok(&["umount", mnt.to_str().unwrap()]);
+    let mut child = mount.child.take().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_some(),
+        "umount returned before the daemon had stopped: {}",
+        mount.log()
+    );
+    for (name, data) in &files {
+        assert!(env.get(&format!("docs/{name}")) == *data, "{name}");
+    }
+    assert!(mount.log().contains("before stopping"), "{}", mount.log());
+}
+
+/// With write-back, a kill -9 right after `cp` returned loses nothing: the next mount
+/// uploads every file whose close had returned.
+#[test]
+fn write_back_loses_no_closed_file_to_a_kill_9() {
+    need_fuse!();
+    let env = Env::new();
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            (
+                format!("f{i}"),
+                random_bytes(100 + i * 20 * KIB, 60 + i as u64),
+            )
+        })
+        .collect();
+    let mut mount = env.mount(&["--write-back", "600"]);
+    for (name, data) in &files {
+        write_file(&env.at(&format!("docs/{name}")), data);
+    }
+    mount.kill_9();
+    drop(mount);
+    assert!(
+        !env.ok(&["ls", "docs"]).contains("f0"),
+        "uploaded before the kill"
+    );
+
+    let mount = env.mount(&[]);
+    let recovered = wait_for(Duration::from_secs(30), || {
+        files
+            .iter()
+            .all(|(name, data)| fs::read(env.at(&format!("docs/{name}"))).is_ok_and(|d| d == *data))
+    });
+    assert!(recovered, "not all recovered: {}", mount.log());
+    mount.stop();
+    for (name, data) in &files {
+        assert!(env.get(&format!("docs/{name}")) == *data, "{name}");
+    }
+}
+
 /// A rename that lands while the file's upload is under way (here: the close of a
 /// second descriptor, which the kernel sends without holding the file's lock) must
 /// leave the file under its new name.

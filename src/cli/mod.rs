@@ -13,6 +13,7 @@ mod inspect;
 mod mount;
 pub mod notify;
 mod output;
+mod pidfile;
 mod settings;
 
 pub use mount::MountArgs;
@@ -151,12 +152,17 @@ pub enum Command {
     Doctor,
     /// Mount the channels as a file system (one folder per channel).
     Mount(MountArgs),
-    /// Unmount a mount made by `dcloud-fs mount`.
+    /// Unmount a mount made by `dcloud-fs mount`, and wait until the files closed
+    /// before are uploaded.
     Umount {
         /// The folder it is mounted on. Default: the config file's `mount_point`, else
         /// ~/discord.
         #[arg(env = "DCLOUD_MOUNT_POINT")]
         mountpoint: Option<PathBuf>,
+        /// Return once unmounted, without waiting for the uploads (the daemon goes on
+        /// with them; what it can't finish, the next mount does).
+        #[arg(long)]
+        lazy: bool,
     },
     /// Show the settings in effect and where each comes from (flag, environment, config
     /// file, default); the token is never shown.
@@ -315,7 +321,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Members => inspect::members(&context).await,
         Command::Doctor => inspect::doctor(&context).await,
         Command::Mount(args) => mount::mount(&context, args).await,
-        Command::Umount { mountpoint } => mount::umount(&context.mount_point(mountpoint)),
+        Command::Umount { mountpoint, lazy } => {
+            mount::umount(&context.mount_point(mountpoint), lazy)
+        }
         Command::Config => commands::show_config(&context),
         Command::Completions { .. } | Command::Man => unreachable!("answered above"),
     }

@@ -21,8 +21,11 @@
 //! error. The log keeps the daemon's warnings for later (more with `-v`).
 //!
 //! **umount**: `fusermount3 -u`, else (as root) `umount`; a mount point that isn't
-//! mounted is a one-line error. The daemon notices the unmount and exits; every file
-//! closed before was stored when its close returned.
+//! mounted is a one-line error. The daemon notices the unmount, uploads the files
+//! closed before that still wait for their upload (write-back), and exits; `umount`
+//! waits for that (the daemon's pid file, [`super::pidfile`]) unless `--lazy`. So when
+//! `umount` returns, every file closed before is stored, or (if its upload failed) kept
+//! in the spool for the next mount.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -270,6 +273,7 @@ async fn run_foreground(
         })
         .map_err(|e| CliError::io("could not start the FUSE session", e))?;
     log::info!("mounted {}", mountpoint.display());
+    let _pid_file = super::pidfile::PidFile::write(&mountpoint);
     if let Some(notifier) = &notifier {
         notifier.send(&format!("READY=1\nSTATUS=mounted {}", mountpoint.display()));
     }
@@ -465,8 +469,9 @@ fn last_log_line(log_path: &Path, start: u64) -> Option<String> {
     Some(line.strip_prefix("dcloud-fs: ").unwrap_or(line).to_string())
 }
 
-/// `dcloud-fs umount`.
-pub(crate) fn umount(mountpoint: &Path) -> Result<(), CliError> {
+/// `dcloud-fs umount`: unmounts, then (unless `lazy`) waits for the daemon to finish
+/// the uploads of the files closed before and stop.
+pub(crate) fn umount(mountpoint: &Path, lazy: bool) -> Result<(), CliError> {
     // A mount whose process died can't be canonicalized (ENOTCONN): use the path as
     // given, made absolute.
     let path = mountpoint
@@ -486,6 +491,19 @@ pub(crate) fn umount(mountpoint: &Path) -> Result<(), CliError> {
             top.fs_type
         )));
     }
+    let daemon = super::pidfile::daemon_of(&path);
+    unmount(&path)?;
+    if let Some(pid) = daemon.filter(|_| !lazy) {
+        super::pidfile::wait_stopped(&path, pid, UMOUNT_NOTE_EVERY);
+    }
+    Ok(())
+}
+
+/// How often a waiting `umount` says what it waits for.
+const UMOUNT_NOTE_EVERY: Duration = Duration::from_secs(5);
+
+/// `fusermount3 -u`, else (as root) `umount`.
+fn unmount(path: &Path) -> Result<(), CliError> {
     let mut tries = vec![vec!["fusermount3", "-u", "--"]];
     // SAFETY: geteuid has no preconditions and can't fail.
     if unsafe { libc::geteuid() } == 0 {
@@ -495,7 +513,7 @@ pub(crate) fn umount(mountpoint: &Path) -> Result<(), CliError> {
     for command in tries {
         let output = Command::new(command[0])
             .args(&command[1..])
-            .arg(&path)
+            .arg(path)
             .stdin(Stdio::null())
             .output();
         let error = match output {
