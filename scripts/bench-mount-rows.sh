@@ -14,11 +14,12 @@
 # filesystem does with the same disk); ratio > 1 means dcloud-fs is faster. The figure
 # is the median of the runs; the row's peak RSS is the dcloud-fs daemon's, over the
 # mounts that ran that job. Jobs:
-# - cp in: `cp` of the random file into the mount, until close returns; dcloud-fs has
-#   stored the file then. Disk: `cp` + `sync` of the file. rclone (`--vfs-cache-mode
-#   writes --vfs-write-back 0s`) returns from close once the file is in its cache and
-#   uploads it to the crypt remote after, so its baseline is the time until its log
-#   says the upload is done (`Copied`); the note gives its close time too.
+# - cp in: `cp` of the random file into the mount, timed twice: until close returns,
+#   and until the file is stored. dcloud-fs (write-back, its default 2 s) returns from
+#   close once the file is in its spool; it is stored when `dcloud-fs umount`, which
+#   waits for the uploads, returns. Disk: `cp`, and `cp` + `sync`. rclone
+#   (`--vfs-cache-mode writes --vfs-write-back 0s`) returns from close once the file is
+#   in its cache; it is stored when its log says the upload is done (`Copied`).
 # - sequential read, cold: `cat` through a fresh mount after dropping the page cache;
 #   warm: the same again through the same mount. Disk: `cat` after dropping the page
 #   cache, and again.
@@ -26,10 +27,10 @@
 #   dropping the page cache; in IOPS.
 # - ls -l of a folder of small files put there before (`dcloud-fs put -r`, `rclone
 #   copy`), through a fresh mount. Disk: `ls -l` of the same folder (dentries cached).
-# - creating small files, one `printf > file` each, until the last close returns (disk:
-#   no fsync; rclone: until its log shows them all uploaded, as for cp).
-# - patch: `dd` of 4 KiB into the middle of the file (conv=notrunc) until close returns
-#   (disk: + `sync`; rclone: until uploaded).
+# - creating small files, one `printf > file` each, until the last close returns and
+#   until stored, as for cp (disk: no fsync, and `sync -f`).
+# - patch: `dd` of 4 KiB into the middle of the file (conv=notrunc), until close
+#   returns and until stored, as for cp (disk: `dd`, and `dd` + `sync`).
 # - peak RSS of the daemon over all its mounts, beside rclone's; the note gives the
 #   caches they ran with (dcloud-fs: its default 64 MiB block cache in memory; rclone: its VFS
 #   cache on disk and --buffer-size 16 MiB per open file).
@@ -123,6 +124,13 @@ unmount_dc() {
     wait "$pid" || true
     pid=
 }
+# stored_dc: unmounts with `dcloud-fs umount`, which returns once every file closed
+# before is uploaded.
+stored_dc() {
+    "$bin" umount "$mnt"
+    wait "$pid" || true
+    pid=
+}
 
 # mount_rc NAME: mounts the crypt remote on $rmnt with an empty VFS cache, logging to
 # rc.NAME.log (the uploads show there), its peak RSS going to rss.rc.NAME.
@@ -203,23 +211,34 @@ progress "setup (a ${size_mib} MiB file, $ls_n small files in each target)"
 middle=$((size_mib * 128)) # in 4 KiB blocks
 for run in $(seq "$runs"); do
     # The disk.
-    timed disk_cp sh -c "cp src.bin disk/r.bin && sync disk/r.bin"
+    start=$(now)
+    timed disk_cpclose cp src.bin disk/r.bin
+    sync disk/r.bin
+    since "$start" disk_cpstored
     drop_caches
     timed disk_cold sh -c "cat disk/r.bin > /dev/null"
     timed disk_warm sh -c "cat disk/r.bin > /dev/null"
     if [ -n "$have_fio" ]; then drop_caches; fio_iops disk_fio disk/r.bin; fi
     timed disk_ls sh -c "ls -l disk/small > /dev/null"
     mkdir "disk/c$run"
-    timed disk_create create "disk/c$run" "$create_n"
-    timed disk_patch sh -c "dd if=/dev/urandom of=disk/r.bin bs=4k count=1 seek=$middle conv=notrunc status=none && sync disk/r.bin"
+    start=$(now)
+    timed disk_createclose create "disk/c$run" "$create_n"
+    sync -f "disk/c$run"
+    since "$start" disk_createstored
+    start=$(now)
+    timed disk_patchclose dd if=/dev/urandom of=disk/r.bin bs=4k count=1 seek="$middle" conv=notrunc status=none
+    sync disk/r.bin
+    since "$start" disk_patchstored
     rm -r disk/r.bin "disk/c$run"
     progress "run $run of $runs, disk"
 
     # dcloud-fs on the local store.
     f=$mnt/bench/r$run.bin
     mount_dc "cp.$run"
-    timed dc_cp cp src.bin "$f"
-    unmount_dc
+    start=$(now)
+    timed dc_cpclose cp src.bin "$f"
+    stored_dc
+    since "$start" dc_cpstored
     drop_caches
     mount_dc "read.$run"
     timed dc_cold sh -c "cat '$f' > /dev/null"
@@ -235,8 +254,16 @@ for run in $(seq "$runs"); do
     mount_dc "meta.$run"
     timed dc_ls sh -c "ls -l '$mnt/bench/small' > /dev/null"
     mkdir "$mnt/bench/c$run"
-    timed dc_create create "$mnt/bench/c$run" "$create_n"
-    timed dc_patch dd if=/dev/urandom of="$f" bs=4k count=1 seek="$middle" conv=notrunc status=none
+    start=$(now)
+    timed dc_createclose create "$mnt/bench/c$run" "$create_n"
+    stored_dc
+    since "$start" dc_createstored
+    mount_dc "patch.$run"
+    start=$(now)
+    timed dc_patchclose dd if=/dev/urandom of="$f" bs=4k count=1 seek="$middle" conv=notrunc status=none
+    stored_dc
+    since "$start" dc_patchstored
+    mount_dc "clean.$run"
     rm -r "$f" "$mnt/bench/c$run"
     unmount_dc
     progress "run $run of $runs, dcloud-fs"
@@ -246,9 +273,9 @@ for run in $(seq "$runs"); do
     f=$rmnt/r$run.bin
     mount_rc "cp.$run"
     start=$(now)
-    timed rc_cp cp src.bin "$f"
+    timed rc_cpclose cp src.bin "$f"
     uploaded "r$run\.bin" 1
-    since "$start" rc_cp_stored
+    since "$start" rc_cpstored
     unmount_rc
     drop_caches
     mount_rc "read.$run"
@@ -265,13 +292,13 @@ for run in $(seq "$runs"); do
     timed rc_ls sh -c "ls -l '$rmnt/small' > /dev/null"
     mkdir "$rmnt/c$run"
     start=$(now)
-    timed rc_create create "$rmnt/c$run" "$create_n"
+    timed rc_createclose create "$rmnt/c$run" "$create_n"
     uploaded "c$run/f[0-9]+" "$create_n"
-    since "$start" rc_create_stored
+    since "$start" rc_createstored
     start=$(now)
-    timed rc_patch dd if=/dev/urandom of="$f" bs=4k count=1 seek="$middle" conv=notrunc status=none
+    timed rc_patchclose dd if=/dev/urandom of="$f" bs=4k count=1 seek="$middle" conv=notrunc status=none
     uploaded "r$run\.bin" 1
-    since "$start" rc_patch_stored
+    since "$start" rc_patchstored
     rm -r "$f" "$rmnt/c$run"
     unmount_rc
     progress "run $run of $runs, rclone"
@@ -296,8 +323,8 @@ better() {
     }'
 }
 # pair JOB NAME KIND UNIT RSS DISK_LABEL NOTE RC_LABEL RC_NOTE: the two rows of a job,
-# dc_NAME beside disk_NAME, then beside rclone's: rc_NAME_stored if measured (until
-# uploaded), else rc_NAME. RSS names the dcloud-fs mounts whose peak RSS the rows show.
+# dc_NAME beside disk_NAME, then beside rc_NAME. RSS names the dcloud-fs mounts whose
+# peak RSS the rows show.
 pair() {
     local job=$1 name=$2 kind=$3 unit=$4 rss dc disk rc
     rss=$(peak_rss_mib rss.dc."$5".* || true) # none if the job was skipped
@@ -312,21 +339,17 @@ pair() {
         row mount "$job" "$dc" "$unit" "$8" "" "" "$rss" "skipped: rclone is not installed"
         return
     fi
-    rc=$(fig "rc_${name}_stored" "$kind")
-    [ -n "$rc" ] || rc=$(fig "rc_$name" "$kind")
+    rc=$(fig "rc_$name" "$kind")
     row mount "$job" "$dc" "$unit" "$8" "$rc" "$(better "$kind" "$dc" "$rc")" "$rss" "$9"
 }
-# closed NAME KIND UNIT: a note with rclone's figure until close returned, if measured.
-closed() {
-    if [ -s "rc_$1.times" ]; then
-        echo "until its close returned: $(fig "rc_$1" "$2") $3 (rclone uploads after close)"
-    fi
-}
-
 file="${size_mib} MiB random file"
-pair "cp in, until close returns" cp rate MB/s cp \
-    "disk: cp + sync" "$file; dcloud-fs has stored the file when close returns" \
-    "rclone: until uploaded" "$(closed cp rate MB/s)"
+stored_note="dcloud-fs: until \`dcloud-fs umount\` returns, which waits for the uploads"
+pair "cp in, until close returns" cpclose rate MB/s cp \
+    "disk: cp" "$file; dcloud-fs: write-back, in the spool" \
+    "rclone: until close returns" "in its VFS cache"
+pair "cp in, until stored" cpstored rate MB/s cp \
+    "disk: cp + sync" "$file; $stored_note" \
+    "rclone: until uploaded" "until its log says Copied"
 pair "sequential read, cold" cold rate MB/s read \
     "disk: cat" "$file; fresh mount, page cache dropped" \
     rclone "fresh mount and VFS cache, page cache dropped"
@@ -339,12 +362,18 @@ pair "random 4 KiB reads (fio)" fio n IOPS fio \
 pair "ls -l of $ls_n small files" ls s s meta \
     "disk" "fresh mount; disk: dentries cached" \
     rclone "fresh mount"
-pair "create $create_n small files" create s s meta \
-    "disk: no fsync" "one printf > file each, until the last close returns; dcloud-fs has stored each at its close" \
-    "rclone: until uploaded" "$(closed create s s)"
-pair "patch 4 KiB in the middle" patch s s meta \
-    "disk: dd + sync" "dd conv=notrunc into the $file, until close returns" \
-    "rclone: until uploaded" "$(closed patch s s)"
+pair "create $create_n small files, until the last close returns" createclose s s meta \
+    "disk: no fsync" "one printf > file each" \
+    "rclone: until close returns" ""
+pair "create $create_n small files, until stored" createstored s s meta \
+    "disk: sync -f" "$stored_note" \
+    "rclone: until uploaded" ""
+pair "patch 4 KiB in the middle, until close returns" patchclose s s patch \
+    "disk: dd" "dd conv=notrunc into the $file" \
+    "rclone: until close returns" ""
+pair "patch 4 KiB in the middle, until stored" patchstored s s patch \
+    "disk: dd + sync" "$stored_note" \
+    "rclone: until uploaded" ""
 
 dc_rss=$(peak_rss_mib rss.dc.*)
 rss_note="dcloud-fs: block cache ${cache_mib} MiB (in memory, the default)"
