@@ -320,3 +320,25 @@ async fn with_write_back_off_close_uploads_and_returns_the_error() {
     fx.store.set_failure_rates(1.0, 0.0, 0.0);
     assert!(fs.flush(opened.fh).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_waiting_together_go_up_together() {
+    let fx = Fixture::new().await;
+    let fs = fx.mount(Duration::from_millis(500)).await;
+    let before = fx.store.counts();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("f{i:02}"), bytes(10 + i * 40, 30 + i as u64)))
+        .collect();
+    for (name, data) in &files {
+        write(&fs, name, data).await;
+    }
+    for (name, data) in &files {
+        fx.wait_stored(name, data).await;
+    }
+    // Three small files to a message with these limits (four attachments: three
+    // chunks and the record): 7 messages, not 20.
+    let posted = (fx.store.counts() - before).posted_messages;
+    assert!(posted <= 10, "{posted} messages for 20 small files");
+    fs.shutdown().await;
+    assert!(fx.spool_files().is_empty(), "{:?}", fx.spool_files());
+}

@@ -17,10 +17,21 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use super::inode::NodeKey;
 use super::spool::{SpoolFile, SpoolMeta};
 use super::{FsError, now_ns};
-use crate::volume::{Delta, PutOptions, Volume};
+use crate::volume::{Delta, PutOptions, SmallFile, Volume, VolumeError};
+
+/// How a spooled file is put.
+fn options_of(meta: &SpoolMeta) -> PutOptions {
+    PutOptions {
+        mtime_ns: meta.mtime_ns,
+        mode: meta.mode,
+        encrypted: meta.encrypted,
+    }
+}
 
 /// The part of a session the attributes come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +208,11 @@ impl WriteSession {
         state.dirty && !state.unlinked
     }
 
+    /// Whether the file is sealed with the key when uploaded.
+    pub fn encrypted(&self) -> bool {
+        self.lock().meta.encrypted
+    }
+
     /// Handles open on the session.
     pub fn opens(&self) -> usize {
         self.lock().opens
@@ -275,10 +291,83 @@ impl WriteSession {
     /// mount uploads it if this one doesn't manage to.
     pub async fn commit(&self, volume: &Volume) -> Result<(), FsError> {
         let _alone = self.content.write().await;
+        let Some((meta, delta)) = self.begin_upload()? else {
+            return Ok(());
+        };
+        let data = self
+            .spool
+            .data
+            .try_clone()
+            .map_err(|e| io_error("reading the spool file", e))?;
+        let shown = volume.display(&meta.path);
+        volume
+            .put_changes(&meta.path, data, &shown, options_of(&meta), delta.as_ref())
+            .await
+            .map_err(|e| self.upload_failed(&meta, &shown, &e))?;
+        self.uploaded(volume, &meta, &shown);
+        Ok(())
+    }
+
+    /// Uploads `sessions`, small files of one channel, together: their chunks and
+    /// records in one message ([`Volume::put_small`]), all or none of them. Those
+    /// that changed since their last upload are uploaded; the others are left alone.
+    pub async fn commit_small(
+        volume: &Volume,
+        sessions: &[Arc<WriteSession>],
+    ) -> Result<(), FsError> {
+        // Each session's content lock, taken in one order (writes take one at a
+        // time, so no two batches or writers can wait on each other in a circle).
+        let mut ordered: Vec<&Arc<WriteSession>> = sessions.iter().collect();
+        ordered.sort_by_key(|s| s.spool.id.clone());
+        let mut _alone = Vec::with_capacity(ordered.len());
+        for session in &ordered {
+            _alone.push(session.content.write().await);
+        }
+        let mut files = Vec::new();
+        let mut taken = Vec::new();
+        for session in sessions {
+            let Some((meta, _)) = session.begin_upload()? else {
+                continue;
+            };
+            let size = session.lock().size;
+            let mut data = vec![0; size as usize];
+            session
+                .spool
+                .data
+                .read_exact_at(&mut data, 0)
+                .map_err(|e| io_error("reading the spool file", e))?;
+            files.push(SmallFile {
+                path: meta.path.clone(),
+                data,
+                options: options_of(&meta),
+            });
+            taken.push((session, meta));
+        }
+        if files.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = volume.put_small(files).await {
+            let error = FsError::Io(e.to_string());
+            for (session, meta) in &taken {
+                session.upload_failed(meta, &volume.display(&meta.path), &e);
+            }
+            return Err(error);
+        }
+        for (session, meta) in &taken {
+            session.uploaded(volume, meta, &volume.display(&meta.path));
+        }
+        Ok(())
+    }
+
+    /// With the content lock held alone: if the file changed, describes the spool as
+    /// complete (a mount that dies from here on uploads it at its next start) and
+    /// returns what to upload: the description, and the ranges changed since the
+    /// version it was written over.
+    fn begin_upload(&self) -> Result<Option<(SpoolMeta, Option<Delta>)>, FsError> {
         let (meta, delta) = {
             let state = self.lock();
             if !state.dirty || state.unlinked {
-                return Ok(());
+                return Ok(None);
             }
             let delta = state.meta.base.clone().map(|base_version| Delta {
                 base_version,
@@ -290,38 +379,31 @@ impl WriteSession {
             .spool
             .begin_commit(&meta)
             .map_err(|e| io_error("saving the spool file", e))?;
-        {
-            let mut state = self.lock();
-            if !state.described_complete {
-                state.meta.committing = began.committing;
-                state.meta.boot = began.boot;
-                state.meta.completed_ns = began.completed_ns;
-                state.meta.synced = began.synced;
-                state.described_complete = true;
-            }
+        let mut state = self.lock();
+        if !state.described_complete {
+            state.meta.committing = began.committing;
+            state.meta.boot = began.boot;
+            state.meta.completed_ns = began.completed_ns;
+            state.meta.synced = began.synced;
+            state.described_complete = true;
         }
-        let data = self
-            .spool
-            .data
-            .try_clone()
-            .map_err(|e| io_error("reading the spool file", e))?;
-        let options = PutOptions {
-            mtime_ns: meta.mtime_ns,
-            mode: meta.mode,
-            encrypted: meta.encrypted,
-        };
-        let shown = volume.display(&meta.path);
-        volume
-            .put_changes(&meta.path, data, &shown, options, delta.as_ref())
-            .await
-            .map_err(|e| {
-                log::warn!("{shown}: upload failed: {e}");
-                match self.spool.keep_for_retry(&meta) {
-                    Ok(()) => self.lock().described_complete = true,
-                    Err(e) => log::warn!("could not save the spool of {shown}: {e}"),
-                }
-                FsError::Io(e.to_string())
-            })?;
+        Ok(Some((meta, delta)))
+    }
+
+    /// An upload failed: the spool is synced and kept for a retry (this mount's or the
+    /// next one's). Returns the error to report.
+    fn upload_failed(&self, meta: &SpoolMeta, shown: &str, e: &VolumeError) -> FsError {
+        log::warn!("{shown}: upload failed: {e}");
+        match self.spool.keep_for_retry(meta) {
+            Ok(()) => self.lock().described_complete = true,
+            Err(e) => log::warn!("could not save the spool of {shown}: {e}"),
+        }
+        FsError::Io(e.to_string())
+    }
+
+    /// An upload landed: the session holds no unuploaded change, and is based on the
+    /// version it made.
+    fn uploaded(&self, volume: &Volume, meta: &SpoolMeta, shown: &str) {
         let mut state = self.lock();
         state.dirty = false;
         state.changed = ChangedRanges::default();
@@ -331,7 +413,6 @@ impl WriteSession {
         if let Err(e) = self.spool.describe(&state.meta) {
             log::warn!("could not update the spool after uploading {shown}: {e}");
         }
-        Ok(())
     }
 
     /// The last handle is gone: removes the spool, unless its content still waits to

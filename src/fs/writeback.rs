@@ -128,8 +128,9 @@ impl WriteBack {
         self.changed.notify_one();
     }
 
-    /// Takes the files due by `now` off the waiting list, as being uploaded.
-    fn take_due(&self, now: Instant) -> Vec<Arc<WriteSession>> {
+    /// Takes the files due by `now` off the waiting list, as being uploaded, each with
+    /// whether an upload of it failed before.
+    fn take_due(&self, now: Instant) -> Vec<(Arc<WriteSession>, bool)> {
         let mut queue = self.lock();
         let due: Vec<String> = queue
             .waiting
@@ -142,7 +143,7 @@ impl WriteBack {
             if let Some(waiting) = queue.waiting.remove(&id) {
                 queue.failures.insert(id.clone(), waiting.failures);
                 queue.uploading.insert(id);
-                sessions.push(waiting.session);
+                sessions.push((waiting.session, waiting.failures > 0));
             }
         }
         sessions
@@ -288,12 +289,71 @@ impl Fs {
         Ok(())
     }
 
-    /// Uploads one queued file and, once it is done with, ends its session if no
-    /// handle holds it.
-    async fn upload_queued(&self, session: Arc<WriteSession>) {
-        let outcome = self.commit(&session).await;
-        if self.write_back.finished(&session, &outcome) {
-            self.retire_session(&session, true);
+    /// Uploads files taken off the queue: per channel, the small ones that haven't
+    /// failed before together, a message's worth at a time ([`Volume::put_small`]), the
+    /// others one by one; each at most [`PARALLEL_UPLOADS`] at once. Each file whose
+    /// upload is done with ends its session if no handle holds it.
+    ///
+    /// [`Volume::put_small`]: crate::volume::Volume::put_small
+    async fn upload_taken(&self, taken: Vec<(Arc<WriteSession>, bool)>) {
+        let mut by_channel: HashMap<u64, Vec<(Arc<WriteSession>, bool)>> = HashMap::new();
+        for (session, failed_before) in taken {
+            by_channel
+                .entry(session.key().channel)
+                .or_default()
+                .push((session, failed_before));
+        }
+        let mut units = Vec::new();
+        for (channel, sessions) in by_channel {
+            units.extend(self.upload_units(channel, sessions).await);
+        }
+        let uploads = units.into_iter().map(|unit| async move {
+            let _slot = self.write_back.uploads.acquire().await;
+            self.upload_unit(unit).await
+        });
+        futures::future::join_all(uploads).await;
+    }
+
+    /// How the files of one channel go up: batches of small files, and single files.
+    async fn upload_units(
+        &self,
+        channel: u64,
+        sessions: Vec<(Arc<WriteSession>, bool)>,
+    ) -> Vec<Vec<Arc<WriteSession>>> {
+        let Ok(volume) = self.volume(channel).await else {
+            // Each alone: its upload reports why the channel can't be opened.
+            return sessions.into_iter().map(|(s, _)| vec![s]).collect();
+        };
+        let per_message = volume.small_files_per_message();
+        let (mut small, mut units) = (Vec::new(), Vec::new());
+        for (session, failed_before) in sessions {
+            let view = session.state();
+            let limit = volume.small_file_limit(session.encrypted());
+            if !failed_before && per_message > 1 && view.size <= limit {
+                small.push(session);
+            } else {
+                units.push(vec![session]);
+            }
+        }
+        units.extend(small.chunks(per_message).map(<[_]>::to_vec));
+        units
+    }
+
+    /// Uploads one unit (one file, or a batch of small ones) and notes how it ended.
+    async fn upload_unit(&self, unit: Vec<Arc<WriteSession>>) {
+        let outcome = match unit.as_slice() {
+            [one] => self.commit(one).await,
+            batch => match self.volume(batch[0].key().channel).await {
+                Ok(volume) => WriteSession::commit_small(&volume, batch).await,
+                Err(e) => Err(e),
+            },
+        };
+        let outcome = outcome.map_err(|e| e.to_string());
+        for session in &unit {
+            let outcome = outcome.clone().map_err(FsError::Io);
+            if self.write_back.finished(session, &outcome) {
+                self.retire_session(session, true);
+            }
         }
     }
 
@@ -322,23 +382,15 @@ impl Fs {
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
                 continue;
             }
-            let uploads = due.into_iter().map(|session| async move {
-                let _slot = self.write_back.uploads.acquire().await;
-                let outcome = self.commit(&session).await;
-                if self.write_back.finished(&session, &outcome) {
-                    self.retire_session(&session, true);
+            let sessions: Vec<Arc<WriteSession>> = due.iter().map(|(s, _)| s.clone()).collect();
+            self.upload_taken(due).await;
+            // Failed ones are not retried here: the spool keeps them for the next mount.
+            for session in &sessions {
+                if session.is_dirty() {
+                    self.write_back.forget(session);
+                    failed += 1;
                 }
-                if outcome.is_err() {
-                    // Not retried here: the spool keeps it for the next mount.
-                    self.write_back.forget(&session);
-                }
-                outcome.is_err()
-            });
-            failed += futures::future::join_all(uploads)
-                .await
-                .into_iter()
-                .filter(|failed| *failed)
-                .count();
+            }
             let left = self.write_back.summary().files;
             if left > 0 {
                 log::info!("{left} file(s) still to upload");
@@ -354,13 +406,10 @@ async fn run_queue(queue: Arc<WriteBack>, fs: Weak<Fs>) {
         let changed = queue.changed.notified();
         let now = Instant::now();
         queue.sync_if_due(now).await;
-        for session in queue.take_due(now) {
+        let taken = queue.take_due(now);
+        if !taken.is_empty() {
             let Some(fs) = fs.upgrade() else { return };
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                let _slot = queue.uploads.acquire().await;
-                fs.upload_queued(session).await;
-            });
+            tokio::spawn(async move { fs.upload_taken(taken).await });
         }
         if fs.strong_count() == 0 {
             return;
