@@ -19,8 +19,12 @@
 //! close takes. Only a machine that goes down can lose unsynced data, so a commit
 //! records the kernel's boot id, and recovery trusts an unsynced data file only in the
 //! boot that wrote it. A spool that outlives its commit (the upload failed, and waits
-//! for a retry) is synced and marked `synced` right away, so it survives a reboot too;
-//! an unsynced one found after a reboot is set aside, since it may be torn.
+//! for a retry) is synced and marked `synced` right away, so it survives a reboot too.
+//! With write-back, files wait after their close: the whole spool is synced at once
+//! ([`sync_spool`], one `syncfs`) within a second of a close, and a mark in the spool
+//! folder (`synced-through`: the boot and the time the sync vouches for) tells the
+//! next boot which commits it covered. An unsynced spool found after a reboot, covered
+//! by no mark, is set aside, since it may be torn.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -55,7 +59,7 @@ pub struct SpoolMeta {
     #[serde(default)]
     pub boot: Option<String>,
     /// When the commit began (Unix ns): a sync of the spool after it covers this file
-    /// too (see [`mark_synced_through`]).
+    /// too (see [`sync_spool`]).
     #[serde(default)]
     pub completed_ns: Option<i64>,
 }

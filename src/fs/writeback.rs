@@ -11,16 +11,19 @@
 //!   writeback, errors show at `fsync`.
 //! - **`fsync`** uploads the file now (waiting for an upload under way) and returns that
 //!   upload's result.
-//! - **The queue** uploads due files a few at a time ([`PARALLEL_UPLOADS`]) through the
-//!   same commit as a close without write-back ([`WriteSession::commit`]). A failed
-//!   upload stays in the spool and is tried again after a backoff (2 s, doubling up to
-//!   a minute); each failure is logged.
+//! - **The queue** uploads due files a few uploads at a time ([`PARALLEL_UPLOADS`]).
+//!   Small files of one channel that fall due together go up together, a message's
+//!   worth at a time ([`WriteSession::commit_small`]: their chunks and one record in one
+//!   message, all or none); the others one by one, through the same commit as a close
+//!   without write-back ([`WriteSession::commit`]). A failed upload stays in the spool
+//!   and is tried again, alone, after a backoff (2 s, doubling up to a minute); each
+//!   failure is logged. Writes to a file while its upload is under way wait for it.
 //! - **Until it is uploaded**, a closed file keeps its write session: lookups, listings,
 //!   attributes and reads see the new content from the spool. Once uploaded and with no
 //!   handle left, the session ends and its spool goes.
 //! - **Durability**: a second after a close at most, the spool's file system is synced
 //!   (`syncfs`, one call for every file waiting) and the time it was synced up to is
-//!   recorded in the spool ([`super::spool::mark_synced_through`]), so that after a
+//!   recorded in the spool ([`super::spool::sync_spool`]), so that after a
 //!   power cut the next mount trusts, and uploads, every file closed before that time.
 //! - **Stopping** ([`Fs::shutdown`]) uploads everything queued, logging progress.
 //! - **`write_back` of zero** turns all this off: close uploads and returns the
