@@ -18,6 +18,7 @@ echo "== cargo test"
 # A real build error fails both tries.
 cargo test --workspace --locked --no-run || {
     echo "== cargo test: the test build failed; trying it once more"
-    cargo test --workspace --locked --no-run
+    CARGO_CACHE_RUSTC_INFO=0 cargo test --workspace --locked --no-run
 }
-cargo test --workspace --locked
+# (Without cargo's cache of rustc's answers, which may hold the failed probe.)
+CARGO_CACHE_RUSTC_INFO=0 cargo test --workspace --locked
