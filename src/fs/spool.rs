@@ -121,24 +121,8 @@ impl SpoolFile {
     /// this boot, when the page cache holds it anyway (see the module docs), and syncing
     /// it would cost every close of a small file two more disk flushes.
     pub fn describe(&self, meta: &SpoolMeta) -> std::io::Result<()> {
-        let temp = self.meta_path.with_extension("json.tmp");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(&serde_json::to_vec(meta).map_err(std::io::Error::other)?)?;
-        if meta.synced {
-            file.sync_all()?;
-        }
-        fs::rename(&temp, &self.meta_path)?;
-        if meta.synced
-            && let Some(dir) = self.meta_path.parent()
-        {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let json = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
+        replace_file(&self.meta_path, &json, meta.synced)
     }
 
     /// Marks the data complete: described as committing, in this boot (synced only if
@@ -300,17 +284,30 @@ pub fn sync_spool(dir: &Path) -> std::io::Result<()> {
     }
     let mark =
         serde_json::to_vec(&SyncedThrough { boot, through_ns }).map_err(std::io::Error::other)?;
-    let temp = dir.join(format!("{SYNCED_MARK}.tmp"));
+    replace_file(&dir.join(SYNCED_MARK), &mark, true)
+}
+
+/// Replaces `path` with `bytes` atomically (a temp file beside it, renamed over it),
+/// mode 0600; with `sync`, the file and the folder's entry are on disk when it returns.
+fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    let mut temp_name = path.as_os_str().to_owned();
+    temp_name.push(".tmp");
+    let temp = PathBuf::from(temp_name);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&temp)?;
-    file.write_all(&mark)?;
-    file.sync_all()?;
-    fs::rename(&temp, dir.join(SYNCED_MARK))?;
-    folder.sync_all()
+    file.write_all(bytes)?;
+    if sync {
+        file.sync_all()?;
+    }
+    fs::rename(&temp, path)?;
+    if sync && let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// How long before a sync the commits it vouches for began, at the latest.
