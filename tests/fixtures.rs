@@ -296,3 +296,108 @@ fn forged_v1_put(path: &str, data: &[u8]) -> dcloud_fs::store::NewMessage {
         }],
     }
 }
+
+/// Every record of a fixture's channels, opened with its key: `(channel name, message,
+/// envelope version, record)`.
+async fn records_of(fixture: &Fixture) -> Vec<(String, u64, u8, dcloud_fs::format::Record)> {
+    use dcloud_fs::format::{self, MessageKind};
+    let mut records = Vec::new();
+    for channel in fixture.store.channels().await.unwrap() {
+        let messages = fixture
+            .store
+            .history(channel.id, HistoryCursor::Latest, MAX_HISTORY_PAGE)
+            .await
+            .unwrap();
+        assert!(messages.len() < MAX_HISTORY_PAGE, "one page holds it all");
+        for message in messages {
+            let envelope = match format::classify(&message.content) {
+                MessageKind::InlineRecord(envelope) => envelope,
+                MessageKind::AttachedRecord => {
+                    let attachment = message.attachment_named(format::RECORD_ATTACHMENT).unwrap();
+                    fixture
+                        .store
+                        .fetch_attachment(channel.id, message.id, attachment.id, attachment.size)
+                        .await
+                        .unwrap()
+                        .to_vec()
+                }
+                _ => continue,
+            };
+            let opened = format::open_record(&envelope, Some(&fixture.key), channel.id)
+                .unwrap_or_else(|e| panic!("message {}: {e}", message.id));
+            records.push((
+                channel.name.clone(),
+                message.id,
+                opened.version,
+                opened.record,
+            ));
+        }
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_written_by_format_version_3_reads_back_byte_exact() {
+    use dcloud_fs::format::{ChunkLocation, Op};
+    let fixture = reads_back_byte_exact(
+        "format-v3",
+        &["docs", "other"],
+        &["docs/empty-folder"],
+        &["docs/shared.txt"],
+    )
+    .await;
+
+    // The fixture is what it says: version-3 records only, with segmented chunks (a
+    // nonce prefix, several segments each) under per-file data keys, and a version
+    // written in place that keeps its data key and the chunks it didn't change.
+    let records = records_of(&fixture).await;
+    assert!(records.iter().all(|(_, _, version, _)| *version == 3));
+    let puts_of = |path: &str| -> Vec<(u64, dcloud_fs::format::FileManifest)> {
+        records
+            .iter()
+            .flat_map(|(channel, message, _, record)| {
+                record.ops.iter().filter_map(move |op| match op {
+                    Op::Put(put) if format!("{channel}/{}", put.path) == path => {
+                        Some((*message, put.clone()))
+                    }
+                    _ => None,
+                })
+            })
+            .collect()
+    };
+    let mut big = puts_of("docs/renamed.bin");
+    big.sort_by_key(|(message, _)| *message);
+    let (patch_message, patched) = big.last().unwrap().clone();
+    assert!(patched.data_key.is_some());
+    assert_eq!(patched.chunks.len(), 3);
+    assert!(
+        patched
+            .chunks
+            .iter()
+            .all(|c| c.prefix.is_some() && c.tag.is_none())
+    );
+    assert!(
+        patched.chunks.iter().any(|c| c.len > 2 * 65_536),
+        "multi-segment"
+    );
+    let kept = patched
+        .chunks
+        .iter()
+        .filter(|c| matches!(c.location, ChunkLocation::Stored { message, .. } if message != patch_message))
+        .count();
+    assert_eq!(kept, 2, "the in-place write kept two of the three chunks");
+    assert!(
+        big.iter()
+            .filter(|(_, put)| put.data_key == patched.data_key)
+            .count()
+            >= 2,
+        "every version of the file keeps its data key"
+    );
+    let plain = puts_of("docs/shared.txt");
+    assert!(
+        plain
+            .iter()
+            .all(|(_, put)| put.data_key.is_none() && !put.encrypted)
+    );
+    assert_eq!(fixture.expected.len(), 11);
+}
