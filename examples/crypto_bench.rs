@@ -305,5 +305,6 @@ fn chunk_ref(sha256: Option<[u8; 32]>, prefix: Option<[u8; 8]>) -> ChunkRef {
         tag: None,
         key: None,
         prefix,
+        packed_at: None,
     }
 }

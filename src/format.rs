@@ -1,4 +1,4 @@
-//! The on-Discord format, version 3: the contract between every dcloud-fs that ever reads
+//! The on-Discord format, version 4: the contract between every dcloud-fs that ever reads
 //! or writes a channel. This page is meant to be enough to write a second reader.
 //!
 //! A channel holds a file's bytes as **chunks** (attachments) and its metadata as
@@ -12,18 +12,20 @@
 //! | `dcfs1 @record.dcfr`    | record message, record envelope in the attachment named `record.dcfr` |
 //!
 //! A record message may also carry chunk attachments of its own: a small file is a single
-//! message (its chunks and its record together), several small files can share one (a
-//! record with one `put` for each), and a large file's last chunks ride in the message of
-//! its record. Messages by other authors, and messages whose content
+//! message (its chunks and its record together), many small files share one (a record
+//! with one `put` for each, their chunks packed end to end in a few attachments, see
+//! Packs), and a large file's last chunks ride in the message of its record. Messages by other authors, and messages whose content
 //! doesn't start with `dcfs1 `, are not part of the file system.
 //!
 //! ## Chunks
 //!
 //! A file's bytes are cut into chunks, each stored as one attachment with an opaque name
 //! (`c<n>.bin`, numbered by position in the message; names carry no meaning and readers
-//! must not rely on them except to resolve a record's own attachments, below). Which of
-//! three kinds a chunk is follows from its record (below): a plain file's chunks are
-//! plain; an encrypted file's chunk is segmented if its reference has `p`, else whole.
+//! must not rely on them except to resolve a record's own attachments, below), or as a
+//! byte range of a *pack* attachment that holds the chunks of several files (below).
+//! Which of three kinds a chunk is follows from its record (below): a plain file's
+//! chunks are plain; an encrypted file's chunk is segmented if its reference has `p`,
+//! else whole.
 //!
 //! A **segmented chunk** (chunk version 2, written by format version 3) is sealed in
 //! segments of 65,536 plaintext bytes (the last one shorter; an empty chunk has one,
@@ -73,12 +75,30 @@
 //! as they are, so anyone can download and concatenate the attachments; its integrity
 //! comes from the SHA-256 that the record keeps for it, so it too is checked whole.
 //!
+//! ### Packs (version 4)
+//!
+//! A **pack** is an attachment holding the sealed chunks of several files laid end to
+//! end, each exactly as it would be as an attachment of its own (a segmented or a plain
+//! chunk, with its header). The reference to such a chunk adds `o`, the byte offset in
+//! the attachment where the sealed chunk starts; the chunk ends where its kind says
+//! (`13 + n + 16·k` bytes on for a segmented chunk, `n` for a plain one, `33 + n` for a
+//! whole one), and everything above (segment offsets, nonces, associated data, `p`, `h`)
+//! is counted from `o`, as if the chunk were the attachment. So a reader fetches just
+//! the byte range of the file (or of the segments) it reads. Bytes of a pack that no
+//! chunk reference covers mean nothing. A reference without `o` is the whole
+//! attachment. dcloud-fs packs files small enough to be one chunk that are stored
+//! together (a folder copied in, files closed together through the mount): one
+//! message holds the packs and the one record that puts them all. Readers must accept
+//! an `o` of at most 2^40 and refuse a larger one, and refuse `o` in a record older
+//! than version 4.
+//!
 //! ## Record envelope
 //!
 //! ```text
 //! offset  size  field
 //! 0       4     magic "DCFR"
-//! 4       1     record format version (2; version 1 is described below)
+//! 4       1     record format version (4; versions 3, 2 and 1 have the same layout,
+//!               and version 1 differs as described below)
 //! 5       1     cipher: 0 = none (the JSON is readable), 1 = AES-256-GCM
 //! 6       8     key id of the key that sealed (cipher 1) or signed (cipher 0) the
 //!               record; zero for a plain record written without a key
@@ -120,6 +140,8 @@
 //!    "mtime_ns":1732550000000000000,"mode":420,"encrypted":true,"dk":"<64 hex digits>",
 //!    "chunks":[{"m":"<message id>","a":"<attachment id>","n":8388608,"p":"<16 hex>"},
 //!              {"f":"c1.bin","n":3629,"p":"<16 hex>"}]},
+//!   {"op":"put","path":"photos/2024/small.txt", …,
+//!    "chunks":[{"f":"c0.bin","o":48213,"n":1200,"p":"<16 hex>"}]},
 //!   {"op":"mkdir","path":"photos/empty","mtime_ns":1732550000000000000,"mode":493},
 //!   {"op":"del","path":"old/name.txt"}
 //! ]}
@@ -136,7 +158,8 @@
 //!   attachment, decimal strings like Discord's; plus `c`, the channel, when the message
 //!   is in another channel than the record) or, for chunks attached to the record's own
 //!   message, by file name (`f`); `n` is its plaintext length; plain files add `h`, the
-//!   chunk's SHA-256 in hex; encrypted chunks add `t`, the chunk's AES-GCM tag in hex.
+//!   chunk's SHA-256 in hex; encrypted chunks add `t`, the chunk's AES-GCM tag in hex;
+//!   a chunk in a pack adds `o` (version 4), its offset in the attachment.
 //!   A whole chunk sealed by another key than the record (a file written under an
 //!   older key and renamed under a newer one) names that key's id in `k`.
 //!   Segmented chunks (version 3) add `p`, the chunk's nonce prefix in hex, instead of
@@ -170,9 +193,9 @@
 //! ## Replay
 //!
 //! A channel's contents are its records replayed in the order of their changes: for
-//! every path, the operation with the highest *stamp* wins, where a version-2 (or 3) record's
-//! stamp is `(seq, then the lower message id, then the later position in the record)`
-//! and every version-2 or -3 record stamps higher than every version-1 record (whose stamps
+//! every path, the operation with the highest *stamp* wins, where a record's of version 2
+//! or later stamp is `(seq, then the lower message id, then the later position in the
+//! record)` and every such record stamps higher than every version-1 record (whose stamps
 //! are `(message id, position)`). Replay is therefore independent of the order in which
 //! messages are read, and every reader converges on the same version of a path. Two
 //! writers that wrote one path without seeing each other's record may pick the same
@@ -187,8 +210,12 @@
 //!
 //! ## Versions
 //!
-//! Version 3 (this one) adds segmented chunks (`p`) and data keys (`dk`); everything
-//! else is as in version 2. Version-2 records have the same envelope and associated
+//! Version 4 (this one) adds packs (`o`); everything else is as in version 3. A reader
+//! of version 3 skips version-4 records as newer, so it never misreads a packed chunk
+//! as a whole attachment.
+//!
+//! Version 3 added segmented chunks (`p`) and data keys (`dk`); everything else is as
+//! in version 2. Version-2 records have the same envelope and associated
 //! data (with version byte 2) and put only whole and plain chunks.
 //!
 //! ## Version 1
@@ -219,7 +246,7 @@ pub use chunk::*;
 pub use record::*;
 
 /// The record format version this code writes (it reads this one and every older).
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 /// First bytes of a record envelope.
 pub const RECORD_MAGIC: [u8; 4] = *b"DCFR";
 /// Prefix of the content of every message dcloud-fs posts.

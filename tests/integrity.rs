@@ -248,6 +248,7 @@ fn plain_put(path: &str, data: &[u8], seq: u64) -> (Record, Vec<NewAttachment>) 
                 tag: None,
                 key: None,
                 prefix: None,
+                packed_at: None,
             }],
             data_key: None,
         })],

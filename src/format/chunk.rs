@@ -737,6 +737,7 @@ mod tests {
             tag: None,
             key: None,
             prefix: chunk.prefix,
+            packed_at: None,
         }
     }
 
@@ -895,6 +896,7 @@ mod tests {
             tag: Some(tag),
             key: None,
             prefix: None,
+            packed_at: None,
         };
         let opened = open_chunk(Some(&key), file, true, 1, &r, bytes.clone()).unwrap();
         assert_eq!(opened.len(), 3, "cut into blocks");

@@ -47,6 +47,10 @@ pub struct ChunkRef {
     /// The nonce prefix of a segmented chunk (`p`, version 3): pins this exact sealing,
     /// and is what a reader derives the segments' nonces from.
     pub prefix: Option<[u8; NONCE_PREFIX_LEN]>,
+    /// Where the sealed chunk starts in its attachment, when that attachment is a
+    /// *pack* holding the sealed chunks of several files (`o`, version 4). `None`: the
+    /// chunk is the whole attachment.
+    pub packed_at: Option<u64>,
 }
 
 impl ChunkRef {
@@ -75,6 +79,8 @@ struct WireChunk {
     k: Option<KeyId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     p: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<u64>,
 }
 
 impl TryFrom<WireChunk> for ChunkRef {
@@ -111,6 +117,7 @@ impl TryFrom<WireChunk> for ChunkRef {
             tag,
             key: wire.k,
             prefix,
+            packed_at: wire.o,
         })
     }
 }
@@ -140,6 +147,7 @@ impl From<ChunkRef> for WireChunk {
             t: chunk.tag.map(|t| crypto::encode_hex(&t)),
             k: chunk.key,
             p: chunk.prefix.map(|p| crypto::encode_hex(&p)),
+            o: chunk.packed_at,
         }
     }
 }
@@ -286,6 +294,9 @@ pub struct Record {
 /// smaller; a record claiming more is damaged, so no length read from the store can
 /// make a reader allocate without bound.
 pub const MAX_CHUNK_LEN: u64 = 1 << 30;
+/// The largest offset of a packed chunk in its attachment (`o`) a reader accepts:
+/// bounded like [`MAX_CHUNK_LEN`], so that offset plus length can't overflow.
+pub const MAX_PACK_OFFSET: u64 = 1 << 40;
 
 impl Record {
     fn validate(&self, version: u8) -> Result<(), FormatError> {
@@ -294,6 +305,21 @@ impl Record {
             if let Op::Put(file) = op {
                 let mut total = 0u64;
                 for chunk in &file.chunks {
+                    if version < 4 && chunk.packed_at.is_some() {
+                        return Err(damaged(
+                            "record",
+                            format!(
+                                "'{}': a packed chunk in a record older than version 4",
+                                file.path
+                            ),
+                        ));
+                    }
+                    if chunk.packed_at.is_some_and(|at| at > MAX_PACK_OFFSET) {
+                        return Err(damaged(
+                            "record",
+                            format!("'{}': a chunk packed past the largest offset", file.path),
+                        ));
+                    }
                     if chunk.len > MAX_CHUNK_LEN {
                         return Err(damaged(
                             "record",
@@ -580,6 +606,7 @@ mod tests {
                             tag: Some([3; 16]),
                             key: Some(KeyId([4; KEY_ID_LEN])),
                             prefix: None,
+                            packed_at: None,
                         },
                         ChunkRef {
                             location: ChunkLocation::Attached {
@@ -590,6 +617,7 @@ mod tests {
                             tag: None,
                             key: None,
                             prefix: None,
+                            packed_at: None,
                         },
                     ],
                     data_key: None,
@@ -955,6 +983,7 @@ mod tests {
             tag: None,
             key: None,
             prefix: sealed.prefix,
+            packed_at: None,
         };
         let chunk = sealed.as_bytes().to_vec();
         for round in 0..fuzz_iterations() {

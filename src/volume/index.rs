@@ -58,7 +58,7 @@ use crate::format::{
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
-pub const INDEX_CACHE_VERSION: u32 = 4;
+pub const INDEX_CACHE_VERSION: u32 = 5;
 
 /// Orders the operations on a path (see the module docs): the highest stamp wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -152,6 +152,10 @@ pub struct StoredChunk {
     /// The nonce prefix of a segmented chunk (sealed under the file's data key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<[u8; NONCE_PREFIX_LEN]>,
+    /// Where the sealed chunk starts in its attachment, when that is a pack of several
+    /// files' chunks (`None`: the chunk is the whole attachment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed_at: Option<u64>,
 }
 
 impl StoredChunk {
@@ -175,6 +179,7 @@ impl From<&StoredChunk> for ChunkRef {
             tag: chunk.tag,
             key: chunk.key,
             prefix: chunk.prefix,
+            packed_at: chunk.packed_at,
         }
     }
 }
@@ -820,6 +825,7 @@ fn resolve(
                         .or(chunk_key)
                         .filter(|_| chunk.kind(file.encrypted) == ChunkKind::Whole),
                     prefix: chunk.prefix,
+                    packed_at: chunk.packed_at,
                 });
             }
             Some(Entry::File(FileEntry {
@@ -874,6 +880,7 @@ mod tests {
                 tag: None,
                 key: None,
                 prefix: None,
+                packed_at: None,
             })
             .collect();
         Op::Put(FileManifest {

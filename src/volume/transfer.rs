@@ -462,6 +462,7 @@ pub fn attach(sealed: Vec<SealedChunk>, first: usize) -> (Vec<NewAttachment>, Ve
                 tag: None,
                 key: None,
                 prefix: chunk.prefix,
+                packed_at: None,
             };
             let attachment = NewAttachment {
                 filename,
@@ -511,6 +512,15 @@ pub async fn delete_quietly(store: &dyn Store, channel: Id, messages: &[Id]) -> 
         }
     }
     failed
+}
+
+/// Bytes `span` of sealed `chunk` (counted from the chunk's start), as bytes of its
+/// attachment: the same, unless the attachment is a pack that holds the chunk from
+/// [`StoredChunk::packed_at`] on. (Both are bounded by the record, so this can't
+/// overflow: see [`format::MAX_PACK_OFFSET`].)
+fn in_attachment(chunk: &StoredChunk, span: std::ops::Range<u64>) -> std::ops::Range<u64> {
+    let base = chunk.packed_at.unwrap_or(0);
+    base + span.start..base + span.end
 }
 
 /// What opening a file's chunks needs to know of the file.
@@ -607,7 +617,7 @@ impl ChunkFetcher {
         let sealed_len = kind.sealed_len(chunk.len);
         let block = BlockKey {
             attachment: chunk.attachment,
-            offset: 0,
+            offset: in_attachment(chunk, 0..0).start,
             len: u32::try_from(sealed_len).unwrap_or(u32::MAX),
         };
         let key = self.whole_key(chunk)?;
@@ -622,17 +632,26 @@ impl ChunkFetcher {
                 Err(e) => self.drop_damaged(block, &e),
             }
         }
-        let data = self
-            .store
-            .fetch_attachment(
-                chunk.channel.unwrap_or(self.channel),
-                chunk.message,
-                chunk.attachment,
-                sealed_len,
-            )
-            .await
-            .map_err(|e| self.store_error(e, index))?;
-        let data = Vec::from(data);
+        let channel = chunk.channel.unwrap_or(self.channel);
+        let data = match chunk.packed_at {
+            // One chunk of a pack: just its bytes.
+            Some(_) => {
+                self.store
+                    .fetch_range(
+                        channel,
+                        chunk.message,
+                        chunk.attachment,
+                        in_attachment(chunk, 0..sealed_len),
+                    )
+                    .await
+            }
+            None => {
+                self.store
+                    .fetch_attachment(channel, chunk.message, chunk.attachment, sealed_len)
+                    .await
+            }
+        };
+        let data = Vec::from(data.map_err(|e| self.store_error(e, index))?);
         self.keep_on_disk(vec![(block, Bytes::copy_from_slice(&data))]);
         self.open_whole(file, index, chunk, key, data).await
     }
@@ -700,14 +719,14 @@ impl ChunkFetcher {
                     chunk.channel.unwrap_or(self.channel),
                     chunk.message,
                     chunk.attachment,
-                    span.clone(),
+                    in_attachment(chunk, span.clone()),
                 )
                 .await
                 .map_err(|e| self.store_error(e, index))?;
             // The run as one block: a file per fetch, not per segment.
             let keep = BlockKey {
                 attachment: chunk.attachment,
-                offset: span.start,
+                offset: in_attachment(chunk, span).start,
                 len: data.bytes().len() as u32,
             };
             let opened = self
@@ -856,8 +875,8 @@ impl ChunkFetcher {
         }
     }
 
-    /// Byte ranges of `chunk`'s attachment found on disk, in order (`None` where no
-    /// cached block holds one), with the block each came from.
+    /// Byte ranges of sealed `chunk` (from its start) found on disk, in order (`None`
+    /// where no cached block holds one), with the block each came from.
     async fn cached_on_disk(
         &self,
         chunk: &StoredChunk,
@@ -868,6 +887,10 @@ impl ChunkFetcher {
         };
         let count = ranges.len();
         let attachment = chunk.attachment;
+        let ranges: Vec<_> = ranges
+            .into_iter()
+            .map(|range| in_attachment(chunk, range))
+            .collect();
         tokio::task::spawn_blocking(move || {
             ranges
                 .into_iter()
