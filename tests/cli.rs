@@ -707,7 +707,7 @@ fn an_upload_killed_outright_is_reclaimed_at_the_next_open() {
 }
 
 #[test]
-fn small_files_go_several_to_a_message_and_fail_alone() {
+fn small_files_are_packed_into_one_message_and_fail_alone() {
     let env = with_key_and_channel(tiny_limits());
     for i in 0..10 {
         env.write(
@@ -723,9 +723,9 @@ fn small_files_go_several_to_a_message_and_fail_alone() {
             .count()
     };
     env.ok(&["put", "-r", "tree", "docs"]);
-    // Ten small files at three a message (tiny limits: 4 attachments, one kept for a
-    // record): four messages; the big file takes its own (2 data + 1 record).
-    assert_eq!(messages(), 4 + 3);
+    // Ten small files packed into one message (their chunks in one attachment); the
+    // big file takes its own (2 data + 1 record).
+    assert_eq!(messages(), 1 + 3);
     env.ok(&["get", "-r", "docs/tree", "copy"]);
     for i in 0..10 {
         assert_eq!(

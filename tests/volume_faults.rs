@@ -1598,26 +1598,22 @@ async fn put_that_reports_failure_leaves_the_old_version() {
 // Small files, several to a message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_files_share_a_message_and_land_together_or_not_at_all() {
+async fn small_files_are_packed_into_one_message_and_land_together_or_not_at_all() {
     let fx = Fixture::new(77).await;
     let key = Key::generate().unwrap();
     let volume = fx.open(Some(&key)).await;
-    let per_message = volume.small_files_per_message();
-    assert_eq!(per_message, LIMITS.max_attachments - 1);
     let mut rng = SplitMix64::new(77);
+    // Ten files, one of them empty, that one message holds (with these tiny limits,
+    // the record is what limits it).
     let batch = |rng: &mut SplitMix64, prefix: &str, encrypted: bool| -> Vec<SmallFile> {
-        let limit = volume.small_file_limit(encrypted) as usize;
-        (0..per_message)
+        (0..10)
             .map(|i| SmallFile {
                 path: format!("{prefix}/f{i}"),
-                // One empty file, one at the limit, the rest in between.
-                data: match i {
-                    0 => Vec::new(),
-                    1 => rng.bytes(limit),
-                    _ => {
-                        let len = 1 + rng.index(limit);
-                        rng.bytes(len)
-                    }
+                data: if i == 0 {
+                    Vec::new()
+                } else {
+                    let len = 1 + rng.index(300);
+                    rng.bytes(len)
                 },
                 options: options(encrypted),
             })
@@ -1631,37 +1627,87 @@ async fn small_files_share_a_message_and_land_together_or_not_at_all() {
     assert!(file_paths(&volume).is_empty());
     assert!(fx.messages().await.is_empty());
 
-    // A good batch is one message, and every file reads back.
+    // A good batch is one message, its nine chunks in one attachment, and every file
+    // reads back; reading one fetches only its bytes of the pack.
     for (prefix, encrypted) in [("enc", true), ("plain", false)] {
         let files_in = batch(&mut rng, prefix, encrypted);
-        let before = fx.messages().await.len();
+        let before = fx.store.counts();
         volume.put_small(files_in.clone()).await.unwrap();
-        assert_eq!(fx.messages().await.len(), before + 1);
+        let posted = fx.store.counts() - before;
+        assert_eq!(posted.posted_messages, 1, "{prefix}");
+        assert_eq!(posted.posted_chunk_attachments, 1, "{prefix}: one pack");
         let fresh = fx.open(Some(&key)).await;
         for file in &files_in {
+            let before = fx.store.counts();
             assert_eq!(read(&fresh, &file.path).await, file.data, "{}", file.path);
+            let fetched = (fx.store.counts() - before).fetched_bytes;
+            let kind = dcloud_fs::volume::chunk_kind(encrypted);
+            let sealed = if file.data.is_empty() {
+                0
+            } else {
+                kind.sealed_len(file.data.len() as u64)
+            };
+            assert_eq!(fetched, sealed, "{}: only its range of the pack", file.path);
             let entry = fresh.index().file(&file.path).cloned().unwrap();
             assert_eq!(entry.encrypted, encrypted);
+            assert!(entry.chunks.iter().all(|c| c.packed_at.is_some()));
         }
     }
-    // Plain files batched alone are readable without a key.
+    // Plain files packed alone are readable without a key.
     let keyless = fx.open(None).await;
     assert!(file_paths(&keyless).iter().all(|p| p.starts_with("plain/")));
-    assert_eq!(file_paths(&keyless).len(), per_message);
+    assert_eq!(file_paths(&keyless).len(), 10);
+    for path in file_paths(&keyless) {
+        assert_eq!(read(&keyless, &path).await, read(&volume, &path).await);
+    }
 
-    // Replacing small files frees the message they shared once none of them is left.
-    let shared = fx.messages().await.last().unwrap().id;
-    let replacements: Vec<SmallFile> = batch(&mut rng, "plain", false);
+    // Deleting some of a pack's files keeps it; deleting the last one frees it.
+    let shared = volume.index().file("plain/f1").unwrap().chunks[0].message;
+    for i in 0..9 {
+        volume.remove(&format!("plain/f{i}"), false).await.unwrap();
+        volume.refresh().await.unwrap();
+    }
+    assert!(fx.messages().await.iter().any(|m| m.id == shared));
+    assert_eq!(read(&volume, "plain/f9").await.len(), {
+        let fresh = fx.open(Some(&key)).await;
+        read(&fresh, "plain/f9").await.len()
+    });
+    volume.remove("plain/f9", false).await.unwrap();
+    volume.refresh().await.unwrap();
+    assert!(fx.messages().await.iter().all(|m| m.id != shared));
+    fx.assert_no_orphans(&volume, "after deleting packed files")
+        .await;
+
+    // Replacing packed files frees the message they shared once none of them is left.
+    let shared = volume.index().file("enc/f1").unwrap().chunks[0].message;
+    let replacements: Vec<SmallFile> = batch(&mut rng, "enc", true);
     volume.put_small(replacements).await.unwrap();
     assert!(fx.messages().await.iter().all(|m| m.id != shared));
     fx.assert_no_orphans(&volume, "after replacing small files")
         .await;
 
-    // Too many, too large, or a bad place: refused before anything is posted.
+    // More than a message holds goes up as several, each packed.
+    let many: Vec<SmallFile> = (0..40)
+        .map(|i| SmallFile {
+            path: format!("many/{i}"),
+            data: rng.bytes(200),
+            options: options(true),
+        })
+        .collect();
+    let before = fx.store.counts();
+    volume.put_small(many.clone()).await.unwrap();
+    let posted = (fx.store.counts() - before).posted_messages;
+    assert!((2..=8).contains(&posted), "{posted} messages for 40 files");
+    let fresh = fx.open(Some(&key)).await;
+    for file in &many {
+        assert_eq!(read(&fresh, &file.path).await, file.data, "{}", file.path);
+    }
+
+    // Too large, twice the same path, or a bad place: refused before anything is posted.
     let posts = fx.store.counts().posts;
-    let mut too_many = batch(&mut rng, "x", true);
-    too_many.push(too_many[0].clone());
-    assert!(volume.put_small(too_many).await.is_err());
+    let mut twice = batch(&mut rng, "x", true);
+    twice.push(twice[0].clone());
+    assert!(volume.put_small(twice).await.is_err());
     let mut too_large = batch(&mut rng, "y", true);
     too_large[2].data = vec![0; volume.small_file_limit(true) as usize + 1];
     assert!(volume.put_small(too_large).await.is_err());

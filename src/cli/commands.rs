@@ -14,7 +14,7 @@ use super::{CliError, Context, GetArgs, KeygenArgs, LsArgs, PutArgs, RmArgs, spl
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::{Store, StoreError};
 use crate::volume::{
-    Entry, Listed, Node, PutOptions, PutSource, Skip, SmallFile, Volume, VolumeError,
+    Entry, Listed, Node, PackBudget, PutOptions, PutSource, Skip, SmallFile, Volume, VolumeError,
 };
 
 /// Prints an error of one item among several.
@@ -244,6 +244,7 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
         plain: args.plain,
         small_limit: volume.small_file_limit(!args.plain),
         pending: Vec::new(),
+        budget: volume.pack_limits().budget(),
         deferred: Vec::new(),
     };
     let mut outcome = Outcome::new(sources.len());
@@ -275,7 +276,8 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
 }
 
 /// Uploads files and folder trees into one volume. Small files wait in `pending` and
-/// go several to a message ([`Volume::put_small`]); larger ones stream one by one.
+/// go up packed, a message's worth at a time ([`Volume::put_small`]); larger ones
+/// stream one by one.
 struct TreeUploader<'a> {
     context: &'a Context,
     volume: &'a Volume,
@@ -285,6 +287,8 @@ struct TreeUploader<'a> {
     small_limit: u64,
     /// Small files waiting for their batch: (local path, channel path).
     pending: Vec<(PathBuf, String)>,
+    /// What `pending` fills of one message.
+    budget: PackBudget,
     /// Failures of small files, known only when their batch is stored.
     deferred: Vec<CliError>,
 }
@@ -379,11 +383,12 @@ impl TreeUploader<'_> {
         let file = fs::File::open(source).map_err(|e| CliError::io(&shown, e))?;
         let metadata = file.metadata().map_err(|e| CliError::io(&shown, e))?;
         if metadata.len() <= self.small_limit {
+            if !self.budget.take(metadata.len(), !self.plain) {
+                self.flush().await;
+                self.budget.take(metadata.len(), !self.plain);
+            }
             self.pending
                 .push((source.to_path_buf(), target.to_string()));
-            if self.pending.len() >= self.volume.small_files_per_message() {
-                self.flush().await;
-            }
             return Ok(());
         }
         self.put_large(file, &metadata, &shown, target).await
@@ -430,6 +435,7 @@ impl TreeUploader<'_> {
     /// Stores the queued small files as one message; failures go to `deferred`.
     async fn flush(&mut self) {
         let batch = std::mem::take(&mut self.pending);
+        self.budget = self.volume.pack_limits().budget();
         let mut files = Vec::with_capacity(batch.len());
         for (source, target) in &batch {
             let shown = source.display().to_string();

@@ -12,10 +12,13 @@
 //! - **`fsync`** uploads the file now (waiting for an upload under way) and returns that
 //!   upload's result.
 //! - **The queue** uploads due files a few uploads at a time ([`PARALLEL_UPLOADS`]).
-//!   Small files of one channel that fall due together go up together, a message's
-//!   worth at a time ([`WriteSession::commit_small`]: their chunks and one record in one
-//!   message, all or none); the others one by one, through the same commit as a close
-//!   without write-back ([`WriteSession::commit`]). A failed upload stays in the spool
+//!   Due files are taken only while an upload slot is free; while all are busy (at
+//!   Discord's pace, a message takes about a second) they gather. Small files of one
+//!   channel taken together go up packed, a message's worth at a time
+//!   ([`WriteSession::commit_small`]: their chunks share attachments, and one record
+//!   puts them all, in one message, all or none; see [`crate::volume::pack`]); the
+//!   others one by one, through the same commit as a close without write-back
+//!   ([`WriteSession::commit`]). A failed upload stays in the spool
 //!   and is tried again, alone, after a backoff (2 s, doubling up to a minute); each
 //!   failure is logged. Writes to a file while its upload is under way wait for it.
 //! - **Until it is uploaded**, a closed file keeps its write session: lookups, listings,
@@ -152,13 +155,15 @@ impl WriteBack {
         sessions
     }
 
-    /// When the worker must look again: the next file due, or the next sync.
+    /// When the worker must look again: the next file due (if an upload could start),
+    /// or the next sync.
     fn next_wake(&self) -> Option<Instant> {
+        let can_upload = self.uploads.available_permits() > 0;
         let queue = self.lock();
         let next_due = queue
             .waiting
             .iter()
-            .filter(|(id, _)| !queue.uploading.contains(*id))
+            .filter(|(id, _)| can_upload && !queue.uploading.contains(*id))
             .map(|(_, w)| w.due)
             .min();
         match (next_due, queue.sync_due) {
@@ -311,8 +316,11 @@ impl Fs {
             units.extend(self.upload_units(channel, sessions).await);
         }
         let uploads = units.into_iter().map(|unit| async move {
-            let _slot = self.write_back.uploads.acquire().await;
-            self.upload_unit(unit).await
+            let slot = self.write_back.uploads.acquire().await;
+            self.upload_unit(unit).await;
+            drop(slot);
+            // A slot is free: the worker may take what fell due meanwhile.
+            self.write_back.changed.notify_one();
         });
         futures::future::join_all(uploads).await;
     }
@@ -327,18 +335,29 @@ impl Fs {
             // Each alone: its upload reports why the channel can't be opened.
             return sessions.into_iter().map(|(s, _)| vec![s]).collect();
         };
-        let per_message = volume.small_files_per_message();
         let (mut small, mut units) = (Vec::new(), Vec::new());
         for (session, failed_before) in sessions {
-            let view = session.state();
-            let limit = volume.small_file_limit(session.encrypted());
-            if !failed_before && per_message > 1 && view.size <= limit {
-                small.push(session);
+            let size = session.state().size;
+            if !failed_before && size <= volume.small_file_limit(session.encrypted()) {
+                small.push((size, session));
             } else {
                 units.push(vec![session]);
             }
         }
-        units.extend(small.chunks(per_message).map(<[_]>::to_vec));
+        // A message's worth of small files to a unit: packed together.
+        let mut budget = volume.pack_limits().budget();
+        let mut batch = Vec::new();
+        for (size, session) in small {
+            if !budget.take(size, session.encrypted()) {
+                units.push(std::mem::take(&mut batch));
+                budget = volume.pack_limits().budget();
+                budget.take(size, session.encrypted());
+            }
+            batch.push(session);
+        }
+        if !batch.is_empty() {
+            units.push(batch);
+        }
         units
     }
 
@@ -409,7 +428,14 @@ async fn run_queue(queue: Arc<WriteBack>, fs: Weak<Fs>) {
         let changed = queue.changed.notified();
         let now = Instant::now();
         queue.sync_if_due(now).await;
-        let taken = queue.take_due(now);
+        // Files fall due one by one; while every upload slot is busy they gather, and
+        // go up together when one frees: at Discord's pace a message costs about a
+        // second, so the busier the channel, the more files each message packs.
+        let taken = if queue.uploads.available_permits() > 0 {
+            queue.take_due(now)
+        } else {
+            Vec::new()
+        };
         if !taken.is_empty() {
             let Some(fs) = fs.upgrade() else { return };
             tokio::spawn(async move { fs.upload_taken(taken).await });

@@ -6,6 +6,7 @@
 //!   them) and which records read from the history count;
 //! - [`reclaim`]: what may be deleted, and when (the one place that decides it);
 //! - [`transfer`]: chunks to and from the store;
+//! - [`pack`]: small files that go up together, packed into shared attachments;
 //! - [`journal`]: uploads in progress, for cleaning up after a crash;
 //! - [`registry`]: the channels a process has open, and how they reach each other.
 //!
@@ -50,6 +51,7 @@
 pub mod disk_cache;
 pub mod index;
 pub mod journal;
+pub mod pack;
 pub mod reclaim;
 pub mod records;
 pub mod registry;
@@ -65,6 +67,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 
 pub use index::{DirEntry, Entry, FileEntry, Hold, Index, Listed, Node, Own, Skip, StoredChunk};
+pub use pack::{PackBudget, PackLimits};
 pub use reclaim::{PinGuard, Pins};
 pub use transfer::{ChunkPlan, Interrupt, Progress};
 
@@ -310,48 +313,6 @@ pub struct SmallFile {
     pub path: String,
     pub data: Vec<u8>,
     pub options: PutOptions,
-}
-
-/// Seals small files as chunk 0 of each, named by position in the message, and makes
-/// the record operations that put them.
-fn seal_small_files(
-    files: Vec<SmallFile>,
-    key: Option<&Key>,
-) -> Result<(Vec<crate::store::NewAttachment>, Vec<Op>), VolumeError> {
-    let mut attachments = Vec::new();
-    let mut ops = Vec::with_capacity(files.len());
-    for (position, file) in files.into_iter().enumerate() {
-        let id = FileId::random()?;
-        let data_key = match (file.options.encrypted, key) {
-            (true, Some(_)) => Some(DataKey::random()?),
-            (true, None) => return Err(VolumeError::NoKey),
-            (false, _) => None,
-        };
-        let mut chunks = Vec::new();
-        if !file.data.is_empty() {
-            let sealing_key = data_key.map(|k| k.key());
-            let sealing = sealing_key
-                .as_ref()
-                .map_or(format::Sealing::Plain, format::Sealing::Encrypted);
-            let mut buffer = format::ChunkBuffer::new(file.data.len(), sealing, id, 0)?;
-            buffer.extend_from_slice(&file.data)?;
-            let sealed = buffer.seal()?;
-            let (attachment, reference) = transfer::attach(vec![sealed], position);
-            attachments.extend(attachment);
-            chunks.extend(reference);
-        }
-        ops.push(Op::Put(FileManifest {
-            path: file.path,
-            id,
-            size: file.data.len() as u64,
-            mtime_ns: file.options.mtime_ns,
-            mode: file.options.mode & 0o7777,
-            encrypted: file.options.encrypted,
-            chunks,
-            data_key,
-        }));
-    }
-    Ok((attachments, ops))
 }
 
 /// Looks a channel up by its id.
@@ -1137,53 +1098,25 @@ impl Volume {
         }
     }
 
-    /// How many small files [`Volume::put_small`] stores in one message.
-    pub fn small_files_per_message(&self) -> usize {
-        self.limits().max_attachments.saturating_sub(1).max(1)
+    /// What one message of packed small files ([`Volume::put_small`]) holds.
+    pub fn pack_limits(&self) -> PackLimits {
+        PackLimits::new(&self.limits())
     }
 
-    /// The largest file [`Volume::put_small`] takes: one chunk, small enough that a full
-    /// batch of them fits in one message.
+    /// The largest file [`Volume::put_small`] takes: one chunk, an eighth of a message.
     pub fn small_file_limit(&self, encrypted: bool) -> u64 {
-        let kind = chunk_kind(encrypted);
-        let per_file =
-            transfer::request_budget(&self.limits()) / self.small_files_per_message() as u64;
-        let chunk = ChunkPlan::new(&self.limits(), kind).map_or(0, |p| p.chunk_len as u64);
-        kind.capacity(per_file.min(self.limits().max_file_size))
-            .min(chunk)
+        self.pack_limits().file_limit(encrypted)
     }
 
-    /// Stores up to [`Volume::small_files_per_message`] small files (each at most
-    /// [`Volume::small_file_limit`]) as one message: their chunks, and one record that
-    /// puts them all. Discord limits messages, not bytes, per channel, so a folder of
-    /// small files costs a fraction of the messages it would one by one. The files all
-    /// appear, or (on error) none of them.
+    /// Stores small files (each at most [`Volume::small_file_limit`]) packed: their
+    /// sealed chunks share attachments, and one record puts them all, in one message
+    /// ([`pack`]). A batch more than a message holds (see [`Volume::pack_limits`]) is
+    /// stored as several. Discord limits messages, not bytes, per channel, so a folder
+    /// of small files costs a few messages, not one each. Each message's files all
+    /// appear, or (on error) none of them; an error stops the batches after it.
     pub async fn put_small(&self, files: Vec<SmallFile>) -> Result<(), VolumeError> {
-        let retry = (files.len() > 1).then(|| files.clone());
-        match self.put_small_once(files).await {
-            Err(VolumeError::Store(StoreError::TooLarge(reason))) if retry.is_some() => {
-                // The store's limits were lower than it said: store the batch in two.
-                if !self.limits_stepped_down().await? {
-                    return Err(VolumeError::Store(StoreError::TooLarge(reason)));
-                }
-                let mut first = retry.unwrap_or_default();
-                let second = first.split_off(first.len() / 2);
-                Box::pin(self.put_small(first)).await?;
-                Box::pin(self.put_small(second)).await
-            }
-            other => other,
-        }
-    }
-
-    async fn put_small_once(&self, files: Vec<SmallFile>) -> Result<(), VolumeError> {
         if files.is_empty() {
             return Ok(());
-        }
-        if files.len() > self.small_files_per_message() {
-            return Err(VolumeError::Internal(format!(
-                "{} small files in one message",
-                files.len()
-            )));
         }
         let mut seen = std::collections::HashSet::new();
         for file in &files {
@@ -1200,17 +1133,71 @@ impl Volume {
                 )));
             }
         }
+        // Plain files apart from encrypted ones: a record that put both would be
+        // sealed, and a reader without the key would miss the plain ones.
+        let (encrypted, plain): (Vec<_>, Vec<_>) =
+            files.into_iter().partition(|f| f.options.encrypted);
+        for group in [encrypted, plain] {
+            let mut batch = Vec::new();
+            let mut budget = self.pack_limits().budget();
+            for file in group {
+                if !budget.take(file.data.len() as u64, file.options.encrypted) {
+                    Box::pin(self.put_packed(std::mem::take(&mut batch))).await?;
+                    budget = self.pack_limits().budget();
+                    budget.take(file.data.len() as u64, file.options.encrypted);
+                }
+                batch.push(file);
+            }
+            Box::pin(self.put_packed(batch)).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores one batch of checked small files: one message if it fits, else halves.
+    async fn put_packed(&self, files: Vec<SmallFile>) -> Result<(), VolumeError> {
+        if files.is_empty() {
+            return Ok(());
+        }
         self.config.interrupt.check()?;
+        let retry = (files.len() > 1).then(|| files.clone());
         let key = self.key.clone();
-        let sealed =
-            tokio::task::spawn_blocking(move || seal_small_files(files, key.as_ref())).await;
+        let limits = self.limits();
+        let sealed = tokio::task::spawn_blocking(move || {
+            pack::pack_small_files(files, key.as_ref(), &limits)
+        })
+        .await;
         let (attachments, ops) = sealed.map_err(|e| VolumeError::Internal(e.to_string()))??;
+        let halves = |files: Option<Vec<SmallFile>>| {
+            let mut first = files.unwrap_or_default();
+            let second = first.split_off(first.len() / 2);
+            (first, second)
+        };
+        if !pack::fits_one_message(&attachments, &ops, &limits) {
+            if retry.is_none() {
+                return Err(VolumeError::Internal(
+                    "a small file does not fit one message".into(),
+                ));
+            }
+            let (first, second) = halves(retry);
+            Box::pin(self.put_packed(first)).await?;
+            return Box::pin(self.put_packed(second)).await;
+        }
         let riders = records::Riders {
             attachments,
             ..records::Riders::default()
         };
-        self.post_record(ops, riders).await?;
-        Ok(())
+        match self.post_record(ops, riders).await {
+            Err(VolumeError::Store(StoreError::TooLarge(reason))) if retry.is_some() => {
+                // The store's limits were lower than it said: store the batch in two.
+                if !self.limits_stepped_down().await? {
+                    return Err(VolumeError::Store(StoreError::TooLarge(reason)));
+                }
+                let (first, second) = halves(retry);
+                Box::pin(self.put_packed(first)).await?;
+                Box::pin(self.put_packed(second)).await
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Records a folder at `path` (its parents are implied).

@@ -98,6 +98,8 @@ pub struct Counts {
     /// Messages returned by all `history` calls.
     pub history_messages: u64,
     pub deletes: u64,
+    /// Bytes that fetches returned.
+    pub fetched_bytes: u64,
 }
 
 impl std::ops::Sub for Counts {
@@ -115,6 +117,7 @@ impl std::ops::Sub for Counts {
             failed_histories: self.failed_histories - earlier.failed_histories,
             history_messages: self.history_messages - earlier.history_messages,
             deletes: self.deletes - earlier.deletes,
+            fetched_bytes: self.fetched_bytes - earlier.fetched_bytes,
         }
     }
 }
@@ -133,6 +136,7 @@ pub struct FaultyStore {
     failed_histories: AtomicU64,
     history_messages: AtomicU64,
     deletes: AtomicU64,
+    fetched_bytes: AtomicU64,
     posts_in_flight: AtomicU64,
     max_posts_in_flight: AtomicU64,
     /// Channels whose `history` calls wait ([`FaultyStore::hold_history`]).
@@ -207,6 +211,7 @@ impl FaultyStore {
             failed_histories: AtomicU64::new(0),
             history_messages: AtomicU64::new(0),
             deletes: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
             posts_in_flight: AtomicU64::new(0),
             max_posts_in_flight: AtomicU64::new(0),
             history_holds: Mutex::default(),
@@ -290,6 +295,7 @@ impl FaultyStore {
             failed_histories: load(&self.failed_histories),
             history_messages: load(&self.history_messages),
             deletes: load(&self.deletes),
+            fetched_bytes: load(&self.fetched_bytes),
         }
     }
 
@@ -434,9 +440,13 @@ impl Store for FaultyStore {
         max_bytes: u64,
     ) -> StoreResult<Bytes> {
         self.fetch_fault("fetch_attachment")?;
-        self.inner
+        let data = self
+            .inner
             .fetch_attachment(channel, message, attachment, max_bytes)
-            .await
+            .await?;
+        self.fetched_bytes
+            .fetch_add(data.len() as u64, Ordering::SeqCst);
+        Ok(data)
     }
 
     async fn fetch_range(
@@ -447,9 +457,13 @@ impl Store for FaultyStore {
         range: std::ops::Range<u64>,
     ) -> StoreResult<Bytes> {
         self.fetch_fault("fetch_range")?;
-        self.inner
+        let data = self
+            .inner
             .fetch_range(channel, message, attachment, range)
-            .await
+            .await?;
+        self.fetched_bytes
+            .fetch_add(data.len() as u64, Ordering::SeqCst);
+        Ok(data)
     }
 
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
