@@ -10,6 +10,7 @@
 #   runs (medians)     1         3        (the cold listing runs once)
 #   files in channel   1000      10000
 #   20 MiB files       20        100      (the reads jobs)
+#   tree of small      1000      10000    (the cp -r job)
 #
 # Jobs:
 # - put: `dcloud-fs put` of a random file into an empty channel. Baseline: the
@@ -26,6 +27,15 @@
 #   four at a time (what `get` does), into /dev/null, and into files (as `get` writes
 #   what it downloads), so the ratio is what dcloud-fs's own work costs (URLs,
 #   decryption, writing the file). The note gives the bytes the CDN served to `get`.
+# - cp -r of a tree of small files into the mount: N files of 1 to 16 KiB (random
+#   sizes and bytes, 100 to a folder) copied into an empty channel through
+#   `dcloud-fs mount` (its default write-back), timed from the start of `cp -r` until
+#   `dcloud-fs umount` returns, which waits for every upload, and also until `cp`
+#   returns. Baselines: the same `cp -r` onto the local disk, with `sync`; and the time
+#   one message a file would take at Discord's pace (N s: 5 messages per 5 s, less the
+#   first burst), which is what uploading each file closed cost before packing. The
+#   note gives the messages posted and the 429s (/_fake/stats). The files are then
+#   counted, with their sizes, through a second mount, and 50 of them compared.
 # - first 64 KiB of each file: a channel of N random 20 MiB files (filled with the
 #   server's limits and latency off, see below). `dcloud-fs mount` with an empty cache
 #   folder, `ls` of the channel (which reads the history; not counted), then one
@@ -240,6 +250,22 @@ row "$section" "get ${size_mib} MiB" "$get_rate" MB/s \
     "$(ratio_rate "$get_rate" "$cdn_files_rate")" "$(peak_rss_mib rss.get.*)" \
     "as above; curl writes what it downloads to disk, as get does"
 
+# --- cp -r of a tree of small files into the mount -------------------------------------
+python3 - "$small" <<'PY'
+import os, random, sys
+n = int(sys.argv[1])
+rng = random.Random(13)
+for i in range(n):
+    folder = f"tree/d{i // 100:03d}"
+    os.makedirs(folder, exist_ok=True)
+    with open(f"{folder}/f{i}.bin", "wb") as f:
+        f.write(os.urandom(rng.randint(1024, 16384)))
+PY
+tree_bytes=$(du -sb tree | awk '{print $1}')
+"$bin" -q mkdir tree
+
+# seconds_since START: the seconds from START (date +%s.%N) to now.
+seconds_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.4f\n", e - s }'; }
 # mount_start NAME CACHE_DIR [MOUNT_ARGS...]: mounts on $mnt in the foreground, under
 # /usr/bin/time (peak RSS to rss.NAME, log to mount.NAME.log), with CACHE_DIR as the
 # cache folder; returns once the mount is up.
@@ -258,6 +284,40 @@ mount_stop() {
     wait "$mount_pid" || { echo "the mount failed; its log:" >&2; cat "mount.$1.log" >&2; exit 1; }
     mount_pid=
 }
+
+for run in $(seq "$runs"); do
+    [ "$run" = 1 ] || sleep 5 # the channel's bucket refills, so every run starts alike
+    mount_start "tree.$run" "$work/cache.tree.$run"
+    before_429=$(fake_stat rate_limited)
+    before_messages=$(fake_stat messages_created)
+    start=$(date +%s.%N)
+    cp -r tree "$mnt/tree/r$run"
+    seconds_since "$start" >> treecp.times
+    mount_stop "tree.$run"
+    seconds_since "$start" >> tree.times
+    echo $(($(fake_stat messages_created) - before_messages)) >> tree.messages
+    echo $(($(fake_stat rate_limited) - before_429)) >> tree.429
+    mount_start "treecheck.$run" "$work/cache.tree.$run"
+    got=$(find "$mnt/tree/r$run" -type f -printf '%s\n' | awk '{ n++; b += $1 } END { print n, b }')
+    [ "$got" = "$small $tree_bytes" ] || { echo "the mount holds $got (files, bytes), not $small $tree_bytes" >&2; exit 1; }
+    (cd tree && find . -type f | shuf -n 50 --random-source=<(yes)) | while read -r f; do
+        cmp -s "tree/$f" "$mnt/tree/r$run/$f" || { echo "$f differs after cp -r" >&2; exit 1; }
+    done
+    mount_stop "treecheck.$run"
+    rm -rf "$work/cache.tree.$run"
+    timed treedisk sh -c 'cp -r tree tree.copy && sync && rm -rf tree.copy'
+done
+rm -r tree
+tree_s=$(median tree.times)
+pace_s=$((small - 5))
+row "$section" "cp -r of ${small} small files, until umount returns" "$tree_s" s \
+    "the disk: cp -r and sync" "$(median treedisk.times)" \
+    "$(ratio_time "$(median treedisk.times)" "$tree_s")" "$(peak_rss_mib rss.tree.*)" \
+    "1-16 KiB each, $(mb "$tree_bytes") MB; cp returned after $(median treecp.times) s; $(median tree.messages) messages, $(median tree.429) 429s; write-back 2 s (default); ${latency_ms} ms latency; median of $runs"
+row "$section" "cp -r of ${small} small files, until umount returns" "$tree_s" s \
+    "one message a file at Discord's pace (computed)" "$pace_s" \
+    "$(ratio_time "$pace_s" "$tree_s")" "$(peak_rss_mib rss.tree.*)" \
+    "as above; the target is at most 30 s for 10,000 files"
 
 # --- reads through the mount: the first 64 KiB of each file ----------------------------
 # Each run mounts with a cache folder of its own, empty. The `ls` opens the channel
@@ -291,8 +351,6 @@ head -1 again.sha256 > again.first.sha256
 tail -n +2 again.sha256 > again.rest.sha256
 # read_whole SUMS: reads the files SUMS lists through the mount, checking them.
 read_whole() { (cd "$mnt/reads" && sha256sum --quiet -c "$1"); }
-# seconds_since START: the seconds from START (date +%s.%N) to now.
-seconds_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.4f\n", e - s }'; }
 for run in $(seq "$runs"); do
     cache=$work/cache.again.$run
     mount_start "first.$run" "$cache"
