@@ -55,6 +55,10 @@ pub struct ConfigFile {
     /// Seconds after its last close that a file written through the mount is uploaded
     /// (default 2; 0 uploads at close, which then waits for it).
     pub write_back_secs: Option<u64>,
+    /// Most MiB the spool may hold, files being written and closed ones waiting for
+    /// their upload; writers then wait for uploads (default: half the free space of
+    /// the spool's disk at mount, at most 16384 and at least 512).
+    pub spool_max_mib: Option<u64>,
     /// Mount read-only (default false).
     pub read_only: Option<bool>,
     /// Let other users into the mount (default false).
@@ -62,7 +66,7 @@ pub struct ConfigFile {
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "token",
     "guild",
     "category",
@@ -78,6 +82,7 @@ pub const KEYS: [&str; 17] = [
     "cache_dir",
     "poll_interval_secs",
     "write_back_secs",
+    "spool_max_mib",
     "read_only",
     "allow_other",
 ];
@@ -170,6 +175,7 @@ pub fn load(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
         ("request_timeout_secs", config.request_timeout_secs),
         ("cache_size_mib", config.cache_size_mib),
         ("poll_interval_secs", config.poll_interval_secs),
+        ("spool_max_mib", config.spool_max_mib),
     ];
     if let Some((key, _)) = positive.iter().find(|(_, value)| *value == Some(0)) {
         return Err(ConfigError::Invalid {

@@ -3,7 +3,8 @@
 //! files closed again within the settle time are uploaded once; `fsync` uploads and
 //! returns the upload's error; failed uploads are retried and nothing is lost; stopping
 //! uploads the queue and leaves the spool empty; a mount that dies leaves the closed
-//! files to the next one; an unlinked waiting file is never uploaded.
+//! files to the next one; an unlinked waiting file is never uploaded; a full spool makes
+//! writers wait for uploads (which then start at once), and loses nothing.
 
 #[path = "common/faulty.rs"]
 mod faulty;
@@ -59,8 +60,14 @@ impl Fixture {
     }
 
     async fn mount(&self, write_back: Duration) -> Arc<Fs> {
+        self.mount_bounded(write_back, None).await
+    }
+
+    /// A mount whose spool holds at most `spool_max` bytes (`None`: the default).
+    async fn mount_bounded(&self, write_back: Duration, spool_max: Option<u64>) -> Arc<Fs> {
         let config = FsConfig {
             spool_dir: Some(self.spool()),
+            spool_max,
             write_back,
             volume: VolumeConfig {
                 cache_dir: None,
@@ -341,4 +348,217 @@ async fn small_files_waiting_together_go_up_together() {
     assert!(posted <= 10, "{posted} messages for 20 small files");
     fs.shutdown().await;
     assert!(fx.spool_files().is_empty(), "{:?}", fx.spool_files());
+}
+
+// ----- a full spool -----
+
+/// The spool bound of the tests below: one file of [`SPOOLED`] and a bit more.
+const BOUND: u64 = 64 * 1024;
+/// The size of the files they write.
+const SPOOLED: usize = 40_000;
+/// How much of a second file fits beside a first one, in writes of [`PIECE`].
+const PIECE: usize = 8_000;
+
+/// Waits (up to 10 s) until `what` holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fails the test instead of hanging it if `work` doesn't end within 20 s.
+async fn within<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .unwrap_or_else(|_| panic!("{what} never ended (a deadlock?)"))
+}
+
+/// Writes `data` through `fh` in writes of [`PIECE`].
+async fn write_all(fs: &Fs, fh: u64, data: &[u8]) {
+    for (i, piece) in data.chunks(PIECE).enumerate() {
+        let written = fs.write(fh, (i * PIECE) as u64, piece).await.unwrap();
+        assert_eq!(written as usize, piece.len());
+    }
+}
+
+/// Creates `name` and writes `data` in writes of [`PIECE`], then closes it: in a task.
+fn spawn_writer(fs: &Arc<Fs>, name: &'static str, data: Vec<u8>) -> tokio::task::JoinHandle<()> {
+    let fs = fs.clone();
+    tokio::spawn(async move {
+        let dir = folder(&fs).await;
+        let (_, opened) = fs.create(dir, name, 0o644, false).await.unwrap();
+        write_all(&fs, opened.fh, &data).await;
+        fs.flush(opened.fh).await.unwrap();
+        fs.release(opened.fh).await.unwrap();
+    })
+}
+
+/// Stops the mount, then checks that the store holds each file as written and that the
+/// spool is empty.
+async fn all_stored(fx: &Fixture, fs: &Fs, files: &[(&str, &[u8])]) {
+    for (name, data) in files {
+        assert!(read_back(fs, name).await == *data, "{name} read back");
+    }
+    within("stopping", fs.shutdown()).await;
+    for (name, data) in files {
+        assert!(
+            fx.stored(name).await.as_deref() == Some(*data),
+            "{name} stored"
+        );
+    }
+    assert!(fx.spool_files().is_empty(), "{:?}", fx.spool_files());
+    assert_eq!(fs.spool_usage().used, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_past_the_spools_bound_waits_for_uploads_which_start_at_once() {
+    let fx = Fixture::new().await;
+    // An hour's settle time: only a waiting writer makes anything upload.
+    let fs = fx
+        .mount_bounded(Duration::from_secs(3600), Some(BOUND))
+        .await;
+    let posts = fx.store.hold_posts();
+    let first = bytes(SPOOLED, 40);
+    write(&fs, "a", &first).await;
+    assert_eq!(fs.spool_usage().used, SPOOLED as u64);
+    assert_eq!(posts.calls(), 0, "uploaded before its settle time");
+
+    let second = bytes(SPOOLED, 41);
+    let writer = spawn_writer(&fs, "b", second.clone());
+    // The writer can't go past the bound: the queue uploads "a" now to make room.
+    within("the upload of a", posts.arrived()).await;
+    let usage = fs.spool_usage();
+    assert_eq!(usage.writers_waiting, 1, "{usage:?}");
+    let fits = (BOUND as usize - SPOOLED) / PIECE * PIECE;
+    assert_eq!(usage.used, (SPOOLED + fits) as u64, "{usage:?}");
+    assert!(usage.used <= BOUND);
+    assert!(!writer.is_finished());
+
+    // Once "a" is stored its spool goes, and the writer goes on.
+    posts.release();
+    within("the waiting writer", writer).await.unwrap();
+    assert_eq!(fx.stored("a").await, Some(first.clone()));
+    assert_eq!(fs.spool_usage().writers_waiting, 0);
+    all_stored(&fx, &fs, &[("a", &first), ("b", &second)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_larger_than_the_bound_are_written_and_open_files_never_wait_for_each_other() {
+    let fx = Fixture::new().await;
+    let fs = fx
+        .mount_bounded(Duration::from_secs(3600), Some(BOUND))
+        .await;
+    // Nothing can be uploaded: a writer that waited for an upload would wait forever.
+    let posts = fx.store.hold_posts();
+    let dir = folder(&fs).await;
+    let big_data = bytes(BOUND as usize * 3 / 2, 42);
+    let (_, big) = fs.create(dir, "big", 0o644, false).await.unwrap();
+    within(
+        "writing a file larger than the bound",
+        write_all(&fs, big.fh, &big_data),
+    )
+    .await;
+    // Two more files open beside it, written in turns: an open file never leaves the
+    // spool, so none of them waits for another.
+    let (_, one) = fs.create(dir, "one", 0o644, false).await.unwrap();
+    let (_, two) = fs.create(dir, "two", 0o644, false).await.unwrap();
+    let (data_one, data_two) = (bytes(SPOOLED, 43), bytes(SPOOLED, 44));
+    within("two more writers past the bound", async {
+        for start in (0..SPOOLED).step_by(PIECE) {
+            let end = (start + PIECE).min(SPOOLED);
+            fs.write(one.fh, start as u64, &data_one[start..end])
+                .await
+                .unwrap();
+            fs.write(two.fh, start as u64, &data_two[start..end])
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    assert_eq!(fs.spool_usage().used, BOUND * 3 / 2 + 2 * SPOOLED as u64);
+    assert_eq!(posts.calls(), 0, "nothing needed an upload");
+    for fh in [big.fh, one.fh, two.fh] {
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await.unwrap();
+    }
+    posts.release();
+    all_stored(
+        &fx,
+        &fs,
+        &[("big", &big_data), ("one", &data_one), ("two", &data_two)],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_stored_file_to_change_it_waits_for_room_for_its_content() {
+    let fx = Fixture::new().await;
+    let fs = fx
+        .mount_bounded(Duration::from_secs(3600), Some(BOUND))
+        .await;
+    let old = bytes(SPOOLED, 45);
+    let dir = folder(&fs).await;
+    let (_, opened) = fs.create(dir, "old", 0o644, false).await.unwrap();
+    fs.write(opened.fh, 0, &old).await.unwrap();
+    fs.fsync(opened.fh).await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+    until("the stored file leaves the spool", || {
+        fs.spool_usage().used == 0
+    })
+    .await;
+
+    let waiting = bytes(SPOOLED, 46);
+    write(&fs, "a", &waiting).await;
+    let posts = fx.store.hold_posts();
+    // Changing "old" in place fetches it into the spool first: no room for that.
+    let ino = fs.lookup(dir, "old").await.unwrap().ino;
+    let opener = tokio::spawn({
+        let fs = fs.clone();
+        async move {
+            let flags = OpenFlags {
+                write: true,
+                truncate: false,
+            };
+            let opened = fs.open(ino, flags).await.unwrap();
+            fs.write(opened.fh, 100, b"patched").await.unwrap();
+            fs.flush(opened.fh).await.unwrap();
+            fs.release(opened.fh).await.unwrap();
+        }
+    });
+    within("the upload of a", posts.arrived()).await;
+    assert_eq!(fs.spool_usage().writers_waiting, 1);
+    assert!(!opener.is_finished());
+    posts.release();
+    within("the open waiting for room", opener).await.unwrap();
+    let mut patched = old.clone();
+    patched[100..107].copy_from_slice(b"patched");
+    all_stored(&fx, &fs, &[("a", &waiting), ("old", &patched)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_uploads_fail_writers_wait_and_go_on_once_the_store_is_back() {
+    let fx = Fixture::new().await;
+    let fs = fx
+        .mount_bounded(Duration::from_secs(3600), Some(BOUND))
+        .await;
+    fx.store.set_failure_rates(1.0, 0.0, 0.0);
+    let first = bytes(SPOOLED, 47);
+    write(&fs, "a", &first).await;
+    let second = bytes(SPOOLED, 48);
+    let writer = spawn_writer(&fs, "b", second.clone());
+    until("an upload of a fails", || {
+        fx.store.counts().failed_posts > 0
+    })
+    .await;
+    // The writer neither fails nor passes the bound.
+    let usage = fs.spool_usage();
+    assert_eq!(usage.writers_waiting, 1, "{usage:?}");
+    assert!(usage.used <= BOUND, "{usage:?}");
+    assert!(!writer.is_finished());
+    // The store is back: the retry (2 s after the failure) lands "a", and "b" goes on.
+    fx.store.set_failure_rates(0.0, 0.0, 0.0);
+    within("the waiting writer", writer).await.unwrap();
+    all_stored(&fx, &fs, &[("a", &first), ("b", &second)]).await;
 }

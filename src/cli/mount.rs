@@ -84,6 +84,13 @@ pub struct MountArgs {
     /// cache folder (`--cache-dir`).
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// Most MiB the spool may hold (files being written, and closed ones waiting for
+    /// their upload); a writer that would pass it waits for uploads to free room
+    /// (config: `spool_max_mib`). Default: half the free space of the spool's disk at
+    /// mount, at most 16384 and at least 512.
+    #[arg(long, value_name = "MIB", env = "DCLOUD_SPOOL_MAX_MIB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub spool_max: Option<u64>,
     /// Owner shown for every file. Default: the mounting user.
     #[arg(long, value_name = "N")]
     pub uid: Option<u32>,
@@ -136,6 +143,7 @@ pub(crate) async fn mount(context: &Context, mut args: MountArgs) -> Result<(), 
     args.poll_interval = Some(settings.poll_interval_secs.value);
     args.write_back = Some(settings.write_back_secs.value);
     args.disk_cache = Some(settings.disk_cache_mib.value);
+    args.spool_max = context.spool_max_mib(args.spool_max).value;
     context.set_disk_cache_mib(settings.disk_cache_mib.value);
     if args.foreground {
         run_foreground(context, args, mountpoint).await
@@ -199,6 +207,7 @@ fn fs_config(
                 .join("spool")
                 .join(store_identity)
         })),
+        spool_max: args.spool_max.map(|mib| mib.saturating_mul(1024 * 1024)),
         poll_interval: Duration::from_secs(args.poll_interval.unwrap_or(DEFAULT_POLL_SECS)),
         write_back: Duration::from_secs(args.write_back.unwrap_or(DEFAULT_WRITE_BACK_SECS)),
         read_only: args.read_only,

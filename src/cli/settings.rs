@@ -240,6 +240,19 @@ impl Context {
         }
     }
 
+    /// The spool's bound in MiB, from what clap read (`--spool-max` or
+    /// `DCLOUD_SPOOL_MAX_MIB`), the config file, else `None`: sized from the spool's
+    /// free space when mounting.
+    pub(crate) fn spool_max_mib(&self, cli: Option<u64>) -> Resolved<Option<u64>> {
+        pick(
+            cli.map(Some),
+            "--spool-max",
+            "DCLOUD_SPOOL_MAX_MIB",
+            self.file.spool_max_mib.map(Some),
+            None,
+        )
+    }
+
     /// The disk cache's size in MiB for commands other than `mount` (environment,
     /// config file, default).
     pub(crate) fn disk_cache_mib(&self) -> Result<Resolved<u64>, CliError> {
@@ -434,6 +447,15 @@ impl Context {
             "write_back_secs",
             defaults.write_back_secs.value.to_string(),
             defaults.write_back_secs.source,
+        );
+        let spool_max = self.spool_max_mib(env_number("DCLOUD_SPOOL_MAX_MIB")?);
+        row(
+            "spool_max_mib",
+            spool_max.value.map_or_else(
+                || "(half the spool disk's free space, 512 to 16384)".into(),
+                |mib| mib.to_string(),
+            ),
+            spool_max.source,
         );
         row("read_only", read_only.value.to_string(), read_only.source);
         row(

@@ -175,8 +175,12 @@ impl Fs {
             .map_or((0o644, now_ns()), |f| (f.mode, f.mtime_ns));
         let meta = self.spool_meta(key, mode, mtime_ns, base);
         let spool = SpoolFile::create(&self.spool_dir, &meta)
-            .map_err(|e| FsError::Io(format!("spool {}: {e}", self.spool_dir.display())))?;
+            .map_err(|e| FsError::Io(format!("spool {}: {e}", self.spool_dir.display())))?
+            .counted(&self.spool_bound, true);
         if let Some(file) = existing.filter(|f| !empty && f.size > 0) {
+            // The content fetched is written to the spool: it waits for room as
+            // writes do.
+            spool.make_room(file.size).await;
             let data = spool
                 .data
                 .try_clone()
@@ -192,6 +196,7 @@ impl Fs {
             .metadata()
             .map_err(|e| FsError::Io(e.to_string()))?
             .len();
+        spool.recount(size);
         let session = Arc::new(WriteSession::new(key.clone(), spool, meta, size));
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         // Another open may have started one meanwhile: use that one.

@@ -13,6 +13,8 @@
 //!   readers;
 //! - [`spool`] and [`write`]: a file opened for writing lives in a spool file on local
 //!   disk; the spool survives a crash and the next mount finishes the upload;
+//! - [`spool_bound`]: the spool holds at most [`FsConfig::spool_max`] bytes; a writer
+//!   that would take it past that waits until uploads free room;
 //! - [`writeback`]: closing a file queues its upload, which follows a settle time later
 //!   (`fsync` uploads at once and returns the upload's error); with write-back off,
 //!   close uploads and returns the error;
@@ -45,6 +47,7 @@ pub mod inode;
 pub mod read;
 mod recovery;
 pub mod spool;
+pub mod spool_bound;
 pub mod write;
 pub mod writeback;
 
@@ -79,6 +82,12 @@ pub struct FsConfig {
     /// Where files being written are kept until uploaded. Default
     /// `$XDG_CACHE_HOME/dcloud-fs/spool/<store>`.
     pub spool_dir: Option<PathBuf>,
+    /// Bytes the spool's data files may hold (files being written, and closed ones
+    /// waiting for their upload); a writer that would take the spool past it waits for
+    /// uploads to free room ([`spool_bound`]). Default (`None`): half the free space of
+    /// the spool's file system when mounting, at most 16 GiB and at least 512 MiB
+    /// ([`spool_bound::default_max`]).
+    pub spool_max: Option<u64>,
     /// How often open channels are checked for changes made elsewhere. Default 5 s.
     pub poll_interval: Duration,
     /// How long after its last close a file is uploaded ([`writeback`]); zero uploads
@@ -105,6 +114,7 @@ impl Default for FsConfig {
             cache_bytes: 64 * 1024 * 1024,
             read_ahead_chunks: 4,
             spool_dir: None,
+            spool_max: None,
             poll_interval: Duration::from_secs(5),
             write_back: Duration::from_secs(2),
             read_only: false,
@@ -208,6 +218,8 @@ pub struct Fs {
     sessions: Mutex<HashMap<NodeKey, Arc<WriteSession>>>,
     /// Closed files waiting for their upload.
     write_back: Arc<writeback::WriteBack>,
+    /// What the spool holds, and its bound.
+    spool_bound: Arc<spool_bound::SpoolBound>,
     /// The file version each inode had when last opened, for `keep_cache`: its file id
     /// and record message (a new version keeps the file id; the record is new).
     last_opened: Mutex<HashMap<u64, (crate::format::FileId, Id)>>,
@@ -270,7 +282,21 @@ impl Fs {
                 .join("spool")
                 .join(store.identity())
         });
+        let spool_max = config
+            .spool_max
+            .unwrap_or_else(|| spool_bound::default_max(&spool_dir));
+        log::info!(
+            "spool {}: at most {}{}",
+            spool_dir.display(),
+            spool_bound::mib(spool_max),
+            if config.spool_max.is_none() {
+                " (half the free space of its disk, 512 MiB to 16 GiB)"
+            } else {
+                ""
+            }
+        );
         let fs = Arc::new(Fs {
+            spool_bound: spool_bound::SpoolBound::new(spool_max),
             volumes: Volumes::new(store.clone(), key.clone(), config.volume.clone()),
             cache: Arc::new(BlockCache::new(config.cache_bytes)),
             store,
@@ -292,6 +318,11 @@ impl Fs {
         fs.list_channels(true).await?;
         fs.start_write_back();
         Ok(fs)
+    }
+
+    /// How full the spool is: the bytes in it, its bound, the writers waiting for room.
+    pub fn spool_usage(&self) -> spool_bound::SpoolUsage {
+        self.spool_bound.usage()
     }
 
     /// How long the kernel may cache names and attributes.

@@ -46,6 +46,16 @@ impl Fs {
                 return 0;
             }
         };
+        // What they hold counts in the spool's bound until they are uploaded; a file
+        // counted that is gone from the folder (deleted by hand) no longer does.
+        let mut keep = self
+            .live_spools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        keep.extend(found.iter().map(|(spool, _)| spool.id.clone()));
+        self.spool_bound
+            .release_closed_except(&|id| keep.contains(id));
         if !found.is_empty() {
             log::info!(
                 "{} unfinished upload(s) in the spool; finishing them",
@@ -54,6 +64,7 @@ impl Fs {
         }
         let mut stored = 0;
         for (spool, meta) in found {
+            let spool = spool.counted(&self.spool_bound, false);
             match self.upload_recovered(&spool, &meta).await {
                 Ok(()) => {
                     log::info!(

@@ -25,14 +25,21 @@
 //! folder (`synced-through`: the boot and the time the sync vouches for) tells the
 //! next boot which commits it covered. An unsynced spool found after a reboot, covered
 //! by no mark, is set aside, since it may be torn.
+//!
+//! The spool is bounded ([`super::spool_bound`]): a spool file that is
+//! [`SpoolFile::counted`] counts by its size until it is removed or set aside, and a
+//! writer that would make it longer than the bound allows waits for uploads to free
+//! room ([`SpoolFile::make_room`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::spool_bound::SpoolBound;
 use crate::store::Id;
 
 /// What a spool file is for.
@@ -92,6 +99,8 @@ pub struct SpoolFile {
     pub data: File,
     data_path: PathBuf,
     meta_path: PathBuf,
+    /// The spool's bound, if the file is counted in it ([`SpoolFile::counted`]).
+    bound: Option<Arc<SpoolBound>>,
 }
 
 impl SpoolFile {
@@ -111,6 +120,7 @@ impl SpoolFile {
             id,
             data,
             data_path,
+            bound: None,
         };
         spool.describe(meta)?;
         Ok(spool)
@@ -164,12 +174,62 @@ impl SpoolFile {
                 log::warn!("could not remove spool file {}: {e}", path.display());
             }
         }
+        self.uncount();
     }
 
     /// Keeps this spool file where the user can find it (renamed `.orphan`), instead of
     /// uploading it.
     pub fn set_aside(&self) {
         set_aside(&self.meta_path, &self.data_path, NEWER_IN_STORE);
+        self.uncount();
+    }
+
+    // ----- the spool's bound ([`super::spool_bound`]) -----
+
+    /// Counts the file in the spool's `bound` from now on, by the size its data has
+    /// now, as held open by a handle (a file being written) or not (one waiting for an
+    /// upload). It stays counted until it is removed or set aside, even after this
+    /// value is dropped (a file kept for a retry is still on disk).
+    pub fn counted(mut self, bound: &Arc<SpoolBound>, open: bool) -> SpoolFile {
+        let size = self.data.metadata().map_or(0, |m| m.len());
+        bound.track(&self.id, size, open);
+        self.bound = Some(bound.clone());
+        self
+    }
+
+    /// Waits until the spool has room for the data to be `size` bytes long.
+    pub async fn make_room(&self, size: u64) {
+        if let Some(bound) = &self.bound {
+            bound.grow(&self.id, size).await;
+        }
+    }
+
+    /// Whether the data may be `size` bytes long without waiting (then it is counted
+    /// so); false if [`SpoolFile::make_room`] must wait.
+    pub fn try_make_room(&self, size: u64) -> bool {
+        self.bound
+            .as_ref()
+            .is_none_or(|bound| bound.try_grow(&self.id, size))
+    }
+
+    /// Counts the data as `size` bytes long (cut, or its size read back).
+    pub fn recount(&self, size: u64) {
+        if let Some(bound) = &self.bound {
+            bound.resize(&self.id, size);
+        }
+    }
+
+    /// Whether a handle holds the file open (then no upload frees it).
+    pub fn set_open(&self, open: bool) {
+        if let Some(bound) = &self.bound {
+            bound.set_open(&self.id, open);
+        }
+    }
+
+    fn uncount(&self) {
+        if let Some(bound) = &self.bound {
+            bound.release(&self.id);
+        }
     }
 
     /// The spooled files in `dir` whose commit had begun, the latest commit first (so
@@ -241,6 +301,7 @@ impl SpoolFile {
                     data,
                     data_path,
                     meta_path,
+                    bound: None,
                 },
                 meta,
             ));

@@ -67,6 +67,11 @@ pub struct WriteSession {
     content: tokio::sync::RwLock<()>,
 }
 
+/// Where a write of `data` at `offset` ends, if it writes anything.
+fn write_end(offset: u64, data: &[u8]) -> Option<u64> {
+    (!data.is_empty()).then(|| offset.saturating_add(data.len() as u64))
+}
+
 fn io_error(context: &str, e: std::io::Error) -> FsError {
     log::warn!("{context}: {e}");
     FsError::Io(format!("{context}: {e}"))
@@ -123,13 +128,21 @@ impl WriteSession {
 
     /// Another handle opened the file.
     pub fn open_one(&self) {
-        self.lock().opens += 1;
+        let mut state = self.lock();
+        state.opens += 1;
+        if state.opens == 1 {
+            self.spool.set_open(true);
+        }
     }
 
     /// A handle was released; true if it was the last.
     pub fn close_one(&self) -> bool {
         let mut state = self.lock();
         state.opens = state.opens.saturating_sub(1);
+        if state.opens == 0 {
+            // Nothing holds the spool now: its upload can free it.
+            self.spool.set_open(false);
+        }
         state.opens == 0
     }
 
@@ -161,17 +174,28 @@ impl WriteSession {
         Ok(buffer)
     }
 
-    /// Writes `data` at `offset`.
+    /// Writes `data` at `offset`; if that makes the spool file longer, first waits
+    /// for room in the spool ([`super::spool_bound`]), with no lock held, so that
+    /// nothing an upload needs waits for this writer.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        if let Some(end) = write_end(offset, data) {
+            self.spool.make_room(end).await;
+        }
         let _shared = self.content.read().await;
         self.write_unlocked(offset, data)
     }
 
-    /// Writes `data` at `offset` now, if no upload holds the file; `None` if one does
-    /// (then [`WriteSession::write`] waits for it). Writing to the spool is a local
-    /// write, so a caller that must not wait for the network can do it in place.
+    /// Writes `data` at `offset` now, if no upload holds the file and the spool has
+    /// room; `None` if not (then [`WriteSession::write`] waits). Writing to the spool
+    /// is a local write, so a caller that must not wait for the network can do it in
+    /// place.
     pub fn try_write(&self, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
         let _shared = self.content.try_read().ok()?;
+        if let Some(end) = write_end(offset, data)
+            && !self.spool.try_make_room(end)
+        {
+            return None;
+        }
         Some(self.write_unlocked(offset, data))
     }
 
@@ -243,6 +267,9 @@ impl WriteSession {
             .data
             .set_len(size)
             .map_err(|e| io_error("resizing the spool file", e))?;
+        // Counted as it is, without waiting: a cut gives room back, and an extension
+        // writes no data (the file is sparse).
+        self.spool.recount(size);
         let mut state = self.lock();
         state.size = size;
         state.meta.mtime_ns = now_ns();

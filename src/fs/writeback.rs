@@ -28,6 +28,9 @@
 //!   (`syncfs`, one call for every file waiting) and the time it was synced up to is
 //!   recorded in the spool ([`super::spool::sync_spool`]), so that after a
 //!   power cut the next mount trusts, and uploads, every file closed before that time.
+//! - **A full spool** ([`super::spool_bound`]): while a writer waits for room, the
+//!   queue uploads every file waiting now, without the settle time (those in a retry's
+//!   backoff keep it), so that room frees up; the writer goes on as their spool goes.
 //! - **Stopping** ([`Fs::shutdown`]) uploads everything queued, logging progress.
 //! - **`write_back` of zero** turns all this off: close uploads and returns the
 //!   upload's error, as before write-back existed.
@@ -43,6 +46,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use super::spool_bound::SpoolBound;
 use super::write::WriteSession;
 use super::{Fs, FsError};
 
@@ -272,7 +276,7 @@ impl Fs {
         }
         let queue = self.write_back.clone();
         let fs = Arc::downgrade(self);
-        tokio::spawn(run_queue(queue, fs));
+        tokio::spawn(run_queue(queue, fs, self.spool_bound.clone()));
     }
 
     /// A close of a file written through `session`: queued for upload (or uploaded
@@ -421,12 +425,16 @@ impl Fs {
     }
 }
 
-/// The worker: uploads files as they fall due, syncs the spool after closes; ends when
-/// the filesystem is gone.
-async fn run_queue(queue: Arc<WriteBack>, fs: Weak<Fs>) {
+/// The worker: uploads files as they fall due (at once while writers wait for room in
+/// the spool), syncs the spool after closes; ends when the filesystem is gone.
+async fn run_queue(queue: Arc<WriteBack>, fs: Weak<Fs>, bound: Arc<SpoolBound>) {
     loop {
         let changed = queue.changed.notified();
+        let pressed = bound.pressed();
         let now = Instant::now();
+        if bound.writers_waiting() {
+            queue.hurry(now);
+        }
         queue.sync_if_due(now).await;
         // Files fall due one by one; while every upload slot is busy they gather, and
         // go up together when one frees: at Discord's pace a message costs about a
@@ -448,9 +456,29 @@ async fn run_queue(queue: Arc<WriteBack>, fs: Weak<Fs>) {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
                     _ = changed => {}
+                    _ = pressed => {}
                 }
             }
-            None => changed.await,
+            None => tokio::select! {
+                _ = changed => {}
+                _ = pressed => {}
+            },
+        }
+    }
+}
+
+// ----- the spool's bound -----
+
+impl WriteBack {
+    /// Makes every file waiting due by `now`, but those waiting for a retry after a
+    /// failure (a store that is down is not asked more often): writers wait for the
+    /// room their uploads free ([`super::spool_bound`]).
+    fn hurry(&self, now: Instant) {
+        let mut queue = self.lock();
+        for waiting in queue.waiting.values_mut() {
+            if waiting.failures == 0 && waiting.due > now {
+                waiting.due = now;
+            }
         }
     }
 }

@@ -141,10 +141,13 @@ pub struct FaultyStore {
     max_posts_in_flight: AtomicU64,
     /// Channels whose `history` calls wait ([`FaultyStore::hold_history`]).
     history_holds: Mutex<HashMap<Id, Arc<HistoryHold>>>,
+    /// Makes every `post` wait ([`FaultyStore::hold_posts`]).
+    post_hold: Mutex<Option<Arc<HistoryHold>>>,
 }
 
-/// Holds a channel's `history` calls until released, and counts them: what a slow
-/// channel looks like to whoever opens it.
+/// Holds a channel's `history` calls (or, from [`FaultyStore::hold_posts`], every
+/// `post`) until released, and counts them: what a slow channel looks like to whoever
+/// opens it, or a store whose uploads don't end.
 #[derive(Debug)]
 pub struct HistoryHold {
     /// A permit per call that arrived.
@@ -215,7 +218,20 @@ impl FaultyStore {
             posts_in_flight: AtomicU64::new(0),
             max_posts_in_flight: AtomicU64::new(0),
             history_holds: Mutex::default(),
+            post_hold: Mutex::default(),
         }
+    }
+
+    /// Makes every `post` from now on wait until the hold is released (before it is
+    /// counted or stores anything).
+    pub fn hold_posts(&self) -> Arc<HistoryHold> {
+        let hold = Arc::new(HistoryHold {
+            arrived: tokio::sync::Semaphore::new(0),
+            released: tokio::sync::Semaphore::new(0),
+            calls: AtomicU64::new(0),
+        });
+        *self.post_hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(hold.clone());
+        hold
     }
 
     /// Makes `channel`'s `history` calls wait until the hold is released.
@@ -363,6 +379,16 @@ impl Store for FaultyStore {
     }
 
     async fn post(&self, channel: Id, message: NewMessage) -> StoreResult<Message> {
+        let hold = self
+            .post_hold
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hold) = hold {
+            hold.calls.fetch_add(1, Ordering::SeqCst);
+            hold.arrived.add_permits(1);
+            let _ = hold.released.acquire().await;
+        }
         let now = self.posts_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         let _in_flight = InFlight(&self.posts_in_flight);
         self.max_posts_in_flight.fetch_max(now, Ordering::SeqCst);
