@@ -2,7 +2,8 @@
 //! the mount point (in `$XDG_RUNTIME_DIR/dcloud-fs/mounts`, else the cache folder's
 //! `run/mounts`), and removes it once it has stopped: after the unmount it goes on
 //! uploading the files closed before ([`crate::fs::writeback`]), and `dcloud-fs umount`
-//! waits for that by waiting for the file to go (or its process to die).
+//! waits for that by waiting for the file to go (or its process to die), and then
+//! briefly for the process to exit (a zombie counts as exited).
 //!
 //! The file holds the pid on its first line and the mount point after it, so that
 //! `dcloud-fs status` can list the mounts running ([`running`]); the daemon's status
@@ -119,12 +120,26 @@ pub fn running() -> Vec<(PathBuf, u32)> {
     found
 }
 
+/// Whether process `pid` runs: it exists and is not a zombie (a daemon that has exited
+/// but that its parent, the test or shell that started it, has not reaped yet).
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ...`; comm may hold anything, so the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
 }
 
+/// How long `umount` waits for the daemon to exit once its pid file is gone (it saves
+/// the index caches on the way out).
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
 /// Waits until the daemon `pid` of `mountpoint` has stopped (its pid file gone, or the
-/// process), saying every `every` what it waits for.
+/// process; then, for a few seconds at most, until the process has exited too),
+/// saying every `every` what it waits for.
 pub fn wait_stopped(mountpoint: &Path, pid: u32, every: Duration) {
     let path = path_for(mountpoint);
     let mut next_word = Instant::now() + every;
@@ -137,6 +152,11 @@ pub fn wait_stopped(mountpoint: &Path, pid: u32, every: Duration) {
             next_word = Instant::now() + every;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // The pid file goes as the daemon's mount ends; the process ends a moment later.
+    let exit_by = Instant::now() + EXIT_WAIT;
+    while alive(pid) && Instant::now() < exit_by {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -158,6 +178,8 @@ mod tests {
             Some((7, Some(PathBuf::from("/x\ny"))))
         );
         assert_eq!(parse(b"x\n/y"), None);
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
         let at = Path::new("/mnt/d");
         assert_eq!(
             socket_path(at).with_extension("pid"),
