@@ -828,3 +828,29 @@ fn completions_and_the_man_page_come_from_the_command_line_definitions() {
     assert!(page.contains("doctor") && page.contains("config"));
     assert!(!env.run(&["completions", "tcsh"]).status.success());
 }
+
+#[test]
+fn status_without_a_mount_running_is_one_line() {
+    let env = with_key_and_channel(tiny_limits());
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["status", "--watch"],
+    ] {
+        let error = env.fails(args);
+        assert!(
+            error.contains("no dcloud-fs mount is running")
+                && error.contains("start one with `dcloud-fs mount`"),
+            "{args:?}: {error}"
+        );
+    }
+    let work = env.work();
+    let error = env.fails(&["status", work.to_str().unwrap()]);
+    assert!(
+        error.contains(&format!(
+            "no dcloud-fs mount is running at {}",
+            work.canonicalize().unwrap().display()
+        )),
+        "{error}"
+    );
+}

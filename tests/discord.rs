@@ -236,6 +236,11 @@ async fn forced_429s_are_waited_out() {
     }
     assert!(fx.fake.stats().forced_429 >= 2, "{:?}", fx.fake.stats());
     assert_eq!(read(&fx.fresh_volume().await, &name).await, data);
+    // twilight-http waits them out by itself; the store still counts each for
+    // `status` (the count is the process's: other tests may add theirs).
+    let forced = fx.fake.stats().forced_429;
+    let counted = dcloud_fs::store::pace::http_429s();
+    assert!(counted >= forced, "{counted} 429s counted, {forced} sent");
 }
 
 #[tokio::test]

@@ -895,6 +895,8 @@ fn tells_a_service_manager_when_it_is_ready_and_when_it_stops() {
         .command(&[
             "mount",
             "-f",
+            "--write-back",
+            "30",
             "--spool-dir",
             spool.to_str().unwrap(),
             mnt.to_str().unwrap(),
@@ -922,10 +924,22 @@ fn tells_a_service_manager_when_it_is_ready_and_when_it_stops() {
     );
     assert!(mounted_then, "READY=1 came before the mount was up");
     write_file(&env.at("docs/ready.txt"), b"ready");
+    // The STATUS= line follows the queue (looked at every 2 s): the file waits 30 s.
+    let queued = receive().unwrap_or_else(|e| panic!("no queue STATUS ({e}): {}", mount.log()));
+    assert_eq!(
+        queued,
+        format!("STATUS=mounted {}; 1 file waiting, 5 B", mnt.display())
+    );
 
     mount.stop();
-    let stopping = receive().unwrap_or_else(|e| panic!("no STOPPING=1 ({e})"));
-    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    let stopping = loop {
+        let message = receive().unwrap_or_else(|e| panic!("no STOPPING=1 ({e})"));
+        if message.lines().any(|l| l == "STOPPING=1") {
+            break message;
+        }
+        assert!(message.starts_with("STATUS=mounted "), "{message:?}");
+    };
+    assert!(stopping.contains("STATUS="), "{stopping:?}");
     assert_eq!(env.get("docs/ready.txt"), b"ready");
 }
 
@@ -1256,6 +1270,132 @@ fn write_back_closes_at_once_and_umount_waits_for_the_uploads() {
         assert!(env.get(&format!("docs/{name}")) == *data, "{name}");
     }
     assert!(mount.log().contains("before stopping"), "{}", mount.log());
+}
+
+/// `dcloud-fs status` while files wait for their upload: found without naming the
+/// mount (the only one running), it lists each with its size (`--json`, and the human
+/// report); `--watch` follows until the mount stops. Once `umount` has returned (the
+/// uploads done), no mount runs: a one-line error, and no socket left.
+#[test]
+fn status_shows_the_files_waiting_and_no_mount_after_umount() {
+    need_fuse!();
+    let env = Env::new();
+    let mnt = env.mnt().canonicalize().unwrap();
+    let mnt_arg = mnt.to_str().unwrap();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("docs/a.txt", b"hello".to_vec()),
+        ("docs/sub/b.bin", random_bytes(40 * KIB + 3, 70)),
+        ("other/c.bin", random_bytes(3 * KIB, 71)),
+    ];
+    let mut mount = env.mount(&["--write-back", "30"]);
+    fs::create_dir(env.at("docs/sub")).unwrap();
+    for (path, data) in &files {
+        write_file(&env.at(path), data);
+    }
+
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"]))
+        .unwrap_or_else(|e| panic!("status --json is no JSON ({e}): {}", mount.log()));
+    assert_eq!(json["mount_point"], mnt_arg, "{json:#}");
+    assert_eq!(json["state"], "mounted");
+    assert_eq!(json["write_back_secs"], 30);
+    let total: usize = files.iter().map(|(_, data)| data.len()).sum();
+    assert_eq!(json["totals"]["files"], files.len(), "{json:#}");
+    assert_eq!(json["totals"]["waiting"], files.len());
+    assert_eq!(json["totals"]["bytes"], total);
+    assert_eq!(json["totals"]["failing"], 0);
+    let listed = json["files"].as_array().unwrap();
+    assert_eq!(listed.len(), files.len(), "{json:#}");
+    for (path, data) in &files {
+        let (channel, inside) = path.split_once('/').unwrap();
+        let file = listed
+            .iter()
+            .find(|f| f["channel"] == channel && f["path"] == inside)
+            .unwrap_or_else(|| panic!("{path} not listed: {json:#}"));
+        assert_eq!(file["size"], data.len(), "{path}");
+        assert_eq!(file["state"], "waiting", "{path}");
+        assert_eq!(file["failures"], 0, "{path}");
+        assert!(file["last_error"].is_null(), "{path}");
+        let starts_in = file["starts_in_secs"].as_f64().unwrap();
+        assert!(starts_in > 0.0 && starts_in <= 30.0, "{path}: {starts_in}");
+    }
+    assert!(json["last_refresh"]["unix_ms"].is_u64(), "{json:#}");
+    assert!(json["pace"]["messages_per_sec"].is_number(), "{json:#}");
+    assert_eq!(json["pace"]["http_429s"], 0);
+
+    // The human report, naming the mount point.
+    let report = env.ok(&["status", mnt_arg]);
+    let first = report.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("{mnt_arg}: 3 files waiting (")),
+        "{report}"
+    );
+    assert!(
+        first.contains("last refresh") && first.contains("msg/s"),
+        "{report}"
+    );
+    for (path, _) in &files {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains("waiting") && l.contains(path)),
+            "{path}: {report}"
+        );
+    }
+    // No store was written to meanwhile.
+    assert!(!env.ok(&["ls", "docs"]).contains("a.txt"));
+
+    let mut watcher = env
+        .command(&["status", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    env.ok(&["umount", mnt_arg]);
+    let mut daemon = mount.child.take().unwrap();
+    assert!(
+        daemon.try_wait().unwrap().is_some(),
+        "umount returned before the daemon had stopped: {}",
+        mount.log()
+    );
+    let watched = wait_child(&mut watcher, Duration::from_secs(10));
+    if watched.is_none() {
+        let _ = watcher.kill();
+    }
+    let mut out = String::new();
+    watcher
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(watched, Some(0), "status --watch did not end: {out}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.contains(r#""state":"waiting""#)),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().last().unwrap(),
+        format!("{mnt_arg}: the mount has stopped")
+    );
+
+    let error = env.fails(&["status"]);
+    assert!(error.contains("no dcloud-fs mount is running"), "{error}");
+    let error = env.fails(&["status", mnt_arg]);
+    assert!(
+        error.contains(&format!("no dcloud-fs mount is running at {mnt_arg}")),
+        "{error}"
+    );
+    let runtime = env.home().join(".cache/dcloud-fs/run/mounts");
+    let left: Vec<_> = fs::read_dir(&runtime)
+        .map(|dir| dir.filter_map(|e| Some(e.ok()?.file_name())).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", runtime.display());
+    for (path, data) in &files {
+        assert!(env.get(path) == *data, "{path}");
+    }
 }
 
 /// With write-back, a kill -9 right after `cp` returned loses nothing: the next mount

@@ -15,8 +15,11 @@ pub mod notify;
 mod output;
 mod pidfile;
 mod settings;
+mod status;
+mod status_server;
 
 pub use mount::MountArgs;
+pub use status::StatusArgs;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -152,6 +155,9 @@ pub enum Command {
     Doctor,
     /// Mount the channels as a file system (one folder per channel).
     Mount(MountArgs),
+    /// Show what a running mount is doing: the files waiting for their upload and being
+    /// uploaded, failures, the store's pace, the last refresh.
+    Status(StatusArgs),
     /// Unmount a mount made by `dcloud-fs mount`, and wait until the files closed
     /// before are uploaded.
     Umount {
@@ -301,8 +307,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         _ => {}
     }
     let interrupt = Interrupt::default();
-    // A mount handles its signals itself: they stop it cleanly, not its transfers.
-    if !matches!(cli.command, Command::Mount(_)) {
+    // A mount handles its signals itself: they stop it cleanly, not its transfers;
+    // `status --watch` stops at Ctrl-C (and `status` moves nothing).
+    if !matches!(cli.command, Command::Mount(_) | Command::Status(_)) {
         tokio::spawn(stop_on_signals(interrupt.clone()));
     }
     let context = Context::new(cli.global, interrupt)?;
@@ -321,6 +328,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Members => inspect::members(&context).await,
         Command::Doctor => inspect::doctor(&context).await,
         Command::Mount(args) => mount::mount(&context, args).await,
+        Command::Status(args) => status::status(&context, args).await,
         Command::Umount { mountpoint, lazy } => {
             mount::umount(&context.mount_point(mountpoint), lazy)
         }

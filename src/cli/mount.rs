@@ -10,8 +10,11 @@
 //! outside (`dcloud-fs umount`, `fusermount3 -u`), which exits 0 too. If the unmount
 //! finds the mount busy (a shell inside it), it is detached lazily. Under a service
 //! manager that asks for it (`$NOTIFY_SOCKET`, a systemd `Type=notify` service) it
-//! reports `READY=1` once mounted and `STOPPING=1` as it begins to stop
-//! ([`super::notify`]).
+//! reports `READY=1` once mounted and `STOPPING=1` as it begins to stop, and while
+//! mounted keeps its `STATUS=` line showing the write-back queue ([`super::notify`]).
+//! While it runs (until it has stopped, after the last upload) it answers `dcloud-fs
+//! status` on a socket beside its pid file ([`super::status_server`]); its store is
+//! wrapped to count the posts for the pace that shows ([`crate::store::pace`]).
 //!
 //! **Background** (the default): run the same command again with `--foreground` added,
 //! as a new session (`setsid`, so it outlives the terminal) with stdin and stdout on
@@ -35,7 +38,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -45,6 +49,8 @@ use super::{CliError, Context};
 use crate::crypto::CryptoError;
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::{FuseFs, MountSettings};
+use crate::store::Store;
+use crate::store::pace::PacedStore;
 
 /// FUSE worker threads: they only read requests and hand them to the runtime.
 const FUSE_THREADS: usize = 4;
@@ -52,6 +58,9 @@ const FUSE_THREADS: usize = 4;
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a stop waits for the FUSE session to end after unmounting.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the service manager's `STATUS=` line is brought up to date (when the
+/// queue changed).
+const QUEUE_STATUS_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Mount options")]
@@ -250,13 +259,14 @@ async fn run_foreground(
     mountpoint: PathBuf,
 ) -> Result<(), CliError> {
     let key = require_key(context).await?;
-    let store = context.store().await?;
+    let paced = Arc::new(PacedStore::new(context.store().await?));
+    let store: Arc<dyn Store> = paced.clone();
     let config = fs_config(context, &args, &store.identity())?;
     let fs = Fs::new(store, Some(key), config)
         .await
         .map_err(|e| CliError::Mount(format!("could not open the store: {e}")))?;
     let mut signals = Signals::new()?;
-    let notifier = super::notify::Notifier::from_environment();
+    let notifier = super::notify::Notifier::from_environment().map(Arc::new);
 
     let adapter = FuseFs::new(fs.clone(), tokio::runtime::Handle::current());
     let in_flight = adapter.in_flight();
@@ -283,9 +293,30 @@ async fn run_foreground(
         .map_err(|e| CliError::io("could not start the FUSE session", e))?;
     log::info!("mounted {}", mountpoint.display());
     let _pid_file = super::pidfile::PidFile::write(&mountpoint);
+    // Declared after the pid file, so dropped before it: once `umount` sees the pid
+    // file go, `status` finds no mount either.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let _status_server = super::status_server::StatusServer::start(
+        super::pidfile::socket_path(&mountpoint),
+        super::status::source(&fs, &paced, &mountpoint, &stopping),
+    );
     if let Some(notifier) = &notifier {
         notifier.send(&format!("READY=1\nSTATUS=mounted {}", mountpoint.display()));
     }
+    let queue_notes = notifier.clone().map(|notifier| {
+        tokio::spawn(tell_queue(
+            notifier,
+            Arc::downgrade(&fs),
+            mountpoint.clone(),
+            stopping.clone(),
+        ))
+    });
+    let stop_telling = || {
+        stopping.store(true, Ordering::Relaxed);
+        if let Some(task) = &queue_notes {
+            task.abort();
+        }
+    };
 
     tokio::spawn({
         let fs = fs.clone();
@@ -315,6 +346,7 @@ async fn run_foreground(
         _ = signals.next() => {}
         result = &mut ended => {
             // Unmounted from outside (or the session failed).
+            stop_telling();
             if let Some(notifier) = &notifier {
                 notifier.send("STOPPING=1\nSTATUS=unmounted; stopping");
             }
@@ -334,6 +366,7 @@ async fn run_foreground(
     }
 
     log::info!("stopping: uploading the files still open, then unmounting");
+    stop_telling();
     if let Some(notifier) = &notifier {
         notifier
             .send("STOPPING=1\nSTATUS=stopping: uploading the files still open, then unmounting");
@@ -373,6 +406,32 @@ async fn run_foreground(
         log::warn!("requests still being served; stopping anyway");
     }
     Ok(())
+}
+
+/// Keeps the service manager's `STATUS=` line showing the write-back queue: looks every
+/// [`QUEUE_STATUS_EVERY`] and sends the line when it changed, until the stop begins
+/// (whose own line must stay the last).
+async fn tell_queue(
+    notifier: Arc<super::notify::Notifier>,
+    fs: Weak<Fs>,
+    mountpoint: PathBuf,
+    stopping: Arc<AtomicBool>,
+) {
+    use super::notify::queue_status;
+    // What READY=1 said, in effect: an empty queue says nothing new.
+    let mut told = queue_status(&mountpoint, &Default::default());
+    let mut tick = tokio::time::interval(QUEUE_STATUS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(fs) = fs.upgrade() else { return };
+        let line = queue_status(&mountpoint, &fs.status().totals);
+        drop(fs);
+        if line != told && !stopping.load(Ordering::Relaxed) {
+            notifier.send(&line);
+            told = line;
+        }
+    }
 }
 
 /// Lazy unmount: the mount leaves the tree now and ends when nothing uses it.

@@ -7,9 +7,12 @@
 //! `READY=1` (with `STATUS=mounted <mount point>`) once the mount is there, so that
 //! `systemctl start` returns when the folders can be used and units ordered after it
 //! find them; and `STOPPING=1` when it begins to stop, so the manager shows
-//! "deactivating" while the files still open are uploaded. Without `$NOTIFY_SOCKET`
-//! nothing is sent. A message that can't be sent is a warning in the log, never an
-//! error: the mount works without it.
+//! "deactivating" while the files still open are uploaded. While mounted, the
+//! `STATUS=` line carries the write-back queue ([`queue_status`]: `mounted <mount
+//! point>; 12 files waiting, 3.1 MiB`), sent again when it changes (the mount looks
+//! every few seconds), so `systemctl status` shows what is left to upload. Without
+//! `$NOTIFY_SOCKET` nothing is sent. A message that can't be sent is a warning in the
+//! log, never an error: the mount works without it.
 //!
 //! The binary takes the variable out of its environment before it starts any thread
 //! ([`take_from_environment`]), so the programs it runs (fusermount3) don't inherit it
@@ -19,6 +22,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::OnceLock;
+
+use crate::fs::status::Totals;
 
 const VARIABLE: &str = "NOTIFY_SOCKET";
 
@@ -103,10 +108,54 @@ impl Notifier {
     }
 }
 
+/// The `STATUS=` line of a mount at `mountpoint` whose queue holds `totals`:
+/// `STATUS=mounted /x; 12 files waiting, 3.1 MiB`, `...; all uploaded`, or with
+/// failures `...; 3 files waiting, 1.0 KiB, 2 failing`.
+pub(crate) fn queue_status(mountpoint: &std::path::Path, totals: &Totals) -> String {
+    let queue = if totals.files == 0 {
+        "all uploaded".to_string()
+    } else {
+        let mut text = format!(
+            "{} {} waiting, {}",
+            totals.files,
+            if totals.files == 1 { "file" } else { "files" },
+            super::output::human_size(totals.bytes)
+        );
+        if totals.failing > 0 {
+            text.push_str(&format!(", {} failing", totals.failing));
+        }
+        text
+    };
+    format!("STATUS=mounted {}; {queue}", mountpoint.display())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn the_status_line_carries_the_queue() {
+        let at = std::path::Path::new("/home/a/discord");
+        let mut totals = Totals::default();
+        assert_eq!(
+            queue_status(at, &totals),
+            "STATUS=mounted /home/a/discord; all uploaded"
+        );
+        totals.files = 12;
+        totals.bytes = 3_250_586;
+        assert_eq!(
+            queue_status(at, &totals),
+            "STATUS=mounted /home/a/discord; 12 files waiting, 3.1 MiB"
+        );
+        totals.files = 1;
+        totals.bytes = 10;
+        totals.failing = 1;
+        assert_eq!(
+            queue_status(at, &totals),
+            "STATUS=mounted /home/a/discord; 1 file waiting, 10 B, 1 failing"
+        );
+    }
 
     fn receive(socket: &UnixDatagram) -> String {
         socket

@@ -79,20 +79,25 @@ impl Fs {
         Ok(self.volumes.open(info).await?)
     }
 
-    /// Reads what changed elsewhere in every open channel, and the channel list.
+    /// Reads what changed elsewhere in every open channel, and the channel list; notes
+    /// when that last reached them all, for `status`.
     pub async fn poll(&self) {
         let volumes = self.volumes.opened();
+        let mut failed = None;
         for volume in volumes {
             if let Err(e) = volume.refresh().await {
                 log::info!(
                     "#{}: could not check for changes: {e}",
                     volume.channel().name
                 );
+                failed.get_or_insert(format!("#{}: {e}", volume.channel().name));
             }
         }
         if let Err(e) = self.list_channels(true).await {
             log::info!("could not list channels: {e}");
+            failed.get_or_insert(format!("listing the channels: {e}"));
         }
+        self.note_refresh(failed);
         self.retry_failed_uploads().await;
     }
 }

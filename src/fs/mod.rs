@@ -24,7 +24,8 @@
 //!   open concurrently: a slow replay of one holds up no other);
 //! - `recovery`: finishing and retrying the uploads the spool holds, and uploading
 //!   what is open at shutdown;
-//! - `error`: [`FsError`], one per errno, and how volume and store errors map to it.
+//! - `error`: [`FsError`], one per errno, and how volume and store errors map to it;
+//! - [`status`]: a snapshot of the uploads and refreshes, for `dcloud-fs status`.
 //!
 //! The fs core opens each channel's volume once, through the process's registry of
 //! open channels ([`crate::volume::registry`]), which is also their `Peers`: freeing a
@@ -48,6 +49,7 @@ pub mod read;
 mod recovery;
 pub mod spool;
 pub mod spool_bound;
+pub mod status;
 pub mod write;
 pub mod writeback;
 
@@ -234,6 +236,8 @@ pub struct Fs {
     /// Shown as the modification time of folders that have no record of their own
     /// (the root, and folders implied by the paths under them).
     mounted_at_ns: i64,
+    /// When the channels were last refreshed from the store, for `status`.
+    refreshes: Mutex<status::Refreshes>,
 }
 
 impl Drop for Fs {
@@ -313,9 +317,11 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             mounted_at_ns: now_ns(),
             spool_uploads: tokio::sync::Mutex::new(()),
+            refreshes: Mutex::default(),
             config,
         });
         fs.list_channels(true).await?;
+        fs.note_refresh(None);
         fs.start_write_back();
         Ok(fs)
     }

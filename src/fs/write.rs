@@ -16,13 +16,14 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 
 use super::inode::NodeKey;
 use super::spool::{SpoolFile, SpoolMeta};
 use super::{FsError, now_ns};
-use crate::volume::{Delta, PutOptions, SmallFile, Volume, VolumeError};
+use crate::volume::{Delta, Progress, PutOptions, SmallFile, Volume, VolumeError};
 
 /// How a spooled file is put.
 fn options_of(meta: &SpoolMeta) -> PutOptions {
@@ -65,6 +66,18 @@ pub struct WriteSession {
     state: Mutex<State>,
     /// Writes share it; a commit holds it alone.
     content: tokio::sync::RwLock<()>,
+    /// Bytes of the upload under way done so far, for `status` (0 between uploads).
+    progress: Arc<UploadProgress>,
+}
+
+/// How far the upload of a session has come: the bytes the volume reports done.
+#[derive(Default)]
+struct UploadProgress(AtomicU64);
+
+impl Progress for UploadProgress {
+    fn advance(&self, bytes: u64) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// Where a write of `data` at `offset` ends, if it writes anything.
@@ -99,7 +112,14 @@ impl WriteSession {
                 described_complete: false,
             }),
             content: tokio::sync::RwLock::new(()),
+            progress: Arc::default(),
         }
+    }
+
+    /// Bytes of the upload under way done so far (of one file uploaded alone; a batch
+    /// of small files goes up in one message, all at once): 0 when none is.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.progress.0.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -327,10 +347,20 @@ impl WriteSession {
             .try_clone()
             .map_err(|e| io_error("reading the spool file", e))?;
         let shown = volume.display(&meta.path);
-        volume
-            .put_changes(&meta.path, data, &shown, options_of(&meta), delta.as_ref())
-            .await
-            .map_err(|e| self.upload_failed(&meta, &shown, &e))?;
+        self.progress.0.store(0, Ordering::Relaxed);
+        let progress: Arc<dyn Progress> = self.progress.clone();
+        let put = volume
+            .put_changes_with_progress(
+                &meta.path,
+                data,
+                &shown,
+                options_of(&meta),
+                delta.as_ref(),
+                Some(progress),
+            )
+            .await;
+        self.progress.0.store(0, Ordering::Relaxed);
+        put.map_err(|e| self.upload_failed(&meta, &shown, &e))?;
         self.uploaded(volume, &meta, &shown);
         Ok(())
     }

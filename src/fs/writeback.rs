@@ -78,6 +78,56 @@ struct Queue {
     sync_due: Option<Instant>,
     /// The last upload error of each file that has one, for `status` and the log.
     errors: HashMap<String, String>,
+    /// The uploads under way, for `status`: the queue's, and those of `fsync` and of
+    /// closes with write-back off, with how many of them each file has (two may
+    /// overlap: an `fsync` waits for the queue's upload of its file).
+    shown_uploading: HashMap<String, (Arc<WriteSession>, usize)>,
+}
+
+impl Queue {
+    /// An upload of `session` began.
+    fn show_uploading(&mut self, session: &Arc<WriteSession>) {
+        self.shown_uploading
+            .entry(session.spool_id())
+            .or_insert_with(|| (session.clone(), 0))
+            .1 += 1;
+    }
+
+    /// An upload of the file with spool `id` ended.
+    fn unshow_uploading(&mut self, id: &str) {
+        if let Some((_, count)) = self.shown_uploading.get_mut(id) {
+            *count -= 1;
+            if *count == 0 {
+                self.shown_uploading.remove(id);
+            }
+        }
+    }
+}
+
+/// A file waiting for its upload or being uploaded, as `status` shows it.
+pub struct QueuedFile {
+    pub session: Arc<WriteSession>,
+    /// Its upload is under way (else it waits: for its settle time, or for a retry).
+    pub uploading: bool,
+    /// Failed uploads so far.
+    pub failures: u32,
+    /// The last upload's error, if it failed.
+    pub last_error: Option<String>,
+    /// How long until its upload starts, if it waits.
+    pub due_in: Option<Duration>,
+}
+
+/// Shows an upload that doesn't go through the queue (`fsync`, a close with
+/// write-back off) in `status` while it runs.
+pub(super) struct ShownUpload<'a> {
+    queue: &'a WriteBack,
+    id: String,
+}
+
+impl Drop for ShownUpload<'_> {
+    fn drop(&mut self) {
+        self.queue.lock().unshow_uploading(&self.id);
+    }
 }
 
 /// The write-back queue of one mount.
@@ -153,6 +203,7 @@ impl WriteBack {
             if let Some(waiting) = queue.waiting.remove(&id) {
                 queue.failures.insert(id.clone(), waiting.failures);
                 queue.uploading.insert(id);
+                queue.show_uploading(&waiting.session);
                 sessions.push((waiting.session, waiting.failures > 0));
             }
         }
@@ -182,6 +233,7 @@ impl WriteBack {
         let id = session.spool_id();
         let mut queue = self.lock();
         queue.uploading.remove(&id);
+        queue.unshow_uploading(&id);
         let failures = queue.failures.remove(&id).unwrap_or(0);
         let done = match outcome {
             Ok(()) => {
@@ -228,6 +280,52 @@ impl WriteBack {
             files: queue.waiting.len() + queue.uploading.len(),
             bytes: queue.waiting.values().map(|w| w.session.state().size).sum(),
             failing: queue.errors.len(),
+        }
+    }
+
+    /// Every file waiting or being uploaded, for `status`.
+    pub fn files(&self) -> Vec<QueuedFile> {
+        let now = Instant::now();
+        let queue = self.lock();
+        let mut files: Vec<QueuedFile> = queue
+            .shown_uploading
+            .iter()
+            .map(|(id, (session, _))| QueuedFile {
+                session: session.clone(),
+                uploading: true,
+                failures: queue
+                    .failures
+                    .get(id)
+                    .or(queue.waiting.get(id).map(|w| &w.failures))
+                    .copied()
+                    .unwrap_or(0),
+                last_error: queue.errors.get(id).cloned(),
+                due_in: None,
+            })
+            .collect();
+        files.extend(
+            queue
+                .waiting
+                .iter()
+                .filter(|(id, _)| !queue.shown_uploading.contains_key(*id))
+                .map(|(id, waiting)| QueuedFile {
+                    session: waiting.session.clone(),
+                    uploading: false,
+                    failures: waiting.failures,
+                    last_error: queue.errors.get(id).cloned(),
+                    due_in: Some(waiting.due.saturating_duration_since(now)),
+                }),
+        );
+        files
+    }
+
+    /// Shows an upload of `session` that doesn't go through the queue in `status`,
+    /// until the guard is dropped.
+    pub(super) fn show_upload(&self, session: &Arc<WriteSession>) -> ShownUpload<'_> {
+        self.lock().show_uploading(session);
+        ShownUpload {
+            queue: self,
+            id: session.spool_id(),
         }
     }
 
@@ -283,6 +381,7 @@ impl Fs {
     /// now, with write-back off).
     pub(super) async fn closed(&self, session: &Arc<WriteSession>) -> Result<(), FsError> {
         if !self.write_back.enabled() {
+            let _shown = self.write_back.show_upload(session);
             return self.commit(session).await;
         }
         if !session.mark_complete()? {
@@ -294,7 +393,9 @@ impl Fs {
 
     /// `fsync` of a file written through `session`: uploads it now.
     pub(super) async fn synced(&self, session: &Arc<WriteSession>) -> Result<(), FsError> {
+        let shown = self.write_back.show_upload(session);
         self.commit(session).await?;
+        drop(shown);
         if !session.is_dirty() {
             self.write_back.forget(session);
         }

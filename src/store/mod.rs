@@ -26,6 +26,7 @@
 
 pub mod discord;
 pub mod local;
+pub mod pace;
 
 use async_trait::async_trait;
 use bytes::Bytes;

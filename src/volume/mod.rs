@@ -711,6 +711,22 @@ impl Volume {
             .await
     }
 
+    /// [`Volume::put_changes`], telling `progress` how many bytes are done (the
+    /// unchanged chunks it keeps count as done).
+    pub async fn put_changes_with_progress(
+        &self,
+        path: &str,
+        file: std::fs::File,
+        source_name: &str,
+        options: PutOptions,
+        delta: Option<&Delta>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<FileEntry, VolumeError> {
+        let source = PutSource::File(file);
+        self.put_with_delta(path, source, source_name, options, progress, delta)
+            .await
+    }
+
     async fn put_with_delta(
         &self,
         path: &str,

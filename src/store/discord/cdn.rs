@@ -169,6 +169,9 @@ pub async fn download(
             Err(e) => return Download::Transient(super::rest::describe_chain(&e)),
         };
         let status = response.status().as_u16();
+        if status == 429 {
+            crate::store::pace::note_429();
+        }
         if matches!(status, 403 | 404 | 410) {
             return Download::Refused(status);
         }

@@ -24,6 +24,7 @@ pub mod cdn;
 pub mod folders;
 pub mod ratelimit;
 pub mod rest;
+pub mod throttled;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -178,6 +179,8 @@ impl DiscordStore {
             .ok_or_else(|| StoreError::NotSetUp("the guild id can't be 0".into()))?;
         // twilight and reqwest share rustls; it needs one crypto provider chosen.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // The 429s twilight waits out by itself, counted for `status`.
+        throttled::install();
         let mut builder = twilight_http::Client::builder()
             .token(format!("Bot {}", config.token.expose()))
             .timeout(config.request_timeout);
