@@ -57,8 +57,8 @@
 # - get after a remount: then, `dcloud-fs get` of the first of those files with that
 #   cache folder: the MB downloaded (target 0). Baseline: the MB the first mount
 #   downloaded reading that file; the ratio is get / first, lower better.
-# - mount + ls -l, cold: a channel of N tiny files (9 to a message, as `put` packs
-#   them): the time from starting `dcloud-fs mount` to `ls -l` of the channel having
+# - mount + ls -l, cold: a channel of N tiny files (packed, up to 2,000 to a message,
+#   as `put -r` packs them): the time from starting `dcloud-fs mount` to `ls -l` of the channel having
 #   listed them all, with an empty cache folder, so the whole history is read. The
 #   channel is filled with the server's limits and latency off (see below), which are
 #   back on for the measurement.
@@ -171,13 +171,11 @@ with open("urls.txt", "w") as urls:
 "$bin" -q mkdir reads
 
 # --- fill the channel of small files -------------------------------------------------
-# At Discord's pace (5 messages of 9 files per 5 s) 10,000 files take 20 minutes. So all
-# but the last 45 go in with the limits off and no latency (and the limits set so high
-# that the rate-limit headers don't make the client wait either); the last 45 (5
-# messages, what Discord takes in 5 s) go in over 5 s later, with the limits back on.
-# That matters for the warm listing: opening a channel with its index cache reads again
-# the messages of the 5 s before the newest one, which at Discord's pace are those 5
-# messages, not the whole channel.
+# All but the last 45 files go in with the limits off and no latency (and the limits set
+# so high that the rate-limit headers don't make the client wait either), which is
+# quicker; the last 45 go in 5 s later, with the limits back on. That matters for the
+# warm listing: opening a channel with its index cache reads again the messages of the
+# 5 s before the newest one, which are then that last message, not the whole channel.
 tail_files=45
 mkdir head tail
 for i in $(seq "$small"); do
