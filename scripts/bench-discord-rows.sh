@@ -259,7 +259,7 @@ for i in range(n):
     with open(f"tree/f{i}.bin", "wb") as f:
         f.write(os.urandom(rng.randint(1024, 16384)))
 PY
-tree_bytes=$(du -sb tree | awk '{print $1}')
+tree_bytes=$(find tree -type f -printf '%s\n' | awk '{ b += $1 } END { print b }')
 "$bin" -q mkdir tree
 
 # seconds_since START: the seconds from START (date +%s.%N) to now.
