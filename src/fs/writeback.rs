@@ -440,22 +440,23 @@ impl Fs {
             // Each alone: its upload reports why the channel can't be opened.
             return sessions.into_iter().map(|(s, _)| vec![s]).collect();
         };
+        let limits = volume.pack_limits();
         let (mut small, mut units) = (Vec::new(), Vec::new());
         for (session, failed_before) in sessions {
             let size = session.state().size;
-            if !failed_before && size <= volume.small_file_limit(session.encrypted()) {
+            if !failed_before && size <= limits.file_limit(session.encrypted()) {
                 small.push((size, session));
             } else {
                 units.push(vec![session]);
             }
         }
         // A message's worth of small files to a unit: packed together.
-        let mut budget = volume.pack_limits().budget();
+        let mut budget = limits.budget();
         let mut batch = Vec::new();
         for (size, session) in small {
             if !budget.take(size, session.encrypted()) {
                 units.push(std::mem::take(&mut batch));
-                budget = volume.pack_limits().budget();
+                budget = limits.budget();
                 budget.take(size, session.encrypted());
             }
             batch.push(session);

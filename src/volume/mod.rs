@@ -706,8 +706,7 @@ impl Volume {
         options: PutOptions,
         delta: Option<&Delta>,
     ) -> Result<FileEntry, VolumeError> {
-        let source = PutSource::File(file);
-        self.put_with_delta(path, source, source_name, options, None, delta)
+        self.put_changes_with_progress(path, file, source_name, options, delta, None)
             .await
     }
 
@@ -1134,6 +1133,7 @@ impl Volume {
         if files.is_empty() {
             return Ok(());
         }
+        let limits = self.pack_limits();
         let mut seen = std::collections::HashSet::new();
         for file in &files {
             self.check_put(&file.path, file.options)?;
@@ -1142,7 +1142,7 @@ impl Volume {
                     name: self.display(&file.path),
                 });
             }
-            if file.data.len() as u64 > self.small_file_limit(file.options.encrypted) {
+            if file.data.len() as u64 > limits.file_limit(file.options.encrypted) {
                 return Err(VolumeError::Internal(format!(
                     "{} is not a small file",
                     file.path
@@ -1155,11 +1155,11 @@ impl Volume {
             files.into_iter().partition(|f| f.options.encrypted);
         for group in [encrypted, plain] {
             let mut batch = Vec::new();
-            let mut budget = self.pack_limits().budget();
+            let mut budget = limits.budget();
             for file in group {
                 if !budget.take(file.data.len() as u64, file.options.encrypted) {
                     Box::pin(self.put_packed(std::mem::take(&mut batch))).await?;
-                    budget = self.pack_limits().budget();
+                    budget = limits.budget();
                     budget.take(file.data.len() as u64, file.options.encrypted);
                 }
                 batch.push(file);

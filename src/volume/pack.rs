@@ -43,9 +43,10 @@ pub struct PackLimits {
     pub files: usize,
     /// Sealed bytes of the packs of one message.
     pub sealed_bytes: u64,
-    /// The largest small file, in plaintext bytes.
-    pub file_limit_plain: u64,
-    pub file_limit_encrypted: u64,
+    /// The largest small file, in plaintext bytes, plain and encrypted (see
+    /// [`PackLimits::file_limit`]).
+    file_limit_plain: u64,
+    file_limit_encrypted: u64,
 }
 
 impl PackLimits {
