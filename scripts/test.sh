@@ -8,17 +8,19 @@ cd "$(dirname "$0")/.."
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
-# The tests are built first, and the build is tried a second time if it fails: on a
-# fresh clone, the first cargo command of the test profile after the clippy run above
-# has been seen to fail before building anything, in cargo's probe of rustc (`rustc -`
-# compiling stray compiler output as its input), and the same command run again passed.
-# A real build error fails both tries.
+# The tests are built before the clippy run: on a fresh clone, the first cargo command
+# of the test profile *after* a clippy run has been seen to fail before building
+# anything, in cargo's probe of rustc (`rustc -` parsing stray compiler output as its
+# input; the cause is not known). Built first, the test profile's probe runs on a
+# clean target, and its answers are in cargo's cache (target/.rustc_info.json) when
+# the tests run after clippy, so no probe runs then. A failed build is tried once more
+# without that cache, in case it holds a failed probe; a real build error fails both.
+echo "== cargo test --no-run"
 cargo test --workspace --locked --no-run || {
     echo "== cargo test: the test build failed; trying it once more"
     CARGO_CACHE_RUSTC_INFO=0 cargo test --workspace --locked --no-run
 }
-# (Without cargo's cache of rustc's answers, which may hold the failed probe.)
-CARGO_CACHE_RUSTC_INFO=0 cargo test --workspace --locked
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
