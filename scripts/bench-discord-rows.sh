@@ -27,9 +27,9 @@
 #   four at a time (what `get` does), into /dev/null, and into files (as `get` writes
 #   what it downloads), so the ratio is what dcloud-fs's own work costs (URLs,
 #   decryption, writing the file). The note gives the bytes the CDN served to `get`.
-# - cp -r of a folder of small files into the mount: N files of 1 to 16 KiB (random
-#   sizes and bytes, in one folder: a folder made through the mount is a message of
-#   its own today, posted at once, see the README) copied into a channel through
+# - cp -r of a tree of small files into the mount: N files of 1 to 16 KiB (random
+#   sizes and bytes) in 110 folders (10 folders of 10; the folders' records go up with
+#   the files, in the same messages) copied into a channel through
 #   `dcloud-fs mount` (its default write-back), timed from the start of `cp -r` until
 #   `dcloud-fs umount` returns, which waits for every upload, and also until `cp`
 #   returns. Baselines: the same `cp -r` onto the local disk, with `sync`; and the time
@@ -249,14 +249,15 @@ row "$section" "get ${size_mib} MiB" "$get_rate" MB/s \
     "$(ratio_rate "$get_rate" "$cdn_files_rate")" "$(peak_rss_mib rss.get.*)" \
     "as above; curl writes what it downloads to disk, as get does"
 
-# --- cp -r of a folder of small files into the mount -------------------------------------
+# --- cp -r of a tree of small files into the mount ---------------------------------------
 python3 - "$small" <<'PY'
 import os, random, sys
 n = int(sys.argv[1])
 rng = random.Random(13)
 for i in range(n):
-    os.makedirs("tree", exist_ok=True)
-    with open(f"tree/f{i}.bin", "wb") as f:
+    folder = f"tree/d{i % 10}/e{i // 10 % 10}"
+    os.makedirs(folder, exist_ok=True)
+    with open(f"{folder}/f{i}.bin", "wb") as f:
         f.write(os.urandom(rng.randint(1024, 16384)))
 PY
 tree_bytes=$(find tree -type f -printf '%s\n' | awk '{ b += $1 } END { print b }')
@@ -308,11 +309,11 @@ done
 rm -r tree
 tree_s=$(median tree.times)
 pace_s=$((small - 5))
-row "$section" "cp -r of ${small} small files (one folder), until umount returns" "$tree_s" s \
+row "$section" "cp -r of ${small} small files (110 folders), until umount returns" "$tree_s" s \
     "the disk: cp -r and sync" "$(median treedisk.times)" \
     "$(ratio_time "$(median treedisk.times)" "$tree_s")" "$(peak_rss_mib rss.tree.*)" \
     "1-16 KiB each, $(mb "$tree_bytes") MB; cp returned after $(median treecp.times) s; $(median tree.messages) messages, $(median tree.429) 429s; write-back 2 s (default); ${latency_ms} ms latency; median of $runs"
-row "$section" "cp -r of ${small} small files (one folder), until umount returns" "$tree_s" s \
+row "$section" "cp -r of ${small} small files (110 folders), until umount returns" "$tree_s" s \
     "one message a file at Discord's pace (computed)" "$pace_s" \
     "$(ratio_time "$pace_s" "$tree_s")" "$(peak_rss_mib rss.tree.*)" \
     "as above; the target is at most 30 s for 10,000 files"

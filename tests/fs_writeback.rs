@@ -562,3 +562,200 @@ async fn while_uploads_fail_writers_wait_and_go_on_once_the_store_is_back() {
     within("the waiting writer", writer).await.unwrap();
     all_stored(&fx, &fs, &[("a", &first), ("b", &second)]).await;
 }
+
+// ----- folders made with write-back on -----
+
+impl Fixture {
+    /// The mode of the folder the store records at `path` of channel `a` (`None`: no
+    /// folder record there).
+    async fn stored_folder(&self, path: &str) -> Option<u32> {
+        let channel = self
+            .store
+            .channels()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "a")
+            .unwrap();
+        let config = VolumeConfig {
+            cache_dir: None,
+            ..VolumeConfig::default()
+        };
+        let volume = Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
+            .await
+            .unwrap();
+        match volume.index().node(path) {
+            Some(dcloud_fs::volume::Node::Dir(Some(dir))) => Some(dir.mode),
+            _ => None,
+        }
+    }
+
+    /// The folder notes in the spool.
+    fn folder_notes(&self) -> usize {
+        std::fs::read_dir(self.spool().join("folders")).map_or(0, |d| d.count())
+    }
+}
+
+/// Creates `name` in folder `parent`, writes `data`, closes it.
+async fn write_in(fs: &Fs, parent: u64, name: &str, data: &[u8]) {
+    let (_, opened) = fs.create(parent, name, 0o644, false).await.unwrap();
+    fs.write(opened.fh, 0, data).await.unwrap();
+    fs.flush(opened.fh).await.unwrap();
+    fs.release(opened.fh).await.unwrap();
+}
+
+fn names(items: Vec<dcloud_fs::fs::DirItem>) -> Vec<String> {
+    let mut names: Vec<String> = items.into_iter().map(|i| i.name).collect();
+    names.sort();
+    names
+}
+
+/// A tree made through the mount costs one message, not one a folder and one a file:
+/// the folders show at once, and their records go up with the files in them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_show_at_once_and_go_up_in_the_message_of_their_files() {
+    let fx = Fixture::new().await;
+    let fs = fx.mount(Duration::from_millis(500)).await;
+    let before = fx.store.counts();
+    let top = folder(&fs).await;
+    let docs = fs.mkdir(top, "docs", 0o750).await.unwrap();
+    let old = fs.mkdir(docs.ino, "old", 0o755).await.unwrap();
+    let empty = fs.mkdir(top, "empty", 0o700).await.unwrap();
+    write_in(&fs, old.ino, "f", b"in a new folder").await;
+    assert_eq!(
+        (fx.store.counts() - before).posted_messages,
+        0,
+        "nothing yet"
+    );
+    assert_eq!(names(fs.readdir(top).await.unwrap()), ["docs", "empty"]);
+    assert_eq!(names(fs.readdir(docs.ino).await.unwrap()), ["old"]);
+    assert_eq!(names(fs.readdir(old.ino).await.unwrap()), ["f"]);
+    assert!(names(fs.readdir(empty.ino).await.unwrap()).is_empty());
+    assert_eq!(fs.lookup(top, "docs").await.unwrap().perm, 0o750);
+    assert!(matches!(
+        fs.mkdir(top, "docs", 0o755).await,
+        Err(dcloud_fs::fs::FsError::Exists)
+    ));
+    fx.wait_stored("docs/old/f", b"in a new folder").await;
+    assert_eq!(fx.stored_folder("docs").await, Some(0o750));
+    assert_eq!(fx.stored_folder("docs/old").await, Some(0o755));
+    assert_eq!(fx.stored_folder("empty").await, Some(0o700));
+    assert_eq!(
+        (fx.store.counts() - before).posted_messages,
+        1,
+        "three folders and a file in one message"
+    );
+    fs.shutdown().await;
+    assert_eq!(fx.folder_notes(), 0);
+}
+
+/// A folder removed, renamed or changed before its record went up costs nothing more:
+/// the removed one never reaches the store, the renamed one (and the file being written
+/// in it) goes up under its new name, the changed one with its new mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_removed_renamed_or_changed_before_it_went_up() {
+    let fx = Fixture::new().await;
+    let fs = fx.mount(Duration::from_secs(3600)).await;
+    let before = fx.store.counts();
+    let top = folder(&fs).await;
+    let gone = fs.mkdir(top, "gone", 0o755).await.unwrap();
+    let inner = fs.mkdir(gone.ino, "inner", 0o755).await.unwrap();
+    assert!(matches!(
+        fs.rmdir(top, "gone").await,
+        Err(dcloud_fs::fs::FsError::NotEmpty)
+    ));
+    fs.rmdir(gone.ino, "inner").await.unwrap();
+    fs.rmdir(top, "gone").await.unwrap();
+    assert!(fs.lookup(top, "gone").await.is_err());
+    let _ = inner;
+
+    let draft = fs.mkdir(top, "draft", 0o755).await.unwrap();
+    let sub = fs.mkdir(draft.ino, "sub", 0o755).await.unwrap();
+    write_in(&fs, sub.ino, "f", b"moves along").await;
+    assert!(matches!(
+        fs.rmdir(draft.ino, "sub").await,
+        Err(dcloud_fs::fs::FsError::NotEmpty)
+    ));
+    fs.rename(top, "draft", top, "final", false).await.unwrap();
+    assert!(fs.lookup(top, "draft").await.is_err());
+    let moved = fs.lookup(top, "final").await.unwrap();
+    assert_eq!(moved.ino, draft.ino, "the inode goes along");
+    assert_eq!(names(fs.readdir(moved.ino).await.unwrap()), ["sub"]);
+
+    let changed = fs.mkdir(top, "changed", 0o755).await.unwrap();
+    let mode = dcloud_fs::fs::SetAttr {
+        mode: Some(0o711),
+        ..Default::default()
+    };
+    assert_eq!(
+        fs.setattr(changed.ino, None, mode).await.unwrap().perm,
+        0o711
+    );
+    assert_eq!(
+        (fx.store.counts() - before).posted_messages,
+        0,
+        "nothing yet"
+    );
+
+    fs.shutdown().await;
+    assert_eq!(
+        fx.stored("final/sub/f").await.as_deref(),
+        Some(&b"moves along"[..])
+    );
+    assert_eq!(fx.stored("draft/sub/f").await, None);
+    assert_eq!(fx.stored_folder("final").await, Some(0o755));
+    assert_eq!(fx.stored_folder("draft").await, None);
+    assert_eq!(fx.stored_folder("gone").await, None);
+    assert_eq!(fx.stored_folder("changed").await, Some(0o711));
+    assert_eq!((fx.store.counts() - before).posted_messages, 1);
+    assert_eq!(fx.folder_notes(), 0);
+}
+
+/// A mount killed before its folders' records went up leaves them to the next mount,
+/// which posts them; so is a stored folder kept from an `rmdir` while a file written in
+/// it waits for its upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_that_dies_leaves_its_folders_to_the_next() {
+    let fx = Fixture::new().await;
+    {
+        let fs = fx.mount(Duration::from_secs(3600)).await;
+        let top = folder(&fs).await;
+        let kept = fs.mkdir(top, "kept", 0o705).await.unwrap();
+        fs.mkdir(kept.ino, "deeper", 0o755).await.unwrap();
+        // Gone without stopping (as after kill -9): nothing was posted.
+        drop(fs);
+    }
+    assert_eq!(fx.stored_folder("kept").await, None);
+    assert_eq!(fx.folder_notes(), 2);
+    let fs = fx.mount(Duration::from_secs(3600)).await;
+    let top = folder(&fs).await;
+    fs.recover_spool().await;
+    assert_eq!(fx.stored_folder("kept").await, Some(0o705));
+    assert_eq!(fx.stored_folder("kept/deeper").await, Some(0o755));
+    assert_eq!(fx.folder_notes(), 0);
+
+    let kept = fs.lookup(top, "kept").await.unwrap();
+    write_in(&fs, kept.ino, "f", b"waiting").await;
+    let deeper = fs.lookup(kept.ino, "deeper").await.unwrap();
+    fs.rmdir(kept.ino, "deeper").await.unwrap();
+    assert!(fs.lookup(kept.ino, "deeper").await.is_err());
+    let _ = deeper;
+    assert!(matches!(
+        fs.rmdir(top, "kept").await,
+        Err(dcloud_fs::fs::FsError::NotEmpty)
+    ));
+    fs.shutdown().await;
+    assert_eq!(fx.stored("kept/f").await.as_deref(), Some(&b"waiting"[..]));
+    assert_eq!(fx.stored_folder("kept/deeper").await, None);
+}
+
+/// With write-back off, `mkdir` posts its record before it returns, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_back_off_mkdir_posts_at_once() {
+    let fx = Fixture::new().await;
+    let fs = fx.mount(Duration::ZERO).await;
+    let top = folder(&fs).await;
+    fs.mkdir(top, "now", 0o755).await.unwrap();
+    assert_eq!(fx.stored_folder("now").await, Some(0o755));
+    assert_eq!(fx.folder_notes(), 0);
+}

@@ -1245,7 +1245,9 @@ fn write_back_closes_at_once_and_umount_waits_for_the_uploads() {
     for (name, data) in &files {
         fs::write(src.join(name), data).unwrap();
     }
-    // A settle time longer than the test: nothing is uploaded before the unmount.
+    fs::create_dir_all(src.join("empty/deeper")).unwrap();
+    // A settle time longer than the test: nothing is uploaded before the unmount, not
+    // even the folders' records.
     let mut mount = env.mount(&["--write-back", "600"]);
     env.tool(
         "cp",
@@ -1254,7 +1256,7 @@ fn write_back_closes_at_once_and_umount_waits_for_the_uploads() {
     env.tool("diff", &[&"-r", &src, &env.at("docs")]);
     let listed = env.ok(&["ls", "docs"]);
     assert!(
-        !listed.contains("f1"),
+        !listed.contains("f1") && !listed.contains("empty") && !listed.contains("sub"),
         "uploaded before the settle time: {listed}"
     );
 
@@ -1269,6 +1271,7 @@ fn write_back_closes_at_once_and_umount_waits_for_the_uploads() {
     for (name, data) in &files {
         assert!(env.get(&format!("docs/{name}")) == *data, "{name}");
     }
+    assert!(env.ok(&["ls", "docs/empty"]).contains("deeper"));
     assert!(mount.log().contains("before stopping"), "{}", mount.log());
 }
 

@@ -126,6 +126,15 @@ pub(crate) fn queue_status(mountpoint: &std::path::Path, totals: &Totals) -> Str
         }
         text
     };
+    let folders = match totals.folders {
+        1 => "1 folder waiting".to_string(),
+        n => format!("{n} folders waiting"),
+    };
+    let queue = match (totals.files, totals.folders) {
+        (_, 0) => queue,
+        (0, _) => folders,
+        _ => format!("{queue}, {folders}"),
+    };
     format!("STATUS=mounted {}; {queue}", mountpoint.display())
 }
 
@@ -154,6 +163,16 @@ mod tests {
         assert_eq!(
             queue_status(at, &totals),
             "STATUS=mounted /home/a/discord; 1 file waiting, 10 B, 1 failing"
+        );
+        totals.folders = 2;
+        assert_eq!(
+            queue_status(at, &totals),
+            "STATUS=mounted /home/a/discord; 1 file waiting, 10 B, 1 failing, 2 folders waiting"
+        );
+        totals.files = 0;
+        assert_eq!(
+            queue_status(at, &totals),
+            "STATUS=mounted /home/a/discord; 2 folders waiting"
         );
     }
 

@@ -232,9 +232,9 @@ pub fn summary_line(status: &MountStatus) -> String {
         line.push_str(&format!(" ({})", status.state));
     }
     line.push_str(": ");
-    if totals.files == 0 {
+    if totals.files == 0 && totals.folders == 0 {
         line.push_str("all uploaded");
-    } else {
+    } else if totals.files > 0 {
         line.push_str(&format!(
             "{} waiting ({}), {} uploading",
             files(totals.waiting),
@@ -249,6 +249,14 @@ pub fn summary_line(status: &MountStatus) -> String {
             ));
         }
         line.push_str(&format!(", {} failing", totals.failing));
+    }
+    if totals.folders > 0 {
+        line.push_str(&format!(
+            "{}{} folder{} waiting",
+            if totals.files > 0 { ", " } else { "" },
+            totals.folders,
+            if totals.folders == 1 { "" } else { "s" }
+        ));
     }
     line.push_str("; ");
     line.push_str(&match &status.fs.last_refresh {
@@ -416,6 +424,7 @@ mod tests {
                     uploading_bytes: 4 * 1024 * 1024,
                     uploaded_bytes: 2 * 1024 * 1024,
                     failing: 1,
+                    folders: 2,
                 },
                 files: vec![
                     file("big", 4 * 1024 * 1024, FileState::Uploading, 0, None),
@@ -447,7 +456,8 @@ mod tests {
         assert_eq!(
             summary_line(&status),
             "/mnt/d: 4 files waiting (601.0 KiB), 1 uploading (2.0 MiB of 4.0 MiB), 1 \
-             failing; last refresh 4 s ago; pace 0.8 msg/s, 0 429s in the last minute"
+             failing, 2 folders waiting; last refresh 4 s ago; pace 0.8 msg/s, 0 429s in the \
+             last minute"
         );
         let report = render(&status);
         let lines: Vec<&str> = report.lines().collect();

@@ -277,6 +277,13 @@ impl Fs {
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
         crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
+        if self.write_back.folders.attrs(&key).is_some() {
+            return Err(if exclusive {
+                FsError::Exists
+            } else {
+                FsError::IsADirectory
+            });
+        }
         let stored = volume.index().node(&key.path).is_some();
         let exists = stored || self.session(&key).is_some();
         if exists && exclusive {
@@ -443,7 +450,13 @@ impl Fs {
             result?;
             return self.attr_of(&key).await;
         }
-        if mtime_ns.is_some() || changes.mode.is_some() {
+        let pending_folder = (mtime_ns.is_some() || changes.mode.is_some())
+            && self
+                .write_back
+                .folders
+                .set_attrs(&key, mtime_ns, changes.mode)
+                .await;
+        if !pending_folder && (mtime_ns.is_some() || changes.mode.is_some()) {
             let volume = self.volume(key.channel).await?;
             volume.set_meta(&key.path, mtime_ns, changes.mode).await?;
         }

@@ -49,7 +49,7 @@ impl NodeKey {
     }
 
     /// Whether this key is `folder` or lies under it.
-    fn is_within(&self, folder: &NodeKey) -> bool {
+    pub fn is_within(&self, folder: &NodeKey) -> bool {
         self.channel == folder.channel
             && (folder.path.is_empty()
                 || self.path == folder.path

@@ -18,6 +18,8 @@
 //! - [`writeback`]: closing a file queues its upload, which follows a settle time later
 //!   (`fsync` uploads at once and returns the upload's error); with write-back off,
 //!   close uploads and returns the error;
+//! - `folders`: with write-back on, a folder made by `mkdir` is shown at once and its
+//!   record goes up with the channel's next batch of files;
 //! - `handles`: the open-file table, and which handle reads a version and which
 //!   joins a write session;
 //! - `channels`: the channel list and each channel's volume, opened once (channels
@@ -43,6 +45,7 @@
 pub mod cache;
 mod channels;
 mod error;
+mod folders;
 mod handles;
 pub mod inode;
 pub mod read;
@@ -441,16 +444,48 @@ impl Fs {
             return Ok(self.dir_attr(ino, made_ms * 1_000_000, 0o755));
         }
         let volume = self.volume(key.channel).await?;
-        let index = volume.index();
-        match index.node(&key.path) {
-            Some(Node::File(file)) => Ok(self.file_attr(ino, file.size, file.mtime_ns, file.mode)),
-            Some(Node::Dir(dir)) => Ok(self.dir_attr(
-                ino,
-                dir.map_or(self.mounted_at_ns, |d| d.mtime_ns),
-                dir.map_or(0o755, |d| d.mode),
-            )),
-            None => Err(FsError::NotFound),
+        let stored = {
+            let index = volume.index();
+            match index.node(&key.path) {
+                Some(Node::File(file)) => {
+                    Some(self.file_attr(ino, file.size, file.mtime_ns, file.mode))
+                }
+                Some(Node::Dir(Some(dir))) => Some(self.dir_attr(ino, dir.mtime_ns, dir.mode)),
+                Some(Node::Dir(None)) => None,
+                None => None,
+            }
+        };
+        if let Some(attr) = stored {
+            return Ok(attr);
         }
+        // A folder made here whose record waits ([`folders`]), or one implied by the
+        // paths under it.
+        if let Some((mtime_ns, mode)) = self.write_back.folders.attrs(key) {
+            return Ok(self.dir_attr(ino, mtime_ns, mode));
+        }
+        match volume.index().node(&key.path) {
+            Some(Node::Dir(None)) => Ok(self.dir_attr(ino, self.mounted_at_ns, 0o755)),
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    /// Whether anything at `key` waits to be stored: a file's write session, or a
+    /// folder whose record waits.
+    fn pending_at(&self, key: &NodeKey) -> bool {
+        self.session(key).is_some() || self.write_back.folders.attrs(key).is_some()
+    }
+
+    /// Whether anything under the folder `key` waits to be stored: a file's write
+    /// session, or a folder whose record waits. (A folder with none of that and no
+    /// live entry under it in the index is empty.)
+    fn pending_under(&self, key: &NodeKey) -> bool {
+        self.write_back.folders.any_under(key)
+            || self
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .any(|k| k != key && k.is_within(key))
     }
 
     /// `lookup`: the attributes of `name` in folder `parent` (one more lookup of its
@@ -525,6 +560,7 @@ impl Fs {
                 Some(Node::Dir(_)) => {}
                 Some(Node::File(_)) => return Err(FsError::NotADirectory),
                 None if key.path.is_empty() => {}
+                None if self.write_back.folders.attrs(&key).is_some() => {}
                 None => return Err(FsError::NotFound),
             }
             index
@@ -548,7 +584,19 @@ impl Fs {
                 kind,
             })
             .collect();
-        // Files being written for the first time exist only in the spool so far.
+        let mut names: std::collections::HashSet<String> =
+            items.iter().map(|item| item.name.clone()).collect();
+        // Folders whose record waits, and files being written for the first time,
+        // exist only in the spool so far.
+        for name in self.write_back.folders.children(&key) {
+            if names.insert(name.clone()) {
+                items.push(DirItem {
+                    ino: self.ino_of(&key.child(&name)),
+                    name,
+                    kind: Kind::Dir,
+                });
+            }
+        }
         let sessions: Vec<NodeKey> = self
             .sessions
             .lock()
@@ -561,10 +609,7 @@ impl Fs {
                 .path
                 .rsplit_once('/')
                 .unwrap_or(("", session.path.as_str()));
-            if session.channel == key.channel
-                && dir == key.path
-                && !items.iter().any(|item| item.name == name)
-            {
+            if session.channel == key.channel && dir == key.path && names.insert(name.to_string()) {
                 items.push(DirItem {
                     name: name.to_string(),
                     ino: self.ino_of(&session),
@@ -648,8 +693,29 @@ impl Fs {
         }
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
+        if self.write_back.enabled() {
+            return self.mkdir_later(&volume, &key, mode).await;
+        }
         volume.mkdir(&key.path, now_ns(), mode).await?;
         Ok(self.count_lookup(self.attr_of(&key).await?))
+    }
+
+    /// `mkdir` with write-back on: shown at once, its record posted later
+    /// ([`folders`]).
+    async fn mkdir_later(
+        &self,
+        volume: &crate::volume::Volume,
+        key: &NodeKey,
+        mode: u32,
+    ) -> Result<Attr, FsError> {
+        crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
+        if volume.index().node(&key.path).is_some() || self.pending_at(key) {
+            return Err(FsError::Exists);
+        }
+        self.write_back
+            .add_folder(key, now_ns(), mode & 0o7777)
+            .map_err(|e| FsError::Io(format!("could not note the folder in the spool: {e}")))?;
+        Ok(self.count_lookup(self.attr_of(key).await?))
     }
 
     /// `unlink`.
@@ -661,6 +727,9 @@ impl Fs {
         }
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
+        if self.write_back.folders.attrs(&key).is_some() {
+            return Err(FsError::IsADirectory);
+        }
         // An upload of the file may be under way (write-back): let it land first, so
         // that the removal below removes it, and no upload brings it back after.
         let pending = self.session(&key);
@@ -748,15 +817,23 @@ impl Fs {
         }
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
-        match volume.index().node(&key.path) {
-            Some(Node::Dir(_)) => {}
+        let stored = match volume.index().node(&key.path) {
+            Some(Node::Dir(_)) => true,
             Some(Node::File(_)) => return Err(FsError::NotADirectory),
-            None => return Err(FsError::NotFound),
+            None => false,
+        };
+        if !stored && self.write_back.folders.attrs(&key).is_none() {
+            return Err(FsError::NotFound);
         }
-        if volume.index().live_under(&key.path).next().is_some() {
+        if volume.index().live_under(&key.path).next().is_some() || self.pending_under(&key) {
             return Err(FsError::NotEmpty);
         }
-        volume.remove(&key.path, false).await?;
+        // A folder whose record waits just goes (waiting for a post of it under way,
+        // after which the store has it).
+        self.write_back.folders.remove(&key).await;
+        if volume.index().node(&key.path).is_some() {
+            volume.remove(&key.path, false).await?;
+        }
         self.inodes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -795,45 +872,99 @@ impl Fs {
         };
         crate::format::validate_path(&to.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
         let target_stored = dest.index().node(&to.path).is_some();
-        let target_exists = target_stored || self.session(&to).is_some();
+        let target_exists = target_stored || self.pending_at(&to);
         if no_replace && target_exists {
             return Err(FsError::Exists);
         }
+        let target_pending_folder = self.write_back.folders.attrs(&to).is_some();
         let target_is_full_folder = {
             let index = dest.index();
-            matches!(index.node(&to.path), Some(Node::Dir(_)))
-                && index.live_under(&to.path).next().is_some()
+            (matches!(index.node(&to.path), Some(Node::Dir(_))) || target_pending_folder)
+                && (index.live_under(&to.path).next().is_some() || self.pending_under(&to))
         };
         if target_is_full_folder {
             return Err(FsError::NotEmpty);
         }
         let session = self.session(&from);
-        // An upload of the file under its old name may be under way: let it finish
-        // (and keep writes out) so that the name it lands under is then moved too.
-        let _quiet = match &session {
-            Some(session) => Some(session.exclusive().await),
-            None => None,
-        };
-        let stored = volume.index().node(&from.path).is_some();
-        if stored {
-            volume.move_to(&from.path, &dest, &to.path).await?;
-        } else if session.is_none() {
-            return Err(FsError::NotFound);
+        let from_is_folder = session.is_none()
+            && (matches!(volume.index().node(&from.path), Some(Node::Dir(_)))
+                || self.write_back.folders.attrs(&from).is_some());
+        if target_pending_folder && !from_is_folder {
+            return Err(FsError::IsADirectory);
         }
-        if let Some(session) = &session {
+        // An upload of the file under its old name may be under way: let it finish
+        // (and keep writes out) so that the name it lands under is then moved too. For
+        // a folder, the same for every file being written under it, and its folders
+        // whose record waits are held, so that nothing lands under the old name.
+        let moving = self.sessions_moving(&from, session.as_ref());
+        let mut quiet = Vec::with_capacity(moving.len());
+        for session in &moving {
+            quiet.push(session.exclusive().await);
+        }
+        let held = if from_is_folder {
+            self.write_back.folders.hold_for_rename(&from).await
+        } else {
+            Vec::new()
+        };
+        let moved = async {
+            if target_pending_folder {
+                self.write_back.folders.remove(&to).await;
+            }
+            if volume.index().node(&from.path).is_some() {
+                volume.move_to(&from.path, &dest, &to.path).await?;
+            } else if moving.is_empty() && held.is_empty() {
+                return Err(FsError::NotFound);
+            }
+            Ok(())
+        }
+        .await;
+        self.write_back
+            .folders
+            .renamed(&held, moved.is_ok().then_some((&from, &to)));
+        moved?;
+        for session in &moving {
+            let old = session.key();
+            let new = NodeKey::new(
+                to.channel,
+                format!("{}{}", to.path, &old.path[from.path.len()..]),
+            );
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            sessions.remove(&from);
-            let replaced = sessions.insert(to.clone(), session.clone());
+            sessions.remove(&old);
+            let replaced = sessions.insert(new.clone(), session.clone());
             drop(sessions);
             if let Some(replaced) = replaced {
                 self.drop_unlinked(&replaced);
             }
-            session.moved_to(to.clone());
+            session.moved_to(new);
         }
+        drop(quiet);
         self.inodes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .rename(&from, &to);
         Ok(())
+    }
+
+    /// The write sessions a rename of `from` moves: its own (`session`, for a file),
+    /// or those of every file under it (a folder), in the order their content locks
+    /// are taken in ([`WriteSession::commit_small`]'s).
+    fn sessions_moving(
+        &self,
+        from: &NodeKey,
+        session: Option<&Arc<WriteSession>>,
+    ) -> Vec<Arc<WriteSession>> {
+        if let Some(session) = session {
+            return vec![session.clone()];
+        }
+        let mut under: Vec<Arc<WriteSession>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(key, _)| key.is_within(from))
+            .map(|(_, session)| session.clone())
+            .collect();
+        under.sort_by_key(|s| s.spool_id());
+        under
     }
 }

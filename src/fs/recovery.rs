@@ -20,7 +20,44 @@ impl Fs {
     /// at mount. Returns how many files were stored.
     pub async fn recover_spool(&self) -> usize {
         let _one_pass = self.spool_uploads.lock().await;
+        self.recover_folders().await;
         self.upload_spooled(true).await
+    }
+
+    /// Posts the records of the folders a previous mount made and had not stored yet
+    /// ([`super::folders`]), per channel, in a message or a few. Those that fail wait
+    /// in the queue (or, with write-back off, for the next mount), shown meanwhile.
+    async fn recover_folders(&self) {
+        let folders = &self.write_back.folders;
+        let found = folders.recover();
+        if found == 0 {
+            return;
+        }
+        log::info!(
+            "{found} folder(s) made by an earlier mount wait for their record; posting them"
+        );
+        let channels: std::collections::BTreeSet<_> =
+            folders.waiting_channels().into_iter().collect();
+        for channel in channels {
+            let taken = folders.take(channel);
+            let posted = match self.volume(channel).await {
+                Ok(volume) => {
+                    let records = taken.iter().map(|f| f.record.clone()).collect();
+                    volume
+                        .put_batch(records, Vec::new())
+                        .await
+                        .map_err(FsError::from)
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &posted {
+                log::warn!(
+                    "could not record {} folder(s) yet ({e}); will retry",
+                    taken.len()
+                );
+            }
+            folders.landed(&taken, posted.is_ok());
+        }
     }
 
     /// Retries the uploads that failed earlier in this mount (unless a pass is under

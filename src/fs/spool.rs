@@ -350,7 +350,7 @@ pub fn sync_spool(dir: &Path) -> std::io::Result<()> {
 
 /// Replaces `path` with `bytes` atomically (a temp file beside it, renamed over it),
 /// mode 0600; with `sync`, the file and the folder's entry are on disk when it returns.
-fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+pub(super) fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let mut temp_name = path.as_os_str().to_owned();
     temp_name.push(".tmp");
     let temp = PathBuf::from(temp_name);
@@ -408,7 +408,7 @@ fn set_aside(meta_path: &Path, data_path: &Path, why: &str) {
     }
 }
 
-fn random_id() -> std::io::Result<[u8; 12]> {
+pub(super) fn random_id() -> std::io::Result<[u8; 12]> {
     let mut id = [0u8; 12];
     getrandom::fill(&mut id).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(id)

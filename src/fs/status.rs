@@ -66,6 +66,9 @@ pub struct Totals {
     pub uploaded_bytes: u64,
     /// Of `files`: whose last upload failed (waiting for a retry, or being retried).
     pub failing: usize,
+    /// Folders made through the mount whose record waits ([`super::folders`]).
+    #[serde(default)]
+    pub folders: usize,
 }
 
 /// Where a file is in its way to the store.
@@ -206,6 +209,7 @@ impl Fs {
             uploading_bytes: bytes(&uploading),
             uploaded_bytes: uploading.iter().filter_map(|f| f.uploaded_bytes).sum(),
             failing: files.iter().filter(|f| f.last_error.is_some()).count(),
+            folders: self.write_back.summary().folders,
         };
         let failures = files
             .iter()
@@ -271,6 +275,7 @@ mod tests {
                 uploading_bytes: 2000,
                 uploaded_bytes: 1024,
                 failing: 0,
+                folders: 0,
             },
             files: vec![
                 FileStatus {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use super::inode::NodeKey;
 use super::spool::{SpoolFile, SpoolMeta};
 use super::{FsError, now_ns};
+use crate::format::DirManifest;
 use crate::volume::{Delta, Progress, PutOptions, SmallFile, Volume, VolumeError};
 
 /// How a spooled file is put.
@@ -365,11 +366,13 @@ impl WriteSession {
         Ok(())
     }
 
-    /// Uploads `sessions`, small files of one channel, together: their chunks and
-    /// records in one message ([`Volume::put_small`]), all or none of them. Those
-    /// that changed since their last upload are uploaded; the others are left alone.
+    /// Uploads `sessions`, small files of one channel, together, with the records of
+    /// `folders` made in it: their chunks and records in one message
+    /// ([`Volume::put_batch`]), all or none of them. Those files that changed since
+    /// their last upload are uploaded; the others are left alone.
     pub async fn commit_small(
         volume: &Volume,
+        folders: Vec<DirManifest>,
         sessions: &[Arc<WriteSession>],
     ) -> Result<(), FsError> {
         // Each session's content lock, taken in one order (writes take one at a
@@ -400,10 +403,10 @@ impl WriteSession {
             });
             taken.push((session, meta));
         }
-        if files.is_empty() {
+        if files.is_empty() && folders.is_empty() {
             return Ok(());
         }
-        if let Err(e) = volume.put_small(files).await {
+        if let Err(e) = volume.put_batch(folders, files).await {
             let error = FsError::Io(e.to_string());
             for (session, meta) in &taken {
                 session.upload_failed(meta, &volume.display(&meta.path), &e);

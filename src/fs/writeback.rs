@@ -21,6 +21,10 @@
 //!   ([`WriteSession::commit`]). A failed upload stays in the spool
 //!   and is tried again, alone, after a backoff (2 s, doubling up to a minute); each
 //!   failure is logged. Writes to a file while its upload is under way wait for it.
+//! - **Folders** made through the mount wait here too ([`super::folders`] states their
+//!   rules): a close in their channel makes them due with it, and the channel's
+//!   waiting folders ride in the first message of the files taken with them (or go
+//!   alone, in one message, when they fall due with no file).
 //! - **Until it is uploaded**, a closed file keeps its write session: lookups, listings,
 //!   attributes and reads see the new content from the spool. Once uploaded and with no
 //!   handle left, the session ends and its spool goes.
@@ -46,6 +50,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use super::folders::{PendingFolders, TakenFolder};
 use super::spool_bound::SpoolBound;
 use super::write::WriteSession;
 use super::{Fs, FsError};
@@ -135,6 +140,8 @@ pub struct WriteBack {
     settle: Duration,
     spool_dir: PathBuf,
     queue: Mutex<Queue>,
+    /// Folders made through the mount, waiting for their record ([`super::folders`]).
+    pub(super) folders: PendingFolders,
     /// Something was queued, or an upload ended.
     changed: Notify,
     uploads: Semaphore,
@@ -146,6 +153,29 @@ pub struct QueueSummary {
     pub files: usize,
     pub bytes: u64,
     pub failing: usize,
+    /// Folders waiting for their record.
+    pub folders: usize,
+}
+
+/// What the worker takes off the queue at once: files, each with whether an upload of
+/// it failed before, and the folders of their channels (and of channels whose folders
+/// are due) waiting for their record.
+#[derive(Default)]
+pub(super) struct Taken {
+    files: Vec<(Arc<WriteSession>, bool)>,
+    folders: Vec<TakenFolder>,
+}
+
+impl Taken {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.folders.is_empty()
+    }
+}
+
+/// What one upload does: files alone, or a batch of small files with folders.
+struct Unit {
+    folders: Vec<TakenFolder>,
+    files: Vec<Arc<WriteSession>>,
 }
 
 impl WriteBack {
@@ -153,6 +183,7 @@ impl WriteBack {
     pub fn new(settle: Duration, spool_dir: PathBuf) -> Arc<WriteBack> {
         Arc::new(WriteBack {
             settle,
+            folders: PendingFolders::new(&spool_dir),
             spool_dir,
             queue: Mutex::default(),
             changed: Notify::new(),
@@ -167,6 +198,20 @@ impl WriteBack {
     /// Whether closes upload later (else at once).
     pub fn enabled(&self) -> bool {
         !self.settle.is_zero()
+    }
+
+    /// Notes a folder made at `key`, its record due the settle time from now.
+    pub(super) fn add_folder(
+        &self,
+        key: &super::inode::NodeKey,
+        mtime_ns: i64,
+        mode: u32,
+    ) -> std::io::Result<()> {
+        let now = Instant::now();
+        self.folders.add(key, mtime_ns, mode, now + self.settle)?;
+        self.lock().sync_due.get_or_insert(now + SYNC_AFTER);
+        self.changed.notify_one();
+        Ok(())
     }
 
     /// Queues `session`, due the settle time from now (later again if it was queued).
@@ -185,12 +230,26 @@ impl WriteBack {
         );
         queue.sync_due.get_or_insert(now + SYNC_AFTER);
         drop(queue);
+        self.folders.defer(session.key().channel, now + self.settle);
         self.changed.notify_one();
+    }
+
+    /// Takes the files due by `now` off the waiting list, as being uploaded, and the
+    /// folders of their channels, and of those whose folders are due.
+    fn take_due(&self, now: Instant) -> Taken {
+        let files = self.take_due_files(now);
+        let mut channels = self.folders.due_channels(now);
+        channels.extend(files.iter().map(|(s, _)| s.key().channel));
+        let folders = channels
+            .into_iter()
+            .flat_map(|channel| self.folders.take(channel))
+            .collect();
+        Taken { files, folders }
     }
 
     /// Takes the files due by `now` off the waiting list, as being uploaded, each with
     /// whether an upload of it failed before.
-    fn take_due(&self, now: Instant) -> Vec<(Arc<WriteSession>, bool)> {
+    fn take_due_files(&self, now: Instant) -> Vec<(Arc<WriteSession>, bool)> {
         let mut queue = self.lock();
         let due: Vec<String> = queue
             .waiting
@@ -220,6 +279,7 @@ impl WriteBack {
             .iter()
             .filter(|(id, _)| can_upload && !queue.uploading.contains(*id))
             .map(|(_, w)| w.due)
+            .chain(self.folders.next_due().filter(|_| can_upload))
             .min();
         match (next_due, queue.sync_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -280,6 +340,7 @@ impl WriteBack {
             files: queue.waiting.len() + queue.uploading.len(),
             bytes: queue.waiting.values().map(|w| w.session.state().size).sum(),
             failing: queue.errors.len(),
+            folders: self.folders.len(),
         }
     }
 
@@ -337,7 +398,7 @@ impl WriteBack {
     /// Whether nothing is queued or being uploaded.
     fn is_empty(&self) -> bool {
         let queue = self.lock();
-        queue.waiting.is_empty() && queue.uploading.is_empty()
+        queue.waiting.is_empty() && queue.uploading.is_empty() && self.folders.len() == 0
     }
 
     /// Syncs the spool if a close asked for it by now.
@@ -402,23 +463,33 @@ impl Fs {
         Ok(())
     }
 
-    /// Uploads files taken off the queue: per channel, the small ones that haven't
-    /// failed before together, a message's worth at a time ([`Volume::put_small`]), the
-    /// others one by one; each at most [`PARALLEL_UPLOADS`] at once. Each file whose
-    /// upload is done with ends its session if no handle holds it.
+    /// Uploads files and folders taken off the queue: per channel, the small files
+    /// that haven't failed before together, a message's worth at a time, with the
+    /// channel's folders in the first ([`Volume::put_batch`]), the others one by one;
+    /// each at most [`PARALLEL_UPLOADS`] at once. Each file whose upload is done with
+    /// ends its session if no handle holds it.
     ///
-    /// [`Volume::put_small`]: crate::volume::Volume::put_small
-    async fn upload_taken(&self, taken: Vec<(Arc<WriteSession>, bool)>) {
-        let mut by_channel: HashMap<u64, Vec<(Arc<WriteSession>, bool)>> = HashMap::new();
-        for (session, failed_before) in taken {
+    /// [`Volume::put_batch`]: crate::volume::Volume::put_batch
+    async fn upload_taken(&self, taken: Taken) {
+        type ChannelWork = (Vec<(Arc<WriteSession>, bool)>, Vec<TakenFolder>);
+        let mut by_channel: HashMap<u64, ChannelWork> = HashMap::new();
+        for (session, failed_before) in taken.files {
             by_channel
                 .entry(session.key().channel)
                 .or_default()
+                .0
                 .push((session, failed_before));
         }
+        for folder in taken.folders {
+            by_channel
+                .entry(folder.key.channel)
+                .or_default()
+                .1
+                .push(folder);
+        }
         let mut units = Vec::new();
-        for (channel, sessions) in by_channel {
-            units.extend(self.upload_units(channel, sessions).await);
+        for (channel, (sessions, folders)) in by_channel {
+            units.extend(self.upload_units(channel, sessions, folders).await);
         }
         let uploads = units.into_iter().map(|unit| async move {
             let slot = self.write_back.uploads.acquire().await;
@@ -430,15 +501,26 @@ impl Fs {
         futures::future::join_all(uploads).await;
     }
 
-    /// How the files of one channel go up: batches of small files, and single files.
+    /// How the files and folders of one channel go up: batches of small files (the
+    /// folders with the first, or alone), and single files.
     async fn upload_units(
         &self,
         channel: u64,
         sessions: Vec<(Arc<WriteSession>, bool)>,
-    ) -> Vec<Vec<Arc<WriteSession>>> {
+        folders: Vec<TakenFolder>,
+    ) -> Vec<Unit> {
+        let alone = |files| Unit {
+            folders: Vec::new(),
+            files,
+        };
         let Ok(volume) = self.volume(channel).await else {
             // Each alone: its upload reports why the channel can't be opened.
-            return sessions.into_iter().map(|(s, _)| vec![s]).collect();
+            let mut units: Vec<Unit> = sessions.into_iter().map(|(s, _)| alone(vec![s])).collect();
+            units.push(Unit {
+                folders,
+                files: Vec::new(),
+            });
+            return units;
         };
         let limits = volume.pack_limits();
         let (mut small, mut units) = (Vec::new(), Vec::new());
@@ -447,37 +529,66 @@ impl Fs {
             if !failed_before && size <= limits.file_limit(session.encrypted()) {
                 small.push((size, session));
             } else {
-                units.push(vec![session]);
+                units.push(alone(vec![session]));
             }
         }
-        // A message's worth of small files to a unit: packed together.
+        // A message's worth of small files to a unit: packed together. The folders
+        // ride with the first (and count in its budget).
         let mut budget = limits.budget();
-        let mut batch = Vec::new();
+        for _ in &folders {
+            budget.take(0, true);
+        }
+        let mut batch = Unit {
+            folders,
+            files: Vec::new(),
+        };
         for (size, session) in small {
             if !budget.take(size, session.encrypted()) {
-                units.push(std::mem::take(&mut batch));
+                units.push(std::mem::replace(&mut batch, alone(Vec::new())));
                 budget = limits.budget();
                 budget.take(size, session.encrypted());
             }
-            batch.push(session);
+            batch.files.push(session);
         }
-        if !batch.is_empty() {
+        if !batch.files.is_empty() || !batch.folders.is_empty() {
             units.push(batch);
         }
         units
     }
 
-    /// Uploads one unit (one file, or a batch of small ones) and notes how it ended.
-    async fn upload_unit(&self, unit: Vec<Arc<WriteSession>>) {
-        let outcome = match unit.as_slice() {
-            [one] => self.commit(one).await,
-            batch => match self.volume(batch[0].key().channel).await {
-                Ok(volume) => WriteSession::commit_small(&volume, batch).await,
-                Err(e) => Err(e),
-            },
+    /// Uploads one unit (one file, or a batch of small ones and folders) and notes how
+    /// it ended.
+    async fn upload_unit(&self, unit: Unit) {
+        let outcome = match (unit.files.as_slice(), unit.folders.is_empty()) {
+            ([one], true) => self.commit(one).await,
+            (batch, _) => {
+                let channel = unit
+                    .folders
+                    .first()
+                    .map_or_else(|| batch[0].key().channel, |f| f.key.channel);
+                match self.volume(channel).await {
+                    Ok(volume) => {
+                        let folders = unit.folders.iter().map(|f| f.record.clone()).collect();
+                        WriteSession::commit_small(&volume, folders, batch).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
+        if !unit.folders.is_empty() {
+            if let Err(e) = &outcome {
+                log::warn!(
+                    "recording {} folder(s) failed ({e}); they stay in the spool, next try \
+                     soon",
+                    unit.folders.len()
+                );
+            }
+            self.write_back
+                .folders
+                .landed(&unit.folders, outcome.is_ok());
+        }
         let outcome = outcome.map_err(|e| e.to_string());
-        for session in &unit {
+        for session in &unit.files {
             let outcome = outcome.clone().map_err(FsError::Io);
             if self.write_back.finished(session, &outcome) {
                 self.retire_session(session, true);
@@ -490,11 +601,13 @@ impl Fs {
     /// many files could not be uploaded.
     pub(super) async fn drain_write_back(&self) -> usize {
         let summary = self.write_back.summary();
-        if summary.files > 0 {
+        if summary.files > 0 || summary.folders > 0 {
             log::info!(
-                "uploading the {} file(s) waiting ({:.1} MiB) before stopping",
+                "uploading the {} file(s) ({:.1} MiB) and {} folder(s) waiting before \
+                 stopping",
                 summary.files,
-                summary.bytes as f64 / (1024.0 * 1024.0)
+                summary.bytes as f64 / (1024.0 * 1024.0),
+                summary.folders
             );
         }
         let mut failed = 0;
@@ -510,8 +623,22 @@ impl Fs {
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
                 continue;
             }
-            let sessions: Vec<Arc<WriteSession>> = due.iter().map(|(s, _)| s.clone()).collect();
+            let sessions: Vec<Arc<WriteSession>> =
+                due.files.iter().map(|(s, _)| s.clone()).collect();
+            let folders = due.folders.clone();
             self.upload_taken(due).await;
+            // Folders whose record failed stay in the spool for the next mount.
+            if folders
+                .iter()
+                .any(|f| self.write_back.folders.attrs(&f.key).is_some())
+            {
+                let failed_folders: Vec<TakenFolder> = folders
+                    .into_iter()
+                    .filter(|f| self.write_back.folders.attrs(&f.key).is_some())
+                    .collect();
+                failed += failed_folders.len();
+                self.write_back.folders.forget(&failed_folders);
+            }
             // Failed ones are not retried here: the spool keeps them for the next mount.
             for session in &sessions {
                 if session.is_dirty() {
@@ -519,9 +646,13 @@ impl Fs {
                     failed += 1;
                 }
             }
-            let left = self.write_back.summary().files;
-            if left > 0 {
-                log::info!("{left} file(s) still to upload");
+            let left = self.write_back.summary();
+            if left.files > 0 || left.folders > 0 {
+                log::info!(
+                    "{} file(s) and {} folder(s) still to upload",
+                    left.files,
+                    left.folders
+                );
             }
         }
     }
@@ -544,7 +675,7 @@ async fn run_queue(queue: Arc<WriteBack>, fs: Weak<Fs>, bound: Arc<SpoolBound>) 
         let taken = if queue.uploads.available_permits() > 0 {
             queue.take_due(now)
         } else {
-            Vec::new()
+            Taken::default()
         };
         if !taken.is_empty() {
             let Some(fs) = fs.upgrade() else { return };

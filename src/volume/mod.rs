@@ -315,6 +315,23 @@ pub struct SmallFile {
     pub options: PutOptions,
 }
 
+/// What one packed message holds: folders' records, and small files.
+#[derive(Debug, Clone)]
+enum Packed {
+    Folder(DirManifest),
+    File(SmallFile),
+}
+
+impl Packed {
+    /// Its bytes in a message's budget.
+    fn size(&self) -> u64 {
+        match self {
+            Packed::Folder(_) => 0,
+            Packed::File(file) => file.data.len() as u64,
+        }
+    }
+}
+
 /// Looks a channel up by its id.
 pub async fn channel_with_id(store: &dyn Store, id: Id) -> Result<Channel, VolumeError> {
     store
@@ -1130,9 +1147,22 @@ impl Volume {
     /// of small files costs a few messages, not one each. Each message's files all
     /// appear, or (on error) none of them; an error stops the batches after it.
     pub async fn put_small(&self, files: Vec<SmallFile>) -> Result<(), VolumeError> {
-        if files.is_empty() {
-            return Ok(());
-        }
+        self.put_batch(Vec::new(), files).await
+    }
+
+    /// Records folders and stores small files as [`Volume::put_small`] does, the
+    /// folders' records in the first message (a folder counts as a file without bytes
+    /// in a message's budget). A folder that exists by now (made elsewhere meanwhile),
+    /// or whose path is no longer creatable (a file took a name on it), is left out
+    /// with a log line: the folders come from a mount that showed them before their
+    /// record was posted. When the channel has a key, folders go with the encrypted
+    /// files (or alone, in an encrypted record): never in a signed record, which shows
+    /// its paths.
+    pub async fn put_batch(
+        &self,
+        folders: Vec<DirManifest>,
+        files: Vec<SmallFile>,
+    ) -> Result<(), VolumeError> {
         let limits = self.pack_limits();
         let mut seen = std::collections::HashSet::new();
         for file in &files {
@@ -1149,42 +1179,101 @@ impl Volume {
                 )));
             }
         }
+        let folders = self.folders_still_to_make(folders);
+        if folders.is_empty() && files.is_empty() {
+            return Ok(());
+        }
         // Plain files apart from encrypted ones: a record that put both would be
         // sealed, and a reader without the key would miss the plain ones.
         let (encrypted, plain): (Vec<_>, Vec<_>) =
             files.into_iter().partition(|f| f.options.encrypted);
-        for group in [encrypted, plain] {
+        let (with_encrypted, with_plain) = if self.key.is_some() {
+            (folders, Vec::new())
+        } else {
+            (Vec::new(), folders)
+        };
+        for (group, folders, encrypted) in [
+            (encrypted, with_encrypted, true),
+            (plain, with_plain, false),
+        ] {
+            let items = folders
+                .into_iter()
+                .map(Packed::Folder)
+                .chain(group.into_iter().map(Packed::File));
             let mut batch = Vec::new();
             let mut budget = limits.budget();
-            for file in group {
-                if !budget.take(file.data.len() as u64, file.options.encrypted) {
+            for item in items {
+                let size = item.size();
+                if !budget.take(size, encrypted) {
                     Box::pin(self.put_packed(std::mem::take(&mut batch))).await?;
                     budget = limits.budget();
-                    budget.take(file.data.len() as u64, file.options.encrypted);
+                    budget.take(size, encrypted);
                 }
-                batch.push(file);
+                batch.push(item);
             }
             Box::pin(self.put_packed(batch)).await?;
         }
         Ok(())
     }
 
-    /// Stores one batch of checked small files: one message if it fits, else halves.
-    async fn put_packed(&self, files: Vec<SmallFile>) -> Result<(), VolumeError> {
-        if files.is_empty() {
+    /// The folders of a batch that still need their record (see [`Volume::put_batch`]).
+    fn folders_still_to_make(&self, folders: Vec<DirManifest>) -> Vec<DirManifest> {
+        let mut seen = std::collections::HashSet::new();
+        folders
+            .into_iter()
+            .filter(|folder| {
+                if !seen.insert(folder.path.clone()) {
+                    return false;
+                }
+                match self.index().node(&folder.path) {
+                    Some(Node::Dir(Some(_))) => return false,
+                    Some(Node::Dir(None)) => {}
+                    Some(Node::File(_)) => {
+                        log::warn!(
+                            "not recording folder {}: a file of that name was stored meanwhile",
+                            self.display(&folder.path)
+                        );
+                        return false;
+                    }
+                    None => {}
+                }
+                match self.check_creatable(&folder.path, false) {
+                    Ok(()) | Err(VolumeError::IsADirectory { .. }) => true,
+                    Err(e) => {
+                        log::warn!("not recording folder {}: {e}", self.display(&folder.path));
+                        false
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Stores one batch of checked folders and small files: one message if it fits,
+    /// else halves.
+    async fn put_packed(&self, items: Vec<Packed>) -> Result<(), VolumeError> {
+        if items.is_empty() {
             return Ok(());
         }
         self.config.interrupt.check()?;
-        let retry = (files.len() > 1).then(|| files.clone());
+        let retry = (items.len() > 1).then(|| items.clone());
+        let (mut ops, mut files) = (Vec::new(), Vec::new());
+        for item in items {
+            match item {
+                Packed::Folder(folder) => ops.push(Op::Mkdir(folder)),
+                Packed::File(file) => files.push(file),
+            }
+        }
         let key = self.key.clone();
         let limits = self.limits();
         let sealed = tokio::task::spawn_blocking(move || {
             pack::pack_small_files(files, key.as_ref(), &limits)
         })
         .await;
-        let (attachments, ops) = sealed.map_err(|e| VolumeError::Internal(e.to_string()))??;
-        let halves = |files: Option<Vec<SmallFile>>| {
-            let mut first = files.unwrap_or_default();
+        let (attachments, file_ops) =
+            sealed.map_err(|e| VolumeError::Internal(e.to_string()))??;
+        ops.extend(file_ops);
+        let halves = |items: Option<Vec<Packed>>| {
+            let mut first = items.unwrap_or_default();
             let second = first.split_off(first.len() / 2);
             (first, second)
         };
