@@ -759,3 +759,57 @@ async fn with_write_back_off_mkdir_posts_at_once() {
     assert_eq!(fx.stored_folder("now").await, Some(0o755));
     assert_eq!(fx.folder_notes(), 0);
 }
+
+/// Files a killed mount had closed are shown by the next mount from its first request,
+/// before they are stored, and go up packed like any closed file (not a message each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_mount_shows_what_a_killed_one_left_and_uploads_it_packed() {
+    let fx = Fixture::new().await;
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("f{i:02}"), bytes(100 + i * 50, 60 + i as u64)))
+        .collect();
+    {
+        let fs = fx.mount(Duration::from_secs(3600)).await;
+        let top = folder(&fs).await;
+        let sub = fs.mkdir(top, "sub", 0o755).await.unwrap();
+        for (name, data) in &files {
+            write(&fs, name, data).await;
+        }
+        write_in(&fs, sub.ino, "inner", b"in a folder").await;
+        // Gone without stopping (as after kill -9): nothing was uploaded.
+        drop(fs);
+    }
+    let before = fx.store.counts();
+    let fs = fx.mount(SETTLE).await;
+    let hold = fx.store.hold_posts();
+    assert_eq!(fs.adopt_spool().await, 13);
+    // Their uploads are held: the mount shows them meanwhile (a read of a file waits
+    // for an upload of it under way, so only names and sizes are looked at here).
+    let top = folder(&fs).await;
+    for (name, data) in &files {
+        let attr = fs.lookup(top, name).await.unwrap();
+        assert_eq!(attr.size, data.len() as u64, "{name}, before it is stored");
+    }
+    let sub = fs.lookup(top, "sub").await.unwrap();
+    assert_eq!(names(fs.readdir(sub.ino).await.unwrap()), ["inner"]);
+    hold.release();
+    for (name, data) in &files {
+        assert_eq!(&read_back(&fs, name).await, data, "{name}");
+    }
+    fs.shutdown().await;
+    for (name, data) in &files {
+        assert_eq!(fx.stored(name).await.as_deref(), Some(&data[..]), "{name}");
+    }
+    assert_eq!(
+        fx.stored("sub/inner").await.as_deref(),
+        Some(&b"in a folder"[..])
+    );
+    assert_eq!(fx.stored_folder("sub").await, Some(0o755));
+    let posted = (fx.store.counts() - before).posted_messages;
+    assert!(
+        posted <= 6,
+        "{posted} messages for 13 small files and a folder"
+    );
+    assert!(fx.spool_files().is_empty(), "{:?}", fx.spool_files());
+    assert_eq!(fx.folder_notes(), 0);
+}

@@ -265,6 +265,8 @@ async fn run_foreground(
     let fs = Fs::new(store, Some(key), config)
         .await
         .map_err(|e| CliError::Mount(format!("could not open the store: {e}")))?;
+    // What an earlier mount left waiting is shown from the first request on.
+    fs.adopt_spool().await;
     let mut signals = Signals::new()?;
     let notifier = super::notify::Notifier::from_environment().map(Arc::new);
 

@@ -426,8 +426,13 @@ impl PendingFolders {
                         due: now,
                         posting: false,
                     };
-                    self.lock().insert((n.channel, n.path), folder);
-                    read += 1;
+                    // Taken back once: a folder this mount knows already stays as it is.
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        self.lock().entry((n.channel, n.path))
+                    {
+                        slot.insert(folder);
+                        read += 1;
+                    }
                 }
                 Err(e) => {
                     log::warn!(

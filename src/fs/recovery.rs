@@ -24,6 +24,89 @@ impl Fs {
         self.upload_spooled(true).await
     }
 
+    /// With write-back on, at mount and before the mount is served: takes what a
+    /// previous mount left in the spool back into the write-back queue, due now. The
+    /// files it had closed and not stored become write sessions again (held by no
+    /// handle), and the folders it had made wait again; so the mount shows them at once,
+    /// and they go up as any closed file does, packed, rather than one message a file.
+    /// What can't be taken back (its channel can't be opened now) is left to
+    /// [`Fs::recover_spool`]. Returns how many files it took back.
+    pub async fn adopt_spool(&self) -> usize {
+        if !self.write_back.enabled() {
+            return 0;
+        }
+        let _one_pass = self.spool_uploads.lock().await;
+        let folders = self.write_back.folders.recover();
+        if folders > 0 {
+            log::info!("{folders} folder(s) made by an earlier mount wait for their record");
+        }
+        let live = |id: &str| {
+            self.live_spools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id)
+        };
+        let found = match SpoolFile::recover(&self.spool_dir, &live, true) {
+            Ok(found) => found,
+            Err(e) => {
+                log::warn!("could not read the spool {}: {e}", self.spool_dir.display());
+                return 0;
+            }
+        };
+        let mut adopted = 0;
+        for (spool, meta) in found {
+            match self.adopt(spool, meta).await {
+                Ok(true) => adopted += 1,
+                Ok(false) => {}
+                Err(e) => log::warn!("could not take back a file of the spool ({e}); will retry"),
+            }
+        }
+        if adopted > 0 {
+            log::info!("{adopted} file(s) an earlier mount closed wait for their upload again");
+        }
+        adopted
+    }
+
+    /// Takes one spooled file back into the queue (see [`Fs::adopt_spool`]); `false` if
+    /// it is set aside instead (a newer version was stored meanwhile).
+    async fn adopt(&self, spool: SpoolFile, meta: SpoolMeta) -> Result<bool, FsError> {
+        let volume = self.volume(meta.channel).await?;
+        if volume.index().version_of(&meta.path) != meta.base {
+            log::warn!(
+                "{} changed since this unfinished upload was written; keeping the newer \
+                 version and setting the older one aside",
+                meta.path
+            );
+            spool.set_aside();
+            return Ok(false);
+        }
+        let key = super::inode::NodeKey::new(meta.channel, meta.path.clone());
+        if self.session(&key).is_some() {
+            // Two unfinished uploads of one file: the spool gives the newer first.
+            spool.set_aside();
+            return Ok(false);
+        }
+        let spool = spool.counted(&self.spool_bound, false);
+        let size = spool
+            .data
+            .metadata()
+            .map_err(|e| FsError::Io(e.to_string()))?
+            .len();
+        let id = spool.id.clone();
+        let session = Arc::new(WriteSession::recovered(key.clone(), spool, meta, size));
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.insert(key, session.clone());
+        }
+        self.live_spools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        self.write_back
+            .schedule_in(&session, std::time::Duration::ZERO);
+        Ok(true)
+    }
+
     /// Posts the records of the folders a previous mount made and had not stored yet
     /// ([`super::folders`]), per channel, in a message or a few. Those that fail wait
     /// in the queue (or, with write-back off, for the next mount), shown meanwhile.

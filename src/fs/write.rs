@@ -117,6 +117,22 @@ impl WriteSession {
         }
     }
 
+    /// A session over the spool of a file a previous mount closed and had not stored
+    /// (taken back into the write-back queue at mount, [`super::Fs::adopt_spool`]): held
+    /// by no handle, described complete on disk, and wholly to upload.
+    pub fn recovered(key: NodeKey, spool: SpoolFile, meta: SpoolMeta, size: u64) -> WriteSession {
+        let session = WriteSession::new(key, spool, meta, size);
+        {
+            let mut state = session.lock();
+            state.opens = 0;
+            state.dirty = true;
+            state.described_complete = true;
+            state.changed = ChangedRanges::default();
+            state.changed.add(0, u64::MAX);
+        }
+        session
+    }
+
     /// Bytes of the upload under way done so far (of one file uploaded alone; a batch
     /// of small files goes up in one message, all at once): 0 when none is.
     pub fn uploaded_bytes(&self) -> u64 {

@@ -216,6 +216,11 @@ impl WriteBack {
 
     /// Queues `session`, due the settle time from now (later again if it was queued).
     fn schedule(&self, session: &Arc<WriteSession>) {
+        self.schedule_in(session, self.settle);
+    }
+
+    /// Queues `session`, due `settle` from now.
+    pub(super) fn schedule_in(&self, session: &Arc<WriteSession>, settle: Duration) {
         let now = Instant::now();
         let mut queue = self.lock();
         let id = session.spool_id();
@@ -224,13 +229,13 @@ impl WriteBack {
             id,
             Waiting {
                 session: session.clone(),
-                due: now + self.settle,
+                due: now + settle,
                 failures,
             },
         );
         queue.sync_due.get_or_insert(now + SYNC_AFTER);
         drop(queue);
-        self.folders.defer(session.key().channel, now + self.settle);
+        self.folders.defer(session.key().channel, now + settle);
         self.changed.notify_one();
     }
 
