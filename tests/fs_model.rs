@@ -19,13 +19,14 @@ mod faulty;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dcloud_fs::crypto::Key;
 use dcloud_fs::fs::inode::ROOT;
 use dcloud_fs::fs::{Fs, FsConfig, FsError, Kind, OpenFlags, SetAttr};
 use dcloud_fs::store::local::LocalStore;
 use dcloud_fs::store::{Limits, Store};
-use dcloud_fs::volume::VolumeConfig;
+use dcloud_fs::volume::{Volume, VolumeConfig};
 use faulty::{FaultyStore, SplitMix64};
 
 const LIMITS: Limits = Limits {
@@ -86,6 +87,15 @@ struct Model {
     half_moves: usize,
     closes_failed: usize,
     recovered: usize,
+    /// With write-back: what the store may hold at a path, if the mount were killed
+    /// now while the path is open (see [`kill_9`]); absent: exactly what is committed.
+    may_be_stored: BTreeMap<String, Vec<Option<Vec<u8>>>>,
+    fsyncs_ok: usize,
+    fsyncs_failed: usize,
+    kills: usize,
+    kills_with_open_files: usize,
+    /// Spools a restart after a kill uploaded.
+    recovered_after_kill: usize,
 }
 
 impl Model {
@@ -96,6 +106,19 @@ impl Model {
     fn bump(&mut self, path: &str) {
         *self.versions.entry(path.to_string()).or_default() += 1;
     }
+
+    /// What the store may hold at `path` now (with write-back).
+    fn may_be_stored(&mut self, path: &str) -> &mut Vec<Option<Vec<u8>>> {
+        let committed = self.committed.get(path).cloned();
+        self.may_be_stored
+            .entry(path.to_string())
+            .or_insert_with(|| vec![committed])
+    }
+
+    /// The store may hold `content` at `path` from now on (an upload of it may land).
+    fn may_store(&mut self, path: &str, content: &[u8]) {
+        self.may_be_stored(path).push(Some(content.to_vec()));
+    }
 }
 
 struct Harness {
@@ -104,12 +127,71 @@ struct Harness {
     key: Key,
     config: FsConfig,
     fs: Arc<Fs>,
+    /// The "process" `fs` runs its background work in (see [`Process`]).
+    process: Process,
     /// The inode numbers of the channels' folders.
     channels: [u64; 2],
 }
 
+/// What a mount's process is to these tests: a thread with a runtime of its own, where
+/// the filesystem is made, so that its background work (the write-back queue and the
+/// uploads it starts) runs there. [`Process::kill_9`] stops that runtime between two
+/// steps of its tasks and drops them, as a kill -9 would: nothing of that mount runs
+/// afterwards, so it can't touch the spool or the store the next mount uses. (The
+/// harness's own calls into the filesystem run on the test's runtime, one at a time,
+/// and none is under way at a kill.)
+struct Process {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Process {
+    /// Makes a filesystem in a new process.
+    async fn start(store: Arc<FaultyStore>, key: Key, config: FsConfig) -> (Arc<Fs>, Process) {
+        let (made, fs) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let fs = Fs::new(store, Some(key), config).await.unwrap();
+                let _ = made.send(fs);
+                let _ = stopped.await;
+            });
+            // Every task left (uploads under way, the queue's worker) is dropped
+            // unfinished.
+            drop(runtime);
+        });
+        let process = Process {
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        (fs.await.unwrap(), process)
+    }
+
+    /// Ends the process on the spot.
+    fn kill_9(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
 impl Harness {
-    async fn new(seed: u64) -> Harness {
+    /// A harness whose filesystem uploads at close (`write_back` zero) or that long
+    /// after it.
+    async fn new(seed: u64, write_back: Duration) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let local =
             Arc::new(LocalStore::open_or_create(&dir.path().join("store"), LIMITS).unwrap());
@@ -120,9 +202,7 @@ impl Harness {
         let config = FsConfig {
             cache_bytes: 64 * 1024,
             spool_dir: Some(dir.path().join("spool")),
-            // The model's close stores the file or fails (write-back is
-            // tests/fs_writeback.rs's).
-            write_back: std::time::Duration::ZERO,
+            write_back,
             volume: VolumeConfig {
                 cache_dir: None,
                 // Freed at once: these tests count what is left.
@@ -132,31 +212,60 @@ impl Harness {
             ..FsConfig::default()
         };
         let key = Key::generate().unwrap();
-        let fs = Fs::new(store.clone(), Some(key.clone()), config.clone())
-            .await
-            .unwrap();
+        let (fs, process) = Process::start(store.clone(), key.clone(), config.clone()).await;
         let mut h = Harness {
             _dir: dir,
             store,
             key,
             config,
             fs,
+            process,
             channels: [0; 2],
         };
         h.look_up_channels().await;
         h
     }
 
-    async fn remount(&mut self) {
-        self.fs = Fs::new(
-            self.store.clone(),
-            Some(self.key.clone()),
-            self.config.clone(),
-        )
-        .await
-        .unwrap();
-        self.fs.recover_spool().await;
+    /// Kills the mount (without stopping it: no upload of the queue) and starts
+    /// again from the store and the spool. Returns how many spooled files the new
+    /// mount uploaded.
+    async fn remount(&mut self) -> usize {
+        self.process.kill_9();
+        let (fs, process) =
+            Process::start(self.store.clone(), self.key.clone(), self.config.clone()).await;
+        self.fs = fs;
+        self.process = process;
+        let recovered = self.fs.recover_spool().await;
         self.look_up_channels().await;
+        recovered
+    }
+
+    fn write_back(&self) -> bool {
+        !self.config.write_back.is_zero()
+    }
+
+    /// What the store holds at `path`, read as the CLI would (faults must be off).
+    async fn stored(&self, path: &str) -> Option<Vec<u8>> {
+        let (channel_name, inside) = path.split_once('/').unwrap();
+        let channel = self
+            .store
+            .channels()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == channel_name)
+            .unwrap();
+        let config = VolumeConfig {
+            cache_dir: None,
+            ..VolumeConfig::default()
+        };
+        let volume = Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
+            .await
+            .unwrap();
+        volume.file(inside).ok()?;
+        let mut out = Vec::new();
+        volume.get(inside, &mut out, None).await.unwrap();
+        Some(out)
     }
 
     async fn look_up_channels(&mut self) {
@@ -236,6 +345,10 @@ async fn close(h: &Harness, model: &mut Model, i: usize) {
     }
     if landed && session.dirty {
         let content = session.content.clone();
+        if h.write_back() {
+            // Queued: its upload may land any time from now.
+            model.may_store(&open.path, &content);
+        }
         model.committed.insert(open.path.clone(), content);
         model.bump(&open.path);
         let version = model.version(&open.path);
@@ -409,9 +522,13 @@ async fn step(h: &mut Harness, model: &mut Model, rng: &mut SplitMix64) {
             if across && result.is_ok() {
                 model.moves_across += 1;
             }
-            if across && result.is_err() && posted > 0 {
+            let failed = matches!(result, Err(FsError::Io(_)));
+            if across && failed && (posted > 0 || h.write_back()) {
                 // The destination's record landed, the source's delete didn't: the file
-                // is in both channels. Moving it again finishes the move.
+                // is in both channels. Moving it again finishes the move. (With
+                // write-back, the queue's posts can't be told from the move's: a move
+                // across that failed is made again in any case, and either finishes it
+                // or makes it whole.)
                 trace!("half move {name} -> {to}; moving again");
                 model.half_moves += 1;
                 h.store.clear_faults();
@@ -420,8 +537,14 @@ async fn step(h: &mut Harness, model: &mut Model, rng: &mut SplitMix64) {
                     .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
                 assert!(result.is_ok(), "moving {name} to {to} again: {result:?}");
             }
+            trace!("rename {name} -> {to}: {result:?}");
             match result {
                 Ok(()) => {
+                    if h.write_back() {
+                        let moved = model.may_be_stored(name).clone();
+                        model.may_be_stored.insert(to.to_string(), moved);
+                        model.may_be_stored.insert(name.to_string(), vec![None]);
+                    }
                     let content = model.committed.remove(name).unwrap();
                     model.committed.insert(to.to_string(), content);
                     model.bump(name);
@@ -434,10 +557,13 @@ async fn step(h: &mut Harness, model: &mut Model, rng: &mut SplitMix64) {
         }
         // Unlink a file nobody is writing.
         87..=92 if !model.sessions.contains_key(name) => {
-            match h.fs.unlink(h.split(name).0, h.split(name).1).await {
+            let result = h.fs.unlink(h.split(name).0, h.split(name).1).await;
+            trace!("unlink {name}: {result:?}");
+            match result {
                 Ok(()) => {
                     model.committed.remove(name).unwrap();
                     model.bump(name);
+                    model.may_be_stored.insert(name.to_string(), vec![None]);
                 }
                 Err(FsError::NotFound) => assert!(!model.committed.contains_key(name)),
                 Err(FsError::Io(_)) => {}
@@ -449,13 +575,142 @@ async fn step(h: &mut Harness, model: &mut Model, rng: &mut SplitMix64) {
             while !model.open.is_empty() {
                 close(h, model, 0).await;
             }
+            if h.write_back() {
+                // Without stopping: the queue's files are left to the next mount.
+                kill_9(h, model).await;
+                return;
+            }
             h.store.clear_faults();
             h.remount().await;
             finish_pending(model);
             h.store
                 .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
         }
+        // With write-back: a kill -9, with whatever is open.
+        96 if h.write_back() => kill_9(h, model).await,
+        // With write-back: fsync of an open file uploads it now, or fails.
+        97 if h.write_back() && !model.open.is_empty() => {
+            let i = rng.index(model.open.len());
+            let (fh, path) = (model.open[i].fh, model.open[i].path.clone());
+            let content = model.sessions[&path].content.clone();
+            let result = h.fs.fsync(fh).await;
+            trace!("fsync {path} fh {fh}: {:?}", result.is_ok());
+            match result {
+                Ok(()) => {
+                    // In the store when fsync returns.
+                    model.fsyncs_ok += 1;
+                    h.store.clear_faults();
+                    let stored = h.stored(&path).await;
+                    h.store
+                        .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
+                    assert_same(
+                        stored.as_ref(),
+                        Some(&content),
+                        &format!("{path} in the store once fsync returned"),
+                    );
+                    model.may_be_stored.insert(path, vec![Some(content)]);
+                }
+                // The upload failed: the file is kept (its handle and the mount still
+                // show it; check() looks), and uploaded at the close or a retry.
+                Err(FsError::Io(_)) => {
+                    model.fsyncs_failed += 1;
+                    model.may_store(&path, &content);
+                }
+                Err(e) => panic!("fsync {path}: {e:?}"),
+            }
+        }
+        // With write-back: a pause, in which the queue uploads what fell due.
+        98..=99 if h.write_back() => tokio::time::sleep(h.config.write_back * 3).await,
         _ => {}
+    }
+}
+
+/// A kill -9 of the mount, with whatever is open then, and a start from the same
+/// spool and store; then the store must hold what the model says.
+///
+/// Every file with no open handle at the kill is in the store with the content of
+/// its last close that returned (or absent, if it was removed): a close returns once
+/// the file is in the spool, and the next mount uploads what the spool holds. A file
+/// open at the kill is one whose last close hadn't returned, as the kernel sees it: the
+/// store may hold its content at the kill, or what an upload since the last known state
+/// of the store may have stored (a close that returned, an fsync, even a failed one: its
+/// upload may have landed), or that last known state (the content when an fsync
+/// returned, or after a restart); never anything else — no torn file, no older version.
+/// Whatever it holds is then what the mount shows.
+async fn kill_9(h: &mut Harness, model: &mut Model) {
+    let mut allowed: BTreeMap<String, Vec<Option<Vec<u8>>>> = BTreeMap::new();
+    let open: Vec<(String, Vec<u8>)> = model
+        .sessions
+        .iter()
+        .map(|(path, session)| (path.clone(), session.content.clone()))
+        .collect();
+    for (path, content) in open {
+        let mut may = model.may_be_stored(&path).clone();
+        may.push(Some(content));
+        allowed.insert(path, may);
+    }
+    trace!("kill -9 with {:?} open", allowed.keys().collect::<Vec<_>>());
+    model.kills += 1;
+    if !allowed.is_empty() {
+        model.kills_with_open_files += 1;
+    }
+    model.open.clear();
+    model.sessions.clear();
+    h.store.clear_faults();
+    model.recovered_after_kill += h.remount().await;
+    finish_pending(model);
+    for name in NAMES {
+        let stored = h.stored(name).await;
+        match allowed.get(name) {
+            Some(may) => {
+                assert!(
+                    may.contains(&stored),
+                    "{name}, open at the kill, is stored as {:?}, none of the {} versions \
+                     allowed ({:?})",
+                    stored.as_ref().map(Vec::len),
+                    may.len(),
+                    may.iter()
+                        .map(|v| v.as_ref().map(Vec::len))
+                        .collect::<Vec<_>>()
+                );
+                match stored {
+                    Some(content) => model.committed.insert(name.to_string(), content),
+                    None => model.committed.remove(name),
+                };
+                model.bump(name);
+            }
+            None => assert_same(
+                stored.as_ref(),
+                model.committed.get(name),
+                &format!("{name} in the store after a kill -9 and a restart"),
+            ),
+        }
+    }
+    model.may_be_stored.clear();
+    h.store
+        .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
+}
+
+/// Waits (up to 30 s, faults off) until the store holds what the model commits: the
+/// queue uploads every closed file, retrying those whose upload failed.
+async fn wait_for_the_queue(h: &Harness, model: &Model) {
+    h.store.clear_faults();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in NAMES {
+        loop {
+            let stored = h.stored(name).await;
+            if stored.as_ref() == model.committed.get(name) {
+                break;
+            }
+            if Instant::now() > deadline {
+                assert_same(
+                    stored.as_ref(),
+                    model.committed.get(name),
+                    &format!("{name} in the store once the queue had time to upload it"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -488,7 +743,7 @@ async fn the_core_matches_a_reference_model_under_random_failures() {
     let mut totals = (0, 0, 0, 0, 0);
     for seed in seeds() {
         eprintln!("seed {seed}");
-        let mut h = Harness::new(seed).await;
+        let mut h = Harness::new(seed, Duration::ZERO).await;
         h.store
             .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
         let mut model = Model::default();
@@ -542,4 +797,86 @@ fn finish_pending(model: &mut Model) {
             model.recovered += 1;
         }
     }
+}
+
+/// The settle time of the write-back run: short, so that files are closed and changed
+/// again before their upload, and uploads (and their failures) happen during the run.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// The same model and operations with write-back on (a settle time of [`SETTLE`]),
+/// plus fsync (the store has the file when it returns; a failure keeps it, to be
+/// uploaded later), pauses for the queue, and kill -9 at random points (see
+/// [`kill_9`]). Closes return at once, so the model's committed content is what the
+/// mount shows, and the store catches up: after each run the queue must upload
+/// everything, the failed uploads included, once the store works again.
+///
+/// Ignored for now: it finds bugs not fixed yet (run it with `--ignored`). A rename of a
+/// file whose upload waits keeps the spool's `base` (the version of the *old* name), so
+/// after a kill -9 the next mount finds the new name "changed since" and sets the
+/// closed file aside (src/fs/mod.rs `rename` would set the session's base to
+/// `dest.index().version_of(&to.path)` after the move); with that patched it goes on to
+/// find a mount that, once the queue has drained, reads a renamed-over name with other
+/// bytes than the store holds (not yet analysed).
+#[tokio::test]
+#[ignore = "finds the write-back rename bugs described above"]
+async fn with_write_back_the_core_matches_the_model_through_kill_9s() {
+    if std::env::var_os("FS_MODEL_TRACE").is_some() {
+        let _ = env_logger::builder().is_test(true).try_init();
+    }
+    let mut totals = Model::default();
+    for seed in seeds() {
+        eprintln!("seed {seed}");
+        let mut h = Harness::new(seed, SETTLE).await;
+        h.store
+            .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
+        let mut model = Model::default();
+        let mut rng = SplitMix64::new(2000 + seed);
+        for round in 0..150 {
+            step(&mut h, &mut model, &mut rng).await;
+            if round % 10 == 9 {
+                check(&h, &model).await;
+            }
+        }
+        while !model.open.is_empty() {
+            close(&h, &mut model, 0).await;
+        }
+        wait_for_the_queue(&h, &model).await;
+        check(&h, &model).await;
+        // And a last kill, with everything uploaded: nothing changes.
+        kill_9(&mut h, &mut model).await;
+        check(&h, &model).await;
+        totals.closes_landed += model.closes_landed;
+        totals.closes_failed += model.closes_failed;
+        totals.fsyncs_ok += model.fsyncs_ok;
+        totals.fsyncs_failed += model.fsyncs_failed;
+        totals.kills += model.kills;
+        totals.kills_with_open_files += model.kills_with_open_files;
+        totals.recovered_after_kill += model.recovered_after_kill;
+        totals.moves_across += model.moves_across;
+    }
+    let t = &totals;
+    eprintln!(
+        "closes {} (failed {}); fsyncs {} (failed {}); kill -9s {} ({} with files open), \
+         spools uploaded after them {}; moves across channels {}",
+        t.closes_landed,
+        t.closes_failed,
+        t.fsyncs_ok,
+        t.fsyncs_failed,
+        t.kills,
+        t.kills_with_open_files,
+        t.recovered_after_kill,
+        t.moves_across
+    );
+    assert_eq!(
+        t.closes_failed, 0,
+        "with write-back a close returns no upload error"
+    );
+    assert!(
+        t.closes_landed > 50
+            && t.fsyncs_ok > 0
+            && t.fsyncs_failed > 0
+            && t.kills_with_open_files > 0
+            && t.recovered_after_kill > 0,
+        "the run exercised too little"
+    );
 }

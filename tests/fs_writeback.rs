@@ -813,3 +813,19 @@ async fn the_next_mount_shows_what_a_killed_one_left_and_uploads_it_packed() {
     assert!(fx.spool_files().is_empty(), "{:?}", fx.spool_files());
     assert_eq!(fx.folder_notes(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_that_dies_leaves_its_closed_empty_file_to_the_next() {
+    let fx = Fixture::new().await;
+    {
+        let fs = fx.mount(Duration::from_secs(3600)).await;
+        write(&fs, "empty", b"").await;
+        // Gone without stopping (as after kill -9): nothing was uploaded.
+        drop(fs);
+    }
+    assert_eq!(fx.stored("empty").await, None);
+    let fs = fx.mount(SETTLE).await;
+    assert_eq!(fs.recover_spool().await, 1, "{:?}", fx.spool_files());
+    assert_eq!(fx.stored("empty").await, Some(Vec::new()));
+    assert!(fx.spool_files().is_empty(), "{:?}", fx.spool_files());
+}

@@ -51,6 +51,34 @@ fn cannot_mount() -> Option<&'static str> {
     None
 }
 
+/// How the mounts of a test upload what is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteBack {
+    /// `--write-back 0`: close uploads, and returns the upload's error.
+    Off,
+    /// The default settle time: close returns once the file is in the spool; the
+    /// store has it after a sync point a user would use (`sync FILE`, an unmount).
+    Default,
+}
+
+/// Runs test `$name(mode: WriteBack)` twice, as `$name::write_back_off` and
+/// `$name::write_back_on` (the default write-back): the suite under both.
+macro_rules! in_both_modes {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn write_back_off() {
+                super::$name(super::WriteBack::Off);
+            }
+
+            #[test]
+            fn write_back_on() {
+                super::$name(super::WriteBack::Default);
+            }
+        }
+    };
+}
+
 /// Returns early (passing) from a test that can't mount here.
 macro_rules! need_fuse {
     () => {
@@ -71,12 +99,20 @@ enum Backend {
 struct Env {
     dir: tempfile::TempDir,
     backend: Backend,
+    /// How [`Env::mount`] mounts when the test doesn't say `--write-back`.
+    write_back: WriteBack,
 }
 
 impl Env {
     /// A local store with small limits, a key, and channels `docs` and `other`.
     fn new() -> Env {
-        let env = Env::bare(Backend::Local);
+        Env::with(WriteBack::Off)
+    }
+
+    /// [`Env::new`], whose mounts upload as `write_back` says.
+    fn with(write_back: WriteBack) -> Env {
+        let mut env = Env::bare(Backend::Local);
+        env.write_back = write_back;
         env.ok(&["keygen"]);
         env.ok(&["mkdir", "docs"]);
         env.ok(&["mkdir", "other"]);
@@ -88,6 +124,7 @@ impl Env {
         let env = Env {
             dir: tempfile::tempdir().unwrap(),
             backend,
+            write_back: WriteBack::Off,
         };
         if let Backend::Local = env.backend {
             fs::create_dir_all(env.store()).unwrap();
@@ -128,6 +165,21 @@ impl Env {
     /// A path under the mount point.
     fn at(&self, path: &str) -> PathBuf {
         self.mnt().join(path)
+    }
+
+    /// With write-back on, `sync FILE` (an fsync of it) for each path under the mount:
+    /// the sync point a user would reach before looking at the store. With it off,
+    /// nothing: close has uploaded the file.
+    fn sync_if_write_back(&self, paths: &[&str]) {
+        if self.write_back == WriteBack::Off {
+            return;
+        }
+        let paths: Vec<PathBuf> = paths.iter().map(|p| self.at(p)).collect();
+        let args: Vec<&dyn AsRef<std::ffi::OsStr>> = paths
+            .iter()
+            .map(|p| p as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
+        self.tool("sync", &args);
     }
 
     fn spool(&self) -> PathBuf {
@@ -199,14 +251,15 @@ impl Env {
     }
 
     /// `dcloud-fs mount -f` with `extra` options, once it is mounted. Without a
-    /// `--write-back` among them, with write-back off (`--write-back 0`): these tests
-    /// look at the store once close returns; the write-back tests say `--write-back`.
+    /// `--write-back` among them, as the test's [`WriteBack`] says: off
+    /// (`--write-back 0`, so that the store has a file once its close returns), or the
+    /// default settle time; the write-back tests say `--write-back`.
     fn mount(&self, extra: &[&str]) -> Mount<'_> {
         let spool = self.spool();
         let mnt = self.mnt();
         let mut args = vec!["-v", "mount", "-f", "--poll-interval", "1"];
         args.extend(["--spool-dir", spool.to_str().unwrap()]);
-        if !extra.contains(&"--write-back") {
+        if !extra.contains(&"--write-back") && self.write_back == WriteBack::Off {
             args.extend(["--write-back", "0"]);
         }
         args.extend(extra);
@@ -397,10 +450,9 @@ fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
     }
 }
 
-#[test]
-fn cp_in_and_out_ls_and_reads_at_any_offset() {
+fn cp_in_and_out_ls_and_reads_at_any_offset(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let data = random_bytes(300 * KIB + 17, 1);
     fs::write(env.work().join("src.bin"), &data).unwrap();
     // A folder longer than one readdir reply.
@@ -459,6 +511,7 @@ fn cp_in_and_out_ls_and_reads_at_any_offset() {
     drop(file);
 
     // The store has it, as the CLI sees it.
+    env.sync_if_write_back(&["docs/src.bin"]);
     assert!(env.get("docs/src.bin") == data);
     // And what the CLI stores shows in the mount within the poll interval (1 s here).
     fs::write(env.work().join("from-cli.txt"), b"put by the CLI").unwrap();
@@ -469,11 +522,11 @@ fn cp_in_and_out_ls_and_reads_at_any_offset() {
     assert!(shown, "a file put by the CLI never showed in the mount");
     mount.stop();
 }
+in_both_modes!(cp_in_and_out_ls_and_reads_at_any_offset);
 
-#[test]
-fn append_truncate_and_overwrite_in_place() {
+fn append_truncate_and_overwrite_in_place(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let mount = env.mount(&[]);
     let path = env.at("docs/log.txt");
     let mut expected = random_bytes(50 * KIB, 2);
@@ -521,6 +574,7 @@ fn append_truncate_and_overwrite_in_place() {
     mount.stop();
     assert_eq!(env.get("docs/log.txt"), b"short");
 }
+in_both_modes!(append_truncate_and_overwrite_in_place);
 
 /// The chunk attachments of a channel, as `(message id, file name)`.
 fn chunk_attachments(env: &Env, channel: &str) -> BTreeSet<(String, String)> {
@@ -535,14 +589,14 @@ fn chunk_attachments(env: &Env, channel: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-#[test]
-fn changing_a_few_bytes_uploads_only_the_chunk_they_are_in() {
+fn changing_a_few_bytes_uploads_only_the_chunk_they_are_in(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let mount = env.mount(&[]);
     let path = env.at("docs/big.bin");
     let mut expected = random_bytes(300 * KIB, 12);
     write_file(&path, &expected);
+    env.sync_if_write_back(&["docs/big.bin"]);
     let before = chunk_attachments(&env, "docs");
     assert!(before.len() > 10, "a file of many chunks: {before:?}");
 
@@ -550,6 +604,7 @@ fn changing_a_few_bytes_uploads_only_the_chunk_they_are_in() {
     file.write_all_at(b"patched", 150_000).unwrap();
     close(file).unwrap();
     expected[150_000..150_007].copy_from_slice(b"patched");
+    env.sync_if_write_back(&["docs/big.bin"]);
 
     let after = chunk_attachments(&env, "docs");
     let uploaded: Vec<_> = after.difference(&before).collect();
@@ -558,11 +613,11 @@ fn changing_a_few_bytes_uploads_only_the_chunk_they_are_in() {
     mount.stop();
     assert!(env.get("docs/big.bin") == expected);
 }
+in_both_modes!(changing_a_few_bytes_uploads_only_the_chunk_they_are_in);
 
-#[test]
-fn a_child_closing_an_inherited_descriptor_publishes_nothing() {
+fn a_child_closing_an_inherited_descriptor_publishes_nothing(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let mount = env.mount(&[]);
     let data = random_bytes(60 * KIB, 7);
     let mut file = File::create(env.at("docs/half.bin")).unwrap();
@@ -576,17 +631,20 @@ fn a_child_closing_an_inherited_descriptor_publishes_nothing() {
     );
     file.write_all(&data[30 * KIB..]).unwrap();
     close(file).unwrap();
+    env.sync_if_write_back(&["docs/half.bin"]);
     assert!(env.get("docs/half.bin") == data);
     mount.stop();
 }
+in_both_modes!(a_child_closing_an_inherited_descriptor_publishes_nothing);
 
-#[test]
-fn mv_within_and_across_channels() {
+fn mv_within_and_across_channels(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let mount = env.mount(&[]);
     let data = random_bytes(120 * KIB, 4);
     write_file(&env.at("docs/a.bin"), &data);
+    // Stored before it moves: the moves below must upload nothing again.
+    env.sync_if_write_back(&["docs/a.bin"]);
 
     // Within a channel: a rename, into a subfolder too.
     fs::rename(env.at("docs/a.bin"), env.at("docs/b.bin")).unwrap();
@@ -625,6 +683,7 @@ fn mv_within_and_across_channels() {
     let more = random_bytes(70 * KIB, 5);
     fs::create_dir_all(env.at("docs/dir/inner")).unwrap();
     write_file(&env.at("docs/dir/inner/m.bin"), &more);
+    env.sync_if_write_back(&["docs/dir/inner/m.bin"]);
     let ino = fs::metadata(env.at("docs/dir/inner/m.bin")).unwrap().ino();
     let with_more = chunks();
     assert!(with_more > attachments);
@@ -662,11 +721,11 @@ fn mv_within_and_across_channels() {
     let listing = env.ok(&["ls", "docs/sub"]);
     assert!(!listing.contains("b.bin"), "{listing}");
 }
+in_both_modes!(mv_within_and_across_channels);
 
-#[test]
-fn rm_mkdir_rmdir() {
+fn rm_mkdir_rmdir(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let mount = env.mount(&[]);
     fs::create_dir(env.at("docs/sub")).unwrap();
     fs::create_dir(env.at("docs/sub/deeper")).unwrap();
@@ -710,11 +769,45 @@ fn rm_mkdir_rmdir() {
     mount.stop();
     assert!(env.ok(&["ls", "docs"]).trim().is_empty());
 }
+in_both_modes!(rm_mkdir_rmdir);
 
-#[test]
-fn editor_save_by_rename_replaces_the_file() {
+/// A folder made through the mount shows there at once (with write-back it may reach
+/// the store later, with the next upload: at the latest when the mount stops); one
+/// made in another channel and under a new folder too; all of them are in the store
+/// once the mount has stopped, and a remount shows them.
+fn mkdir_shows_at_once_and_is_stored_by_the_unmount(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
+    let mount = env.mount(&[]);
+    fs::create_dir(env.at("docs/made")).unwrap();
+    fs::create_dir_all(env.at("other/outer/inner")).unwrap();
+    write_file(&env.at("other/outer/inner/f.txt"), b"in a new folder");
+    for folder in ["docs/made", "other/outer", "other/outer/inner"] {
+        assert!(fs::metadata(env.at(folder)).unwrap().is_dir(), "{folder}");
+    }
+    let names = env.tool("ls", &[&env.at("docs")]);
+    assert_eq!(names.trim(), "made");
+    assert_eq!(
+        fs::read(env.at("other/outer/inner/f.txt")).unwrap(),
+        b"in a new folder"
+    );
+    if mode == WriteBack::Off {
+        assert_eq!(env.ok(&["ls", "docs"]).trim(), "made/");
+    }
+    mount.stop();
+    assert_eq!(env.ok(&["ls", "docs"]).trim(), "made/");
+    assert_eq!(env.ok(&["ls", "other/outer"]).trim(), "inner/");
+    assert_eq!(env.get("other/outer/inner/f.txt"), b"in a new folder");
+    let mount = env.mount(&[]);
+    assert!(fs::metadata(env.at("docs/made")).unwrap().is_dir());
+    assert!(fs::metadata(env.at("other/outer/inner")).unwrap().is_dir());
+    mount.stop();
+}
+in_both_modes!(mkdir_shows_at_once_and_is_stored_by_the_unmount);
+
+fn editor_save_by_rename_replaces_the_file(mode: WriteBack) {
+    need_fuse!();
+    let env = Env::with(mode);
     fs::write(env.work().join("notes.txt"), b"first version\n").unwrap();
     env.ok(&["put", "notes.txt", "docs"]);
     let mount = env.mount(&[]);
@@ -757,11 +850,11 @@ fn editor_save_by_rename_replaces_the_file() {
     assert!(env.get("docs/notes.txt") == newer);
     assert!(!env.ok(&["ls", "docs"]).contains(".swp"));
 }
+in_both_modes!(editor_save_by_rename_replaces_the_file);
 
-#[test]
-fn parallel_writers_then_remount_and_read_only() {
+fn parallel_writers_then_remount_and_read_only(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let mount = env.mount(&[]);
     let files: Vec<(String, Vec<u8>)> = (0..2)
         .map(|i| {
@@ -806,6 +899,7 @@ fn parallel_writers_then_remount_and_read_only() {
         assert!(env.get(path) == *data, "{path}");
     }
 }
+in_both_modes!(parallel_writers_then_remount_and_read_only);
 
 #[test]
 fn background_mount_and_umount() {
@@ -947,10 +1041,9 @@ fn tells_a_service_manager_when_it_is_ready_and_when_it_stops() {
 /// SIGTERM to whatever is left. Idle, the umount does it all and the SIGTERM that
 /// follows at once changes nothing; busy (a file still open for writing), the umount
 /// fails and the SIGTERM uploads the file, then unmounts.
-#[test]
-fn stopping_the_way_the_service_does() {
+fn stopping_the_way_the_service_does(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let mnt = env.mnt();
     let mnt_arg = mnt.to_str().unwrap();
 
@@ -979,6 +1072,7 @@ fn stopping_the_way_the_service_does() {
     drop(open);
     assert_eq!(env.get("docs/open.txt"), b"still open");
 }
+in_both_modes!(stopping_the_way_the_service_does);
 
 /// The mount(8) helper, scripts/mount.dcloud-fs, laid out as scripts/install.sh lays it
 /// out (beside a `dcloud-fs`).
@@ -1442,10 +1536,9 @@ fn write_back_loses_no_closed_file_to_a_kill_9() {
 /// A rename that lands while the file's upload is under way (here: the close of a
 /// second descriptor, which the kernel sends without holding the file's lock) must
 /// leave the file under its new name.
-#[test]
-fn rename_during_an_upload_lands_under_the_new_name() {
+fn rename_during_an_upload_lands_under_the_new_name(mode: WriteBack) {
     need_fuse!();
-    let env = Env::new();
+    let env = Env::with(mode);
     let mount = env.mount(&[]);
     // About 130 chunks: as many as a record fits in the tiny test limits.
     let data = random_bytes(1536 * KIB, 9);
@@ -1462,12 +1555,14 @@ fn rename_during_an_upload_lands_under_the_new_name() {
         panic!("close: {e}\n{}", mount.log());
     }
     let shown = env.tool("ls", &[&env.at("docs")]);
+    env.sync_if_write_back(&["docs/target"]);
     let stored = env.ok(&["ls", "docs"]);
     mount.stop();
     assert_eq!(shown.trim(), "target", "the mount shows {shown}");
     assert_eq!(stored.trim(), "target", "the store has {stored}");
     assert!(env.get("docs/target") == data);
 }
+in_both_modes!(rename_during_an_upload_lands_under_the_new_name);
 
 // ----- the concurrent stress test -----
 //
@@ -1786,12 +1881,11 @@ fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).map_or(default, |v| v.parse().unwrap())
 }
 
-#[test]
-fn stress_several_processes_share_names() {
+fn stress_several_processes_share_names(mode: WriteBack) {
     need_fuse!();
     let secs = env_number("DCLOUD_STRESS_SECS", 10);
     let processes = env_number("DCLOUD_STRESS_PROCESSES", 3);
-    let env = Env::new();
+    let env = Env::with(mode);
     let mount = env.mount(&[]);
     let workers: Vec<Child> = (1..=processes)
         .map(|writer| {
@@ -1890,6 +1984,7 @@ fn stress_several_processes_share_names() {
         warnings[..warnings.len().min(30)].join("\n")
     );
 }
+in_both_modes!(stress_several_processes_share_names);
 
 #[test]
 fn stress_files_tell_whole_from_torn() {
