@@ -352,9 +352,14 @@ impl Fs {
 
     /// Uploads a session's content if it changed since its last upload.
     pub(super) async fn commit(&self, session: &Arc<WriteSession>) -> Result<(), FsError> {
-        let key = session.key();
-        let volume = self.volume(key.channel).await?;
-        session.commit(&volume).await
+        loop {
+            let key = session.key();
+            let volume = self.volume(key.channel).await?;
+            if session.commit(&volume).await? {
+                return Ok(());
+            }
+            // It moved to another channel while the commit waited: upload it there.
+        }
     }
 
     /// `flush` (each `close` of a file descriptor): queues the upload of what was

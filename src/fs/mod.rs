@@ -737,24 +737,27 @@ impl Fs {
             Some(session) => Some(session.exclusive().await),
             None => None,
         };
-        let session = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
         let stored = match volume.index().node(&key.path) {
             Some(Node::Dir(_)) => return Err(FsError::IsADirectory),
             Some(Node::File(_)) => true,
             None => false,
         };
+        if !stored && pending.is_none() {
+            return Err(FsError::NotFound);
+        }
+        // The stored version goes first: if its removal fails, the file stays as it
+        // was, its waiting content included.
+        if stored {
+            volume.remove(&key.path, false).await?;
+        }
+        let session = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         if let Some(session) = &session {
             // Open files that are unlinked are not uploaded any more.
             self.drop_unlinked(session);
-        }
-        if stored {
-            volume.remove(&key.path, false).await?;
-        } else if session.is_none() {
-            return Err(FsError::NotFound);
         }
         self.inodes
             .lock()
@@ -897,8 +900,16 @@ impl Fs {
         // a folder, the same for every file being written under it, and its folders
         // whose record waits are held, so that nothing lands under the old name.
         let moving = self.sessions_moving(&from, session.as_ref());
-        let mut quiet = Vec::with_capacity(moving.len());
-        for session in &moving {
+        // A file waiting for its upload under the new name is replaced: its upload must
+        // not land after the rename (nor be under way while it runs).
+        let replaced_target = self
+            .session(&to)
+            .filter(|target| !moving.iter().any(|s| Arc::ptr_eq(s, target)));
+        let mut locked: Vec<&Arc<WriteSession>> =
+            moving.iter().chain(replaced_target.as_ref()).collect();
+        locked.sort_by_key(|s| s.spool_id());
+        let mut quiet = Vec::with_capacity(locked.len());
+        for session in locked {
             quiet.push(session.exclusive().await);
         }
         let held = if from_is_folder {
@@ -914,6 +925,11 @@ impl Fs {
                 volume.move_to(&from.path, &dest, &to.path).await?;
             } else if moving.is_empty() && held.is_empty() {
                 return Err(FsError::NotFound);
+            } else if !from_is_folder && matches!(dest.index().node(&to.path), Some(Node::File(_)))
+            {
+                // A file not stored yet over a stored one: the stored one goes now, so
+                // that it can't come back (after a crash before the upload, say).
+                dest.remove(&to.path, false).await?;
             }
             Ok(())
         }
@@ -922,6 +938,14 @@ impl Fs {
             .folders
             .renamed(&held, moved.is_ok().then_some((&from, &to)));
         moved?;
+        if let Some(target) = &replaced_target {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if sessions.get(&to).is_some_and(|s| Arc::ptr_eq(s, target)) {
+                sessions.remove(&to);
+            }
+            drop(sessions);
+            self.drop_unlinked(target);
+        }
         for session in &moving {
             let old = session.key();
             let new = NodeKey::new(
@@ -935,7 +959,8 @@ impl Fs {
             if let Some(replaced) = replaced {
                 self.drop_unlinked(&replaced);
             }
-            session.moved_to(new);
+            let base = dest.index().version_of(&new.path);
+            session.moved_to(new, base);
         }
         drop(quiet);
         self.inodes

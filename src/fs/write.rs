@@ -334,10 +334,13 @@ impl WriteSession {
     }
 
     /// The file was renamed while open: it will be uploaded under its new name.
-    pub fn moved_to(&self, key: NodeKey) {
+    pub fn moved_to(&self, key: NodeKey, base: Option<String>) {
         let mut state = self.lock();
         state.meta.path = key.path.clone();
         state.meta.channel = key.channel;
+        // What the new name holds now is what the upload goes over (a recovered upload
+        // goes ahead only if the name still holds it).
+        state.meta.base = base;
         state.key = key;
         if let Err(e) = self.spool.describe(&state.meta) {
             log::warn!("could not record the new name in the spool: {e}");
@@ -353,10 +356,16 @@ impl WriteSession {
     /// Uploads the spool's content as the file's new version if anything changed since
     /// the last commit. On failure the spool stays marked as committing, so the next
     /// mount uploads it if this one doesn't manage to.
-    pub async fn commit(&self, volume: &Volume) -> Result<(), FsError> {
+    ///
+    /// Returns `false`, uploading nothing, if the file moved to another channel than
+    /// `volume`'s while the commit waited for its turn (a rename across channels).
+    pub async fn commit(&self, volume: &Volume) -> Result<bool, FsError> {
         let _alone = self.content.write().await;
+        if self.lock().key.channel != volume.channel().id {
+            return Ok(false);
+        }
         let Some((meta, delta)) = self.begin_upload()? else {
-            return Ok(());
+            return Ok(true);
         };
         let data = self
             .spool
@@ -379,18 +388,21 @@ impl WriteSession {
         self.progress.0.store(0, Ordering::Relaxed);
         put.map_err(|e| self.upload_failed(&meta, &shown, &e))?;
         self.uploaded(volume, &meta, &shown);
-        Ok(())
+        Ok(true)
     }
 
     /// Uploads `sessions`, small files of one channel, together, with the records of
     /// `folders` made in it: their chunks and records in one message
     /// ([`Volume::put_batch`]), all or none of them. Those files that changed since
     /// their last upload are uploaded; the others are left alone.
+    ///
+    /// Returns the sessions left out because they moved to another channel while the
+    /// batch waited for its turn (a rename across channels), to be uploaded there.
     pub async fn commit_small(
         volume: &Volume,
         folders: Vec<DirManifest>,
         sessions: &[Arc<WriteSession>],
-    ) -> Result<(), FsError> {
+    ) -> Result<Vec<Arc<WriteSession>>, FsError> {
         // Each session's content lock, taken in one order (writes take one at a
         // time, so no two batches or writers can wait on each other in a circle).
         let mut ordered: Vec<&Arc<WriteSession>> = sessions.iter().collect();
@@ -401,7 +413,12 @@ impl WriteSession {
         }
         let mut files = Vec::new();
         let mut taken = Vec::new();
+        let mut moved = Vec::new();
         for session in sessions {
+            if session.lock().key.channel != volume.channel().id {
+                moved.push(session.clone());
+                continue;
+            }
             let Some((meta, _)) = session.begin_upload()? else {
                 continue;
             };
@@ -420,7 +437,7 @@ impl WriteSession {
             taken.push((session, meta));
         }
         if files.is_empty() && folders.is_empty() {
-            return Ok(());
+            return Ok(moved);
         }
         if let Err(e) = volume.put_batch(folders, files).await {
             let error = FsError::Io(e.to_string());
@@ -432,7 +449,7 @@ impl WriteSession {
         for (session, meta) in &taken {
             session.uploaded(volume, meta, &volume.display(&meta.path));
         }
-        Ok(())
+        Ok(moved)
     }
 
     /// With the content lock held alone: if the file changed, describes the spool as

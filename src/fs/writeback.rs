@@ -564,6 +564,7 @@ impl Fs {
     /// Uploads one unit (one file, or a batch of small ones and folders) and notes how
     /// it ended.
     async fn upload_unit(&self, unit: Unit) {
+        let mut moved = Vec::new();
         let outcome = match (unit.files.as_slice(), unit.folders.is_empty()) {
             ([one], true) => self.commit(one).await,
             (batch, _) => {
@@ -574,7 +575,9 @@ impl Fs {
                 match self.volume(channel).await {
                     Ok(volume) => {
                         let folders = unit.folders.iter().map(|f| f.record.clone()).collect();
-                        WriteSession::commit_small(&volume, folders, batch).await
+                        WriteSession::commit_small(&volume, folders, batch)
+                            .await
+                            .map(|left_out| moved = left_out)
                     }
                     Err(e) => Err(e),
                 }
@@ -594,7 +597,11 @@ impl Fs {
         }
         let outcome = outcome.map_err(|e| e.to_string());
         for session in &unit.files {
-            let outcome = outcome.clone().map_err(FsError::Io);
+            let mut outcome = outcome.clone().map_err(FsError::Io);
+            if moved.iter().any(|m| Arc::ptr_eq(m, session)) {
+                // Renamed to another channel while the batch waited: uploaded there.
+                outcome = self.commit(session).await;
+            }
             if self.write_back.finished(session, &outcome) {
                 self.retire_session(session, true);
             }
