@@ -829,3 +829,41 @@ async fn a_mount_that_dies_leaves_its_closed_empty_file_to_the_next() {
     assert_eq!(fx.stored("empty").await, Some(Vec::new()));
     assert!(fx.spool_files().is_empty(), "{:?}", fx.spool_files());
 }
+
+/// A `chmod` of a closed file while its upload is under way is not lost: it goes up
+/// after that upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_mode_during_an_upload_goes_up_after_it() {
+    let fx = Fixture::new().await;
+    let fs = fx.mount(SETTLE).await;
+    let hold = fx.store.hold_posts();
+    write(&fs, "f", b"content").await;
+    // The queue's upload starts and waits in the store.
+    within("the upload to start", hold.arrived()).await;
+    let top = folder(&fs).await;
+    let ino = fs.lookup(top, "f").await.unwrap().ino;
+    let chmod = dcloud_fs::fs::SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr(ino, None, chmod).await.unwrap().perm, 0o600);
+    hold.release();
+    fs.shutdown().await;
+    let channel = fx
+        .store
+        .channels()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "a")
+        .unwrap();
+    let config = VolumeConfig {
+        cache_dir: None,
+        ..VolumeConfig::default()
+    };
+    let volume = Volume::open(fx.store.clone(), channel, Some(fx.key.clone()), config)
+        .await
+        .unwrap();
+    assert_eq!(volume.file("f").unwrap().mode, 0o600);
+    assert_eq!(fx.stored("f").await.as_deref(), Some(&b"content"[..]));
+}

@@ -434,6 +434,11 @@ impl Fs {
                 session.truncate(size).await?;
             }
             session.set_meta(mtime_ns, changes.mode);
+            if session.opens() == 0 {
+                // A closed file waiting for its upload (or being uploaded): the change
+                // goes up as a close's would.
+                self.closed(&session).await?;
+            }
             return self.attr_of(&key).await;
         }
         if let Some(size) = changes.size {

@@ -81,6 +81,24 @@ impl Progress for UploadProgress {
     }
 }
 
+/// Reads small spool files whole: (data file, size, path, options) each.
+fn read_small_files(
+    spooled: Vec<(std::fs::File, u64, String, PutOptions)>,
+) -> std::io::Result<Vec<SmallFile>> {
+    spooled
+        .into_iter()
+        .map(|(file, size, path, options)| {
+            let mut data = vec![0; size as usize];
+            file.read_exact_at(&mut data, 0)?;
+            Ok(SmallFile {
+                path,
+                data,
+                options,
+            })
+        })
+        .collect()
+}
+
 /// Where a write of `data` at `offset` ends, if it writes anything.
 fn write_end(offset: u64, data: &[u8]) -> Option<u64> {
     (!data.is_empty()).then(|| offset.saturating_add(data.len() as u64))
@@ -326,6 +344,12 @@ impl WriteSession {
             state.meta.mode = mode & 0o7777;
         }
         state.dirty = true;
+        if state.described_complete
+            && let Err(e) = self.spool.describe(&state.meta)
+        {
+            // A restart would upload the file with the time and mode it had before.
+            log::warn!("could not record the new attributes in the spool: {e}");
+        }
     }
 
     /// The file was unlinked: it won't be uploaded.
@@ -411,7 +435,7 @@ impl WriteSession {
         for session in &ordered {
             _alone.push(session.content.write().await);
         }
-        let mut files = Vec::new();
+        let mut spooled = Vec::new();
         let mut taken = Vec::new();
         let mut moved = Vec::new();
         for session in sessions {
@@ -423,22 +447,32 @@ impl WriteSession {
                 continue;
             };
             let size = session.lock().size;
-            let mut data = vec![0; size as usize];
-            session
+            let data = session
                 .spool
                 .data
-                .read_exact_at(&mut data, 0)
+                .try_clone()
                 .map_err(|e| io_error("reading the spool file", e))?;
-            files.push(SmallFile {
-                path: meta.path.clone(),
-                data,
-                options: options_of(&meta),
-            });
+            spooled.push((data, size, meta.path.clone(), options_of(&meta)));
             taken.push((session, meta));
         }
-        if files.is_empty() && folders.is_empty() {
+        if spooled.is_empty() && folders.is_empty() {
             return Ok(moved);
         }
+        // The spool files are read off the async threads (a disk may be slow).
+        let read = tokio::task::spawn_blocking(move || read_small_files(spooled))
+            .await
+            .map_err(|e| FsError::Io(e.to_string()))
+            .and_then(|read| read.map_err(|e| io_error("reading the spool file", e)));
+        let files = match read {
+            Ok(files) => files,
+            Err(e) => {
+                for (session, meta) in &taken {
+                    let failed = VolumeError::Internal(e.to_string());
+                    session.upload_failed(meta, &volume.display(&meta.path), &failed);
+                }
+                return Err(e);
+            }
+        };
         if let Err(e) = volume.put_batch(folders, files).await {
             let error = FsError::Io(e.to_string());
             for (session, meta) in &taken {
@@ -498,7 +532,8 @@ impl WriteSession {
     /// version it made.
     fn uploaded(&self, volume: &Volume, meta: &SpoolMeta, shown: &str) {
         let mut state = self.lock();
-        state.dirty = false;
+        // A `setattr` during the upload (it doesn't wait for one) is still to upload.
+        state.dirty = state.meta.mtime_ns != meta.mtime_ns || state.meta.mode != meta.mode;
         state.changed = ChangedRanges::default();
         state.meta.committing = false;
         state.described_complete = false;
