@@ -61,7 +61,7 @@ use crate::format::{
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
-pub const INDEX_CACHE_VERSION: u32 = 5;
+pub const INDEX_CACHE_VERSION: u32 = 6;
 
 /// Orders the operations on a path (see the module docs): the highest stamp wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -484,9 +484,115 @@ pub struct Index {
     /// could name): a record naming one is refused. Chat without attachments costs
     /// nothing here.
     foreign: BTreeSet<Id>,
+    /// Which writing of the cache this state is (random, new at every whole write):
+    /// the cache's journal counts only the deltas written on top of this one.
+    #[serde(default)]
+    pub generation: u64,
+    /// What changed since the cache was last written (see [`IndexDelta`]).
+    #[serde(skip)]
+    dirty: Dirty,
+}
+
+/// What changed in an index since it was last written to its cache, for the next
+/// [`IndexDelta`].
+#[derive(Debug, Clone, Default)]
+struct Dirty {
+    slots: BTreeSet<String>,
+    own: BTreeSet<Id>,
+    tombstones: Vec<Id>,
+    foreign: Vec<Id>,
+}
+
+/// The changes to an index since it (or the previous delta) was written to its cache:
+/// what the cache's journal holds, so that writing the cache after a change costs the
+/// change, not the whole index (see [`crate::volume`]). The slots, the own messages,
+/// the tombstone and foreign messages are those that changed; the rest (the small
+/// bookkeeping: where replay got, skips, moves out, what waits to be freed, unread
+/// records) is whole in every delta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexDelta {
+    /// The [`Index::generation`] it applies to.
+    pub generation: u64,
+    /// Its place in the journal: 0, 1, 2, ...
+    pub seq: u64,
+    slots: Vec<(String, Slot)>,
+    own: Vec<(Id, Option<Own>)>,
+    tombstones: Vec<Id>,
+    foreign: Vec<Id>,
+    last_seen: Id,
+    max_seq: u64,
+    cutover: Option<Id>,
+    skipped: Vec<(Id, Skip)>,
+    #[serde(with = "moved_out_serde")]
+    moved_out: moved_out_serde::MovedOut,
+    unfreed: Vec<(Id, u64)>,
+    #[serde(with = "foreign_unfreed_serde")]
+    unfreed_foreign: BTreeMap<(Id, Id), u64>,
+    unread: BTreeSet<Id>,
 }
 
 impl Index {
+    /// The changes since the cache was last written, which from now on count as
+    /// written.
+    pub fn take_delta(&mut self, seq: u64) -> IndexDelta {
+        let dirty = std::mem::take(&mut self.dirty);
+        IndexDelta {
+            generation: self.generation,
+            seq,
+            slots: dirty
+                .slots
+                .into_iter()
+                .filter_map(|path| {
+                    let slot = self.slots.map.get(&path)?.clone();
+                    Some((path, slot))
+                })
+                .collect(),
+            own: dirty
+                .own
+                .into_iter()
+                .map(|m| (m, self.own.get(&m).copied()))
+                .collect(),
+            tombstones: dirty.tombstones,
+            foreign: dirty.foreign,
+            last_seen: self.last_seen,
+            max_seq: self.max_seq,
+            cutover: self.cutover,
+            skipped: self.skipped.iter().map(|(&m, s)| (m, s.clone())).collect(),
+            moved_out: self.moved_out.clone(),
+            unfreed: self.unfreed.iter().map(|(&m, &t)| (m, t)).collect(),
+            unfreed_foreign: self.unfreed_foreign.clone(),
+            unread: self.unread.clone(),
+        }
+    }
+
+    /// Counts everything as written to the cache (it was just written whole).
+    pub fn mark_written(&mut self) {
+        self.dirty = Dirty::default();
+    }
+
+    /// Applies a delta read from the cache's journal (of this generation, in order).
+    pub fn apply_delta(&mut self, delta: IndexDelta) {
+        for (path, slot) in delta.slots {
+            self.slots.set(path, slot);
+        }
+        for (message, own) in delta.own {
+            match own {
+                Some(kind) => self.own.insert(message, kind),
+                None => self.own.remove(&message),
+            };
+        }
+        self.tombstone_messages.extend(delta.tombstones);
+        self.foreign.extend(delta.foreign);
+        self.last_seen = delta.last_seen;
+        self.max_seq = delta.max_seq;
+        self.cutover = delta.cutover;
+        self.skipped = delta.skipped.into_iter().collect();
+        self.moved_out = delta.moved_out;
+        self.unfreed = delta.unfreed.into_iter().collect();
+        self.unfreed_foreign = delta.unfreed_foreign;
+        self.unread = delta.unread;
+    }
+
     /// An empty index for `channel`, read with `key_id`.
     pub fn new(channel: Id, key_id: Option<KeyId>) -> Index {
         Index {
@@ -505,17 +611,22 @@ impl Index {
             cutover: None,
             unread: BTreeSet::new(),
             foreign: BTreeSet::new(),
+            generation: 0,
+            dirty: Dirty::default(),
         }
     }
 
     /// Notes a message of another author that has attachments.
     pub fn note_foreign(&mut self, message: Id) {
-        self.foreign.insert(message);
+        if self.foreign.insert(message) {
+            self.dirty.foreign.push(message);
+        }
     }
 
     /// Notes a message of the bot's own.
     pub fn note_own(&mut self, message: Id, kind: Own) {
         self.own.insert(message, kind);
+        self.dirty.own.insert(message);
     }
 
     /// What message `message` of this channel is, if it is one of the bot's own that
@@ -526,7 +637,9 @@ impl Index {
 
     /// Notes that a message is gone.
     pub fn forget_own(&mut self, message: Id) {
-        self.own.remove(&message);
+        if self.own.remove(&message).is_some() {
+            self.dirty.own.insert(message);
+        }
     }
 
     /// The `seq` for the next record written here.
@@ -577,7 +690,7 @@ impl Index {
             resolved.push(resolve(message, op, sealed_by)?);
         }
         if record.ops.iter().any(|op| matches!(op, Op::Link { .. })) {
-            self.tombstone_messages.insert(message.id); // a guard: it stays
+            self.note_tombstone(message.id); // a guard: it stays
         }
         for (_, entry) in &resolved {
             if let Some(Entry::File(file)) = entry {
@@ -613,7 +726,7 @@ impl Index {
                 }
             }
             if entry.is_none() {
-                self.tombstone_messages.insert(message.id);
+                self.note_tombstone(message.id);
             }
             match self.slots.map.get(&path) {
                 Some(slot) if slot.stamp >= stamp => {
@@ -626,12 +739,21 @@ impl Index {
                         });
                     }
                 }
-                _ => self.slots.set(path, Slot { stamp, entry }),
+                _ => {
+                    self.dirty.slots.insert(path.clone());
+                    self.slots.set(path, Slot { stamp, entry });
+                }
             }
         }
         self.skipped.remove(&message.id);
         self.unread.remove(&message.id);
         Ok(outdated)
+    }
+
+    fn note_tombstone(&mut self, message: Id) {
+        if self.tombstone_messages.insert(message) {
+            self.dirty.tombstones.push(message);
+        }
     }
 
     /// Checks that the chunks of `file` stored in this channel are in the bot's own
@@ -1441,9 +1563,10 @@ mod tests {
     /// one message), replaces, deletes, moved deletes, renames and folders, applied with
     /// random `seq`s (so some lose to what stands), in random versions: the counts kept
     /// as slots change always equal a count from scratch, and so after a trip through
-    /// the cache.
+    /// the cache; and the deltas taken now and then, applied to the state they started
+    /// from, always make the index.
     #[test]
-    fn use_counts_always_equal_a_full_recount() {
+    fn use_counts_and_cache_deltas_always_equal_a_full_recount() {
         let seeds = std::env::var("DCLOUD_USES_SEEDS")
             .ok()
             .and_then(|n| n.parse().ok())
@@ -1459,8 +1582,27 @@ mod tests {
                 }
             };
             let mut index = Index::new(1, None);
+            // What the cache holds: the state it started from, and the deltas since.
+            let mut cached = index.clone();
+            let mut seq = 0;
             let paths = ["a", "b", "d/c", "d/e", "f"];
             for step in 0..300 {
+                match next(20) {
+                    0 => index.note_own(next(200), Own::Record),
+                    1 => index.forget_own(next(200)),
+                    2 => index.note_foreign(500 + next(100)),
+                    3 => index.unfreed.clear(),
+                    4 => {
+                        let delta = index.take_delta(seq);
+                        let json = serde_json::to_vec(&delta).unwrap();
+                        cached.apply_delta(serde_json::from_slice(&json).unwrap());
+                        seq += 1;
+                    }
+                    _ => {}
+                }
+                if next(5) == 0 {
+                    index.unfreed.insert(next(200), step as u64);
+                }
                 let id = 1_000 + step as Id;
                 let path = paths[next(paths.len() as u64) as usize];
                 let mut attachments = Vec::new();
@@ -1520,6 +1662,13 @@ mod tests {
                 index.apply(&message, &record, version, None).unwrap();
                 assert_counts_match(&index, step);
             }
+            cached.apply_delta(index.take_delta(seq));
+            assert_eq!(
+                serde_json::to_value(&cached).unwrap(),
+                serde_json::to_value(&index).unwrap(),
+                "seed {seed}: the cache's start and its deltas make the index"
+            );
+            assert_eq!(cached.slots.uses, index.slots.uses, "seed {seed}");
             let json = serde_json::to_vec(&index).unwrap();
             let read: Index = serde_json::from_slice(&json).unwrap();
             assert_eq!(
