@@ -55,7 +55,7 @@ pub mod writeback;
 
 pub use self::error::FsError;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -556,15 +556,19 @@ impl Fs {
             .keys()
             .cloned()
             .collect();
+        // The names listed, looked up by name: a folder of many files with many files
+        // being written costs the sum of the two, not their product.
+        let mut names: HashSet<String> = if sessions.is_empty() {
+            HashSet::new()
+        } else {
+            items.iter().map(|item| item.name.clone()).collect()
+        };
         for session in sessions {
             let (dir, name) = session
                 .path
                 .rsplit_once('/')
                 .unwrap_or(("", session.path.as_str()));
-            if session.channel == key.channel
-                && dir == key.path
-                && !items.iter().any(|item| item.name == name)
-            {
+            if session.channel == key.channel && dir == key.path && names.insert(name.to_string()) {
                 items.push(DirItem {
                     name: name.to_string(),
                     ino: self.ino_of(&session),
