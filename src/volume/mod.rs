@@ -586,6 +586,7 @@ impl Volume {
         if let Some(state) = file.as_mut().filter(|state| {
             state.journal_len < state.whole_len / 2
                 && fs::metadata(&journal).map_or(0, |m| m.len()) == state.journal_len
+                && fs::metadata(&path).is_ok_and(|m| m.len() == state.whole_len)
                 && self.index().generation == state.generation
         }) {
             let delta = self.index().take_delta(state.next_seq);
