@@ -16,7 +16,9 @@
 # Sections (each measures its baselines in the same run, on the same disk):
 # - local (scripts/bench-local-rows.sh): `dcloud-fs put` / `get` of a random file on
 #   the local store (64 MiB quick, 1 GiB full), beside `cp` + `sync` / `cat > file` of
-#   the same file on the disk; peak RSS of each command.
+#   the same file on the disk; peak RSS of each command. And (as root) small files
+#   created through the mount into a folder of 100,000 (10,000 quick) beside the same
+#   into an empty folder: the cost of a file must not grow with its folder.
 # - mount (scripts/bench-mount-rows.sh): through `dcloud-fs mount` on the local store,
 #   through `rclone mount` of an rclone crypt remote over a local folder
 #   (`--vfs-cache-mode writes`), and on the plain disk: cp in until close returns, cold

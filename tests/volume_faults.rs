@@ -1330,6 +1330,101 @@ async fn index_cache_reads_less_and_still_sees_other_writers() {
     assert_eq!(file_paths(&keyless), vec!["f05"]);
 }
 
+/// The cache file and its journal, once written.
+fn cache_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "json")
+                && path.parent().is_some_and(|p| !p.ends_with("uploads"))
+            {
+                found.push(path);
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    let whole = found.pop().unwrap();
+    let journal = whole.with_extension("journal");
+    (whole, journal)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saving_the_cache_appends_what_changed_and_a_cut_short_journal_is_only_stale() {
+    let fx = Fixture::new(10).await;
+    let key = Key::generate().unwrap();
+    let mut rng = SplitMix64::new(0x0010_5eed);
+    let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let cached = fx.open_cached(Some(&key)).await;
+    for i in 0..20 {
+        let data = rng.bytes(50 + i);
+        put(&cached, &format!("f{i:02}"), &data, options(true))
+            .await
+            .unwrap();
+        contents.insert(format!("f{i:02}"), data);
+    }
+    cached.save(); // the whole index: there was none
+    let (whole, journal) = cache_files(&fx.cache_dir());
+    let whole_bytes = std::fs::read(&whole).unwrap();
+    assert!(!journal.exists());
+    // A few changes: two deltas, the whole index untouched.
+    for round in 0..2 {
+        let data = rng.bytes(9);
+        put(&cached, &format!("new{round}"), &data, options(true))
+            .await
+            .unwrap();
+        contents.insert(format!("new{round}"), data);
+        cached.remove(&format!("f0{round}"), false).await.unwrap();
+        contents.remove(&format!("f0{round}"));
+        cached.refresh().await.unwrap();
+        cached.save();
+        assert_eq!(std::fs::read(&whole).unwrap(), whole_bytes, "round {round}");
+    }
+    let journal_len = std::fs::metadata(&journal).unwrap().len();
+    assert!(
+        journal_len < whole_bytes.len() as u64 / 2,
+        "{journal_len} bytes of journal, {} of index",
+        whole_bytes.len()
+    );
+    let expected: Vec<String> = contents.keys().cloned().collect();
+    let saved = cached.index().clone();
+    drop(cached);
+
+    // Reopened: the whole index and both deltas make the state it saved, and nothing
+    // had to be read again but the last seconds.
+    let before = fx.store.counts();
+    let reopened = fx.open_cached(Some(&key)).await;
+    let opened = fx.store.counts() - before;
+    assert_eq!(opened.fetches, 0, "{opened:?}");
+    assert_eq!(file_paths(&reopened), expected);
+    assert_eq!(reopened.index().last_seen, saved.last_seen);
+    assert_eq!(reopened.index().unfreed, saved.unfreed);
+    assert_eq!(reopened.index().messages_in_use(), saved.messages_in_use());
+    for path in &expected {
+        assert_eq!(reopened.index().file(path), saved.file(path), "{path}");
+    }
+    drop(reopened);
+
+    // A write cut short: the last delta doesn't count, the cache is stale, and the
+    // refresh at open reads what it missed.
+    let journal_bytes = std::fs::read(&journal).unwrap();
+    std::fs::write(&journal, &journal_bytes[..journal_bytes.len() - 3]).unwrap();
+    fx.jump_clock(6_000);
+    let reopened = fx.open_cached(Some(&key)).await;
+    assert_eq!(file_paths(&reopened), expected);
+    for (path, data) in &contents {
+        assert!(read(&reopened, path).await == *data, "{path}");
+    }
+    // The next write is whole again (the journal isn't what it wrote).
+    put(&reopened, "after", b"x", options(true)).await.unwrap();
+    reopened.save();
+    assert_ne!(std::fs::read(&whole).unwrap(), whole_bytes);
+    assert!(!journal.exists());
+}
+
 #[tokio::test]
 async fn a_refresh_does_not_fetch_again_the_records_it_has_read() {
     let fx = Fixture::new(9).await;

@@ -58,7 +58,7 @@ pub mod writeback;
 
 pub use self::error::FsError;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -604,6 +604,13 @@ impl Fs {
             .keys()
             .cloned()
             .collect();
+        // The names listed, looked up by name: a folder of many files with many files
+        // being written costs the sum of the two, not their product.
+        let mut names: HashSet<String> = if sessions.is_empty() {
+            HashSet::new()
+        } else {
+            items.iter().map(|item| item.name.clone()).collect()
+        };
         for session in sessions {
             let (dir, name) = session
                 .path

@@ -30,7 +30,10 @@
 //! The index also tells which messages are still needed ([`Index::messages_in_use`]):
 //! the record messages of live entries, the messages holding their chunks, and messages
 //! with tombstones. Everything else that an operation leaves behind can be deleted —
-//! unless a file moved to another channel took it along.
+//! unless a file moved to another channel took it along. The index counts how many
+//! times live entries name each message as their slots change (and counts again from
+//! the slots when its cache is read), so asking about one message ([`Index::in_use`],
+//! [`Index::holds`]) is a lookup, whatever the number of files.
 //!
 //! ## Files moved across channels
 //!
@@ -47,7 +50,7 @@
 //! alive. Replay stays order-independent: the links are a union, and per destination
 //! the newest stamp wins.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +61,7 @@ use crate::format::{
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
-pub const INDEX_CACHE_VERSION: u32 = 5;
+pub const INDEX_CACHE_VERSION: u32 = 6;
 
 /// Orders the operations on a path (see the module docs): the highest stamp wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -324,6 +327,90 @@ struct Slot {
     entry: Option<Entry>,
 }
 
+/// The slots by path, with how many times their live entries name each message: kept
+/// up to date as slots change, so that "is this message in use" costs a lookup, not a
+/// walk of every entry. The counts are not in the cache: they are counted again from
+/// the slots when it is read.
+#[derive(Debug, Clone, Default)]
+struct Slots {
+    map: BTreeMap<String, Slot>,
+    /// Messages of this channel → how many times live entries name them (records and
+    /// chunks; a message holding several chunks of one file counts once per chunk).
+    uses: HashMap<Id, u32>,
+    /// The same for messages of other channels, `(channel, message)`.
+    foreign_uses: HashMap<(Id, Id), u32>,
+}
+
+impl Slots {
+    fn from_map(map: BTreeMap<String, Slot>) -> Slots {
+        let mut slots = Slots {
+            map: BTreeMap::new(),
+            uses: HashMap::new(),
+            foreign_uses: HashMap::new(),
+        };
+        for slot in map.values() {
+            if let Some(entry) = &slot.entry {
+                slots.count(entry, true);
+            }
+        }
+        slots.map = map;
+        slots
+    }
+
+    /// Sets the slot of `path`, keeping the counts.
+    fn set(&mut self, path: String, slot: Slot) {
+        if let Some(entry) = &slot.entry {
+            self.count(entry, true);
+        }
+        if let Some(Slot {
+            entry: Some(old), ..
+        }) = self.map.insert(path, slot)
+        {
+            self.count(&old, false);
+        }
+    }
+
+    /// Adds (or takes away) the uses of `entry`.
+    fn count(&mut self, entry: &Entry, add: bool) {
+        fn bump<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: K, add: bool) {
+            if add {
+                *counts.entry(key).or_default() += 1;
+            } else if let std::collections::hash_map::Entry::Occupied(mut n) = counts.entry(key) {
+                *n.get_mut() -= 1;
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        }
+        match entry {
+            Entry::File(file) => {
+                bump(&mut self.uses, file.record_message, add);
+                for chunk in &file.chunks {
+                    match chunk.channel {
+                        None => bump(&mut self.uses, chunk.message, add),
+                        Some(channel) => {
+                            bump(&mut self.foreign_uses, (channel, chunk.message), add)
+                        }
+                    }
+                }
+            }
+            Entry::Dir(dir) => bump(&mut self.uses, dir.record_message, add),
+        }
+    }
+}
+
+impl Serialize for Slots {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.map.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Slots {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Slots, D::Error> {
+        BTreeMap::deserialize(deserializer).map(Slots::from_map)
+    }
+}
+
 /// Why a record message was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Skip {
@@ -366,7 +453,7 @@ pub struct Index {
     pub key_id: Option<KeyId>,
     /// The newest message id that replay has read up to.
     pub last_seen: Id,
-    slots: BTreeMap<String, Slot>,
+    slots: Slots,
     tombstone_messages: BTreeSet<Id>,
     skipped: BTreeMap<Id, Skip>,
     /// Where the messages of files moved to other channels went (see the module docs).
@@ -397,9 +484,115 @@ pub struct Index {
     /// could name): a record naming one is refused. Chat without attachments costs
     /// nothing here.
     foreign: BTreeSet<Id>,
+    /// Which writing of the cache this state is (random, new at every whole write):
+    /// the cache's journal counts only the deltas written on top of this one.
+    #[serde(default)]
+    pub generation: u64,
+    /// What changed since the cache was last written (see [`IndexDelta`]).
+    #[serde(skip)]
+    dirty: Dirty,
+}
+
+/// What changed in an index since it was last written to its cache, for the next
+/// [`IndexDelta`].
+#[derive(Debug, Clone, Default)]
+struct Dirty {
+    slots: BTreeSet<String>,
+    own: BTreeSet<Id>,
+    tombstones: Vec<Id>,
+    foreign: Vec<Id>,
+}
+
+/// The changes to an index since it (or the previous delta) was written to its cache:
+/// what the cache's journal holds, so that writing the cache after a change costs the
+/// change, not the whole index (see [`crate::volume`]). The slots, the own messages,
+/// the tombstone and foreign messages are those that changed; the rest (the small
+/// bookkeeping: where replay got, skips, moves out, what waits to be freed, unread
+/// records) is whole in every delta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexDelta {
+    /// The [`Index::generation`] it applies to.
+    pub generation: u64,
+    /// Its place in the journal: 0, 1, 2, ...
+    pub seq: u64,
+    slots: Vec<(String, Slot)>,
+    own: Vec<(Id, Option<Own>)>,
+    tombstones: Vec<Id>,
+    foreign: Vec<Id>,
+    last_seen: Id,
+    max_seq: u64,
+    cutover: Option<Id>,
+    skipped: Vec<(Id, Skip)>,
+    #[serde(with = "moved_out_serde")]
+    moved_out: moved_out_serde::MovedOut,
+    unfreed: Vec<(Id, u64)>,
+    #[serde(with = "foreign_unfreed_serde")]
+    unfreed_foreign: BTreeMap<(Id, Id), u64>,
+    unread: BTreeSet<Id>,
 }
 
 impl Index {
+    /// The changes since the cache was last written, which from now on count as
+    /// written.
+    pub fn take_delta(&mut self, seq: u64) -> IndexDelta {
+        let dirty = std::mem::take(&mut self.dirty);
+        IndexDelta {
+            generation: self.generation,
+            seq,
+            slots: dirty
+                .slots
+                .into_iter()
+                .filter_map(|path| {
+                    let slot = self.slots.map.get(&path)?.clone();
+                    Some((path, slot))
+                })
+                .collect(),
+            own: dirty
+                .own
+                .into_iter()
+                .map(|m| (m, self.own.get(&m).copied()))
+                .collect(),
+            tombstones: dirty.tombstones,
+            foreign: dirty.foreign,
+            last_seen: self.last_seen,
+            max_seq: self.max_seq,
+            cutover: self.cutover,
+            skipped: self.skipped.iter().map(|(&m, s)| (m, s.clone())).collect(),
+            moved_out: self.moved_out.clone(),
+            unfreed: self.unfreed.iter().map(|(&m, &t)| (m, t)).collect(),
+            unfreed_foreign: self.unfreed_foreign.clone(),
+            unread: self.unread.clone(),
+        }
+    }
+
+    /// Counts everything as written to the cache (it was just written whole).
+    pub fn mark_written(&mut self) {
+        self.dirty = Dirty::default();
+    }
+
+    /// Applies a delta read from the cache's journal (of this generation, in order).
+    pub fn apply_delta(&mut self, delta: IndexDelta) {
+        for (path, slot) in delta.slots {
+            self.slots.set(path, slot);
+        }
+        for (message, own) in delta.own {
+            match own {
+                Some(kind) => self.own.insert(message, kind),
+                None => self.own.remove(&message),
+            };
+        }
+        self.tombstone_messages.extend(delta.tombstones);
+        self.foreign.extend(delta.foreign);
+        self.last_seen = delta.last_seen;
+        self.max_seq = delta.max_seq;
+        self.cutover = delta.cutover;
+        self.skipped = delta.skipped.into_iter().collect();
+        self.moved_out = delta.moved_out;
+        self.unfreed = delta.unfreed.into_iter().collect();
+        self.unfreed_foreign = delta.unfreed_foreign;
+        self.unread = delta.unread;
+    }
+
     /// An empty index for `channel`, read with `key_id`.
     pub fn new(channel: Id, key_id: Option<KeyId>) -> Index {
         Index {
@@ -407,7 +600,7 @@ impl Index {
             channel,
             key_id,
             last_seen: 0,
-            slots: BTreeMap::new(),
+            slots: Slots::default(),
             tombstone_messages: BTreeSet::new(),
             skipped: BTreeMap::new(),
             moved_out: BTreeMap::new(),
@@ -418,17 +611,22 @@ impl Index {
             cutover: None,
             unread: BTreeSet::new(),
             foreign: BTreeSet::new(),
+            generation: 0,
+            dirty: Dirty::default(),
         }
     }
 
     /// Notes a message of another author that has attachments.
     pub fn note_foreign(&mut self, message: Id) {
-        self.foreign.insert(message);
+        if self.foreign.insert(message) {
+            self.dirty.foreign.push(message);
+        }
     }
 
     /// Notes a message of the bot's own.
     pub fn note_own(&mut self, message: Id, kind: Own) {
         self.own.insert(message, kind);
+        self.dirty.own.insert(message);
     }
 
     /// What message `message` of this channel is, if it is one of the bot's own that
@@ -439,7 +637,9 @@ impl Index {
 
     /// Notes that a message is gone.
     pub fn forget_own(&mut self, message: Id) {
-        self.own.remove(&message);
+        if self.own.remove(&message).is_some() {
+            self.dirty.own.insert(message);
+        }
     }
 
     /// The `seq` for the next record written here.
@@ -490,7 +690,7 @@ impl Index {
             resolved.push(resolve(message, op, sealed_by)?);
         }
         if record.ops.iter().any(|op| matches!(op, Op::Link { .. })) {
-            self.tombstone_messages.insert(message.id); // a guard: it stays
+            self.note_tombstone(message.id); // a guard: it stays
         }
         for (_, entry) in &resolved {
             if let Some(Entry::File(file)) = entry {
@@ -526,9 +726,9 @@ impl Index {
                 }
             }
             if entry.is_none() {
-                self.tombstone_messages.insert(message.id);
+                self.note_tombstone(message.id);
             }
-            match self.slots.get_mut(&path) {
+            match self.slots.map.get(&path) {
                 Some(slot) if slot.stamp >= stamp => {
                     if slot.stamp.message() < message.id {
                         outdated.push(Outdated {
@@ -539,15 +739,21 @@ impl Index {
                         });
                     }
                 }
-                Some(slot) => *slot = Slot { stamp, entry },
-                None => {
-                    self.slots.insert(path, Slot { stamp, entry });
+                _ => {
+                    self.dirty.slots.insert(path.clone());
+                    self.slots.set(path, Slot { stamp, entry });
                 }
             }
         }
         self.skipped.remove(&message.id);
         self.unread.remove(&message.id);
         Ok(outdated)
+    }
+
+    fn note_tombstone(&mut self, message: Id) {
+        if self.tombstone_messages.insert(message) {
+            self.dirty.tombstones.push(message);
+        }
     }
 
     /// Checks that the chunks of `file` stored in this channel are in the bot's own
@@ -598,13 +804,17 @@ impl Index {
     /// give the same answer saw the same state of the path.
     pub fn version_of(&self, path: &str) -> Option<String> {
         self.slots
+            .map
             .get(path)
             .map(|slot| format!("{}:{}", slot.stamp.message(), slot.stamp.position))
     }
 
     /// The live entry at `path`.
     pub fn entry(&self, path: &str) -> Option<&Entry> {
-        self.slots.get(path).and_then(|slot| slot.entry.as_ref())
+        self.slots
+            .map
+            .get(path)
+            .and_then(|slot| slot.entry.as_ref())
     }
 
     /// The file at `path`, if it is one.
@@ -636,6 +846,7 @@ impl Index {
             format!("{dir}/")
         };
         self.slots
+            .map
             .range(prefix.clone()..)
             .take_while(move |(path, _)| path.starts_with(&prefix))
             .filter_map(|(path, slot)| slot.entry.as_ref().map(|entry| (path.as_str(), entry)))
@@ -694,10 +905,20 @@ impl Index {
     /// carrying tombstones.
     pub fn messages_in_use(&self) -> HashSet<Id> {
         let mut in_use: HashSet<Id> = self.tombstone_messages.iter().copied().collect();
-        for (_, entry) in self.live() {
-            in_use.extend(entry.messages());
-        }
+        in_use.extend(self.slots.uses.keys().copied());
         in_use
+    }
+
+    /// Whether message `message` of this channel is still needed (one of
+    /// [`Index::messages_in_use`]), at the cost of a lookup.
+    pub fn in_use(&self, message: Id) -> bool {
+        self.tombstone_messages.contains(&message) || self.slots.uses.contains_key(&message)
+    }
+
+    /// Whether a live entry uses message `message` of another channel `channel` (one of
+    /// [`Index::foreign_in_use`]), at the cost of a lookup.
+    pub fn foreign_used(&self, channel: Id, message: Id) -> bool {
+        self.slots.foreign_uses.contains_key(&(channel, message))
     }
 
     /// Messages of this channel that must not be deleted without asking the channels
@@ -729,13 +950,9 @@ impl Index {
     /// destinations newest first), else [`Hold::No`].
     pub fn holds(&self, channel: Id, message: Id) -> Hold {
         let live = if channel == self.channel {
-            self.tombstone_messages.contains(&message)
-                || self
-                    .live()
-                    .any(|(_, entry)| entry.messages().contains(&message))
+            self.in_use(message)
         } else {
-            self.live()
-                .any(|(_, entry)| entry.foreign_messages().contains(&(channel, message)))
+            self.foreign_used(channel, message)
         };
         if live {
             return Hold::Live;
@@ -761,9 +978,7 @@ impl Index {
 
     /// The messages of other channels that live entries use, `(channel, message)`.
     pub fn foreign_in_use(&self) -> HashSet<(Id, Id)> {
-        self.live()
-            .flat_map(|(_, entry)| entry.foreign_messages())
-            .collect()
+        self.slots.foreign_uses.keys().copied().collect()
     }
 }
 
@@ -1290,5 +1505,181 @@ mod tests {
         let json = serde_json::to_string(&index).unwrap();
         let read: Index = serde_json::from_str(&json).unwrap();
         assert_eq!(read.cutover(), Some(20));
+    }
+
+    /// The uses of every message, counted from scratch by walking every live entry:
+    /// what [`Slots`] keeps up to date as slots change.
+    fn recounted(index: &Index) -> (HashMap<Id, u32>, HashMap<(Id, Id), u32>) {
+        let (mut uses, mut foreign) = (HashMap::new(), HashMap::new());
+        for (_, entry) in index.live() {
+            for message in entry.messages() {
+                *uses.entry(message).or_default() += 1;
+            }
+            for held in entry.foreign_messages() {
+                *foreign.entry(held).or_default() += 1;
+            }
+        }
+        (uses, foreign)
+    }
+
+    fn assert_counts_match(index: &Index, step: usize) {
+        let (uses, foreign) = recounted(index);
+        assert_eq!(
+            index.slots.uses, uses,
+            "step {step}: uses of this channel's messages"
+        );
+        assert_eq!(
+            index.slots.foreign_uses, foreign,
+            "step {step}: uses of other channels'"
+        );
+        let mut in_use: HashSet<Id> = index.tombstone_messages.iter().copied().collect();
+        in_use.extend(uses.keys());
+        assert_eq!(index.messages_in_use(), in_use, "step {step}");
+        assert_eq!(
+            index.foreign_in_use(),
+            foreign.keys().copied().collect::<HashSet<_>>(),
+            "step {step}"
+        );
+        for message in 0..200 {
+            assert_eq!(
+                index.in_use(message),
+                in_use.contains(&message),
+                "step {step}"
+            );
+            assert_eq!(
+                index.holds(1, message) == Hold::Live,
+                in_use.contains(&message),
+                "step {step}: holds({message})"
+            );
+            assert_eq!(
+                index.foreign_used(9, message),
+                foreign.contains_key(&(9, message)),
+                "step {step}"
+            );
+        }
+    }
+
+    /// Random puts (chunks attached, stored here, stored in another channel, several in
+    /// one message), replaces, deletes, moved deletes, renames and folders, applied with
+    /// random `seq`s (so some lose to what stands), in random versions: the counts kept
+    /// as slots change always equal a count from scratch, and so after a trip through
+    /// the cache; and the deltas taken now and then, applied to the state they started
+    /// from, always make the index.
+    #[test]
+    fn use_counts_and_cache_deltas_always_equal_a_full_recount() {
+        let seeds = std::env::var("DCLOUD_USES_SEEDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20u64);
+        for seed in 0..seeds {
+            let mut next = {
+                let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                move |below: u64| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state % below
+                }
+            };
+            let mut index = Index::new(1, None);
+            // What the cache holds: the state it started from, and the deltas since.
+            let mut cached = index.clone();
+            let mut seq = 0;
+            let paths = ["a", "b", "d/c", "d/e", "f"];
+            for step in 0..300 {
+                match next(20) {
+                    0 => index.note_own(next(200), Own::Record),
+                    1 => index.forget_own(next(200)),
+                    2 => index.note_foreign(500 + next(100)),
+                    3 => index.unfreed.clear(),
+                    4 => {
+                        let delta = index.take_delta(seq);
+                        let json = serde_json::to_vec(&delta).unwrap();
+                        cached.apply_delta(serde_json::from_slice(&json).unwrap());
+                        seq += 1;
+                    }
+                    _ => {}
+                }
+                if next(5) == 0 {
+                    index.unfreed.insert(next(200), step as u64);
+                }
+                let id = 1_000 + step as Id;
+                let path = paths[next(paths.len() as u64) as usize];
+                let mut attachments = Vec::new();
+                let op = match next(6) {
+                    0 | 1 => {
+                        let chunks = (0..next(4))
+                            .map(|c| match next(3) {
+                                0 => {
+                                    let name = format!("c{c}.bin");
+                                    attachments.push((name.clone(), id * 10 + c));
+                                    attached(&name)
+                                }
+                                1 => stored(None, next(200)),
+                                _ => stored(Some(9), next(200)),
+                            })
+                            .collect();
+                        put(path, chunks)
+                    }
+                    2 => Op::Del {
+                        path: path.into(),
+                        moved: None,
+                    },
+                    3 => moved_del(path, 2, vec![(1, next(200)), (9, next(200))]),
+                    4 => Op::Mkdir(DirManifest {
+                        path: path.into(),
+                        mtime_ns: 0,
+                        mode: 0o755,
+                    }),
+                    _ => {
+                        // A rename: the entry's chunks under another path, in one record.
+                        let to = paths[next(paths.len() as u64) as usize];
+                        let chunks = match index.file(path) {
+                            Some(file) => file
+                                .chunks
+                                .iter()
+                                .map(|c| ChunkRef::from(c).location)
+                                .collect(),
+                            None => vec![stored(None, next(200))],
+                        };
+                        let del = Op::Del {
+                            path: path.into(),
+                            moved: None,
+                        };
+                        let names: Vec<(&str, Id)> = Vec::new();
+                        let message = message(id, &names);
+                        let record = record_v2(next(400), vec![del, put(to, chunks)]);
+                        index.apply(&message, &record, 2, None).unwrap();
+                        assert_counts_match(&index, step);
+                        continue;
+                    }
+                };
+                let names: Vec<(&str, Id)> =
+                    attachments.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+                let message = message(id, &names);
+                let version = if next(4) == 0 { 1 } else { 2 };
+                let record = record_v2(next(400), vec![op]);
+                index.apply(&message, &record, version, None).unwrap();
+                assert_counts_match(&index, step);
+            }
+            cached.apply_delta(index.take_delta(seq));
+            assert_eq!(
+                serde_json::to_value(&cached).unwrap(),
+                serde_json::to_value(&index).unwrap(),
+                "seed {seed}: the cache's start and its deltas make the index"
+            );
+            assert_eq!(cached.slots.uses, index.slots.uses, "seed {seed}");
+            let json = serde_json::to_vec(&index).unwrap();
+            let read: Index = serde_json::from_slice(&json).unwrap();
+            assert_eq!(
+                read.slots.uses, index.slots.uses,
+                "seed {seed}: after the cache"
+            );
+            assert_eq!(
+                read.slots.foreign_uses, index.slots.foreign_uses,
+                "seed {seed}"
+            );
+            assert_counts_match(&read, usize::MAX);
+        }
     }
 }

@@ -66,7 +66,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 
-pub use index::{DirEntry, Entry, FileEntry, Hold, Index, Listed, Node, Own, Skip, StoredChunk};
+pub use index::{
+    DirEntry, Entry, FileEntry, Hold, Index, IndexDelta, Listed, Node, Own, Skip, StoredChunk,
+};
 pub use pack::{PackBudget, PackLimits};
 pub use reclaim::{PinGuard, Pins};
 pub use transfer::{ChunkPlan, Interrupt, Progress};
@@ -368,9 +370,18 @@ pub trait Peers: Send + Sync {
 
 /// One channel, opened. Methods take `&self`; the index sits behind a mutex that is
 /// never held across a store call. The index cache is written when the volume is
-/// dropped (or [`Volume::save`]d), not after every change: writing the whole index per
-/// file would make copying a folder of many files quadratic, and a cache that misses
-/// the last changes is only slower to open, never wrong (replay reads them again).
+/// dropped (or [`Volume::save`]d), not after every change: a cache that misses the
+/// last changes is only slower to open, never wrong (replay reads them again). And a
+/// write costs what changed since the last one, not the whole index: the cache is a
+/// whole index (sealed, written atomically) and a journal beside it of the deltas
+/// written since ([`IndexDelta`], each sealed, length-prefixed, appended). A delta
+/// counts only on top of the whole index it was written for (its generation, new at
+/// every whole write) and in order; reading stops at the first that doesn't open (a
+/// write cut short), which leaves a cache that is only stale. The whole index is
+/// written again when the journal has grown to half its size, or when the files
+/// aren't what this volume last wrote (another process wrote them, a cut-short tail):
+/// opening costs at most one and a half times the index, and writing stays in
+/// proportion to the changes.
 pub struct Volume {
     store: Arc<dyn Store>,
     channel: Channel,
@@ -383,6 +394,8 @@ pub struct Volume {
     index: Mutex<Index>,
     /// The index changed since the cache was last written.
     unsaved: AtomicBool,
+    /// The cache as this volume last read or wrote it (`None`: the next write is whole).
+    cache_file: Mutex<Option<CacheFile>>,
     /// The other channels, once set ([`Volume::set_peers`]); weak, as the one who keeps
     /// them keeps this volume too.
     peers: OnceLock<Weak<dyn Peers>>,
@@ -407,8 +420,11 @@ impl Volume {
         config: VolumeConfig,
     ) -> Result<Volume, VolumeError> {
         let key_id = key.as_ref().map(Key::id);
-        let index = load_cache(&config, store.as_ref(), channel.id, key.as_ref())
-            .unwrap_or_else(|| Index::new(channel.id, key_id));
+        let (index, cache_file) =
+            match load_cache(&config, store.as_ref(), channel.id, key.as_ref()) {
+                Some((index, file)) => (index, Some(file)),
+                None => (Index::new(channel.id, key_id), None),
+            };
         let volume = Volume {
             user: store.current_user().await?,
             limits: std::sync::RwLock::new(store.limits().await?),
@@ -418,6 +434,7 @@ impl Volume {
             config,
             index: Mutex::new(index),
             unsaved: AtomicBool::new(false),
+            cache_file: Mutex::new(cache_file),
             peers: OnceLock::new(),
             warned: Mutex::default(),
             posting: tokio::sync::Mutex::new(()),
@@ -580,7 +597,42 @@ impl Volume {
         ) else {
             return;
         };
-        let json = serde_json::to_vec(&*self.index()).expect("index serializes");
+        let journal = journal_path(&path);
+        let mut file = self.cache_file.lock().unwrap_or_else(|e| e.into_inner());
+        // A delta, if the journal is what we last left it and not too long yet.
+        if let Some(state) = file.as_mut().filter(|state| {
+            state.journal_len < state.whole_len / 2
+                && fs::metadata(&journal).map_or(0, |m| m.len()) == state.journal_len
+                && fs::metadata(&path).is_ok_and(|m| m.len() == state.whole_len)
+                && self.index().generation == state.generation
+        }) {
+            let delta = self.index().take_delta(state.next_seq);
+            let json = serde_json::to_vec(&delta).expect("a delta serializes");
+            match seal_cache(self.key.as_ref(), json).map_err(std::io::Error::other) {
+                Ok(sealed) => match append_frame(&journal, &sealed) {
+                    Ok(written) => {
+                        state.journal_len += written;
+                        state.next_seq += 1;
+                        return;
+                    }
+                    Err(e) => log::info!(
+                        "could not append to the index journal {}: {e}; writing the whole \
+                         index",
+                        journal.display()
+                    ),
+                },
+                Err(e) => log::warn!("could not seal an index delta: {e}"),
+            }
+        }
+        // The whole index, under a new generation: an older journal no longer counts.
+        *file = None;
+        let generation = getrandom::u64().unwrap_or_else(|_| reclaim::now_ms());
+        let json = {
+            let mut index = self.index();
+            index.generation = generation;
+            index.mark_written();
+            serde_json::to_vec(&*index).expect("index serializes")
+        };
         let bytes = match seal_cache(self.key.as_ref(), json) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -590,7 +642,25 @@ impl Volume {
         };
         if let Err(e) = write_private_atomically(&path, &bytes) {
             log::warn!("could not save the index cache {}: {e}", path.display());
+            return;
         }
+        match fs::remove_file(&journal) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                log::info!(
+                    "could not remove the index journal {}: {e}",
+                    journal.display()
+                );
+                return;
+            }
+        }
+        *file = Some(CacheFile {
+            generation,
+            whole_len: bytes.len() as u64,
+            journal_len: 0,
+            next_seq: 0,
+        });
     }
 
     /// The error for a path that isn't in the index: "wrong key" or "no key" when the
@@ -1642,26 +1712,90 @@ fn cache_path(
     )
 }
 
+/// The index cache as a volume last read or wrote it: the generation of the whole
+/// index, the length of its file, how long the journal of deltas on top of it is, and
+/// the next delta's place in it.
+#[derive(Debug, Clone, Copy)]
+struct CacheFile {
+    generation: u64,
+    whole_len: u64,
+    journal_len: u64,
+    next_seq: u64,
+}
+
+/// The journal of deltas beside the index cache at `path`.
+fn journal_path(path: &std::path::Path) -> PathBuf {
+    path.with_extension("journal")
+}
+
+/// The cached index (the whole one and the deltas of its journal that apply to it),
+/// and where its files stand.
 fn load_cache(
     config: &VolumeConfig,
     store: &dyn Store,
     channel: Id,
     key: Option<&Key>,
-) -> Option<Index> {
+) -> Option<(Index, CacheFile)> {
     let path = cache_path(config, store, channel, key.map(|k| k.id()))?;
     let sealed = fs::read(&path).ok()?;
+    let whole_len = sealed.len() as u64;
     let Some(bytes) = open_cache(key, sealed) else {
         log::info!("ignoring index cache {}: it doesn't open", path.display());
         return None;
     };
-    match serde_json::from_slice::<Index>(&bytes) {
-        Ok(index) if index.usable_for(channel, key.map(|k| k.id())) => Some(index),
-        Ok(_) => None,
+    let mut index = match serde_json::from_slice::<Index>(&bytes) {
+        Ok(index) if index.usable_for(channel, key.map(|k| k.id())) => index,
+        Ok(_) => return None,
         Err(e) => {
             log::info!("ignoring unreadable index cache {}: {e}", path.display());
-            None
+            return None;
         }
+    };
+    let mut file = CacheFile {
+        generation: index.generation,
+        whole_len,
+        journal_len: 0,
+        next_seq: 0,
+    };
+    let journal = fs::read(journal_path(&path)).unwrap_or_default();
+    let mut at = 0usize;
+    while let Some(len) = journal.get(at..at + 4) {
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let Some(frame) = journal.get(at + 4..at + 4 + len) else {
+            break;
+        };
+        let delta = open_cache(key, frame.to_vec())
+            .and_then(|json| serde_json::from_slice::<IndexDelta>(&json).ok());
+        match delta {
+            Some(delta) if delta.generation == file.generation && delta.seq == file.next_seq => {
+                index.apply_delta(delta);
+            }
+            _ => break,
+        }
+        at += 4 + len;
+        file.journal_len = at as u64;
+        file.next_seq += 1;
     }
+    Some((index, file))
+}
+
+/// Appends one length-prefixed frame to the journal at `path` (created private).
+/// Returns the bytes written.
+fn append_frame(path: &std::path::Path, frame: &[u8]) -> std::io::Result<u64> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
+    let mut out = Vec::with_capacity(4 + frame.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(frame);
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(&out)?;
+    Ok(out.len() as u64)
 }
 
 /// First bytes of an index cache sealed under the key.

@@ -257,16 +257,12 @@ impl Volume {
         if candidates.is_empty() {
             return false;
         }
-        let in_use = {
-            let index = self.index();
-            (index.messages_in_use(), index.foreign_in_use())
-        };
         let mut fresh = HashSet::new();
         let mut delete = Vec::new();
         let mut later = Vec::new();
         let since: HashMap<Held, u64> = candidates.iter().copied().collect();
         for ((channel, message), _) in candidates {
-            let facts = self.facts(channel, message, &in_use, &mut fresh).await;
+            let facts = self.facts(channel, message, &mut fresh).await;
             match verdict(&facts) {
                 Verdict::Delete => delete.push((channel, message)),
                 Verdict::Later => later.push((channel, message)),
@@ -311,25 +307,19 @@ impl Volume {
         deleted_any || (index.unfreed.clone(), index.unfreed_foreign.clone()) != before
     }
 
-    /// What a pass needs to know of message `message` of channel `channel`.
-    /// `in_use`: the messages of this channel, and of others, that its live entries use.
-    async fn facts(
-        &self,
-        channel: Id,
-        message: Id,
-        in_use: &(HashSet<Id>, HashSet<(Id, Id)>),
-        fresh: &mut HashSet<Id>,
-    ) -> Facts {
+    /// What a pass needs to know of message `message` of channel `channel` (each fact
+    /// of the index a lookup: the index counts the uses of every message as it changes).
+    async fn facts(&self, channel: Id, message: Id, fresh: &mut HashSet<Id>) -> Facts {
         let pinned = self.config.pins.is_pinned((channel, message));
         if channel == self.channel.id {
-            let (own, moved_away) = {
+            let (own, moved_away, used_here) = {
                 let index = self.index();
                 (
                     index.own(message),
                     !index.moved_to(channel, message).is_empty(),
+                    index.in_use(message),
                 )
             };
-            let used_here = in_use.0.contains(&message);
             let holder = if moved_away && own.is_some() && !used_here && !pinned {
                 Some(self.holder_from(channel, message, fresh).await)
             } else {
@@ -363,7 +353,7 @@ impl Volume {
         };
         Facts {
             own,
-            used_here: in_use.1.contains(&(channel, message)),
+            used_here: self.index().foreign_used(channel, message),
             pinned,
             moved_away: true,
             holder,
