@@ -584,11 +584,23 @@ impl Fs {
                 kind,
             })
             .collect();
-        let mut names: std::collections::HashSet<String> =
-            items.iter().map(|item| item.name.clone()).collect();
         // Folders whose record waits, and files being written for the first time,
         // exist only in the spool so far.
-        for name in self.write_back.folders.children(&key) {
+        let folders = self.write_back.folders.children(&key);
+        let sessions: Vec<NodeKey> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        if folders.is_empty() && sessions.is_empty() {
+            return Ok(items);
+        }
+        // The names listed, looked up by name: a folder of many files with many files
+        // being written costs the sum of the two, not their product.
+        let mut names: HashSet<String> = items.iter().map(|item| item.name.clone()).collect();
+        for name in folders {
             if names.insert(name.clone()) {
                 items.push(DirItem {
                     ino: self.ino_of(&key.child(&name)),
@@ -597,20 +609,6 @@ impl Fs {
                 });
             }
         }
-        let sessions: Vec<NodeKey> = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        // The names listed, looked up by name: a folder of many files with many files
-        // being written costs the sum of the two, not their product.
-        let mut names: HashSet<String> = if sessions.is_empty() {
-            HashSet::new()
-        } else {
-            items.iter().map(|item| item.name.clone()).collect()
-        };
         for session in sessions {
             let (dir, name) = session
                 .path
