@@ -759,25 +759,32 @@ async fn check(h: &Harness, model: &Model) {
         .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
 }
 
+/// One seed's random run, with write-back `settle` (zero: off): 150 steps drawn from
+/// `rng_seed`, the model checked every 10, then every handle closed.
+async fn random_run(seed: u64, settle: Duration, rng_seed: u64) -> (Harness, Model) {
+    let mut h = Harness::new(seed, settle).await;
+    h.store
+        .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
+    let mut model = Model::default();
+    let mut rng = SplitMix64::new(rng_seed);
+    for round in 0..150 {
+        step(&mut h, &mut model, &mut rng).await;
+        if round % 10 == 9 {
+            check(&h, &model).await;
+        }
+    }
+    while !model.open.is_empty() {
+        close(&h, &mut model, 0).await;
+    }
+    (h, model)
+}
+
 #[tokio::test]
 async fn the_core_matches_a_reference_model_under_random_failures() {
     let mut totals = (0, 0, 0, 0, 0);
     for seed in seeds() {
         eprintln!("seed {seed}");
-        let mut h = Harness::new(seed, Duration::ZERO).await;
-        h.store
-            .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
-        let mut model = Model::default();
-        let mut rng = SplitMix64::new(1000 + seed);
-        for round in 0..150 {
-            step(&mut h, &mut model, &mut rng).await;
-            if round % 10 == 9 {
-                check(&h, &model).await;
-            }
-        }
-        while !model.open.is_empty() {
-            close(&h, &mut model, 0).await;
-        }
+        let (mut h, mut model) = random_run(seed, Duration::ZERO, 1000 + seed).await;
         h.store.clear_faults();
         h.remount().await;
         finish_pending(&mut model);
@@ -849,20 +856,7 @@ async fn with_write_back_the_core_matches_the_model_through_kill_9s() {
     let mut totals = Model::default();
     for seed in seeds_or(20) {
         eprintln!("seed {seed}");
-        let mut h = Harness::new(seed, SETTLE).await;
-        h.store
-            .set_failure_rates(POST_FAILURES, FETCH_FAILURES, 0.0);
-        let mut model = Model::default();
-        let mut rng = SplitMix64::new(2000 + seed);
-        for round in 0..150 {
-            step(&mut h, &mut model, &mut rng).await;
-            if round % 10 == 9 {
-                check(&h, &model).await;
-            }
-        }
-        while !model.open.is_empty() {
-            close(&h, &mut model, 0).await;
-        }
+        let (mut h, mut model) = random_run(seed, SETTLE, 2000 + seed).await;
         wait_for_the_queue(&h, &model).await;
         check(&h, &model).await;
         // And a last kill, with everything uploaded: nothing changes.

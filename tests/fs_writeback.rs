@@ -81,8 +81,8 @@ impl Fixture {
             .unwrap()
     }
 
-    /// What the store holds at `path` of channel `a`, read as the CLI would.
-    async fn stored(&self, path: &str) -> Option<Vec<u8>> {
+    /// Channel `a` as the CLI opens it: read afresh from the store.
+    async fn volume(&self) -> Volume {
         let channel = self
             .store
             .channels()
@@ -95,9 +95,14 @@ impl Fixture {
             cache_dir: None,
             ..VolumeConfig::default()
         };
-        let volume = Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
+        Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// What the store holds at `path` of channel `a`, read as the CLI would.
+    async fn stored(&self, path: &str) -> Option<Vec<u8>> {
+        let volume = self.volume().await;
         volume.file(path).ok()?;
         let mut out = Vec::new();
         volume.get(path, &mut out, None).await.unwrap();
@@ -569,21 +574,7 @@ impl Fixture {
     /// The mode of the folder the store records at `path` of channel `a` (`None`: no
     /// folder record there).
     async fn stored_folder(&self, path: &str) -> Option<u32> {
-        let channel = self
-            .store
-            .channels()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == "a")
-            .unwrap();
-        let config = VolumeConfig {
-            cache_dir: None,
-            ..VolumeConfig::default()
-        };
-        let volume = Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
-            .await
-            .unwrap();
+        let volume = self.volume().await;
         match volume.index().node(path) {
             Some(dcloud_fs::volume::Node::Dir(Some(dir))) => Some(dir.mode),
             _ => None,
@@ -849,21 +840,6 @@ async fn a_change_of_mode_during_an_upload_goes_up_after_it() {
     assert_eq!(fs.setattr(ino, None, chmod).await.unwrap().perm, 0o600);
     hold.release();
     fs.shutdown().await;
-    let channel = fx
-        .store
-        .channels()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c.name == "a")
-        .unwrap();
-    let config = VolumeConfig {
-        cache_dir: None,
-        ..VolumeConfig::default()
-    };
-    let volume = Volume::open(fx.store.clone(), channel, Some(fx.key.clone()), config)
-        .await
-        .unwrap();
-    assert_eq!(volume.file("f").unwrap().mode, 0o600);
+    assert_eq!(fx.volume().await.file("f").unwrap().mode, 0o600);
     assert_eq!(fx.stored("f").await.as_deref(), Some(&b"content"[..]));
 }

@@ -57,6 +57,21 @@ struct Folder {
     posting: bool,
 }
 
+impl Folder {
+    /// Marks the folder at `slot` as being posted (or held), and says what it is.
+    fn take(&mut self, (channel, path): &(Id, String)) -> TakenFolder {
+        self.posting = true;
+        TakenFolder {
+            key: NodeKey::new(*channel, path.clone()),
+            record: DirManifest {
+                path: path.clone(),
+                mtime_ns: self.mtime_ns,
+                mode: self.mode,
+            },
+        }
+    }
+}
+
 /// A folder's note in the spool.
 #[derive(Debug, Serialize, Deserialize)]
 struct Note {
@@ -245,17 +260,7 @@ impl PendingFolders {
             folders
                 .range_mut(within_range(from))
                 .filter(|((_, path), _)| within(from, path))
-                .map(|((channel, path), folder)| {
-                    folder.posting = true;
-                    TakenFolder {
-                        key: NodeKey::new(*channel, path.clone()),
-                        record: DirManifest {
-                            path: path.clone(),
-                            mtime_ns: folder.mtime_ns,
-                            mode: folder.mode,
-                        },
-                    }
-                })
+                .map(|(slot, folder)| folder.take(slot))
                 .collect()
         })
         .await
@@ -302,17 +307,7 @@ impl PendingFolders {
         folders
             .range_mut(range)
             .filter(|(_, f)| !f.posting)
-            .map(|((channel, path), folder)| {
-                folder.posting = true;
-                TakenFolder {
-                    key: NodeKey::new(*channel, path.clone()),
-                    record: DirManifest {
-                        path: path.clone(),
-                        mtime_ns: folder.mtime_ns,
-                        mode: folder.mode,
-                    },
-                }
-            })
+            .map(|(slot, folder)| folder.take(slot))
             .collect()
     }
 

@@ -40,18 +40,8 @@ impl Fs {
         if folders > 0 {
             log::info!("{folders} folder(s) made by an earlier mount wait for their record");
         }
-        let live = |id: &str| {
-            self.live_spools
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(id)
-        };
-        let found = match SpoolFile::recover(&self.spool_dir, &live, true) {
-            Ok(found) => found,
-            Err(e) => {
-                log::warn!("could not read the spool {}: {e}", self.spool_dir.display());
-                return 0;
-            }
+        let Some(found) = self.spooled(true) else {
+            return 0;
         };
         let mut adopted = 0;
         for (spool, meta) in found {
@@ -152,19 +142,28 @@ impl Fs {
         }
     }
 
-    pub(super) async fn upload_spooled(&self, at_mount: bool) -> usize {
+    /// The spooled files whose commit began and that no live session holds
+    /// ([`SpoolFile::recover`]; `at_mount` sets aside the unfinished ones); `None`,
+    /// logged, if the spool can't be read.
+    fn spooled(&self, at_mount: bool) -> Option<Vec<(SpoolFile, SpoolMeta)>> {
         let live = |id: &str| {
             self.live_spools
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(id)
         };
-        let found = match SpoolFile::recover(&self.spool_dir, &live, at_mount) {
-            Ok(found) => found,
+        match SpoolFile::recover(&self.spool_dir, &live, at_mount) {
+            Ok(found) => Some(found),
             Err(e) => {
                 log::warn!("could not read the spool {}: {e}", self.spool_dir.display());
-                return 0;
+                None
             }
+        }
+    }
+
+    pub(super) async fn upload_spooled(&self, at_mount: bool) -> usize {
+        let Some(found) = self.spooled(at_mount) else {
+            return 0;
         };
         // What they hold counts in the spool's bound until they are uploaded; a file
         // counted that is gone from the folder (deleted by hand) no longer does.
