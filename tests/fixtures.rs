@@ -401,3 +401,53 @@ async fn a_channel_written_by_format_version_3_reads_back_byte_exact() {
     );
     assert_eq!(fixture.expected.len(), 11);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_written_by_format_version_4_reads_back_byte_exact() {
+    use dcloud_fs::format::Op;
+    let fixture = reads_back_byte_exact(
+        "format-v4",
+        &["docs", "other"],
+        &["docs/empty-folder"],
+        &["docs/shared.txt"],
+    )
+    .await;
+
+    // The fixture is what it says: version-4 records only, and the packed folder's
+    // files share one attachment, each at an offset of its own.
+    let records = records_of(&fixture).await;
+    assert!(records.iter().all(|(_, _, version, _)| *version == 4));
+    let mut packed = std::collections::BTreeMap::<(u64, String), Vec<u64>>::new();
+    for (_, message, _, record) in &records {
+        for op in &record.ops {
+            if let Op::Put(put) = op
+                && put.path.starts_with("small/")
+            {
+                for chunk in &put.chunks {
+                    let at = chunk.packed_at.expect("a packed chunk has an offset");
+                    let place = match &chunk.location {
+                        dcloud_fs::format::ChunkLocation::Attached { filename } => {
+                            (*message, filename.clone())
+                        }
+                        dcloud_fs::format::ChunkLocation::Stored {
+                            message,
+                            attachment,
+                            ..
+                        } => (*message, attachment.to_string()),
+                    };
+                    packed.entry(place).or_default().push(at);
+                }
+            }
+        }
+    }
+    let (_, offsets) = packed
+        .iter()
+        .max_by_key(|(_, offsets)| offsets.len())
+        .expect("packed chunks");
+    let distinct: std::collections::BTreeSet<_> = offsets.iter().collect();
+    assert!(
+        distinct.len() >= 10,
+        "the folder's files share a pack: {packed:?}"
+    );
+    assert_eq!(fixture.expected.len(), 17);
+}
