@@ -1,4 +1,4 @@
-//! The on-Discord format, version 4: the contract between every dcloud-fs that ever reads
+//! The on-Discord format, version 5: the contract between every dcloud-fs that ever reads
 //! or writes a channel. This page is meant to be enough to write a second reader.
 //!
 //! A channel holds a file's bytes as **chunks** (attachments) and its metadata as
@@ -10,6 +10,8 @@
 //! | `dcfs1 data <file id>`  | data message: only chunk attachments, of the file with that id (32 hex digits) |
 //! | `dcfs1 <base64url>`     | record message, record inline (unpadded base64url of the record envelope) |
 //! | `dcfs1 @record.dcfr`    | record message, record envelope in the attachment named `record.dcfr` |
+//! | `dcfs1 checkpoint <id>[ <id>,…]` | checkpoint head (version 5), pinned; see Checkpoints |
+//! | `dcfs1 checkpoint part` | the first parts of a checkpoint too large for its head (version 5) |
 //!
 //! A record message may also carry chunk attachments of its own: a small file is a single
 //! message (its chunks and its record together), many small files share one (a record
@@ -97,7 +99,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "DCFR"
-//! 4       1     record format version (4; versions 3, 2 and 1 have the same layout,
+//! 4       1     record format version (5; versions 4, 3, 2 and 1 have the same layout,
 //!               and version 1 differs as described below)
 //! 5       1     cipher: 0 = none (the JSON is readable), 1 = AES-256-GCM
 //! 6       8     key id of the key that sealed (cipher 1) or signed (cipher 0) the
@@ -208,9 +210,68 @@
 //! channel, a data message (`dcfs1 data <id>`) of the same file id, or a record
 //! message. A reader refuses a record that names any other message.
 //!
+//! ## Checkpoints (version 5)
+//!
+//! A **checkpoint** is a channel's whole replayed state, so that a reader with nothing
+//! cached can start from it and replay only the messages after it. It changes nothing:
+//! a reader that ignores checkpoints and replays everything reaches the same state
+//! (up to messages deleted since, which only a checkpoint can still remember).
+//!
+//! Its **envelope** has the record envelope's layout and rules (associated data, key
+//! id, ciphers) with magic `"DCFK"` and version 5: cipher 1 (encrypted under the key)
+//! when written with a key, cipher 0 unsigned when written without one; never signed.
+//! A reader holding a key takes only checkpoints its key sealed; a reader without a key
+//! only unsigned ones. The envelope is cut into pieces of at most the store's per-file
+//! limit, attached in order as `k0.bin`, `k1.bin`, … to as few messages as the limits
+//! allow. All but the last are *part* messages (content `dcfs1 checkpoint part`); the
+//! last is the *head*, whose content is `dcfs1 checkpoint <last seen>` followed, if
+//! there are part messages, by a space and their ids in order, comma-separated (at most
+//! 90). The envelope is the part messages' pieces in order, then the head's. The head
+//! is pinned; readers find checkpoints through the channel's pins and try the bot's
+//! heads newest first, passing over (and logging) any that don't assemble, open and
+//! check. The content is not authenticated; a wrong part list fails to open. Readers
+//! refuse an envelope over 1 GiB.
+//!
+//! Its **body** is JSON:
+//!
+//! ```json
+//! {"channel":"<id>","last_seen":"<id>","max_seq":42,"cutover":"<id>",
+//!  "paths":[{"s":{"seq":42,"m":"<message id>","i":0},"op":{"op":"put","path":…}}, …],
+//!  "records":["<id>",…],"data":[{"id":"<file id>","m":["<id>",…]},…],
+//!  "tombstones":["<id>",…],"foreign":["<id>",…],
+//!  "moved_out":[{"c":"<channel>","m":"<message>","to":"<channel>","s":{…}},…],
+//!  "unread":["<id>",…]}
+//! ```
+//!
+//! - `channel` is the channel (it must be the one the head is in), and `last_seen` the
+//!   newest message whose record the state includes (it must be older than the head
+//!   and equal the head's `<last seen>`). A reader replays the messages after it as
+//!   after a cache (see Replay), starting a few seconds earlier in case a message with a
+//!   smaller id became visible late.
+//! - `paths`: for every path the replay has seen, the operation that holds it, as in a
+//!   record (`put` with every chunk by `m` and `a`, and `c` when in another channel;
+//!   `mkdir`; or `del` for a tombstone, without `moved`), with its stamp `s`: the
+//!   record's `seq` (0 for a version-1 record), its message `m`, and the operation's
+//!   position `i` in it. The record message of a `put` or `mkdir` is `s.m`. Each path
+//!   appears once; puts are checked as a record's are.
+//! - `max_seq` is the highest `seq` read or written (the next record's is one more);
+//!   `cutover` the first version-2 record the key authenticated (see Version 1).
+//! - `records`, `data`: the bot's own record messages and data messages (by file id)
+//!   the writer knew of, so that a later record naming one of them is checked as
+//!   Replay says, and so that what a later change frees can be deleted.
+//! - `tombstones`: the messages carrying tombstones; `foreign`: other authors' messages
+//!   with attachments (a record naming one is refused); `moved_out`: every link of a
+//!   file moved away (see `link` and `del`), each with the stamp of its newest moved
+//!   delete; `unread`: record messages that couldn't be read when it was written, to be
+//!   read again.
+//!
 //! ## Versions
 //!
-//! Version 4 (this one) adds packs (`o`); everything else is as in version 3. A reader
+//! Version 5 (this one) adds checkpoints; its records are as in version 4 (a reader of
+//! version 4 skips them as newer, and ignores checkpoint messages, whose content it
+//! doesn't recognise).
+//!
+//! Version 4 added packs (`o`); everything else is as in version 3. A reader
 //! of version 3 skips version-4 records as newer, so it never misreads a packed chunk
 //! as a whole attachment.
 //!
@@ -239,14 +300,16 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{self, CryptoError};
 use crate::store::{Limits, NewAttachment};
 
+mod checkpoint;
 mod chunk;
 mod record;
 
+pub use checkpoint::*;
 pub use chunk::*;
 pub use record::*;
 
 /// The record format version this code writes (it reads this one and every older).
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 /// First bytes of a record envelope.
 pub const RECORD_MAGIC: [u8; 4] = *b"DCFR";
 /// Prefix of the content of every message dcloud-fs posts.
@@ -369,6 +432,8 @@ pub enum MessageKind {
     InlineRecord(Vec<u8>),
     /// A record in the attachment [`RECORD_ATTACHMENT`].
     AttachedRecord,
+    /// A checkpoint's head (the pinned message), or a message holding parts of one.
+    Checkpoint,
     /// Not a dcloud-fs message (or a damaged one).
     Other,
 }
@@ -382,6 +447,9 @@ pub fn classify(content: &str) -> MessageKind {
         && (rest.is_empty() || rest.starts_with(' '))
     {
         return MessageKind::Data(crypto::decode_hex::<16>(rest.trim_start()).map(FileId));
+    }
+    if checkpoint::is_checkpoint_content(content) {
+        return MessageKind::Checkpoint;
     }
     if rest.strip_prefix('@') == Some(RECORD_ATTACHMENT) {
         return MessageKind::AttachedRecord;

@@ -695,3 +695,58 @@ mod cli {
         assert!(stdout.contains("FAIL  token"), "{stdout}");
     }
 }
+
+#[tokio::test]
+async fn a_fresh_machine_starts_from_a_pinned_checkpoint_found_among_many_pins() {
+    let config = Config {
+        message_create_limit: (100, Duration::from_millis(500)),
+        ..small_guild()
+    };
+    let fx = Fixture::start(config, Some(SMALL_FILE_LIMIT)).await;
+    let volume = fx.volume().await;
+    let files: Vec<dcloud_fs::volume::SmallFile> = (0..300)
+        .map(|i| dcloud_fs::volume::SmallFile {
+            path: format!("notes/note-{i:03}.txt"),
+            data: format!("note number {i}").into_bytes(),
+            options: options(),
+        })
+        .collect();
+    volume.put_small(files).await.unwrap();
+    put(&volume, "big.bin", &random_bytes(3 * small_chunk(), 5))
+        .await
+        .unwrap();
+    // People's pins, more than one page of them (Discord pages pins by 50).
+    let channel = find_channel(fx.store.as_ref(), CHANNEL).await.unwrap();
+    for i in 0..55 {
+        let message = NewMessage {
+            content: format!("pinned by people {i}"),
+            attachments: Vec::new(),
+        };
+        let posted = fx.store.post(channel.id, message).await.unwrap();
+        fx.store.pin(channel.id, posted.id).await.unwrap();
+    }
+    let head = volume.post_checkpoint().await.unwrap();
+    let pinned = fx.store.pins(channel.id).await.unwrap();
+    assert_eq!(pinned.len(), 56);
+    assert_eq!(pinned[0].id, head, "newest pin first");
+    let head_message = fx.store.message(channel.id, head).await.unwrap();
+    let parts = head_message
+        .attachments
+        .iter()
+        .filter(|a| format::part_number(&a.filename).is_some())
+        .count();
+    assert!(parts >= 2, "the checkpoint spans several attachments");
+
+    let fresh = fx.fresh_volume().await;
+    assert_eq!(fresh.started_from_checkpoint(), Some(head));
+    assert!(
+        fresh.index().skipped().is_empty(),
+        "pin notices are nobody's records"
+    );
+    assert_eq!(file_paths(&fresh), file_paths(&volume));
+    assert_eq!(read(&fresh, "notes/note-123.txt").await, b"note number 123");
+    assert_eq!(
+        read(&fresh, "big.bin").await,
+        random_bytes(3 * small_chunk(), 5)
+    );
+}

@@ -100,6 +100,7 @@ pub async fn attachments(context: &Context, name: &str) -> Result<(), CliError> 
                 (false, _) => "foreign",
                 (true, MessageKind::Data(_)) => "data",
                 (true, MessageKind::InlineRecord(_) | MessageKind::AttachedRecord) => "record",
+                (true, MessageKind::Checkpoint) => "checkpoint",
                 (true, MessageKind::Other) => "other",
             };
             for attachment in &message.attachments {

@@ -313,26 +313,32 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         tokio::spawn(stop_on_signals(interrupt.clone()));
     }
     let context = Context::new(cli.global, interrupt)?;
-    match cli.command {
-        Command::Keygen(args) => commands::keygen(&context, args).await,
-        Command::Mkdir { parents, target } => commands::mkdir(&context, &target, parents).await,
-        Command::Channels => commands::channels(&context).await,
-        Command::Put(args) => commands::put(&context, args).await,
-        Command::Get(args) => commands::get(&context, args).await,
-        Command::Ls(args) => commands::ls(&context, args).await,
-        Command::Rm(args) => commands::rm(&context, args).await,
-        Command::Mv { source, dest } => commands::mv(&context, &source, &dest).await,
-        Command::Ping => inspect::ping(&context).await,
-        Command::Info { channel } => inspect::info(&context, &channel).await,
-        Command::Attachments { channel } => inspect::attachments(&context, &channel).await,
-        Command::Members => inspect::members(&context).await,
-        Command::Doctor => inspect::doctor(&context).await,
-        Command::Mount(args) => mount::mount(&context, args).await,
-        Command::Status(args) => status::status(&context, args).await,
+    let result = run_command(&context, cli.command).await;
+    context.checkpoint_if_due().await;
+    result
+}
+
+async fn run_command(context: &Context, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Keygen(args) => commands::keygen(context, args).await,
+        Command::Mkdir { parents, target } => commands::mkdir(context, &target, parents).await,
+        Command::Channels => commands::channels(context).await,
+        Command::Put(args) => commands::put(context, args).await,
+        Command::Get(args) => commands::get(context, args).await,
+        Command::Ls(args) => commands::ls(context, args).await,
+        Command::Rm(args) => commands::rm(context, args).await,
+        Command::Mv { source, dest } => commands::mv(context, &source, &dest).await,
+        Command::Ping => inspect::ping(context).await,
+        Command::Info { channel } => inspect::info(context, &channel).await,
+        Command::Attachments { channel } => inspect::attachments(context, &channel).await,
+        Command::Members => inspect::members(context).await,
+        Command::Doctor => inspect::doctor(context).await,
+        Command::Mount(args) => mount::mount(context, args).await,
+        Command::Status(args) => status::status(context, args).await,
         Command::Umount { mountpoint, lazy } => {
             mount::umount(&context.mount_point(mountpoint), lazy)
         }
-        Command::Config => commands::show_config(&context),
+        Command::Config => commands::show_config(context),
         Command::Completions { .. } | Command::Man => unreachable!("answered above"),
     }
 }
@@ -568,6 +574,16 @@ impl Context {
         }
     }
 
+    /// Posts a checkpoint of every channel the command opened that is due one (see
+    /// [`crate::volume::checkpoint`]).
+    async fn checkpoint_if_due(&self) {
+        if let Some(volumes) = self.volumes.get() {
+            for volume in volumes.opened() {
+                volume.checkpoint_if_due(false).await;
+            }
+        }
+    }
+
     fn volume_config(&self) -> Result<VolumeConfig, CliError> {
         let jobs = usize::from(self.global.jobs);
         Ok(VolumeConfig {
@@ -582,6 +598,7 @@ impl Context {
             pins: self.pins.clone(),
             free_grace: std::time::Duration::from_secs(self.free_grace_secs()?.value),
             disk_cache: self.disk_cache()?,
+            ..VolumeConfig::default()
         })
     }
 

@@ -11,6 +11,19 @@ use crate::store::Id;
 
 /// Bytes of the record envelope header (magic, version, cipher, key id).
 const RECORD_HEADER_LEN: usize = 4 + 1 + 1 + KEY_ID_LEN;
+/// Bytes of an envelope's header (a record's or a checkpoint's).
+pub const ENVELOPE_HEADER_LEN: usize = RECORD_HEADER_LEN;
+
+/// The key id in the header of an envelope with `magic` (zero: unsigned), or `None` if
+/// `header` isn't one.
+pub fn envelope_key_id(header: &[u8], magic: [u8; 4]) -> Option<KeyId> {
+    if header.len() < RECORD_HEADER_LEN || header[0..4] != magic {
+        return None;
+    }
+    let mut id = KeyId::default();
+    id.0.copy_from_slice(&header[6..RECORD_HEADER_LEN]);
+    Some(id)
+}
 const CIPHER_NONE: u8 = 0;
 const CIPHER_AES_256_GCM: u8 = 1;
 
@@ -230,7 +243,7 @@ pub struct Moved {
 }
 
 /// Ids as decimal strings, like Discord's.
-mod id_string {
+pub(super) mod id_string {
     use super::Id;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -246,7 +259,7 @@ mod id_string {
 }
 
 /// `(channel, message)` pairs as `"<channel>/<message>"` strings.
-mod id_pairs {
+pub(super) mod id_pairs {
     use super::Id;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -299,7 +312,7 @@ pub const MAX_CHUNK_LEN: u64 = 1 << 30;
 pub const MAX_PACK_OFFSET: u64 = 1 << 40;
 
 impl Record {
-    fn validate(&self, version: u8) -> Result<(), FormatError> {
+    pub(super) fn validate(&self, version: u8) -> Result<(), FormatError> {
         for op in &self.ops {
             validate_path(op.path())?;
             if let Op::Put(file) = op {
@@ -396,8 +409,20 @@ pub fn seal_record(
         ));
     }
     let json = serde_json::to_vec(record).expect("records serialize");
+    seal_envelope(RECORD_MAGIC, json, seal, channel)
+}
+
+/// Seals `json` into an envelope of the current version with `magic` (a record's, or a
+/// checkpoint's), bound to `channel`: the layout and the associated data are the
+/// record envelope's (see the module docs).
+pub(super) fn seal_envelope(
+    magic: [u8; 4],
+    json: Vec<u8>,
+    seal: RecordSeal<'_>,
+    channel: Id,
+) -> Result<Vec<u8>, FormatError> {
     let mut envelope = Vec::with_capacity(RECORD_HEADER_LEN + NONCE_LEN + json.len() + TAG_LEN);
-    envelope.extend_from_slice(&RECORD_MAGIC);
+    envelope.extend_from_slice(&magic);
     envelope.push(FORMAT_VERSION);
     match seal {
         RecordSeal::Unsigned => {
@@ -450,9 +475,9 @@ pub struct OpenedRecord {
 type SealedParts<'a> = ([u8; NONCE_LEN], &'a [u8], [u8; TAG_LEN]);
 
 /// Splits `nonce ‖ payload ‖ tag`.
-fn split_sealed(body: &[u8]) -> Result<SealedParts<'_>, FormatError> {
+fn split_sealed<'a>(body: &'a [u8], what: &'static str) -> Result<SealedParts<'a>, FormatError> {
     if body.len() < NONCE_LEN + TAG_LEN {
-        return Err(damaged("record", "truncated"));
+        return Err(damaged(what, "truncated"));
     }
     let (nonce, rest) = body.split_at(NONCE_LEN);
     let (payload, tag) = rest.split_at(rest.len() - TAG_LEN);
@@ -486,8 +511,48 @@ pub fn open_record(
     key: Option<&Key>,
     channel: Id,
 ) -> Result<OpenedRecord, FormatError> {
-    if envelope.len() < RECORD_HEADER_LEN || envelope[0..4] != RECORD_MAGIC {
-        return Err(FormatError::NotOurs("record"));
+    let opened = open_envelope(RECORD_MAGIC, "record", envelope, key, channel)?;
+    let (json, version, authenticated, sealed_by) = (
+        opened.json,
+        opened.version,
+        opened.authenticated,
+        opened.sealed_by,
+    );
+    let mut record: Record =
+        serde_json::from_slice(&json).map_err(|e| damaged("record", e.to_string()))?;
+    record.validate(version)?;
+    if version == 1 {
+        record.seq = 0; // version 1 has no seq: whatever the JSON says means nothing
+    } else if record.seq == 0 {
+        return Err(damaged("record", "no seq"));
+    }
+    Ok(OpenedRecord {
+        record,
+        version,
+        authenticated,
+        sealed_by,
+    })
+}
+
+/// An envelope's payload as opened, with what vouches for it.
+pub(super) struct OpenedEnvelope {
+    pub json: Vec<u8>,
+    pub version: u8,
+    pub authenticated: bool,
+    pub sealed_by: Option<KeyId>,
+}
+
+/// Opens an envelope with `magic` of any version (`what` it is, for errors): the
+/// record envelope's rules (see [`open_record`]).
+pub(super) fn open_envelope(
+    magic: [u8; 4],
+    what: &'static str,
+    envelope: &[u8],
+    key: Option<&Key>,
+    channel: Id,
+) -> Result<OpenedEnvelope, FormatError> {
+    if envelope.len() < RECORD_HEADER_LEN || envelope[0..4] != magic {
+        return Err(FormatError::NotOurs(what));
     }
     let version = envelope[4];
     if version == 0 || version > FORMAT_VERSION {
@@ -502,18 +567,18 @@ pub fn open_record(
     let (json, authenticated) = match (envelope[5], version) {
         (CIPHER_NONE, 1) => (body.to_vec(), false),
         (CIPHER_NONE, _) if unsigned => (body.to_vec(), false),
-        (CIPHER_NONE, _) if key.is_none() => (split_sealed(body)?.1.to_vec(), false),
+        (CIPHER_NONE, _) if key.is_none() => (split_sealed(body, what)?.1.to_vec(), false),
         (CIPHER_NONE, _) => {
             let key = check_key(key, written)?;
-            let (nonce, json, tag) = split_sealed(body)?;
+            let (nonce, json, tag) = split_sealed(body, what)?;
             key.derive(RECORD_MAC_LABEL)
                 .open_detached(&nonce, &record_aad(header, channel, json), &mut [], &tag)
-                .map_err(|_| damaged("record", "failed authentication"))?;
+                .map_err(|_| damaged(what, "failed authentication"))?;
             (json.to_vec(), true)
         }
         (CIPHER_AES_256_GCM, _) => {
             let key = check_key(key, written)?;
-            let (nonce, ciphertext, tag) = split_sealed(body)?;
+            let (nonce, ciphertext, tag) = split_sealed(body, what)?;
             let aad = if version == 1 {
                 header.to_vec()
             } else {
@@ -521,21 +586,13 @@ pub fn open_record(
             };
             let mut json = ciphertext.to_vec();
             key.open_detached(&nonce, &aad, &mut json, &tag)
-                .map_err(|_| damaged("record", "failed authentication"))?;
+                .map_err(|_| damaged(what, "failed authentication"))?;
             (json, true)
         }
-        (other, _) => return Err(damaged("record", format!("unknown cipher {other}"))),
+        (other, _) => return Err(damaged(what, format!("unknown cipher {other}"))),
     };
-    let mut record: Record =
-        serde_json::from_slice(&json).map_err(|e| damaged("record", e.to_string()))?;
-    record.validate(version)?;
-    if version == 1 {
-        record.seq = 0; // version 1 has no seq: whatever the JSON says means nothing
-    } else if record.seq == 0 {
-        return Err(damaged("record", "no seq"));
-    }
-    Ok(OpenedRecord {
-        record,
+    Ok(OpenedEnvelope {
+        json,
         version,
         authenticated,
         sealed_by,

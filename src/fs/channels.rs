@@ -91,7 +91,9 @@ impl Fs {
                     volume.channel().name
                 );
                 failed.get_or_insert(format!("#{}: {e}", volume.channel().name));
+                continue;
             }
+            volume.checkpoint_if_due(false).await;
         }
         if let Err(e) = self.list_channels(true).await {
             log::info!("could not list channels: {e}");

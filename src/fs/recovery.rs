@@ -260,6 +260,7 @@ impl Fs {
             }
         }
         for volume in self.volumes.opened() {
+            volume.checkpoint_if_due(true).await;
             volume.save();
         }
     }

@@ -15,6 +15,7 @@
 //! ROOT/channels/<channel id>/messages/<message id>.json
 //! ROOT/channels/<channel id>/attachments/<attachment id>
 //! ROOT/channels/<channel id>/staging/<pid>-…     (files of a post in progress)
+//! ROOT/channels/<channel id>/pins/<message id>    (a pin: the Unix ms it was made)
 //! ```
 //!
 //! The limits live in `guild.json` and may be edited there (to emulate a boosted guild,
@@ -31,7 +32,7 @@
 //! so a reader paging with `after` never misses one. A crash mid-post leaves only
 //! staged files of a dead process, which the next open sweeps away; never a message
 //! with missing parts. Deleting a message removes its
-//! message file first, then its attachments.
+//! message file first, then its attachments and its pin.
 //!
 //! ## Reads
 //!
@@ -615,6 +616,76 @@ impl Inner {
         Ok(messages)
     }
 
+    fn pins_dir(&self, channel: Id) -> PathBuf {
+        self.channel_dir(channel).join("pins")
+    }
+
+    /// The pinned messages, newest pin first (a pin whose message is gone is dropped).
+    fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {
+        self.check_channel(channel)?;
+        let dir = self.pins_dir(channel);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(format!("listing {}", dir.display()), e)),
+        };
+        let mut pinned = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Id>().ok())
+            else {
+                continue;
+            };
+            let at: u64 = fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            match self.message(channel, id) {
+                Ok(message) => pinned.push((at, message)),
+                Err(StoreError::NoSuchMessage(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        pinned.sort_by_key(|(at, message)| std::cmp::Reverse((*at, message.id)));
+        Ok(pinned.into_iter().map(|(_, message)| message).collect())
+    }
+
+    fn pin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        self.message(channel, message)?;
+        let dir = self.pins_dir(channel);
+        let path = dir.join(message.to_string());
+        if path.exists() {
+            return Ok(());
+        }
+        let count = fs::read_dir(&dir).map_or(0, |entries| entries.count());
+        if count >= super::MAX_PINS {
+            return Err(StoreError::Invalid(format!(
+                "the channel has the most pins allowed ({}); unpin some",
+                super::MAX_PINS
+            )));
+        }
+        fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        write_synced(&path, now.to_string().as_bytes())
+    }
+
+    fn unpin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        self.message(channel, message)?;
+        let path = self.pins_dir(channel).join(message.to_string());
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("removing {}", path.display()), e)),
+        }
+    }
+
     fn message(&self, channel: Id, message: Id) -> StoreResult<Message> {
         let path = self.message_path(channel, message);
         let text = match fs::read_to_string(&path) {
@@ -724,6 +795,7 @@ impl Inner {
         for attachment in stored.attachments {
             let _ = fs::remove_file(self.attachment_path(channel, attachment.id));
         }
+        let _ = fs::remove_file(self.pins_dir(channel).join(message.to_string()));
         Ok(())
     }
 }
@@ -920,6 +992,21 @@ impl Store for LocalStore {
         }
         let inner = self.inner.clone();
         blocking(move || inner.fetch_range(channel, message, attachment, range)).await
+    }
+
+    async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.pins(channel)).await
+    }
+
+    async fn pin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        let inner = self.inner.clone();
+        blocking(move || inner.pin(channel, message)).await
+    }
+
+    async fn unpin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        let inner = self.inner.clone();
+        blocking(move || inner.unpin(channel, message)).await
     }
 
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {

@@ -19,7 +19,9 @@
 //!   ([`Store::fetch_attachment`]) or a byte range of one ([`Store::fetch_range`], an
 //!   HTTP `Range` request on Discord's CDN); there are no URLs in this interface,
 //!   because Discord's expire;
-//! - every message has an author; a bot only trusts its own ([`Store::current_user`]).
+//! - every message has an author; a bot only trusts its own ([`Store::current_user`]);
+//! - a channel pins at most [`MAX_PINS`] messages ([`Store::pins`]); deleting a message
+//!   unpins it.
 //!
 //! Stores are `Send + Sync` and used through `Arc<dyn Store>`; every call may run
 //! concurrently with others.
@@ -47,6 +49,9 @@ pub fn snowflake_time_ms(id: Id) -> u64 {
 pub fn snowflake_at_ms(unix_ms: u64) -> Id {
     unix_ms.saturating_sub(DISCORD_EPOCH_MS) << 22
 }
+
+/// Most pinned messages a channel may hold (Discord's cap).
+pub const MAX_PINS: usize = 250;
 
 /// Most messages one history call returns (Discord's cap).
 pub const MAX_HISTORY_PAGE: usize = 100;
@@ -348,6 +353,27 @@ pub trait Store: Send + Sync {
 
     /// Deletes one message and its attachments.
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()>;
+
+    /// The channel's pinned messages (at most [`MAX_PINS`]), newest pin first. A store
+    /// without pins has none.
+    async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {
+        let _ = channel;
+        Ok(Vec::new())
+    }
+
+    /// Pins a message (pinning one that is pinned already does nothing). A channel
+    /// holds at most [`MAX_PINS`]; beyond that the store refuses with
+    /// [`StoreError::Invalid`] (Discord: 400, code 30003).
+    async fn pin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        let _ = (channel, message);
+        Err(StoreError::Invalid("this store can't pin messages".into()))
+    }
+
+    /// Unpins a message (one that isn't pinned stays so).
+    async fn unpin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        let _ = (channel, message);
+        Err(StoreError::Invalid("this store can't pin messages".into()))
+    }
 
     /// A hint that an attachment of `message` will be fetched soon: a store that fetches
     /// through signed URLs may look its URL up now, so that the fetch doesn't wait for

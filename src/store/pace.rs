@@ -245,6 +245,18 @@ impl Store for PacedStore {
             .await
     }
 
+    async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {
+        self.inner.pins(channel).await
+    }
+
+    async fn pin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        self.inner.pin(channel, message).await
+    }
+
+    async fn unpin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        self.inner.unpin(channel, message).await
+    }
+
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
         self.inner.delete_message(channel, message).await
     }

@@ -56,7 +56,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::KeyId;
 use crate::format::{
-    ChunkKind, ChunkLocation, ChunkRef, DataKey, FileId, NONCE_PREFIX_LEN, Op, Record,
+    CheckpointBody, CheckpointData, CheckpointMove, CheckpointPath, CheckpointStamp, ChunkKind,
+    ChunkLocation, ChunkRef, DataKey, DirManifest, FileId, FileManifest, NONCE_PREFIX_LEN, Op,
+    Record,
 };
 use crate::store::{Id, Message};
 
@@ -116,6 +118,8 @@ pub enum Own {
     Data(FileId),
     /// A record message (it may carry chunks of the files it puts).
     Record,
+    /// A checkpoint's head or part message (see [`crate::volume::checkpoint`]).
+    Checkpoint,
 }
 
 /// An operation that lost to the path's current state although its message was posted
@@ -616,6 +620,154 @@ impl Index {
         }
     }
 
+    /// The replicated state, as a checkpoint's body (see [`crate::format`],
+    /// Checkpoints): everything a replay of the channel's history decides, and nothing
+    /// local (what waits to be freed, skipped records, the cache's generation).
+    pub fn checkpoint_body(&self) -> CheckpointBody {
+        let stamp = |s: &Stamp| CheckpointStamp {
+            seq: s.seq(),
+            m: s.message(),
+            i: s.position,
+        };
+        let paths = self
+            .slots
+            .map
+            .iter()
+            .map(|(path, slot)| CheckpointPath {
+                s: stamp(&slot.stamp),
+                op: match &slot.entry {
+                    Some(Entry::File(file)) => Op::Put(FileManifest {
+                        path: path.clone(),
+                        id: file.id,
+                        size: file.size,
+                        mtime_ns: file.mtime_ns,
+                        mode: file.mode,
+                        encrypted: file.encrypted,
+                        chunks: file.chunks.iter().map(ChunkRef::from).collect(),
+                        data_key: file.data_key,
+                    }),
+                    Some(Entry::Dir(dir)) => Op::Mkdir(DirManifest {
+                        path: path.clone(),
+                        mtime_ns: dir.mtime_ns,
+                        mode: dir.mode,
+                    }),
+                    None => Op::Del {
+                        path: path.clone(),
+                        moved: None,
+                    },
+                },
+            })
+            .collect();
+        let mut data: BTreeMap<FileId, Vec<Id>> = BTreeMap::new();
+        let mut records = Vec::new();
+        for (&message, own) in &self.own {
+            match own {
+                Own::Record => records.push(message),
+                Own::Data(file) => data.entry(*file).or_default().push(message),
+                Own::Checkpoint => {}
+            }
+        }
+        CheckpointBody {
+            channel: self.channel,
+            last_seen: self.last_seen,
+            max_seq: self.max_seq,
+            cutover: self.cutover,
+            paths,
+            records,
+            data: data
+                .into_iter()
+                .map(|(id, m)| CheckpointData { id, m })
+                .collect(),
+            tombstones: self.tombstone_messages.iter().copied().collect(),
+            foreign: self.foreign.iter().copied().collect(),
+            moved_out: self
+                .moved_out
+                .iter()
+                .flat_map(|(&(c, m), dests)| {
+                    dests.iter().map(move |(&to, s)| CheckpointMove {
+                        c,
+                        m,
+                        to,
+                        s: stamp(s),
+                    })
+                })
+                .collect(),
+            unread: self.unread.iter().copied().collect(),
+        }
+    }
+
+    /// The index a checkpoint's body describes, read with `key_id` (the body was
+    /// opened and checked by [`crate::format::open_checkpoint`]). A put whose chunks
+    /// name messages that aren't the file's (see [`Index::apply`]) makes the whole
+    /// checkpoint damaged.
+    pub fn from_checkpoint(body: CheckpointBody, key_id: Option<KeyId>) -> Result<Index, String> {
+        let mut index = Index::new(body.channel, key_id);
+        index.last_seen = body.last_seen;
+        index.max_seq = body.max_seq;
+        index.cutover = body.cutover;
+        index
+            .own
+            .extend(body.records.iter().map(|&m| (m, Own::Record)));
+        for data in &body.data {
+            index
+                .own
+                .extend(data.m.iter().map(|&m| (m, Own::Data(data.id))));
+        }
+        index.tombstone_messages.extend(body.tombstones);
+        index.foreign.extend(body.foreign);
+        index.unread.extend(body.unread);
+        let stamp = |s: CheckpointStamp| {
+            let version = if s.seq == 0 { 1 } else { 2 };
+            Stamp::new(version, s.seq, s.m, s.i)
+        };
+        for link in body.moved_out {
+            index
+                .moved_out
+                .entry((link.c, link.m))
+                .or_default()
+                .insert(link.to, stamp(link.s));
+        }
+        let mut map = BTreeMap::new();
+        for path in body.paths {
+            let stamp = stamp(path.s);
+            let message = Message {
+                id: stamp.message(),
+                channel_id: index.channel,
+                author_id: 0,
+                content: String::new(),
+                attachments: Vec::new(),
+            };
+            let (path, entry) = resolve(&message, &path.op, None)?;
+            if let Some(Entry::File(file)) = &entry {
+                index
+                    .check_own_chunks(file)
+                    .map_err(|e| format!("'{path}': {e}"))?;
+            }
+            map.insert(path, Slot { stamp, entry });
+        }
+        index.slots = Slots::from_map(map);
+        Ok(index)
+    }
+
+    /// How many record messages of ours this index knows of after message `after`,
+    /// counting up to `limit` (what decides when a new checkpoint is due).
+    pub fn records_after(&self, after: Id, limit: usize) -> usize {
+        self.own
+            .range(after.saturating_add(1)..)
+            .filter(|(_, own)| **own == Own::Record)
+            .take(limit)
+            .count()
+    }
+
+    /// The checkpoint messages of ours this index knows of (heads and parts).
+    pub fn checkpoint_messages(&self) -> Vec<Id> {
+        self.own
+            .iter()
+            .filter(|(_, own)| **own == Own::Checkpoint)
+            .map(|(&m, _)| m)
+            .collect()
+    }
+
     /// Notes a message of another author that has attachments.
     pub fn note_foreign(&mut self, message: Id) {
         if self.foreign.insert(message) {
@@ -766,6 +918,12 @@ impl Index {
                 Some(Own::Data(_)) => {
                     return Err(format!(
                         "a chunk names message {}, which holds another file's data",
+                        chunk.message
+                    ));
+                }
+                Some(Own::Checkpoint) => {
+                    return Err(format!(
+                        "a chunk names message {}, which holds a checkpoint",
                         chunk.message
                     ));
                 }

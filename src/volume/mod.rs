@@ -48,6 +48,7 @@
 //! referenced ones they both know of), which only costs space. Once a change's record
 //! is stored the change has happened: nothing after that point fails it.
 
+pub mod checkpoint;
 pub mod disk_cache;
 pub mod index;
 pub mod journal;
@@ -195,6 +196,15 @@ pub struct VolumeConfig {
     /// again downloads nothing; `None` keeps none. Default: none (the CLI and the mount
     /// open one for stores that aren't on local disk already).
     pub disk_cache: Option<Arc<disk_cache::DiskCache>>,
+    /// Records of ours newer than the newest checkpoint after which a new checkpoint
+    /// is posted (see [`checkpoint`]); 0 never posts one. Default 1,000.
+    pub checkpoint_every: usize,
+    /// Checkpoints of this key kept pinned: the newest, and older ones to fall back to.
+    /// Default 2.
+    pub checkpoints_kept: usize,
+    /// Whether an open without a usable cache starts from the newest checkpoint (else
+    /// it replays the whole history). Default true.
+    pub start_from_checkpoint: bool,
 }
 
 /// The default [`VolumeConfig::free_grace`].
@@ -210,6 +220,9 @@ impl Default for VolumeConfig {
             pins: Pins::default(),
             free_grace: DEFAULT_FREE_GRACE,
             disk_cache: None,
+            checkpoint_every: 1_000,
+            checkpoints_kept: 2,
+            start_from_checkpoint: true,
         }
     }
 }
@@ -403,6 +416,8 @@ pub struct Volume {
     warned: Mutex<HashSet<Id>>,
     /// Held while a record is posted (see [`records`]).
     posting: tokio::sync::Mutex<()>,
+    /// The checkpoint (its head message) the index started from, if it did.
+    started_from: OnceLock<Id>,
 }
 
 impl Drop for Volume {
@@ -422,9 +437,11 @@ impl Volume {
         let key_id = key.as_ref().map(Key::id);
         let (index, cache_file) =
             match load_cache(&config, store.as_ref(), channel.id, key.as_ref()) {
-                Some((index, file)) => (index, Some(file)),
-                None => (Index::new(channel.id, key_id), None),
+                Some((index, file)) => (Some(index), Some(file)),
+                None => (None, None),
             };
+        let cached = index.is_some();
+        let index = index.unwrap_or_else(|| Index::new(channel.id, key_id));
         let volume = Volume {
             user: store.current_user().await?,
             limits: std::sync::RwLock::new(store.limits().await?),
@@ -438,7 +455,15 @@ impl Volume {
             peers: OnceLock::new(),
             warned: Mutex::default(),
             posting: tokio::sync::Mutex::new(()),
+            started_from: OnceLock::new(),
         };
+        if !cached
+            && volume.config.start_from_checkpoint
+            && let Some((head, index)) = volume.index_from_checkpoint().await
+        {
+            *volume.index() = index;
+            let _ = volume.started_from.set(head);
+        }
         volume.refresh().await?;
         volume.reclaim_abandoned_uploads().await;
         Ok(volume)
@@ -469,6 +494,12 @@ impl Volume {
                 self.channel.name
             ),
         }
+    }
+
+    /// The checkpoint (its head message) this volume's index started from, when it
+    /// had no cache and found one it could use.
+    pub fn started_from_checkpoint(&self) -> Option<Id> {
+        self.started_from.get().copied()
     }
 
     /// The channel.

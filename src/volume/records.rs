@@ -233,6 +233,7 @@ impl Volume {
                     MessageKind::InlineRecord(_) | MessageKind::AttachedRecord => {
                         index.note_own(message.id, Own::Record)
                     }
+                    MessageKind::Checkpoint => index.note_own(message.id, Own::Checkpoint),
                     MessageKind::Data(None) | MessageKind::Other => {}
                 }
             }
@@ -287,7 +288,7 @@ impl Volume {
                 Some(bytes) => bytes.to_vec(),
                 None => return Ok(None),
             },
-            MessageKind::Data(_) | MessageKind::Other => return Ok(None),
+            MessageKind::Data(_) | MessageKind::Checkpoint | MessageKind::Other => return Ok(None),
         };
         match format::open_record(&envelope, self.key.as_ref(), self.channel.id) {
             Ok(record) => Ok(Some(record)),

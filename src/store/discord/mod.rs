@@ -1065,6 +1065,101 @@ impl Store for DiscordStore {
         }
     }
 
+    async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {
+        let channel_id = self.twilight_channel(channel)?;
+        let what = "reading the channel's pins";
+        let mut pinned = Vec::new();
+        let mut before = None;
+        // Pages of 50, newest pin first, by the time of the pin.
+        loop {
+            let listing = self
+                .rest
+                .call(
+                    &format!("GET /channels/{channel}/messages/pins"),
+                    what,
+                    || {
+                        let request = self.rest.client.pins(channel_id).limit(50);
+                        match before {
+                            Some(at) => request.before(at).into_future(),
+                            None => request.into_future(),
+                        }
+                    },
+                    model,
+                )
+                .await
+                .map_err(|e| Self::channel_error(channel, None, what, e))?;
+            before = listing.items.last().map(|pin| pin.pinned_at);
+            pinned.extend(
+                listing
+                    .items
+                    .iter()
+                    .map(|pin| self.message_from(&pin.message)),
+            );
+            if !listing.has_more || listing.items.is_empty() || pinned.len() >= super::MAX_PINS {
+                break;
+            }
+        }
+        Ok(pinned)
+    }
+
+    async fn pin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        let channel_id = self.twilight_channel(channel)?;
+        let message_id: TwilightId<MessageMarker> =
+            TwilightId::new_checked(message).ok_or(StoreError::NoSuchMessage(message))?;
+        let pinned = self
+            .rest
+            .call(
+                &format!("PUT /channels/{channel}/messages/pins/:id"),
+                "pinning a message",
+                || {
+                    self.rest
+                        .client
+                        .create_pin(channel_id, message_id)
+                        .into_future()
+                },
+                no_body,
+            )
+            .await;
+        match pinned {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(30003) => Err(StoreError::Invalid(format!(
+                "the channel has the most pins Discord allows ({}); unpin some",
+                super::MAX_PINS
+            ))),
+            Err(RestError::Api { status: 403, .. }) => Err(StoreError::PermissionDenied(
+                "pinning a message needs the Pin Messages (or Manage Messages) permission; \
+                 give it to the bot's role"
+                    .into(),
+            )),
+            Err(e) => Err(Self::channel_error(
+                channel,
+                Some(message),
+                "pinning a message",
+                e,
+            )),
+        }
+    }
+
+    async fn unpin(&self, channel: Id, message: Id) -> StoreResult<()> {
+        let channel_id = self.twilight_channel(channel)?;
+        let message_id: TwilightId<MessageMarker> =
+            TwilightId::new_checked(message).ok_or(StoreError::NoSuchMessage(message))?;
+        self.rest
+            .call(
+                &format!("DELETE /channels/{channel}/messages/pins/:id"),
+                "unpinning a message",
+                || {
+                    self.rest
+                        .client
+                        .delete_pin(channel_id, message_id)
+                        .into_future()
+                },
+                no_body,
+            )
+            .await
+            .map_err(|e| Self::channel_error(channel, Some(message), "unpinning a message", e))
+    }
+
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {
         let channel_id = self.twilight_channel(channel)?;
         let message_id: TwilightId<MessageMarker> =
