@@ -854,3 +854,67 @@ fn status_without_a_mount_running_is_one_line() {
         "{error}"
     );
 }
+
+#[test]
+fn verify_passes_a_whole_channel_and_names_a_file_whose_chunk_message_is_gone() {
+    let env = with_key_and_channel(tiny_limits());
+    env.write("d.bin", &random_bytes(30_000, 21));
+    env.write("ok.txt", b"fine");
+    env.ok(&["put", "d.bin", "ok.txt", "docs"]);
+    let out = env.ok(&["verify"]);
+    assert!(
+        out.ends_with("verified 1 channel(s): 2 file(s), 0 folder(s), 11 chunk(s); no problems\n"),
+        "{out}"
+    );
+    let out = env.ok(&["verify", "docs", "--read-data", "--sample", "0.5"]);
+    assert!(out.contains("11 chunk(s), 1 read ("), "{out}");
+    assert!(env.ok(&["verify", "--help"]).contains("--read-data"));
+
+    // A data message of d.bin deleted from the store, as a moderator would.
+    let data_message = env
+        .stored_files()
+        .into_iter()
+        .filter(|p| p.parent().unwrap().ends_with("messages"))
+        .find(|p| {
+            let message: serde_json::Value = serde_json::from_slice(&fs::read(p).unwrap()).unwrap();
+            message["content"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("dcfs1 data"))
+        })
+        .expect("d.bin has data messages");
+    fs::remove_file(data_message).unwrap();
+    let args = ["verify", "docs"];
+    let output = env.run(&args);
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    let stderr = data::failed_with_one_line(&args, output);
+    assert!(
+        stderr.contains("3 problem(s) found in 1 file(s)"),
+        "{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("docs/d.bin: chunks ")
+            && lines[0].contains("is gone")
+            && lines[0].ends_with("restore it from a copy and `put` it again, or `rm` it"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("3 problem(s) in 1 file(s) or folder(s)"),
+        "{stdout}"
+    );
+    // The same as JSON.
+    let output = env.run(&["verify", "--json"]);
+    assert!(!output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["problems"], 3);
+    let damaged = &report["channels"][0]["damaged"];
+    assert_eq!(damaged.as_array().unwrap().len(), 1);
+    assert_eq!(damaged[0]["path"], "d.bin");
+    assert_eq!(damaged[0]["problems"][0]["kind"], "message_missing");
+    // A path verifies what is at or under it only: ok.txt is whole.
+    assert!(
+        env.ok(&["verify", "docs/ok.txt"])
+            .ends_with("no problems\n")
+    );
+}

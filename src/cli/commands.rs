@@ -187,7 +187,7 @@ pub async fn channels(context: &Context) -> Result<(), CliError> {
 }
 
 /// Tells, on stderr, about records of this channel the loaded key can't read.
-fn warn_hidden(volume: &Volume) {
+pub(super) fn warn_hidden(volume: &Volume) {
     let index = volume.index();
     let (mut wrong_key, mut no_key, mut other) = (None, 0, 0);
     let (mut wrong_count, mut unauthenticated) = (0, 0);

@@ -17,9 +17,11 @@ mod pidfile;
 mod settings;
 mod status;
 mod status_server;
+mod verify;
 
 pub use mount::MountArgs;
 pub use status::StatusArgs;
+pub use verify::VerifyArgs;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -153,6 +155,10 @@ pub enum Command {
     Members,
     /// Check the set-up: key, token, guild, the bot's permissions, limits, FUSE.
     Doctor,
+    /// Check that channels are whole: every chunk and record of every file is still in
+    /// the store (with --read-data, that the chunks open too). Changes nothing; exits
+    /// non-zero if something is wrong.
+    Verify(VerifyArgs),
     /// Mount the channels as a file system (one folder per channel).
     Mount(MountArgs),
     /// Show what a running mount is doing: the files waiting for their upload and being
@@ -273,6 +279,9 @@ pub enum CliError {
         #[source]
         source: VolumeError,
     },
+    /// A check found problems; each was reported already.
+    #[error("{0}")]
+    Problems(String),
     /// Some of several items failed; each was reported already.
     #[error("{0} of the items failed (see above)")]
     Partial(usize),
@@ -333,6 +342,7 @@ async fn run_command(context: &Context, command: Command) -> Result<(), CliError
         Command::Attachments { channel } => inspect::attachments(context, &channel).await,
         Command::Members => inspect::members(context).await,
         Command::Doctor => inspect::doctor(context).await,
+        Command::Verify(args) => verify::verify(context, args).await,
         Command::Mount(args) => mount::mount(context, args).await,
         Command::Status(args) => status::status(context, args).await,
         Command::Umount { mountpoint, lazy } => {

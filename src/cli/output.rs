@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::volume::Progress;
+use crate::volume::{Progress, VerifyProgress};
 
 /// `ls -l` style mode string, e.g. `-rw-r--r--` or `drwxr-xr-x`.
 pub fn mode_string(mode: u32, is_dir: bool) -> String {
@@ -88,6 +88,46 @@ impl Bar {
         self.bar
             .as_ref()
             .map(|bar| Arc::new(BarProgress(bar.clone())) as Arc<dyn Progress>)
+    }
+
+    /// Removes the bar.
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A progress bar on stderr for the chunks `verify --read-data` reads, sized when the
+/// reading starts (after the structure check), when stderr is a terminal and output
+/// isn't quieted.
+pub struct ReadingBar {
+    bar: Option<ProgressBar>,
+}
+
+struct ReadingProgress(ProgressBar);
+
+impl VerifyProgress for ReadingProgress {
+    fn reading(&self, _chunks: u64, bytes: u64) {
+        self.0.set_length(bytes);
+    }
+
+    fn read(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+impl ReadingBar {
+    pub fn new(label: &str, quiet: bool) -> ReadingBar {
+        let bar = Bar::new(0, label, quiet).bar;
+        ReadingBar { bar }
+    }
+
+    /// What the verification reports progress to.
+    pub fn progress(&self) -> Option<Arc<dyn VerifyProgress>> {
+        self.bar
+            .as_ref()
+            .map(|bar| Arc::new(ReadingProgress(bar.clone())) as Arc<dyn VerifyProgress>)
     }
 
     /// Removes the bar.

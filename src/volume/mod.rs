@@ -8,7 +8,9 @@
 //! - [`transfer`]: chunks to and from the store;
 //! - [`pack`]: small files that go up together, packed into shared attachments;
 //! - [`journal`]: uploads in progress, for cleaning up after a crash;
-//! - [`registry`]: the channels a process has open, and how they reach each other.
+//! - [`registry`]: the channels a process has open, and how they reach each other;
+//! - [`verify`]: checking that a channel is whole (every chunk and record in place, and
+//!   with a data check, every chunk opening).
 //!
 //! ## Reading the channel
 //!
@@ -57,6 +59,7 @@ pub mod reclaim;
 pub mod records;
 pub mod registry;
 pub mod transfer;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::fs;
@@ -73,6 +76,7 @@ pub use index::{
 pub use pack::{PackBudget, PackLimits};
 pub use reclaim::{PinGuard, Pins};
 pub use transfer::{ChunkPlan, Interrupt, Progress};
+pub use verify::{Damaged, DataCheck, Problem, VerifyOptions, VerifyProgress, VerifyReport};
 
 use crate::crypto::{self, CryptoError, Key, KeyId};
 use crate::format::{
@@ -434,6 +438,36 @@ impl Volume {
         key: Option<Key>,
         config: VolumeConfig,
     ) -> Result<Volume, VolumeError> {
+        let volume = Volume::load(store, channel, key, config).await?;
+        volume.refresh().await?;
+        volume.reclaim_abandoned_uploads().await;
+        Ok(volume)
+    }
+
+    /// Opens a channel to look at it without changing it: like [`Volume::open`], it
+    /// loads the cached index and reads what is new, but it deletes nothing (neither
+    /// the messages earlier changes left unneeded nor what uploads that died midway
+    /// left behind: the next [`Volume::open`] or refresh does that). What `verify`
+    /// opens channels with. The volume is an ordinary one from then on.
+    pub async fn open_to_inspect(
+        store: Arc<dyn Store>,
+        channel: Channel,
+        key: Option<Key>,
+        config: VolumeConfig,
+    ) -> Result<Volume, VolumeError> {
+        let volume = Volume::load(store, channel, key, config).await?;
+        volume.catch_up().await?;
+        Ok(volume)
+    }
+
+    /// The volume with its cached index loaded (or, without a usable cache, the newest
+    /// checkpoint it can use; see [`checkpoint`]), before the history after it is read.
+    async fn load(
+        store: Arc<dyn Store>,
+        channel: Channel,
+        key: Option<Key>,
+        config: VolumeConfig,
+    ) -> Result<Volume, VolumeError> {
         let key_id = key.as_ref().map(Key::id);
         let (index, cache_file) =
             match load_cache(&config, store.as_ref(), channel.id, key.as_ref()) {
@@ -464,8 +498,6 @@ impl Volume {
             *volume.index() = index;
             let _ = volume.started_from.set(head);
         }
-        volume.refresh().await?;
-        volume.reclaim_abandoned_uploads().await;
         Ok(volume)
     }
 
