@@ -10,7 +10,7 @@
 //! | `dcfs1 data <file id>`  | data message: only chunk attachments, of the file with that id (32 hex digits) |
 //! | `dcfs1 <base64url>`     | record message, record inline (unpadded base64url of the record envelope) |
 //! | `dcfs1 @record.dcfr`    | record message, record envelope in the attachment named `record.dcfr` |
-//! | `dcfs1 checkpoint <id>[ <id>,…]` | checkpoint head (version 5), pinned; see Checkpoints |
+//! | `dcfs1 checkpoint <id> <id>[ <id>,…]` | checkpoint head (version 5), pinned; see Checkpoints |
 //! | `dcfs1 checkpoint part` | the first parts of a checkpoint too large for its head (version 5) |
 //!
 //! A record message may also carry chunk attachments of its own: a small file is a single
@@ -224,9 +224,9 @@
 //! only unsigned ones. The envelope is cut into pieces of at most the store's per-file
 //! limit, attached in order as `k0.bin`, `k1.bin`, … to as few messages as the limits
 //! allow. All but the last are *part* messages (content `dcfs1 checkpoint part`); the
-//! last is the *head*, whose content is `dcfs1 checkpoint <last seen>` followed, if
-//! there are part messages, by a space and their ids in order, comma-separated (at most
-//! 90). The envelope is the part messages' pieces in order, then the head's. The head
+//! last is the *head*, whose content is `dcfs1 checkpoint <last seen> <collected>`
+//! (the body's fields of those names) followed, if there are part messages, by a space
+//! and their ids in order, comma-separated (at most 90). The envelope is the part messages' pieces in order, then the head's. The head
 //! is pinned; readers find checkpoints through the channel's pins and try the bot's
 //! heads newest first, passing over (and logging) any that don't assemble, open and
 //! check. The content is not authenticated; a wrong part list fails to open. Readers
@@ -235,7 +235,7 @@
 //! Its **body** is JSON:
 //!
 //! ```json
-//! {"channel":"<id>","last_seen":"<id>","max_seq":42,"cutover":"<id>",
+//! {"channel":"<id>","last_seen":"<id>","collected":"<id>","max_seq":42,"cutover":"<id>",
 //!  "paths":[{"s":{"seq":42,"m":"<message id>","i":0},"op":{"op":"put","path":…}}, …],
 //!  "records":["<id>",…],"data":[{"id":"<file id>","m":["<id>",…]},…],
 //!  "tombstones":["<id>",…],"foreign":["<id>",…],
@@ -254,6 +254,12 @@
 //!   record's `seq` (0 for a version-1 record), its message `m`, and the operation's
 //!   position `i` in it. The record message of a `put` or `mkdir` is `s.m`. Each path
 //!   appears once; puts are checked as a record's are.
+//! - `collected` is `"0"`, or the message before which `gc` deleted tombstones and
+//!   records no path needs any more (it is at most `last_seen`): a reader whose state
+//!   (a cache, or an older checkpoint) covers less than that may lack deletes that are
+//!   gone and must start again from this checkpoint. `gc` deletes a tombstone only
+//!   when no message left in the channel puts its path, so a full replay still finds
+//!   every file that exists, and it retires every older checkpoint of its key.
 //! - `max_seq` is the highest `seq` read or written (the next record's is one more);
 //!   `cutover` the first version-2 record the key authenticated (see Version 1).
 //! - `records`, `data`: the bot's own record messages and data messages (by file id)

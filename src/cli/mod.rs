@@ -9,6 +9,7 @@
 //! others are still done and the exit code says that something failed.
 
 mod commands;
+mod gc;
 mod inspect;
 mod mount;
 pub mod notify;
@@ -159,6 +160,10 @@ pub enum Command {
     /// the store (with --read-data, that the chunks open too). Changes nothing; exits
     /// non-zero if something is wrong.
     Verify(VerifyArgs),
+    /// Delete what no file needs any more: superseded records, tombstones no message
+    /// needs, data no file uses (older than a day), older checkpoints. Reports the
+    /// messages and bytes freed.
+    Gc(gc::GcArgs),
     /// Mount the channels as a file system (one folder per channel).
     Mount(MountArgs),
     /// Show what a running mount is doing: the files waiting for their upload and being
@@ -343,6 +348,7 @@ async fn run_command(context: &Context, command: Command) -> Result<(), CliError
         Command::Members => inspect::members(context).await,
         Command::Doctor => inspect::doctor(context).await,
         Command::Verify(args) => verify::verify(context, args).await,
+        Command::Gc(args) => gc::gc(context, args).await,
         Command::Mount(args) => mount::mount(context, args).await,
         Command::Status(args) => status::status(context, args).await,
         Command::Umount { mountpoint, lazy } => {

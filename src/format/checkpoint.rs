@@ -14,7 +14,7 @@ use crate::store::{Id, Limits, NewAttachment};
 /// First bytes of a checkpoint envelope.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"DCFK";
 /// Start of the content of a checkpoint's head message (the one that is pinned):
-/// `dcfs1 checkpoint <last seen> [<part message>,<part message>,…]`.
+/// `dcfs1 checkpoint <last seen> <collected>[ <part message>,<part message>,…]`.
 pub const CHECKPOINT_CONTENT: &str = "dcfs1 checkpoint";
 /// The content of a message holding parts of a checkpoint that didn't fit its head.
 pub const CHECKPOINT_PART_CONTENT: &str = "dcfs1 checkpoint part";
@@ -31,6 +31,8 @@ pub const MAX_CHECKPOINT_PART_MESSAGES: usize = 90;
 pub struct CheckpointHead {
     /// The body's `last_seen`: the newest message the state covers.
     pub covers: Id,
+    /// The body's `collected`: `gc` deleted messages older than this one (0: never).
+    pub collected: Id,
     /// The messages holding the envelope's first parts, in order; the head's own
     /// attachments hold the last ones.
     pub parts: Vec<Id>,
@@ -39,7 +41,7 @@ pub struct CheckpointHead {
 impl CheckpointHead {
     /// The head message's content.
     pub fn content(&self) -> String {
-        let mut content = format!("{CHECKPOINT_CONTENT} {}", self.covers);
+        let mut content = format!("{CHECKPOINT_CONTENT} {} {}", self.covers, self.collected);
         if !self.parts.is_empty() {
             let parts: Vec<String> = self.parts.iter().map(Id::to_string).collect();
             content.push(' ');
@@ -55,6 +57,7 @@ impl CheckpointHead {
             .strip_prefix(' ')?;
         let mut words = rest.split(' ');
         let covers = words.next()?.parse().ok()?;
+        let collected = words.next()?.parse().ok()?;
         let parts = match words.next() {
             None => Vec::new(),
             Some(list) => list
@@ -65,7 +68,11 @@ impl CheckpointHead {
         if words.next().is_some() || parts.len() > MAX_CHECKPOINT_PART_MESSAGES {
             return None;
         }
-        Some(CheckpointHead { covers, parts })
+        Some(CheckpointHead {
+            covers,
+            collected,
+            parts,
+        })
     }
 }
 
@@ -155,6 +162,10 @@ pub struct CheckpointBody {
     pub channel: Id,
     #[serde(with = "id_string")]
     pub last_seen: Id,
+    /// `gc` deleted tombstones and superseded records older than this message (0:
+    /// never): a reader whose state is older must start again from this checkpoint.
+    #[serde(with = "id_string")]
+    pub collected: Id,
     pub max_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_id")]
     pub cutover: Option<Id>,
@@ -182,6 +193,9 @@ impl CheckpointBody {
         }
         if self.last_seen >= head {
             return bad("covers messages posted after it".into());
+        }
+        if self.collected > self.last_seen {
+            return bad("collected past what it covers".into());
         }
         let mut seen = std::collections::HashSet::with_capacity(self.paths.len());
         for path in &self.paths {
@@ -322,6 +336,7 @@ mod tests {
         CheckpointBody {
             channel,
             last_seen: 900,
+            collected: 0,
             max_seq: 3,
             cutover: Some(5),
             paths: vec![CheckpointPath {
@@ -348,10 +363,11 @@ mod tests {
     fn heads_and_parts_are_checkpoints_here_and_nothing_to_a_version_4_reader() {
         let head = CheckpointHead {
             covers: 900,
+            collected: 12,
             parts: vec![901, 902],
         };
         let content = head.content();
-        assert_eq!(content, "dcfs1 checkpoint 900 901,902");
+        assert_eq!(content, "dcfs1 checkpoint 900 12 901,902");
         assert_eq!(CheckpointHead::parse(&content), Some(head));
         for content in [
             content.as_str(),
@@ -368,7 +384,8 @@ mod tests {
             );
         }
         assert_eq!(CheckpointHead::parse(CHECKPOINT_PART_CONTENT), None);
-        assert_eq!(CheckpointHead::parse("dcfs1 checkpoint 9 1,x"), None);
+        assert_eq!(CheckpointHead::parse("dcfs1 checkpoint 9 0 1,x"), None);
+        assert_eq!(CheckpointHead::parse("dcfs1 checkpoint 9"), None);
     }
 
     #[test]

@@ -39,6 +39,12 @@ use std::cmp::Reverse;
 use super::index::Own;
 use super::{Index, Volume, VolumeError};
 use crate::crypto::KeyId;
+
+/// The default [`super::VolumeConfig::collection_check_age`]: how old an index's
+/// newest message must be before a refresh asks whether `gc` collected the channel past
+/// it (see [`Volume::restart_if_collected`]); `gc`'s grace (a day on the command line)
+/// must not be shorter.
+pub const COLLECTION_CHECK_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 use crate::format::{self, CHECKPOINT_PART_CONTENT, CheckpointHead, MAX_CHECKPOINT_BYTES, damaged};
 use crate::store::{Id, Message, NewMessage};
 
@@ -76,10 +82,20 @@ impl Volume {
     /// Seals the index as it is now into a checkpoint, posts and pins it, and retires
     /// the checkpoints beyond the ones kept. Returns the head message.
     pub async fn post_checkpoint(&self) -> Result<Id, VolumeError> {
+        let keep = self.config.checkpoints_kept;
+        Ok(self.post_checkpoint_retiring(keep).await?.0)
+    }
+
+    /// [`Volume::post_checkpoint`], keeping `keep` of this key's checkpoints (the new
+    /// one included); returns the head and how many were retired.
+    pub(super) async fn post_checkpoint_retiring(
+        &self,
+        keep: usize,
+    ) -> Result<(Id, usize), VolumeError> {
         self.catch_up().await?;
         let body = self.index().checkpoint_body();
         let envelope = format::seal_checkpoint(&body, self.key.as_ref())?;
-        let covers = body.last_seen;
+        let (covers, collected) = (body.last_seen, body.collected);
         drop(body);
         let mut messages = format::checkpoint_messages(&envelope, &self.limits());
         drop(envelope);
@@ -97,7 +113,12 @@ impl Volume {
                 posted.push(part.id);
                 parts.push(part.id);
             }
-            let content = CheckpointHead { covers, parts }.content();
+            let content = CheckpointHead {
+                covers,
+                collected,
+                parts,
+            }
+            .content();
             let head = self
                 .store
                 .post(
@@ -117,10 +138,7 @@ impl Volume {
         self.unsaved
             .store(true, std::sync::atomic::Ordering::Relaxed);
         match result {
-            Ok(head) => {
-                self.retire_checkpoints().await;
-                Ok(head)
-            }
+            Ok(head) => Ok((head, self.retire_checkpoints(keep).await)),
             Err(e) => {
                 // What was posted of it is no use without a pinned head.
                 self.delete_checkpoint_messages(&posted).await;
@@ -129,15 +147,17 @@ impl Volume {
         }
     }
 
-    /// Unpins and deletes this key's checkpoints beyond the newest ones kept.
-    async fn retire_checkpoints(&self) {
+    /// Unpins and deletes this key's checkpoints beyond the newest `keep`; returns how
+    /// many.
+    async fn retire_checkpoints(&self, keep: usize) -> usize {
         let heads = match self.checkpoint_heads().await {
             Ok(heads) => heads,
             Err(e) => {
                 log::info!("#{}: could not read the pins: {e}", self.channel.name);
-                return;
+                return 0;
             }
         };
+        let mut retired = 0;
         let mine = self.key.as_ref().map(|k| k.id()).unwrap_or_default();
         let mut kept = 0;
         for (message, head) in heads {
@@ -145,7 +165,7 @@ impl Volume {
                 continue; // another key's, or damaged: not ours to retire
             }
             kept += 1;
-            if kept <= self.config.checkpoints_kept.max(1) {
+            if kept <= keep.max(1) {
                 continue;
             }
             if let Err(e) = self.store.unpin(self.channel.id, message.id).await {
@@ -159,7 +179,9 @@ impl Volume {
             let mut ids = head.parts.clone();
             ids.push(message.id);
             self.delete_checkpoint_messages(&ids).await;
+            retired += 1;
         }
+        retired
     }
 
     /// The key id a checkpoint's envelope names (zero: unsigned), read from the
@@ -256,6 +278,53 @@ impl Volume {
         None
     }
 
+    /// When `gc` collected the channel past what this index has read (a cache older
+    /// than the collection: the deletes it removed were never read here), starts again
+    /// from the checkpoint it posted, keeping what is local (what waits to be freed,
+    /// skipped records). Asked by [`Volume::catch_up`] when the index's newest message
+    /// is older than [`super::VolumeConfig::collection_check_age`], at most once per
+    /// that long: `gc` never touches younger messages, so a fresher index can't lack
+    /// any.
+    pub(super) async fn restart_if_collected(&self) {
+        let last_seen = self.index().last_seen;
+        let heads = match self.checkpoint_heads().await {
+            Ok(heads) => heads,
+            Err(e) => {
+                log::info!(
+                    "#{}: could not read the pins to see whether gc ran: {e}",
+                    self.channel.name
+                );
+                return;
+            }
+        };
+        for (message, head) in heads {
+            if head.collected <= last_seen {
+                continue;
+            }
+            match self.read_checkpoint(&message, &head).await {
+                Ok(mut index) => {
+                    log::info!(
+                        "#{}: gc collected the channel since this index was cached; \
+                         starting again from checkpoint {}",
+                        self.channel.name,
+                        message.id
+                    );
+                    let mut old = self.index();
+                    index.keep_local_state(&mut old);
+                    *old = index;
+                    drop(old);
+                    self.write_cache_whole();
+                    return;
+                }
+                Err(e) => log::warn!(
+                    "#{}: checkpoint {} can't be used ({e})",
+                    self.channel.name,
+                    message.id
+                ),
+            }
+        }
+    }
+
     /// Assembles, opens and checks one checkpoint.
     async fn read_checkpoint(
         &self,
@@ -306,7 +375,7 @@ impl Volume {
             head_message.id,
         )?;
         drop(envelope);
-        if body.last_seen != head.covers {
+        if body.last_seen != head.covers || body.collected != head.collected {
             return Err(damaged("checkpoint", "its head says it covers another message").into());
         }
         let mut index = Index::from_checkpoint(body, self.key.as_ref().map(|k| k.id()))

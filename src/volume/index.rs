@@ -457,6 +457,10 @@ pub struct Index {
     pub key_id: Option<KeyId>,
     /// The newest message id that replay has read up to.
     pub last_seen: Id,
+    /// `gc` deleted tombstones and superseded records before this message (0: never;
+    /// see [`crate::format`], Checkpoints): a state that covers less is stale.
+    #[serde(default)]
+    pub collected: Id,
     slots: Slots,
     tombstone_messages: BTreeSet<Id>,
     skipped: BTreeMap<Id, Skip>,
@@ -524,6 +528,8 @@ pub struct IndexDelta {
     tombstones: Vec<Id>,
     foreign: Vec<Id>,
     last_seen: Id,
+    #[serde(default)]
+    collected: Id,
     max_seq: u64,
     cutover: Option<Id>,
     skipped: Vec<(Id, Skip)>,
@@ -559,6 +565,7 @@ impl Index {
             tombstones: dirty.tombstones,
             foreign: dirty.foreign,
             last_seen: self.last_seen,
+            collected: self.collected,
             max_seq: self.max_seq,
             cutover: self.cutover,
             skipped: self.skipped.iter().map(|(&m, s)| (m, s.clone())).collect(),
@@ -588,6 +595,7 @@ impl Index {
         self.tombstone_messages.extend(delta.tombstones);
         self.foreign.extend(delta.foreign);
         self.last_seen = delta.last_seen;
+        self.collected = delta.collected;
         self.max_seq = delta.max_seq;
         self.cutover = delta.cutover;
         self.skipped = delta.skipped.into_iter().collect();
@@ -604,6 +612,7 @@ impl Index {
             channel,
             key_id,
             last_seen: 0,
+            collected: 0,
             slots: Slots::default(),
             tombstone_messages: BTreeSet::new(),
             skipped: BTreeMap::new(),
@@ -670,6 +679,7 @@ impl Index {
         CheckpointBody {
             channel: self.channel,
             last_seen: self.last_seen,
+            collected: self.collected,
             max_seq: self.max_seq,
             cutover: self.cutover,
             paths,
@@ -703,6 +713,7 @@ impl Index {
     pub fn from_checkpoint(body: CheckpointBody, key_id: Option<KeyId>) -> Result<Index, String> {
         let mut index = Index::new(body.channel, key_id);
         index.last_seen = body.last_seen;
+        index.collected = body.collected;
         index.max_seq = body.max_seq;
         index.cutover = body.cutover;
         index
@@ -747,6 +758,15 @@ impl Index {
         }
         index.slots = Slots::from_map(map);
         Ok(index)
+    }
+
+    /// Takes over what is local in `old` (what waits to be freed, records skipped or
+    /// unread), for an index that replaces it.
+    pub fn keep_local_state(&mut self, old: &mut Index) {
+        self.unfreed.append(&mut old.unfreed);
+        self.unfreed_foreign.append(&mut old.unfreed_foreign);
+        self.skipped.append(&mut old.skipped);
+        self.unread.append(&mut old.unread);
     }
 
     /// How many record messages of ours this index knows of after message `after`,
@@ -1065,6 +1085,44 @@ impl Index {
         let mut in_use: HashSet<Id> = self.tombstone_messages.iter().copied().collect();
         in_use.extend(self.slots.uses.keys().copied());
         in_use
+    }
+
+    /// Whether a live entry uses message `message` of this channel (its record or
+    /// its chunks); tombstones aside.
+    pub fn used_by_entries(&self, message: Id) -> bool {
+        self.slots.uses.contains_key(&message)
+    }
+
+    /// The paths whose tombstone holds them, by the message carrying the delete.
+    pub fn deletes_by_message(&self) -> HashMap<Id, Vec<String>> {
+        let mut deletes: HashMap<Id, Vec<String>> = HashMap::new();
+        for (path, slot) in &self.slots.map {
+            if slot.entry.is_none() {
+                deletes
+                    .entry(slot.stamp.message())
+                    .or_default()
+                    .push(path.clone());
+            }
+        }
+        deletes
+    }
+
+    /// Forgets the deletes that message `message` holds at `paths`, and that it carries
+    /// tombstones: what `gc` does before it deletes the message (see
+    /// [`crate::volume::gc`]).
+    pub fn forget_tombstones(&mut self, message: Id, paths: &[String]) {
+        for path in paths {
+            if self
+                .slots
+                .map
+                .get(path)
+                .is_some_and(|slot| slot.entry.is_none() && slot.stamp.message() == message)
+            {
+                self.slots.map.remove(path);
+                self.dirty.slots.insert(path.clone());
+            }
+        }
+        self.tombstone_messages.remove(&message);
     }
 
     /// Whether message `message` of this channel is still needed (one of

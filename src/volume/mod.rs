@@ -52,6 +52,7 @@
 
 pub mod checkpoint;
 pub mod disk_cache;
+pub mod gc;
 pub mod index;
 pub mod journal;
 pub mod pack;
@@ -209,6 +210,10 @@ pub struct VolumeConfig {
     /// Whether an open without a usable cache starts from the newest checkpoint (else
     /// it replays the whole history). Default true.
     pub start_from_checkpoint: bool,
+    /// How old the index's newest message must be before a refresh asks whether `gc`
+    /// collected the channel past it (see [`checkpoint`]); `gc`'s grace must not be
+    /// shorter. Default [`checkpoint::COLLECTION_CHECK_AGE`] (an hour).
+    pub collection_check_age: std::time::Duration,
 }
 
 /// The default [`VolumeConfig::free_grace`].
@@ -227,6 +232,7 @@ impl Default for VolumeConfig {
             checkpoint_every: 1_000,
             checkpoints_kept: 2,
             start_from_checkpoint: true,
+            collection_check_age: checkpoint::COLLECTION_CHECK_AGE,
         }
     }
 }
@@ -422,6 +428,8 @@ pub struct Volume {
     posting: tokio::sync::Mutex<()>,
     /// The checkpoint (its head message) the index started from, if it did.
     started_from: OnceLock<Id>,
+    /// When a refresh last asked whether `gc` collected the channel past the index.
+    collection_asked: Mutex<Option<std::time::Instant>>,
 }
 
 impl Drop for Volume {
@@ -490,6 +498,7 @@ impl Volume {
             warned: Mutex::default(),
             posting: tokio::sync::Mutex::new(()),
             started_from: OnceLock::new(),
+            collection_asked: Mutex::new(None),
         };
         if !cached
             && volume.config.start_from_checkpoint
@@ -497,6 +506,11 @@ impl Volume {
         {
             *volume.index() = index;
             let _ = volume.started_from.set(head);
+            // The newest checkpoint: nothing is collected past it.
+            *volume
+                .collection_asked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         }
         Ok(volume)
     }
@@ -598,6 +612,9 @@ impl Volume {
     /// another channel's volume asks of this one while it follows a moved file: it
     /// must not start freeing in turn). Returns whether anything new was read.
     async fn catch_up(&self) -> Result<bool, VolumeError> {
+        if self.collection_check_due() {
+            self.restart_if_collected().await;
+        }
         self.read_unread().await?;
         let last_seen = self.index().last_seen;
         let mut cursor = if last_seen == 0 {
@@ -635,6 +652,27 @@ impl Volume {
         Ok(read_new)
     }
 
+    /// Whether a refresh should ask whether `gc` collected the channel past this
+    /// index (see [`checkpoint`]): its newest message is older than
+    /// [`VolumeConfig::collection_check_age`], and it wasn't asked within that long.
+    fn collection_check_due(&self) -> bool {
+        let last_seen = self.index().last_seen;
+        let age = reclaim::now_ms().saturating_sub(snowflake_time_ms(last_seen));
+        let limit = self.config.collection_check_age;
+        if last_seen == 0 || age < limit.as_millis() as u64 {
+            return false;
+        }
+        let mut asked = self
+            .collection_asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if asked.is_some_and(|at| at.elapsed() < limit) {
+            return false;
+        }
+        *asked = Some(std::time::Instant::now());
+        true
+    }
+
     /// Whether `message`, met again in the overlap of a refresh, is a record of ours
     /// the index has read already: one it noted in a page read to the end before
     /// (`last_seen` is where that reading got). Messages don't change, so reading it
@@ -642,6 +680,13 @@ impl Volume {
     /// that couldn't be read is in [`Index::unread`] and read again by itself.
     fn already_read(&self, message: &Message, last_seen: Id) -> bool {
         message.id <= last_seen && self.index().own(message.id) == Some(index::Own::Record)
+    }
+
+    /// Makes the next save write the whole index, not a delta (after changes a delta
+    /// can't say: slots forgotten, tombstone messages gone).
+    pub(super) fn write_cache_whole(&self) {
+        *self.cache_file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.unsaved.store(true, Ordering::Relaxed);
     }
 
     /// Writes the index cache if the index changed since it was last written.

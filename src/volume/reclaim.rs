@@ -35,6 +35,25 @@
 //!
 //! Otherwise it is deleted.
 //!
+//! ## Collection (`gc`)
+//!
+//! [`super::gc`] adds candidates of any machine's making to a pass, with their grace
+//! over, and the rules above still decide. It only ever proposes messages of ours older
+//! than its horizon (now minus its grace, 24 hours by default, and nothing the index
+//! hasn't read):
+//!
+//! 6. **Unused.** A data message, or a record message, that no live entry uses (a
+//!    replaced version's chunks, an upload that died on any machine, a pack whose files
+//!    are all gone, a record whose operations all lost).
+//! 7. **Guards stay.** A record with a `link` or a moved delete is never proposed:
+//!    it tells which messages other channels use.
+//! 8. **Unneeded deletes.** A tombstone message, once none of the deletes that hold
+//!    their paths is needed: a delete is needed while a message that stays still puts
+//!    or makes its path (a replay of the history would bring the file back without
+//!    it). Its deletes are forgotten first, and a checkpoint marked *collected* is
+//!    posted before anything is deleted, so that an index that never read them starts
+//!    again from the checkpoint.
+//!
 //! ## Deleting and reusing at once
 //!
 //! A new version of a file may keep chunks of the version it replaces; they are chosen

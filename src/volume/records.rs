@@ -273,7 +273,10 @@ impl Volume {
 
     /// The record of one message from history, opened, if it is one of ours that can
     /// be read; otherwise notes why not.
-    async fn read_record(&self, message: &Message) -> Result<Option<OpenedRecord>, VolumeError> {
+    pub(super) async fn read_record(
+        &self,
+        message: &Message,
+    ) -> Result<Option<OpenedRecord>, VolumeError> {
         if message.author_id != self.user {
             log::debug!(
                 "#{}: message {} is someone else's; ignored",

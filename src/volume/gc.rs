@@ -1,0 +1,277 @@
+//! `gc`: deletes what no file needs any more and a checkpoint covers, from any machine's
+//! doing. What may be deleted is decided by [`super::reclaim`]'s rules (its module doc
+//! states them, gc's included); this module finds the candidates and runs the steps in
+//! the order that keeps every reader right.
+//!
+//! A pass of [`super::reclaim`] frees only what a change *of ours* left behind. The rest
+//! stays forever otherwise: tombstones, records that later changes superseded on other
+//! machines, chunks of uploads that died on other machines, packs whose files are all
+//! gone, old checkpoints. [`Volume::gc`]:
+//!
+//! 1. reads the channel up to date, then its whole history before the *horizon*: the
+//!    older of now minus the grace period (24 h by default) and the newest message read.
+//!    Nothing newer is touched, so an upload in progress (its data messages posted,
+//!    its record not yet) and a writer that read the channel a little while ago are safe;
+//! 2. opens every record of ours before the horizon, and sorts our messages: in use by
+//!    a live entry (kept), carrying a link or a moved delete (kept: they guard messages
+//!    other channels use), tombstones, and the rest (unused: superseded records and
+//!    data messages no live entry names);
+//! 3. decides which tombstones can go: a delete is only needed while some message that
+//!    stays still puts (or makes) its path, because a reader that replays the history
+//!    would otherwise bring the file back. So a tombstone message goes when none of the
+//!    deletes that hold their paths is still needed, counted to a fixed point (a
+//!    tombstone message that stays keeps the puts it holds);
+//! 4. forgets those deletes in the index, marks it *collected* up to the horizon, and
+//!    posts a checkpoint of it *before* deleting anything, so that a reader whose cache
+//!    is older than the horizon finds the checkpoint and starts again from it (see
+//!    [`super::checkpoint`]) instead of missing deletes that are gone;
+//! 5. hands the candidates to a pass of [`super::reclaim`] with their grace over, so
+//!    that its rules still apply (ours only, in use here, pinned by a reader or an
+//!    upload, used by a channel a file moved to, doubt keeps);
+//! 6. retires every older checkpoint of its key: a state older than the collection
+//!    could lack the deletes that are gone.
+//!
+//! With `dry_run` it stops after step 3 and reports what it would delete.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::index::Own;
+use super::{Volume, VolumeError, reclaim, verify};
+use crate::format::{self, MessageKind, Op};
+use crate::store::{Id, Message, snowflake_at_ms};
+
+/// The default [`GcOptions::grace`]: a day.
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// How `gc` runs.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Report what would be deleted, and delete nothing.
+    pub dry_run: bool,
+    /// Messages younger than this are never touched. Default [`DEFAULT_GC_GRACE`].
+    pub grace: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            grace: DEFAULT_GC_GRACE,
+        }
+    }
+}
+
+/// What `gc` deleted (or, in a dry run, would delete) in one channel.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub channel: String,
+    pub dry_run: bool,
+    /// Records whose every operation later changes replaced.
+    pub superseded_records: usize,
+    /// Messages of tombstones no message that stays needs.
+    pub tombstones: usize,
+    /// Deletes still needed: a message that stays puts their path.
+    pub tombstones_kept: usize,
+    /// Data messages (and packs) no live file uses: replaced versions, dead uploads.
+    pub unused_data: usize,
+    /// Older checkpoints retired.
+    pub checkpoints: usize,
+    /// Messages deleted in all, and their attachments' bytes.
+    pub messages: usize,
+    pub bytes: u64,
+    /// The checkpoint posted, if any.
+    #[serde(serialize_with = "optional_id")]
+    pub checkpoint: Option<Id>,
+}
+
+fn optional_id<S: serde::Serializer>(id: &Option<Id>, serializer: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => serializer.collect_str(id),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// What step 2 found.
+#[derive(Default)]
+struct Sorted {
+    superseded: Vec<Id>,
+    unused_data: Vec<Id>,
+    /// Tombstone messages not otherwise in use, with the paths whose delete they hold
+    /// (the winning ones) and the paths they put.
+    tombstones: BTreeMap<Id, (Vec<String>, Vec<String>)>,
+    /// Paths put or made by messages that stay.
+    named: BTreeSet<String>,
+    bytes: HashMap<Id, u64>,
+}
+
+impl Volume {
+    /// Collects the channel (see the module docs).
+    pub async fn gc(&self, options: &GcOptions) -> Result<GcReport, VolumeError> {
+        self.catch_up().await?;
+        let grace_ms = options.grace.as_millis() as u64;
+        let horizon = snowflake_at_ms(reclaim::now_ms().saturating_sub(grace_ms))
+            .min(self.index().last_seen.saturating_add(1));
+        let messages = match horizon {
+            0 | 1 => Vec::new(),
+            _ => {
+                verify::all_messages(self.store.as_ref(), self.channel.id, 1..=horizon - 1).await?
+            }
+        };
+        let mut sorted = self.sort_messages(&messages).await?;
+        let (collectable, kept) = collectable_tombstones(&mut sorted);
+        let mut report = GcReport {
+            channel: self.channel.name.clone(),
+            dry_run: options.dry_run,
+            tombstones_kept: kept,
+            ..GcReport::default()
+        };
+        let candidates: Vec<(Id, Category)> = sorted
+            .superseded
+            .iter()
+            .map(|&m| (m, Category::Superseded))
+            .chain(
+                sorted
+                    .unused_data
+                    .iter()
+                    .map(|&m| (m, Category::UnusedData)),
+            )
+            .chain(collectable.keys().map(|&m| (m, Category::Tombstone)))
+            .collect();
+        if options.dry_run {
+            for &(message, category) in &candidates {
+                report.count(category, sorted.bytes.get(&message).copied().unwrap_or(0));
+            }
+            return Ok(report);
+        }
+        if !collectable.is_empty() || !sorted.superseded.is_empty() {
+            let mut index = self.index();
+            for (&message, paths) in &collectable {
+                index.forget_tombstones(message, paths);
+            }
+            index.collected = index.collected.max(horizon);
+        }
+        self.write_cache_whole();
+        let (head, retired) = self.post_checkpoint_retiring(1).await?;
+        report.checkpoint = Some(head);
+        report.checkpoints = retired;
+        {
+            let mut index = self.index();
+            for &(message, _) in &candidates {
+                index.unfreed.insert(message, 0);
+            }
+        }
+        self.free_unused().await;
+        let index = self.index();
+        for &(message, category) in &candidates {
+            if index.own(message).is_none() {
+                report.count(category, sorted.bytes.get(&message).copied().unwrap_or(0));
+            }
+        }
+        report.messages += report.checkpoints;
+        Ok(report)
+    }
+
+    /// Step 2: our messages before the horizon, sorted.
+    async fn sort_messages(&self, messages: &[Message]) -> Result<Sorted, VolumeError> {
+        let mut sorted = Sorted::default();
+        let mut deletes = self.index().deletes_by_message();
+        for message in messages.iter().filter(|m| m.author_id == self.user) {
+            let bytes = message.attachments.iter().map(|a| a.size).sum();
+            sorted.bytes.insert(message.id, bytes);
+            let (in_use, tombstone, held) = {
+                let index = self.index();
+                (
+                    index.used_by_entries(message.id),
+                    index.in_use(message.id),
+                    !index.moved_to(self.channel.id, message.id).is_empty(),
+                )
+            };
+            match format::classify(&message.content) {
+                MessageKind::Data(Some(file)) => {
+                    self.index().note_own(message.id, Own::Data(file));
+                    if !in_use && !held {
+                        sorted.unused_data.push(message.id);
+                    }
+                }
+                MessageKind::InlineRecord(_) | MessageKind::AttachedRecord => {
+                    let Some(opened) = self.read_record(message).await? else {
+                        continue; // another key's, damaged or newer: not ours to judge
+                    };
+                    let ops = &opened.record.ops;
+                    let guards = ops
+                        .iter()
+                        .any(|op| matches!(op, Op::Link { .. } | Op::Del { moved: Some(_), .. }));
+                    let puts = ops
+                        .iter()
+                        .filter(|op| matches!(op, Op::Put(_) | Op::Mkdir(_)))
+                        .map(|op| op.path().to_string());
+                    if in_use || guards || held {
+                        sorted.named.extend(puts);
+                    } else if tombstone {
+                        let held_deletes = deletes.remove(&message.id).unwrap_or_default();
+                        sorted
+                            .tombstones
+                            .insert(message.id, (held_deletes, puts.collect()));
+                    } else {
+                        sorted.superseded.push(message.id);
+                    }
+                }
+                MessageKind::Data(None) | MessageKind::Checkpoint | MessageKind::Other => {}
+            }
+        }
+        Ok(sorted)
+    }
+}
+
+/// Step 3: the tombstone messages that can go (with the deletes they hold), and how
+/// many deletes must stay. A tombstone message that stays keeps the paths it puts
+/// named, which may keep another's deletes: counted to a fixed point.
+fn collectable_tombstones(sorted: &mut Sorted) -> (BTreeMap<Id, Vec<String>>, usize) {
+    let mut staying: BTreeSet<Id> = BTreeSet::new();
+    loop {
+        let mut changed = false;
+        for (&message, (deletes, puts)) in &sorted.tombstones {
+            if staying.contains(&message) {
+                continue;
+            }
+            if deletes.iter().any(|path| sorted.named.contains(path)) {
+                staying.insert(message);
+                sorted.named.extend(puts.iter().cloned());
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let kept = staying.iter().map(|m| sorted.tombstones[m].0.len()).sum();
+    let collectable = sorted
+        .tombstones
+        .iter()
+        .filter(|(m, _)| !staying.contains(m))
+        .map(|(&m, (deletes, _))| (m, deletes.clone()))
+        .collect();
+    (collectable, kept)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Category {
+    Superseded,
+    UnusedData,
+    Tombstone,
+}
+
+impl GcReport {
+    fn count(&mut self, category: Category, bytes: u64) {
+        match category {
+            Category::Superseded => self.superseded_records += 1,
+            Category::UnusedData => self.unused_data += 1,
+            Category::Tombstone => self.tombstones += 1,
+        }
+        self.messages += 1;
+        self.bytes += bytes;
+    }
+}
