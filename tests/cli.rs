@@ -918,3 +918,30 @@ fn verify_passes_a_whole_channel_and_names_a_file_whose_chunk_message_is_gone() 
             .ends_with("no problems\n")
     );
 }
+
+#[test]
+fn gc_says_what_it_would_delete_and_leaves_young_messages_alone() {
+    let env = with_key_and_channel(tiny_limits());
+    env.write("a.txt", b"one");
+    env.ok(&["put", "a.txt", "docs"]);
+    env.write("a.txt", b"two");
+    env.ok(&["put", "a.txt", "docs"]);
+    env.ok(&["rm", "docs/a.txt"]);
+    let before = env.stored_files().len();
+    // Everything is younger than gc's day of grace: nothing goes, not even in a real run.
+    let out = env.ok(&["gc", "docs", "--dry-run"]);
+    assert_eq!(out, "docs: would delete 0 messages, 0 B\n");
+    let out = env.ok(&["gc"]);
+    assert_eq!(out, "docs: deleted 0 messages, 0 B\n");
+    assert_eq!(
+        env.stored_files().len(),
+        before,
+        "nothing was deleted or posted"
+    );
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["gc", "--json"])).unwrap();
+    assert_eq!(json[0]["channel"], "docs");
+    assert_eq!(json[0]["messages"], 0);
+    let args = ["gc", "nosuch"];
+    let error = data::failed_with_one_line(&args, env.run(&args));
+    assert!(error.contains("no channel named 'nosuch'"), "{error}");
+}

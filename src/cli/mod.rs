@@ -590,11 +590,11 @@ impl Context {
         }
     }
 
-    /// Posts a checkpoint of every channel the command opened that is due one (see
-    /// [`crate::volume::checkpoint`]).
+    /// Posts a checkpoint of every channel the command changed that is due one (see
+    /// [`crate::volume::checkpoint`]); a command that only read posts nothing.
     async fn checkpoint_if_due(&self) {
         if let Some(volumes) = self.volumes.get() {
-            for volume in volumes.opened() {
+            for volume in volumes.opened().into_iter().filter(|v| v.wrote()) {
                 volume.checkpoint_if_due(false).await;
             }
         }

@@ -16,6 +16,8 @@
 //!   a pin and the pin notice Discord posts). Posting costs the whole index once (for 100,000
 //!   files, tens of MB in a few messages) against the thousand or more record messages
 //!   it saves every fresh reader.
+//!   If the store refuses the pin (the bot lacks the permission), what was posted is
+//!   deleted and no checkpoint is tried again for a day.
 //! - **Which are kept.** After pinning a new one, the poster unpins and deletes its
 //!   checkpoints beyond the newest [`VolumeConfig::checkpoints_kept`] that this key
 //!   can open; other keys' are left alone. So a channel holds a few pins of ours
@@ -46,7 +48,12 @@ use crate::crypto::KeyId;
 /// must not be shorter.
 pub const COLLECTION_CHECK_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 use crate::format::{self, CHECKPOINT_PART_CONTENT, CheckpointHead, MAX_CHECKPOINT_BYTES, damaged};
-use crate::store::{Id, Message, NewMessage};
+use crate::store::{Id, Message, NewMessage, StoreError};
+
+/// How long after the store refused to pin a checkpoint none is posted again (the
+/// bot lacks the permission; posting the whole index to delete it again at every
+/// command would cost much for nothing).
+const PIN_RETRY_MS: u64 = 24 * 3600 * 1000;
 
 impl Volume {
     /// Posts a checkpoint if one is due (see the module docs). Failures are logged: a
@@ -58,6 +65,9 @@ impl Volume {
         }
         let due = {
             let index = self.index();
+            if super::reclaim::now_ms().saturating_sub(index.pin_refused_at) < PIN_RETRY_MS {
+                return;
+            }
             let newest = index.checkpoint_messages().last().copied().unwrap_or(0);
             let wanted = if at_unmount {
                 (every / 10).max(1)
@@ -142,6 +152,9 @@ impl Volume {
             Err(e) => {
                 // What was posted of it is no use without a pinned head.
                 self.delete_checkpoint_messages(&posted).await;
+                if matches!(e, VolumeError::Store(StoreError::PermissionDenied(_))) {
+                    self.index().pin_refused_at = super::reclaim::now_ms();
+                }
                 Err(e)
             }
         }

@@ -31,7 +31,8 @@
 //! 6. retires every older checkpoint of its key: a state older than the collection
 //!    could lack the deletes that are gone.
 //!
-//! With `dry_run` it stops after step 3 and reports what it would delete.
+//! With `dry_run` it stops after step 3 and reports what it would delete; when there
+//! is nothing to delete, it stops there too (posting no checkpoint).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -140,6 +141,9 @@ impl Volume {
             )
             .chain(collectable.keys().map(|&m| (m, Category::Tombstone)))
             .collect();
+        if candidates.is_empty() {
+            return Ok(report); // nothing to collect: no checkpoint needed either
+        }
         if options.dry_run {
             for &(message, category) in &candidates {
                 report.count(category, sorted.bytes.get(&message).copied().unwrap_or(0));

@@ -461,6 +461,10 @@ pub struct Index {
     /// see [`crate::format`], Checkpoints): a state that covers less is stale.
     #[serde(default)]
     pub collected: Id,
+    /// When (Unix ms) the store last refused to pin a checkpoint (the bot may not pin
+    /// here): none is tried again for a day. 0: never refused.
+    #[serde(default)]
+    pub pin_refused_at: u64,
     slots: Slots,
     tombstone_messages: BTreeSet<Id>,
     skipped: BTreeMap<Id, Skip>,
@@ -530,6 +534,8 @@ pub struct IndexDelta {
     last_seen: Id,
     #[serde(default)]
     collected: Id,
+    #[serde(default)]
+    pin_refused_at: u64,
     max_seq: u64,
     cutover: Option<Id>,
     skipped: Vec<(Id, Skip)>,
@@ -566,6 +572,7 @@ impl Index {
             foreign: dirty.foreign,
             last_seen: self.last_seen,
             collected: self.collected,
+            pin_refused_at: self.pin_refused_at,
             max_seq: self.max_seq,
             cutover: self.cutover,
             skipped: self.skipped.iter().map(|(&m, s)| (m, s.clone())).collect(),
@@ -596,6 +603,7 @@ impl Index {
         self.foreign.extend(delta.foreign);
         self.last_seen = delta.last_seen;
         self.collected = delta.collected;
+        self.pin_refused_at = delta.pin_refused_at;
         self.max_seq = delta.max_seq;
         self.cutover = delta.cutover;
         self.skipped = delta.skipped.into_iter().collect();
@@ -613,6 +621,7 @@ impl Index {
             key_id,
             last_seen: 0,
             collected: 0,
+            pin_refused_at: 0,
             slots: Slots::default(),
             tombstone_messages: BTreeSet::new(),
             skipped: BTreeMap::new(),

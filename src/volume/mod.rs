@@ -430,6 +430,8 @@ pub struct Volume {
     started_from: OnceLock<Id>,
     /// When a refresh last asked whether `gc` collected the channel past the index.
     collection_asked: Mutex<Option<std::time::Instant>>,
+    /// Whether this volume posted a record.
+    wrote: AtomicBool,
 }
 
 impl Drop for Volume {
@@ -499,6 +501,7 @@ impl Volume {
             posting: tokio::sync::Mutex::new(()),
             started_from: OnceLock::new(),
             collection_asked: Mutex::new(None),
+            wrote: AtomicBool::new(false),
         };
         if !cached
             && volume.config.start_from_checkpoint
@@ -546,6 +549,11 @@ impl Volume {
     /// had no cache and found one it could use.
     pub fn started_from_checkpoint(&self) -> Option<Id> {
         self.started_from.get().copied()
+    }
+
+    /// Whether this volume posted a record (changed the channel) since it was opened.
+    pub fn wrote(&self) -> bool {
+        self.wrote.load(Ordering::Relaxed)
     }
 
     /// The channel.

@@ -187,6 +187,7 @@ impl Volume {
             }
             index.note_own(posted.id, Own::Record);
         }
+        self.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
         let record = Record { seq, ops };
         let replaced_something = self.apply_own(&posted, &record);
         drop(posting);
