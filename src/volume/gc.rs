@@ -12,7 +12,10 @@
 //!    older of now minus the grace period (24 h by default) and the newest message read.
 //!    Nothing newer is touched, so an upload in progress (its data messages posted,
 //!    its record not yet) and a writer that read the channel a little while ago are safe;
-//! 2. opens every record of ours before the horizon, and sorts our messages: in use by
+//! 2. forgets the messages the index knows of that are no longer there (deleted by
+//!    another machine or a moderator), so that the index holds what the channel holds
+//!    rather than what it ever held; then opens every record of ours before the
+//!    horizon, and sorts our messages: in use by
 //!    a live entry (kept), carrying a link or a moved delete (kept: they guard messages
 //!    other channels use), tombstones, and the rest (unused: superseded records and
 //!    data messages no live entry names);
@@ -121,6 +124,15 @@ impl Volume {
                 verify::all_messages(self.store.as_ref(), self.channel.id, 1..=horizon - 1).await?
             }
         };
+        let present: std::collections::HashSet<Id> = messages.iter().map(|m| m.id).collect();
+        let forgotten = self.index().forget_missing(horizon, &present);
+        if forgotten > 0 {
+            log::info!(
+                "#{}: forgot {forgotten} message(s) that are no longer in the channel",
+                self.channel.name
+            );
+            self.write_cache_whole();
+        }
         let mut sorted = self.sort_messages(&messages).await?;
         let (collectable, kept) = collectable_tombstones(&mut sorted);
         let mut report = GcReport {

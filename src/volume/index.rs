@@ -769,6 +769,24 @@ impl Index {
         Ok(index)
     }
 
+    /// Forgets the messages before `before` that the index knows of but `present`
+    /// (every message of the channel before it, as just read) lacks: deleted by
+    /// another machine or a moderator. What `gc` does with the history it read, so
+    /// that the index holds what the channel holds, not what it ever held. Returns how
+    /// many were forgotten.
+    pub fn forget_missing(&mut self, before: Id, present: &HashSet<Id>) -> usize {
+        let gone = |id: &Id| *id < before && !present.contains(id);
+        let own: Vec<Id> = self.own.keys().copied().filter(gone).collect();
+        for &message in &own {
+            self.forget_own(message);
+        }
+        let foreign = self.foreign.len();
+        self.foreign.retain(|id| !gone(id));
+        let tombstones = self.tombstone_messages.len();
+        self.tombstone_messages.retain(|id| !gone(id));
+        own.len() + (foreign - self.foreign.len()) + (tombstones - self.tombstone_messages.len())
+    }
+
     /// Takes over what is local in `old` (what waits to be freed, records skipped or
     /// unread), for an index that replaces it.
     pub fn keep_local_state(&mut self, old: &mut Index) {
