@@ -41,6 +41,9 @@ pub struct ConfigFile {
     /// Seconds a message a change made unneeded stays before it is deleted (default
     /// 120; 0 deletes at once).
     pub free_grace_secs: Option<u64>,
+    /// History requests in flight at once when a channel has many messages to read
+    /// (default 4; 1 reads one page after the other).
+    pub history_parallelism: Option<u64>,
     /// Where `mount` and `umount` mount when given no mount point (default `~/discord`).
     pub mount_point: Option<PathBuf>,
     /// Memory for decrypted blocks, in MiB (default 64).
@@ -66,7 +69,7 @@ pub struct ConfigFile {
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 19] = [
     "token",
     "guild",
     "category",
@@ -76,6 +79,7 @@ pub const KEYS: [&str; 18] = [
     "max_file_size_mib",
     "request_timeout_secs",
     "free_grace_secs",
+    "history_parallelism",
     "mount_point",
     "cache_size_mib",
     "disk_cache_mib",
@@ -173,6 +177,7 @@ pub fn load(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
     let positive = [
         ("max_file_size_mib", config.max_file_size_mib),
         ("request_timeout_secs", config.request_timeout_secs),
+        ("history_parallelism", config.history_parallelism),
         ("cache_size_mib", config.cache_size_mib),
         ("poll_interval_secs", config.poll_interval_secs),
         ("spool_max_mib", config.spool_max_mib),

@@ -750,3 +750,93 @@ async fn a_fresh_machine_starts_from_a_pinned_checkpoint_found_among_many_pins()
         random_bytes(3 * small_chunk(), 5)
     );
 }
+
+/// Posts `count` records of the bot's own straight into the fake's channel (as if
+/// posted long ago: no requests, no rate limits), each making a folder, some making one
+/// again or removing one, with a human's chat between them. Returns the folders they
+/// leave.
+async fn post_folder_records(fx: &Fixture, channel: u64, count: usize) -> Vec<String> {
+    let limits = fx.store.limits().await.unwrap();
+    let mut folders = std::collections::BTreeSet::new();
+    for i in 0..count {
+        let path = format!("d{:03}", i % 500);
+        folders.insert(path.clone());
+        let mut ops = vec![format::Op::Mkdir(format::DirManifest {
+            path,
+            mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            mode: 0o755,
+        })];
+        if i % 9 == 8 {
+            let gone = format!("d{:03}", i * 7 % 500);
+            folders.remove(&gone);
+            ops.push(format::Op::Del {
+                path: gone,
+                moved: None,
+            });
+        }
+        let record = format::Record {
+            seq: i as u64 + 1,
+            ops,
+        };
+        let sealed =
+            format::seal_record(&record, format::RecordSeal::Encrypted(&fx.key), channel).unwrap();
+        let (content, attachment) = format::record_message_parts(sealed, &limits);
+        let attachments = attachment
+            .into_iter()
+            .map(|a| (a.filename, a.data.to_vec()))
+            .collect();
+        fx.fake
+            .post_foreign_message(channel, fx.fake.bot_user_id(), &content, attachments);
+        if i % 4 == 0 {
+            fx.fake
+                .post_foreign_message(channel, 4242, &format!("chat {i}"), vec![]);
+        }
+    }
+    folders.into_iter().collect()
+}
+
+/// A listing that tells versions apart: every live path, whether it is a folder, and
+/// the change that last set it.
+fn listing(volume: &Volume) -> Vec<(String, bool, Option<String>)> {
+    let index = volume.index();
+    index
+        .live()
+        .map(|(path, entry)| {
+            let folder = matches!(entry, dcloud_fs::volume::Entry::Dir(_));
+            (path.to_string(), folder, index.version_of(path))
+        })
+        .collect()
+}
+
+/// A channel of 1,500 messages, records of the bot's between a human's chat, opens to
+/// the same index whether its history is read one page after the other or in slices,
+/// four requests at once, through the Discord store.
+#[tokio::test]
+async fn a_long_history_opens_the_same_read_serially_or_in_slices() {
+    let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
+    let channel = find_channel(fx.store.as_ref(), CHANNEL).await.unwrap();
+    let folders = post_folder_records(&fx, channel.id, 1_200).await;
+    assert_eq!(fx.fake.message_count(channel.id), 1_500);
+    let mut listings = Vec::new();
+    for parallelism in [1, 4] {
+        let config = VolumeConfig {
+            cache_dir: None,
+            history_parallelism: parallelism,
+            ..VolumeConfig::default()
+        };
+        let volume = Volume::open(
+            fx.store.clone(),
+            channel.clone(),
+            Some(fx.key.clone()),
+            config,
+        )
+        .await
+        .unwrap();
+        assert!(volume.index().skipped().is_empty());
+        let listed = listing(&volume);
+        let names: Vec<&str> = listed.iter().map(|(path, _, _)| path.as_str()).collect();
+        assert_eq!(names, folders, "parallelism {parallelism}");
+        listings.push((listed, volume.index().last_seen));
+    }
+    assert_eq!(listings[0], listings[1]);
+}

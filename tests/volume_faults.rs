@@ -34,14 +34,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use data::file_paths;
 use dcloud_fs::crypto::Key;
-use dcloud_fs::format::{self, ChunkRef, FileManifest, Op, RECORD_ATTACHMENT, Record};
+use dcloud_fs::format::{self, ChunkRef, DirManifest, FileManifest, Op, RECORD_ATTACHMENT, Record};
 use dcloud_fs::store::local::{LOCAL_USER_ID, LocalStore};
 use dcloud_fs::store::{
     Channel, HistoryCursor, Id, Limits, Message, NewAttachment, NewMessage, Store, StoreError,
 };
 use dcloud_fs::volume::{
-    ChunkPlan, FileEntry, Node, PutOptions, PutSource, Skip, SmallFile, Volume, VolumeConfig,
-    VolumeError,
+    ChunkPlan, Entry, FileEntry, Node, PutOptions, PutSource, Skip, SmallFile, Volume,
+    VolumeConfig, VolumeError,
 };
 use faulty::{FaultyStore, SplitMix64};
 use tempfile::TempDir;
@@ -2028,4 +2028,141 @@ async fn files_of_a_passphrase_key_derived_the_old_way_still_read() {
             .values()
             .any(|s| *s == Skip::WrongKey(new.id()))
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Reading the history in parallel
+
+/// Posts `count` records of our own straight to the store, each making the folder
+/// `d<i>` (every seventh also removing the folder made three before it), with someone
+/// else's chat between them. Returns each record's message id and operations.
+async fn post_folder_records(fx: &Fixture, count: usize) -> Vec<(Id, Vec<Op>)> {
+    let other: Id = LOCAL_USER_ID + 777;
+    let mut posted = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut ops = vec![Op::Mkdir(DirManifest {
+            path: format!("d{i:04}"),
+            mtime_ns: MTIME,
+            mode: 0o755,
+        })];
+        if i % 7 == 6 {
+            ops.push(Op::Del {
+                path: format!("d{:04}", i - 3),
+                moved: None,
+            });
+        }
+        let record = Record {
+            seq: i as u64 + 1,
+            ops: ops.clone(),
+        };
+        let sealed = format::seal_record(&record, format::RecordSeal::Unsigned, fx.channel.id);
+        let (content, attachment) = format::record_message_parts(sealed.unwrap(), &LIMITS);
+        let message = NewMessage {
+            content,
+            attachments: attachment.into_iter().collect(),
+        };
+        let message = fx.local.post(fx.channel.id, message).await.unwrap();
+        posted.push((message.id, ops));
+        if i % 5 == 0 {
+            let chat = NewMessage {
+                content: format!("chat {i}"),
+                attachments: vec![],
+            };
+            fx.local.post_as(other, fx.channel.id, chat).await.unwrap();
+        }
+    }
+    posted
+}
+
+/// The folders that the records posted up to message `upto` leave, applied in order.
+fn folders_after(records: &[(Id, Vec<Op>)], upto: Id) -> Vec<String> {
+    let mut folders = BTreeSet::new();
+    for (_, ops) in records.iter().filter(|(id, _)| *id <= upto) {
+        for op in ops {
+            match op {
+                Op::Mkdir(dir) => folders.insert(dir.path.clone()),
+                Op::Del { path, .. } => folders.remove(path),
+                other => unreachable!("{other:?}"),
+            };
+        }
+    }
+    folders.into_iter().collect()
+}
+
+/// The folders in a volume's index.
+fn folders(volume: &Volume) -> Vec<String> {
+    let mut folders: Vec<String> = volume
+        .index()
+        .live()
+        .filter(|(_, entry)| matches!(entry, Entry::Dir(_)))
+        .map(|(path, _)| path.to_string())
+        .collect();
+    folders.sort();
+    folders
+}
+
+/// A refresh that reads a long history in slices, four requests at once, and is cut
+/// short by a failed history request has applied exactly the records up to the last
+/// message it noted as read (`last_seen`): so the next refresh, which starts there,
+/// misses nothing. It then reads the rest, and the channel reads as it does one page
+/// after the other. (On one thread, so that the history calls reach the store in the
+/// order they are sent, and the numbers below name the same calls every time.)
+#[tokio::test]
+async fn a_parallel_refresh_cut_short_has_read_a_whole_prefix() {
+    let fx = Fixture::new(33).await;
+    let parallel = VolumeConfig {
+        history_parallelism: 4,
+        ..config(None)
+    };
+    let volume = fx.try_open(None, parallel.clone()).await.unwrap();
+    let records = post_folder_records(&fx, 450).await;
+    let ids = fx.message_ids().await;
+    let newest = *ids.last().unwrap();
+    assert_eq!(newest, records.last().unwrap().0);
+    // History call 1 reads the first page, 2 asks for the newest message, 3 reads the
+    // oldest slice and the later ones the slices after it. A call fails, at times
+    // after one was held back to answer last, so that the slices after it answered
+    // first: the first page has been read then (perhaps more), and nothing after a
+    // slice that wasn't.
+    for (last, fail) in [
+        (None, 4),
+        (Some(3), 3),
+        (Some(3), 5),
+        (Some(4), 4),
+        (None, 3),
+    ] {
+        let held = last.map(|n| fx.store.answer_last(n));
+        fx.store.fail_history_in(fail);
+        let error = volume.refresh().await.unwrap_err();
+        assert!(is_injected(&error), "{error}");
+        if let Some(held) = held {
+            assert_eq!(held.calls(), 1);
+        }
+        let last_seen = volume.index().last_seen;
+        let context = format!("call {last:?} answers last, call {fail} fails");
+        assert!(
+            (ids[99]..newest).contains(&last_seen),
+            "{context}; read up to {last_seen}"
+        );
+        assert_eq!(
+            folders(&volume),
+            folders_after(&records, last_seen),
+            "{context}"
+        );
+    }
+    fx.store.clear_faults();
+    volume.refresh().await.unwrap();
+    assert_eq!(volume.index().last_seen, newest);
+    let all = folders_after(&records, newest);
+    assert!(all.len() > 300, "{} folders", all.len());
+    assert_eq!(folders(&volume), all);
+    let serial = VolumeConfig {
+        history_parallelism: 1,
+        ..config(None)
+    };
+    for config in [serial, parallel] {
+        let fresh = fx.try_open(None, config).await.unwrap();
+        assert_eq!(folders(&fresh), all);
+        assert_eq!(fresh.index().last_seen, newest);
+    }
 }

@@ -605,6 +605,8 @@ impl Context {
         Ok(VolumeConfig {
             upload_parallel_messages: jobs.div_ceil(2),
             download_parallel_chunks: jobs,
+            history_parallelism: usize::try_from(self.history_parallelism()?.value)
+                .unwrap_or(usize::MAX),
             cache_dir: if self.global.no_cache {
                 None
             } else {

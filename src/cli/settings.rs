@@ -15,7 +15,7 @@ use super::mount::{
 };
 use super::{CliError, Context, MountArgs, StoreChoice};
 use crate::store::discord::DEFAULT_REQUEST_TIMEOUT;
-use crate::volume::DEFAULT_FREE_GRACE;
+use crate::volume::{DEFAULT_FREE_GRACE, DEFAULT_HISTORY_PARALLELISM};
 
 /// Where a setting's value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +312,18 @@ impl Context {
         })
     }
 
+    /// History requests in flight at once when a channel has much to read.
+    pub(crate) fn history_parallelism(&self) -> Result<Resolved<u64>, CliError> {
+        const VARIABLE: &str = "DCLOUD_HISTORY_PARALLELISM";
+        Ok(
+            match (env_number(VARIABLE)?, self.file.history_parallelism) {
+                (Some(n), _) => Resolved::new(n, Source::Env(VARIABLE)),
+                (None, Some(n)) => Resolved::new(n, Source::File),
+                (None, None) => Resolved::new(DEFAULT_HISTORY_PARALLELISM as u64, Source::Default),
+            },
+        )
+    }
+
     /// Which store the settings select, in words.
     pub(crate) fn store_summary(&self) -> String {
         match self.store_choice() {
@@ -412,6 +424,12 @@ impl Context {
         );
         let grace = self.free_grace_secs()?;
         row("free_grace_secs", grace.value.to_string(), grace.source);
+        let history = self.history_parallelism()?;
+        row(
+            "history_parallelism",
+            history.value.to_string(),
+            history.source,
+        );
         let mount_point =
             self.mount_point_setting(std::env::var_os("DCLOUD_MOUNT_POINT").map(PathBuf::from));
         row("mount_point", shown(&mount_point.value), mount_point.source);

@@ -43,7 +43,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::index::Own;
-use super::{Volume, VolumeError, reclaim, verify};
+use super::{Volume, VolumeError, reclaim};
 use crate::format::{self, MessageKind, Op};
 use crate::store::{Id, Message, snowflake_at_ms};
 
@@ -120,9 +120,7 @@ impl Volume {
             .min(self.index().last_seen.saturating_add(1));
         let messages = match horizon {
             0 | 1 => Vec::new(),
-            _ => {
-                verify::all_messages(self.store.as_ref(), self.channel.id, 1..=horizon - 1).await?
-            }
+            _ => self.messages_in(1..=horizon - 1).await?,
         };
         let present: std::collections::HashSet<Id> = messages.iter().map(|m| m.id).collect();
         let forgotten = self.index().forget_missing(horizon, &present);

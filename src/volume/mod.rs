@@ -2,6 +2,8 @@
 //! that change it (put, get, mkdir, rename, remove, move). Its parts:
 //!
 //! - [`index`]: the replayed state, and the rules of replay;
+//! - [`history`]: the channel's history, read with several requests at once and handed
+//!   out in order;
 //! - [`records`]: how records are written (the one place that seals, lays out and posts
 //!   them) and which records read from the history count;
 //! - [`reclaim`]: what may be deleted, and when (the one place that decides it);
@@ -53,6 +55,7 @@
 pub mod checkpoint;
 pub mod disk_cache;
 pub mod gc;
+pub mod history;
 pub mod index;
 pub mod journal;
 pub mod pack;
@@ -85,8 +88,7 @@ use crate::format::{
     FormatError, Moved, Op, Record,
 };
 use crate::store::{
-    Channel, HistoryCursor, Id, Limits, MAX_HISTORY_PAGE, Message, Store, StoreError,
-    snowflake_at_ms, snowflake_time_ms,
+    Channel, Id, Limits, Message, Store, StoreError, snowflake_at_ms, snowflake_time_ms,
 };
 
 /// How far before the cache's last message a refresh starts reading again.
@@ -184,6 +186,14 @@ pub struct VolumeConfig {
     pub upload_parallel_messages: usize,
     /// Chunks a download fetches at once (each up to 8 MiB in memory). Default 4.
     pub download_parallel_chunks: usize,
+    /// History requests a refresh has in flight at once when it reads many messages
+    /// (a channel read for the first time, or long unread): the history is cut into
+    /// slices by time and read in parallel, and still applied oldest first
+    /// ([`history`]). 1 reads one page after the other; at most
+    /// [`history::MAX_PARALLELISM`] count. Default 4; the store keeps to the rate
+    /// limits. (The Discord store sends one channel's history requests one at a time
+    /// for now, so there more than 1 only adds requests; see [`history`].)
+    pub history_parallelism: usize,
     /// Where index caches are kept; `None` keeps none (every open replays the whole
     /// channel). Default: `$XDG_CACHE_HOME/dcloud-fs/index`.
     pub cache_dir: Option<PathBuf>,
@@ -216,6 +226,9 @@ pub struct VolumeConfig {
     pub collection_check_age: std::time::Duration,
 }
 
+/// The default [`VolumeConfig::history_parallelism`].
+pub const DEFAULT_HISTORY_PARALLELISM: usize = 4;
+
 /// The default [`VolumeConfig::free_grace`].
 pub const DEFAULT_FREE_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -224,6 +237,7 @@ impl Default for VolumeConfig {
         VolumeConfig {
             upload_parallel_messages: 2,
             download_parallel_chunks: 4,
+            history_parallelism: DEFAULT_HISTORY_PARALLELISM,
             cache_dir: Some(crate::dirs::cache_dir().join("index")),
             interrupt: Interrupt::default(),
             pins: Pins::default(),
@@ -625,32 +639,24 @@ impl Volume {
         }
         self.read_unread().await?;
         let last_seen = self.index().last_seen;
-        let mut cursor = if last_seen == 0 {
+        let cursor = if last_seen == 0 {
             0
         } else {
             snowflake_at_ms(snowflake_time_ms(last_seen).saturating_sub(REPLAY_OVERLAP_MS))
         };
-        loop {
-            let mut page = self
-                .store
-                .history(
-                    self.channel.id,
-                    HistoryCursor::After(cursor),
-                    MAX_HISTORY_PAGE,
-                )
-                .await?;
-            page.sort_by_key(|m| m.id);
-            let Some(newest) = page.last().map(|m| m.id) else {
-                break;
-            };
-            let full = page.len() >= MAX_HISTORY_PAGE;
+        // Pages come oldest first, each after everything handed out before it: once
+        // one is read, everything up to its last message is.
+        let mut pages = history::HistoryReader::new(
+            self.store.clone(),
+            self.channel.id,
+            cursor,
+            self.config.history_parallelism,
+        );
+        while let Some(mut page) = pages.next_page().await? {
+            let newest = page.last().map_or(cursor, |m| m.id);
             page.retain(|m| !self.already_read(m, last_seen));
             self.read_page(&page).await?;
-            cursor = newest;
-            self.index().advance(cursor);
-            if !full {
-                break;
-            }
+            self.index().advance(newest);
         }
         let read_new = self.index().last_seen != last_seen;
         if read_new {

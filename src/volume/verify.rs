@@ -17,7 +17,7 @@
 //! `--no-cache` open) would not see the entry at all. No attachment byte is read.
 //!
 //! The messages of this channel come from its history, read once over the range of
-//! ids that the entries name ([`all_messages`]): a page of a hundred messages per
+//! ids that the entries name ([`Volume::messages_in`]): a page of a hundred messages per
 //! request, where asking for each message would cost a request per message. That range
 //! includes the chat posted between our messages, which costs its pages too; a channel
 //! that is mostly chat pays for it. Chunks in other channels (files moved here keep
@@ -48,10 +48,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::history::HistoryReader;
 use super::index::{Entry, FileEntry, Node, StoredChunk};
 use super::transfer::{ChunkFetcher, FileSeal};
 use super::{Volume, VolumeError};
-use crate::store::{HistoryCursor, Id, MAX_HISTORY_PAGE, Message, Store};
+use crate::store::{Id, Message};
 
 /// How much of the data a verification reads.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -374,7 +375,7 @@ impl Volume {
         let (Some(&first), Some(&last)) = (wanted.iter().min(), wanted.iter().max()) else {
             return Ok(HashMap::new());
         };
-        let messages = all_messages(self.store.as_ref(), self.channel.id, first..=last).await?;
+        let messages = self.messages_in(first..=last).await?;
         Ok(messages
             .into_iter()
             .filter(|m| wanted.contains(&m.id))
@@ -579,32 +580,29 @@ impl SplitMix64 {
     }
 }
 
-/// The messages of `channel` with ids in `range` that exist, oldest first, read from
-/// its history page by page (one request per hundred messages, serially).
-pub async fn all_messages(
-    store: &dyn Store,
-    channel: Id,
-    range: RangeInclusive<Id>,
-) -> Result<Vec<Message>, VolumeError> {
-    let mut messages = Vec::new();
-    let mut cursor = range.start().saturating_sub(1);
-    loop {
-        let mut page = store
-            .history(channel, HistoryCursor::After(cursor), MAX_HISTORY_PAGE)
-            .await?;
-        page.sort_by_key(|m| m.id);
-        let Some(newest) = page.last().map(|m| m.id) else {
-            break;
-        };
-        messages.extend(page.into_iter().filter(|m| range.contains(&m.id)));
-        // A short page ends the history, but a store may return one early (a message
-        // deleted while it listed): only an empty page, or one past the range, ends it.
-        if newest >= *range.end() {
-            break;
+impl Volume {
+    /// The messages of this channel with ids in `range`, oldest first, read with the
+    /// history reader ([`super::history`], in parallel); what `verify` and `gc` read.
+    pub(super) async fn messages_in(
+        &self,
+        range: RangeInclusive<Id>,
+    ) -> Result<Vec<Message>, VolumeError> {
+        let mut reader = HistoryReader::new(
+            self.store.clone(),
+            self.channel.id,
+            range.start().saturating_sub(1),
+            self.config.history_parallelism,
+        );
+        let mut messages = Vec::new();
+        while let Some(page) = reader.next_page().await? {
+            let past_end = page.last().is_some_and(|m| m.id >= *range.end());
+            messages.extend(page.into_iter().filter(|m| range.contains(&m.id)));
+            if past_end {
+                break;
+            }
         }
-        cursor = newest;
+        Ok(messages)
     }
-    Ok(messages)
 }
 
 fn id_string<S: serde::Serializer>(id: &Id, serializer: S) -> Result<S::Ok, S::Error> {

@@ -141,6 +141,10 @@ pub struct FaultyStore {
     max_posts_in_flight: AtomicU64,
     /// Channels whose `history` calls wait ([`FaultyStore::hold_history`]).
     history_holds: Mutex<HashMap<Id, Arc<HistoryHold>>>,
+    /// `history` calls in flight.
+    histories_in_flight: AtomicU64,
+    /// The `history` call that answers last ([`FaultyStore::answer_last`]).
+    last_answer: Mutex<Option<LastAnswer>>,
     /// Makes every `post` wait ([`FaultyStore::hold_posts`]).
     post_hold: Mutex<Option<Arc<HistoryHold>>>,
 }
@@ -171,6 +175,37 @@ impl HistoryHold {
     /// The calls so far, held or let through.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// The `history` call that answers last ([`FaultyStore::answer_last`]).
+#[derive(Debug)]
+struct LastAnswer {
+    call: u64,
+    /// A call after it has ended.
+    later_ended: bool,
+    hold: Arc<HistoryHold>,
+}
+
+/// Counts a `history` call in flight until it ends (even if it is cancelled).
+struct HistoryInFlight<'a> {
+    store: &'a FaultyStore,
+    number: u64,
+}
+
+impl<'a> HistoryInFlight<'a> {
+    fn new(store: &'a FaultyStore, number: u64) -> Self {
+        store.histories_in_flight.fetch_add(1, Ordering::SeqCst);
+        HistoryInFlight { store, number }
+    }
+}
+
+impl Drop for HistoryInFlight<'_> {
+    fn drop(&mut self) {
+        self.store
+            .histories_in_flight
+            .fetch_sub(1, Ordering::SeqCst);
+        self.store.check_last_answer(Some(self.number));
     }
 }
 
@@ -218,6 +253,8 @@ impl FaultyStore {
             posts_in_flight: AtomicU64::new(0),
             max_posts_in_flight: AtomicU64::new(0),
             history_holds: Mutex::default(),
+            histories_in_flight: AtomicU64::new(0),
+            last_answer: Mutex::default(),
             post_hold: Mutex::default(),
         }
     }
@@ -246,6 +283,40 @@ impl FaultyStore {
             .unwrap_or_else(|p| p.into_inner())
             .insert(channel, hold.clone());
         hold
+    }
+
+    /// Makes the `n`-th `history` call from now (1 = the next one) answer after the
+    /// calls in flight beside it: once counted, it waits until a later call has ended
+    /// and no other is in flight. Returns a hold that counts it (its `release` is not
+    /// needed).
+    pub fn answer_last(&self, n: u64) -> Arc<HistoryHold> {
+        let hold = Arc::new(HistoryHold {
+            arrived: tokio::sync::Semaphore::new(0),
+            released: tokio::sync::Semaphore::new(0),
+            calls: AtomicU64::new(0),
+        });
+        *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastAnswer {
+            call: self.histories.load(Ordering::SeqCst) + n,
+            later_ended: false,
+            hold: hold.clone(),
+        });
+        hold
+    }
+
+    /// Lets the call that answers last go if its time has come ([`FaultyStore::answer_last`]).
+    fn check_last_answer(&self, ended: Option<u64>) {
+        let mut last = self.last_answer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = last.as_mut() else { return };
+        if ended.is_some_and(|call| call > state.call) {
+            state.later_ended = true;
+        }
+        if state.later_ended
+            && state.hold.calls() > 0
+            && self.histories_in_flight.load(Ordering::SeqCst) == 1
+        {
+            state.hold.release();
+            *last = None;
+        }
     }
 
     pub fn inner(&self) -> &Arc<LocalStore> {
@@ -438,6 +509,20 @@ impl Store for FaultyStore {
             let _ = hold.released.acquire().await;
         }
         let number = self.histories.fetch_add(1, Ordering::SeqCst) + 1;
+        let _in_flight = HistoryInFlight::new(self, number);
+        let held = self
+            .last_answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|last| last.call == number)
+            .map(|last| last.hold.clone());
+        if let Some(hold) = held {
+            hold.calls.fetch_add(1, Ordering::SeqCst);
+            hold.arrived.add_permits(1);
+            self.check_last_answer(None);
+            let _ = hold.released.acquire().await;
+        }
         let fail = {
             let mut faults = self.faults();
             let faults = &mut *faults;
