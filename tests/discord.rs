@@ -809,8 +809,9 @@ fn listing(volume: &Volume) -> Vec<(String, bool, Option<String>)> {
 }
 
 /// A channel of 1,500 messages, records of the bot's between a human's chat, opens to
-/// the same index whether its history is read one page after the other or in slices,
-/// four requests at once, through the Discord store.
+/// the same index whether the volume is set to read its history one page after the
+/// other or in slices of four requests at once (which the Discord store caps at one:
+/// it runs one channel's history requests one at a time).
 #[tokio::test]
 async fn a_long_history_opens_the_same_read_serially_or_in_slices() {
     let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
@@ -839,4 +840,5 @@ async fn a_long_history_opens_the_same_read_serially_or_in_slices() {
         listings.push((listed, volume.index().last_seen));
     }
     assert_eq!(listings[0], listings[1]);
+    assert_eq!(fx.store.concurrent_history_reads(), 1);
 }

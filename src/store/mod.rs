@@ -354,6 +354,13 @@ pub trait Store: Send + Sync {
     /// Deletes one message and its attachments.
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()>;
 
+    /// How many history requests of one channel this store runs at once: more in
+    /// flight than that only queue, so a reader that slices the history asks for no
+    /// more. By default no limit of its own.
+    fn concurrent_history_reads(&self) -> usize {
+        usize::MAX
+    }
+
     /// The channel's pinned messages (at most [`MAX_PINS`]), newest pin first. A store
     /// without pins has none.
     async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {

@@ -245,6 +245,10 @@ impl Store for PacedStore {
             .await
     }
 
+    fn concurrent_history_reads(&self) -> usize {
+        self.inner.concurrent_history_reads()
+    }
+
     async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {
         self.inner.pins(channel).await
     }

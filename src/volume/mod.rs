@@ -191,8 +191,8 @@ pub struct VolumeConfig {
     /// slices by time and read in parallel, and still applied oldest first
     /// ([`history`]). 1 reads one page after the other; at most
     /// [`history::MAX_PARALLELISM`] count. Default 4; the store keeps to the rate
-    /// limits. (The Discord store sends one channel's history requests one at a time
-    /// for now, so there more than 1 only adds requests; see [`history`].)
+    /// limits, and a store that runs fewer at once ([`Store::concurrent_history_reads`]:
+    /// the Discord store, one) is asked for no more.
     pub history_parallelism: usize,
     /// Where index caches are kept; `None` keeps none (every open replays the whole
     /// channel). Default: `$XDG_CACHE_HOME/dcloud-fs/index`.
@@ -565,6 +565,14 @@ impl Volume {
         self.started_from.get().copied()
     }
 
+    /// History requests to have in flight at once: the configured number, and no more
+    /// than the store runs at once.
+    pub(crate) fn history_parallelism(&self) -> usize {
+        self.config
+            .history_parallelism
+            .min(self.store.concurrent_history_reads())
+    }
+
     /// Whether this volume posted a record (changed the channel) since it was opened.
     pub fn wrote(&self) -> bool {
         self.wrote.load(Ordering::Relaxed)
@@ -650,7 +658,7 @@ impl Volume {
             self.store.clone(),
             self.channel.id,
             cursor,
-            self.config.history_parallelism,
+            self.history_parallelism(),
         );
         while let Some(mut page) = pages.next_page().await? {
             let newest = page.last().map_or(cursor, |m| m.id);

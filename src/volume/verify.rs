@@ -591,7 +591,7 @@ impl Volume {
             self.store.clone(),
             self.channel.id,
             range.start().saturating_sub(1),
-            self.config.history_parallelism,
+            self.history_parallelism(),
         );
         let mut messages = Vec::new();
         while let Some(page) = reader.next_page().await? {

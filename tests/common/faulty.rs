@@ -577,6 +577,10 @@ impl Store for FaultyStore {
         Ok(data)
     }
 
+    fn concurrent_history_reads(&self) -> usize {
+        self.inner.concurrent_history_reads()
+    }
+
     async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {
         self.inner.pins(channel).await
     }

@@ -1065,6 +1065,13 @@ impl Store for DiscordStore {
         }
     }
 
+    /// One: the rate gate runs the requests of one route key one after the other (so
+    /// that each response's `Remaining` describes the bucket when the next is due), and
+    /// twilight's limiter queues those of one bucket the same way.
+    fn concurrent_history_reads(&self) -> usize {
+        1
+    }
+
     async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {
         let channel_id = self.twilight_channel(channel)?;
         let what = "reading the channel's pins";
