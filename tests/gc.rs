@@ -386,3 +386,27 @@ async fn gc_beside_a_concurrent_writer_never_frees_a_message_a_file_uses() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_leaves_the_data_of_records_its_key_cannot_read() {
+    let fx = Fixture::new().await;
+    let key = Key::generate().unwrap();
+    let other = Key::generate().unwrap();
+    let mut rng = SplitMix64::new(9);
+    let mine = fx.open(&key, None, true).await;
+    old_history(&fx, &mine, &mut rng).await;
+    // Another key's big file: its chunks in data messages no record of ours names.
+    let theirs = fx.open(&other, None, true).await;
+    let big = rng.bytes(20_000);
+    put(&theirs, "theirs.bin", &big).await;
+    tokio::time::sleep(GRACE + Duration::from_millis(300)).await;
+    let report = gc(&mine, false).await;
+    assert_eq!(report.unused_data, 0, "{report:?}");
+    assert!(
+        report.unused_data_kept >= 2,
+        "the dead upload and theirs: {report:?}"
+    );
+    assert!(report.superseded_records > 0, "{report:?}");
+    let theirs = fx.open(&other, None, false).await;
+    assert_eq!(get(&theirs, "theirs.bin").await, big);
+}

@@ -101,6 +101,14 @@ fn line(report: &GcReport) -> String {
     } else {
         format!(" ({})", parts.join(", "))
     };
+    let data_kept = if report.unused_data_kept > 0 {
+        format!(
+            "; {} data messages kept: records here that your key can't read may use them",
+            report.unused_data_kept
+        )
+    } else {
+        String::new()
+    };
     let kept = if report.tombstones_kept > 0 {
         format!(
             "; {} deletes kept: a message still in use puts their path",
@@ -110,7 +118,7 @@ fn line(report: &GcReport) -> String {
         String::new()
     };
     format!(
-        "{}: {verb} {} messages, {}{what}{kept}",
+        "{}: {verb} {} messages, {}{what}{kept}{data_kept}",
         report.channel,
         report.messages,
         output::human_size(report.bytes),

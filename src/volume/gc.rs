@@ -18,7 +18,10 @@
 //!    horizon, and sorts our messages: in use by
 //!    a live entry (kept), carrying a link or a moved delete (kept: they guard messages
 //!    other channels use), tombstones, and the rest (unused: superseded records and
-//!    data messages no live entry names);
+//!    data messages no live entry names). Only records this key counts are judged
+//!    (sealed or signed by it; without a key, every plain one), and when the channel
+//!    holds records it can't read (another key's), no data message is proposed: they
+//!    may use it;
 //! 3. decides which tombstones can go: a delete is only needed while some message that
 //!    stays still puts (or makes) its path, because a reader that replays the history
 //!    would otherwise bring the file back. So a tombstone message goes when none of the
@@ -81,6 +84,9 @@ pub struct GcReport {
     pub tombstones_kept: usize,
     /// Data messages (and packs) no live file uses: replaced versions, dead uploads.
     pub unused_data: usize,
+    /// Data messages no file of this key uses, left alone because the channel holds
+    /// records this key can't read, which may use them.
+    pub unused_data_kept: usize,
     /// Older checkpoints retired.
     pub checkpoints: usize,
     /// Messages deleted in all, and their attachments' bytes.
@@ -109,6 +115,10 @@ struct Sorted {
     /// Paths put or made by messages that stay.
     named: BTreeSet<String>,
     bytes: HashMap<Id, u64>,
+    /// Records of ours this key can't read (or doesn't trust).
+    unreadable: usize,
+    /// Data messages left alone because of them.
+    data_kept: usize,
 }
 
 impl Volume {
@@ -137,6 +147,7 @@ impl Volume {
             channel: self.channel.name.clone(),
             dry_run: options.dry_run,
             tombstones_kept: kept,
+            unused_data_kept: sorted.data_kept,
             ..GcReport::default()
         };
         let candidates: Vec<(Id, Category)> = sorted
@@ -211,8 +222,14 @@ impl Volume {
                     }
                 }
                 MessageKind::InlineRecord(_) | MessageKind::AttachedRecord => {
-                    let Some(opened) = self.read_record(message).await? else {
-                        continue; // another key's, damaged or newer: not ours to judge
+                    let opened = match self.read_record(message).await? {
+                        Some(opened) if self.key.is_none() || opened.authenticated => opened,
+                        // Another key's, unauthenticated, damaged or newer: not ours to
+                        // judge, and whatever data messages it uses may look unused.
+                        _ => {
+                            sorted.unreadable += 1;
+                            continue;
+                        }
                     };
                     let ops = &opened.record.ops;
                     let guards = ops
@@ -235,6 +252,18 @@ impl Volume {
                 }
                 MessageKind::Data(None) | MessageKind::Checkpoint | MessageKind::Other => {}
             }
+        }
+        if sorted.unreadable > 0 && !sorted.unused_data.is_empty() {
+            // Their files are unknown here: a data message no file *we* know uses may
+            // be one of theirs.
+            log::warn!(
+                "#{}: not collecting {} data message(s) no file of this key uses: {} \
+                 record(s) here can't be read with this key and may use them",
+                self.channel.name,
+                sorted.unused_data.len(),
+                sorted.unreadable
+            );
+            sorted.data_kept = std::mem::take(&mut sorted.unused_data).len();
         }
         Ok(sorted)
     }

@@ -207,6 +207,22 @@ pub struct FileEntry {
     pub data_key: Option<DataKey>,
 }
 
+impl FileEntry {
+    /// The manifest that puts this file (its same chunks) at `path`.
+    pub fn manifest(&self, path: &str) -> FileManifest {
+        FileManifest {
+            path: path.to_string(),
+            id: self.id,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            mode: self.mode,
+            encrypted: self.encrypted,
+            chunks: self.chunks.iter().map(ChunkRef::from).collect(),
+            data_key: self.data_key,
+        }
+    }
+}
+
 /// A folder recorded by `mkdir`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
@@ -654,16 +670,7 @@ impl Index {
             .map(|(path, slot)| CheckpointPath {
                 s: stamp(&slot.stamp),
                 op: match &slot.entry {
-                    Some(Entry::File(file)) => Op::Put(FileManifest {
-                        path: path.clone(),
-                        id: file.id,
-                        size: file.size,
-                        mtime_ns: file.mtime_ns,
-                        mode: file.mode,
-                        encrypted: file.encrypted,
-                        chunks: file.chunks.iter().map(ChunkRef::from).collect(),
-                        data_key: file.data_key,
-                    }),
+                    Some(Entry::File(file)) => Op::Put(file.manifest(path)),
                     Some(Entry::Dir(dir)) => Op::Mkdir(DirManifest {
                         path: path.clone(),
                         mtime_ns: dir.mtime_ns,

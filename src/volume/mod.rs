@@ -84,8 +84,8 @@ pub use verify::{Damaged, DataCheck, Problem, VerifyOptions, VerifyProgress, Ver
 
 use crate::crypto::{self, CryptoError, Key, KeyId};
 use crate::format::{
-    self, ChunkKind, ChunkLocation, ChunkRef, DataKey, DirManifest, FileId, FileManifest,
-    FormatError, Moved, Op, Record,
+    self, ChunkKind, ChunkLocation, DataKey, DirManifest, FileId, FileManifest, FormatError, Moved,
+    Op, Record,
 };
 use crate::store::{
     Channel, Id, Limits, Message, Store, StoreError, snowflake_at_ms, snowflake_time_ms,
@@ -1537,7 +1537,7 @@ impl Volume {
                     return Err(self.not_found(path));
                 }
                 Some(Node::File(file)) => {
-                    let mut manifest = manifest_for(path, file);
+                    let mut manifest = file.manifest(path);
                     manifest.mtime_ns = mtime_ns.unwrap_or(manifest.mtime_ns);
                     manifest.mode = mode.map_or(manifest.mode, |m| m & 0o7777);
                     Op::Put(manifest)
@@ -1620,7 +1620,7 @@ impl Volume {
                     self.check_creatable(to, true)?;
                     let file = self.file(from)?;
                     vec![
-                        Op::Put(manifest_for(to, &file)),
+                        Op::Put(file.manifest(to)),
                         Op::Del {
                             path: from.to_string(),
                             moved: None,
@@ -1645,7 +1645,7 @@ impl Volume {
                     for (path, entry) in moved {
                         let target = format!("{to}{}", &path[from.len()..]);
                         ops.push(match entry {
-                            Entry::File(file) => Op::Put(manifest_for(&target, &file)),
+                            Entry::File(file) => Op::Put(file.manifest(&target)),
                             Entry::Dir(dir) => Op::Mkdir(DirManifest {
                                 path: target,
                                 mtime_ns: dir.mtime_ns,
@@ -1792,7 +1792,7 @@ impl Volume {
     /// The manifest that puts an indexed file of this channel (its same chunks) at
     /// `path` in channel `dest`: every chunk names its channel, unless that is `dest`.
     fn manifest_in(&self, path: &str, file: &FileEntry, dest: Id) -> FileManifest {
-        let mut manifest = manifest_for(path, file);
+        let mut manifest = file.manifest(path);
         for chunk in &mut manifest.chunks {
             if let ChunkLocation::Stored { channel, .. } = &mut chunk.location {
                 let at = channel.unwrap_or(self.channel.id);
@@ -1800,20 +1800,6 @@ impl Volume {
             }
         }
         manifest
-    }
-}
-
-/// The manifest that puts an indexed file (its same chunks) at `path`.
-fn manifest_for(path: &str, file: &FileEntry) -> FileManifest {
-    FileManifest {
-        path: path.to_string(),
-        id: file.id,
-        size: file.size,
-        mtime_ns: file.mtime_ns,
-        mode: file.mode,
-        encrypted: file.encrypted,
-        chunks: file.chunks.iter().map(ChunkRef::from).collect(),
-        data_key: file.data_key,
     }
 }
 

@@ -44,7 +44,9 @@
 //!
 //! 6. **Unused.** A data message, or a record message, that no live entry uses (a
 //!    replaced version's chunks, an upload that died on any machine, a pack whose files
-//!    are all gone, a record whose operations all lost).
+//!    are all gone, a record whose operations all lost). Only records the key counts
+//!    are judged, and data messages only when the channel holds no record the key
+//!    can't read (another key's files may use them).
 //! 7. **Guards stay.** A record with a `link` or a moved delete is never proposed:
 //!    it tells which messages other channels use.
 //! 8. **Unneeded deletes.** A tombstone message, once none of the deletes that hold
