@@ -242,12 +242,12 @@ pub fn seal_checkpoint(body: &CheckpointBody, key: Option<&Key>) -> Result<Vec<u
     seal_envelope(CHECKPOINT_MAGIC, json, seal, body.channel)
 }
 
-/// Opens a checkpoint envelope assembled from the parts its head `head` (message id)
+/// Opens (and consumes) a checkpoint envelope assembled from the parts its head `head` (message id)
 /// names, found in `channel`. With a key, only a checkpoint sealed by that key counts
 /// (another key's is [`crate::crypto::CryptoError::WrongKey`], an unsigned one is
 /// refused); without one, only an unsigned one.
 pub fn open_checkpoint(
-    envelope: &[u8],
+    envelope: Vec<u8>,
     key: Option<&Key>,
     channel: Id,
     head: Id,
@@ -257,7 +257,8 @@ pub fn open_checkpoint(
         version,
         authenticated,
         sealed_by,
-    } = open_envelope(CHECKPOINT_MAGIC, "checkpoint", envelope, key, channel)?;
+    } = open_envelope(CHECKPOINT_MAGIC, "checkpoint", &envelope, key, channel)?;
+    drop(envelope); // the JSON is a copy: don't hold both while it is parsed
     if version < 5 {
         return Err(damaged("checkpoint", format!("envelope version {version}")));
     }
@@ -417,35 +418,37 @@ mod tests {
         let key = Key::generate().unwrap();
         let sealed = seal_checkpoint(&body(77), Some(&key)).unwrap();
         assert_eq!(
-            open_checkpoint(&sealed, Some(&key), 77, 1000).unwrap(),
+            open_checkpoint(sealed.clone(), Some(&key), 77, 1000).unwrap(),
             body(77)
         );
         let other = Key::generate().unwrap();
-        assert!(open_checkpoint(&sealed, Some(&other), 77, 1000).is_err());
-        assert!(open_checkpoint(&sealed, None, 77, 1000).is_err());
+        assert!(open_checkpoint(sealed.clone(), Some(&other), 77, 1000).is_err());
+        assert!(open_checkpoint(sealed.clone(), None, 77, 1000).is_err());
         assert!(
-            open_checkpoint(&sealed, Some(&key), 78, 1000).is_err(),
+            open_checkpoint(sealed.clone(), Some(&key), 78, 1000).is_err(),
             "another channel"
         );
-        assert!(open_checkpoint(&sealed[..sealed.len() - 1], Some(&key), 77, 1000).is_err());
         assert!(
-            open_checkpoint(&sealed, Some(&key), 77, 900).is_err(),
+            open_checkpoint(sealed[..sealed.len() - 1].to_vec(), Some(&key), 77, 1000).is_err()
+        );
+        assert!(
+            open_checkpoint(sealed.clone(), Some(&key), 77, 900).is_err(),
             "a head older than what it covers"
         );
         let mut flipped = sealed.clone();
         flipped[40] ^= 1;
-        assert!(open_checkpoint(&flipped, Some(&key), 77, 1000).is_err());
+        assert!(open_checkpoint(flipped.clone(), Some(&key), 77, 1000).is_err());
         // Unsigned: only for readers without a key.
         let unsigned = seal_checkpoint(&body(77), None).unwrap();
         assert_eq!(
-            open_checkpoint(&unsigned, None, 77, 1000).unwrap(),
+            open_checkpoint(unsigned.clone(), None, 77, 1000).unwrap(),
             body(77)
         );
-        assert!(open_checkpoint(&unsigned, Some(&key), 77, 1000).is_err());
+        assert!(open_checkpoint(unsigned.clone(), Some(&key), 77, 1000).is_err());
         // A record envelope is not a checkpoint.
         let mut record = sealed.clone();
         record[..4].copy_from_slice(b"DCFR");
-        assert!(open_checkpoint(&record, Some(&key), 77, 1000).is_err());
+        assert!(open_checkpoint(record.clone(), Some(&key), 77, 1000).is_err());
     }
 
     #[test]
@@ -454,13 +457,13 @@ mod tests {
         let mut twice = body(77);
         twice.paths.push(twice.paths[0].clone());
         let sealed = seal_checkpoint(&twice, Some(&key)).unwrap();
-        assert!(open_checkpoint(&sealed, Some(&key), 77, 1000).is_err());
+        assert!(open_checkpoint(sealed.clone(), Some(&key), 77, 1000).is_err());
         let mut bad = body(77);
         bad.paths[0].op = Op::Del {
             path: "../x".into(),
             moved: None,
         };
         let sealed = seal_checkpoint(&bad, Some(&key)).unwrap();
-        assert!(open_checkpoint(&sealed, Some(&key), 77, 1000).is_err());
+        assert!(open_checkpoint(sealed.clone(), Some(&key), 77, 1000).is_err());
     }
 }

@@ -382,12 +382,11 @@ impl Volume {
             }
         }
         let body = format::open_checkpoint(
-            &envelope,
+            envelope,
             self.key.as_ref(),
             self.channel.id,
             head_message.id,
         )?;
-        drop(envelope);
         if body.last_seen != head.covers || body.collected != head.collected {
             return Err(damaged("checkpoint", "its head says it covers another message").into());
         }
