@@ -264,7 +264,20 @@ impl Volume {
             }
         };
         let found = !heads.is_empty();
+        let mine = self.key.as_ref().map(|k| k.id()).unwrap_or_default();
         for (message, head) in heads {
+            // Another key's is passed over for the price of its first bytes.
+            if let Some(other) = self.checkpoint_key(&message, &head).await
+                && other != mine
+            {
+                log::info!(
+                    "#{}: checkpoint {} is sealed by key {other}, not this one; trying an \
+                     older one",
+                    self.channel.name,
+                    message.id
+                );
+                continue;
+            }
             match self.read_checkpoint(&message, &head).await {
                 Ok(index) => {
                     log::info!(
