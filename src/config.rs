@@ -41,6 +41,9 @@ pub struct ConfigFile {
     /// Seconds a message a change made unneeded stays before it is deleted (default
     /// 120; 0 deletes at once).
     pub free_grace_secs: Option<u64>,
+    /// Whether checkpoints are posted and a machine without an index cache starts from
+    /// one (default true; false replays the whole history, as before checkpoints).
+    pub checkpoints: Option<bool>,
     /// Where `mount` and `umount` mount when given no mount point (default `~/discord`).
     pub mount_point: Option<PathBuf>,
     /// Memory for decrypted blocks, in MiB (default 64).
@@ -66,7 +69,7 @@ pub struct ConfigFile {
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 19] = [
     "token",
     "guild",
     "category",
@@ -76,6 +79,7 @@ pub const KEYS: [&str; 18] = [
     "max_file_size_mib",
     "request_timeout_secs",
     "free_grace_secs",
+    "checkpoints",
     "mount_point",
     "cache_size_mib",
     "disk_cache_mib",
