@@ -2,7 +2,7 @@
 # The benchmarks in one command: builds in release mode, runs the sections, and writes
 # the results as Markdown ($OUT/bench.md, printed at the end) and JSON ($OUT/bench.json).
 #
-#   scripts/bench.sh [--quick|--full] [--out DIR] [--only local,mount,discord,micro]
+#   scripts/bench.sh [--quick|--full] [--out DIR] [--only local,mount,discord,micro,history]
 #
 # --full (the default) is the real benchmark, under 15 minutes on 2 cores; --quick runs
 # the same jobs on smaller sizes in under 2 minutes, to check that everything works.
@@ -33,7 +33,13 @@
 #   again after a remount (and with `get`) from the disk cache, and mount + ls -l of a
 #   channel of small files, cold and warm.
 # - micro (examples/crypto_bench.rs): micro-benchmarks of the hot paths.
-# Every figure is a median of runs (3, in both modes).
+# - history (scripts/bench-history-rows.sh; only when named in --only, as it takes
+#   about 15 minutes in full mode): a channel whose history holds 200,000 messages (5,000
+#   quick) of puts, overwrites, deletes and chat, leaving 100,000 live files, through the
+#   fake Discord server: a fresh machine's mount + ls -lR beside the same without
+#   checkpoints, a warm one beside ls -lR on the disk, gc, verify --read-data, the
+#   daemon's peak RSS, the sizes of the index cache and the checkpoint.
+# Every figure is a median of runs (3, in both modes; history: 1 quick).
 #
 # Each section is a program given `quick` or `full` that appends rows to the TSV file
 # $BENCH_ROWS (format and helpers: scripts/bench-lib.sh), with BENCH_BUILT=1 meaning
@@ -45,7 +51,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 mode=full out=target/bench only=local,mount,discord,micro
-usage() { echo "usage: $0 [--quick|--full] [--out DIR] [--only local,mount,discord,micro]" >&2; exit 2; }
+usage() { echo "usage: $0 [--quick|--full] [--out DIR] [--only local,mount,discord,micro,history]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) mode=quick ;;
@@ -63,8 +69,8 @@ sections=()
 IFS=, read -ra wanted <<< "$only"
 for s in "${wanted[@]}"; do
     case $s in
-        local | mount | discord | micro) sections+=("$s") ;;
-        *) echo "$0: unknown section '$s' (local, mount, discord, micro)" >&2; exit 2 ;;
+        local | mount | discord | micro | history) sections+=("$s") ;;
+        *) echo "$0: unknown section '$s' (local, mount, discord, micro, history)" >&2; exit 2 ;;
     esac
 done
 [ ${#sections[@]} -gt 0 ] || usage
@@ -83,9 +89,12 @@ if wants mount; then
     command -v rclone > /dev/null || missing+=(rclone)
     command -v fusermount3 > /dev/null || missing+=(fuse3)
 fi
-if wants discord; then
+if wants discord || wants history; then
     command -v curl > /dev/null || missing+=(curl)
     command -v python3 > /dev/null || missing+=(python3)
+fi
+if wants history; then
+    command -v fusermount3 > /dev/null || missing+=(fuse3)
 fi
 [ -x /usr/bin/time ] || missing+=(time)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -112,6 +121,9 @@ cargo build --release --locked -p dcloud-fs -p fake-discord
 # The micro section's program too, so that its time is the measurement's alone.
 if [[ " ${sections[*]} " == *" micro "* ]]; then
     cargo build --release --locked -p dcloud-fs --example crypto_bench
+fi
+if wants history && [ -f examples/seed_history.rs ]; then
+    cargo build --release --locked -p dcloud-fs --example seed_history
 fi
 build=$(awk -v s="$build_start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.0f", e - s }')
 
@@ -142,6 +154,13 @@ for s in "${sections[@]}"; do
                 section discord bash scripts/bench-discord-rows.sh "$mode"
             else
                 row discord "section" "" "" "" "" "" "" "skipped: scripts/bench-discord-rows.sh is not in this checkout"
+            fi
+            ;;
+        history)
+            if [ -f scripts/bench-history-rows.sh ]; then
+                section history bash scripts/bench-history-rows.sh "$mode"
+            else
+                row history "section" "" "" "" "" "" "" "skipped: scripts/bench-history-rows.sh is not in this checkout"
             fi
             ;;
         micro)

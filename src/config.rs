@@ -44,6 +44,9 @@ pub struct ConfigFile {
     /// History requests in flight at once when a channel has many messages to read
     /// (default 4; 1 reads one page after the other).
     pub history_parallelism: Option<u64>,
+    /// Whether checkpoints are posted and a machine without an index cache starts from
+    /// one (default true; false replays the whole history, as before checkpoints).
+    pub checkpoints: Option<bool>,
     /// Where `mount` and `umount` mount when given no mount point (default `~/discord`).
     pub mount_point: Option<PathBuf>,
     /// Memory for decrypted blocks, in MiB (default 64).
@@ -69,7 +72,7 @@ pub struct ConfigFile {
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 20] = [
     "token",
     "guild",
     "category",
@@ -80,6 +83,7 @@ pub const KEYS: [&str; 19] = [
     "request_timeout_secs",
     "free_grace_secs",
     "history_parallelism",
+    "checkpoints",
     "mount_point",
     "cache_size_mib",
     "disk_cache_mib",

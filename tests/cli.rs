@@ -809,6 +809,56 @@ fn config_shows_each_setting_and_its_source() {
     assert!(line.contains("DCLOUD_REQUEST_TIMEOUT_SECS"), "{line}");
 }
 
+/// `checkpoints = false` (or `DCLOUD_CHECKPOINTS=false`): a machine without an index
+/// cache replays the whole history instead of starting from the newest checkpoint.
+#[test]
+fn checkpoints_can_be_turned_off() {
+    let env = Env::new(tiny_limits());
+    env.ok(&["keygen"]);
+    env.ok(&["mkdir", "docs"]);
+    fs::write(env.work().join("a.txt"), "a").unwrap();
+    env.ok(&["put", "a.txt", "docs/"]);
+    // gc posts a checkpoint (and deletes nothing: everything is younger than a day).
+    env.ok(&["gc", "docs"]);
+    let fresh_ls = |checkpoints: Option<&str>| {
+        let mut command = env.command(&["--no-cache", "-v", "ls", "docs"]);
+        if let Some(value) = checkpoints {
+            command.env("DCLOUD_CHECKPOINTS", value);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("a.txt"));
+        stderr
+    };
+    assert!(fresh_ls(None).contains("starting from checkpoint"));
+    let stderr = fresh_ls(Some("false"));
+    assert!(!stderr.contains("starting from checkpoint"), "{stderr}");
+    assert!(fresh_ls(Some("on")).contains("starting from checkpoint"));
+
+    let config_dir = env.home().join(".config/dcloud-fs");
+    fs::create_dir_all(&config_dir).unwrap();
+    fs::write(config_dir.join("config.toml"), "checkpoints = false\n").unwrap();
+    let stderr = fresh_ls(None);
+    assert!(!stderr.contains("starting from checkpoint"), "{stderr}");
+    let shown = env.ok(&["config"]);
+    let row = shown
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some("checkpoints"))
+        .unwrap_or_else(|| panic!("no checkpoints row: {shown}"));
+    assert!(
+        row.contains("false") && row.contains("config file"),
+        "{row}"
+    );
+    let output = env
+        .command(&["config"])
+        .env("DCLOUD_CHECKPOINTS", "sometimes")
+        .output()
+        .unwrap();
+    let line = data::failed_with_one_line(&["config"], output);
+    assert!(line.contains("DCLOUD_CHECKPOINTS"), "{line}");
+}
+
 #[test]
 fn completions_and_the_man_page_come_from_the_command_line_definitions() {
     let env = Env::new(tiny_limits());

@@ -362,6 +362,86 @@ async fn other_authors_and_garbage_never_become_files() {
     assert_eq!(read(&other, "real").await, b"real bytes");
 }
 
+/// Posts `count` messages of ours in the test channel; returns their ids.
+async fn post_messages(fx: &Fixture, channel: u64, count: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let message = NewMessage {
+            content: format!("message {n}"),
+            attachments: vec![],
+        };
+        ids.push(fx.store.post(channel, message).await.unwrap().id);
+    }
+    ids
+}
+
+/// Requests the fake server saw on `route`.
+fn route_requests(fake: &FakeDiscord, route: &str) -> u64 {
+    fake.stats().per_route.get(route).copied().unwrap_or(0)
+}
+
+const BULK_DELETE: &str = "POST /channels/{channel.id}/messages/bulk-delete";
+const SINGLE_DELETE: &str = "DELETE /channels/{channel.id}/messages/{message.id}";
+
+#[tokio::test]
+async fn many_messages_go_in_bulk_deletes_and_old_ones_one_by_one() {
+    // The channel and its first messages three weeks old: too old for a bulk delete.
+    let config = Config {
+        backdate: Duration::from_secs(21 * 24 * 3600),
+        message_create_limit: (1000, Duration::from_secs(1)),
+        ..small_guild()
+    };
+    let fx = Fixture::start(config, Some(SMALL_FILE_LIMIT)).await;
+    let channel = find_channel(fx.store.as_ref(), CHANNEL).await.unwrap().id;
+    let old = post_messages(&fx, channel, 3).await;
+    fx.fake.set_knobs(|k| k.backdate = Duration::ZERO);
+    let young = post_messages(&fx, channel, 130).await;
+    let mut all: Vec<u64> = old.iter().chain(&young).copied().collect();
+    all.push(young[young.len() - 1] + 1_000); // never there: counts as deleted
+    let failed = fx.store.delete_messages(channel, &all).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let left = fx
+        .store
+        .history(channel, HistoryCursor::Latest, 100)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    // 131 young ids: a bulk delete of 100 and one of 31; the old ones one by one.
+    assert_eq!(route_requests(&fx.fake, BULK_DELETE), 2);
+    assert_eq!(route_requests(&fx.fake, SINGLE_DELETE), 3);
+    assert_eq!(fx.fake.stats().per_status.get(&400), None);
+}
+
+#[tokio::test]
+async fn without_manage_messages_deletes_go_one_by_one() {
+    let mut config = small_guild();
+    config.bot_permissions &= !(1 << 13); // no MANAGE_MESSAGES
+    let fx = Fixture::start(config, Some(SMALL_FILE_LIMIT)).await;
+    let channel = find_channel(fx.store.as_ref(), CHANNEL).await.unwrap().id;
+    let ids = post_messages(&fx, channel, 6).await;
+    assert!(
+        fx.store
+            .delete_messages(channel, &ids[..3])
+            .await
+            .is_empty()
+    );
+    assert!(
+        fx.store
+            .delete_messages(channel, &ids[3..])
+            .await
+            .is_empty()
+    );
+    // The refusal is remembered: one bulk delete tried, then only single deletes.
+    assert_eq!(route_requests(&fx.fake, BULK_DELETE), 1);
+    assert_eq!(route_requests(&fx.fake, SINGLE_DELETE), 6);
+    let left = fx
+        .store
+        .history(channel, HistoryCursor::Latest, 100)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test]
 async fn a_wrong_token_is_a_clear_error_that_never_shows_it() {
     let fx = Fixture::start(small_guild(), None).await;

@@ -602,6 +602,10 @@ impl Context {
 
     fn volume_config(&self) -> Result<VolumeConfig, CliError> {
         let jobs = usize::from(self.global.jobs);
+        let defaults = VolumeConfig::default();
+        // Without checkpoints, nothing posts one (but `gc`, which needs its own: see
+        // `crate::volume::gc`) and a machine without a cache replays the whole history.
+        let checkpoints = self.checkpoints()?.value;
         Ok(VolumeConfig {
             upload_parallel_messages: jobs.div_ceil(2),
             download_parallel_chunks: jobs,
@@ -616,7 +620,13 @@ impl Context {
             pins: self.pins.clone(),
             free_grace: std::time::Duration::from_secs(self.free_grace_secs()?.value),
             disk_cache: self.disk_cache()?,
-            ..VolumeConfig::default()
+            checkpoint_every: if checkpoints {
+                defaults.checkpoint_every
+            } else {
+                0
+            },
+            start_from_checkpoint: checkpoints,
+            ..defaults
         })
     }
 

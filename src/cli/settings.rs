@@ -119,6 +119,24 @@ fn env_whole_number(variable: &'static str) -> Result<Option<u64>, CliError> {
     }
 }
 
+/// A yes or no from the environment variable, if it is set: true/false, 1/0, yes/no,
+/// on/off.
+fn env_bool(variable: &'static str) -> Result<Option<bool>, CliError> {
+    match std::env::var(variable) {
+        Ok(text) if !text.trim().is_empty() => {
+            let text = text.trim().to_ascii_lowercase();
+            match text.as_str() {
+                "1" | "true" | "yes" | "on" => Ok(Some(true)),
+                "0" | "false" | "no" | "off" => Ok(Some(false)),
+                _ => Err(CliError::Usage(format!(
+                    "{variable}='{text}' is not true or false"
+                ))),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
 fn env_number(variable: &'static str) -> Result<Option<u64>, CliError> {
     match std::env::var(variable) {
         Err(_) => Ok(None),
@@ -301,6 +319,17 @@ impl Context {
         })
     }
 
+    /// Whether checkpoints are posted and used (see [`crate::volume::checkpoint`]):
+    /// $DCLOUD_CHECKPOINTS, then the config file, else on.
+    pub(crate) fn checkpoints(&self) -> Result<Resolved<bool>, CliError> {
+        const VARIABLE: &str = "DCLOUD_CHECKPOINTS";
+        Ok(match (env_bool(VARIABLE)?, self.file.checkpoints) {
+            (Some(on), _) => Resolved::new(on, Source::Env(VARIABLE)),
+            (None, Some(on)) => Resolved::new(on, Source::File),
+            (None, None) => Resolved::new(true, Source::Default),
+        })
+    }
+
     /// How long unneeded messages stay before they are deleted, in seconds.
     pub(crate) fn free_grace_secs(&self) -> Result<Resolved<u64>, CliError> {
         const VARIABLE: &str = "DCLOUD_FREE_GRACE_SECS";
@@ -429,6 +458,12 @@ impl Context {
             "history_parallelism",
             history.value.to_string(),
             history.source,
+        );
+        let checkpoints = self.checkpoints()?;
+        row(
+            "checkpoints",
+            checkpoints.value.to_string(),
+            checkpoints.source,
         );
         let mount_point =
             self.mount_point_setting(std::env::var_os("DCLOUD_MOUNT_POINT").map(PathBuf::from));

@@ -361,6 +361,22 @@ pub trait Store: Send + Sync {
         usize::MAX
     }
 
+    /// Deletes several messages of one channel, with their attachments. Returns those
+    /// it could not delete, with the error; one that is gone already counts as deleted.
+    /// The default deletes them one by one; a store that can delete many in a request
+    /// (Discord's bulk delete) does.
+    async fn delete_messages(&self, channel: Id, messages: &[Id]) -> Vec<(Id, StoreError)> {
+        let mut failed = Vec::new();
+        for &message in messages {
+            match self.delete_message(channel, message).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => failed.push((message, e)),
+            }
+        }
+        failed
+    }
+
     /// The channel's pinned messages (at most [`MAX_PINS`]), newest pin first. A store
     /// without pins has none.
     async fn pins(&self, channel: Id) -> StoreResult<Vec<Message>> {

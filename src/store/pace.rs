@@ -245,6 +245,10 @@ impl Store for PacedStore {
             .await
     }
 
+    async fn delete_messages(&self, channel: Id, messages: &[Id]) -> Vec<(Id, super::StoreError)> {
+        self.inner.delete_messages(channel, messages).await
+    }
+
     fn concurrent_history_reads(&self) -> usize {
         self.inner.concurrent_history_reads()
     }

@@ -500,18 +500,14 @@ pub fn resolve_attached(
 /// clean up, where the operation's own outcome is what to report). Returns the messages
 /// that could not be deleted.
 pub async fn delete_quietly(store: &dyn Store, channel: Id, messages: &[Id]) -> Vec<Id> {
-    let mut failed = Vec::new();
-    for &message in messages {
-        match store.delete_message(channel, message).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                log::warn!("could not delete message {message} in channel {channel}: {e}");
-                failed.push(message);
-            }
-        }
-    }
+    let failed = store.delete_messages(channel, messages).await;
     failed
+        .into_iter()
+        .map(|(message, e)| {
+            log::warn!("could not delete message {message} in channel {channel}: {e}");
+            message
+        })
+        .collect()
 }
 
 /// Bytes `span` of sealed `chunk` (counted from the chunk's start), as bytes of its

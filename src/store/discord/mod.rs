@@ -169,7 +169,16 @@ pub struct DiscordStore {
     /// message on, which gives the URLs of the next 100 messages too, so that the
     /// look-ups after it (the other chunks of a file, mostly) find them known.
     refreshing: Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>,
+    /// Discord refused a bulk delete other than for a message's age (the bot lacks
+    /// Manage Messages, say): messages are deleted one by one from then on.
+    bulk_refused: std::sync::atomic::AtomicBool,
 }
+
+/// How old a message may be for Discord to delete it in bulk: two weeks, less an hour
+/// for clocks that disagree.
+const BULK_DELETE_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600 - 3600);
+/// Most messages one bulk delete takes (and fewest: 2).
+const BULK_DELETE_MAX: usize = 100;
 
 impl DiscordStore {
     /// Prepares a store for `config`. Makes no request yet; the first call checks the
@@ -232,7 +241,31 @@ impl DiscordStore {
             facts: OnceCell::new(),
             stepped_down: Mutex::new(None),
             refreshing: Mutex::default(),
+            bulk_refused: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// One bulk delete of 2 to 100 messages of `channel`.
+    async fn bulk_delete(&self, channel: Id, messages: &[Id]) -> StoreResult<()> {
+        let channel_id = self.twilight_channel(channel)?;
+        let ids: Vec<TwilightId<MessageMarker>> = messages
+            .iter()
+            .map(|&m| TwilightId::new_checked(m).ok_or(StoreError::NoSuchMessage(m)))
+            .collect::<StoreResult<_>>()?;
+        self.rest
+            .call(
+                &format!("POST /channels/{channel}/messages/bulk-delete"),
+                "deleting messages",
+                || {
+                    self.rest
+                        .client
+                        .delete_messages(channel_id, &ids)
+                        .into_future()
+                },
+                no_body,
+            )
+            .await
+            .map_err(|e| Self::channel_error(channel, None, "deleting messages", e))
     }
 
     async fn facts(&self) -> StoreResult<&GuildFacts> {
@@ -1165,6 +1198,45 @@ impl Store for DiscordStore {
             )
             .await
             .map_err(|e| Self::channel_error(channel, Some(message), "unpinning a message", e))
+    }
+
+    /// Messages younger than two weeks go a hundred at a time in bulk deletes (one
+    /// request, where Discord allows 5 single deletes a second in a channel); older
+    /// ones, and any in a bulk delete Discord refused, one by one.
+    async fn delete_messages(&self, channel: Id, messages: &[Id]) -> Vec<(Id, StoreError)> {
+        use std::sync::atomic::Ordering;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let oldest =
+            super::snowflake_at_ms(now_ms.saturating_sub(BULK_DELETE_MAX_AGE.as_millis() as u64));
+        let (mut young, mut one_by_one): (Vec<Id>, Vec<Id>) =
+            messages.iter().partition(|&&m| m > oldest);
+        if self.bulk_refused.load(Ordering::Relaxed) {
+            one_by_one.append(&mut young);
+        }
+        for batch in young.chunks(BULK_DELETE_MAX) {
+            if batch.len() < 2 || self.bulk_refused.load(Ordering::Relaxed) {
+                one_by_one.extend_from_slice(batch);
+                continue;
+            }
+            if let Err(e) = self.bulk_delete(channel, batch).await {
+                log::debug!("bulk delete in channel {channel} refused ({e}); one by one");
+                if matches!(e, StoreError::PermissionDenied(_)) {
+                    self.bulk_refused.store(true, Ordering::Relaxed);
+                }
+                one_by_one.extend_from_slice(batch);
+            }
+        }
+        let mut failed = Vec::new();
+        for message in one_by_one {
+            match self.delete_message(channel, message).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => failed.push((message, e)),
+            }
+        }
+        failed
     }
 
     async fn delete_message(&self, channel: Id, message: Id) -> StoreResult<()> {

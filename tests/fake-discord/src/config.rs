@@ -56,6 +56,11 @@ pub struct Config {
     /// Whether the CDN ignores `Range` headers and answers every download 200 with the
     /// whole attachment, as a server without range support does.
     pub ignore_range: bool,
+    /// How far in the past new ids (channels, messages, attachments) are dated: their
+    /// snowflakes carry now minus this. Ids still only grow: raising it once something
+    /// was made now dates nothing back until the clock has caught up, so make the oldest
+    /// things first. Zero: now, as Discord does.
+    pub backdate: Duration,
 }
 
 impl Default for Config {
@@ -84,6 +89,7 @@ impl Default for Config {
             everyone_permissions: knobs.everyone_permissions,
             members_intent: knobs.members_intent,
             ignore_range: knobs.ignore_range,
+            backdate: knobs.backdate,
         }
     }
 }
@@ -110,6 +116,7 @@ impl Config {
             everyone_permissions: self.everyone_permissions,
             members_intent: self.members_intent,
             ignore_range: self.ignore_range,
+            backdate: self.backdate,
         }
     }
 }
@@ -162,6 +169,10 @@ pub struct Knobs {
     /// Whether the CDN ignores `Range` (answers 200 with the whole attachment).
     #[serde(default)]
     pub ignore_range: bool,
+    /// How far in the past new messages are dated (see [`Config::backdate`]): a
+    /// benchmark makes a history that looks days old this way.
+    #[serde(default, with = "secs")]
+    pub backdate: Duration,
 }
 
 impl Default for Knobs {
@@ -185,6 +196,7 @@ impl Default for Knobs {
             everyone_permissions: permissions::DEFAULT_EVERYONE,
             members_intent: false,
             ignore_range: false,
+            backdate: Duration::ZERO,
         }
     }
 }

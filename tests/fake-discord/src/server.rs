@@ -41,15 +41,17 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(config: Config, addr: SocketAddr) -> Shared {
+        let guild = GuildState::dated(
+            config.guild_id,
+            config.bot_user_id,
+            &config.channels,
+            config.backdate.as_millis() as u64,
+        );
         Shared {
             api_base: format!("http://{addr}"),
             dice: Dice::new(),
             knobs: Mutex::new(config.knobs()),
-            guild: Mutex::new(GuildState::new(
-                config.guild_id,
-                config.bot_user_id,
-                &config.channels,
-            )),
+            guild: Mutex::new(guild),
             limiter: Mutex::new(RateLimiter::default()),
             stats: Mutex::new(Stats::default()),
             token: config.token,
@@ -63,7 +65,13 @@ impl Shared {
 
     /// Changes the knobs.
     pub fn change_knobs<T>(&self, change: impl FnOnce(&mut Knobs) -> T) -> T {
-        change(&mut lock(&self.knobs))
+        let (result, backdate) = {
+            let mut knobs = lock(&self.knobs);
+            let result = change(&mut knobs);
+            (result, knobs.backdate)
+        };
+        self.guild().set_backdate_ms(backdate.as_millis() as u64);
+        result
     }
 
     /// The guild, locked. Never lock it from inside [`Shared::count`].

@@ -214,14 +214,28 @@ pub struct GuildState {
 impl GuildState {
     /// A guild with the bot, its owner and one more human as members, and text channels
     /// with the given names.
+    #[cfg(test)]
     pub fn new(guild_id: u64, bot_user_id: u64, channel_names: &[String]) -> GuildState {
+        GuildState::dated(guild_id, bot_user_id, channel_names, 0)
+    }
+
+    /// [`GuildState::new`], with ids (the channels' too) dated `backdate_ms` in the
+    /// past (see [`GuildState::set_backdate_ms`]).
+    pub fn dated(
+        guild_id: u64,
+        bot_user_id: u64,
+        channel_names: &[String],
+        backdate_ms: u64,
+    ) -> GuildState {
+        let mut ids = SnowflakeGenerator::default();
+        ids.set_backdate_ms(backdate_ms);
         let mut guild = GuildState {
             guild_id,
             bot_user_id,
             owner_id: guild_id + 1,
             bot_role_id: guild_id + 3,
             signer: UrlSigner::new(),
-            ids: SnowflakeGenerator::default(),
+            ids,
             channels: BTreeMap::new(),
             attachments: HashMap::new(),
             users: BTreeMap::new(),
@@ -470,6 +484,11 @@ impl GuildState {
         };
         self.attachments.insert(id, stored);
         meta
+    }
+
+    /// Dates new ids `ms` milliseconds in the past (the `backdate` knob).
+    pub fn set_backdate_ms(&mut self, ms: u64) {
+        self.ids.set_backdate_ms(ms);
     }
 
     /// A message of a channel.

@@ -33,14 +33,25 @@ pub fn snowflake_ms(id: u64) -> u64 {
 #[derive(Debug, Default)]
 pub struct SnowflakeGenerator {
     last: u64,
+    /// Milliseconds subtracted from the clock (the `backdate` knob).
+    backdate_ms: u64,
 }
 
 impl SnowflakeGenerator {
-    /// A fresh id for something made now.
+    /// A fresh id for something made now (less the backdating).
     pub fn next(&mut self) -> u64 {
-        let from_clock = now_ms().saturating_sub(DISCORD_EPOCH_MS) << 22;
+        let from_clock = now_ms()
+            .saturating_sub(self.backdate_ms)
+            .saturating_sub(DISCORD_EPOCH_MS)
+            << 22;
         self.last = from_clock.max(self.last + 1);
         self.last
+    }
+
+    /// Dates the ids handed out from now on `ms` milliseconds in the past (still
+    /// increasing: ids never go back).
+    pub fn set_backdate_ms(&mut self, ms: u64) {
+        self.backdate_ms = ms;
     }
 }
 
@@ -138,5 +149,16 @@ mod tests {
         let (a, b) = (ids.next(), ids.next());
         assert!(b > a);
         assert!(now_ms() - snowflake_ms(b) < 1000);
+        let day = 24 * 3600 * 1000;
+        ids.set_backdate_ms(2 * day);
+        let old = ids.next();
+        assert!(old > b, "ids never go back");
+        ids.set_backdate_ms(0);
+        let mut fresh = SnowflakeGenerator::default();
+        fresh.set_backdate_ms(2 * day);
+        let dated = snowflake_ms(fresh.next());
+        assert!((2 * day - 1000..2 * day + 1000).contains(&(now_ms() - dated)));
+        fresh.set_backdate_ms(0);
+        assert!(now_ms() - snowflake_ms(fresh.next()) < 1000);
     }
 }

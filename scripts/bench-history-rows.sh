@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# The benchmark of a big channel's history (issue 14), as rows (section `history`)
+# appended to $BENCH_ROWS in the format of scripts/bench-lib.sh, against the fake Discord
+# server with Discord's limits and rate limits and LATENCY_MS (50) added to every API and
+# CDN request.
+#
+#   BENCH_ROWS=rows.tsv scripts/bench-history-rows.sh quick|full
+#
+#                      quick    full
+#   live files         2500     100000   (in 100 folders, a few dozen bytes each)
+#   created            3125     125000   (a fifth of them packed 10 to a message, the
+#                                         others one a message, as the mount stores them)
+#   overwrites         1250     50000    (one a message)
+#   deletes            625      25000    (one tombstone a message)
+#   chat               625      25000    (messages by someone else, in between)
+#   messages           ~5000    ~200000  (with the checkpoints and their pin notices)
+#   runs (medians)     1        3        (the replay without checkpoints runs once)
+#
+# The history is made by examples/seed_history.rs (its header says how), through the
+# library, with the server's limits off and no latency, and with the server dating the
+# messages from 48 to 25 hours back (its `backdate` knob, lowered as the steps go): a
+# history that big is days old, `gc` never touches messages younger than a day, and a
+# mount with a cache reads again the 5 s before its newest message, which must hold
+# what 5 s of a channel hold, not thousands of messages made in those seconds. Nothing is freed while seeding, so the history
+# keeps every version and tombstone. A checkpoint is posted every 1,000 records, as the
+# mount does, and the last 570 steps (about 500 records, the average tail between two
+# checkpoints, and their chat) come after the newest one. The fake server keeps everything in memory, so the history is made again
+# in every run. The live files are also written to the disk (same paths, same bytes).
+# Then, with Discord's limits and the latency back on:
+#
+# - mount + ls -lR, fresh machine: the time from starting `dcloud-fs mount` (in the
+#   foreground, under /usr/bin/time, with an empty cache folder) until `ls -lR` of the
+#   channel has listed every file (checked: the count of files), then unmounted.
+#   Baseline: the same with `checkpoints = false` (DCLOUD_CHECKPOINTS=false): the whole
+#   history replayed, what an open did before checkpoints existed. The target: at
+#   most 1 s more than the warm figure (the second row).
+# - mount + ls -lR, warm: the same with the index cache a fresh run left (each run then
+#   leaves it for the next). Baseline: `ls -lR` of the same tree on the local disk, with
+#   its dentries and inodes cached (the first listing warms them; the note gives the
+#   listing after dropping the page cache too). The target: at most 2 times the disk.
+# - gc: `dcloud-fs gc` of the channel, timed, with its report line in the note (messages
+#   and bytes freed, deletes kept) and the requests it made (messages younger than two
+#   weeks go a hundred to a bulk delete; one by one, at Discord's 5 deletes a second in
+#   a channel, 100,000 would take five and a half hours). Then the channel's whole history is read again
+#   (`seed_history count`: no cache, no checkpoint, the limits off): the tombstone
+#   messages left and how many are older than the newest checkpoint, which should all
+#   be those gc keeps on purpose: deletes of files in packs still in use (the pack's
+#   record still puts the path, so replaying without the delete would bring the file
+#   back); `gc --dry-run` then must find no tombstone message to delete.
+# - verify: `dcloud-fs verify CHANNEL --read-data --sample 1`, timed, with its exit
+#   status (0: clean) and summary line.
+# - peak RSS of the mount daemon with the channel listed (fresh and warm), the size of
+#   the index cache (the folder `index/` of the cache folder: the cache file and its
+#   journal) and of the newest checkpoint (its attachments).
+#
+# Needs root (to mount), fusermount3, curl and python3. The binaries (and the example)
+# are taken from $CARGO_TARGET_DIR/release (default target/release); they are built
+# (release) if missing.
+set -euo pipefail
+
+mode=${1:-}
+case $mode in
+    quick) live=2500 runs=1 ;;
+    full) live=100000 runs=3 ;;
+    *)
+        echo "usage: BENCH_ROWS=FILE $0 quick|full" >&2
+        exit 2
+        ;;
+esac
+[ -n "${BENCH_ROWS:-}" ] || { echo "$0: set BENCH_ROWS to the file to append rows to" >&2; exit 2; }
+BENCH_ROWS=$(realpath -m "$BENCH_ROWS")
+export BENCH_ROWS
+latency_ms=${LATENCY_MS:-50}
+created=$((live * 5 / 4))
+overwrites=$((live / 2))
+deletes=$((created - live))
+chat=$((live / 4))
+tail_steps=570 # about 500 records and 70 chat messages after the newest checkpoint
+backdate_secs=$((2 * 24 * 3600))
+span_secs=$((23 * 3600)) # the history is dated from 48 h to 25 h ago
+channel=hist
+section=history
+
+# Cargo takes a relative CARGO_TARGET_DIR from the folder it runs in: this one.
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then CARGO_TARGET_DIR=$(realpath -m "$CARGO_TARGET_DIR"); export CARGO_TARGET_DIR; fi
+cd "$(dirname "$0")/.."
+# shellcheck source=bench-lib.sh disable=SC1091
+. scripts/bench-lib.sh
+release=${CARGO_TARGET_DIR:-$PWD/target}/release
+if [ ! -x "$release/dcloud-fs" ] || [ ! -x "$release/fake-discord" ]; then
+    cargo build --release --locked -p dcloud-fs -p fake-discord --quiet
+fi
+if [ ! -x "$release/examples/seed_history" ]; then
+    cargo build --release --locked -p dcloud-fs --example seed_history --quiet
+fi
+bin=$release/dcloud-fs
+fake=$release/fake-discord
+seeder=$release/examples/seed_history
+section_start=$(date +%s.%N)
+
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dcloud-bench.XXXXXX")
+mnt=$work/mnt
+fake_pid=
+mount_pid=
+cleanup() {
+    if mountpoint -q "$mnt" 2> /dev/null; then
+        fusermount3 -u "$mnt" 2> /dev/null || umount -l "$mnt" 2> /dev/null || true
+    fi
+    if [ -n "$mount_pid" ]; then # /usr/bin/time, and the daemon under it
+        pkill -TERM -P "$mount_pid" 2> /dev/null || true
+        kill "$mount_pid" 2> /dev/null || true
+    fi
+    if [ -n "$fake_pid" ]; then kill "$fake_pid" 2> /dev/null || true; fi
+    wait 2> /dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+export HOME=$work/home
+unset DCLOUD_KEY DCLOUD_PASSPHRASE DCLOUD_KEY_FILE DCLOUD_LOCAL DCLOUD_CONFIG DCLOUD_CATEGORY
+unset DCLOUD_CACHE_DIR DCLOUD_MOUNT_POINT DCLOUD_CACHE_SIZE_MIB DCLOUD_DISK_CACHE_MIB
+unset DCLOUD_CHECKPOINTS XDG_CONFIG_HOME XDG_CACHE_HOME XDG_DATA_HOME
+cd "$work"
+mkdir -p "$mnt"
+
+"$fake" --listen 127.0.0.1:0 --latency-ms "$latency_ms" > fake.env 2> fake.log &
+fake_pid=$!
+for _ in $(seq 100); do [ -s fake.env ] && [ "$(wc -l < fake.env)" -ge 3 ] && break; sleep 0.05; done
+[ "$(wc -l < fake.env)" -ge 3 ] || { echo "the fake server did not start:" >&2; cat fake.log >&2; exit 1; }
+set -a
+# shellcheck disable=SC1091
+. ./fake.env
+set +a
+
+# fake_stat NAME: a counter of the fake server's /_fake/stats.
+fake_stat() {
+    curl -sf "$DCLOUD_API/_fake/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"
+}
+# mb BYTES: BYTES in MB (10^6 bytes).
+mb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e6 }'; }
+# knobs JSON: changes the fake server's knobs.
+knobs() {
+    curl -sf -X POST -H 'Content-Type: application/json' -d "$1" "$DCLOUD_API/_fake/knobs" > /dev/null
+}
+curl -sf "$DCLOUD_API/_fake/knobs" > knobs.json # Discord's, as the server started
+# fast: the server's limits off and no latency (the limits so high that the rate-limit
+# headers don't make the client wait either); discord: back to Discord's.
+fast() {
+    knobs '{"rate_limits": false, "latency": 0, "message_create_limit": [1000000, 1],
+            "message_delete_limit": [1000000, 1], "default_route_limit": [1000000, 1],
+            "global_limit_per_sec": 1000000}'
+}
+discord() { knobs "$(cat knobs.json)"; }
+# json FILE KEY: a field of the JSON object in FILE.
+json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+# seconds_since START: the seconds from START (date +%s.%N) to now.
+seconds_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.4f\n", e - s }'; }
+
+# --- the history ------------------------------------------------------------------------
+fast
+knobs "{\"backdate\": $backdate_secs}" # the channel too: it is older than its messages
+"$bin" keygen > /dev/null 2>&1
+"$bin" -q mkdir "$channel"
+key=$HOME/.config/dcloud-fs/key
+before_messages=$(fake_stat messages_created)
+start=$(date +%s.%N)
+"$seeder" seed "$channel" --key "$key" --files "$live" --overwrites "$overwrites" \
+    --deletes "$deletes" --chat "$chat" --folders 100 --pack-share 0.2 --pack 10 \
+    --jobs 16 --tail "$tail_steps" --span "$span_secs" --tree tree > seed.json
+seed_s=$(seconds_since "$start")
+seeded_messages=$(($(fake_stat messages_created) - before_messages))
+knobs '{"backdate": 0}'
+"$seeder" count "$channel" --key "$key" > count.before.json
+messages=$(json count.before.json messages)
+[ "$(json count.before.json live_files)" = "$live" ] ||
+    { echo "the history holds $(json count.before.json live_files) live files, not $live" >&2; exit 1; }
+tail_messages=$(json count.before.json messages_after_newest_checkpoint)
+row "$section" "make the history (seed_history)" "$seed_s" s "" "" "" "" \
+    "$messages messages in the channel ($seeded_messages posted: $(json seed.json single_file_messages) one-file puts, $(json seed.json pack_messages) packs of 10, $overwrites overwrites, $deletes deletes, $chat chat, $(json seed.json checkpoints_posted) checkpoints); $live live files; $tail_messages messages after the newest checkpoint; limits off, no latency, 16 clients"
+discord
+
+# --- ls -lR on the disk -----------------------------------------------------------------
+files_on_disk=$(find tree -type f | wc -l)
+[ "$files_on_disk" = "$live" ] || { echo "the tree on disk holds $files_on_disk files, not $live" >&2; exit 1; }
+drop_caches
+timed diskcold sh -c 'ls -lR tree > /dev/null'
+for _ in $(seq "$runs"); do timed disk sh -c 'ls -lR tree > /dev/null'; done
+
+# --- mount + ls -lR ----------------------------------------------------------------------
+# mount_ls NAME CACHE_DIR [ENV...]: times mounting with CACHE_DIR (with the environment
+# ENV, e.g. DCLOUD_CHECKPOINTS=false) until `ls -lR` of the channel has listed it,
+# appending the seconds to NAME's times file (NAME up to its first dot); checks the
+# count of files; unmounts. The daemon's peak RSS goes to rss.NAME, its log to
+# mount.NAME.log.
+mount_ls() {
+    local name=$1 cache=$2 start listed
+    shift 2
+    start=$(date +%s.%N)
+    env "$@" /usr/bin/time -f %M -o "rss.$name" "$bin" mount -f --cache-dir "$cache" "$mnt" \
+        2> "mount.$name.log" &
+    mount_pid=$!
+    for _ in $(seq 30000); do mountpoint -q "$mnt" && break; sleep 0.01; done
+    mountpoint -q "$mnt" || { echo "the mount did not come up; its log:" >&2; cat "mount.$name.log" >&2; exit 1; }
+    listed=$(ls -lR "$mnt/$channel" | grep -c '^-')
+    seconds_since "$start" >> "${name%%.*}.times"
+    [ "$listed" = "$live" ] || { echo "ls -lR listed $listed files, not $live" >&2; exit 1; }
+    "$bin" umount "$mnt"
+    wait "$mount_pid" || { echo "the mount failed; its log:" >&2; cat "mount.$name.log" >&2; exit 1; }
+    mount_pid=
+}
+for run in $(seq "$runs"); do
+    before=$(fake_stat bytes_downloaded)
+    before_requests=$(fake_stat requests)
+    mount_ls "fresh.$run" "$work/cache.fresh.$run"
+    echo $(($(fake_stat bytes_downloaded) - before)) >> fresh.bytes
+    echo $(($(fake_stat requests) - before_requests)) >> fresh.requests
+done
+index_bytes=$(find "$work/cache.fresh.1/index" -type f -printf '%s\n' | awk '{ b += $1 } END { print b + 0 }')
+before_requests=$(fake_stat requests)
+mount_ls "replay.1" "$work/cache.replay" DCLOUD_CHECKPOINTS=false
+replay_requests=$(($(fake_stat requests) - before_requests))
+for run in $(seq "$runs"); do
+    before_requests=$(fake_stat requests)
+    mount_ls "warm.$run" "$work/cache.fresh.1"
+    echo $(($(fake_stat requests) - before_requests)) >> warm.requests
+done
+fresh=$(median fresh.times)
+replay=$(median replay.times)
+warm=$(median warm.times)
+disk=$(median disk.times)
+row "$section" "fresh mount + ls -lR ($live files)" "$fresh" s \
+    "the same without checkpoints (a full replay)" "$replay" "$(ratio_time "$replay" "$fresh")" \
+    "$(peak_rss_mib rss.fresh.*)" \
+    "empty cache folder; $(mb "$(median fresh.bytes)") MB downloaded, $(median fresh.requests) requests (baseline: $replay_requests requests, $(peak_rss_mib rss.replay.*) MiB); $messages messages in the history; ${latency_ms} ms latency; median of $runs, the baseline 1 run"
+row "$section" "fresh mount + ls -lR ($live files)" "$fresh" s \
+    "warm mount + ls -lR" "$warm" "$(ratio_time "$warm" "$fresh")" "$(peak_rss_mib rss.fresh.*)" \
+    "fresh - warm = $(awk -v f="$fresh" -v w="$warm" 'BEGIN { printf "%.2f", f - w }') s (target: at most 1 s)"
+row "$section" "warm mount + ls -lR ($live files)" "$warm" s \
+    "ls -lR of the same tree on the disk" "$disk" "$(ratio_time "$disk" "$warm")" \
+    "$(peak_rss_mib rss.warm.*)" \
+    "the index cache a fresh mount left; $(median warm.requests) requests; target: at most 2x the disk (ratio >= 0.5); the disk after dropping the page cache: $(median diskcold.times) s; ${latency_ms} ms latency; median of $runs"
+row "$section" "mount daemon peak RSS, channel listed" "$(peak_rss_mib rss.fresh.* rss.warm.*)" MiB \
+    "" "" "" "$(peak_rss_mib rss.fresh.* rss.warm.*)" \
+    "fresh: $(peak_rss_mib rss.fresh.*) MiB, warm: $(peak_rss_mib rss.warm.*) MiB, without checkpoints: $(peak_rss_mib rss.replay.*) MiB; $live files, block cache 64 MiB (default)"
+
+# --- gc ------------------------------------------------------------------------------------
+before_deleted=$(fake_stat messages_deleted)
+before_requests=$(fake_stat requests)
+timed gc /usr/bin/time -f %M -o rss.gc "$bin" gc "$channel" > gc.out
+gc_deleted=$(($(fake_stat messages_deleted) - before_deleted))
+gc_requests=$(($(fake_stat requests) - before_requests))
+gc_line=$(tail -1 gc.out)
+"$bin" gc --dry-run "$channel" > gc.dry.out
+"$bin" gc --json --dry-run "$channel" > gc.dry.json
+dry_tombstones=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["tombstones"])' gc.dry.json)
+dry_kept=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["tombstones_kept"])' gc.dry.json)
+fast
+"$seeder" count "$channel" --key "$key" > count.after.json
+discord
+left=$(json count.after.json tombstone_messages_older_than_newest_checkpoint)
+row "$section" "gc" "$(median gc.times)" s "" "" "" "$(peak_rss_mib rss.gc)" \
+    "$gc_line; $gc_deleted messages deleted, $gc_requests requests; the history after: $(json count.after.json messages) messages, $(json count.after.json tombstone_messages) tombstone messages holding $(json count.after.json deletes_held) deletes, $left of them older than the newest checkpoint (deletes of files in packs still in use, which must stay); gc --dry-run after: $dry_tombstones tombstone messages to delete, $dry_kept deletes kept; ${latency_ms} ms latency"
+
+# --- verify --------------------------------------------------------------------------------
+status=0
+start=$(date +%s.%N)
+/usr/bin/time -f %M -o rss.verify "$bin" verify "$channel" --read-data --sample 1 > verify.out 2>&1 || status=$?
+verify_s=$(seconds_since "$start")
+row "$section" "verify --read-data --sample 1" "$verify_s" s "" "" "" "$(peak_rss_mib rss.verify)" \
+    "exit status $status (target 0); $(tail -1 verify.out); after gc; ${latency_ms} ms latency"
+[ "$status" = 0 ] || { echo "verify found problems:" >&2; cat verify.out >&2; exit 1; }
+
+# --- sizes -----------------------------------------------------------------------------------
+row "$section" "index cache" "$(mb "$index_bytes")" MB "" "" "" "" \
+    "the index/ folder a fresh mount left (cache file and journal), $live files"
+row "$section" "newest checkpoint" "$(mb "$(json count.before.json checkpoint_bytes)")" MB "" "" "" "" \
+    "its attachments, in $(json count.before.json checkpoint_message_count) message(s), before gc; after gc: $(mb "$(json count.after.json checkpoint_bytes)") MB"
+
+echo "history section ($mode): $(awk -v s="$section_start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.0f", e - s }') s wall time"
