@@ -981,13 +981,15 @@ fn gc_says_what_it_would_delete_and_leaves_young_messages_alone() {
     // Everything is younger than gc's day of grace: nothing goes, not even in a real run.
     let out = env.ok(&["gc", "docs", "--dry-run"]);
     assert_eq!(out, "docs: would delete 0 messages, 0 B\n");
+    assert_eq!(env.stored_files().len(), before, "a dry run posts nothing");
     let out = env.ok(&["gc"]);
     assert_eq!(out, "docs: deleted 0 messages, 0 B\n");
-    assert_eq!(
-        env.stored_files().len(),
-        before,
-        "nothing was deleted or posted"
-    );
+    // It brought the checkpoint up to date (a message, its attachment and its pin)...
+    let after = env.stored_files().len();
+    assert!(after > before, "a checkpoint was posted");
+    // ...which a second run finds current.
+    env.ok(&["gc"]);
+    assert_eq!(env.stored_files().len(), after, "nothing more");
     let json: serde_json::Value = serde_json::from_str(&env.ok(&["gc", "--json"])).unwrap();
     assert_eq!(json[0]["channel"], "docs");
     assert_eq!(json[0]["messages"], 0);

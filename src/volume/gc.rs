@@ -37,8 +37,9 @@
 //! 6. retires every older checkpoint of its key: a state older than the collection
 //!    could lack the deletes that are gone.
 //!
-//! With `dry_run` it stops after step 3 and reports what it would delete; when there
-//! is nothing to delete, it stops there too (posting no checkpoint).
+//! With `dry_run` it stops after step 3 and reports what it would delete. When there
+//! is nothing to delete, it stops there too, after posting a checkpoint if a record is
+//! newer than the newest one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -163,7 +164,16 @@ impl Volume {
             .chain(collectable.keys().map(|&m| (m, Category::Tombstone)))
             .collect();
         if candidates.is_empty() {
-            return Ok(report); // nothing to collect: no checkpoint needed either
+            // Nothing to collect: the checkpoint is brought up to date, if it isn't.
+            let stale = {
+                let index = self.index();
+                let newest = index.checkpoint_messages().last().copied().unwrap_or(0);
+                index.records_after(newest, 1) > 0
+            };
+            if stale && !options.dry_run {
+                report.checkpoint = Some(self.post_checkpoint().await?);
+            }
+            return Ok(report);
         }
         if options.dry_run {
             for &(message, category) in &candidates {
