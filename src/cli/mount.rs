@@ -267,6 +267,12 @@ async fn run_foreground(
         .map_err(|e| CliError::Mount(format!("could not open the store: {e}")))?;
     // What an earlier mount left waiting is shown from the first request on.
     fs.adopt_spool().await;
+    // Channels used before on this machine load from their caches while the mount
+    // comes up.
+    tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.open_cached_channels().await }
+    });
     let mut signals = Signals::new()?;
     let notifier = super::notify::Notifier::from_environment().map(Arc::new);
 

@@ -79,6 +79,31 @@ impl Fs {
         Ok(self.volumes.open(info).await?)
     }
 
+    /// Opens every channel this machine holds a cached index of, all at once: what a
+    /// mount starts in the background, so that a channel used before is loaded (its
+    /// cache read, the messages after it fetched) while the mount comes up, not on the
+    /// first request that needs it. A channel the first request needs meanwhile waits
+    /// for this same open, not a second one. A failed open is logged and left for that
+    /// first request to try again.
+    pub async fn open_cached_channels(&self) {
+        let channels = match self.list_channels(false).await {
+            Ok(channels) => channels,
+            Err(e) => {
+                log::debug!("opening the cached channels: could not list them: {e}");
+                return;
+            }
+        };
+        let opening = channels
+            .into_iter()
+            .filter(|channel| self.volumes.has_cache(channel.id))
+            .map(|channel| async move {
+                if let Err(e) = self.volume(channel.id).await {
+                    log::info!("#{}: could not open it yet: {e}", channel.name);
+                }
+            });
+        futures::future::join_all(opening).await;
+    }
+
     /// Reads what changed elsewhere in every open channel, and the channel list; notes
     /// when that last reached them all, for `status`.
     pub async fn poll(&self) {

@@ -23,7 +23,8 @@
 //! - `handles`: the open-file table, and which handle reads a version and which
 //!   joins a write session;
 //! - `channels`: the channel list and each channel's volume, opened once (channels
-//!   open concurrently: a slow replay of one holds up no other);
+//!   open concurrently: a slow replay of one holds up no other; a mount opens the
+//!   channels this machine holds a cache of as it comes up);
 //! - `recovery`: finishing and retrying the uploads the spool holds, and uploading
 //!   what is open at shutdown;
 //! - `error`: [`FsError`], one per errno, and how volume and store errors map to it;

@@ -493,16 +493,24 @@ impl Volume {
         config: VolumeConfig,
     ) -> Result<Volume, VolumeError> {
         let key_id = key.as_ref().map(Key::id);
-        let (index, cache_file) =
-            match load_cache(&config, store.as_ref(), channel.id, key.as_ref()) {
-                Some((index, file)) => (Some(index), Some(file)),
-                None => (None, None),
-            };
+        // The cache is read and opened (CPU and disk: a big channel's takes a fraction
+        // of a second) while the store answers who we are and its limits (round trips).
+        let loading = {
+            let (config, store, key) = (config.clone(), store.clone(), key.clone());
+            tokio::task::spawn_blocking(move || {
+                load_cache(&config, store.as_ref(), channel.id, key.as_ref())
+            })
+        };
+        let (loaded, user, limits) = tokio::join!(loading, store.current_user(), store.limits());
+        let (index, cache_file) = match loaded.ok().flatten() {
+            Some((index, file)) => (Some(index), Some(file)),
+            None => (None, None),
+        };
         let cached = index.is_some();
         let index = index.unwrap_or_else(|| Index::new(channel.id, key_id));
         let volume = Volume {
-            user: store.current_user().await?,
-            limits: std::sync::RwLock::new(store.limits().await?),
+            user: user?,
+            limits: std::sync::RwLock::new(limits?),
             store,
             channel,
             key,
@@ -1842,6 +1850,17 @@ struct CacheFile {
 /// The journal of deltas beside the index cache at `path`.
 fn journal_path(path: &std::path::Path) -> PathBuf {
     path.with_extension("journal")
+}
+
+/// Whether this machine holds a cached index of `channel` read with `key`: opening
+/// the channel then costs reading that cache and the messages after it.
+pub(crate) fn has_cache(
+    config: &VolumeConfig,
+    store: &dyn Store,
+    channel: Id,
+    key: Option<KeyId>,
+) -> bool {
+    cache_path(config, store, channel, key).is_some_and(|path| path.is_file())
 }
 
 /// The cached index (the whole one and the deltas of its journal that apply to it),

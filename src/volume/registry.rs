@@ -75,6 +75,17 @@ impl Volumes {
         self.open(info).await
     }
 
+    /// Whether this machine holds a cached index of `channel` (see
+    /// [`super::has_cache`]).
+    pub fn has_cache(&self, channel: Id) -> bool {
+        super::has_cache(
+            &self.config,
+            self.store.as_ref(),
+            channel,
+            self.key.as_ref().map(Key::id),
+        )
+    }
+
     /// The volume of `channel` if it is open.
     pub fn already_open(&self, channel: Id) -> Option<Arc<Volume>> {
         self.cells()
