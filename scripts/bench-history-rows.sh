@@ -177,7 +177,6 @@ timed gc /usr/bin/time -f %M -o rss.gc "$bin" gc "$channel" > gc.out
 gc_deleted=$(($(fake_stat messages_deleted) - before_deleted))
 gc_requests=$(($(fake_stat requests) - before_requests))
 gc_line=$(tail -1 gc.out)
-"$bin" gc --dry-run "$channel" > gc.dry.out
 "$bin" gc --json --dry-run "$channel" > gc.dry.json
 dry_tombstones=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["tombstones"])' gc.dry.json)
 dry_kept=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["tombstones_kept"])' gc.dry.json)
