@@ -83,74 +83,23 @@ case $mode in
         exit 2
         ;;
 esac
-[ -n "${BENCH_ROWS:-}" ] || { echo "$0: set BENCH_ROWS to the file to append rows to" >&2; exit 2; }
-BENCH_ROWS=$(realpath -m "$BENCH_ROWS")
-export BENCH_ROWS
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
+bench_begin
 latency_ms=${LATENCY_MS:-50}
 cache_mib=64 # the default
 reads_mib=20  # size of the reads jobs' files
 reads_again=5 # files the remount job reads
 section=discord
 
-# Cargo takes a relative CARGO_TARGET_DIR from the folder it runs in: this one.
-if [ -n "${CARGO_TARGET_DIR:-}" ]; then CARGO_TARGET_DIR=$(realpath -m "$CARGO_TARGET_DIR"); export CARGO_TARGET_DIR; fi
-cd "$(dirname "$0")/.."
-# shellcheck source=bench-lib.sh disable=SC1091
-. scripts/bench-lib.sh
-release=${CARGO_TARGET_DIR:-$PWD/target}/release
-if [ ! -x "$release/dcloud-fs" ] || [ ! -x "$release/fake-discord" ]; then
-    cargo build --release --locked -p dcloud-fs -p fake-discord --quiet
-fi
-bin=$release/dcloud-fs
-fake=$release/fake-discord
+bench_binaries
 section_start=$(date +%s.%N)
 
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dcloud-bench.XXXXXX")
-mnt=$work/mnt
-fake_pid=
-mount_pid=
-cleanup() {
-    if mountpoint -q "$mnt" 2> /dev/null; then
-        fusermount3 -u "$mnt" 2> /dev/null || umount -l "$mnt" 2> /dev/null || true
-    fi
-    if [ -n "$mount_pid" ]; then # /usr/bin/time, and the daemon under it
-        pkill -TERM -P "$mount_pid" 2> /dev/null || true
-        kill "$mount_pid" 2> /dev/null || true
-    fi
-    if [ -n "$fake_pid" ]; then kill "$fake_pid" 2> /dev/null || true; fi
-    wait 2> /dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-export HOME=$work/home
-unset DCLOUD_KEY DCLOUD_PASSPHRASE DCLOUD_KEY_FILE DCLOUD_LOCAL DCLOUD_CONFIG DCLOUD_CATEGORY
-unset DCLOUD_CACHE_DIR DCLOUD_MOUNT_POINT DCLOUD_CACHE_SIZE_MIB DCLOUD_DISK_CACHE_MIB
-unset XDG_CONFIG_HOME XDG_CACHE_HOME XDG_DATA_HOME
-cd "$work"
-mkdir -p "$mnt"
+bench_work
+fake_start "$latency_ms"
 
-"$fake" --listen 127.0.0.1:0 --latency-ms "$latency_ms" > fake.env 2> fake.log &
-fake_pid=$!
-for _ in $(seq 100); do [ -s fake.env ] && [ "$(wc -l < fake.env)" -ge 3 ] && break; sleep 0.05; done
-[ "$(wc -l < fake.env)" -ge 3 ] || { echo "the fake server did not start:" >&2; cat fake.log >&2; exit 1; }
-set -a
-# shellcheck disable=SC1091
-. ./fake.env
-set +a
-
-# fake_stat NAME: a counter of the fake server's /_fake/stats.
-fake_stat() {
-    curl -sf "$DCLOUD_API/_fake/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"
-}
 # downloaded: the bytes the fake CDN has served.
 downloaded() { fake_stat bytes_downloaded; }
-# mb BYTES: BYTES in MB (10^6 bytes).
-mb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e6 }'; }
-# knobs JSON: changes the fake server's knobs.
-knobs() {
-    curl -sf -X POST -H 'Content-Type: application/json' -d "$1" "$DCLOUD_API/_fake/knobs" > /dev/null
-}
 # chunk_urls CHANNEL COUNT: writes the URLs of the chunk attachments of the newest COUNT
 # messages of CHANNEL to urls.txt.
 chunk_urls() {
@@ -183,9 +132,7 @@ for i in $(seq "$small"); do
     if [ "$i" -le $((small - tail_files)) ]; then dir="head"; else dir="tail"; fi
     printf 'file %d\n' "$i" > "$dir/f$i.txt"
 done
-curl -sf "$DCLOUD_API/_fake/knobs" > knobs.json # Discord's, as the server started
-knobs '{"rate_limits": false, "latency": 0, "message_create_limit": [1000000, 1],
-        "default_route_limit": [1000000, 1], "global_limit_per_sec": 1000000}'
+fast
 (cd head && "$bin" -q --no-cache put ./* small/)
 filled=$(date +%s.%N)
 rm -r head
@@ -202,7 +149,7 @@ for i in $(seq "$reads_again"); do again+=("f$i.bin"); done
 (cd reads-src && sha256sum "${again[@]}") > again.sha256
 (cd reads-src && "$bin" -q --no-cache put ./* reads/)
 rm -r reads-src
-knobs "$(cat knobs.json)"
+discord
 
 # --- put and get of one file ---------------------------------------------------------
 head -c "${size_mib}M" /dev/urandom > src.bin
@@ -262,27 +209,6 @@ for i in range(n):
 PY
 tree_bytes=$(find tree -type f -printf '%s\n' | awk '{ b += $1 } END { print b }')
 "$bin" -q mkdir tree
-
-# seconds_since START: the seconds from START (date +%s.%N) to now.
-seconds_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.4f\n", e - s }'; }
-# mount_start NAME CACHE_DIR [MOUNT_ARGS...]: mounts on $mnt in the foreground, under
-# /usr/bin/time (peak RSS to rss.NAME, log to mount.NAME.log), with CACHE_DIR as the
-# cache folder; returns once the mount is up.
-mount_start() {
-    local name=$1 cache=$2
-    shift 2
-    /usr/bin/time -f %M -o "rss.$name" "$bin" mount -f --cache-dir "$cache" "$@" "$mnt" \
-        2> "mount.$name.log" &
-    mount_pid=$!
-    for _ in $(seq 3000); do mountpoint -q "$mnt" && break; sleep 0.01; done
-    mountpoint -q "$mnt" || { echo "the mount did not come up; its log:" >&2; cat "mount.$name.log" >&2; exit 1; }
-}
-# mount_stop NAME: unmounts, and waits for the daemon to end.
-mount_stop() {
-    "$bin" umount "$mnt"
-    wait "$mount_pid" || { echo "the mount failed; its log:" >&2; cat "mount.$1.log" >&2; exit 1; }
-    mount_pid=
-}
 
 for run in $(seq "$runs"); do
     [ "$run" = 1 ] || sleep 5 # the channel's bucket refills, so every run starts alike
@@ -398,13 +324,12 @@ rm -r tail
 
 # mount_ls NAME CACHE_DIR: times mounting with CACHE_DIR and listing the channel.
 mount_ls() {
-    local name=$1 cache=$2 start end listed
+    local name=$1 cache=$2 start listed
     start=$(date +%s.%N)
     mount_start "$name" "$cache" --cache-size "$cache_mib"
     # shellcheck disable=SC2012 # `ls -l` is the job measured
     listed=$(ls -l "$mnt/small" | wc -l)
-    end=$(date +%s.%N)
-    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.4f\n", e - s }' >> "${name%%.*}.times"
+    seconds_since "$start" >> "${name%%.*}.times"
     [ "$listed" = $((small + 1)) ] || { echo "ls listed $((listed - 1)) files, not $small" >&2; exit 1; }
     mount_stop "$name"
 }

@@ -67,9 +67,9 @@ case $mode in
         exit 2
         ;;
 esac
-[ -n "${BENCH_ROWS:-}" ] || { echo "$0: set BENCH_ROWS to the file to append rows to" >&2; exit 2; }
-BENCH_ROWS=$(realpath -m "$BENCH_ROWS")
-export BENCH_ROWS
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
+bench_begin
 latency_ms=${LATENCY_MS:-50}
 created=$((live * 5 / 4))
 overwrites=$((live / 2))
@@ -81,80 +81,13 @@ span_secs=$((23 * 3600)) # the history is dated from 48 h to 25 h ago
 channel=hist
 section=history
 
-# Cargo takes a relative CARGO_TARGET_DIR from the folder it runs in: this one.
-if [ -n "${CARGO_TARGET_DIR:-}" ]; then CARGO_TARGET_DIR=$(realpath -m "$CARGO_TARGET_DIR"); export CARGO_TARGET_DIR; fi
-cd "$(dirname "$0")/.."
-# shellcheck source=bench-lib.sh disable=SC1091
-. scripts/bench-lib.sh
-release=${CARGO_TARGET_DIR:-$PWD/target}/release
-if [ ! -x "$release/dcloud-fs" ] || [ ! -x "$release/fake-discord" ]; then
-    cargo build --release --locked -p dcloud-fs -p fake-discord --quiet
-fi
-if [ ! -x "$release/examples/seed_history" ]; then
-    cargo build --release --locked -p dcloud-fs --example seed_history --quiet
-fi
-bin=$release/dcloud-fs
-fake=$release/fake-discord
+bench_binaries
+bench_example seed_history
 seeder=$release/examples/seed_history
 section_start=$(date +%s.%N)
 
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/dcloud-bench.XXXXXX")
-mnt=$work/mnt
-fake_pid=
-mount_pid=
-cleanup() {
-    if mountpoint -q "$mnt" 2> /dev/null; then
-        fusermount3 -u "$mnt" 2> /dev/null || umount -l "$mnt" 2> /dev/null || true
-    fi
-    if [ -n "$mount_pid" ]; then # /usr/bin/time, and the daemon under it
-        pkill -TERM -P "$mount_pid" 2> /dev/null || true
-        kill "$mount_pid" 2> /dev/null || true
-    fi
-    if [ -n "$fake_pid" ]; then kill "$fake_pid" 2> /dev/null || true; fi
-    wait 2> /dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-export HOME=$work/home
-unset DCLOUD_KEY DCLOUD_PASSPHRASE DCLOUD_KEY_FILE DCLOUD_LOCAL DCLOUD_CONFIG DCLOUD_CATEGORY
-unset DCLOUD_CACHE_DIR DCLOUD_MOUNT_POINT DCLOUD_CACHE_SIZE_MIB DCLOUD_DISK_CACHE_MIB
-unset DCLOUD_CHECKPOINTS XDG_CONFIG_HOME XDG_CACHE_HOME XDG_DATA_HOME
-cd "$work"
-mkdir -p "$mnt"
-
-"$fake" --listen 127.0.0.1:0 --latency-ms "$latency_ms" > fake.env 2> fake.log &
-fake_pid=$!
-for _ in $(seq 100); do [ -s fake.env ] && [ "$(wc -l < fake.env)" -ge 3 ] && break; sleep 0.05; done
-[ "$(wc -l < fake.env)" -ge 3 ] || { echo "the fake server did not start:" >&2; cat fake.log >&2; exit 1; }
-set -a
-# shellcheck disable=SC1091
-. ./fake.env
-set +a
-
-# fake_stat NAME: a counter of the fake server's /_fake/stats.
-fake_stat() {
-    curl -sf "$DCLOUD_API/_fake/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"
-}
-# mb BYTES: BYTES in MB (10^6 bytes).
-mb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e6 }'; }
-# knobs JSON: changes the fake server's knobs.
-knobs() {
-    curl -sf -X POST -H 'Content-Type: application/json' -d "$1" "$DCLOUD_API/_fake/knobs" > /dev/null
-}
-curl -sf "$DCLOUD_API/_fake/knobs" > knobs.json # Discord's, as the server started
-# fast: the server's limits off and no latency (the limits so high that the rate-limit
-# headers don't make the client wait either); discord: back to Discord's.
-fast() {
-    knobs '{"rate_limits": false, "latency": 0, "message_create_limit": [1000000, 1],
-            "message_delete_limit": [1000000, 1], "default_route_limit": [1000000, 1],
-            "global_limit_per_sec": 1000000}'
-}
-discord() { knobs "$(cat knobs.json)"; }
-# json FILE KEY: a field of the JSON object in FILE.
-json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
-# seconds_since START: the seconds from START (date +%s.%N) to now.
-seconds_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.4f\n", e - s }'; }
+bench_work
+fake_start "$latency_ms"
 
 # --- the history ------------------------------------------------------------------------
 fast
@@ -187,26 +120,20 @@ timed diskcold sh -c 'ls -lR tree > /dev/null'
 for _ in $(seq "$runs"); do timed disk sh -c 'ls -lR tree > /dev/null'; done
 
 # --- mount + ls -lR ----------------------------------------------------------------------
-# mount_ls NAME CACHE_DIR [ENV...]: times mounting with CACHE_DIR (with the environment
-# ENV, e.g. DCLOUD_CHECKPOINTS=false) until `ls -lR` of the channel has listed it,
-# appending the seconds to NAME's times file (NAME up to its first dot); checks the
-# count of files; unmounts. The daemon's peak RSS goes to rss.NAME, its log to
-# mount.NAME.log.
+# mount_ls NAME CACHE_DIR: times mounting with CACHE_DIR until `ls -lR` of the channel
+# has listed it, appending the seconds to NAME's times file (NAME up to its first dot);
+# checks the count of files; unmounts. The daemon's peak RSS goes to rss.NAME, its log
+# to mount.NAME.log. Variables set before it (DCLOUD_CHECKPOINTS=false mount_ls ...)
+# are the mount's environment too.
 mount_ls() {
     local name=$1 cache=$2 start listed
-    shift 2
     start=$(date +%s.%N)
-    env "$@" /usr/bin/time -f %M -o "rss.$name" "$bin" mount -f --cache-dir "$cache" "$mnt" \
-        2> "mount.$name.log" &
-    mount_pid=$!
-    for _ in $(seq 30000); do mountpoint -q "$mnt" && break; sleep 0.01; done
-    mountpoint -q "$mnt" || { echo "the mount did not come up; its log:" >&2; cat "mount.$name.log" >&2; exit 1; }
+    mount_start "$name" "$cache"
+    # shellcheck disable=SC2010 # `ls -lR` is the job measured
     listed=$(ls -lR "$mnt/$channel" | grep -c '^-')
     seconds_since "$start" >> "${name%%.*}.times"
     [ "$listed" = "$live" ] || { echo "ls -lR listed $listed files, not $live" >&2; exit 1; }
-    "$bin" umount "$mnt"
-    wait "$mount_pid" || { echo "the mount failed; its log:" >&2; cat "mount.$name.log" >&2; exit 1; }
-    mount_pid=
+    mount_stop "$name"
 }
 for run in $(seq "$runs"); do
     before=$(fake_stat bytes_downloaded)
@@ -217,7 +144,7 @@ for run in $(seq "$runs"); do
 done
 index_bytes=$(find "$work/cache.fresh.1/index" -type f -printf '%s\n' | awk '{ b += $1 } END { print b + 0 }')
 before_requests=$(fake_stat requests)
-mount_ls "replay.1" "$work/cache.replay" DCLOUD_CHECKPOINTS=false
+DCLOUD_CHECKPOINTS=false mount_ls "replay.1" "$work/cache.replay"
 replay_requests=$(($(fake_stat requests) - before_requests))
 for run in $(seq "$runs"); do
     before_requests=$(fake_stat requests)
@@ -250,7 +177,6 @@ timed gc /usr/bin/time -f %M -o rss.gc "$bin" gc "$channel" > gc.out
 gc_deleted=$(($(fake_stat messages_deleted) - before_deleted))
 gc_requests=$(($(fake_stat requests) - before_requests))
 gc_line=$(tail -1 gc.out)
-"$bin" gc --dry-run "$channel" > gc.dry.out
 "$bin" gc --json --dry-run "$channel" > gc.dry.json
 dry_tombstones=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["tombstones"])' gc.dry.json)
 dry_kept=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["tombstones_kept"])' gc.dry.json)

@@ -10,48 +10,22 @@
 
 #[path = "common/faulty.rs"]
 mod faulty;
+#[path = "common/fixture.rs"]
+mod fixture;
 
-use std::collections::BTreeSet;
 use std::io::Cursor;
-use std::sync::Arc;
 
 use dcloud_fs::crypto::Key;
 use dcloud_fs::format::{self, CheckpointBody, CheckpointHead};
-use dcloud_fs::store::local::LocalStore;
-use dcloud_fs::store::{Channel, HistoryCursor, Id, Limits, Message, NewMessage, Store};
+use dcloud_fs::store::{Id, Message, NewMessage, Store};
 use dcloud_fs::volume::{PutOptions, PutSource, Volume, VolumeConfig};
 use faulty::SplitMix64;
-use tempfile::TempDir;
-
-const LIMITS: Limits = Limits {
-    max_file_size: 4096,
-    max_attachments: 4,
-    max_request_size: 10_000,
-    max_content_chars: 2000,
-};
+use fixture::{Fixture, open_volume};
 
 /// Someone else in the channel.
 const PERSON: Id = 42;
 
-struct Fixture {
-    _dir: TempDir,
-    local: Arc<LocalStore>,
-    channel: Channel,
-}
-
 impl Fixture {
-    async fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let local =
-            Arc::new(LocalStore::open_or_create(&dir.path().join("store"), LIMITS).unwrap());
-        let channel = local.create_channel("files").await.unwrap();
-        Fixture {
-            _dir: dir,
-            local,
-            channel,
-        }
-    }
-
     /// A volume with no index cache, starting from a checkpoint if `from_checkpoint`.
     async fn open(&self, key: Option<&Key>, from_checkpoint: bool) -> Volume {
         let config = VolumeConfig {
@@ -61,14 +35,7 @@ impl Fixture {
             start_from_checkpoint: from_checkpoint,
             ..VolumeConfig::default()
         };
-        Volume::open(
-            self.local.clone(),
-            self.channel.clone(),
-            key.cloned(),
-            config,
-        )
-        .await
-        .unwrap()
+        open_volume(self.local.clone(), &self.channel, key, config).await
     }
 
     async fn message(&self, id: Id) -> Message {
@@ -93,27 +60,6 @@ impl Fixture {
         let at = bytes.len() / 2;
         bytes[at] ^= 0x40;
         std::fs::write(&path, bytes).unwrap();
-    }
-
-    async fn all_message_ids(&self) -> BTreeSet<Id> {
-        let mut ids = BTreeSet::new();
-        let mut cursor = HistoryCursor::Latest;
-        loop {
-            let page = self
-                .local
-                .history(self.channel.id, cursor, 100)
-                .await
-                .unwrap();
-            let Some(oldest) = page.last().map(|m| m.id) else {
-                break;
-            };
-            ids.extend(page.iter().map(|m| m.id));
-            if page.len() < 100 {
-                break;
-            }
-            cursor = HistoryCursor::Before(oldest);
-        }
-        ids
     }
 }
 
@@ -145,7 +91,7 @@ async fn get(volume: &Volume, path: &str) -> Vec<u8> {
 async fn assert_same_state(fx: &Fixture, from_checkpoint: &Volume, full: &Volume, context: &str) {
     let mut a: CheckpointBody = from_checkpoint.index().checkpoint_body();
     let mut b: CheckpointBody = full.index().checkpoint_body();
-    let existing = fx.all_message_ids().await;
+    let existing = fx.message_ids(fx.channel.id).await;
     let keep_existing = |ids: &mut Vec<Id>| ids.retain(|id| existing.contains(id));
     for body in [&mut a, &mut b] {
         keep_existing(&mut body.records);
@@ -318,7 +264,7 @@ async fn only_the_newest_checkpoints_stay_pinned_and_the_older_ones_are_deleted(
     let mut pinned = fx.pinned().await;
     pinned.sort();
     assert_eq!(pinned, heads[2..].to_vec(), "the newest two are kept");
-    let existing = fx.all_message_ids().await;
+    let existing = fx.message_ids(fx.channel.id).await;
     for old in &heads[..2] {
         assert!(!existing.contains(old), "checkpoint {old} was deleted");
     }
@@ -333,14 +279,7 @@ async fn a_checkpoint_is_posted_once_enough_records_are_newer_than_the_last() {
         checkpoint_every: 5,
         ..VolumeConfig::default()
     };
-    let writer = Volume::open(
-        fx.local.clone(),
-        fx.channel.clone(),
-        Some(key.clone()),
-        config,
-    )
-    .await
-    .unwrap();
+    let writer = open_volume(fx.local.clone(), &fx.channel, Some(&key), config).await;
     for i in 0..4 {
         put(&writer, &format!("f{i}"), b"x", true).await;
     }

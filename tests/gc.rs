@@ -10,53 +10,26 @@
 
 #[path = "common/faulty.rs"]
 mod faulty;
+#[path = "common/fixture.rs"]
+mod fixture;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use dcloud_fs::crypto::Key;
 use dcloud_fs::format::{self, FileId, MessageKind};
-use dcloud_fs::store::local::LocalStore;
-use dcloud_fs::store::{
-    Channel, HistoryCursor, Id, Limits, Message, NewAttachment, NewMessage, Store,
-};
+use dcloud_fs::store::{Message, NewAttachment, NewMessage, Store};
 use dcloud_fs::volume::gc::{GcOptions, GcReport};
 use dcloud_fs::volume::{Entry, PutOptions, PutSource, SmallFile, Volume, VolumeConfig};
 use faulty::SplitMix64;
-use tempfile::TempDir;
-
-const LIMITS: Limits = Limits {
-    max_file_size: 4096,
-    max_attachments: 4,
-    max_request_size: 10_000,
-    max_content_chars: 2000,
-};
+use fixture::{Fixture, open_volume};
 
 /// The grace of these tests.
 const GRACE: Duration = Duration::from_secs(2);
 
-struct Fixture {
-    _dir: TempDir,
-    local: Arc<LocalStore>,
-    channel: Channel,
-}
-
 impl Fixture {
-    async fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let local =
-            Arc::new(LocalStore::open_or_create(&dir.path().join("store"), LIMITS).unwrap());
-        let channel = local.create_channel("files").await.unwrap();
-        Fixture {
-            _dir: dir,
-            local,
-            channel,
-        }
-    }
-
     /// A volume that never frees anything itself (as if other machines had made the
     /// history), caching its index in `cache` if given.
     async fn open(&self, key: &Key, cache: Option<&Path>, from_checkpoint: bool) -> Volume {
@@ -68,36 +41,7 @@ impl Fixture {
             collection_check_age: GRACE,
             ..VolumeConfig::default()
         };
-        Volume::open(
-            self.local.clone(),
-            self.channel.clone(),
-            Some(key.clone()),
-            config,
-        )
-        .await
-        .unwrap()
-    }
-
-    async fn messages(&self) -> Vec<Message> {
-        let mut all = Vec::new();
-        let mut cursor = HistoryCursor::Latest;
-        loop {
-            let page = self
-                .local
-                .history(self.channel.id, cursor, 100)
-                .await
-                .unwrap();
-            let Some(oldest) = page.last().map(|m| m.id) else {
-                break;
-            };
-            let full = page.len() == 100;
-            all.extend(page);
-            if !full {
-                break;
-            }
-            cursor = HistoryCursor::Before(oldest);
-        }
-        all
+        open_volume(self.local.clone(), &self.channel, Some(key), config).await
     }
 }
 
@@ -223,10 +167,10 @@ async fn gc_deletes_what_no_file_needs_and_every_reader_still_sees_the_same_file
     put(&writer, "young/gone.txt", b"young and gone").await;
     writer.remove("young/gone.txt", false).await.unwrap();
 
-    let ids_before: BTreeSet<Id> = fx.messages().await.iter().map(|m| m.id).collect();
+    let ids_before = fx.message_ids(fx.channel.id).await;
     let collector = fx.open(&key, Some(cache.path()), true).await;
     let dry = gc(&collector, true).await;
-    let ids_after_dry: BTreeSet<Id> = fx.messages().await.iter().map(|m| m.id).collect();
+    let ids_after_dry = fx.message_ids(fx.channel.id).await;
     assert_eq!(ids_before, ids_after_dry, "a dry run deletes nothing");
     assert!(dry.dry_run && dry.messages > 0);
 

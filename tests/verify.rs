@@ -9,56 +9,24 @@
 
 #[path = "common/faulty.rs"]
 mod faulty;
+#[path = "common/fixture.rs"]
+mod fixture;
 
-use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dcloud_fs::crypto::Key;
-use dcloud_fs::store::local::LocalStore;
-use dcloud_fs::store::{Channel, HistoryCursor, Id, Limits, Store};
+use dcloud_fs::store::{Channel, Id, Store};
 use dcloud_fs::volume::disk_cache::{DiskCache, DiskCacheConfig};
 use dcloud_fs::volume::transfer::FileSeal;
 use dcloud_fs::volume::{
     ChunkPlan, DataCheck, FileEntry, Problem, PutOptions, PutSource, SmallFile, VerifyOptions,
     VerifyReport, Volume, VolumeConfig,
 };
-use faulty::{FaultyStore, SplitMix64};
-use tempfile::TempDir;
-
-const LIMITS: Limits = Limits {
-    max_file_size: 4096,
-    max_attachments: 4,
-    max_request_size: 10_000,
-    max_content_chars: 2000,
-};
-
-struct Fixture {
-    _dir: TempDir,
-    cache: TempDir,
-    local: Arc<LocalStore>,
-    store: Arc<FaultyStore>,
-    channel: Channel,
-    key: Key,
-}
+use faulty::SplitMix64;
+use fixture::{Fixture, LIMITS, open_volume};
 
 impl Fixture {
-    async fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let local =
-            Arc::new(LocalStore::open_or_create(&dir.path().join("store"), LIMITS).unwrap());
-        let channel = local.create_channel("files").await.unwrap();
-        Fixture {
-            _dir: dir,
-            cache: tempfile::tempdir().unwrap(),
-            store: Arc::new(FaultyStore::new(local.clone(), 1)),
-            local,
-            channel,
-            key: Key::generate().unwrap(),
-        }
-    }
-
     fn config(&self) -> VolumeConfig {
         VolumeConfig {
             cache_dir: Some(self.cache.path().to_path_buf()),
@@ -68,37 +36,11 @@ impl Fixture {
     }
 
     async fn open_with(&self, channel: &Channel, config: VolumeConfig) -> Volume {
-        Volume::open(
-            self.store.clone(),
-            channel.clone(),
-            Some(self.key.clone()),
-            config,
-        )
-        .await
-        .unwrap()
+        open_volume(self.store.clone(), channel, Some(&self.key), config).await
     }
 
     async fn open(&self) -> Volume {
         self.open_with(&self.channel, self.config()).await
-    }
-
-    /// Every message id of `channel`, read from the store itself.
-    async fn message_ids(&self, channel: Id) -> BTreeSet<Id> {
-        let mut ids = BTreeSet::new();
-        let mut cursor = HistoryCursor::Latest;
-        loop {
-            let page = self.local.history(channel, cursor, 100).await.unwrap();
-            let Some(oldest) = page.last().map(|m| m.id) else {
-                break;
-            };
-            let full = page.len() == 100;
-            ids.extend(page.iter().map(|m| m.id));
-            if !full {
-                break;
-            }
-            cursor = HistoryCursor::Before(oldest);
-        }
-        ids
     }
 
     fn attachment_path(&self, chunk: &dcloud_fs::volume::StoredChunk) -> PathBuf {

@@ -41,7 +41,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(config: Config, addr: SocketAddr) -> Shared {
-        let guild = GuildState::dated(
+        let guild = GuildState::new(
             config.guild_id,
             config.bot_user_id,
             &config.channels,

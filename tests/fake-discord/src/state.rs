@@ -213,15 +213,9 @@ pub struct GuildState {
 
 impl GuildState {
     /// A guild with the bot, its owner and one more human as members, and text channels
-    /// with the given names.
-    #[cfg(test)]
-    pub fn new(guild_id: u64, bot_user_id: u64, channel_names: &[String]) -> GuildState {
-        GuildState::dated(guild_id, bot_user_id, channel_names, 0)
-    }
-
-    /// [`GuildState::new`], with ids (the channels' too) dated `backdate_ms` in the
-    /// past (see [`GuildState::set_backdate_ms`]).
-    pub fn dated(
+    /// with the given names; its ids (the channels' too) are dated `backdate_ms` in the
+    /// past (0: now; see [`GuildState::set_backdate_ms`]).
+    pub fn new(
         guild_id: u64,
         bot_user_id: u64,
         channel_names: &[String],
@@ -775,7 +769,7 @@ mod tests {
     use super::*;
 
     fn guild() -> GuildState {
-        GuildState::new(1_300_000_000_000_000_001, 42, &["general".to_owned()])
+        GuildState::new(1_300_000_000_000_000_001, 42, &["general".to_owned()], 0)
     }
 
     fn text(content: &str) -> NewMessage {
