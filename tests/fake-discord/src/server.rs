@@ -10,6 +10,7 @@ use crate::dice::Dice;
 use crate::error::ConnectionError;
 use crate::ratelimit::RateLimiter;
 use crate::reply::{self, HttpResponse};
+use crate::routes::Route;
 use crate::state::{GuildState, NewFile, NewMessage, Posted};
 use crate::stats::Stats;
 use crate::{api, cdn, control};
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,6 +39,8 @@ pub(crate) struct Shared {
     guild: Mutex<GuildState>,
     limiter: Mutex<RateLimiter>,
     stats: Mutex<Stats>,
+    /// API requests in the server now, per route template.
+    in_flight: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl Shared {
@@ -54,6 +58,7 @@ impl Shared {
             guild: Mutex::new(guild),
             limiter: Mutex::new(RateLimiter::default()),
             stats: Mutex::new(Stats::default()),
+            in_flight: Mutex::default(),
             token: config.token,
         }
     }
@@ -368,6 +373,7 @@ async fn route(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, ConnectionError> {
+    let _in_flight = InFlight::enter(&shared, &request);
     let knobs = shared.knobs();
     if !knobs.latency.is_zero() {
         tokio::time::sleep(knobs.latency).await;
@@ -379,6 +385,47 @@ async fn route(
         cdn::handle(&shared, request, &knobs).await
     } else {
         Ok(reply::text(404, "404: Not Found"))
+    }
+}
+
+/// An API request in the server, counted in [`Stats::most_in_flight`] while it lives.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    template: Option<&'static str>,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared, request: &Request<Incoming>) -> InFlight<'a> {
+        let template = request
+            .uri()
+            .path()
+            .strip_prefix("/api/v10/")
+            .and_then(|path| Route::parse(request.method(), path).ok())
+            .map(|route| route.template());
+        if let Some(template) = template {
+            let now = {
+                let mut in_flight = lock(&shared.in_flight);
+                let now = in_flight.entry(template).or_default();
+                *now += 1;
+                *now
+            };
+            shared.count(|s| {
+                let most = s.most_in_flight.entry(template.to_owned()).or_default();
+                *most = (*most).max(now);
+            });
+        }
+        InFlight { shared, template }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(template) = self.template {
+            let mut in_flight = lock(&self.shared.in_flight);
+            if let Some(now) = in_flight.get_mut(template) {
+                *now = now.saturating_sub(1);
+            }
+        }
     }
 }
 

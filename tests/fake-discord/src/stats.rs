@@ -44,4 +44,8 @@ pub struct Stats {
     pub per_route: BTreeMap<String, u64>,
     /// API answers per HTTP status.
     pub per_status: BTreeMap<u16, u64>,
+    /// The most API requests of one route template (over all channels) that were in
+    /// the server at once, from their arrival (before the `latency` knob's delay) to
+    /// their answer: above 1 when a client sends a route's requests in parallel.
+    pub most_in_flight: BTreeMap<String, u64>,
 }
