@@ -22,8 +22,7 @@
 //! someone else (through the server's `/_fake/foreign-message`), so that `--files`
 //! files stay live. Nothing is freed as it goes: the history keeps every version and
 //! tombstone, which is what `gc` collects. `--jobs` machines share the work, each a
-//! store and a volume of its own (twilight-http holds one client to 50 requests a
-//! second) that changes only the files it created, so one file's changes stay in order.
+//! store and a volume of its own that changes only the files it created, so one file's changes stay in order.
 //! One more machine posts a checkpoint whenever 1,000 records (of all of them) are
 //! newer than its last, as a mount does, and one after all but the last `--tail` steps,
 //! which follow it: the tail a fresh machine replays after the newest checkpoint (on
@@ -431,9 +430,8 @@ async fn seed(args: SeedArgs) -> Result<(), Failure> {
     let mut rng = Rng(0x5eed_0014);
     let (steps, alive) = plan(&args, &mut rng);
     let key = load_key(&args.key);
-    // One store and volume per job, as on as many machines (twilight-http holds a
-    // client to 50 requests a second whatever the server allows), and one more that
-    // posts the checkpoints.
+    // One store and volume per job, as on as many machines, and one more that posts
+    // the checkpoints.
     let mut volumes = Vec::new();
     let mut channel_id = 0;
     for _ in 0..=args.jobs {

@@ -1,11 +1,12 @@
 //! The Discord store against the project's fake Discord server.
 //!
 //! Each test starts its own fake server (in-process, on a free port) and talks to it
-//! through the real `DiscordStore`: twilight-http for REST, reqwest for the CDN, the
-//! rate gate, retries and URL refreshes — everything but Discord itself. Most tests
-//! use a small per-file limit (64 KiB, set on both sides) so that files of a few
-//! hundred KiB already span several chunks and messages, and a short rate-limit
-//! window so the suite stays fast; the rules are Discord's, only the numbers shrink.
+//! through the real `DiscordStore`: twilight-http's requests sent through reqwest for
+//! REST, reqwest for the CDN, the rate gate, retries and URL refreshes — everything
+//! but Discord itself. Most tests use a small per-file limit (64 KiB, set on both
+//! sides) so that files of a few hundred KiB already span several chunks and
+//! messages, and a short rate-limit window so the suite stays fast; the rules are
+//! Discord's, only the numbers shrink.
 //!
 //! What is checked is what the store promises the layers above: byte-exact round
 //! trips through the whole stack, also when the server fails 10% of requests, forces
@@ -236,8 +237,8 @@ async fn forced_429s_are_waited_out() {
     }
     assert!(fx.fake.stats().forced_429 >= 2, "{:?}", fx.fake.stats());
     assert_eq!(read(&fx.fresh_volume().await, &name).await, data);
-    // twilight-http waits them out by itself; the store still counts each for
-    // `status` (the count is the process's: other tests may add theirs).
+    // The store waits them out and counts each for `status` (the count is the
+    // process's: other tests may add theirs).
     let forced = fx.fake.stats().forced_429;
     let counted = dcloud_fs::store::pace::http_429s();
     assert!(counted >= forced, "{counted} 429s counted, {forced} sent");
@@ -921,4 +922,27 @@ async fn a_long_history_opens_the_same_read_serially_or_in_slices() {
     }
     assert_eq!(listings[0], listings[1]);
     assert_eq!(fx.store.concurrent_history_reads(), 1);
+}
+
+/// A server that answers every request with 429: a call gives up after a bounded
+/// number of them, with an error that says so.
+#[tokio::test]
+async fn endless_429s_end_in_a_clear_error() {
+    let fx = Fixture::start(small_guild(), Some(SMALL_FILE_LIMIT)).await;
+    let channel = find_channel(fx.store.as_ref(), CHANNEL).await.unwrap();
+    fx.fake.set_knobs(|knobs| knobs.forced_429_rate = 1.0);
+    let before = fx.fake.stats().forced_429;
+    let error = fx
+        .store
+        .history(channel.id, HistoryCursor::Latest, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("kept rate-limiting"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    assert_eq!(
+        fx.fake.stats().forced_429 - before,
+        u64::from(dcloud_fs::store::discord::rest::MAX_429_RETRIES) + 1
+    );
 }

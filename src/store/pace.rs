@@ -12,9 +12,8 @@
 //! - [`PacedStore`]: a [`Store`] that passes every call through to another and counts
 //!   the posts that succeed. The mount wraps its store in one; nothing else changes.
 //! - 429s are counted for the whole process ([`note_429`], [`http_429s`]): the Discord
-//!   store's HTTP client retries them inside itself and tells only a `tracing`
-//!   subscriber (see [`super::discord::throttled`]), and the CDN downloads report
-//!   theirs here too. One process serves one mount, so the figure is the mount's. The
+//!   store reports those of its REST calls (which wait them out and try again, see
+//!   [`super::discord::rest`]) and those of its CDN downloads. One process serves one mount, so the figure is the mount's. The
 //!   local store never sends any.
 
 use std::sync::{Arc, LazyLock, Mutex};

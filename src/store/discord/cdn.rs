@@ -8,7 +8,7 @@
 //! the store to re-fetch the message when a URL is missing, about to expire, or refused
 //! by the CDN (403/404), which is what Discord's docs prescribe.
 //!
-//! Downloads use reqwest on the same rustls stack as twilight; transient failures
+//! Downloads use the reqwest client the REST calls use; transient failures
 //! (5xx, resets, timeouts, short bodies) are retried with the REST side's backoff.
 //! A byte range of an attachment is an HTTP `Range` request ([`Want::Range`]): the CDN's
 //! `206` must carry exactly the range asked for, and a `200` from a server that ignores

@@ -1,8 +1,9 @@
 //! The Discord store: a guild, through a bot, over Discord's REST API.
 //!
-//! REST goes through twilight-http ([`rest`]: rate gate, time bounds, retries);
-//! attachment bytes come from the CDN through reqwest ([`cdn`]: signed URLs that
-//! expire). Folders are the text channels the bot may use ([`folders`]).
+//! REST requests are built by twilight-http and sent through reqwest by [`rest`] (rate
+//! gate, time bounds, retries, 429s); attachment bytes come from the CDN through the
+//! same reqwest client ([`cdn`]: signed URLs that expire). Folders are the text
+//! channels the bot may use ([`folders`]).
 //!
 //! What this store guarantees to the layers above, on top of the [`Store`] contract:
 //!
@@ -24,7 +25,6 @@ pub mod cdn;
 pub mod folders;
 pub mod ratelimit;
 pub mod rest;
-pub mod throttled;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,7 +35,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
-use twilight_http::response::Response;
 use twilight_model::channel::{
     Channel as TwilightChannel, ChannelType, Message as TwilightMessage,
 };
@@ -47,7 +46,7 @@ use twilight_model::id::marker::{ChannelMarker, GuildMarker, MessageMarker, User
 use self::cdn::{Download, UrlCache, Want};
 use self::folders::PermissionContext;
 use self::ratelimit::RateGate;
-use self::rest::{Rest, RestError, RetryPolicy};
+use self::rest::{Answer, Rest, RestError, RetryPolicy, made};
 use super::{
     Attachment, Channel, HistoryCursor, Id, Limits, Message, NewMessage, Store, StoreError,
     StoreResult,
@@ -188,27 +187,22 @@ impl DiscordStore {
             .ok_or_else(|| StoreError::NotSetUp("the guild id can't be 0".into()))?;
         // twilight and reqwest share rustls; it needs one crypto provider chosen.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        // The 429s twilight waits out by itself, counted for `status`.
-        throttled::install();
-        let mut builder = twilight_http::Client::builder()
-            .token(format!("Bot {}", config.token.expose()))
-            .timeout(config.request_timeout);
-        if let Some(api) = &config.api {
-            let (host, plain_http) = parse_api_address(api)?;
-            builder = builder.proxy(host, plain_http);
-        }
+        let api = api_root(config.api.as_deref())?;
+        // twilight's client only builds the requests ([`rest`] sends them): no token,
+        // no rate limiter of its own.
+        let builder = twilight_http::Client::builder().ratelimiter(None);
         // Each client loads the system's root certificates, tens of milliseconds at
         // the start of every command: the two load at once.
-        let (client, cdn) = std::thread::scope(|scope| {
-            let cdn = scope.spawn(|| {
+        let (client, http) = std::thread::scope(|scope| {
+            let http = scope.spawn(|| {
                 reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(30))
                     .build()
             });
             let client = builder.build();
-            (client, cdn.join())
+            (client, http.join())
         });
-        let cdn = cdn
+        let http = http
             .map_err(|_| StoreError::NotSetUp("HTTP client: its set-up panicked".into()))?
             .map_err(|e| StoreError::NotSetUp(format!("HTTP client: {e}")))?;
         let identity = match &config.api {
@@ -222,18 +216,22 @@ impl DiscordStore {
                 )
             }
         };
-        Ok(DiscordStore {
-            rest: Rest {
-                client,
-                gate: RateGate::new(config.global_rate),
-                policy: RetryPolicy {
-                    attempts: config.attempts.max(1),
-                    first_backoff: Duration::from_millis(250),
-                    max_backoff: Duration::from_secs(8),
-                    attempt_timeout: config.request_timeout * 2,
-                },
+        let rest = Rest::new(
+            client,
+            http.clone(),
+            api,
+            config.token.expose(),
+            RateGate::new(config.global_rate),
+            RetryPolicy {
+                attempts: config.attempts.max(1),
+                first_backoff: Duration::from_millis(250),
+                max_backoff: Duration::from_secs(8),
+                attempt_timeout: config.request_timeout,
             },
-            cdn,
+        )?;
+        Ok(DiscordStore {
+            rest,
+            cdn: http,
             urls: UrlCache::default(),
             guild,
             identity,
@@ -256,12 +254,7 @@ impl DiscordStore {
             .call(
                 &format!("POST /channels/{channel}/messages/bulk-delete"),
                 "deleting messages",
-                || {
-                    self.rest
-                        .client
-                        .delete_messages(channel_id, &ids)
-                        .into_future()
-                },
+                || made(self.rest.client.delete_messages(channel_id, &ids)),
                 no_body,
             )
             .await
@@ -274,15 +267,12 @@ impl DiscordStore {
 
     async fn learn_guild(&self) -> StoreResult<GuildFacts> {
         // The guild, and (the bot, then its roles there), at once: each is a round trip.
-        // (twilight's own limiter still sends the requests under one guild, these and
-        // the channel list, one at a time: it learns buckets from 429s only, and until
-        // then queues by top-level resource. So they take a round trip each.)
         let guild = async {
             self.rest
                 .call(
                     &format!("GET /guilds/{}", self.guild),
                     "reading the guild",
-                    || self.rest.client.guild(self.guild).into_future(),
+                    || made(self.rest.client.guild(self.guild)),
                     model,
                 )
                 .await
@@ -343,12 +333,7 @@ impl DiscordStore {
             .call(
                 &format!("GET /guilds/{}/members", self.guild),
                 "reading the bot's roles",
-                || {
-                    self.rest
-                        .client
-                        .guild_member(self.guild, user)
-                        .into_future()
-                },
+                || made(self.rest.client.guild_member(self.guild, user)),
                 model,
             )
             .await
@@ -364,7 +349,7 @@ impl DiscordStore {
             .call(
                 "GET /users/@me",
                 what,
-                || self.rest.client.current_user().into_future(),
+                || made(self.rest.client.current_user()),
                 model,
             )
             .await
@@ -387,7 +372,7 @@ impl DiscordStore {
             .call(
                 &format!("GET /guilds/{}/channels", self.guild),
                 "listing the guild's channels",
-                || self.rest.client.guild_channels(self.guild).into_future(),
+                || made(self.rest.client.guild_channels(self.guild)),
                 models,
             )
             .await
@@ -494,12 +479,7 @@ impl DiscordStore {
             .call(
                 &format!("GET /channels/{channel}/messages/:id"),
                 "reading a message",
-                || {
-                    self.rest
-                        .client
-                        .message(channel_id, message_id)
-                        .into_future()
-                },
+                || made(self.rest.client.message(channel_id, message_id)),
                 model,
             )
             .await
@@ -655,7 +635,7 @@ impl DiscordStore {
             .call(
                 &format!("GET /channels/{channel}"),
                 "reading a channel",
-                || self.rest.client.channel(channel_id).into_future(),
+                || made(self.rest.client.channel(channel_id)),
                 model,
             )
             .await
@@ -685,8 +665,8 @@ impl DiscordStore {
                     || {
                         let request = self.rest.client.guild_members(self.guild).limit(1000);
                         match after {
-                            Some(id) => request.after(id).into_future(),
-                            None => request.into_future(),
+                            Some(id) => made(request.after(id)),
+                            None => made(request),
                         }
                     },
                     models,
@@ -752,46 +732,38 @@ pub struct MemberInfo {
     pub bot: bool,
 }
 
-/// Reads a response's JSON into its model type.
-async fn model<T>(response: Response<T>) -> Result<T, String>
-where
-    T: serde::de::DeserializeOwned + Unpin + Send,
-{
-    response
-        .model()
-        .await
-        .map_err(|e| format!("unreadable answer: {}", rest::describe_chain(&e)))
+/// Reads an answer's JSON into its model type.
+fn model<T: serde::de::DeserializeOwned>(answer: Answer<T>) -> Result<T, String> {
+    serde_json::from_slice(&answer.body).map_err(|e| format!("unreadable answer: {e}"))
 }
 
-/// Reads a response's JSON list into its model type.
-async fn models<T>(
-    response: Response<twilight_http::response::marker::ListBody<T>>,
-) -> Result<Vec<T>, String>
-where
-    T: serde::de::DeserializeOwned + Unpin + Send,
-{
-    response
-        .models()
-        .await
-        .map_err(|e| format!("unreadable answer: {}", rest::describe_chain(&e)))
+/// Reads an answer's JSON list into its model type.
+fn models<T: serde::de::DeserializeOwned>(
+    answer: Answer<twilight_http::response::marker::ListBody<T>>,
+) -> Result<Vec<T>, String> {
+    serde_json::from_slice(&answer.body).map_err(|e| format!("unreadable answer: {e}"))
 }
 
-/// Reads a response whose body doesn't matter.
-async fn no_body<T>(_response: Response<T>) -> Result<(), String> {
+/// Reads an answer whose body doesn't matter.
+fn no_body<T>(_answer: Answer<T>) -> Result<(), String> {
     Ok(())
 }
 
-/// Splits `http://host:port` into what twilight's proxy mode takes.
-fn parse_api_address(api: &str) -> StoreResult<(String, bool)> {
+/// The root of the REST API: Discord's, or the one under `api` (`http://host:port`,
+/// with or without `/api/v10`).
+fn api_root(api: Option<&str>) -> StoreResult<String> {
+    let Some(api) = api else {
+        return Ok("https://discord.com/api/v10".to_string());
+    };
     let bad = || {
         StoreError::NotSetUp(format!(
             "DCLOUD_API '{api}' is not an address like http://127.0.0.1:8080"
         ))
     };
-    let (plain_http, rest) = if let Some(rest) = api.strip_prefix("http://") {
-        (true, rest)
+    let (scheme, rest) = if let Some(rest) = api.strip_prefix("http://") {
+        ("http", rest)
     } else if let Some(rest) = api.strip_prefix("https://") {
-        (false, rest)
+        ("https", rest)
     } else {
         return Err(bad());
     };
@@ -799,7 +771,7 @@ fn parse_api_address(api: &str) -> StoreResult<(String, bool)> {
     if host.is_empty() || host.contains('/') {
         return Err(bad());
     }
-    Ok((host.to_string(), plain_http))
+    Ok(format!("{scheme}://{host}/api/v10"))
 }
 
 /// The largest size Discord is known to use as a limit that is below `size`, else half
@@ -942,8 +914,8 @@ impl Store for DiscordStore {
                         .kind(ChannelType::GuildText)
                         .topic(&topic);
                     match parent {
-                        Some(parent) => request.parent_id(parent).into_future(),
-                        None => request.into_future(),
+                        Some(parent) => made(request.parent_id(parent)),
+                        None => made(request),
                     }
                 },
                 model,
@@ -975,7 +947,7 @@ impl Store for DiscordStore {
             .call(
                 &format!("DELETE /channels/{channel}"),
                 "deleting a channel",
-                || self.rest.client.delete_channel(channel_id).into_future(),
+                || made(self.rest.client.delete_channel(channel_id)),
                 no_body,
             )
             .await;
@@ -1009,9 +981,9 @@ impl Store for DiscordStore {
                         .create_message(channel_id)
                         .payload_json(&payload);
                     if files.is_empty() {
-                        request.into_future()
+                        made(request)
                     } else {
-                        request.attachments(&files).into_future()
+                        made(request.attachments(&files))
                     }
                 },
                 model,
@@ -1044,13 +1016,11 @@ impl Store for DiscordStore {
                     let request = self.rest.client.channel_messages(channel_id);
                     let id = |id: Id| TwilightId::new_checked(id.max(1)).expect("non-zero");
                     match cursor {
-                        HistoryCursor::Latest => request.limit(limit).into_future(),
+                        HistoryCursor::Latest => made(request.limit(limit)),
                         HistoryCursor::Before(before) => {
-                            request.before(id(before)).limit(limit).into_future()
+                            made(request.before(id(before)).limit(limit))
                         }
-                        HistoryCursor::After(after) => {
-                            request.after(id(after)).limit(limit).into_future()
-                        }
+                        HistoryCursor::After(after) => made(request.after(id(after)).limit(limit)),
                     }
                 },
                 models,
@@ -1098,9 +1068,8 @@ impl Store for DiscordStore {
         }
     }
 
-    /// One: the rate gate runs the requests of one route key one after the other (so
-    /// that each response's `Remaining` describes the bucket when the next is due), and
-    /// twilight's limiter queues those of one bucket the same way.
+    /// One, for now: the rate gate would run several of a channel's history requests
+    /// at once, but the volume's sliced reading of a history is not yet tried on it.
     fn concurrent_history_reads(&self) -> usize {
         1
     }
@@ -1120,8 +1089,8 @@ impl Store for DiscordStore {
                     || {
                         let request = self.rest.client.pins(channel_id).limit(50);
                         match before {
-                            Some(at) => request.before(at).into_future(),
-                            None => request.into_future(),
+                            Some(at) => made(request.before(at)),
+                            None => made(request),
                         }
                     },
                     model,
@@ -1151,12 +1120,7 @@ impl Store for DiscordStore {
             .call(
                 &format!("PUT /channels/{channel}/messages/pins/:id"),
                 "pinning a message",
-                || {
-                    self.rest
-                        .client
-                        .create_pin(channel_id, message_id)
-                        .into_future()
-                },
+                || made(self.rest.client.create_pin(channel_id, message_id)),
                 no_body,
             )
             .await;
@@ -1188,12 +1152,7 @@ impl Store for DiscordStore {
             .call(
                 &format!("DELETE /channels/{channel}/messages/pins/:id"),
                 "unpinning a message",
-                || {
-                    self.rest
-                        .client
-                        .delete_pin(channel_id, message_id)
-                        .into_future()
-                },
+                || made(self.rest.client.delete_pin(channel_id, message_id)),
                 no_body,
             )
             .await
@@ -1247,12 +1206,7 @@ impl Store for DiscordStore {
             .call(
                 &format!("DELETE /channels/{channel}/messages/:id"),
                 "deleting a message",
-                || {
-                    self.rest
-                        .client
-                        .delete_message(channel_id, message_id)
-                        .into_future()
-                },
+                || made(self.rest.client.delete_message(channel_id, message_id)),
                 no_body,
             )
             .await
@@ -1276,16 +1230,17 @@ mod tests {
 
     #[test]
     fn api_addresses_parse() {
+        assert_eq!(api_root(None).unwrap(), "https://discord.com/api/v10");
         assert_eq!(
-            parse_api_address("http://127.0.0.1:8080").unwrap(),
-            ("127.0.0.1:8080".to_string(), true)
+            api_root(Some("http://127.0.0.1:8080")).unwrap(),
+            "http://127.0.0.1:8080/api/v10"
         );
         assert_eq!(
-            parse_api_address("https://proxy.example/api/v10/").unwrap(),
-            ("proxy.example".to_string(), false)
+            api_root(Some("https://proxy.example/api/v10/")).unwrap(),
+            "https://proxy.example/api/v10"
         );
-        assert!(parse_api_address("127.0.0.1:8080").is_err());
-        assert!(parse_api_address("http://").is_err());
+        assert!(api_root(Some("127.0.0.1:8080")).is_err());
+        assert!(api_root(Some("http://")).is_err());
     }
 
     #[test]
