@@ -146,12 +146,19 @@ impl fmt::Debug for KeyId {
 
 impl serde::Serialize for KeyId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.to_string())
+        } else {
+            serde::Serialize::serialize(&self.0, serializer) // the index cache: bytes
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for KeyId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            return <[u8; KEY_ID_LEN]>::deserialize(deserializer).map(KeyId);
+        }
         let text = String::deserialize(deserializer)?;
         let bytes = decode_hex::<KEY_ID_LEN>(&text)
             .ok_or_else(|| serde::de::Error::custom("a key id is 16 hex digits"))?;

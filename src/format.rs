@@ -388,12 +388,19 @@ impl fmt::Debug for FileId {
 
 impl Serialize for FileId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.to_string())
+        } else {
+            self.0.serialize(serializer) // the index cache: bytes
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for FileId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            return <[u8; 16]>::deserialize(deserializer).map(FileId);
+        }
         let text = String::deserialize(deserializer)?;
         crypto::decode_hex::<16>(&text)
             .map(FileId)

@@ -1339,7 +1339,7 @@ fn cache_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "json")
+            } else if path.extension().is_some_and(|e| e == "index")
                 && path.parent().is_some_and(|p| !p.ends_with("uploads"))
             {
                 found.push(path);

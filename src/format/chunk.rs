@@ -151,12 +151,19 @@ impl std::fmt::Debug for DataKey {
 
 impl serde::Serialize for DataKey {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&crypto::encode_hex(&self.0))
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&crypto::encode_hex(&self.0))
+        } else {
+            serde::Serialize::serialize(&self.0, serializer) // the index cache: bytes
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for DataKey {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            return <[u8; KEY_LEN]>::deserialize(deserializer).map(DataKey);
+        }
         let text = String::deserialize(deserializer)?;
         crypto::decode_hex::<KEY_LEN>(&text)
             .map(DataKey)

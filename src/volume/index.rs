@@ -63,7 +63,27 @@ use crate::format::{
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
-pub const INDEX_CACHE_VERSION: u32 = 6;
+/// (7: binary, postcard, in `.index` files; 6 and before: JSON in `.json`.)
+pub const INDEX_CACHE_VERSION: u32 = 7;
+
+/// The index cache's encoding, and its journal's ([`Index`], [`IndexDelta`]): postcard,
+/// a compact binary form of these same serde types. It takes a fifth of JSON's bytes
+/// and reads several times faster, and reading it is on the way of every warm mount.
+/// (In it, ids and keys are bytes, not the hex strings of records.)
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("the index encodes")
+}
+
+/// Reads what [`encode`] wrote.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// The layout version an encoded [`Index`] starts with (its first field), read without
+/// reading the rest: a cache of another version is rebuilt, not misread.
+pub fn encoded_version(bytes: &[u8]) -> Option<u32> {
+    postcard::take_from_bytes::<u32>(bytes).ok().map(|(v, _)| v)
+}
 
 /// Orders the operations on a path (see the module docs): the highest stamp wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -140,28 +160,28 @@ pub struct Outdated {
 pub struct StoredChunk {
     /// The channel of the message, when it isn't the index's own (a file moved here
     /// from another channel).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub channel: Option<Id>,
     pub message: Id,
     pub attachment: Id,
     /// Plaintext length.
     pub len: u64,
     /// SHA-256 of the plaintext (plain files).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub sha256: Option<[u8; 32]>,
     /// AES-GCM tag of the sealed chunk (encrypted files, when the record names it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tag: Option<[u8; 16]>,
     /// The key that sealed it, when that isn't the key this index was read with (an
     /// older key a passphrase key carries along); whole chunks only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub key: Option<KeyId>,
     /// The nonce prefix of a segmented chunk (sealed under the file's data key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub prefix: Option<[u8; NONCE_PREFIX_LEN]>,
     /// Where the sealed chunk starts in its attachment, when that is a pack of several
     /// files' chunks (`None`: the chunk is the whole attachment).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub packed_at: Option<u64>,
 }
 
@@ -203,7 +223,7 @@ pub struct FileEntry {
     /// The message whose record put this version here.
     pub record_message: Id,
     /// The file's data key, which its segmented chunks are sealed under.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub data_key: Option<DataKey>,
 }
 
@@ -297,14 +317,19 @@ mod moved_out_serde {
     }
 
     pub fn serialize<S: Serializer>(map: &MovedOut, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(map.iter().flat_map(|(&(channel, message), dests)| {
-            dests.iter().map(move |(&to, &stamp)| Link {
-                channel,
-                message,
-                to,
-                stamp,
+        // Collected first: a binary encoding needs the length before the items.
+        let links: Vec<Link> = map
+            .iter()
+            .flat_map(|(&(channel, message), dests)| {
+                dests.iter().map(move |(&to, &stamp)| Link {
+                    channel,
+                    message,
+                    to,
+                    stamp,
+                })
             })
-        }))
+            .collect();
+        links.serialize(serializer)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<MovedOut, D::Error> {
@@ -1565,8 +1590,8 @@ mod tests {
             assert!(index.entry("b").is_none());
         }
         // The cache keeps it (JSON, keyed by a list).
-        let json = serde_json::to_string(&forward).unwrap();
-        let read: Index = serde_json::from_str(&json).unwrap();
+        let encoded = encode(&forward);
+        let read: Index = decode(&encoded).unwrap();
         assert_eq!(read.moved_out, forward.moved_out);
         assert_eq!(read.holds(9, 90), Hold::MovedTo(vec![2, 3]));
     }
@@ -1752,8 +1777,8 @@ mod tests {
         index.note_authenticated(20);
         index.note_authenticated(40);
         assert_eq!(index.cutover(), Some(20));
-        let json = serde_json::to_string(&index).unwrap();
-        let read: Index = serde_json::from_str(&json).unwrap();
+        let encoded = encode(&index);
+        let read: Index = decode(&encoded).unwrap();
         assert_eq!(read.cutover(), Some(20));
     }
 
@@ -1844,8 +1869,8 @@ mod tests {
                     3 => index.unfreed.clear(),
                     4 => {
                         let delta = index.take_delta(seq);
-                        let json = serde_json::to_vec(&delta).unwrap();
-                        cached.apply_delta(serde_json::from_slice(&json).unwrap());
+                        let encoded = encode(&delta);
+                        cached.apply_delta(decode(&encoded).unwrap());
                         seq += 1;
                     }
                     _ => {}
@@ -1919,8 +1944,9 @@ mod tests {
                 "seed {seed}: the cache's start and its deltas make the index"
             );
             assert_eq!(cached.slots.uses, index.slots.uses, "seed {seed}");
-            let json = serde_json::to_vec(&index).unwrap();
-            let read: Index = serde_json::from_slice(&json).unwrap();
+            let encoded = encode(&index);
+            assert_eq!(encoded_version(&encoded), Some(INDEX_CACHE_VERSION));
+            let read: Index = decode(&encoded).unwrap();
             assert_eq!(
                 read.slots.uses, index.slots.uses,
                 "seed {seed}: after the cache"

@@ -502,7 +502,11 @@ impl Volume {
             })
         };
         let (loaded, user, limits) = tokio::join!(loading, store.current_user(), store.limits());
-        let (index, cache_file) = match loaded.ok().flatten() {
+        let loaded = loaded.unwrap_or_else(|e| {
+            log::warn!("reading the index cache of channel {} failed: {e}", channel.id);
+            None
+        });
+        let (index, cache_file) = match loaded {
             Some((index, file)) => (Some(index), Some(file)),
             None => (None, None),
         };
@@ -745,8 +749,8 @@ impl Volume {
                 && self.index().generation == state.generation
         }) {
             let delta = self.index().take_delta(state.next_seq);
-            let json = serde_json::to_vec(&delta).expect("a delta serializes");
-            match seal_cache(self.key.as_ref(), json).map_err(std::io::Error::other) {
+            let encoded = index::encode(&delta);
+            match seal_cache(self.key.as_ref(), encoded).map_err(std::io::Error::other) {
                 Ok(sealed) => match append_frame(&journal, &sealed) {
                     Ok(written) => {
                         state.journal_len += written;
@@ -765,13 +769,13 @@ impl Volume {
         // The whole index, under a new generation: an older journal no longer counts.
         *file = None;
         let generation = getrandom::u64().unwrap_or_else(|_| reclaim::now_ms());
-        let json = {
+        let encoded = {
             let mut index = self.index();
             index.generation = generation;
             index.mark_written();
-            serde_json::to_vec(&*index).expect("index serializes")
+            index::encode(&*index)
         };
-        let bytes = match seal_cache(self.key.as_ref(), json) {
+        let bytes = match seal_cache(self.key.as_ref(), encoded) {
             Ok(bytes) => bytes,
             Err(e) => {
                 log::warn!("could not seal the index cache {}: {e}", path.display());
@@ -793,6 +797,8 @@ impl Volume {
                 return;
             }
         }
+        // A JSON cache of an older dcloud-fs, which this one no longer reads.
+        let _ = fs::remove_file(path.with_extension("json"));
         *file = Some(CacheFile {
             generation,
             whole_len: bytes.len() as u64,
@@ -1832,9 +1838,13 @@ fn cache_path(
             .cache_dir
             .as_ref()?
             .join(store.identity())
-            .join(format!("{channel}-{key}.json")),
+            .join(format!("{channel}-{key}.{CACHE_EXTENSION}")),
     )
 }
+
+/// The name the index cache has: `.index` since it is [`index::encode`]'s binary form
+/// (it was JSON in `.json`, which [`Volume::save`] removes when it writes the new one).
+const CACHE_EXTENSION: &str = "index";
 
 /// The index cache as a volume last read or wrote it: the generation of the whole
 /// index, the length of its file, how long the journal of deltas on top of it is, and
@@ -1878,7 +1888,12 @@ fn load_cache(
         log::info!("ignoring index cache {}: it doesn't open", path.display());
         return None;
     };
-    let mut index = match serde_json::from_slice::<Index>(&bytes) {
+    // The layout's version comes first: a cache of another one is rebuilt, quietly.
+    if index::encoded_version(&bytes) != Some(index::INDEX_CACHE_VERSION) {
+        log::debug!("index cache {} is of another version", path.display());
+        return None;
+    }
+    let mut index = match index::decode::<Index>(&bytes) {
         Ok(index) if index.usable_for(channel, key.map(|k| k.id())) => index,
         Ok(_) => return None,
         Err(e) => {
@@ -1900,7 +1915,7 @@ fn load_cache(
             break;
         };
         let delta = open_cache(key, frame.to_vec())
-            .and_then(|json| serde_json::from_slice::<IndexDelta>(&json).ok());
+            .and_then(|encoded| index::decode::<IndexDelta>(&encoded).ok());
         match delta {
             Some(delta) if delta.generation == file.generation && delta.seq == file.next_seq => {
                 index.apply_delta(delta);
@@ -1941,15 +1956,15 @@ const CACHE_KEY_LABEL: &[u8] = b"dcloud-fs index cache v1\0";
 /// An index cache as it is written: sealed under a key derived from the channel key
 /// when there is one (it holds file names and files' data keys, which must not lie
 /// on disk in the clear: with them, the sealed blocks of the disk cache would open),
-/// else the JSON itself (a reader without a key only ever reads plain files).
-fn seal_cache(key: Option<&Key>, json: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
-    let Some(key) = key else { return Ok(json) };
+/// else the encoded index itself (a reader without a key only ever reads plain files).
+fn seal_cache(key: Option<&Key>, encoded: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+    let Some(key) = key else { return Ok(encoded) };
     let nonce = crypto::random_nonce()?;
-    let mut sealed = Vec::with_capacity(4 + nonce.len() + json.len() + crypto::TAG_LEN);
+    let mut sealed = Vec::with_capacity(4 + nonce.len() + encoded.len() + crypto::TAG_LEN);
     sealed.extend_from_slice(SEALED_CACHE_MAGIC);
     sealed.extend_from_slice(&nonce);
     let body = sealed.len();
-    sealed.extend_from_slice(&json);
+    sealed.extend_from_slice(&encoded);
     let tag = key.derive(CACHE_KEY_LABEL).seal_detached(
         &nonce,
         SEALED_CACHE_MAGIC,
@@ -1959,7 +1974,7 @@ fn seal_cache(key: Option<&Key>, json: Vec<u8>) -> Result<Vec<u8>, CryptoError> 
     Ok(sealed)
 }
 
-/// The JSON of an index cache written by [`seal_cache`], if it opens with `key`.
+/// The encoded index of a cache written by [`seal_cache`], if it opens with `key`.
 fn open_cache(key: Option<&Key>, mut sealed: Vec<u8>) -> Option<Vec<u8>> {
     let Some(key) = key else {
         return (!sealed.starts_with(SEALED_CACHE_MAGIC)).then_some(sealed);
