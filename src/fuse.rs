@@ -64,6 +64,10 @@ const MAX_WRITE: u32 = 1024 * 1024;
 const MAX_READAHEAD: u32 = 1024 * 1024;
 /// Requests the kernel keeps in flight in the background (read-ahead, releases).
 const MAX_BACKGROUND: u16 = 64;
+/// Names whose attributes `readdirplus` looks up at once (under one take of the
+/// index): big enough that the locks cost nothing per name, small enough that what
+/// doesn't fit the kernel's buffer (looked up in vain) stays small.
+const READDIRPLUS_BATCH: usize = 128;
 // The core numbers the root as the kernel does, so inode numbers pass through as they are.
 const _: () = assert!(crate::fs::inode::ROOT == INodeNo::ROOT.0);
 
@@ -727,28 +731,45 @@ impl Filesystem for FuseFs {
                 Err(e) => return reply.error(errno(&e)),
             };
             let ttl = fs.ttl();
-            for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-                let next = i as u64 + 1;
-                // Each name's attributes, as a lookup would give them (the kernel counts
-                // the entry as one). A name gone meanwhile is left out.
-                let attr = if i < 2 {
-                    fs.getattr(entry.ino).await
+            // Each name's attributes, as a lookup would give them, a batch at a time
+            // (one take of the index for all of it); the kernel counts each name it
+            // gets as one lookup, so those that fit are counted before the reply goes.
+            // A name gone meanwhile is left out. `.` and `..` aren't counted.
+            let mut handed = Vec::new();
+            let mut at = offset as usize;
+            'pages: while at < entries.len() {
+                let batch = &entries[at..entries.len().min(at + READDIRPLUS_BATCH)];
+                let attrs = if at < 2 {
+                    let mut attrs = Vec::new();
+                    for entry in batch.iter().take(2 - at) {
+                        attrs.push(fs.getattr(entry.ino).await.ok());
+                    }
+                    attrs
                 } else {
-                    fs.lookup(ino.0, &entry.name).await
+                    let names: Vec<&str> = batch.iter().map(|e| e.name.as_str()).collect();
+                    fs.attrs_in(ino.0, &names).await
                 };
-                let Ok(attr) = attr else { continue };
-                let full = reply.add(
-                    INodeNo(attr.ino),
-                    next,
-                    &entry.name,
-                    &ttl,
-                    &file_attr(&attr),
-                    Generation(0),
-                );
-                if full {
-                    break;
+                for (entry, attr) in batch.iter().zip(attrs) {
+                    let next = at as u64 + 1;
+                    let counted = at >= 2;
+                    at += 1;
+                    let Some(attr) = attr else { continue };
+                    if reply.add(
+                        INodeNo(attr.ino),
+                        next,
+                        &entry.name,
+                        &ttl,
+                        &file_attr(&attr),
+                        Generation(0),
+                    ) {
+                        break 'pages;
+                    }
+                    if counted {
+                        handed.push(attr.ino);
+                    }
                 }
             }
+            fs.count_lookups(&handed);
             reply.ok();
         });
     }

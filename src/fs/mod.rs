@@ -74,7 +74,7 @@ use crate::crypto::Key;
 use crate::store::{Id, Store};
 use crate::volume::reclaim::ChannelKept;
 use crate::volume::registry::Volumes;
-use crate::volume::{Node, VolumeConfig};
+use crate::volume::{Index, Node, VolumeConfig};
 
 /// How the filesystem behaves. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -145,6 +145,16 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// What the index says of a path, for its attributes (see [`Fs::attr_from`]).
+enum Stored {
+    /// A file, or a folder recorded by `mkdir`.
+    Found(Attr),
+    /// A folder implied by the paths under it.
+    Implied,
+    /// Nothing.
+    Absent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,36 +446,106 @@ impl Fs {
     async fn attr_of(&self, key: &NodeKey) -> Result<Attr, FsError> {
         let ino = self.ino_of(key);
         if let Some(session) = self.session(key) {
-            let state = session.state();
-            return Ok(self.file_attr(ino, state.size, state.mtime_ns, state.mode));
+            return Ok(self.session_attr(ino, &session));
         }
         if key.path.is_empty() {
-            // A channel folder: made when its channel was (its id says when).
-            let made_ms = crate::store::snowflake_time_ms(key.channel) as i64;
-            return Ok(self.dir_attr(ino, made_ms * 1_000_000, 0o755));
+            return Ok(self.channel_attr(ino, key.channel));
         }
         let volume = self.volume(key.channel).await?;
-        let stored = {
-            let index = volume.index();
-            match index.node(&key.path) {
-                Some(Node::File(file)) => {
-                    Some(self.file_attr(ino, file.size, file.mtime_ns, file.mode))
-                }
-                Some(Node::Dir(Some(dir))) => Some(self.dir_attr(ino, dir.mtime_ns, dir.mode)),
-                Some(Node::Dir(None)) => None,
-                None => None,
+        let stored = self.stored_attr(ino, &volume.index(), &key.path);
+        self.attr_from(ino, key, stored)
+    }
+
+    /// The attributes of the names `names` in the folder `parent` of a channel, each as
+    /// [`Fs::attr_of`] gives them (`None`: not there, its number forgotten as `lookup`
+    /// does), for a page of `readdirplus`: every name under one take of each lock and
+    /// one of the index. No lookup is counted: the caller counts those it hands to the
+    /// kernel ([`Fs::count_lookups`]).
+    pub async fn attrs_in(&self, parent: u64, names: &[&str]) -> Vec<Option<Attr>> {
+        if parent == ROOT {
+            // Channels: few, and each may need opening.
+            let mut attrs = Vec::with_capacity(names.len());
+            for name in names {
+                attrs.push(self.find(parent, name).await.ok());
             }
+            return attrs;
+        }
+        let Ok(folder) = self.key_of(parent) else {
+            return vec![None; names.len()];
         };
-        if let Some(attr) = stored {
+        let keys: Vec<NodeKey> = names.iter().map(|name| folder.child(name)).collect();
+        let inos: Vec<u64> = {
+            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            keys.iter().map(|key| inodes.ino(key)).collect()
+        };
+        let sessions: Vec<Option<Arc<WriteSession>>> = {
+            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            keys.iter().map(|key| sessions.get(key).cloned()).collect()
+        };
+        let Ok(volume) = self.volume(folder.channel).await else {
+            return vec![None; names.len()];
+        };
+        let stored: Vec<Option<Stored>> = {
+            let index = volume.index();
+            (keys.iter().zip(&inos).zip(&sessions))
+                .map(|((key, &ino), session)| {
+                    session
+                        .is_none()
+                        .then(|| self.stored_attr(ino, &index, &key.path))
+                })
+                .collect()
+        };
+        let attrs: Vec<Option<Attr>> = (keys.iter().zip(inos).zip(sessions).zip(stored))
+            .map(|(((key, ino), session), stored)| match (session, stored) {
+                (Some(session), _) => Some(self.session_attr(ino, &session)),
+                (None, Some(stored)) => self.attr_from(ino, key, stored).ok(),
+                (None, None) => None,
+            })
+            .collect();
+        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, attr) in keys.iter().zip(&attrs) {
+            if attr.is_none() {
+                inodes.remove(key); // as `find` does: the name can come back fresh
+            }
+        }
+        attrs
+    }
+
+    /// A file being written: what its session says.
+    fn session_attr(&self, ino: u64, session: &WriteSession) -> Attr {
+        let state = session.state();
+        self.file_attr(ino, state.size, state.mtime_ns, state.mode)
+    }
+
+    /// A channel folder: made when its channel was (its id says when).
+    fn channel_attr(&self, ino: u64, channel: Id) -> Attr {
+        let made_ms = crate::store::snowflake_time_ms(channel) as i64;
+        self.dir_attr(ino, made_ms * 1_000_000, 0o755)
+    }
+
+    /// What the index says of `path`.
+    fn stored_attr(&self, ino: u64, index: &Index, path: &str) -> Stored {
+        match index.node(path) {
+            Some(Node::File(file)) => {
+                Stored::Found(self.file_attr(ino, file.size, file.mtime_ns, file.mode))
+            }
+            Some(Node::Dir(Some(dir))) => Stored::Found(self.dir_attr(ino, dir.mtime_ns, dir.mode)),
+            Some(Node::Dir(None)) => Stored::Implied,
+            None => Stored::Absent,
+        }
+    }
+
+    /// The attributes of `key` from what the index said: a folder made here whose
+    /// record waits ([`folders`]) comes before one implied by the paths under it.
+    fn attr_from(&self, ino: u64, key: &NodeKey, stored: Stored) -> Result<Attr, FsError> {
+        if let Stored::Found(attr) = stored {
             return Ok(attr);
         }
-        // A folder made here whose record waits ([`folders`]), or one implied by the
-        // paths under it.
         if let Some((mtime_ns, mode)) = self.write_back.folders.attrs(key) {
             return Ok(self.dir_attr(ino, mtime_ns, mode));
         }
-        match volume.index().node(&key.path) {
-            Some(Node::Dir(None)) => Ok(self.dir_attr(ino, self.mounted_at_ns, 0o755)),
+        match stored {
+            Stored::Implied => Ok(self.dir_attr(ino, self.mounted_at_ns, 0o755)),
             _ => Err(FsError::NotFound),
         }
     }
@@ -676,13 +756,17 @@ impl Fs {
 
     /// Counts a lookup the kernel is about to be answered with.
     fn count_lookup(&self, attr: Attr) -> Attr {
-        if attr.ino != ROOT {
-            self.inodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .hold(attr.ino);
-        }
+        self.count_lookups(&[attr.ino]);
         attr
+    }
+
+    /// Counts one more lookup held by the kernel of each number (as `lookup` does):
+    /// the names `readdirplus` handed it.
+    pub fn count_lookups(&self, inos: &[u64]) {
+        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        for &ino in inos.iter().filter(|&&ino| ino != ROOT) {
+            inodes.hold(ino);
+        }
     }
 
     // ----- namespace changes -----
