@@ -272,9 +272,17 @@ async fn a_deleted_record_message_is_found() {
         .await
         .unwrap();
     let report = verify(&volume, "", DataCheck::All).await;
+    // The rename's record carried the delete of "a" too: without it, a fresh machine
+    // would show "a" again (its first record is still there).
     assert_eq!(
         damaged(&report),
         vec![
+            (
+                "a".to_string(),
+                vec![Problem::DeleteMissing {
+                    message: b.record_message
+                }]
+            ),
             (
                 "b".to_string(),
                 vec![Problem::RecordMissing {
@@ -287,10 +295,51 @@ async fn a_deleted_record_message_is_found() {
             ),
         ]
     );
-    assert!(report.damaged[0].only_record_missing() && !report.damaged[0].folder);
-    assert!(report.damaged[1].folder);
+    assert!(!report.damaged[0].only_record_missing());
+    assert!(report.damaged[1].only_record_missing() && !report.damaged[1].folder);
+    assert!(report.damaged[2].folder);
     // Its chunks are all there and open.
     assert_eq!(report.chunks_read, report.chunks_checked);
+}
+
+/// A delete whose message went (a moderator's doing) is found when a fresh machine
+/// would read it from the history, after the newest checkpoint; one the checkpoint
+/// holds isn't a problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tombstone_after_the_newest_checkpoint_is_found() {
+    let fx = Fixture::new().await;
+    let volume = fx.open().await;
+    let mut rng = SplitMix64::new(4);
+    for name in ["old", "new", "keep"] {
+        put(&volume, name, &rng.bytes(100), true).await;
+    }
+    volume.remove("old", false).await.unwrap();
+    volume.post_checkpoint().await.unwrap();
+    volume.remove("new", false).await.unwrap();
+    let deletes = volume.index().deletes_after("", 0);
+    assert_eq!(
+        deletes.iter().map(|(path, _)| path.as_str()).collect::<Vec<_>>(),
+        ["new", "old"]
+    );
+    for (_, message) in &deletes {
+        fx.local
+            .delete_message(fx.channel.id, *message)
+            .await
+            .unwrap();
+    }
+    let report = verify(&volume, "", DataCheck::Skip).await;
+    assert_eq!(
+        damaged(&report),
+        vec![(
+            "new".to_string(),
+            vec![Problem::DeleteMissing {
+                message: deletes[0].1
+            }]
+        )]
+    );
+    assert!(!report.is_clean());
+    // Verifying another path doesn't look at that delete.
+    assert!(verify(&volume, "keep", DataCheck::Skip).await.is_clean());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,8 +169,11 @@ fn damaged_line(channel: &str, damaged: &Damaged) -> String {
     if described.len() > PROBLEMS_SHOWN {
         what.push(format!("and {} more", described.len() - PROBLEMS_SHOWN));
     }
+    let delete_missing = matches!(damaged.problems[..], [Problem::DeleteMissing { .. }]);
     let advice = if damaged.only_record_missing() {
         "`mv` it to another name and back to record it again (nothing is uploaded)"
+    } else if delete_missing {
+        "`put` an empty file there and `rm` it, to record the delete again"
     } else {
         "restore it from a copy and `put` it again, or `rm` it"
     };
@@ -315,5 +318,8 @@ mod tests {
         assert!(line.ends_with("`put` it again, or `rm` it"), "{line}");
         damaged.problems = vec![Problem::RecordMissing { message: 9 }];
         assert!(damaged_line("docs", &damaged).contains("`mv` it"));
+        damaged.problems = vec![Problem::DeleteMissing { message: 9 }];
+        let line = damaged_line("docs", &damaged);
+        assert!(line.contains("the delete (message 9") && line.contains("`rm` it"), "{line}");
     }
 }

@@ -1077,6 +1077,12 @@ impl Index {
 
     /// Live entries strictly below folder `dir` ("" = everything), in path order.
     pub fn live_under<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+        self.slots_under(dir)
+            .filter_map(|(path, slot)| slot.entry.as_ref().map(|entry| (path.as_str(), entry)))
+    }
+
+    /// The slots strictly below folder `dir` ("" = every one), in path order.
+    fn slots_under<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Slot)> + 'a {
         let prefix = if dir.is_empty() {
             String::new()
         } else {
@@ -1086,7 +1092,6 @@ impl Index {
             .map
             .range(prefix.clone()..)
             .take_while(move |(path, _)| path.starts_with(&prefix))
-            .filter_map(|(path, slot)| slot.entry.as_ref().map(|entry| (path.as_str(), entry)))
     }
 
     /// Every live entry, in path order.
@@ -1164,6 +1169,15 @@ impl Index {
             }
         }
         deletes
+    }
+
+    /// The deletes below folder `dir` ("" = everywhere) that messages newer than
+    /// `after` carry, as (path, message), in path order.
+    pub fn deletes_after(&self, dir: &str, after: Id) -> Vec<(String, Id)> {
+        self.slots_under(dir)
+            .filter(|(_, slot)| slot.entry.is_none() && slot.stamp.message() > after)
+            .map(|(path, slot)| (path.clone(), slot.stamp.message()))
+            .collect()
     }
 
     /// Forgets the deletes that message `message` holds at `paths`, and that it carries

@@ -14,7 +14,11 @@
 //! chunk that is a whole attachment must be exactly that long (the reader refuses any
 //! other length). For every live entry, file or folder, its record message exists:
 //! without it, a machine without this index cache (a fresh one, or this one after a
-//! `--no-cache` open) would not see the entry at all. No attachment byte is read.
+//! `--no-cache` open) would not see the entry at all. And every delete under the path
+//! that is newer than the newest checkpoint still has its message: a fresh machine
+//! loads the checkpoint and replays what follows it, so without that message the file
+//! could come back there (older deletes are in the checkpoint). No attachment byte is
+//! read.
 //!
 //! The messages of this channel come from its history, read once over the range of
 //! ids that the entries name ([`Volume::messages_in`]): a page of a hundred messages per
@@ -123,13 +127,20 @@ pub enum Problem {
     /// The chunk was read and doesn't open: a tag that doesn't verify, a checksum
     /// that doesn't match, a length that isn't the record's, a key that isn't loaded.
     DoesNotOpen { chunk: u64, detail: String },
+    /// The path is deleted, and the message of that delete, newer than the newest
+    /// checkpoint, is gone: a fresh machine (which replays what follows the
+    /// checkpoint) would show the file again if a record putting it is still there.
+    DeleteMissing {
+        #[serde(serialize_with = "id_string")]
+        message: Id,
+    },
 }
 
 impl Problem {
     /// The chunk it is about, if any.
     pub fn chunk(&self) -> Option<u64> {
         match self {
-            Problem::RecordMissing { .. } => None,
+            Problem::RecordMissing { .. } | Problem::DeleteMissing { .. } => None,
             Problem::MessageMissing { chunk, .. }
             | Problem::AttachmentMissing { chunk, .. }
             | Problem::AttachmentTooShort { chunk, .. }
@@ -188,6 +199,11 @@ impl std::fmt::Display for Problem {
             Problem::DoesNotOpen { chunk, detail } => {
                 write!(f, "chunk {chunk} does not open: {detail}")
             }
+            Problem::DeleteMissing { message } => write!(
+                f,
+                "deleted, but the delete (message {message}, after the newest checkpoint) \
+                 is gone: a fresh machine may show it again"
+            ),
         }
     }
 }
@@ -268,7 +284,8 @@ impl Volume {
             ..VerifyReport::default()
         };
         let mut found: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
-        let here = self.messages_here(&files, &folders).await?;
+        let deletes = self.deletes_to_verify(path);
+        let here = self.messages_here(&files, &folders, &deletes).await?;
         let elsewhere = self.messages_elsewhere(&files).await?;
         let mut sound: Vec<ToRead> = Vec::new();
         for (at, (path, file)) in files.iter().enumerate() {
@@ -294,6 +311,14 @@ impl Volume {
             }
             if !problems.is_empty() {
                 found.insert(path.clone(), problems);
+            }
+        }
+        for (path, message) in &deletes {
+            if !here.contains_key(message) {
+                found.insert(
+                    path.clone(),
+                    vec![Problem::DeleteMissing { message: *message }],
+                );
             }
         }
         for (path, record) in &folders {
@@ -355,14 +380,25 @@ impl Volume {
         Ok((files, folders))
     }
 
-    /// The messages of this channel that the entries name (records, chunks), by id:
-    /// those that still exist.
+    /// The deletes under `path` that a fresh machine reads from the history
+    /// (those newer than the newest checkpoint: it loads that, and replays the rest),
+    /// with the messages that carry them.
+    fn deletes_to_verify(&self, path: &str) -> Vec<(String, Id)> {
+        let index = self.index();
+        let newest = index.checkpoint_messages().last().copied().unwrap_or(0);
+        index.deletes_after(path, newest)
+    }
+
+    /// The messages of this channel that the entries name (records, chunks) and that
+    /// carry the deletes, by id: those that still exist.
     async fn messages_here(
         &self,
         files: &[(String, FileEntry)],
         folders: &[(String, Id)],
+        deletes: &[(String, Id)],
     ) -> Result<HashMap<Id, Message>, VolumeError> {
         let mut wanted: HashSet<Id> = folders.iter().map(|(_, record)| *record).collect();
+        wanted.extend(deletes.iter().map(|(_, message)| *message));
         for (_, file) in files {
             wanted.insert(file.record_message);
             wanted.extend(
