@@ -746,7 +746,8 @@ impl Filesystem for FuseFs {
                     }
                     attrs
                 } else {
-                    let names: Vec<&str> = batch.iter().map(|e| e.name.as_str()).collect();
+                    let names: Vec<(&str, u64)> =
+                        batch.iter().map(|e| (e.name.as_str(), e.ino)).collect();
                     fs.attrs_in(ino.0, &names).await
                 };
                 for (entry, attr) in batch.iter().zip(attrs) {

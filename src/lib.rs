@@ -22,5 +22,6 @@ pub mod dirs;
 pub mod format;
 pub mod fs;
 pub mod fuse;
+pub mod idmap;
 pub mod store;
 pub mod volume;

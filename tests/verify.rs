@@ -318,7 +318,10 @@ async fn a_deleted_tombstone_after_the_newest_checkpoint_is_found() {
     volume.remove("new", false).await.unwrap();
     let deletes = volume.index().deletes_after("", 0);
     assert_eq!(
-        deletes.iter().map(|(path, _)| path.as_str()).collect::<Vec<_>>(),
+        deletes
+            .iter()
+            .map(|(path, _)| path.as_str())
+            .collect::<Vec<_>>(),
         ["new", "old"]
     );
     for (_, message) in &deletes {

@@ -1352,6 +1352,44 @@ fn cache_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     (whole, journal)
 }
 
+/// A cache of another layout (an older dcloud-fs's) is not misread: the channel is
+/// read again, and the next save writes the current layout and removes the JSON cache
+/// of before layout 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_cache_of_another_layout_is_rebuilt_and_the_old_json_one_removed() {
+    let fx = Fixture::new(10).await;
+    let cached = fx.open_cached(None).await;
+    for i in 0..3 {
+        put(&cached, &format!("f{i}"), b"plain", options(false))
+            .await
+            .unwrap();
+    }
+    cached.save();
+    drop(cached);
+    let (whole, _) = cache_files(&fx.cache_dir());
+    let current = std::fs::read(&whole).unwrap();
+    assert_eq!(current[0], 7, "layout 7 comes first");
+    // Layout 6 as its first byte, and what follows in no shape this one knows.
+    let mut older = current.clone();
+    older[0] = 6;
+    std::fs::write(&whole, &older).unwrap();
+    let legacy = whole.with_extension("json");
+    std::fs::write(&legacy, br#"{"version":6}"#).unwrap();
+    // Past the seconds a warm open reads again: what it reads is the whole history.
+    fx.jump_clock(6_000);
+    let before = fx.store.counts();
+    let reopened = fx.open_cached(None).await;
+    let read = fx.store.counts() - before;
+    assert!(
+        read.history_messages >= 3,
+        "the history was read again: {read:?}"
+    );
+    assert_eq!(file_paths(&reopened), ["f0", "f1", "f2"]);
+    reopened.save();
+    assert_eq!(std::fs::read(&whole).unwrap()[0], 7);
+    assert!(!legacy.exists(), "the JSON cache of before is gone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saving_the_cache_appends_what_changed_and_a_cut_short_journal_is_only_stale() {
     let fx = Fixture::new(10).await;

@@ -320,6 +320,9 @@ mod tests {
         assert!(damaged_line("docs", &damaged).contains("`mv` it"));
         damaged.problems = vec![Problem::DeleteMissing { message: 9 }];
         let line = damaged_line("docs", &damaged);
-        assert!(line.contains("the delete (message 9") && line.contains("`rm` it"), "{line}");
+        assert!(
+            line.contains("the delete (message 9") && line.contains("`rm` it"),
+            "{line}"
+        );
     }
 }

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 
+use crate::idmap::IdMap;
 use crate::store::Id;
 
 /// The root folder (the channels).
@@ -63,19 +64,19 @@ impl NodeKey {
 /// The two-way map between inode numbers and names.
 #[derive(Debug)]
 pub struct InodeTable {
-    by_ino: HashMap<u64, NodeKey>,
+    by_ino: IdMap<u64, NodeKey>,
     by_key: HashMap<NodeKey, u64>,
     /// Lookups the kernel holds per number.
-    lookups: HashMap<u64, u64>,
+    lookups: IdMap<u64, u64>,
     next: u64,
 }
 
 impl Default for InodeTable {
     fn default() -> Self {
         InodeTable {
-            by_ino: HashMap::new(),
+            by_ino: IdMap::default(),
             by_key: HashMap::new(),
-            lookups: HashMap::new(),
+            lookups: IdMap::default(),
             next: ROOT + 1,
         }
     }
@@ -100,6 +101,16 @@ impl InodeTable {
         if self.by_ino.contains_key(&ino) {
             *self.lookups.entry(ino).or_default() += 1;
         }
+    }
+
+    /// The number of `key`, where `ino` is what it was a moment ago (a listing's): that
+    /// one if it still names `key` (a cheaper check than finding `key`), else as
+    /// [`InodeTable::ino`] gives it.
+    pub fn ino_known(&mut self, ino: u64, key: &NodeKey) -> u64 {
+        if self.by_ino.get(&ino) == Some(key) {
+            return ino;
+        }
+        self.ino(key)
     }
 
     /// The name behind a number, if the number is in use.

@@ -241,7 +241,7 @@ pub struct Fs {
     last_opened: Mutex<HashMap<u64, (crate::format::FileId, Id)>>,
     /// The size each file's inode was last described to the kernel with (the kernel
     /// reads through its page cache up to the size it knows).
-    told_sizes: Mutex<HashMap<u64, u64>>,
+    told_sizes: Mutex<crate::idmap::IdMap<u64, u64>>,
     /// Spool files of live sessions (the others are left by failed uploads).
     live_spools: Mutex<std::collections::HashSet<String>>,
     next_fh: AtomicU64,
@@ -456,16 +456,16 @@ impl Fs {
         self.attr_from(ino, key, stored)
     }
 
-    /// The attributes of the names `names` in the folder `parent` of a channel, each as
-    /// [`Fs::attr_of`] gives them (`None`: not there, its number forgotten as `lookup`
+    /// The attributes of the names `names` in the folder `parent` of a channel (each
+    /// with the number its listing gave it), each as [`Fs::attr_of`] gives them (`None`: not there, its number forgotten as `lookup`
     /// does), for a page of `readdirplus`: every name under one take of each lock and
     /// one of the index. No lookup is counted: the caller counts those it hands to the
     /// kernel ([`Fs::count_lookups`]).
-    pub async fn attrs_in(&self, parent: u64, names: &[&str]) -> Vec<Option<Attr>> {
+    pub async fn attrs_in(&self, parent: u64, names: &[(&str, u64)]) -> Vec<Option<Attr>> {
         if parent == ROOT {
             // Channels: few, and each may need opening.
             let mut attrs = Vec::with_capacity(names.len());
-            for name in names {
+            for (name, _) in names {
                 attrs.push(self.find(parent, name).await.ok());
             }
             return attrs;
@@ -473,14 +473,20 @@ impl Fs {
         let Ok(folder) = self.key_of(parent) else {
             return vec![None; names.len()];
         };
-        let keys: Vec<NodeKey> = names.iter().map(|name| folder.child(name)).collect();
+        let keys: Vec<NodeKey> = names.iter().map(|(name, _)| folder.child(name)).collect();
         let inos: Vec<u64> = {
             let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
-            keys.iter().map(|key| inodes.ino(key)).collect()
+            (keys.iter().zip(names))
+                .map(|(key, &(_, listed))| inodes.ino_known(listed, key))
+                .collect()
         };
         let sessions: Vec<Option<Arc<WriteSession>>> = {
             let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            keys.iter().map(|key| sessions.get(key).cloned()).collect()
+            if sessions.is_empty() {
+                vec![None; keys.len()]
+            } else {
+                keys.iter().map(|key| sessions.get(key).cloned()).collect()
+            }
         };
         let Ok(volume) = self.volume(folder.channel).await else {
             return vec![None; names.len()];
@@ -657,14 +663,17 @@ impl Fs {
                 })
                 .collect()
         };
-        let mut items: Vec<DirItem> = listed
-            .into_iter()
-            .map(|(name, kind)| DirItem {
-                ino: self.ino_of(&key.child(&name)),
-                name,
-                kind,
-            })
-            .collect();
+        let mut items: Vec<DirItem> = {
+            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            listed
+                .into_iter()
+                .map(|(name, kind)| DirItem {
+                    ino: inodes.ino(&key.child(&name)),
+                    name,
+                    kind,
+                })
+                .collect()
+        };
         // Folders whose record waits, and files being written for the first time,
         // exist only in the spool so far.
         let folders = self.write_back.folders.children(&key);

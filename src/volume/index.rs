@@ -60,6 +60,7 @@ use crate::format::{
     ChunkLocation, ChunkRef, DataKey, DirManifest, FileId, FileManifest, NONCE_PREFIX_LEN, Op,
     Record,
 };
+use crate::idmap::IdMap;
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
@@ -381,17 +382,17 @@ struct Slots {
     map: BTreeMap<String, Slot>,
     /// Messages of this channel → how many times live entries name them (records and
     /// chunks; a message holding several chunks of one file counts once per chunk).
-    uses: HashMap<Id, u32>,
+    uses: IdMap<Id, u32>,
     /// The same for messages of other channels, `(channel, message)`.
-    foreign_uses: HashMap<(Id, Id), u32>,
+    foreign_uses: IdMap<(Id, Id), u32>,
 }
 
 impl Slots {
     fn from_map(map: BTreeMap<String, Slot>) -> Slots {
         let mut slots = Slots {
             map: BTreeMap::new(),
-            uses: HashMap::new(),
-            foreign_uses: HashMap::new(),
+            uses: IdMap::default(),
+            foreign_uses: IdMap::default(),
         };
         for slot in map.values() {
             if let Some(entry) = &slot.entry {
@@ -417,7 +418,7 @@ impl Slots {
 
     /// Adds (or takes away) the uses of `entry`.
     fn count(&mut self, entry: &Entry, add: bool) {
-        fn bump<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: K, add: bool) {
+        fn bump<K: std::hash::Hash + Eq>(counts: &mut IdMap<K, u32>, key: K, add: bool) {
             if add {
                 *counts.entry(key).or_default() += 1;
             } else if let std::collections::hash_map::Entry::Occupied(mut n) = counts.entry(key) {
@@ -1798,8 +1799,8 @@ mod tests {
 
     /// The uses of every message, counted from scratch by walking every live entry:
     /// what [`Slots`] keeps up to date as slots change.
-    fn recounted(index: &Index) -> (HashMap<Id, u32>, HashMap<(Id, Id), u32>) {
-        let (mut uses, mut foreign) = (HashMap::new(), HashMap::new());
+    fn recounted(index: &Index) -> (IdMap<Id, u32>, IdMap<(Id, Id), u32>) {
+        let (mut uses, mut foreign) = (IdMap::default(), IdMap::default());
         for (_, entry) in index.live() {
             for message in entry.messages() {
                 *uses.entry(message).or_default() += 1;

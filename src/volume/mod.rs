@@ -503,7 +503,10 @@ impl Volume {
         };
         let (loaded, user, limits) = tokio::join!(loading, store.current_user(), store.limits());
         let loaded = loaded.unwrap_or_else(|e| {
-            log::warn!("reading the index cache of channel {} failed: {e}", channel.id);
+            log::warn!(
+                "reading the index cache of channel {} failed: {e}",
+                channel.id
+            );
             None
         });
         let (index, cache_file) = match loaded {
