@@ -1,4 +1,4 @@
-//! The on-Discord format, version 5: the contract between every dcloud-fs that ever reads
+//! The on-Discord format, version 6: the contract between every dcloud-fs that ever reads
 //! or writes a channel. This page is meant to be enough to write a second reader.
 //!
 //! A channel holds a file's bytes as **chunks** (attachments) and its metadata as
@@ -99,8 +99,8 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "DCFR"
-//! 4       1     record format version (5; versions 4, 3, 2 and 1 have the same layout,
-//!               and version 1 differs as described below)
+//! 4       1     record format version (6; versions 5, 4, 3, 2 and 1 have the same
+//!               layout, and version 1 differs as described below)
 //! 5       1     cipher: 0 = none (the JSON is readable), 1 = AES-256-GCM
 //! 6       8     key id of the key that sealed (cipher 1) or signed (cipher 0) the
 //!               record; zero for a plain record written without a key
@@ -182,6 +182,20 @@
 //!   those messages: from now on they are used there too. It changes nothing at `path`.
 //!   A move posts it before the destination's record, so that a crash between the two
 //!   channels' records can't let a delete here free what the destination uses.
+//! - `relocate` (version 6), `{"op":"relocate","s":{"seq":41,"m":"<message id>","i":3},
+//!   "path":…,"id":…,"size":…, …,"chunks":[…]}`, moves the chunks of an earlier `put`:
+//!   `s` is that put's stamp (its record's `seq`, 0 for a version-1 record; its message
+//!   `m`, a decimal string; its position `i` in that record), and the other fields are
+//!   a `put`'s, naming the same file version (the same path, `id`, `size`, `mtime_ns`,
+//!   `mode`, `encrypted` and `dk`; each chunk with the same `n`, `h`, `t`, `k` and `p`)
+//!   with the chunks where they are now (typically `f` and `o`: copied, byte for byte,
+//!   into packs of the relocation's own message; a sealed chunk doesn't depend on where
+//!   it lies). `gc` posts it to free a record message whose other puts are dead. It
+//!   holds the path with stamp `s` itself, not its own record's, and at that stamp it
+//!   wins over the put it relocates (see Replay), so it changes nothing about who wins
+//!   the path. A reader refuses the whole record as damaged when a relocation names a
+//!   message not older than its own, a `seq` not lower than its record's, or, when the
+//!   path holds stamp `s`, a file id that isn't the one held there.
 //! - `del` is a tombstone: the path (file or folder) no longer exists. A file moved to
 //!   another channel is deleted with `"moved":{"to":"<channel id>","messages":
 //!   ["<channel id>/<message id>", …]}`: the destination's record now points at those
@@ -198,8 +212,12 @@
 //! every path, the operation with the highest *stamp* wins, where a record's of version 2
 //! or later stamp is `(seq, then the lower message id, then the later position in the
 //! record)` and every such record stamps higher than every version-1 record (whose stamps
-//! are `(message id, position)`). Replay is therefore independent of the order in which
-//! messages are read, and every reader converges on the same version of a path. Two
+//! are `(message id, position)`). A `relocate` (version 6) takes the stamp `s` of the
+//! put it relocates; at one stamp, a relocation wins over the put itself, and of two
+//! relocations of one put the one in the later message wins (so a put read after its
+//! relocation doesn't land, and one read before is replaced). Replay is therefore
+//! independent of the order in which messages are read, and every reader converges on
+//! the same version of a path. Two
 //! writers that wrote one path without seeing each other's record may pick the same
 //! `seq`: the record posted first (lower message id) wins, on every reader. A copy of
 //! a record posted again later has a higher message id and the same `seq` as the
@@ -218,8 +236,9 @@
 //! (up to messages deleted since, which only a checkpoint can still remember).
 //!
 //! Its **envelope** has the record envelope's layout and rules (associated data, key
-//! id, ciphers) with magic `"DCFK"` and version 5: cipher 1 (encrypted under the key)
-//! when written with a key, cipher 0 unsigned when written without one; never signed.
+//! id, ciphers) with magic `"DCFK"` and version 5 or later (6 now): cipher 1
+//! (encrypted under the key) when written with a key, cipher 0 unsigned when written
+//! without one; never signed.
 //! A reader holding a key takes only checkpoints its key sealed; a reader without a key
 //! only unsigned ones. The envelope is cut into pieces of at most the store's per-file
 //! limit, attached in order as `k0.bin`, `k1.bin`, … to as few messages as the limits
@@ -252,8 +271,12 @@
 //!   record (`put` with every chunk by `m` and `a`, and `c` when in another channel;
 //!   `mkdir`; or `del` for a tombstone, without `moved`), with its stamp `s`: the
 //!   record's `seq` (0 for a version-1 record), its message `m`, and the operation's
-//!   position `i` in it. The record message of a `put` or `mkdir` is `s.m`. Each path
-//!   appears once; puts are checked as a record's are.
+//!   position `i` in it. The record message of a `put` or `mkdir` is `s.m`, unless a
+//!   `relocate` set the path (version 6): then the path adds `"r":"<message id>"`, the
+//!   relocation's message, which is the file's record message (`s` stays the stamp of
+//!   the put relocated, and `r` lies between `s.m` and the head). Each path appears
+//!   once, held by a `put`, `mkdir` or `del` (never a `link` or a `relocate`); puts are
+//!   checked as a record's are.
 //! - `collected` is `"0"`, or the message before which `gc` deleted tombstones and
 //!   records no path needs any more (it is at most `last_seen`): a reader whose state
 //!   (a cache, or an older checkpoint) covers less than that may lack deletes that are
@@ -273,7 +296,15 @@
 //!
 //! ## Versions
 //!
-//! Version 5 (this one) adds checkpoints; its records are as in version 4 (a reader of
+//! Version 6 (this one) adds `relocate`, and `r` in checkpoints; everything else is as
+//! in version 5. Every record and checkpoint it writes carries version byte 6, so a
+//! reader of version 5 skips them as newer (records: logged as written by a newer
+//! dcloud-fs; checkpoints: passed over for an older one, or a full replay). Such a
+//! reader also can't follow a relocation: once `gc` has repacked a record and deleted
+//! the old message, the files relocated read as missing chunks there until it is
+//! upgraded.
+//!
+//! Version 5 added checkpoints; its records are as in version 4 (a reader of
 //! version 4 skips them as newer, and ignores checkpoint messages, whose content it
 //! doesn't recognise).
 //!
@@ -315,7 +346,7 @@ pub use chunk::*;
 pub use record::*;
 
 /// The record format version this code writes (it reads this one and every older).
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
 /// First bytes of a record envelope.
 pub const RECORD_MAGIC: [u8; 4] = *b"DCFR";
 /// Prefix of the content of every message dcloud-fs posts.

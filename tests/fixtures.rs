@@ -451,3 +451,80 @@ async fn a_channel_written_by_format_version_4_reads_back_byte_exact() {
     );
     assert_eq!(fixture.expected.len(), 17);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_written_by_format_version_5_reads_back_byte_exact() {
+    use dcloud_fs::format::{self, MessageKind, Op};
+    let fixture = reads_back_byte_exact(
+        "format-v5",
+        &["docs", "other"],
+        &["docs/empty-folder"],
+        &["docs/shared.txt"],
+    )
+    .await;
+
+    // The fixture is what it says: version-5 records only, a pinned version-5
+    // checkpoint in `docs` with one record after it, and the packed folder's files
+    // sharing one attachment.
+    let records = records_of(&fixture).await;
+    assert!(records.iter().all(|(_, _, version, _)| *version == 5));
+    let packed: std::collections::BTreeSet<u64> = records
+        .iter()
+        .flat_map(|(_, _, _, record)| record.ops.iter())
+        .filter_map(|op| match op {
+            Op::Put(put) if put.path.starts_with("small/") => put.chunks[0].packed_at,
+            _ => None,
+        })
+        .collect();
+    assert!(packed.len() >= 10, "the folder's files share a pack");
+    let docs = volume::find_channel(fixture.store.as_ref(), "docs")
+        .await
+        .unwrap();
+    let pins = fixture.store.pins(docs.id).await.unwrap();
+    let head = pins
+        .iter()
+        .find(|m| matches!(format::classify(&m.content), MessageKind::Checkpoint))
+        .expect("a pinned checkpoint");
+    let attachment = &head.attachments[0];
+    let first = fixture
+        .store
+        .fetch_range(docs.id, head.id, attachment.id, 0..5)
+        .await
+        .unwrap();
+    assert_eq!(&first[..], b"DCFK\x05", "a version-5 checkpoint envelope");
+    let after: Vec<_> = records
+        .iter()
+        .filter(|(channel, message, _, _)| channel == "docs" && *message > head.id)
+        .collect();
+    assert_eq!(after.len(), 1, "one record after the checkpoint");
+
+    // Read from the checkpoint (with the tail) and by a full replay: the same files.
+    for from_checkpoint in [true, false] {
+        let config = VolumeConfig {
+            start_from_checkpoint: from_checkpoint,
+            ..fixture.config.clone()
+        };
+        let volume = Volume::open(
+            fixture.store.clone(),
+            docs.clone(),
+            Some(fixture.key.clone()),
+            config,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            volume.started_from_checkpoint().is_some(),
+            from_checkpoint,
+            "from the checkpoint: {from_checkpoint}"
+        );
+        let read = read_all(&volume).await;
+        let expected: BTreeMap<String, Vec<u8>> = fixture
+            .expected
+            .iter()
+            .filter(|(path, _)| path.starts_with("docs/"))
+            .map(|(path, bytes)| (path.clone(), bytes.clone()))
+            .collect();
+        assert!(read == expected, "from the checkpoint: {from_checkpoint}");
+    }
+    assert_eq!(fixture.expected.len(), 18);
+}

@@ -187,9 +187,20 @@ async fn gc_deletes_what_no_file_needs_and_every_reader_still_sees_the_same_file
     assert!(report.superseded_records >= 7, "{report:?}");
     assert_eq!(report.unused_data, 1, "the dead upload: {report:?}");
     // The deletes of single files and of the folder go; the two packed files' deletes
-    // stay, because the pack that puts them stays.
+    // stay, because the pack that puts them stays: it is repacked (its three live files
+    // relocated into a new message), and goes at the next gc after the grace.
     assert!(report.tombstones >= 5, "{report:?}");
     assert_eq!(report.tombstones_kept, 2, "{report:?}");
+    assert_eq!(
+        (report.repacked_records, report.repacked_files),
+        (1, 3),
+        "{report:?}"
+    );
+    assert_eq!(
+        (dry.repacked_records, dry.repacked_files, dry.repacked_bytes),
+        (1, 3, report.repacked_bytes),
+        "a dry run says what it would repack: {dry:?}"
+    );
     assert!(report.bytes > 1000, "{report:?}");
     let remaining = fx.messages().await;
     let head = report.checkpoint.expect("gc posted a checkpoint");
@@ -199,7 +210,7 @@ async fn gc_deletes_what_no_file_needs_and_every_reader_still_sees_the_same_file
         .parts
         .len();
     assert_eq!(
-        ids_before.len() + added - report.messages,
+        ids_before.len() + added + report.repack_messages - report.messages,
         remaining.len() - pin_notices(&remaining),
         "the messages deleted are those reported: {report:?}"
     );
@@ -353,4 +364,226 @@ async fn gc_leaves_the_data_of_records_its_key_cannot_read() {
     assert!(report.superseded_records > 0, "{report:?}");
     let theirs = fx.open(&other, None, false).await;
     assert_eq!(get(&theirs, "theirs.bin").await, big);
+}
+
+/// A packed folder of eight files, three of them deleted and one replaced, on another
+/// machine; returns the pack's record message.
+async fn partly_dead_pack(volume: &Volume) -> u64 {
+    let packed: Vec<SmallFile> = (0..8)
+        .map(|i| SmallFile {
+            path: format!("pack/p{i}"),
+            data: format!("packed file {i}, {}", "x".repeat(40 * i)).into_bytes(),
+            options: options(),
+        })
+        .collect();
+    volume.put_small(packed).await.unwrap();
+    let pack = volume.index().file("pack/p0").unwrap().record_message;
+    for i in [1, 4, 6] {
+        volume.remove(&format!("pack/p{i}"), false).await.unwrap();
+    }
+    put(volume, "pack/p2", b"replaced on its own").await;
+    pack
+}
+
+/// The paths whose tombstones a reader holds in messages older than `before`.
+fn deletes_before(volume: &Volume, before: u64) -> Vec<String> {
+    volume
+        .index()
+        .deletes_by_message()
+        .into_iter()
+        .filter(|(message, _)| *message < before)
+        .flat_map(|(_, paths)| paths)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_repacks_a_partly_dead_pack_then_leaves_no_tombstone_before_the_horizon() {
+    let fx = Fixture::new().await;
+    let key = Key::generate().unwrap();
+    let writer = fx.open(&key, None, true).await;
+    let pack = partly_dead_pack(&writer).await;
+    put(&writer, "single/kept", b"kept").await;
+    let expected = contents(&writer).await;
+    assert_eq!(expected.len(), 6);
+    assert_eq!(deletes_before(&writer, u64::MAX).len(), 3);
+    tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
+    let horizon = fx.messages().await[0].id + 1;
+
+    let collector = fx.open(&key, None, true).await;
+    let dry = gc(&collector, true).await;
+    assert_eq!(
+        (
+            dry.repacked_records,
+            dry.repacked_files,
+            dry.tombstones_kept
+        ),
+        (1, 4, 3),
+        "{dry:?}"
+    );
+    assert!(fx.message_ids(fx.channel.id).await.contains(&pack));
+    let first = gc(&collector, false).await;
+    assert_eq!(
+        (first.repacked_records, first.repacked_files),
+        (1, 4),
+        "{first:?}"
+    );
+    assert_eq!(first.repacked_bytes, dry.repacked_bytes);
+    assert!(first.repacked_bytes > 0);
+    assert_eq!(first.repack_messages, 1, "{first:?}");
+    // The relocation is young: the old pack and the deletes it keeps stay for now.
+    assert_eq!(first.tombstones_kept, 3, "{first:?}");
+    assert!(fx.message_ids(fx.channel.id).await.contains(&pack));
+    let moved = collector.index().file("pack/p0").unwrap().record_message;
+    assert!(moved > horizon);
+    assert_eq!(contents(&collector).await, expected);
+
+    // Once it is older than the grace, the next gc frees the pack and the deletes.
+    tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
+    let horizon = fx.messages().await[0].id + 1;
+    let report = gc(&collector, false).await;
+    assert_eq!(report.repacked_records, 0, "{report:?}");
+    assert_eq!(report.tombstones_kept, 0, "{report:?}");
+    assert!(report.tombstones >= 3, "{report:?}");
+    assert!(report.superseded_records >= 1, "{report:?}");
+    assert!(
+        !fx.message_ids(fx.channel.id).await.contains(&pack),
+        "the old pack message is freed"
+    );
+
+    // Every reader sees the same files, byte for byte, and none holds a delete older
+    // than the horizon: the collector, a fresh machine starting from gc's checkpoint,
+    // and a full replay of what is left; and the machine that wrote it all reads the
+    // relocation.
+    writer.refresh().await.unwrap();
+    for (what, reader) in [
+        ("the collector", None),
+        ("gc's checkpoint", Some(fx.open(&key, None, true).await)),
+        ("a full replay", Some(fx.open(&key, None, false).await)),
+    ] {
+        let reader = reader.as_ref().unwrap_or(&collector);
+        assert_eq!(contents(reader).await, expected, "{what}");
+        assert_eq!(
+            deletes_before(reader, horizon),
+            Vec::<String>::new(),
+            "{what}"
+        );
+    }
+    let fresh = fx.open(&key, None, true).await;
+    assert_eq!(fresh.started_from_checkpoint(), report.checkpoint);
+    assert_eq!(contents(&writer).await, expected, "the writer's own index");
+    assert!(writer.index().file("pack/p5").unwrap().record_message == moved);
+
+    // The store holds no message before the horizon with a delete in it.
+    for message in fx.messages().await.iter().filter(|m| m.id < horizon) {
+        if let Some(record) = open_record(&fx, &key, message).await {
+            assert!(
+                !record
+                    .ops
+                    .iter()
+                    .any(|op| matches!(op, format::Op::Del { .. })),
+                "message {} still holds a delete",
+                message.id
+            );
+        }
+    }
+
+    // A third gc has nothing to do.
+    let again = gc(&collector, false).await;
+    assert_eq!(
+        (again.repacked_records, again.messages),
+        (0, 0),
+        "{again:?}"
+    );
+}
+
+/// The record of a message, if it is one of ours.
+async fn open_record(fx: &Fixture, key: &Key, message: &Message) -> Option<format::Record> {
+    let envelope = match format::classify(&message.content) {
+        MessageKind::InlineRecord(envelope) => envelope,
+        MessageKind::AttachedRecord => {
+            let attachment = message.attachment_named(format::RECORD_ATTACHMENT)?;
+            fx.local
+                .fetch_attachment(fx.channel.id, message.id, attachment.id, attachment.size)
+                .await
+                .unwrap()
+                .to_vec()
+        }
+        _ => return None,
+    };
+    Some(
+        format::open_record(&envelope, Some(key), fx.channel.id)
+            .unwrap()
+            .record,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_overwrite_of_a_relocated_file_wins_before_or_after_the_relocation() {
+    for before_relocation in [true, false] {
+        let fx = Fixture::new().await;
+        let key = Key::generate().unwrap();
+        let writer = fx.open(&key, None, true).await;
+        partly_dead_pack(&writer).await;
+        tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
+        // The collector goes through the faulty store, whose posts a test can hold.
+        let config = VolumeConfig {
+            cache_dir: None,
+            free_grace: Duration::from_secs(3600),
+            checkpoint_every: 0,
+            collection_check_age: GRACE,
+            ..VolumeConfig::default()
+        };
+        let collector = open_volume(fx.store.clone(), &fx.channel, Some(&key), config).await;
+        let overwrite = b"written on another machine while gc ran".to_vec();
+        let report = if before_relocation {
+            // gc has read the channel and is posting the relocation; the other
+            // machine's overwrite lands first.
+            let hold = fx.store.hold_posts();
+            let collecting = async { gc(&collector, false).await };
+            let writing = async {
+                hold.arrived().await;
+                put(&writer, "pack/p3", &overwrite).await;
+                hold.release();
+            };
+            let (report, ()) = tokio::join!(collecting, writing);
+            report
+        } else {
+            // The other machine writes after the relocation, without having read it:
+            // its record takes the seq the relocation's record took, and must still win.
+            let report = gc(&collector, false).await;
+            let relocation_seq = collector.index().next_seq() - 1;
+            assert_eq!(writer.index().next_seq(), relocation_seq, "same seq");
+            put(&writer, "pack/p3", &overwrite).await;
+            report
+        };
+        assert_eq!(report.repacked_records, 1, "{report:?}");
+        let what = if before_relocation { "before" } else { "after" };
+        for round in ["after gc", "after the next gc"] {
+            if round == "after the next gc" {
+                // The old pack goes now; what the writer wrote stays.
+                tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
+                let again = gc(&collector, false).await;
+                assert!(again.superseded_records >= 1, "{what}: {again:?}");
+            }
+            writer.refresh().await.unwrap();
+            collector.refresh().await.unwrap();
+            for (who, reader) in [
+                ("the writer", &writer),
+                ("the collector", &collector),
+                ("a full replay", &fx.open(&key, None, false).await),
+                ("a checkpoint", &fx.open(&key, None, true).await),
+            ] {
+                assert_eq!(
+                    get(reader, "pack/p3").await,
+                    overwrite,
+                    "{what}, {round}: {who}"
+                );
+                assert_eq!(
+                    get(reader, "pack/p5").await,
+                    format!("packed file 5, {}", "x".repeat(200)).into_bytes(),
+                    "{what}, {round}: {who}"
+                );
+            }
+        }
+    }
 }

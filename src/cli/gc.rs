@@ -1,5 +1,6 @@
 //! `dcloud-fs gc [CHANNEL] [--dry-run] [--json]`: deletes what no file needs any more
-//! ([`crate::volume::gc`]): one line per channel with what went and the bytes freed.
+//! ([`crate::volume::gc`]): one line per channel with what went and the bytes freed,
+//! and the partly used records it repacked (files relocated, bytes copied).
 
 use clap::Args;
 
@@ -117,8 +118,23 @@ fn line(report: &GcReport) -> String {
     } else {
         String::new()
     };
+    let repacked = if report.repacked_records > 0 {
+        format!(
+            "; {} {} partly used records ({} files, {} copied into new packs)",
+            if report.dry_run {
+                "would repack"
+            } else {
+                "repacked"
+            },
+            report.repacked_records,
+            report.repacked_files,
+            output::human_size(report.repacked_bytes),
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{}: {verb} {} messages, {}{what}{kept}{data_kept}",
+        "{}: {verb} {} messages, {}{what}{repacked}{kept}{data_kept}",
         report.channel,
         report.messages,
         output::human_size(report.bytes),

@@ -131,6 +131,11 @@ pub struct CheckpointStamp {
 pub struct CheckpointPath {
     pub s: CheckpointStamp,
     pub op: Op,
+    /// The relocation record message that holds a `put` when a `relocate` (version 6)
+    /// set it: its chunks named by `f` there are named by `m` and `a` here, and this
+    /// message (not `s.m`) is the file's record message. `None`: `s.m` is.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_id")]
+    pub r: Option<Id>,
 }
 
 /// The data messages of one file.
@@ -186,7 +191,7 @@ impl CheckpointBody {
     /// The checks a reader makes of a body it opened: it is for `channel`, covers no
     /// message after its head, and every path is valid, held once, by a `put`,
     /// `mkdir` or `del` that is valid as a record's.
-    fn validate(&self, channel: Id, head: Id) -> Result<(), FormatError> {
+    fn validate(&self, channel: Id, head: Id, version: u8) -> Result<(), FormatError> {
         let bad = |detail: String| Err(damaged("checkpoint", detail));
         if self.channel != channel {
             return bad(format!("made for channel {}", self.channel));
@@ -203,8 +208,25 @@ impl CheckpointBody {
             if !seen.insert(path.op.path()) {
                 return bad(format!("'{}' is in it twice", path.op.path()));
             }
-            if matches!(path.op, Op::Link { .. }) {
-                return bad(format!("'{}' is held by a link", path.op.path()));
+            if matches!(path.op, Op::Link { .. } | Op::Relocate(_)) {
+                return bad(format!(
+                    "'{}' is held by a link or a relocation",
+                    path.op.path()
+                ));
+            }
+            if let Some(r) = path.r {
+                let problem = if version < 6 {
+                    Some("a relocated put in a checkpoint older than version 6")
+                } else if !matches!(path.op, Op::Put(_)) {
+                    Some("a relocated operation that is not a put")
+                } else if r <= path.s.m || r >= head {
+                    Some("a relocation that is not between its put and the checkpoint")
+                } else {
+                    None
+                };
+                if let Some(why) = problem {
+                    return bad(format!("'{}': {why}", path.op.path()));
+                }
             }
             if path.s.seq > self.max_seq {
                 return bad(format!("'{}' has a seq above the highest", path.op.path()));
@@ -214,7 +236,7 @@ impl CheckpointBody {
             seq: self.max_seq.max(1),
             ops: self.paths.iter().map(|p| p.op.clone()).collect(),
         }
-        .validate(super::FORMAT_VERSION)
+        .validate(version)
         .map_err(|e| damaged("checkpoint", e.to_string()))
     }
 
@@ -269,7 +291,7 @@ pub fn open_checkpoint(
     }
     let body: CheckpointBody =
         serde_json::from_slice(&json).map_err(|e| damaged("checkpoint", e.to_string()))?;
-    body.validate(channel, head)?;
+    body.validate(channel, head, version)?;
     if key.is_none() && body.carries_keys() {
         return Err(damaged("checkpoint", "data keys in an unsigned checkpoint"));
     }
@@ -350,6 +372,7 @@ mod tests {
                     path: "a/b.txt".into(),
                     moved: None,
                 },
+                r: None,
             }],
             records: vec![800],
             data: Vec::new(),

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::CheckpointStamp;
 use super::chunk::{ChunkKind, DataKey, NONCE_PREFIX_LEN};
 use super::{FORMAT_VERSION, FileId, FormatError, RECORD_MAGIC, damaged, validate_path};
 use crate::crypto::{self, CryptoError, KEY_ID_LEN, Key, KeyId, NONCE_LEN, TAG_LEN};
@@ -228,6 +229,23 @@ pub enum Op {
         path: String,
         moved: Moved,
     },
+    /// The put with stamp `s` moved its chunks (version 6): the same file version,
+    /// with the chunk locations of `file`, holding the path with that put's stamp (see
+    /// the module docs, Replay). What `gc` posts when it repacks a record message.
+    Relocate(Relocation),
+}
+
+/// A `relocate` operation: a put's stamp and the file it put, with its chunks where
+/// they are now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relocation {
+    /// The stamp of the put it relocates: that record's `seq` (0 for version 1), its
+    /// message and the put's position in it.
+    pub s: CheckpointStamp,
+    /// The file as that put put it (same path, id, size, times, mode, data key), with
+    /// the chunks' new locations.
+    #[serde(flatten)]
+    pub file: FileManifest,
 }
 
 /// Where a file deleted by a move across channels went, and which messages its chunks
@@ -283,10 +301,20 @@ pub(super) mod id_pairs {
 }
 
 impl Op {
+    /// The file an operation puts there: a `put`'s, or a `relocate`'s.
+    pub fn file(&self) -> Option<&FileManifest> {
+        match self {
+            Op::Put(file) => Some(file),
+            Op::Relocate(relocation) => Some(&relocation.file),
+            _ => None,
+        }
+    }
+
     /// The path the operation is about.
     pub fn path(&self) -> &str {
         match self {
             Op::Put(file) => &file.path,
+            Op::Relocate(relocation) => &relocation.file.path,
             Op::Mkdir(dir) => &dir.path,
             Op::Del { path, .. } | Op::Link { path, .. } => path,
         }
@@ -315,7 +343,19 @@ impl Record {
     pub(super) fn validate(&self, version: u8) -> Result<(), FormatError> {
         for op in &self.ops {
             validate_path(op.path())?;
-            if let Op::Put(file) = op {
+            if let Op::Relocate(relocation) = op {
+                let problem = if version < 6 {
+                    Some("a relocation in a record older than version 6")
+                } else if relocation.s.m == 0 {
+                    Some("a relocation of no message")
+                } else {
+                    None
+                };
+                if let Some(why) = problem {
+                    return Err(damaged("record", format!("'{}': {why}", op.path())));
+                }
+            }
+            if let Some(file) = op.file() {
                 let mut total = 0u64;
                 for chunk in &file.chunks {
                     if version < 4 && chunk.packed_at.is_some() {
@@ -401,7 +441,7 @@ pub fn seal_record(
     let carries_keys = record
         .ops
         .iter()
-        .any(|op| matches!(op, Op::Put(file) if file.data_key.is_some()));
+        .any(|op| op.file().is_some_and(|file| file.data_key.is_some()));
     if carries_keys && !matches!(seal, RecordSeal::Encrypted(_)) {
         return Err(damaged(
             "record",
@@ -706,6 +746,39 @@ mod tests {
     /// What a test compares of an opened record (who sealed it is checked on its own).
     fn summary(opened: OpenedRecord) -> (Record, u8, bool) {
         (opened.record, opened.version, opened.authenticated)
+    }
+
+    #[test]
+    fn a_relocation_is_a_put_with_the_stamp_it_relocates_and_needs_version_6() {
+        let key = Key::generate().unwrap();
+        let Op::Put(file) = sample_record().ops[0].clone() else {
+            unreachable!()
+        };
+        let record = Record {
+            seq: 9,
+            ops: vec![Op::Relocate(Relocation {
+                s: CheckpointStamp {
+                    seq: 5,
+                    m: 1234,
+                    i: 2,
+                },
+                file,
+            })],
+        };
+        // The layout the module docs give: a put's fields, flat, and `s`.
+        let json = serde_json::to_value(&record).unwrap();
+        let op = &json["ops"][0];
+        assert_eq!(op["op"], "relocate");
+        assert_eq!(op["s"], serde_json::json!({"seq": 5, "m": "1234", "i": 2}));
+        assert_eq!(op["path"], "photos/2024/a b ü.jpg");
+        assert_eq!(op["chunks"][1]["f"], "c1.bin");
+        let envelope = seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap();
+        assert_eq!(envelope[4], 6);
+        let opened = open_record(&envelope, Some(&key), CHANNEL).unwrap();
+        assert_eq!(opened.record, record);
+        // A record of version 5 can't hold one.
+        assert!(record.validate(5).is_err());
+        assert!(record.validate(6).is_ok());
     }
 
     #[test]

@@ -22,6 +22,14 @@
 //!    (sealed or signed by it; without a key, every plain one), and when the channel
 //!    holds records it can't read (another key's), no data message is proposed: they
 //!    may use it;
+//!    Records in use only by some of the files they put (the others deleted or
+//!    replaced) are *repacked* when that pays ([`super::repack`]): their live files'
+//!    chunks are copied into a new message whose record relocates them, keeping their
+//!    stamps. The old record is then superseded (or holds only tombstones), but young:
+//!    a machine that read the channel before the relocation may still point into it
+//!    (a rename), so it stays, and keeps its deletes, until the relocation is older
+//!    than the horizon; the next gc frees it and them. With `dry_run`, nothing is
+//!    posted (and it reports what it would repack);
 //! 3. decides which tombstones can go: a delete is only needed while some message that
 //!    stays still puts (or makes) its path, because a reader that replays the history
 //!    would otherwise bring the file back. So a tombstone message goes when none of the
@@ -47,7 +55,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::index::Own;
-use super::{Volume, VolumeError, reclaim};
+use super::{Volume, VolumeError, reclaim, repack};
 use crate::format::{self, MessageKind, Op};
 use crate::store::{Id, Message, snowflake_at_ms};
 
@@ -88,6 +96,14 @@ pub struct GcReport {
     /// Data messages no file of this key uses, left alone because the channel holds
     /// records this key can't read, which may use them.
     pub unused_data_kept: usize,
+    /// Record messages still partly in use whose live files were relocated into new
+    /// packs (see [`super::repack`]), so that they and the deletes they kept could go;
+    /// the files relocated and the sealed bytes copied.
+    pub repacked_records: usize,
+    pub repacked_files: usize,
+    pub repacked_bytes: u64,
+    /// The messages posted to hold them (packs and relocation records).
+    pub repack_messages: usize,
     /// Older checkpoints retired.
     pub checkpoints: usize,
     /// Messages deleted in all, and their attachments' bytes.
@@ -115,6 +131,9 @@ struct Sorted {
     tombstones: BTreeMap<Id, (Vec<String>, Vec<String>)>,
     /// Paths put or made by messages that stay.
     named: BTreeSet<String>,
+    /// Records in use by live entries (and carrying no guard): what may be
+    /// repacked. Their puts are not in `named` yet.
+    repackable: Vec<repack::Candidate>,
     bytes: HashMap<Id, u64>,
     /// Records of ours this key can't read (or doesn't trust).
     unreadable: usize,
@@ -142,15 +161,17 @@ impl Volume {
             );
             self.write_cache_whole();
         }
-        let mut sorted = self.sort_messages(&messages).await?;
-        let (collectable, kept) = collectable_tombstones(&mut sorted);
+        let mut sorted = self.sort_messages(&messages, horizon).await?;
         let mut report = GcReport {
             channel: self.channel.name.clone(),
             dry_run: options.dry_run,
-            tombstones_kept: kept,
             unused_data_kept: sorted.data_kept,
             ..GcReport::default()
         };
+        self.repack_partly_used(&mut sorted, &mut report, options.dry_run)
+            .await;
+        let (collectable, kept) = collectable_tombstones(&mut sorted);
+        report.tombstones_kept = kept;
         let candidates: Vec<(Id, Category)> = sorted
             .superseded
             .iter()
@@ -186,7 +207,11 @@ impl Volume {
             for (&message, paths) in &collectable {
                 index.forget_tombstones(message, paths);
             }
-            index.collected = index.collected.max(horizon);
+            // At most what the index covers (the horizon is one past it when every
+            // message is older than the grace): a reader that read that far lacks
+            // nothing.
+            let covered = horizon.min(index.last_seen);
+            index.collected = index.collected.max(covered);
         }
         self.write_cache_whole();
         let (head, retired) = self.post_checkpoint_retiring(1).await?;
@@ -209,10 +234,39 @@ impl Volume {
         Ok(report)
     }
 
+    /// Step 2b: repacks the records in use that pay for it (see [`super::repack`]).
+    /// Every record in use stays this run, repacked or not, and names its puts: the
+    /// relocations are young, and machines that read the channel before them still
+    /// take the files to live in the old records (a rename would point into them), so
+    /// those go at the next gc once the relocations are older than its horizon.
+    async fn repack_partly_used(&self, sorted: &mut Sorted, report: &mut GcReport, dry_run: bool) {
+        let candidates = std::mem::take(&mut sorted.repackable);
+        let plan = self.plan_repack(&candidates);
+        if dry_run {
+            report.repacked_records = plan.messages.len();
+            report.repacked_files = plan.moves.len();
+            report.repacked_bytes = plan.bytes;
+        } else if !plan.moves.is_empty() {
+            let done = self.repack(plan).await;
+            report.repacked_records = done.messages.len();
+            report.repacked_files = done.files;
+            report.repacked_bytes = done.bytes;
+            report.repack_messages = done.posted;
+        }
+        for candidate in candidates {
+            sorted.named.extend(candidate.puts);
+        }
+    }
+
     /// Step 2: our messages before the horizon, sorted.
-    async fn sort_messages(&self, messages: &[Message]) -> Result<Sorted, VolumeError> {
+    async fn sort_messages(
+        &self,
+        messages: &[Message],
+        horizon: Id,
+    ) -> Result<Sorted, VolumeError> {
         let mut sorted = Sorted::default();
         let mut deletes = self.index().deletes_by_message();
+        let young = self.index().relocated_since(horizon);
         for message in messages.iter().filter(|m| m.author_id == self.user) {
             let bytes = message.attachments.iter().map(|a| a.size).sum();
             sorted.bytes.insert(message.id, bytes);
@@ -247,9 +301,16 @@ impl Volume {
                         .any(|op| matches!(op, Op::Link { .. } | Op::Del { moved: Some(_), .. }));
                     let puts = ops
                         .iter()
-                        .filter(|op| matches!(op, Op::Put(_) | Op::Mkdir(_)))
+                        .filter(|op| matches!(op, Op::Put(_) | Op::Relocate(_) | Op::Mkdir(_)))
                         .map(|op| op.path().to_string());
-                    if in_use || guards || held {
+                    if in_use && !guards && !held {
+                        sorted.repackable.push(repack::Candidate {
+                            message: message.clone(),
+                            puts: puts.collect(),
+                        });
+                    } else if in_use || guards || held || young.contains(&message.id) {
+                        // (Superseded by relocations younger than the horizon: machines
+                        // that haven't read them may still use it; it goes next time.)
                         sorted.named.extend(puts);
                     } else if tombstone {
                         let held_deletes = deletes.remove(&message.id).unwrap_or_default();

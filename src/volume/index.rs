@@ -58,7 +58,7 @@ use crate::crypto::KeyId;
 use crate::format::{
     CheckpointBody, CheckpointData, CheckpointMove, CheckpointPath, CheckpointStamp, ChunkKind,
     ChunkLocation, ChunkRef, DataKey, DirManifest, FileId, FileManifest, NONCE_PREFIX_LEN, Op,
-    Record,
+    Record, Relocation,
 };
 use crate::idmap::IdMap;
 use crate::store::{Id, Message};
@@ -130,6 +130,27 @@ impl Stamp {
     pub fn seq(&self) -> u64 {
         if self.era == 0 { 0 } else { self.order }
     }
+
+    /// The operation's position in its record.
+    pub fn position(&self) -> u32 {
+        self.position
+    }
+
+    /// The stamp as a checkpoint or a relocation names it: `seq` (0: version 1),
+    /// message, position.
+    pub fn named(&self) -> CheckpointStamp {
+        CheckpointStamp {
+            seq: self.seq(),
+            m: self.message(),
+            i: self.position,
+        }
+    }
+
+    /// The stamp a checkpoint or a relocation names.
+    pub fn from_named(s: CheckpointStamp) -> Stamp {
+        let version = if s.seq == 0 { 1 } else { 2 };
+        Stamp::new(version, s.seq, s.m, s.i)
+    }
 }
 
 /// What a message of the bot's own in this channel is.
@@ -154,6 +175,9 @@ pub struct Outdated {
     /// The message and `seq` of the change that stands.
     pub current_message: Id,
     pub current_seq: u64,
+    /// The operation was a `relocate` (`gc` moving a put's chunks) that a newer change
+    /// had already replaced: expected, not worth a warning.
+    pub relocation: bool,
 }
 
 /// A chunk with its attachment resolved to ids.
@@ -289,6 +313,15 @@ impl Entry {
     }
 }
 
+/// What a record message sets in the index (see [`Index::set_by`]).
+#[derive(Debug, Clone, Default)]
+pub struct SetBy {
+    /// The live files it holds, with their paths and the stamps that hold them.
+    pub files: Vec<(String, Stamp, FileEntry)>,
+    /// How many live folders it made.
+    pub dirs: usize,
+}
+
 /// Whether an index holds a message (see [`Index::holds`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hold {
@@ -371,6 +404,25 @@ mod foreign_unfreed_serde {
 struct Slot {
     stamp: Stamp,
     entry: Option<Entry>,
+}
+
+impl Slot {
+    /// What decides between operations on a path: the stamp, then, at one stamp, the
+    /// relocation (a file whose record message isn't the stamp's: a `relocate` set
+    /// it) over the put it relocates, and the later relocation over an earlier one.
+    /// Derived from the entry, so the cache needs no field for it.
+    fn order(&self) -> (Stamp, Id) {
+        (self.stamp, relocated_by(self.stamp, self.entry.as_ref()))
+    }
+}
+
+/// The relocation record message that set `entry` with `stamp`, or 0 when the
+/// operation of `stamp` itself did.
+fn relocated_by(stamp: Stamp, entry: Option<&Entry>) -> Id {
+    match entry {
+        Some(Entry::File(file)) if file.record_message != stamp.message() => file.record_message,
+        _ => 0,
+    }
 }
 
 /// The slots by path, with how many times their live entries name each message: kept
@@ -684,11 +736,7 @@ impl Index {
     /// Checkpoints): everything a replay of the channel's history decides, and nothing
     /// local (what waits to be freed, skipped records, the cache's generation).
     pub fn checkpoint_body(&self) -> CheckpointBody {
-        let stamp = |s: &Stamp| CheckpointStamp {
-            seq: s.seq(),
-            m: s.message(),
-            i: s.position,
-        };
+        let stamp = |s: &Stamp| s.named();
         let paths = self
             .slots
             .map
@@ -707,6 +755,7 @@ impl Index {
                         moved: None,
                     },
                 },
+                r: Some(relocated_by(slot.stamp, slot.entry.as_ref())).filter(|&r| r != 0),
             })
             .collect();
         let mut data: BTreeMap<FileId, Vec<Id>> = BTreeMap::new();
@@ -769,10 +818,7 @@ impl Index {
         index.tombstone_messages.extend(body.tombstones);
         index.foreign.extend(body.foreign);
         index.unread.extend(body.unread);
-        let stamp = |s: CheckpointStamp| {
-            let version = if s.seq == 0 { 1 } else { 2 };
-            Stamp::new(version, s.seq, s.m, s.i)
-        };
+        let stamp = Stamp::from_named;
         for link in body.moved_out {
             index
                 .moved_out
@@ -784,7 +830,8 @@ impl Index {
         for path in body.paths {
             let stamp = stamp(path.s);
             let message = Message {
-                id: stamp.message(),
+                // A relocated put's record message is the relocation's.
+                id: path.r.unwrap_or(stamp.message()),
                 channel_id: index.channel,
                 author_id: 0,
                 content: String::new(),
@@ -929,11 +976,22 @@ impl Index {
                 self.check_own_chunks(file)?;
             }
         }
+        for (op, (path, _)) in record.ops.iter().zip(&resolved) {
+            if let Op::Relocate(relocation) = op {
+                self.check_relocation(message.id, record.seq, path, relocation)?;
+            }
+        }
         let seq = if version >= 2 { record.seq } else { 0 };
         self.max_seq = self.max_seq.max(seq);
         let mut outdated = Vec::new();
         for (position, (path, entry)) in resolved.into_iter().enumerate() {
-            let stamp = Stamp::new(version, seq, message.id, position as u32);
+            // A relocation holds the path with the stamp of the put it relocates, and
+            // wins over that put at that stamp (see [`Slot::order`]).
+            let (stamp, relocation) = match &record.ops[position] {
+                Op::Relocate(relocation) => (Stamp::from_named(relocation.s), true),
+                _ => (Stamp::new(version, seq, message.id, position as u32), false),
+            };
+            let order = (stamp, relocated_by(stamp, entry.as_ref()));
             // Where a moved file's messages went counts whether or not this delete
             // wins its path: a newer put of the path doesn't bring the chunks back.
             let link = match &record.ops[position] {
@@ -961,13 +1019,14 @@ impl Index {
                 self.note_tombstone(message.id);
             }
             match self.slots.map.get(&path) {
-                Some(slot) if slot.stamp >= stamp => {
-                    if slot.stamp.message() < message.id {
+                Some(slot) if slot.order() >= order => {
+                    if slot.stamp.message() < message.id && slot.stamp != stamp {
                         outdated.push(Outdated {
                             path,
                             seq,
                             current_message: slot.stamp.message(),
                             current_seq: slot.stamp.seq(),
+                            relocation,
                         });
                     }
                 }
@@ -980,6 +1039,41 @@ impl Index {
         self.skipped.remove(&message.id);
         self.unread.remove(&message.id);
         Ok(outdated)
+    }
+
+    /// Checks a `relocate` in the record of message `message` with `seq`: it relocates
+    /// a put posted before it, with a lower `seq`, and when the index knows that put
+    /// (the path holds its stamp) the file it names is the one that put put (its id):
+    /// else the record is damaged.
+    fn check_relocation(
+        &self,
+        message: Id,
+        seq: u64,
+        path: &str,
+        relocation: &Relocation,
+    ) -> Result<(), String> {
+        let stamp = Stamp::from_named(relocation.s);
+        if stamp.message() >= message || (stamp.seq() >= seq && stamp.seq() != 0) {
+            return Err(format!(
+                "'{path}': relocates a put that is not older than the relocation"
+            ));
+        }
+        if let Some(slot) = self.slots.map.get(path)
+            && slot.stamp == stamp
+        {
+            match &slot.entry {
+                Some(Entry::File(file)) if file.id == relocation.file.id => {}
+                _ => {
+                    return Err(format!(
+                        "'{path}': relocates the put in message {} as file {}, which that \
+                         put did not put",
+                        stamp.message(),
+                        relocation.file.id
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn note_tombstone(&mut self, message: Id) {
@@ -1181,6 +1275,61 @@ impl Index {
             .collect()
     }
 
+    /// For each of `messages`: the live files whose record message it is (that it put,
+    /// or relocated), with the stamp that holds each, and how many live folders it
+    /// made. What `gc` judges a record message's repacking by (see
+    /// [`crate::volume::repack`]): one walk of the slots.
+    pub fn set_by(&self, messages: &HashSet<Id>) -> HashMap<Id, SetBy> {
+        let mut found: HashMap<Id, SetBy> = HashMap::new();
+        for (path, slot) in &self.slots.map {
+            let (record, file) = match &slot.entry {
+                Some(Entry::File(file)) => (file.record_message, Some(file)),
+                Some(Entry::Dir(dir)) => (dir.record_message, None),
+                None => continue,
+            };
+            if !messages.contains(&record) {
+                continue;
+            }
+            let set = found.entry(record).or_default();
+            match file {
+                Some(file) => set.files.push((path.clone(), slot.stamp, file.clone())),
+                None => set.dirs += 1,
+            }
+        }
+        found
+    }
+
+    /// The record messages whose puts relocations posted at or after `since` moved
+    /// away (what `gc` must not free yet: see [`crate::volume::repack`]).
+    pub fn relocated_since(&self, since: Id) -> HashSet<Id> {
+        self.slots
+            .map
+            .values()
+            .filter_map(|slot| {
+                let by = relocated_by(slot.stamp, slot.entry.as_ref());
+                (by != 0 && by >= since).then(|| slot.stamp.message())
+            })
+            .collect()
+    }
+
+    /// How many times live entries name message `message` of this channel.
+    pub fn uses_of(&self, message: Id) -> u32 {
+        self.slots.uses.get(&message).copied().unwrap_or(0)
+    }
+
+    /// Whether `path` holds a tombstone.
+    pub fn is_tombstone(&self, path: &str) -> bool {
+        self.slots
+            .map
+            .get(path)
+            .is_some_and(|slot| slot.entry.is_none())
+    }
+
+    /// Whether message `message` carries tombstones (or links) that the index keeps.
+    pub fn carries_tombstones(&self, message: Id) -> bool {
+        self.tombstone_messages.contains(&message)
+    }
+
     /// Forgets the deletes that message `message` holds at `paths`, and that it carries
     /// tombstones: what `gc` does before it deletes the message (see
     /// [`crate::volume::gc`]).
@@ -1298,7 +1447,7 @@ fn resolve(
             mode: dir.mode,
             record_message: message.id,
         })),
-        Op::Put(file) => {
+        Op::Put(file) | Op::Relocate(Relocation { file, .. }) => {
             let mut chunks = Vec::with_capacity(file.chunks.len());
             for chunk in &file.chunks {
                 let (channel, message_id, attachment) = match &chunk.location {
@@ -1709,6 +1858,180 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A `relocate` of the put at `(seq, message, position)` of `path`, its chunk
+    /// attached as `c0.bin`, naming file `id`.
+    fn relocate(path: &str, seq: u64, message: Id, position: u32, id: FileId) -> Op {
+        let Op::Put(mut file) = put(path, vec![attached("c0.bin")]) else {
+            unreachable!()
+        };
+        file.id = id;
+        Op::Relocate(Relocation {
+            s: CheckpointStamp {
+                seq,
+                m: message,
+                i: position,
+            },
+            file,
+        })
+    }
+
+    /// Applies records of version 6 in `order`, each with its message.
+    fn replay(order: &[&(Message, Record)]) -> Index {
+        let mut index = Index::new(1, None);
+        for (message, record) in order {
+            index.apply(message, record, 6, None).unwrap();
+        }
+        index
+    }
+
+    #[test]
+    fn a_relocation_holds_the_stamp_of_the_put_it_relocates_in_any_order() {
+        // "a" put at seq 5 in message 10 (position 1); gc relocates it in message 50
+        // (seq 9) to attachment 500.
+        let original = (
+            message(10, &[("c0.bin", 100), ("c1.bin", 101)]),
+            record_v2(
+                5,
+                vec![
+                    put("b", vec![attached("c0.bin")]),
+                    put("a", vec![attached("c1.bin")]),
+                ],
+            ),
+        );
+        let relocation = (
+            message(50, &[("c0.bin", 500)]),
+            record_v2(9, vec![relocate("a", 5, 10, 1, FileId([1; 16]))]),
+        );
+        // Original and relocation, either order: the relocation's chunk, the put's
+        // stamp; the original read again changes nothing.
+        for order in [[&original, &relocation], [&relocation, &original]] {
+            let mut index = replay(&order);
+            assert_eq!(chunk_of(&index, "a"), Some(500));
+            assert_eq!(index.version_of("a").as_deref(), Some("10:1"));
+            assert_eq!(index.file("a").unwrap().record_message, 50);
+            index.apply(&original.0, &original.1, 6, None).unwrap();
+            assert_eq!(chunk_of(&index, "a"), Some(500));
+            // Message 10 is used by "b" only now.
+            assert_eq!(index.uses_of(10), 2);
+            assert_eq!(index.uses_of(50), 2);
+        }
+        // Concurrent changes of "a" on other machines win or lose exactly as they
+        // would against the original put, in any order: a later seq wins; the same
+        // seq wins when posted before the original (lower message id) and loses when
+        // posted after; a lower seq loses.
+        let change = |id: Id, seq: u64, del: bool| {
+            let op = if del {
+                Op::Del {
+                    path: "a".into(),
+                    moved: None,
+                }
+            } else {
+                put("a", vec![attached("c0.bin")])
+            };
+            (
+                message(id, &[("c0.bin", id * 10)]),
+                record_v2(seq, vec![op]),
+            )
+        };
+        for (other, wins) in [
+            (change(60, 6, false), true),
+            (change(40, 6, true), true),
+            (change(8, 5, false), true),
+            (change(20, 5, false), false),
+            (change(30, 4, true), false),
+            (change(70, 9, false), true),
+        ] {
+            let all = [&original, &relocation, &other];
+            for order in [
+                [0, 1, 2],
+                [0, 2, 1],
+                [1, 0, 2],
+                [1, 2, 0],
+                [2, 0, 1],
+                [2, 1, 0],
+            ] {
+                let index = replay(&order.map(|i| all[i]));
+                let expected = match (wins, &other.1.ops[0]) {
+                    (true, Op::Del { .. }) => None,
+                    (true, _) => Some(other.0.id * 10),
+                    (false, _) => Some(500),
+                };
+                assert_eq!(
+                    chunk_of(&index, "a"),
+                    expected,
+                    "{:?} against seq {} in {}, order {order:?}",
+                    other.1.ops[0].path(),
+                    other.1.seq,
+                    other.0.id
+                );
+            }
+        }
+        // A relocation of the relocation (a second gc) wins over both.
+        let again = (
+            message(80, &[("c0.bin", 800)]),
+            record_v2(12, vec![relocate("a", 5, 10, 1, FileId([1; 16]))]),
+        );
+        let all = [&original, &relocation, &again];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+            let index = replay(&order.map(|i| all[i]));
+            assert_eq!(chunk_of(&index, "a"), Some(800), "order {order:?}");
+        }
+    }
+
+    #[test]
+    fn a_relocation_of_another_file_or_of_a_later_put_is_refused() {
+        let original = (
+            message(10, &[("c0.bin", 100)]),
+            record_v2(5, vec![put("a", vec![attached("c0.bin")])]),
+        );
+        let mut index = replay(&[&original]);
+        let bad = [
+            // Another file id than the put put.
+            record_v2(9, vec![relocate("a", 5, 10, 0, FileId([2; 16]))]),
+            // A put posted after the relocation, or with a seq not below its own.
+            record_v2(9, vec![relocate("a", 5, 60, 0, FileId([1; 16]))]),
+            record_v2(5, vec![relocate("a", 5, 10, 0, FileId([1; 16]))]),
+        ];
+        for record in bad {
+            let good = relocate("b", 5, 10, 0, FileId([1; 16]));
+            let mut record = record;
+            record.ops.insert(0, good);
+            let applied = index.apply(&message(50, &[("c0.bin", 500)]), &record, 6, None);
+            assert!(applied.is_err(), "{record:?}");
+            // Refused whole: nothing of it landed.
+            assert_eq!(chunk_of(&index, "a"), Some(100));
+            assert!(index.file("b").is_none());
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_a_relocated_put_with_its_stamp_and_message() {
+        let original = (
+            message(10, &[("c0.bin", 100)]),
+            record_v2(5, vec![put("a", vec![attached("c0.bin")])]),
+        );
+        let relocation = (
+            message(50, &[("c0.bin", 500)]),
+            record_v2(9, vec![relocate("a", 5, 10, 0, FileId([1; 16]))]),
+        );
+        let mut index = replay(&[&original, &relocation]);
+        index.note_own(10, Own::Record);
+        index.note_own(50, Own::Record);
+        index.advance(60);
+        let body = index.checkpoint_body();
+        let held = body.paths.iter().find(|p| p.op.path() == "a").unwrap();
+        assert_eq!((held.s.m, held.r), (10, Some(50)));
+        let json = serde_json::to_vec(&body).unwrap();
+        let mut read =
+            Index::from_checkpoint(serde_json::from_slice(&json).unwrap(), None).unwrap();
+        assert_eq!(read.file("a"), index.file("a"));
+        assert_eq!(read.version_of("a"), index.version_of("a"));
+        // The original read again after the checkpoint still doesn't land.
+        read.apply(&original.0, &original.1, 6, None).unwrap();
+        assert_eq!(chunk_of(&read, "a"), Some(500));
+        assert_eq!(read.uses_of(10), 0);
     }
 
     #[test]

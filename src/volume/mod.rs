@@ -62,6 +62,7 @@ pub mod pack;
 pub mod reclaim;
 pub mod records;
 pub mod registry;
+pub mod repack;
 pub mod transfer;
 pub mod verify;
 

@@ -83,8 +83,8 @@ impl Volume {
     /// How a record of `ops` is protected (see the module docs): the one place that
     /// decides between encrypted, signed and unsigned records.
     pub(super) fn record_seal(&self, ops: &[Op]) -> Result<RecordSeal<'_>, VolumeError> {
-        let puts_encrypted = ops.iter().any(|op| matches!(op, Op::Put(f) if f.encrypted));
-        let puts_plain_only = !puts_encrypted && ops.iter().any(|op| matches!(op, Op::Put(_)));
+        let puts_encrypted = ops.iter().any(|op| op.file().is_some_and(|f| f.encrypted));
+        let puts_plain_only = !puts_encrypted && ops.iter().any(|op| op.file().is_some());
         Ok(match (&self.key, puts_plain_only) {
             (Some(key), true) => RecordSeal::Signed(key),
             (Some(key), false) => RecordSeal::Encrypted(key),
@@ -147,7 +147,9 @@ impl Volume {
             let data_message = self.store.post(self.channel.id, data).await?;
             let record_posted: Result<Message, VolumeError> = async {
                 for op in &mut ops {
-                    if let Op::Put(manifest) = op {
+                    if let Op::Put(manifest)
+                    | Op::Relocate(format::Relocation { file: manifest, .. }) = op
+                    {
                         transfer::resolve_attached(&data_message, &mut manifest.chunks)?;
                     }
                 }
@@ -377,8 +379,10 @@ impl Volume {
             }
         }
         match index.apply(message, &opened.record, opened.version, opened.sealed_by) {
-            Ok(outdated) => {
+            Ok(mut outdated) => {
                 drop(index);
+                // A relocation a newer change had replaced already is what it should be.
+                outdated.retain(|o| !o.relocation);
                 if outdated.is_empty() || !self.first_warning(message.id) {
                     return;
                 }
