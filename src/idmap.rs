@@ -6,8 +6,9 @@
 //! (Discord assigns them; records that name them are sealed). The maps keyed by them
 //! sit on the way of every listed name (a warm `ls -lR` of 100,000 files asks each of
 //! them several times per name), so they use [`IdHasher`]: one multiply per number
-//! (the mixing of FxHash, the hasher of rustc), which spreads numbers handed out in
-//! order over the table as well as any.
+//! and MurmurHash3's finalizer at the end (FxHash's mixing, then an avalanche), which spreads
+//! numbers handed out in order, and snowflakes that differ only in their high bits,
+//! over the table as well as any.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -28,7 +29,15 @@ const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // A product's low bits depend only on the low bits of what was multiplied, and
+        // a snowflake's are often all zero (its increment and worker): the finalizer of
+        // MurmurHash3 makes every bit depend on every bit.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -57,17 +66,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_in_order_spread_over_the_buckets() {
+    fn numbers_in_order_and_snowflakes_spread_over_the_buckets() {
         // 4,096 numbers in a row into 1,024 buckets by the low bits (as hashbrown
-        // picks them): none stays empty or holds many.
+        // picks them): as a random spread would (about 4 a bucket, few empty).
         let mut buckets = vec![0u32; 1024];
         for n in 1_000_000u64..1_004_096 {
             let mut hasher = IdHasher::default();
             hasher.write_u64(n);
             buckets[(hasher.finish() & 1023) as usize] += 1;
         }
+        assert!(buckets.iter().all(|&b| b <= 16), "{buckets:?}");
         assert!(
-            buckets.iter().all(|&b| (1..=12).contains(&b)),
+            buckets.iter().filter(|&&b| b == 0).count() < 60,
+            "{buckets:?}"
+        );
+        // Snowflakes a millisecond apart: their low 22 bits are zero.
+        let mut buckets = vec![0u32; 1024];
+        for ms in 0u64..4096 {
+            let mut hasher = IdHasher::default();
+            hasher.write_u64((1_700_000_000_000 + ms) << 22);
+            buckets[(hasher.finish() & 1023) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&b| b <= 16), "{buckets:?}");
+        assert!(
+            buckets.iter().filter(|&&b| b == 0).count() < 60,
             "{buckets:?}"
         );
         let mut map: IdMap<(u64, u64), u32> = IdMap::default();
