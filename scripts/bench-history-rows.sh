@@ -38,15 +38,16 @@
 #   leaves it for the next). Baseline: `ls -lR` of the same tree on the local disk, with
 #   its dentries and inodes cached (the first listing warms them; the note gives the
 #   listing after dropping the page cache too). The target: at most 2 times the disk.
-# - gc: `dcloud-fs gc` of the channel, timed, with its report line in the note (messages
+# - gc: `dcloud-fs gc` of the channel, timed, twice (the second a day later, under
+#   faketime, when it is installed: see the gc section), with its report line in the note (messages
 #   and bytes freed, deletes kept) and the requests it made (messages younger than two
 #   weeks go a hundred to a bulk delete; one by one, at Discord's 5 deletes a second in
 #   a channel, 100,000 would take five and a half hours). Then the channel's whole history is read again
 #   (`seed_history count`: no cache, no checkpoint, the limits off): the tombstone
-#   messages left and how many are older than the newest checkpoint, which should all
-#   be those gc keeps on purpose: deletes of files in packs still in use (the pack's
-#   record still puts the path, so replaying without the delete would bring the file
-#   back); `gc --dry-run` then must find no tombstone message to delete.
+#   messages left and how many are older than the newest checkpoint: none after the
+#   second run (the first repacks the packs still partly in use, whose records still
+#   put the dead files' paths and so keep their deletes; the second frees the old packs
+#   and those deletes); `gc --dry-run` then must find no tombstone message to delete.
 # - verify: `dcloud-fs verify CHANNEL --read-data --sample 1`, timed, with its exit
 #   status (0: clean) and summary line.
 # - peak RSS of the mount daemon with the channel listed (fresh and warm), the size of
@@ -171,11 +172,26 @@ row "$section" "mount daemon peak RSS, channel listed" "$(peak_rss_mib rss.fresh
     "fresh: $(peak_rss_mib rss.fresh.*) MiB, warm: $(peak_rss_mib rss.warm.*) MiB, without checkpoints: $(peak_rss_mib rss.replay.*) MiB; $live files, block cache 64 MiB (default)"
 
 # --- gc ------------------------------------------------------------------------------------
-before_deleted=$(fake_stat messages_deleted)
-before_requests=$(fake_stat requests)
-timed gc /usr/bin/time -f %M -o rss.gc "$bin" gc "$channel" > gc.out
-gc_deleted=$(($(fake_stat messages_deleted) - before_deleted))
-gc_requests=$(($(fake_stat requests) - before_requests))
+# gc_run NAME [WRAPPER...]: one `gc` of the channel, timed (NAME.times), its peak RSS
+# (rss.NAME), its last line (NAME.out), and the messages it deleted and the requests it
+# made (NAME.deleted, NAME.requests).
+gc_run() {
+    local name=$1 before_deleted before_requests
+    shift
+    before_deleted=$(fake_stat messages_deleted)
+    before_requests=$(fake_stat requests)
+    timed "$name" "$@" /usr/bin/time -f %M -o "rss.$name" "$bin" gc "$channel" > "$name.out"
+    echo $(($(fake_stat messages_deleted) - before_deleted)) > "$name.deleted"
+    echo $(($(fake_stat requests) - before_requests)) > "$name.requests"
+}
+# The first run repacks the packs whose dead files keep deletes; what they kept goes
+# once the repacks are older than the grace (a day). The second run is that day later:
+# under faketime (Debian's package faketime), the clock 25 h ahead, nothing posted
+# meanwhile. Without faketime there is no second run.
+gc_run gc
+if command -v faketime > /dev/null; then
+    gc_run gc2 env FAKETIME_DONT_FAKE_MONOTONIC=1 faketime '+25 hours'
+fi
 gc_line=$(tail -1 gc.out)
 "$bin" gc --json --dry-run "$channel" > gc.dry.json
 dry_tombstones=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["tombstones"])' gc.dry.json)
@@ -185,7 +201,13 @@ fast
 discord
 left=$(json count.after.json tombstone_messages_older_than_newest_checkpoint)
 row "$section" "gc" "$(median gc.times)" s "" "" "" "$(peak_rss_mib rss.gc)" \
-    "$gc_line; $gc_deleted messages deleted, $gc_requests requests; the history after: $(json count.after.json messages) messages, $(json count.after.json tombstone_messages) tombstone messages holding $(json count.after.json deletes_held) deletes, $left of them older than the newest checkpoint (deletes of files in packs still in use, which must stay); gc --dry-run after: $dry_tombstones tombstone messages to delete, $dry_kept deletes kept; ${latency_ms} ms latency"
+    "$gc_line; $(cat gc.deleted) messages deleted, $(cat gc.requests) requests; ${latency_ms} ms latency"
+if [ -e gc2.out ]; then
+    row "$section" "gc, a day later (faketime +25 h)" "$(median gc2.times)" s "" "" "" "$(peak_rss_mib rss.gc2)" \
+        "$(tail -1 gc2.out); $(cat gc2.deleted) messages deleted, $(cat gc2.requests) requests; ${latency_ms} ms latency"
+fi
+row "$section" "tombstones older than the newest checkpoint, after gc" "$left" messages "" "" "" "" \
+    "target 0; the history after: $(json count.after.json messages) messages, $(json count.after.json tombstone_messages) tombstone messages holding $(json count.after.json deletes_held) deletes; gc --dry-run after: $dry_tombstones tombstone messages to delete, $dry_kept deletes kept"
 
 # --- verify --------------------------------------------------------------------------------
 status=0
