@@ -14,7 +14,7 @@
 //!    has chunks in another channel, it carries no link or moved delete and no file
 //!    moved away uses it) — otherwise it would stay all the same — and only when it
 //!    pays: always when a dead put's path holds a tombstone (the delete it blocks can
-//!    then go, in the same run), else when the live files' sealed bytes are at most
+//!    then go, at the next run: see below), else when the live files' sealed bytes are at most
 //!    [`REPACK_LIVE_SHARE`] of its attachments' bytes (the space freed is worth the
 //!    copy).
 //! 2. **Copy.** The live chunks in its attachments are fetched by byte range (one
