@@ -106,6 +106,9 @@ pub struct GcReport {
     pub repack_messages: usize,
     /// Older checkpoints retired.
     pub checkpoints: usize,
+    /// Messages that earlier changes of ours had left unneeded and whose grace was
+    /// over, freed by the same pass (the records an earlier gc repacked, say).
+    pub freed_earlier: usize,
     /// Messages deleted in all, and their attachments' bytes.
     pub messages: usize,
     pub bytes: u64,
@@ -223,6 +226,7 @@ impl Volume {
                 index.unfreed.insert(message, 0);
             }
         }
+        let own_before = self.index().own_count();
         self.free_unused().await;
         let index = self.index();
         for &(message, category) in &candidates {
@@ -230,7 +234,9 @@ impl Volume {
                 report.count(category, sorted.bytes.get(&message).copied().unwrap_or(0));
             }
         }
-        report.messages += report.checkpoints;
+        let freed = own_before.saturating_sub(index.own_count());
+        report.freed_earlier = freed.saturating_sub(report.messages + report.checkpoints);
+        report.messages += report.checkpoints + report.freed_earlier;
         Ok(report)
     }
 
