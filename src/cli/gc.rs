@@ -97,10 +97,6 @@ fn line(report: &GcReport) -> String {
     part(report.tombstones, "tombstone messages");
     part(report.unused_data, "unused data messages");
     part(report.checkpoints, "older checkpoints");
-    part(
-        report.freed_earlier,
-        "left unneeded by earlier changes, repacked records among them",
-    );
     let what = if parts.is_empty() {
         String::new()
     } else {

@@ -106,9 +106,6 @@ pub struct GcReport {
     pub repack_messages: usize,
     /// Older checkpoints retired.
     pub checkpoints: usize,
-    /// Messages that earlier changes of ours had left unneeded and whose grace was
-    /// over, freed by the same pass (the records an earlier gc repacked, say).
-    pub freed_earlier: usize,
     /// Messages deleted in all, and their attachments' bytes.
     pub messages: usize,
     pub bytes: u64,
@@ -226,7 +223,6 @@ impl Volume {
                 index.unfreed.insert(message, 0);
             }
         }
-        let own_before = self.index().own_count();
         self.free_unused().await;
         let index = self.index();
         for &(message, category) in &candidates {
@@ -234,9 +230,7 @@ impl Volume {
                 report.count(category, sorted.bytes.get(&message).copied().unwrap_or(0));
             }
         }
-        let freed = own_before.saturating_sub(index.own_count());
-        report.freed_earlier = freed.saturating_sub(report.messages + report.checkpoints);
-        report.messages += report.checkpoints + report.freed_earlier;
+        report.messages += report.checkpoints;
         Ok(report)
     }
 

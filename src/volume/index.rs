@@ -908,11 +908,6 @@ impl Index {
         self.dirty.own.insert(message);
     }
 
-    /// How many messages of the bot's own this index knows in the channel.
-    pub fn own_count(&self) -> usize {
-        self.own.len()
-    }
-
     /// What message `message` of this channel is, if it is one of the bot's own that
     /// still exists as far as this index knows.
     pub fn own(&self, message: Id) -> Option<Own> {
