@@ -181,15 +181,20 @@ pub(super) fn pack_small_files(
             data_key,
         }));
     }
-    let attachments = packs
+    Ok((pack_attachments(packs), ops))
+}
+
+/// Packs as the attachments of their message, named by their position (which is how
+/// chunk references name them: [`format::chunk_filename`]).
+pub(super) fn pack_attachments(packs: Vec<Vec<u8>>) -> Vec<NewAttachment> {
+    packs
         .into_iter()
         .enumerate()
         .map(|(position, data)| NewAttachment {
             filename: format::chunk_filename(position as u64),
             data: data.into(),
         })
-        .collect();
-    Ok((attachments, ops))
+        .collect()
 }
 
 /// Whether packs and the record that puts their files fit one message, with the record

@@ -354,14 +354,6 @@ impl Volume {
                 file: manifest,
             }));
         }
-        let attachments = packs
-            .into_iter()
-            .enumerate()
-            .map(|(position, data)| NewAttachment {
-                filename: format::chunk_filename(position as u64),
-                data: data.into(),
-            })
-            .collect();
-        Ok((attachments, ops))
+        Ok((pack::pack_attachments(packs), ops))
     }
 }
