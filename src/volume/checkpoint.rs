@@ -68,7 +68,7 @@ impl Volume {
             if super::reclaim::now_ms().saturating_sub(index.pin_refused_at) < PIN_RETRY_MS {
                 return;
             }
-            let newest = index.checkpoint_messages().last().copied().unwrap_or(0);
+            let newest = index.newest_checkpoint();
             let wanted = if at_unmount {
                 (every / 10).max(1)
             } else {

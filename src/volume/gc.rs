@@ -188,7 +188,7 @@ impl Volume {
             // Nothing to collect: the checkpoint is brought up to date, if it isn't.
             let stale = {
                 let index = self.index();
-                let newest = index.checkpoint_messages().last().copied().unwrap_or(0);
+                let newest = index.newest_checkpoint();
                 index.records_after(newest, 1) > 0
             };
             if stale && !options.dry_run {

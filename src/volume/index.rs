@@ -886,6 +886,16 @@ impl Index {
             .count()
     }
 
+    /// The newest of [`Index::checkpoint_messages`] (0: none), found from the newest
+    /// message back rather than by listing them all.
+    pub fn newest_checkpoint(&self) -> Id {
+        self.own
+            .iter()
+            .rev()
+            .find(|(_, own)| **own == Own::Checkpoint)
+            .map_or(0, |(&m, _)| m)
+    }
+
     /// The checkpoint messages of ours this index knows of (heads and parts).
     pub fn checkpoint_messages(&self) -> Vec<Id> {
         self.own

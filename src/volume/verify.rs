@@ -385,7 +385,7 @@ impl Volume {
     /// with the messages that carry them.
     fn deletes_to_verify(&self, path: &str) -> Vec<(String, Id)> {
         let index = self.index();
-        let newest = index.checkpoint_messages().last().copied().unwrap_or(0);
+        let newest = index.newest_checkpoint();
         index.deletes_after(path, newest)
     }
 
