@@ -435,3 +435,53 @@ async fn the_local_store_pins_at_most_250_messages() {
     );
     fx.local.pin(fx.channel.id, ids[250]).await.unwrap();
 }
+
+/// A machine's index caches are read before its channels open (what a mount does while
+/// it lists the channels): the open takes that read, then catches up with what another
+/// machine posted since; a read of a channel gone from the store is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_read_started_before_the_open_is_taken_then_caught_up() {
+    use dcloud_fs::volume::registry::Volumes;
+    let fx = Fixture::new().await;
+    let cached = VolumeConfig {
+        cache_dir: Some(fx.cache.path().to_path_buf()),
+        ..VolumeConfig::default()
+    };
+    let gone = fx.local.create_channel("gone").await.unwrap();
+    {
+        let machine = Volumes::new(fx.local.clone(), Some(fx.key.clone()), cached.clone());
+        put(
+            &machine.open(fx.channel.clone()).await.unwrap(),
+            "old.txt",
+            b"cached",
+            true,
+        )
+        .await;
+        put(
+            &machine.open(gone.clone()).await.unwrap(),
+            "g.txt",
+            b"g",
+            true,
+        )
+        .await;
+        for volume in machine.opened() {
+            volume.save();
+        }
+    }
+    let elsewhere = fx.open(Some(&fx.key), false).await;
+    put(&elsewhere, "new.txt", b"posted since", true).await;
+    put(&elsewhere, "old.txt", b"overwritten since", true).await;
+    fx.local.delete_channel(gone.id).await.unwrap();
+
+    let machine = Volumes::new(fx.local.clone(), Some(fx.key.clone()), cached);
+    machine.start_cache_reads();
+    let volume = machine.open(fx.channel.clone()).await.unwrap();
+    assert_eq!(get(&volume, "new.txt").await, b"posted since");
+    assert_eq!(get(&volume, "old.txt").await, b"overwritten since");
+    assert_eq!(volume.index().live().count(), 2);
+    machine.drop_cache_reads();
+    assert!(
+        machine.open(gone).await.is_err(),
+        "the gone channel doesn't open"
+    );
+}

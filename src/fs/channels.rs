@@ -84,12 +84,14 @@ impl Fs {
     /// cache read, the messages after it fetched) while the mount comes up, not on the
     /// first request that needs it. A channel the first request needs meanwhile waits
     /// for this same open, not a second one. A failed open is logged and left for that
-    /// first request to try again.
+    /// first request to try again. The cache reads [`Fs::new`] started that no open
+    /// took are dropped then.
     pub async fn open_cached_channels(&self) {
         let channels = match self.list_channels(false).await {
             Ok(channels) => channels,
             Err(e) => {
                 log::debug!("opening the cached channels: could not list them: {e}");
+                self.volumes.drop_cache_reads();
                 return;
             }
         };
@@ -102,6 +104,7 @@ impl Fs {
                 }
             });
         futures::future::join_all(opening).await;
+        self.volumes.drop_cache_reads();
     }
 
     /// Reads what changed elsewhere in every open channel, and the channel list; notes

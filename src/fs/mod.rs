@@ -334,6 +334,8 @@ impl Fs {
             refreshes: Mutex::default(),
             config,
         });
+        // The caches of the channels used before are read while the store answers.
+        fs.volumes.start_cache_reads();
         fs.list_channels(true).await?;
         fs.note_refresh(None);
         fs.start_write_back();

@@ -463,7 +463,19 @@ impl Volume {
         key: Option<Key>,
         config: VolumeConfig,
     ) -> Result<Volume, VolumeError> {
-        let volume = Volume::load(store, channel, key, config).await?;
+        Volume::open_read(store, channel, key, config, None).await
+    }
+
+    /// [`Volume::open`] with the cache's read already under way (see
+    /// [`start_cache_read`]), or started here if `cache_read` is `None`.
+    pub(crate) async fn open_read(
+        store: Arc<dyn Store>,
+        channel: Channel,
+        key: Option<Key>,
+        config: VolumeConfig,
+        cache_read: Option<CacheRead>,
+    ) -> Result<Volume, VolumeError> {
+        let volume = Volume::load(store, channel, key, config, cache_read).await?;
         volume.refresh().await?;
         volume.reclaim_abandoned_uploads().await;
         Ok(volume)
@@ -480,7 +492,7 @@ impl Volume {
         key: Option<Key>,
         config: VolumeConfig,
     ) -> Result<Volume, VolumeError> {
-        let volume = Volume::load(store, channel, key, config).await?;
+        let volume = Volume::load(store, channel, key, config, None).await?;
         volume.catch_up().await?;
         Ok(volume)
     }
@@ -492,16 +504,13 @@ impl Volume {
         channel: Channel,
         key: Option<Key>,
         config: VolumeConfig,
+        cache_read: Option<CacheRead>,
     ) -> Result<Volume, VolumeError> {
         let key_id = key.as_ref().map(Key::id);
         // The cache is read and opened (CPU and disk: a big channel's takes a fraction
         // of a second) while the store answers who we are and its limits (round trips).
-        let loading = {
-            let (config, store, key) = (config.clone(), store.clone(), key.clone());
-            tokio::task::spawn_blocking(move || {
-                load_cache(&config, store.as_ref(), channel.id, key.as_ref())
-            })
-        };
+        let loading = cache_read
+            .unwrap_or_else(|| start_cache_read(&config, store.clone(), channel.id, key.clone()));
         let (loaded, user, limits) = tokio::join!(loading, store.current_user(), store.limits());
         let loaded = loaded.unwrap_or_else(|e| {
             log::warn!(
@@ -1854,7 +1863,7 @@ const CACHE_EXTENSION: &str = "index";
 /// index, the length of its file, how long the journal of deltas on top of it is, and
 /// the next delta's place in it.
 #[derive(Debug, Clone, Copy)]
-struct CacheFile {
+pub(crate) struct CacheFile {
     generation: u64,
     whole_len: u64,
     journal_len: u64,
@@ -1875,6 +1884,43 @@ pub(crate) fn has_cache(
     key: Option<KeyId>,
 ) -> bool {
     cache_path(config, store, channel, key).is_some_and(|path| path.is_file())
+}
+
+/// A read of a channel's index cache under way (see [`load_cache`]).
+pub(crate) type CacheRead = tokio::task::JoinHandle<Option<(Index, CacheFile)>>;
+
+/// Starts reading `channel`'s index cache on a blocking thread.
+pub(crate) fn start_cache_read(
+    config: &VolumeConfig,
+    store: Arc<dyn Store>,
+    channel: Id,
+    key: Option<Key>,
+) -> CacheRead {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || load_cache(&config, store.as_ref(), channel, key.as_ref()))
+}
+
+/// The channels this machine holds an index cache of for `store` and `key` (the names
+/// of the files [`cache_path`] gives), read off the cache folder.
+pub(crate) fn cached_channels(
+    config: &VolumeConfig,
+    store: &dyn Store,
+    key: Option<KeyId>,
+) -> Vec<Id> {
+    let Some(dir) = config.cache_dir.as_ref().map(|d| d.join(store.identity())) else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let key = key.map_or_else(|| "nokey".to_string(), |k| k.to_string());
+    let suffix = format!("-{key}.{CACHE_EXTENSION}");
+    entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_suffix(&suffix)?.parse::<Id>().ok()
+        })
+        .collect()
 }
 
 /// The cached index (the whole one and the deltas of its journal that apply to it),

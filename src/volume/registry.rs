@@ -8,6 +8,12 @@
 //! for that one open (a shared once-cell per channel), and a failed open leaves nothing
 //! behind, so the next caller tries again. Different channels open at the same time: no
 //! lock is held across a replay, so one slow channel holds up only its own users.
+//!
+//! A mount starts reading every index cache it holds before it has asked the store
+//! anything ([`Volumes::start_cache_reads`]): a big channel's cache takes a fraction
+//! of a second to read, which then overlaps the round trips that list the channels
+//! instead of following them. The first open of each channel takes the read started
+//! for it; what no open took is dropped ([`Volumes::drop_cache_reads`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -15,7 +21,10 @@ use std::sync::{Arc, Mutex, Weak};
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::{Peers, Volume, VolumeConfig, VolumeError, channel_with_id};
+use super::{
+    CacheRead, Peers, Volume, VolumeConfig, VolumeError, cached_channels, channel_with_id,
+    start_cache_read,
+};
 use crate::crypto::Key;
 use crate::store::{Channel, Id, Store};
 
@@ -26,6 +35,8 @@ pub struct Volumes {
     config: VolumeConfig,
     me: Weak<Volumes>,
     open: Mutex<HashMap<Id, Arc<OnceCell<Arc<Volume>>>>>,
+    /// Reads of index caches started before their channel opened.
+    cache_reads: Mutex<HashMap<Id, CacheRead>>,
 }
 
 impl Volumes {
@@ -36,7 +47,30 @@ impl Volumes {
             config,
             me: me.clone(),
             open: Mutex::default(),
+            cache_reads: Mutex::default(),
         })
+    }
+
+    /// Starts reading the index cache of every channel this machine holds one of (see
+    /// the module docs). Needs a Tokio runtime.
+    pub fn start_cache_reads(&self) {
+        let key = self.key.as_ref().map(Key::id);
+        let channels = cached_channels(&self.config, self.store.as_ref(), key);
+        let mut reads = self.reads();
+        for channel in channels {
+            reads.entry(channel).or_insert_with(|| {
+                start_cache_read(&self.config, self.store.clone(), channel, self.key.clone())
+            });
+        }
+    }
+
+    /// Drops the cache reads no open took (channels gone from the store, say).
+    pub fn drop_cache_reads(&self) {
+        self.reads().clear();
+    }
+
+    fn reads(&self) -> std::sync::MutexGuard<'_, HashMap<Id, CacheRead>> {
+        self.cache_reads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn cells(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Arc<OnceCell<Arc<Volume>>>>> {
@@ -48,12 +82,14 @@ impl Volumes {
         let cell = self.cells().entry(channel.id).or_default().clone();
         let volume = cell
             .get_or_try_init(|| async {
+                let cache_read = self.reads().remove(&channel.id);
                 let volume = Arc::new(
-                    Volume::open(
+                    Volume::open_read(
                         self.store.clone(),
                         channel,
                         self.key.clone(),
                         self.config.clone(),
+                        cache_read,
                     )
                     .await?,
                 );
