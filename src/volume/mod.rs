@@ -1845,19 +1845,24 @@ fn cache_path(
     channel: Id,
     key: Option<KeyId>,
 ) -> Option<PathBuf> {
-    let key = key.map_or_else(|| "nokey".to_string(), |k| k.to_string());
     Some(
         config
             .cache_dir
             .as_ref()?
             .join(store.identity())
-            .join(format!("{channel}-{key}.{CACHE_EXTENSION}")),
+            .join(format!("{channel}{}", cache_name_end(key))),
     )
 }
 
 /// The name the index cache has: `.index` since it is [`index::encode`]'s binary form
 /// (it was JSON in `.json`, which [`Volume::save`] removes when it writes the new one).
 const CACHE_EXTENSION: &str = "index";
+
+/// What the name of a cache file of `key` ends with, after the channel's id.
+fn cache_name_end(key: Option<KeyId>) -> String {
+    let key = key.map_or_else(|| "nokey".to_string(), |k| k.to_string());
+    format!("-{key}.{CACHE_EXTENSION}")
+}
 
 /// The index cache as a volume last read or wrote it: the generation of the whole
 /// index, the length of its file, how long the journal of deltas on top of it is, and
@@ -1913,8 +1918,7 @@ pub(crate) fn cached_channels(
     let Ok(entries) = fs::read_dir(&dir) else {
         return Vec::new();
     };
-    let key = key.map_or_else(|| "nokey".to_string(), |k| k.to_string());
-    let suffix = format!("-{key}.{CACHE_EXTENSION}");
+    let suffix = cache_name_end(key);
     entries
         .filter_map(|entry| {
             let name = entry.ok()?.file_name();
