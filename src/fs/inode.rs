@@ -10,12 +10,16 @@
 //!   the new name, so an open file keeps its identity across an editor's save;
 //! - the root is [`ROOT`]; a channel is its folder at path `""`.
 //!
-//! The table grows with the names looked up (a few dozen bytes each). It counts the
+//! The table grows with the names looked up (a few dozen bytes each: one copy of each
+//! name, shared by both directions, hashed with foldhash, whose per-process seed keeps
+//! names chosen to collide from slowing it down; a listing of 100,000 new names
+//! inserts each once, on the way of the first `ls -lR` after a mount). It counts the
 //! lookups the kernel was answered with, as FUSE requires, and drops a number only
 //! when the kernel has forgotten as many as it was given: a lookup answered just
 //! before a `forget` of the same number must keep it alive.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::idmap::IdMap;
 use crate::store::Id;
@@ -41,11 +45,13 @@ impl NodeKey {
 
     /// The key of `name` inside this folder.
     pub fn child(&self, name: &str) -> NodeKey {
-        let path = if self.path.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}/{name}", self.path)
-        };
+        if self.path.is_empty() {
+            return NodeKey::new(self.channel, name);
+        }
+        let mut path = String::with_capacity(self.path.len() + 1 + name.len());
+        path.push_str(&self.path);
+        path.push('/');
+        path.push_str(name);
         NodeKey::new(self.channel, path)
     }
 
@@ -64,8 +70,8 @@ impl NodeKey {
 /// The two-way map between inode numbers and names.
 #[derive(Debug)]
 pub struct InodeTable {
-    by_ino: IdMap<u64, NodeKey>,
-    by_key: HashMap<NodeKey, u64>,
+    by_ino: IdMap<u64, Arc<NodeKey>>,
+    by_key: HashMap<Arc<NodeKey>, u64, foldhash::fast::RandomState>,
     /// Lookups the kernel holds per number.
     lookups: IdMap<u64, u64>,
     next: u64,
@@ -75,7 +81,7 @@ impl Default for InodeTable {
     fn default() -> Self {
         InodeTable {
             by_ino: IdMap::default(),
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             lookups: IdMap::default(),
             next: ROOT + 1,
         }
@@ -90,8 +96,9 @@ impl InodeTable {
         }
         let ino = self.next;
         self.next += 1;
+        let key = Arc::new(key.clone());
         self.by_key.insert(key.clone(), ino);
-        self.by_ino.insert(ino, key.clone());
+        self.by_ino.insert(ino, key);
         ino
     }
 
@@ -107,7 +114,7 @@ impl InodeTable {
     /// one if it still names `key` (a cheaper check than finding `key`), else as
     /// [`InodeTable::ino`] gives it.
     pub fn ino_known(&mut self, ino: u64, key: &NodeKey) -> u64 {
-        if self.by_ino.get(&ino) == Some(key) {
+        if self.by_ino.get(&ino).is_some_and(|known| **known == *key) {
             return ino;
         }
         self.ino(key)
@@ -115,13 +122,13 @@ impl InodeTable {
 
     /// The name behind a number, if the number is in use.
     pub fn key(&self, ino: u64) -> Option<&NodeKey> {
-        self.by_ino.get(&ino)
+        self.by_ino.get(&ino).map(|key| &**key)
     }
 
     /// Moves `from` — and, if it is a folder, everything under it — to `to`. A number
     /// that `to` (or a name under it) had before is dropped: that file was replaced.
     pub fn rename(&mut self, from: &NodeKey, to: &NodeKey) {
-        let replaced: Vec<NodeKey> = self
+        let replaced: Vec<Arc<NodeKey>> = self
             .by_key
             .keys()
             .filter(|key| key.is_within(to))
@@ -132,7 +139,7 @@ impl InodeTable {
                 self.by_ino.remove(&ino);
             }
         }
-        let moving: Vec<(NodeKey, u64)> = self
+        let moving: Vec<(Arc<NodeKey>, u64)> = self
             .by_key
             .iter()
             .filter(|(key, _)| key.is_within(from))
@@ -141,7 +148,7 @@ impl InodeTable {
         for (key, ino) in moving {
             self.by_key.remove(&key);
             let suffix = &key.path[from.path.len()..];
-            let moved = NodeKey::new(to.channel, format!("{}{suffix}", to.path));
+            let moved = Arc::new(NodeKey::new(to.channel, format!("{}{suffix}", to.path)));
             self.by_ino.insert(ino, moved.clone());
             self.by_key.insert(moved, ino);
         }

@@ -427,11 +427,19 @@ impl Fs {
         }
     }
 
+    /// A file's attributes, as the kernel is told them (the size noted: see
+    /// `told_sizes`).
     fn file_attr(&self, ino: u64, size: u64, mtime_ns: i64, mode: u32) -> Attr {
         self.told_sizes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ino, size);
+        self.file_attr_untold(ino, size, mtime_ns, mode)
+    }
+
+    /// [`Fs::file_attr`] without noting the size: for a batch of names, whose sizes
+    /// are then noted under one take of the lock ([`Fs::note_told`]).
+    fn file_attr_untold(&self, ino: u64, size: u64, mtime_ns: i64, mode: u32) -> Attr {
         Attr {
             ino,
             kind: Kind::File,
@@ -455,7 +463,18 @@ impl Fs {
         }
         let volume = self.volume(key.channel).await?;
         let stored = self.stored_attr(ino, &volume.index(), &key.path);
+        if let Stored::Found(attr) = &stored {
+            self.note_told(std::slice::from_ref(attr));
+        }
         self.attr_from(ino, key, stored)
+    }
+
+    /// Notes the sizes of the files among `attrs`, which the kernel is being told.
+    fn note_told<'a>(&self, attrs: impl IntoIterator<Item = &'a Attr>) {
+        let mut told = self.told_sizes.lock().unwrap_or_else(|e| e.into_inner());
+        for attr in attrs.into_iter().filter(|attr| attr.kind == Kind::File) {
+            told.insert(attr.ino, attr.size);
+        }
     }
 
     /// The attributes of the names `names` in the folder `parent` of a channel (each
@@ -503,6 +522,10 @@ impl Fs {
                 })
                 .collect()
         };
+        self.note_told(stored.iter().filter_map(|stored| match stored {
+            Some(Stored::Found(attr)) => Some(attr),
+            _ => None,
+        }));
         let attrs: Vec<Option<Attr>> = (keys.iter().zip(inos).zip(sessions).zip(stored))
             .map(|(((key, ino), session), stored)| match (session, stored) {
                 (Some(session), _) => Some(self.session_attr(ino, &session)),
@@ -531,11 +554,12 @@ impl Fs {
         self.dir_attr(ino, made_ms * 1_000_000, 0o755)
     }
 
-    /// What the index says of `path`.
+    /// What the index says of `path` (a file's size not noted yet: the caller notes
+    /// it, [`Fs::note_told`]).
     fn stored_attr(&self, ino: u64, index: &Index, path: &str) -> Stored {
         match index.node(path) {
             Some(Node::File(file)) => {
-                Stored::Found(self.file_attr(ino, file.size, file.mtime_ns, file.mode))
+                Stored::Found(self.file_attr_untold(ino, file.size, file.mtime_ns, file.mode))
             }
             Some(Node::Dir(Some(dir))) => Stored::Found(self.dir_attr(ino, dir.mtime_ns, dir.mode)),
             Some(Node::Dir(None)) => Stored::Implied,
