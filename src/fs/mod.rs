@@ -27,6 +27,8 @@
 //!   channels this machine holds a cache of as it comes up);
 //! - `recovery`: finishing and retrying the uploads the spool holds, and uploading
 //!   what is open at shutdown;
+//! - `search`: names under a folder that contain a piece of text, from the index
+//!   (the web page's search);
 //! - `error`: [`FsError`], one per errno, and how volume and store errors map to it;
 //! - [`status`]: a snapshot of the uploads and refreshes, for `dcloud-fs status`.
 //!
@@ -51,6 +53,7 @@ mod handles;
 pub mod inode;
 pub mod read;
 mod recovery;
+mod search;
 pub mod spool;
 pub mod spool_bound;
 pub mod status;
@@ -58,6 +61,7 @@ pub mod write;
 pub mod writeback;
 
 pub use self::error::FsError;
+pub use self::search::Found;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
