@@ -4,6 +4,8 @@
 //! Layers, each depending only on the ones below it:
 //!
 //! - [`fuse`]: the thin adapter from the kernel's FUSE requests (fuser) to [`fs`];
+//! - [`serve`]: the other adapter over [`fs`]: the web page, WebDAV and share links
+//!   (axum, dav-server);
 //! - [`fs`]: the filesystem core the mount serves (inodes, block cache, reads);
 //! - [`volume`]: one channel as a folder tree — the index replayed from the channel's
 //!   records, and the transfers (put, get, rename, delete) that change it;
@@ -23,5 +25,7 @@ pub mod format;
 pub mod fs;
 pub mod fuse;
 pub mod idmap;
+pub mod serve;
 pub mod store;
+pub mod units;
 pub mod volume;
