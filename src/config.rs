@@ -69,10 +69,21 @@ pub struct ConfigFile {
     pub read_only: Option<bool>,
     /// Let other users into the mount (default false).
     pub allow_other: Option<bool>,
+    /// Where `serve` listens (default 127.0.0.1:8080).
+    pub serve_listen: Option<String>,
+    /// The Argon2id hash of `serve`'s password (`dcloud-fs serve --set-password`);
+    /// without one, `serve` needs no login and listens only on loopback.
+    pub serve_password_hash: Option<String>,
+    /// The address people reach `serve` at, for share links (default: http://LISTEN).
+    pub serve_base_url: Option<String>,
+    /// A PEM certificate chain for `serve` to speak HTTPS with (with `serve_tls_key`).
+    pub serve_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `serve_tls_cert`.
+    pub serve_tls_key: Option<PathBuf>,
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 25] = [
     "token",
     "guild",
     "category",
@@ -93,6 +104,11 @@ pub const KEYS: [&str; 20] = [
     "spool_max_mib",
     "read_only",
     "allow_other",
+    "serve_listen",
+    "serve_password_hash",
+    "serve_base_url",
+    "serve_tls_cert",
+    "serve_tls_key",
 ];
 
 /// `path` with a leading `~/` (or a lone `~`) replaced by the home folder.
@@ -172,6 +188,8 @@ pub fn load(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
         &mut config.key_file,
         &mut config.mount_point,
         &mut config.cache_dir,
+        &mut config.serve_tls_cert,
+        &mut config.serve_tls_key,
     ]
     .into_iter()
     .flatten()

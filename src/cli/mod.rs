@@ -15,6 +15,7 @@ mod mount;
 pub mod notify;
 mod output;
 mod pidfile;
+mod serve;
 mod settings;
 mod status;
 mod status_server;
@@ -166,6 +167,12 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Mount the channels as a file system (one folder per channel).
     Mount(MountArgs),
+    /// Serve the channels over HTTP: a web page (browse, upload, download, rename,
+    /// delete, share), WebDAV at /dav/, and share links.
+    Serve(serve::ServeArgs),
+    /// Make a link that lets someone without an account download one file through
+    /// `serve`; or list or revoke links.
+    Share(serve::ShareArgs),
     /// Show what a running mount is doing: the files waiting for their upload and being
     /// uploaded, failures, the store's pace, the last refresh.
     Status(StatusArgs),
@@ -323,7 +330,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let interrupt = Interrupt::default();
     // A mount handles its signals itself: they stop it cleanly, not its transfers;
     // `status --watch` stops at Ctrl-C (and `status` moves nothing).
-    if !matches!(cli.command, Command::Mount(_) | Command::Status(_)) {
+    if !matches!(
+        cli.command,
+        Command::Mount(_) | Command::Serve(_) | Command::Status(_)
+    ) {
         tokio::spawn(stop_on_signals(interrupt.clone()));
     }
     let context = Context::new(cli.global, interrupt)?;
@@ -350,6 +360,8 @@ async fn run_command(context: &Context, command: Command) -> Result<(), CliError
         Command::Verify(args) => verify::verify(context, args).await,
         Command::Gc(args) => gc::gc(context, args).await,
         Command::Mount(args) => mount::mount(context, args).await,
+        Command::Serve(args) => serve::serve(context, args).await,
+        Command::Share(args) => serve::share(context, args).await,
         Command::Status(args) => status::status(context, args).await,
         Command::Umount { mountpoint, lazy } => {
             mount::umount(&context.mount_point(mountpoint), lazy)
@@ -467,6 +479,11 @@ impl Context {
             disk_cache_flag: std::sync::OnceLock::new(),
             disk_cache: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The config file's settings.
+    pub(crate) fn config_file(&self) -> &ConfigFile {
+        &self.file
     }
 
     /// The config file in use, and whether it was named (flag or $DCLOUD_CONFIG).

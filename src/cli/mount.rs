@@ -145,15 +145,7 @@ fn parse_umask(text: &str) -> Result<u32, String> {
 /// `dcloud-fs mount`.
 pub(crate) async fn mount(context: &Context, mut args: MountArgs) -> Result<(), CliError> {
     let mountpoint = check_mountpoint(&context.mount_point(args.mountpoint.take()))?;
-    let settings = context.mount_settings(&args);
-    args.read_only = settings.read_only.value;
-    args.allow_other = settings.allow_other.value;
-    args.cache_size = Some(settings.cache_size_mib.value);
-    args.poll_interval = Some(settings.poll_interval_secs.value);
-    args.write_back = Some(settings.write_back_secs.value);
-    args.disk_cache = Some(settings.disk_cache_mib.value);
-    args.spool_max = context.spool_max_mib(args.spool_max).value;
-    context.set_disk_cache_mib(settings.disk_cache_mib.value);
+    let args = merged(context, args);
     if args.foreground {
         run_foreground(context, args, mountpoint).await
     } else {
@@ -163,7 +155,7 @@ pub(crate) async fn mount(context: &Context, mut args: MountArgs) -> Result<(), 
     }
 }
 
-async fn require_key(context: &Context) -> Result<crate::crypto::Key, CliError> {
+pub(super) async fn require_key(context: &Context) -> Result<crate::crypto::Key, CliError> {
     context.key().await?.ok_or_else(|| {
         CliError::Crypto(CryptoError::KeyFileMissing {
             path: context.key_path().display().to_string(),
@@ -197,8 +189,36 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
     Ok(path)
 }
 
-/// The file system's settings; `args` hold the merged settings (see [`mount`]).
-fn fs_config(
+/// `args` with the settings merged in: flags and environment (as clap gave them), the
+/// config file, the defaults.
+pub(super) fn merged(context: &Context, mut args: MountArgs) -> MountArgs {
+    let settings = context.mount_settings(&args);
+    args.read_only = settings.read_only.value;
+    args.allow_other = settings.allow_other.value;
+    args.cache_size = Some(settings.cache_size_mib.value);
+    args.poll_interval = Some(settings.poll_interval_secs.value);
+    args.write_back = Some(settings.write_back_secs.value);
+    args.disk_cache = Some(settings.disk_cache_mib.value);
+    args.spool_max = context.spool_max_mib(args.spool_max).value;
+    context.set_disk_cache_mib(settings.disk_cache_mib.value);
+    args
+}
+
+/// Checks the open channels of `fs` for changes made elsewhere, every `every`, for
+/// as long as `fs` lives.
+pub(super) async fn poll_every(fs: Weak<Fs>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(fs) = fs.upgrade() else { return };
+        fs.poll().await;
+    }
+}
+
+/// The file system's settings; `args` hold the merged settings (see [`merged`]).
+pub(super) fn fs_config(
     context: &Context,
     args: &MountArgs,
     store_identity: &str,
@@ -230,13 +250,13 @@ fn fs_config(
 }
 
 /// Listens for SIGINT and SIGTERM.
-struct Signals {
+pub(super) struct Signals {
     interrupt: Signal,
     terminate: Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Signals, CliError> {
+    pub(super) fn new() -> Result<Signals, CliError> {
         let listen =
             |kind| signal(kind).map_err(|e| CliError::io("could not listen for signals", e));
         Ok(Signals {
@@ -245,7 +265,7 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) {
+    pub(super) async fn next(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
@@ -335,20 +355,10 @@ async fn run_foreground(
             }
         }
     });
-    let poller = tokio::spawn({
-        let fs = Arc::downgrade(&fs);
-        let every = Duration::from_secs(args.poll_interval.unwrap_or(DEFAULT_POLL_SECS));
-        async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(fs) = fs.upgrade() else { return };
-                fs.poll().await;
-            }
-        }
-    });
+    let poller = tokio::spawn(poll_every(
+        Arc::downgrade(&fs),
+        Duration::from_secs(args.poll_interval.unwrap_or(DEFAULT_POLL_SECS)),
+    ));
 
     tokio::select! {
         _ = signals.next() => {}

@@ -177,6 +177,13 @@ fn not_running_at(mountpoint: &Path) -> CliError {
 /// A path as the pid files name mount points: absolute and canonical (as given, made
 /// absolute, if it can't be resolved: a mount whose process died).
 fn canonical(path: &Path) -> PathBuf {
+    // A `serve` is named by its address (`http://127.0.0.1:8080`).
+    if path
+        .to_str()
+        .is_some_and(|p| p.starts_with("http://") || p.starts_with("https://"))
+    {
+        return path.to_path_buf();
+    }
     path.canonicalize()
         .or_else(|_| std::path::absolute(path))
         .unwrap_or_else(|_| path.to_path_buf())
