@@ -4,8 +4,8 @@
 #
 #   scripts/bench.sh [--quick|--full] [--out DIR] [--only SECTION,...]
 #
-# --only runs the sections named, from local, mount, discord, micro and history; by
-# default the run is local,mount,discord,micro: history runs only when named (e.g.
+# --only runs the sections named, from local, mount, discord, serve, micro and history;
+# by default the run is local,mount,discord,serve,micro: history runs only when named (e.g.
 # --only history), as it takes about 20 minutes in full mode (about a minute quick).
 # --full (the default) is the real benchmark, the default sections under 15 minutes on
 # 2 cores; --quick runs the same jobs on smaller sizes, the default sections in under 2
@@ -36,6 +36,9 @@
 #   first 64 KiB of each of a channel's 20 MiB files through the mount and reading files
 #   again after a remount (and with `get`) from the disk cache, and mount + ls -l of a
 #   channel of small files, cold and warm.
+# - serve (scripts/bench-serve-rows.sh): through `dcloud-fs serve` on the fake Discord
+#   server: a random file uploaded with curl (stored when it returns) and downloaded
+#   again, beside `put` and `get` of the same file; the server's peak RSS.
 # - micro (examples/crypto_bench.rs): micro-benchmarks of the hot paths.
 # - history (scripts/bench-history-rows.sh; only when named in --only, see above): a
 #   channel whose history holds 200,000 messages (5,000 quick) of puts, overwrites,
@@ -54,8 +57,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-mode=full out=target/bench only=local,mount,discord,micro
-usage() { echo "usage: $0 [--quick|--full] [--out DIR] [--only SECTION,...] (sections: local,mount,discord,micro by default; history too if named)" >&2; exit 2; }
+mode=full out=target/bench only=local,mount,discord,serve,micro
+usage() { echo "usage: $0 [--quick|--full] [--out DIR] [--only SECTION,...] (sections: local,mount,discord,serve,micro by default; history too if named)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) mode=quick ;;
@@ -73,8 +76,8 @@ sections=()
 IFS=, read -ra wanted <<< "$only"
 for s in "${wanted[@]}"; do
     case $s in
-        local | mount | discord | micro | history) sections+=("$s") ;;
-        *) echo "$0: unknown section '$s' (local, mount, discord, micro, history)" >&2; exit 2 ;;
+        local | mount | discord | serve | micro | history) sections+=("$s") ;;
+        *) echo "$0: unknown section '$s' (local, mount, discord, serve, micro, history)" >&2; exit 2 ;;
     esac
 done
 [ ${#sections[@]} -gt 0 ] || usage
@@ -93,7 +96,7 @@ if wants mount; then
     command -v rclone > /dev/null || missing+=(rclone)
     command -v fusermount3 > /dev/null || missing+=(fuse3)
 fi
-if wants discord || wants history; then
+if wants discord || wants history || wants serve; then
     command -v curl > /dev/null || missing+=(curl)
     command -v python3 > /dev/null || missing+=(python3)
 fi
@@ -158,6 +161,13 @@ for s in "${sections[@]}"; do
                 section discord bash scripts/bench-discord-rows.sh "$mode"
             else
                 row discord "section" "" "" "" "" "" "" "skipped: scripts/bench-discord-rows.sh is not in this checkout"
+            fi
+            ;;
+        serve)
+            if [ -f scripts/bench-serve-rows.sh ]; then
+                section serve bash scripts/bench-serve-rows.sh "$mode"
+            else
+                row serve "section" "" "" "" "" "" "" "skipped: scripts/bench-serve-rows.sh is not in this checkout"
             fi
             ;;
         history)
