@@ -7,18 +7,14 @@
 
 #[path = "common/data.rs"]
 mod data;
+#[path = "common/serving.rs"]
+mod serving;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dcloud_fs::crypto::Key;
-use dcloud_fs::fs::{Fs, FsConfig};
+use dcloud_fs::serve::auth;
 use dcloud_fs::serve::shares::Shares;
-use dcloud_fs::serve::{App, ServeConfig, auth};
-use dcloud_fs::store::local::LocalStore;
 use dcloud_fs::store::{Limits, Store};
-use dcloud_fs::volume::{Volume, VolumeConfig};
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 
@@ -31,61 +27,21 @@ const LIMITS: Limits = Limits {
 const PASSWORD: &str = "correct horse battery";
 
 struct Server {
-    dir: tempfile::TempDir,
-    store: Arc<LocalStore>,
-    key: Key,
-    fs: Arc<Fs>,
-    app: Arc<App>,
+    serving: serving::Serving,
     base: String,
     client: reqwest::Client,
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn start(password: bool) -> Server {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store"), LIMITS).unwrap());
-    store.create_channel("a").await.unwrap();
-    store.create_channel("b").await.unwrap();
-    let key = Key::generate().unwrap();
-    let config = FsConfig {
-        spool_dir: Some(dir.path().join("spool")),
-        write_back: Duration::from_millis(200),
-        volume: VolumeConfig {
-            cache_dir: None,
-            free_grace: Duration::ZERO,
-            ..VolumeConfig::default()
-        },
-        ..FsConfig::default()
-    };
-    let fs = Fs::new(store.clone(), Some(key.clone()), config)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address: SocketAddr = listener.local_addr().unwrap();
-    let serve_config = ServeConfig {
-        listen: address,
-        password_hash: password.then(|| auth::hash_password(PASSWORD).unwrap()),
-        shares_dir: dir.path().join("config"),
-        ..ServeConfig::default()
-    };
-    let app = App::new(fs.clone(), serve_config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dcloud_fs::serve::serve(listener, app.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let hash = password.then(|| auth::hash_password(PASSWORD).unwrap());
+    let serving = serving::start(LIMITS, &["a", "b"], hash).await;
     Server {
-        dir,
-        store,
-        key,
-        fs,
-        app,
-        base: format!("http://{address}"),
+        base: format!("http://{}", serving.address),
+        serving,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
-        _stop: stop,
     }
 }
 
@@ -145,30 +101,11 @@ impl Server {
             .unwrap()
     }
 
-    /// Channel `name` as the CLI would read it, afresh from the store.
-    async fn volume(&self, name: &str) -> Volume {
-        let channel = self
-            .store
-            .channels()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == name)
-            .unwrap();
-        let config = VolumeConfig {
-            cache_dir: None,
-            ..VolumeConfig::default()
-        };
-        Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
-            .await
-            .unwrap()
-    }
-
     /// Waits (up to 20 s) until channel `channel` holds `want` at `path`.
     async fn wait_stored(&self, channel: &str, path: &str, want: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let volume = self.volume(channel).await;
+            let volume = self.serving.volume(channel).await;
             if volume.file(path).is_ok() {
                 let mut out = Vec::new();
                 volume.get(path, &mut out, None).await.unwrap();
@@ -365,6 +302,7 @@ async fn folders_renames_moves_and_deletes() {
     .await;
     assert!(
         server
+            .serving
             .store
             .channels()
             .await
@@ -405,7 +343,10 @@ async fn a_cut_off_upload_stores_nothing_and_keeps_the_old_file() {
     // Nothing but the old file reaches the channel.
     server.wait_stored("a", "keep.txt", b"the old one").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(data::file_paths(&server.volume("a").await), ["keep.txt"]);
+    assert_eq!(
+        data::file_paths(&server.serving.volume("a").await),
+        ["keep.txt"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,7 +558,7 @@ async fn share_links_open_one_file_until_they_expire_or_are_revoked() {
         .unwrap();
     assert_ne!(other.status(), StatusCode::OK);
 
-    let shares = Shares::new(server.dir.path().join("config"));
+    let shares = Shares::new(server.serving.dir.path().join("config"));
     shares.revoke(made["id"].as_str().unwrap()).unwrap();
     let revoked = server.client.get(url).send().await.unwrap();
     assert_eq!(revoked.status(), StatusCode::NOT_FOUND);
@@ -715,6 +656,5 @@ async fn webdav_lists_writes_moves_copies_and_deletes() {
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     server.wait_stored("b", "copy.txt", b"hello dav").await;
     // What WebDAV wrote is what the fs core shows.
-    drop(server.app.clone());
-    assert!(server.fs.statfs().await.files >= 1);
+    assert!(server.serving.fs.statfs().await.files >= 1);
 }

@@ -10,18 +10,14 @@
 
 #[path = "common/data.rs"]
 mod data;
+#[path = "common/serving.rs"]
+mod serving;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dcloud_fs::crypto::Key;
-use dcloud_fs::fs::{Fs, FsConfig};
-use dcloud_fs::serve::{App, ServeConfig};
-use dcloud_fs::store::local::LocalStore;
-use dcloud_fs::store::{Limits, Store};
-use dcloud_fs::volume::VolumeConfig;
+use dcloud_fs::store::Limits;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -169,34 +165,8 @@ async fn the_page_uploads_lists_and_downloads_in_a_real_browser() {
         }
     };
 
-    let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store"), LIMITS).unwrap());
-    store.create_channel("photos").await.unwrap();
-    let config = FsConfig {
-        spool_dir: Some(dir.path().join("spool")),
-        write_back: Duration::from_millis(200),
-        volume: VolumeConfig {
-            cache_dir: None,
-            ..VolumeConfig::default()
-        },
-        ..FsConfig::default()
-    };
-    let fs = Fs::new(store.clone(), Some(Key::generate().unwrap()), config)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let app = App::new(
-        fs,
-        ServeConfig {
-            listen: address,
-            shares_dir: dir.path().join("config"),
-            ..ServeConfig::default()
-        },
-    );
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dcloud_fs::serve::serve(listener, app, async move {
-        let _ = stopped.await;
-    }));
+    let serving = serving::start(LIMITS, &["photos"], None).await;
+    let address = serving.address;
 
     // A file of a few chunks, to upload.
     let data = data::random_bytes(1_300_000, 11);

@@ -5,16 +5,12 @@
 //! What fails, and why, is in the README (Performance, serve). Skipped, saying so,
 //! where litmus isn't installed.
 
-use std::process::Command;
-use std::sync::Arc;
-use std::time::Duration;
+#[path = "common/serving.rs"]
+mod serving;
 
-use dcloud_fs::crypto::Key;
-use dcloud_fs::fs::{Fs, FsConfig};
-use dcloud_fs::serve::{App, ServeConfig};
-use dcloud_fs::store::local::LocalStore;
-use dcloud_fs::store::{Limits, Store};
-use dcloud_fs::volume::VolumeConfig;
+use std::process::Command;
+
+use dcloud_fs::store::Limits;
 
 /// litmus's groups, run one at a time.
 const GROUPS: [&str; 5] = ["basic", "copymove", "props", "locks", "http"];
@@ -46,44 +42,16 @@ async fn litmus_passes_what_it_passed() {
         eprintln!("SKIPPED: litmus is not installed (Debian package litmus)");
         return;
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
     let limits = Limits {
         max_file_size: 1024 * 1024,
         max_attachments: 10,
         max_request_size: 4 * 1024 * 1024,
         max_content_chars: 2000,
     };
-    let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store"), limits).unwrap());
-    store.create_channel("dav").await.unwrap();
-    let config = FsConfig {
-        spool_dir: Some(dir.path().join("spool")),
-        write_back: Duration::from_millis(200),
-        volume: VolumeConfig {
-            cache_dir: None,
-            ..VolumeConfig::default()
-        },
-        ..FsConfig::default()
-    };
-    let fs = Fs::new(store, Some(Key::generate().unwrap()), config)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let app = App::new(
-        fs,
-        ServeConfig {
-            listen: address,
-            shares_dir: dir.path().join("config"),
-            ..ServeConfig::default()
-        },
-    );
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dcloud_fs::serve::serve(listener, app, async move {
-        let _ = stopped.await;
-    }));
+    let serving = serving::start(limits, &["dav"], None).await;
+    let address = serving.address;
     let url = format!("http://{address}/dav/dav/");
-    let work = dir.path().to_path_buf();
+    let work = serving.dir.path().to_path_buf();
     // Each group on its own: litmus stops at the first group with a failure.
     let output = tokio::task::spawn_blocking(move || {
         let mut all = Vec::new();
