@@ -11,10 +11,12 @@
 //! manager reading the first KiB of each file for thumbnails costs a block or two per
 //! file, not a chunk). Once a reader has gone [`STREAK_BEFORE_READ_AHEAD`] bytes
 //! sequentially, the window opens at that size and doubles on each sequential read, up
-//! to `read_ahead_chunks` chunks, fetched as one run per chunk, in parallel. A read
-//! anywhere else (a seek) closes it again. New fetches start only when the part of the
-//! window not yet asked for is at least half the window, so a sequential reader costs
-//! a few large requests (whole chunks, at full speed), not one per read.
+//! to `read_ahead_chunks` chunks, fetched as one run per chunk, in parallel; it ends
+//! at the end of a chunk, so each run is a whole chunk. A read anywhere else (a seek)
+//! closes it again. New fetches start as soon as a chunk's worth of the window (half
+//! of a window smaller than a chunk) is not yet asked for, so the window stays full (as
+//! many chunks in flight as `get` keeps) and a sequential reader costs a few large
+//! requests (whole chunks, at full speed), not one per read.
 //!
 //! A [`FileReader`] is made per open file handle from the file's entry as it was at
 //! open, so a file replaced by another writer meanwhile keeps serving the version that
@@ -63,6 +65,8 @@ pub struct FileReader {
     cache: Arc<BlockCache>,
     /// The widest read-ahead window, in bytes.
     max_window: u64,
+    /// The length of a chunk (the first's; the last may be shorter).
+    chunk_len: u64,
     stream: Mutex<Stream>,
     /// Keeps the version's messages from being freed while it is open
     /// ([`crate::volume::reclaim`]).
@@ -91,6 +95,7 @@ impl FileReader {
             fetcher,
             cache,
             max_window: read_ahead_chunks.saturating_mul(chunk_len),
+            chunk_len,
             stream: Mutex::new(Stream {
                 last_end: u64::MAX,
                 ..Stream::default()
@@ -175,9 +180,19 @@ impl FileReader {
             stream.requested_end = 0;
         }
         stream.last_end = end;
-        let target = end.saturating_add(stream.window).min(self.size());
+        if stream.window == 0 {
+            return None;
+        }
+        // Whole chunks: the window reaches to the end of the chunk it ends in.
+        let mut target = end.saturating_add(stream.window).min(self.size());
+        if target < self.size() {
+            target = self.starts[self.chunk_at(target - 1) + 1];
+        }
         let from = stream.requested_end.max(end);
-        if stream.window == 0 || target <= from || target - from < stream.window / 2 {
+        // Asked for again as soon as a chunk's worth (or half a small window) is free,
+        // so that the window stays full.
+        let step = (stream.window / 2).min(self.chunk_len).max(1);
+        if target <= from || target - from < step {
             return None;
         }
         stream.requested_end = target;
