@@ -204,6 +204,18 @@ pub(super) fn merged(context: &Context, mut args: MountArgs) -> MountArgs {
     args
 }
 
+/// Finishes, in the background, the uploads an earlier `daemon` (mount or serve) left
+/// in the spool of `fs`.
+pub(super) fn finish_spool_later(fs: &Arc<Fs>, daemon: &'static str) {
+    let fs = fs.clone();
+    tokio::spawn(async move {
+        let stored = fs.recover_spool().await;
+        if stored > 0 {
+            log::info!("finished {stored} upload(s) an earlier {daemon} left");
+        }
+    });
+}
+
 /// Checks the open channels of `fs` for changes made elsewhere, every `every`, for
 /// as long as `fs` lives.
 pub(super) async fn poll_every(fs: Weak<Fs>, every: Duration) {
@@ -346,15 +358,7 @@ async fn run_foreground(
         }
     };
 
-    tokio::spawn({
-        let fs = fs.clone();
-        async move {
-            let stored = fs.recover_spool().await;
-            if stored > 0 {
-                log::info!("finished {stored} upload(s) an earlier mount left");
-            }
-        }
-    });
+    finish_spool_later(&fs, "mount");
     let poller = tokio::spawn(poll_every(
         Arc::downgrade(&fs),
         Duration::from_secs(args.poll_interval.unwrap_or(DEFAULT_POLL_SECS)),

@@ -31,7 +31,7 @@ use crate::serve::{App, ServeConfig, auth};
 use crate::store::Store;
 use crate::store::pace::PacedStore;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 #[command(next_help_heading = "Serve options")]
 pub struct ServeArgs {
     /// Address to listen on (config: `serve_listen`). Default: 127.0.0.1:8080. Any
@@ -188,18 +188,14 @@ pub(crate) async fn serve(context: &Context, args: ServeArgs) -> Result<(), CliE
         .await
         .map_err(|e| CliError::Mount(format!("could not open the store: {e}")))?;
     fs.adopt_spool().await;
-    tokio::spawn({
-        let fs = fs.clone();
-        async move {
-            let stored = fs.recover_spool().await;
-            if stored > 0 {
-                log::info!("finished {stored} upload(s) an earlier serve left");
-            }
-        }
-    });
+    super::mount::finish_spool_later(&fs, "serve");
     let poller = tokio::spawn(super::mount::poll_every(
         Arc::downgrade(&fs),
-        std::time::Duration::from_secs(fs_args.poll_interval.unwrap_or(5)),
+        std::time::Duration::from_secs(
+            fs_args
+                .poll_interval
+                .unwrap_or(super::mount::DEFAULT_POLL_SECS),
+        ),
     ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -412,15 +408,13 @@ pub(crate) async fn share(context: &Context, args: ShareArgs) -> Result<(), CliE
     volume.file(&path)?;
     let config = serve_config(
         context,
+        // Where serve will be reached, as `serve` would take it from the environment.
         &ServeArgs {
-            listen: None,
-            read_only: false,
-            base_url: None,
-            write_back: None,
-            spool_dir: None,
-            tls_cert: None,
-            tls_key: None,
-            set_password: false,
+            listen: std::env::var("DCLOUD_SERVE_LISTEN")
+                .ok()
+                .and_then(|text| text.parse().ok()),
+            base_url: std::env::var("DCLOUD_SERVE_BASE_URL").ok(),
+            ..ServeArgs::default()
         },
     )?;
     let (token, made) = shares

@@ -205,23 +205,17 @@ impl DavFileSystem for DavFs {
     fn create_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
         async move {
             let path = tree_path(path)?;
-            self.tree.mkdir(&path).await.map_err(|e| match e {
-                // MKCOL under a missing folder is 409, which dav-server gives NotFound.
-                FsError::NotFound => DavError::NotFound,
-                other => dav_error(other),
-            })
+            // A missing parent is NotFound, which dav-server answers MKCOL with 409.
+            self.tree.mkdir(&path).await.map_err(dav_error)
         }
         .boxed()
     }
 
     fn remove_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
-        async move {
-            let path = tree_path(path)?;
-            self.tree.remove(&path, false).await.map_err(dav_error)
-        }
-        .boxed()
+        self.remove_file(path)
     }
 
+    /// A file, or an empty folder: dav-server empties a folder first.
     fn remove_file<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
         async move {
             let path = tree_path(path)?;

@@ -4,7 +4,7 @@
 //! rename or move, delete, share), share links' downloads, and the login form.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -91,10 +91,9 @@ pub async fn get(
             }
             return folder(&app, &proof, path, &query).await;
         }
-        drop(held);
         let reader = app
             .tree
-            .open(&path)
+            .open_held(held)
             .await
             .map_err(ServeError::at(path.display()))?;
         Ok(download(reader, &path, &headers, query.download.is_some()))
@@ -176,11 +175,6 @@ async fn folder(
         .into_response())
 }
 
-fn epoch_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64)
-}
-
 fn listing_json(path: &TreePath, rows: &[Row]) -> serde_json::Value {
     let entries: Vec<serde_json::Value> = rows
         .iter()
@@ -190,7 +184,7 @@ fn listing_json(path: &TreePath, rows: &[Row]) -> serde_json::Value {
                 "path": row.path.display(),
                 "is_dir": row.is_dir,
                 "size": row.size,
-                "mtime_ms": epoch_ms(row.mtime),
+                "mtime_ms": page::epoch_ms(row.mtime),
             })
         })
         .collect();
@@ -206,7 +200,7 @@ fn download(reader: Reader, path: &TreePath, headers: &HeaderMap, attachment: bo
         "\"{:x}-{:x}-{:x}\"",
         reader.attr().ino,
         size,
-        epoch_ms(mtime)
+        page::epoch_ms(mtime)
     );
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     if text(header::IF_NONE_MATCH).is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag)) {

@@ -128,15 +128,18 @@ pub fn href(prefix: &str, path: &TreePath, is_dir: bool) -> String {
     url
 }
 
-fn epoch_ms(time: SystemTime) -> i128 {
-    match time.duration_since(UNIX_EPOCH) {
+/// Milliseconds since the epoch (negative before it), as the script and `?json` take
+/// times.
+pub fn epoch_ms(time: SystemTime) -> i64 {
+    let ms = match time.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_millis() as i128,
         Err(e) => -(e.duration().as_millis() as i128),
-    }
+    };
+    ms.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 fn ns(time: SystemTime) -> i64 {
-    (epoch_ms(time) * 1_000_000).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    epoch_ms(time).saturating_mul(1_000_000)
 }
 
 /// The top of every page.

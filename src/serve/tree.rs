@@ -229,7 +229,11 @@ impl Tree {
     /// Opens the file `path` for reading: the version there now, kept for as long
     /// as the reader lives.
     pub async fn open(&self, path: &TreePath) -> Result<Reader, FsError> {
-        let held = self.stat(path).await?;
+        self.open_held(self.stat(path).await?).await
+    }
+
+    /// Opens the file `held` names (from [`Tree::stat`]) for reading.
+    pub async fn open_held(&self, held: Held) -> Result<Reader, FsError> {
         if held.is_dir() {
             return Err(FsError::IsADirectory);
         }
