@@ -564,7 +564,8 @@ async fn share_links_open_one_file_until_they_expire_or_are_revoked() {
     assert_eq!(revoked.status(), StatusCode::NOT_FOUND);
 
     let (token, _) = shares
-        .create("a/film.mp4", Some(Duration::from_secs(1)))
+        // Expiries count whole seconds from a whole-second start: 3 s is at least 2.
+        .create("a/film.mp4", Some(Duration::from_secs(3)))
         .unwrap();
     let fresh = server
         .client
@@ -573,7 +574,7 @@ async fn share_links_open_one_file_until_they_expire_or_are_revoked() {
         .await
         .unwrap();
     assert_eq!(fresh.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let expired = server
         .client
         .get(server.url(&format!("/s/{token}")))
