@@ -1,7 +1,7 @@
 //! The filesystem core's read path, driven directly (no kernel): reads at any offset
 //! return exactly the file's bytes, only the blocks a read covers are fetched, a reader
-//! that goes on sequentially gets a read-ahead window that a seek closes again, and a
-//! damaged chunk fails the reads that need it — and only those.
+//! that goes on sequentially (or says it will) gets a read-ahead window that a seek
+//! closes again, and a damaged chunk fails the reads that need it — and only those.
 //!
 //! Runs on the local store with tiny limits (4 KiB attachments), so that a file of
 //! 50 KiB has a dozen chunks.
@@ -20,6 +20,7 @@ use dcloud_fs::fs::cache::BlockCache;
 use dcloud_fs::fs::read::FileReader;
 use dcloud_fs::store::local::LocalStore;
 use dcloud_fs::store::{Limits, Store};
+use dcloud_fs::volume::disk_cache::{DiskCache, DiskCacheConfig};
 use dcloud_fs::volume::{PutOptions, PutSource, Volume, VolumeConfig, find_channel};
 
 const LIMITS: Limits = Limits {
@@ -27,6 +28,14 @@ const LIMITS: Limits = Limits {
     max_attachments: 4,
     max_request_size: 10_000,
     max_content_chars: 2000,
+};
+
+/// Chunks of about 32 KiB, so that a file of a few chunks' worth of records reaches
+/// past the streak that opens the read-ahead window.
+const CHUNKS_OF_32_KIB: Limits = Limits {
+    max_file_size: 32 * 1024,
+    max_request_size: 100_000,
+    ..LIMITS
 };
 
 struct Fixture {
@@ -40,6 +49,15 @@ async fn fixture_with(data: &[u8]) -> Fixture {
 }
 
 async fn fixture_limited(data: &[u8], limits: Limits) -> Fixture {
+    fixture_cached(data, limits, None).await
+}
+
+/// The fixture, with `disk_cache` under its volume.
+async fn fixture_cached(
+    data: &[u8],
+    limits: Limits,
+    disk_cache: Option<Arc<DiskCache>>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(LocalStore::open_or_create(&dir.path().join("store"), limits).unwrap());
     store.create_channel("files").await.unwrap();
@@ -48,6 +66,7 @@ async fn fixture_limited(data: &[u8], limits: Limits) -> Fixture {
         cache_dir: None,
         // Freed at once: these tests count what is left.
         free_grace: std::time::Duration::ZERO,
+        disk_cache,
         ..VolumeConfig::default()
     };
     let volume = Volume::open(
@@ -120,13 +139,7 @@ async fn settled(cache: &BlockCache) -> u64 {
 
 #[tokio::test]
 async fn only_the_blocks_a_read_covers_are_fetched_until_reading_goes_on() {
-    // Chunks of about 32 KiB, so that a file of a few chunks' worth of records reaches
-    // past the streak that opens the read-ahead window.
-    let limits = Limits {
-        max_file_size: 32 * 1024,
-        max_request_size: 100_000,
-        ..LIMITS
-    };
+    let limits = CHUNKS_OF_32_KIB;
     let data = random_bytes(1_200_000, 2);
     let fx = fixture_limited(&data, limits).await;
     let chunk_len = fx.volume.file("f").unwrap().chunks[0].len;
@@ -158,6 +171,38 @@ async fn only_the_blocks_a_read_covers_are_fetched_until_reading_goes_on() {
     let before = settled(&cache).await;
     reader.read(30 * chunk_len, 10).await.unwrap();
     assert_eq!(settled(&cache).await, before + chunk_len);
+}
+
+#[tokio::test]
+async fn a_download_has_its_window_full_from_the_first_read_and_leaves_the_disk_cache_alone() {
+    let limits = CHUNKS_OF_32_KIB;
+    let data = random_bytes(1_200_000, 4);
+    let disk_dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(
+        DiskCache::open(DiskCacheConfig {
+            dir: disk_dir.path().join("blocks"),
+            capacity_bytes: 64 << 20,
+        })
+        .unwrap(),
+    );
+    let fx = fixture_cached(&data, limits, Some(disk.clone())).await;
+    let chunk_len = fx.volume.file("f").unwrap().chunks[0].len;
+    let cache = Arc::new(BlockCache::new(8 << 20));
+    let reader = fx.reader(&cache, 4);
+    reader.advise_download(2 * chunk_len);
+    let got = reader.read(2 * chunk_len, 100).await.unwrap();
+    assert_eq!(got, data[2 * chunk_len as usize..][..100]);
+    // Its own chunk and the four after it, all asked for at the first read.
+    assert_eq!(settled(&cache).await, 5 * chunk_len);
+    // A seek closes the window as for any reader.
+    reader.read(30 * chunk_len, 10).await.unwrap();
+    assert_eq!(settled(&cache).await, 6 * chunk_len);
+    // Nothing it fetched went to disk (the downloader keeps the copy, as with `get`)...
+    assert_eq!(disk.bytes(), 0);
+    // ...while a reader that wasn't told fills the disk cache.
+    let other = fx.reader(&Arc::new(BlockCache::new(8 << 20)), 0);
+    assert_eq!(other.read(0, 100).await.unwrap(), data[..100]);
+    assert!(disk.bytes() > 0);
 }
 
 #[tokio::test]

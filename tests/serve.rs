@@ -321,16 +321,41 @@ async fn a_cut_off_upload_stores_nothing_and_keeps_the_old_file() {
         .put("/files/a/keep.txt", b"the old one".to_vec(), &csrf)
         .await;
     assert_eq!(put.status(), StatusCode::CREATED);
+    // Stored, so the queue is empty when the next upload starts.
+    server.wait_stored("a", "keep.txt", b"the old one").await;
     let address = server.base.trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     let request = format!(
         "PUT /files/a/keep.txt HTTP/1.1\r\nHost: {address}\r\nX-CSRF-Token: {csrf}\r\n\
-         Content-Length: 1000000\r\n\r\n"
+         Content-Length: 4000000\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(&[7u8; 300_000]).await.unwrap();
+    stream.write_all(&[7u8; 2_500_000]).await.unwrap();
+    // While it is received, `status` shows it by its name, with what is written so far.
+    let writing = |status: &dcloud_fs::fs::status::FsStatus| {
+        status
+            .files
+            .iter()
+            .find(|f| f.state == dcloud_fs::fs::status::FileState::Writing)
+            .map(|f| (f.channel.clone(), f.path.clone(), f.size))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = server.serving.fs.status();
+        if let Some((channel, path, size)) = writing(&status) {
+            assert_eq!((channel.as_str(), path.as_str()), ("a", "keep.txt"));
+            if size >= 2 << 20 {
+                assert_eq!(status.totals.writing, 1);
+                assert_eq!(status.totals.files, 0, "not in the queue yet");
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(stream);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(writing(&server.serving.fs.status()), None);
     let now = server.get("/files/a/keep.txt", HeaderMap::new()).await;
     assert_eq!(now.bytes().await.unwrap(), "the old one".as_bytes());
     let listing: serde_json::Value = server

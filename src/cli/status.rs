@@ -240,7 +240,12 @@ pub fn summary_line(status: &MountStatus) -> String {
     }
     line.push_str(": ");
     if totals.files == 0 && totals.folders == 0 {
-        line.push_str("all uploaded");
+        // Files still being written aren't uploaded, but none is waiting.
+        line.push_str(if totals.writing == 0 {
+            "all uploaded"
+        } else {
+            "nothing queued"
+        });
     } else if totals.files > 0 {
         line.push_str(&format!(
             "{} waiting ({}), {} uploading",
@@ -263,6 +268,13 @@ pub fn summary_line(status: &MountStatus) -> String {
             if totals.files > 0 { ", " } else { "" },
             totals.folders,
             if totals.folders == 1 { "" } else { "s" }
+        ));
+    }
+    if totals.writing > 0 {
+        line.push_str(&format!(
+            ", {} being written ({} so far)",
+            files(totals.writing),
+            human_size(totals.writing_bytes)
         ));
     }
     line.push_str("; ");
@@ -344,6 +356,7 @@ pub fn render(status: &MountStatus) -> String {
             FileState::Waiting => {
                 format!("starts in {}", seconds(file.starts_in_secs.unwrap_or(0.0)))
             }
+            FileState::Writing => "open, still being written".to_string(),
         };
         text.push_str(&format!(
             "  {:<9} {name:<width$}  {:>10}  {detail}\n",
@@ -351,7 +364,8 @@ pub fn render(status: &MountStatus) -> String {
             human_size(file.size),
         ));
     }
-    let more = status.fs.totals.files.saturating_sub(shown.len());
+    let listed = status.fs.totals.files + status.fs.totals.writing;
+    let more = listed.saturating_sub(shown.len());
     if more > 0 {
         text.push_str(&format!(
             "  ... and {} more (`dcloud-fs status --json` lists up to {})\n",
@@ -432,6 +446,8 @@ mod tests {
                     uploaded_bytes: 2 * 1024 * 1024,
                     failing: 1,
                     folders: 2,
+                    writing: 1,
+                    writing_bytes: 3 * 1024 * 1024,
                 },
                 files: vec![
                     file("big", 4 * 1024 * 1024, FileState::Uploading, 0, None),
@@ -439,6 +455,7 @@ mod tests {
                     file("a", 1000, FileState::Waiting, 0, None),
                     file("b", 300 * 1024, FileState::Waiting, 0, None),
                     file("c", 300 * 1024, FileState::Waiting, 0, None),
+                    file("incoming", 3 * 1024 * 1024, FileState::Writing, 0, None),
                 ],
                 files_not_listed: 0,
                 failures: Vec::new(),
@@ -463,12 +480,13 @@ mod tests {
         assert_eq!(
             summary_line(&status),
             "/mnt/d: 4 files waiting (601.0 KiB), 1 uploading (2.0 MiB of 4.0 MiB), 1 \
-             failing, 2 folders waiting; last refresh 4 s ago; pace 0.8 msg/s, 0 429s in the \
-             last minute"
+             failing, 2 folders waiting, 1 file being written (3.0 MiB so far); last refresh 4 \
+             s ago; pace 0.8 msg/s, 0 429s in the last minute"
         );
         let report = render(&status);
         let lines: Vec<&str> = report.lines().collect();
-        assert_eq!(lines.len(), 6, "{report}");
+        assert_eq!(lines.len(), 7, "{report}");
+        assert!(lines[6].contains("writing") && lines[6].contains("docs/incoming"));
         assert!(lines[1].contains("uploading") && lines[1].contains("2.0 MiB done (50%)"));
         assert!(lines[2].contains("failed") && lines[2].contains("the store is down"));
         assert!(lines[3].contains("waiting") && lines[3].contains("starts in 4 s"));
@@ -485,6 +503,16 @@ mod tests {
             render(&status),
             "/mnt/d (stopping): all uploaded; no refresh yet; pace 0.8 msg/s, 0 429s in the \
              last minute\n"
+        );
+        // A file still being written isn't uploaded.
+        status.fs.totals.writing = 1;
+        status.fs.totals.writing_bytes = 2048;
+        assert!(
+            summary_line(&status).starts_with(
+                "/mnt/d (stopping): nothing queued, 1 file being written (2.0 KiB so far);"
+            ),
+            "{}",
+            summary_line(&status)
         );
     }
 

@@ -314,6 +314,24 @@ impl Fs {
         }
     }
 
+    /// Tells a read handle that its caller downloads the file from `offset` to the
+    /// end, once ([`FileReader::advise_download`]: read-ahead at its widest at once,
+    /// and the disk cache not filled, as for `get`). Nothing for a write handle.
+    pub fn advise_download(&self, fh: u64, offset: u64) {
+        if let Ok(Handle::Read(reader)) = self.handle(fh) {
+            reader.advise_download(offset);
+        }
+    }
+
+    /// Shows the file open for writing on `fh` in `status` as `path` (in its channel)
+    /// until it is closed: an adapter that writes under a temporary name gives the name
+    /// the file will have. Nothing for a read handle.
+    pub fn show_as(&self, fh: u64, path: String) {
+        if let Ok(Handle::Write(session)) = self.handle(fh) {
+            session.show_as(path);
+        }
+    }
+
     /// `write`.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         match self.open_file(fh)? {

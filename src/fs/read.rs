@@ -13,7 +13,10 @@
 //! sequentially, the window opens at that size and doubles on each sequential read, up
 //! to `read_ahead_chunks` chunks, fetched as one run per chunk, in parallel; it ends
 //! at the end of a chunk, so each run is a whole chunk. A read anywhere else (a seek)
-//! closes it again. New fetches start as soon as a chunk's worth of the window (half
+//! closes it again. A caller that knows it downloads to the end (a whole-file download
+//! through `serve`) says so with [`FileReader::advise_download`]: the window opens at
+//! its widest from the first read, and, as for `get`, the disk cache isn't filled.
+//! New fetches start as soon as a chunk's worth of the window (half
 //! of a window smaller than a chunk) is not yet asked for, so the window stays full (as
 //! many chunks in flight as `get` keeps) and a sequential reader costs a few large
 //! requests (whole chunks, at full speed), not one per read.
@@ -28,6 +31,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 
@@ -54,6 +58,9 @@ struct Stream {
     window: u64,
     /// How far read-ahead has been asked for.
     requested_end: u64,
+    /// The caller said it downloads on to the end ([`FileReader::advise_download`]):
+    /// the window opens at its widest on the first sequential read.
+    told_sequential: bool,
 }
 
 /// Reads one file version.
@@ -68,6 +75,9 @@ pub struct FileReader {
     /// The length of a chunk (the first's; the last may be shorter).
     chunk_len: u64,
     stream: Mutex<Stream>,
+    /// Whether fetched blocks go into the disk cache (not once
+    /// [`FileReader::advise_download`] said so).
+    fill_disk_cache: AtomicBool,
     /// Keeps the version's messages from being freed while it is open
     /// ([`crate::volume::reclaim`]).
     _pin: Option<PinGuard>,
@@ -100,6 +110,7 @@ impl FileReader {
                 last_end: u64::MAX,
                 ..Stream::default()
             }),
+            fill_disk_cache: AtomicBool::new(true),
             _pin: None,
         }
     }
@@ -108,6 +119,21 @@ impl FileReader {
     /// [`crate::volume::Volume::pin_messages`]) for as long as it lives.
     pub fn pinned(self, pin: Option<PinGuard>) -> FileReader {
         FileReader { _pin: pin, ..self }
+    }
+
+    /// Told that the caller downloads the file from `offset` to its end, once, and
+    /// keeps the copy (as `POSIX_FADV_SEQUENTIAL | POSIX_FADV_NOREUSE`; a whole-file
+    /// HTTP download knows it, the kernel never says), the reader does as `get` does:
+    /// the read-ahead window opens at its widest at once instead of growing from
+    /// nothing, and what it fetches is not written to the disk cache (the client holds
+    /// the copy; filling the cache would write every byte twice and push out what is
+    /// read again). Blocks already on disk are still read from there. A read elsewhere
+    /// (a seek) closes the window as usual.
+    pub fn advise_download(&self, offset: u64) {
+        let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        stream.last_end = offset;
+        stream.told_sequential = true;
+        self.fill_disk_cache.store(false, Ordering::Relaxed);
     }
 
     /// The version it reads.
@@ -166,7 +192,9 @@ impl FileReader {
         let sequential = offset == stream.last_end || (offset == 0 && stream.streak == 0);
         if sequential {
             stream.streak += end - offset;
-            stream.window = if stream.window > 0 {
+            stream.window = if stream.told_sequential {
+                self.max_window
+            } else if stream.window > 0 {
                 stream.window.saturating_mul(2)
             } else if stream.streak >= STREAK_BEFORE_READ_AHEAD {
                 stream.streak
@@ -178,6 +206,7 @@ impl FileReader {
             stream.streak = end - offset;
             stream.window = 0;
             stream.requested_end = 0;
+            stream.told_sequential = false;
         }
         stream.last_end = end;
         if stream.window == 0 {
@@ -257,7 +286,8 @@ impl FileReader {
     }
 
     fn fetch_run(&self, chunk: u64, run: Range<u64>) -> FetchRun {
-        let fetcher = self.fetcher.clone();
+        let mut fetcher = self.fetcher.clone();
+        fetcher.fill_disk_cache &= self.fill_disk_cache.load(Ordering::Relaxed);
         let entry = self.entry.clone();
         async move {
             let stored = &entry.chunks[chunk as usize];

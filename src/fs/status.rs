@@ -9,6 +9,10 @@
 //! it over a socket ([`crate::cli`]). It stays bounded: at most [`MAX_FILES_LISTED`]
 //! files are listed, the totals count them all.
 //!
+//! Files open for writing that have changed (a `cp` under way, an upload that `serve`
+//! is still receiving) are listed last, as *writing*, with the bytes written so far:
+//! they join the queue when closed. They are counted apart from the queue's totals.
+//!
 //! Upload progress is the bytes the volume reports done for a file uploaded alone
 //! ([`super::write::WriteSession::uploaded_bytes`]: chunks posted, and the unchanged
 //! chunks it keeps); a batch of small files goes up in one message, so its files show
@@ -34,8 +38,8 @@ pub struct FsStatus {
     pub write_back_secs: u64,
     pub totals: Totals,
     /// The files waiting and being uploaded: those being uploaded first, then those
-    /// that failed, then those waiting; each group by channel and path. At most
-    /// [`MAX_FILES_LISTED`].
+    /// that failed, then those waiting, then those still open for writing; each group
+    /// by channel and path. At most [`MAX_FILES_LISTED`].
     pub files: Vec<FileStatus>,
     /// Files left out of `files` (past [`MAX_FILES_LISTED`]).
     pub files_not_listed: usize,
@@ -69,6 +73,13 @@ pub struct Totals {
     /// Folders made through the mount whose record waits ([`super::folders`]).
     #[serde(default)]
     pub folders: usize,
+    /// Files open for writing that have changed, not yet in the queue (not counted in
+    /// `files`).
+    #[serde(default)]
+    pub writing: usize,
+    /// Their bytes so far.
+    #[serde(default)]
+    pub writing_bytes: u64,
 }
 
 /// Where a file is in its way to the store.
@@ -81,6 +92,9 @@ pub enum FileState {
     Failed,
     /// Closed, waiting for its settle time to pass.
     Waiting,
+    /// Still open for writing (not yet in the queue); its size is what is written so
+    /// far.
+    Writing,
 }
 
 impl FileState {
@@ -89,6 +103,7 @@ impl FileState {
             FileState::Uploading => "uploading",
             FileState::Failed => "failed",
             FileState::Waiting => "waiting",
+            FileState::Writing => "writing",
         }
     }
 }
@@ -163,9 +178,10 @@ impl Fs {
 
     /// What the mount is doing now (see the module docs).
     pub fn status(&self) -> FsStatus {
-        let mut files: Vec<FileStatus> = self
-            .write_back
-            .files()
+        let queued = self.write_back.files();
+        let in_queue: std::collections::HashSet<String> =
+            queued.iter().map(|q| q.session.spool_id()).collect();
+        let mut files: Vec<FileStatus> = queued
             .into_iter()
             .map(|queued| {
                 let key = queued.session.key();
@@ -193,6 +209,7 @@ impl Fs {
                 }
             })
             .collect();
+        let writing = self.being_written(&in_queue);
         files.sort_by(|a, b| {
             let rank = |f: &FileStatus| f.state as u8;
             (rank(a), &a.channel, &a.path).cmp(&(rank(b), &b.channel, &b.path))
@@ -210,7 +227,10 @@ impl Fs {
             uploaded_bytes: uploading.iter().filter_map(|f| f.uploaded_bytes).sum(),
             failing: files.iter().filter(|f| f.last_error.is_some()).count(),
             folders: self.write_back.summary().folders,
+            writing: writing.len(),
+            writing_bytes: writing.iter().map(|f| f.size).sum(),
         };
+        files.extend(writing);
         let failures = files
             .iter()
             .filter_map(|f| {
@@ -233,6 +253,39 @@ impl Fs {
             failures,
             last_refresh: self.last_refresh(),
         }
+    }
+
+    /// The files open for writing that changed and aren't in the queue, by channel
+    /// and path.
+    fn being_written(&self, in_queue: &std::collections::HashSet<String>) -> Vec<FileStatus> {
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| s.opens() > 0 && s.is_dirty() && !in_queue.contains(&s.spool_id()))
+            .cloned()
+            .collect();
+        let mut files: Vec<FileStatus> = sessions
+            .iter()
+            .map(|session| {
+                let channel = session.key().channel;
+                FileStatus {
+                    channel: self
+                        .channel_by_id(channel)
+                        .map_or_else(|| channel.to_string(), |c| c.name),
+                    path: session.shown_path(),
+                    size: session.state().size,
+                    state: FileState::Writing,
+                    failures: 0,
+                    last_error: None,
+                    uploaded_bytes: None,
+                    starts_in_secs: None,
+                }
+            })
+            .collect();
+        files.sort_by(|a, b| (&a.channel, &a.path).cmp(&(&b.channel, &b.path)));
+        files
     }
 
     fn last_refresh(&self) -> Option<Refresh> {
@@ -276,6 +329,8 @@ mod tests {
                 uploaded_bytes: 1024,
                 failing: 0,
                 folders: 0,
+                writing: 0,
+                writing_bytes: 0,
             },
             files: vec![
                 FileStatus {

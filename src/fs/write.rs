@@ -59,6 +59,9 @@ struct State {
     /// that failed kept it for a retry): the next change must take that back, or a
     /// crash would publish a torn file.
     described_complete: bool,
+    /// The path `status` shows while the file is open for writing, when that isn't its
+    /// own: an upload through `serve`, written under a temporary name.
+    shown_as: Option<String>,
 }
 
 /// One file being written.
@@ -129,6 +132,7 @@ impl WriteSession {
                 opens: 1,
                 unlinked: false,
                 described_complete: false,
+                shown_as: None,
             }),
             content: tokio::sync::RwLock::new(()),
             progress: Arc::default(),
@@ -179,6 +183,21 @@ impl WriteSession {
     /// Where the file is.
     pub fn key(&self) -> NodeKey {
         self.lock().key.clone()
+    }
+
+    /// Shows the file in `status`, while it is open for writing, as `path` in its
+    /// channel instead of its own path.
+    pub fn show_as(&self, path: String) {
+        self.lock().shown_as = Some(path);
+    }
+
+    /// The path `status` shows for it while it is open for writing.
+    pub fn shown_path(&self) -> String {
+        let state = self.lock();
+        state
+            .shown_as
+            .clone()
+            .unwrap_or_else(|| state.key.path.clone())
     }
 
     /// Another handle opened the file.

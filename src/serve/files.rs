@@ -223,7 +223,14 @@ fn download(reader: Reader, path: &TreePath, headers: &HeaderMap, attachment: bo
             }
             return response;
         }
-        Want::All => body_of(reader, 0, size, StatusCode::OK),
+        Want::All => {
+            // A whole file is a download, as `get`'s: read-ahead needn't wait to see
+            // it, and the client keeps the copy, so it isn't kept on disk here too. (A
+            // Range may be a video player's seek that reads a little and stops, and
+            // comes back.)
+            reader.advise_download(0);
+            body_of(reader, 0, size, StatusCode::OK)
+        }
         Want::Part { start, end } => {
             let mut response = body_of(reader, start, end, StatusCode::PARTIAL_CONTENT);
             if let Ok(value) = HeaderValue::from_str(&range::content_range(start, end, size)) {

@@ -289,6 +289,8 @@ impl Tree {
             .fs
             .create(folder.ino(), &temporary, FILE_MODE, true)
             .await?;
+        // `status` shows it by the name it will have, not the temporary one.
+        self.fs.show_as(opened.fh, path.names()[1..].join("/"));
         Ok(Upload {
             fs: self.fs.clone(),
             fh: Some(opened.fh),
@@ -440,6 +442,12 @@ impl Reader {
 
     pub fn size(&self) -> u64 {
         self.attr.size
+    }
+
+    /// Says that the reads go on from `offset` to the end of the file, once, for a
+    /// client that keeps the copy ([`Fs::advise_download`]).
+    pub fn advise_download(&self, offset: u64) {
+        self.fs.advise_download(self.fh, offset);
     }
 
     /// Up to `len` bytes at `offset` (fewer only at the end of the file).
