@@ -27,6 +27,9 @@ pub enum FsError {
     Unsupported(String),
     #[error("invalid name: {0}")]
     InvalidName(String),
+    /// A name longer than a record's path allows (255 bytes, as `NAME_MAX`).
+    #[error("a name of {0} bytes is longer than 255 bytes")]
+    NameTooLong(usize),
     #[error("stale file handle")]
     BadHandle,
     #[error("{0}")]
@@ -46,6 +49,7 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::Unsupported(_) => libc::ENOTSUP,
             FsError::InvalidName(_) => libc::EINVAL,
+            FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::BadHandle => libc::EBADF,
             FsError::Io(_) => libc::EIO,
         }

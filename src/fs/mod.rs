@@ -288,6 +288,9 @@ fn check_name(name: &str) -> Result<(), FsError> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
         return Err(FsError::InvalidName(name.to_string()));
     }
+    if name.len() > crate::format::MAX_NAME_BYTES {
+        return Err(FsError::NameTooLong(name.len()));
+    }
     Ok(())
 }
 

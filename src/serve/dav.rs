@@ -59,7 +59,8 @@ fn dav_error(e: FsError) -> DavError {
         | FsError::NotEmpty
         | FsError::ReadOnly
         | FsError::NotPermitted(_)
-        | FsError::InvalidName(_) => DavError::Forbidden,
+        | FsError::InvalidName(_)
+        | FsError::NameTooLong(_) => DavError::Forbidden,
         FsError::BadHandle | FsError::Io(_) => {
             log::warn!("webdav: {e}");
             DavError::GeneralFailure

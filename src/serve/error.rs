@@ -55,7 +55,7 @@ impl ServeError {
                 | FsError::NotEmpty => StatusCode::CONFLICT,
                 FsError::ReadOnly | FsError::NotPermitted(_) => StatusCode::FORBIDDEN,
                 FsError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-                FsError::InvalidName(_) => StatusCode::BAD_REQUEST,
+                FsError::InvalidName(_) | FsError::NameTooLong(_) => StatusCode::BAD_REQUEST,
                 FsError::BadHandle => StatusCode::INTERNAL_SERVER_ERROR,
                 FsError::Io(_) => StatusCode::BAD_GATEWAY,
             },
