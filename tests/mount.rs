@@ -2000,3 +2000,95 @@ fn stress_files_tell_whole_from_torn() {
     assert!(matches!(check_stress_file(&longer), Seen::Damaged(_)));
     assert!(matches!(check_stress_file(b"garbage\n"), Seen::Damaged(_)));
 }
+
+/// Whether another process could take an exclusive lock on `path` now, without
+/// waiting: a `flock` one, or (`posix`) an `fcntl` one over the whole file.
+fn another_process_could_lock(path: &Path, posix: bool) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    // Made before the fork: the child must not allocate.
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: the child calls only async-signal-safe functions (open, fcntl or flock,
+    // _exit) before it exits; the parent waits for it.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let fd = libc::open(c_path.as_ptr(), libc::O_RDWR);
+            if fd < 0 {
+                libc::_exit(2);
+            }
+            let locked = if posix {
+                let mut lock: libc::flock = std::mem::zeroed();
+                lock.l_type = libc::F_WRLCK as libc::c_short;
+                lock.l_whence = libc::SEEK_SET as libc::c_short;
+                libc::fcntl(fd, libc::F_SETLK, &lock) == 0
+            } else {
+                libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0
+            };
+            libc::_exit(if locked { 0 } else { 1 });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(libc::WIFEXITED(status), "the child died: {status}");
+        match libc::WEXITSTATUS(status) {
+            0 => true,
+            1 => false,
+            code => panic!("the child could not open {}: {code}", path.display()),
+        }
+    }
+}
+
+/// `fcntl` over the whole file of `file`: `kind` is F_WRLCK or F_UNLCK.
+fn posix_lock(file: &File, kind: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is valid; fcntl reads it and the descriptor is open.
+    let done = unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = kind as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock)
+    };
+    assert_eq!(done, 0, "fcntl: {}", std::io::Error::last_os_error());
+}
+
+/// Locks bind the processes that use one mount, as on a local disk: the kernel keeps
+/// them (the filesystem doesn't ask for them, so FUSE handles `flock` and `fcntl`
+/// locks within the mount). They don't reach another mount or machine (README).
+#[test]
+fn flock_and_fcntl_locks_bind_other_processes_on_the_mount() {
+    need_fuse!();
+    let env = Env::new();
+    let mount = env.mount(&[]);
+    let path = env.at("docs/locked.txt");
+    write_file(&path, b"shared");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    assert!(
+        !another_process_could_lock(&path, false),
+        "flock held, yet taken"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) }, 0);
+    assert!(
+        another_process_could_lock(&path, false),
+        "flock released, yet refused"
+    );
+    posix_lock(&file, libc::F_WRLCK);
+    assert!(
+        !another_process_could_lock(&path, true),
+        "fcntl lock held, yet taken"
+    );
+    posix_lock(&file, libc::F_UNLCK);
+    assert!(
+        another_process_could_lock(&path, true),
+        "fcntl lock released, yet refused"
+    );
+    drop(file);
+    mount.stop();
+}
