@@ -528,3 +528,79 @@ async fn a_channel_written_by_format_version_5_reads_back_byte_exact() {
     }
     assert_eq!(fixture.expected.len(), 18);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_written_by_format_version_6_reads_back_byte_exact() {
+    use dcloud_fs::format::{self, MessageKind, Op};
+    let fixture = reads_back_byte_exact(
+        "format-v6",
+        &["docs", "other"],
+        &["docs/empty-folder"],
+        &["docs/shared.txt"],
+    )
+    .await;
+
+    // The fixture is what it says: version-6 records only, one of them relocating the
+    // file left of the folder `few/` (its pack's other files deleted), and a pinned
+    // version-6 checkpoint in `docs` with one record after it.
+    let records = records_of(&fixture).await;
+    assert!(records.iter().all(|(_, _, version, _)| *version == 6));
+    let relocated: Vec<&str> = records
+        .iter()
+        .flat_map(|(_, _, _, record)| record.ops.iter())
+        .filter_map(|op| match op {
+            Op::Relocate(relocation) => Some(relocation.file.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(relocated, ["few/f3.txt"]);
+    let docs = volume::find_channel(fixture.store.as_ref(), "docs")
+        .await
+        .unwrap();
+    let pins = fixture.store.pins(docs.id).await.unwrap();
+    let head = pins
+        .iter()
+        .find(|m| matches!(format::classify(&m.content), MessageKind::Checkpoint))
+        .expect("a pinned checkpoint");
+    let first = fixture
+        .store
+        .fetch_range(docs.id, head.id, head.attachments[0].id, 0..5)
+        .await
+        .unwrap();
+    assert_eq!(&first[..], b"DCFK\x06", "a version-6 checkpoint envelope");
+    let after = records
+        .iter()
+        .filter(|(channel, message, _, _)| channel == "docs" && *message > head.id)
+        .count();
+    assert_eq!(after, 1, "one record after the checkpoint");
+
+    // From the checkpoint (with the tail) and by a full replay: the same files.
+    for from_checkpoint in [true, false] {
+        let config = VolumeConfig {
+            start_from_checkpoint: from_checkpoint,
+            ..fixture.config.clone()
+        };
+        let volume = Volume::open(
+            fixture.store.clone(),
+            docs.clone(),
+            Some(fixture.key.clone()),
+            config,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            volume.started_from_checkpoint().is_some(),
+            from_checkpoint,
+            "from the checkpoint: {from_checkpoint}"
+        );
+        let read = read_all(&volume).await;
+        let expected: BTreeMap<String, Vec<u8>> = fixture
+            .expected
+            .iter()
+            .filter(|(path, _)| path.starts_with("docs/"))
+            .map(|(path, bytes)| (path.clone(), bytes.clone()))
+            .collect();
+        assert!(read == expected, "from the checkpoint: {from_checkpoint}");
+    }
+    assert_eq!(fixture.expected.len(), 19);
+}
