@@ -1,4 +1,4 @@
-//! The on-Discord format, version 6: the contract between every dcloud-fs that ever reads
+//! The on-Discord format, version 7: the contract between every dcloud-fs that ever reads
 //! or writes a channel. This page is meant to be enough to write a second reader.
 //!
 //! A channel holds a file's bytes as **chunks** (attachments) and its metadata as
@@ -99,7 +99,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "DCFR"
-//! 4       1     record format version (6; versions 5, 4, 3, 2 and 1 have the same
+//! 4       1     record format version (7; versions 6, 5, 4, 3, 2 and 1 have the same
 //!               layout, and version 1 differs as described below)
 //! 5       1     cipher: 0 = none (the JSON is readable), 1 = AES-256-GCM
 //! 6       8     key id of the key that sealed (cipher 1) or signed (cipher 0) the
@@ -173,6 +173,14 @@
 //!   list) lets someone read that one file and nothing else, and a new channel key
 //!   only needs records sealed again, not data uploaded again. A plain file has neither
 //!   `p` nor `dk`, and a record of version 1 or 2 neither.
+//!   A `put` with `symlink` (version 7), `{"op":"put","path":…,"id":…,"size":0,
+//!   "mtime_ns":…,"mode":511,"encrypted":true,"chunks":[],"symlink":"../target"}`, puts a
+//!   **symbolic link** whose target is that string (1 to 4,095 bytes, no NUL; any
+//!   bytes a link may hold, as UTF-8, not checked as a path: it is what `readlink`
+//!   gives). It has no chunks, size 0 and no `dk`, and is sealed like the rest of the
+//!   record (readable only in a plain record). Everything else about a path holds for
+//!   it as for a file: renames, moves, deletes and replay; a reader refuses the whole
+//!   record as damaged when a link has contents, or appears before version 7.
 //!   A new version of a file keeps the file id and reuses the chunks it didn't change,
 //!   so `t` is what tells a reader that a chunk is this version's and not an older one
 //!   at the same index (whose seal would otherwise open fine); a reader checks it.
@@ -296,7 +304,11 @@
 //!
 //! ## Versions
 //!
-//! Version 6 (this one) adds `relocate`, and `r` in checkpoints; everything else is as
+//! Version 7 (this one) adds symbolic links: `symlink` in a `put` (and so in a
+//! checkpoint's paths); everything else is as in version 6. Its records and
+//! checkpoints carry version byte 7, so a reader of version 6 skips them as newer.
+//!
+//! Version 6 added `relocate`, and `r` in checkpoints; everything else is as
 //! in version 5. Every record and checkpoint it writes carries version byte 6, so a
 //! reader of version 5 skips them as newer (records: logged as written by a newer
 //! dcloud-fs; checkpoints: passed over for an older one, or a full replay). Such a
@@ -346,7 +358,7 @@ pub use chunk::*;
 pub use record::*;
 
 /// The record format version this code writes (it reads this one and every older).
-pub const FORMAT_VERSION: u8 = 6;
+pub const FORMAT_VERSION: u8 = 7;
 /// First bytes of a record envelope.
 pub const RECORD_MAGIC: [u8; 4] = *b"DCFR";
 /// Prefix of the content of every message dcloud-fs posts.
@@ -365,6 +377,8 @@ pub const RECORD_ATTACHMENT: &str = "record.dcfr";
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest path component, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
+/// Longest target of a symbolic link (`PATH_MAX` less its NUL).
+pub const MAX_SYMLINK_BYTES: usize = 4095;
 
 /// Errors of the format layer.
 #[derive(Debug, thiserror::Error)]

@@ -242,6 +242,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -493,12 +494,30 @@ impl Filesystem for FuseFs {
     fn symlink(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &std::path::Path,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EPERM);
+        let (name, target) = match (name_of(link_name), name_of(target.as_os_str())) {
+            (Ok(name), Ok(target)) => (name, target),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            match fs.symlink(parent.0, &name, &target).await {
+                Ok(attr) => reply.entry(&fs.ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |fs| async move {
+            match fs.readlink(ino.0).await {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn rename(

@@ -453,6 +453,54 @@ fn folders_round_trip_recursively() {
 }
 
 #[test]
+fn symbolic_links_travel_as_links_unless_followed() {
+    use std::os::unix::fs::symlink;
+    let env = with_key_and_channel(tiny_limits());
+    env.write("tree/a.txt", b"alpha");
+    env.write("tree/sub/b.txt", b"beta");
+    symlink("a.txt", env.work().join("tree/la")).unwrap();
+    symlink("../a.txt", env.work().join("tree/sub/up")).unwrap();
+    symlink("/nowhere/at/all", env.work().join("tree/dangling")).unwrap();
+    symlink("sub", env.work().join("tree/to-sub")).unwrap();
+    env.ok(&["put", "-r", "tree", "docs"]);
+    let listing = env.ok(&["ls", "-l", "docs/tree"]);
+    assert!(
+        listing.contains("lrwxrwxrwx") && listing.contains("la -> a.txt"),
+        "{listing}"
+    );
+    assert!(listing.contains("to-sub -> sub"), "{listing}");
+    // Back as links, what they point to not followed (a dangling one included).
+    env.ok(&["get", "-r", "docs/tree", "copy"]);
+    for (link, target) in [
+        ("la", "a.txt"),
+        ("sub/up", "../a.txt"),
+        ("dangling", "/nowhere/at/all"),
+        ("to-sub", "sub"),
+    ] {
+        let path = env.work().join("copy").join(link);
+        assert_eq!(fs::read_link(&path).unwrap(), Path::new(target), "{link}");
+    }
+    assert!(env.work().join("copy/sub").is_dir());
+    assert_eq!(env.read("copy/sub/b.txt"), b"beta");
+    // One link alone: made as a link; to stdout it has no bytes.
+    env.ok(&["get", "docs/tree/la", "one"]);
+    assert_eq!(
+        fs::read_link(env.work().join("one")).unwrap(),
+        Path::new("a.txt")
+    );
+    let err = env.fails(&["get", "docs/tree/la", "-"]);
+    assert!(err.contains("symbolic link"), "{err}");
+    // -L follows them instead (a dangling one is an error, the rest are stored).
+    fs::remove_file(env.work().join("tree/dangling")).unwrap();
+    env.ok(&["put", "-r", "-L", "tree", "docs/followed/"]);
+    let listing = env.ok(&["ls", "-l", "docs/followed/tree"]);
+    assert!(!listing.contains("->"), "{listing}");
+    assert_eq!(env.ok(&["ls", "docs/followed/tree/to-sub"]), "b.txt\nup\n");
+    env.ok(&["get", "docs/followed/tree/la", "followed"]);
+    assert_eq!(env.read("followed"), b"alpha");
+}
+
+#[test]
 fn a_damaged_chunk_fails_the_get_and_leaves_no_partial_file() {
     let env = with_key_and_channel(tiny_limits());
     let data = random_bytes(30_000, 11);

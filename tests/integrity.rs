@@ -251,6 +251,7 @@ fn plain_put(path: &str, data: &[u8], seq: u64) -> (Record, Vec<NewAttachment>) 
                 packed_at: None,
             }],
             data_key: None,
+            symlink: None,
         })],
     };
     let attachment = NewAttachment {

@@ -2092,3 +2092,71 @@ fn flock_and_fcntl_locks_bind_other_processes_on_the_mount() {
     drop(file);
     mount.stop();
 }
+
+/// Symbolic links (format version 7): made, read, followed, listed, renamed and removed
+/// through the mount, refused over a taken name, copied as links by `cp -a`, and kept
+/// over a remount, where the CLI lists them too.
+fn symlinks_are_made_read_renamed_and_kept(mode: WriteBack) {
+    use std::os::unix::fs::symlink;
+    need_fuse!();
+    let env = Env::with(mode);
+    let mount = env.mount(&[]);
+    write_file(&env.at("docs/real.txt"), b"real");
+    symlink("real.txt", env.at("docs/link")).unwrap();
+    symlink("../nowhere/x", env.at("docs/dangling")).unwrap();
+    assert_eq!(
+        fs::read_link(env.at("docs/link")).unwrap(),
+        Path::new("real.txt")
+    );
+    // The kernel follows it.
+    assert_eq!(fs::read(env.at("docs/link")).unwrap(), b"real");
+    let meta = fs::symlink_metadata(env.at("docs/link")).unwrap();
+    assert!(meta.file_type().is_symlink());
+    assert_eq!(meta.len(), "real.txt".len() as u64);
+    assert_eq!(errno_of(fs::read(env.at("docs/dangling"))), libc::ENOENT);
+    assert_eq!(
+        errno_of(symlink("x", env.at("docs/real.txt"))),
+        libc::EEXIST
+    );
+    fs::rename(env.at("docs/link"), env.at("docs/renamed")).unwrap();
+    fs::remove_file(env.at("docs/dangling")).unwrap();
+    let tree = env.dir.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    write_file(&tree.join("a.txt"), b"a");
+    symlink("../a.txt", tree.join("sub/up")).unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&tree)
+        .arg(env.at("docs/tree"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    assert_eq!(
+        fs::read_link(env.at("docs/tree/sub/up")).unwrap(),
+        Path::new("../a.txt")
+    );
+    assert_eq!(fs::read(env.at("docs/tree/sub/up")).unwrap(), b"a");
+    mount.stop();
+
+    let mount = env.mount(&[]);
+    assert_eq!(
+        fs::read_link(env.at("docs/renamed")).unwrap(),
+        Path::new("real.txt")
+    );
+    assert_eq!(
+        errno_of(fs::symlink_metadata(env.at("docs/link"))),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno_of(fs::symlink_metadata(env.at("docs/dangling"))),
+        libc::ENOENT
+    );
+    assert_eq!(
+        fs::read_link(env.at("docs/tree/sub/up")).unwrap(),
+        Path::new("../a.txt")
+    );
+    mount.stop();
+    let listing = env.ok(&["ls", "-l", "docs"]);
+    assert!(listing.contains("renamed -> real.txt"), "{listing}");
+}
+in_both_modes!(symlinks_are_made_read_renamed_and_kept);

@@ -684,3 +684,18 @@ async fn webdav_lists_writes_moves_copies_and_deletes() {
     // What WebDAV wrote is what the fs core shows.
     assert!(server.serving.fs.statfs().await.files >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbolic_link_is_not_followed_and_its_download_is_refused_in_one_line() {
+    let server = start(false).await;
+    let fs = &server.serving.fs;
+    let channel = fs.lookup(dcloud_fs::fs::inode::ROOT, "a").await.unwrap();
+    fs.symlink(channel.ino, "link", "../elsewhere")
+        .await
+        .unwrap();
+    let answer = server.get("/files/a/link", HeaderMap::new()).await;
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("symbolic link"), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+}

@@ -846,6 +846,7 @@ async fn foreign_and_garbage_messages_are_ignored() {
                 encrypted: false,
                 chunks: entry.chunks.iter().map(ChunkRef::from).collect(),
                 data_key: None,
+                symlink: None,
             }),
             Op::Del {
                 path: "ours.txt".into(),

@@ -242,6 +242,7 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), CliError> {
         volume: &volume,
         recursive: args.recursive,
         plain: args.plain,
+        dereference: args.dereference,
         small_limit: volume.small_file_limit(!args.plain),
         pending: Vec::new(),
         budget: volume.pack_limits().budget(),
@@ -283,6 +284,8 @@ struct TreeUploader<'a> {
     volume: &'a Volume,
     recursive: bool,
     plain: bool,
+    /// Follow symbolic links in folders instead of storing them.
+    dereference: bool,
     /// Files up to this size are batched.
     small_limit: u64,
     /// Small files waiting for their batch: (local path, channel path).
@@ -360,9 +363,24 @@ impl TreeUploader<'_> {
                     (Ok(kind), Ok(name)) if kind.is_file() => {
                         self.put_file(&path, &join(&target, &name)).await
                     }
-                    (Ok(kind), Ok(_)) if kind.is_symlink() => {
-                        eprintln!("dcloud-fs: skipping symbolic link {}", path.display());
-                        Ok(())
+                    (Ok(kind), Ok(name)) if kind.is_symlink() && self.dereference => {
+                        match fs::metadata(&path) {
+                            Ok(meta) if meta.is_dir() => {
+                                pending.push((path.clone(), join(&target, &name)));
+                                Ok(())
+                            }
+                            Ok(meta) if meta.is_file() => {
+                                self.put_file(&path, &join(&target, &name)).await
+                            }
+                            Ok(_) => Err(CliError::Usage(format!(
+                                "{}: not a regular file",
+                                path.display()
+                            ))),
+                            Err(e) => Err(CliError::io(path.display().to_string(), e)),
+                        }
+                    }
+                    (Ok(kind), Ok(name)) if kind.is_symlink() => {
+                        self.put_link(&path, &join(&target, &name)).await
                     }
                     (Ok(_), Ok(_)) => Err(CliError::Usage(format!(
                         "{}: not a regular file",
@@ -378,6 +396,21 @@ impl TreeUploader<'_> {
     }
 
     /// Uploads one file, or queues it for a batch if it is small.
+    /// Stores the symbolic link `source` as a link at `target` (what it points to is
+    /// not read), replacing a file there.
+    async fn put_link(&mut self, source: &Path, target: &str) -> Result<(), CliError> {
+        let shown = source.display().to_string();
+        let link = fs::read_link(source).map_err(|e| CliError::io(&shown, e))?;
+        let link = link
+            .to_str()
+            .ok_or_else(|| CliError::Usage(format!("{shown}: the link's target is not UTF-8")))?;
+        let mtime = fs::symlink_metadata(source)
+            .map(|m| mtime_ns(&m))
+            .unwrap_or_else(|_| now_ns());
+        self.volume.symlink(target, link, mtime, true).await?;
+        Ok(())
+    }
+
     async fn put_file(&mut self, source: &Path, target: &str) -> Result<(), CliError> {
         let shown = source.display().to_string();
         let file = fs::File::open(source).map_err(|e| CliError::io(&shown, e))?;
@@ -490,14 +523,19 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), CliError> {
     let volume = context
         .volume(&store, &context.key().await?, &channel)
         .await?;
-    let is_dir = match volume.index().node(&path) {
-        None => None,
-        Some(Node::File(_)) => Some(false),
-        Some(Node::Dir(_)) => Some(true),
+    let (is_dir, link) = match volume.index().node(&path) {
+        None => (None, None),
+        Some(Node::File(file)) => (Some(false), file.symlink.clone()),
+        Some(Node::Dir(_)) => (Some(true), None),
     };
     let dest = PathBuf::from(&args.dest);
     match is_dir {
         None => Err(volume.not_found(&path).into()),
+        Some(false) if link.is_some() && args.dest == "-" => Err(CliError::Usage(format!(
+            "{} is a symbolic link (to {}): it has no bytes to write",
+            volume.display(&path),
+            link.unwrap_or_default()
+        ))),
         Some(false) if args.dest == "-" => {
             let mut stdout = tokio::io::stdout();
             volume.get(&path, &mut stdout, None).await?;
@@ -545,6 +583,7 @@ async fn download_tree(
         .live_under(path)
         .map(|(p, entry)| (p[skip..].to_string(), matches!(entry, Entry::Dir(_))))
         .collect();
+    // Links are made as links (what they point to isn't followed).
     let mut outcome = Outcome::new(usize::MAX);
     for (relative, is_dir) in entries {
         let target = root.join(&relative);
@@ -565,7 +604,8 @@ async fn download_tree(
 }
 
 /// Downloads one file to `target` through a temporary file beside it, so that a failed
-/// download never leaves a partial file (or spoils an existing one).
+/// download never leaves a partial file (or spoils an existing one). A symbolic link is
+/// made as a link, by the same rename.
 async fn download_file(
     context: &Context,
     volume: &Volume,
@@ -573,6 +613,7 @@ async fn download_file(
     target: &Path,
 ) -> Result<(), CliError> {
     let shown = target.display().to_string();
+    let link = volume.file(path)?.symlink;
     let dir = match target.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
@@ -585,7 +626,12 @@ async fn download_file(
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result = download_into(context, volume, path, &temporary, &shown).await;
+    let result = match &link {
+        Some(link) => {
+            std::os::unix::fs::symlink(link, &temporary).map_err(|e| CliError::io(&shown, e))
+        }
+        None => download_into(context, volume, path, &temporary, &shown).await,
+    };
     let result =
         result.and_then(|()| fs::rename(&temporary, target).map_err(|e| CliError::io(&shown, e)));
     if result.is_err() {
@@ -665,6 +711,15 @@ pub async fn ls(context: &Context, args: LsArgs) -> Result<(), CliError> {
 fn listing_line(item: &Listed<'_>, long: bool) -> String {
     match (&item.node, long) {
         (Node::File(_), false) => item.name.clone(),
+        (Node::File(file), true) if file.symlink.is_some() => format!(
+            "l{} {:<5} {:>14} {} {} -> {}",
+            &output::mode_string(0o777, false)[1..],
+            if file.encrypted { "enc" } else { "plain" },
+            file.symlink.as_ref().map_or(0, String::len),
+            output::local_time(file.mtime_ns),
+            item.name,
+            file.symlink.as_deref().unwrap_or_default()
+        ),
         (Node::Dir(_), false) => format!("{}/", item.name),
         (Node::File(file), true) => format!(
             "{} {:<5} {:>14} {} {}",

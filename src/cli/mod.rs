@@ -227,6 +227,10 @@ pub struct PutArgs {
     /// Store unencrypted (plaintext mode): anyone in the channel can read the file.
     #[arg(long)]
     pub plain: bool,
+    /// Follow symbolic links in folders (copy what they point to) instead of storing
+    /// them as links.
+    #[arg(short = 'L', long)]
+    pub dereference: bool,
     /// Local files or folders, then CHANNEL[/PATH] to put them in.
     #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
     pub paths: Vec<OsString>,

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::CheckpointStamp;
 use super::chunk::{ChunkKind, DataKey, NONCE_PREFIX_LEN};
-use super::{FORMAT_VERSION, FileId, FormatError, RECORD_MAGIC, damaged, validate_path};
+use super::{
+    FORMAT_VERSION, FileId, FormatError, MAX_SYMLINK_BYTES, RECORD_MAGIC, damaged, validate_path,
+};
 use crate::crypto::{self, CryptoError, KEY_ID_LEN, Key, KeyId, NONCE_LEN, TAG_LEN};
 use crate::store::Id;
 
@@ -180,9 +182,36 @@ pub struct FileManifest {
     /// under. Only ever in an encrypted record.
     #[serde(rename = "dk", default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<DataKey>,
+    /// A symbolic link's target (`symlink`, version 7): then the entry is a link, with
+    /// no chunks, size 0 and no data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink: Option<String>,
 }
 
 impl FileManifest {
+    /// A symbolic link (version 7) has a target of 1 to [`MAX_SYMLINK_BYTES`] bytes
+    /// without NUL, and nothing of a file's contents.
+    fn validate_symlink(&self, version: u8) -> Result<(), FormatError> {
+        let Some(target) = &self.symlink else {
+            return Ok(());
+        };
+        let problem = if version < 7 {
+            Some("a symbolic link in a record older than version 7")
+        } else if target.is_empty() || target.len() > MAX_SYMLINK_BYTES {
+            Some("a symbolic link's target is empty or longer than 4095 bytes")
+        } else if target.contains('\0') {
+            Some("a symbolic link's target contains a NUL byte")
+        } else if self.size != 0 || !self.chunks.is_empty() || self.data_key.is_some() {
+            Some("a symbolic link with contents")
+        } else {
+            None
+        };
+        match problem {
+            Some(why) => Err(damaged("record", format!("'{}': {why}", self.path))),
+            None => Ok(()),
+        }
+    }
+
     /// Segmented chunks (version 3) are sealed under the file's data key: an encrypted
     /// file that has them carries one, a plain file has neither.
     fn validate_keys(&self, version: u8) -> Result<(), FormatError> {
@@ -399,6 +428,7 @@ impl Record {
                     ));
                 }
                 file.validate_keys(version)?;
+                file.validate_symlink(version)?;
             }
         }
         Ok(())
@@ -718,6 +748,7 @@ mod tests {
                         },
                     ],
                     data_key: None,
+                    symlink: None,
                 }),
                 Op::Mkdir(DirManifest {
                     path: "empty".into(),
@@ -773,12 +804,66 @@ mod tests {
         assert_eq!(op["path"], "photos/2024/a b ü.jpg");
         assert_eq!(op["chunks"][1]["f"], "c1.bin");
         let envelope = seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap();
-        assert_eq!(envelope[4], 6);
+        assert_eq!(envelope[4], FORMAT_VERSION);
         let opened = open_record(&envelope, Some(&key), CHANNEL).unwrap();
         assert_eq!(opened.record, record);
         // A record of version 5 can't hold one.
         assert!(record.validate(5).is_err());
         assert!(record.validate(6).is_ok());
+    }
+
+    #[test]
+    fn a_symlink_is_a_put_with_a_target_and_no_contents_and_needs_version_7() {
+        let key = Key::generate().unwrap();
+        let link = FileManifest {
+            path: "docs/latest".into(),
+            id: FileId([3; 16]),
+            size: 0,
+            mtime_ns: 7,
+            mode: 0o777,
+            encrypted: true,
+            chunks: Vec::new(),
+            data_key: None,
+            symlink: Some("../releases/v2.tar".into()),
+        };
+        let record = Record {
+            seq: 3,
+            ops: vec![Op::Put(link.clone())],
+        };
+        // The layout the module docs give.
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["ops"][0]["symlink"], "../releases/v2.tar");
+        assert_eq!(json["ops"][0]["chunks"], serde_json::json!([]));
+        let envelope = seal_record(&record, RecordSeal::Encrypted(&key), CHANNEL).unwrap();
+        assert!(!envelope.windows(8).any(|w| w == b"releases"), "sealed");
+        assert_eq!(
+            open_record(&envelope, Some(&key), CHANNEL).unwrap().record,
+            record
+        );
+        assert!(record.validate(6).is_err(), "a link before version 7");
+        // A file without a target says nothing of links.
+        let json = serde_json::to_value(sample_record()).unwrap();
+        assert!(json["ops"][0].get("symlink").is_none());
+        // A link has no contents, and a target of 1 to 4095 bytes without NUL.
+        let broken = |change: &dyn Fn(&mut FileManifest)| {
+            let mut file = link.clone();
+            change(&mut file);
+            Record {
+                seq: 3,
+                ops: vec![Op::Put(file)],
+            }
+            .validate(FORMAT_VERSION)
+            .is_err()
+        };
+        assert!(broken(&|f| f.symlink = Some(String::new())));
+        assert!(broken(&|f| f.symlink = Some("x".repeat(4096))));
+        assert!(broken(&|f| f.symlink = Some("a\0b".into())));
+        assert!(broken(&|f| f.data_key = Some(DataKey([1; 32]))));
+        assert!(broken(&|f| {
+            f.size = 5;
+            f.chunks = sample_record().ops[0].file().unwrap().chunks[1..].to_vec();
+        }));
+        assert!(!broken(&|f| f.symlink = Some("y".repeat(4095))));
     }
 
     #[test]

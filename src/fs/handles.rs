@@ -237,6 +237,14 @@ impl Fs {
         }
         let volume = self.volume(key.channel).await?;
         let (file, pin) = pinned_file(&volume, &key.path)?;
+        if let Some(target) = &file.symlink {
+            // The kernel follows links itself and never opens one; an adapter that
+            // doesn't (serve) gets this.
+            return Err(FsError::NotPermitted(format!(
+                "{} is a symbolic link (to {target}), which is not followed here",
+                key.path
+            )));
+        }
         let direct_io = !self.kernel_knows_size(ino, file.size);
         let keep_cache = !direct_io && {
             let mut last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());

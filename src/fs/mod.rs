@@ -165,6 +165,8 @@ enum Stored {
 pub enum Kind {
     File,
     Dir,
+    /// A symbolic link ([`Fs::symlink`]); its size is its target's length.
+    Symlink,
 }
 
 /// One name in a folder.
@@ -459,6 +461,21 @@ impl Fs {
         }
     }
 
+    /// A symbolic link's attributes: mode 0777 (its own mode is never checked), its
+    /// size its target's length.
+    fn link_attr(&self, ino: u64, target_len: u64, mtime_ns: i64) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::Symlink,
+            size: target_len,
+            mtime: time_of(mtime_ns),
+            perm: 0o777,
+            nlink: 1,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
+    }
+
     /// The attributes of the node at `key`.
     async fn attr_of(&self, key: &NodeKey) -> Result<Attr, FsError> {
         let ino = self.ino_of(key);
@@ -565,9 +582,10 @@ impl Fs {
     /// it, [`Fs::note_told`]).
     fn stored_attr(&self, ino: u64, index: &Index, path: &str) -> Stored {
         match index.node(path) {
-            Some(Node::File(file)) => {
-                Stored::Found(self.file_attr_untold(ino, file.size, file.mtime_ns, file.mode))
-            }
+            Some(Node::File(file)) => Stored::Found(match &file.symlink {
+                Some(target) => self.link_attr(ino, target.len() as u64, file.mtime_ns),
+                None => self.file_attr_untold(ino, file.size, file.mtime_ns, file.mode),
+            }),
             Some(Node::Dir(Some(dir))) => Stored::Found(self.dir_attr(ino, dir.mtime_ns, dir.mode)),
             Some(Node::Dir(None)) => Stored::Implied,
             None => Stored::Absent,
@@ -689,6 +707,7 @@ impl Fs {
                 .into_iter()
                 .map(|item| {
                     let kind = match item.node {
+                        Node::File(file) if file.symlink.is_some() => Kind::Symlink,
                         Node::File(_) => Kind::File,
                         Node::Dir(_) => Kind::Dir,
                     };
@@ -848,6 +867,46 @@ impl Fs {
             .add_folder(key, now_ns(), mode & 0o7777)
             .map_err(|e| FsError::Io(format!("could not note the folder in the spool: {e}")))?;
         Ok(self.count_lookup(self.attr_of(key).await?))
+    }
+
+    /// `symlink`: a link named `name` in `parent` to `target`, stored at once as a
+    /// record of its own (no data; format version 7).
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Attr, FsError> {
+        self.writable()?;
+        check_name(name)?;
+        if parent == ROOT {
+            return Err(FsError::NotPermitted(
+                "links live in channels: the root holds only channel folders".into(),
+            ));
+        }
+        if target.len() > crate::format::MAX_SYMLINK_BYTES {
+            return Err(FsError::NameTooLong(target.len()));
+        }
+        let key = self.key_of(parent)?.child(name);
+        let volume = self.volume(key.channel).await?;
+        crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
+        if volume.index().node(&key.path).is_some() || self.pending_at(&key) {
+            return Err(FsError::Exists);
+        }
+        volume.symlink(&key.path, target, now_ns(), false).await?;
+        Ok(self.count_lookup(self.attr_of(&key).await?))
+    }
+
+    /// `readlink`: the target of the link `ino` (EINVAL for anything else).
+    pub async fn readlink(&self, ino: u64) -> Result<String, FsError> {
+        let key = self.key_of(ino)?;
+        if key.path.is_empty() || self.session(&key).is_some() {
+            return Err(FsError::InvalidName("not a symbolic link".into()));
+        }
+        let volume = self.volume(key.channel).await?;
+        match volume.index().node(&key.path) {
+            Some(Node::File(file)) => file
+                .symlink
+                .clone()
+                .ok_or_else(|| FsError::InvalidName("not a symbolic link".into())),
+            Some(Node::Dir(_)) => Err(FsError::InvalidName("not a symbolic link".into())),
+            None => Err(FsError::NotFound),
+        }
     }
 
     /// `unlink`.

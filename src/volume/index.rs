@@ -65,7 +65,7 @@ use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
 /// (7: binary, postcard, in `.index` files; 6 and before: JSON in `.json`.)
-pub const INDEX_CACHE_VERSION: u32 = 7;
+pub const INDEX_CACHE_VERSION: u32 = 8;
 
 /// The index cache's encoding, and its journal's ([`Index`], [`IndexDelta`]): postcard,
 /// a compact binary form of these same serde types. It takes a fifth of JSON's bytes
@@ -250,6 +250,9 @@ pub struct FileEntry {
     /// The file's data key, which its segmented chunks are sealed under.
     #[serde(default)]
     pub data_key: Option<DataKey>,
+    /// A symbolic link's target: then it has no chunks (format version 7).
+    #[serde(default)]
+    pub symlink: Option<String>,
 }
 
 impl FileEntry {
@@ -264,6 +267,7 @@ impl FileEntry {
             encrypted: self.encrypted,
             chunks: self.chunks.iter().map(ChunkRef::from).collect(),
             data_key: self.data_key,
+            symlink: self.symlink.clone(),
         }
     }
 }
@@ -1576,6 +1580,7 @@ fn resolve(
                 chunks,
                 record_message: message.id,
                 data_key: file.data_key,
+                symlink: file.symlink.clone(),
             }))
         }
     };
@@ -1631,6 +1636,7 @@ mod tests {
             encrypted: true,
             chunks,
             data_key: None,
+            symlink: None,
         })
     }
 

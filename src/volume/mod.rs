@@ -1197,6 +1197,7 @@ impl Volume {
             encrypted: uploader.data_key.is_some(),
             chunks: chunks.into_iter().map(|(_, chunk)| chunk).collect(),
             data_key: uploader.data_key,
+            symlink: None,
         };
         let riders = records::Riders {
             attachments: tail_attachments,
@@ -1544,6 +1545,37 @@ impl Volume {
             path: path.to_string(),
             mtime_ns,
             mode: mode & 0o7777,
+        })])
+        .await
+    }
+
+    /// Makes a symbolic link at `path` to `target` (format version 7): one record, no
+    /// data. Sealed like a file's record when the volume has a key. Fails if `path`
+    /// is taken, unless `replace` and a file (or link) is there.
+    pub async fn symlink(
+        &self,
+        path: &str,
+        target: &str,
+        mtime_ns: i64,
+        replace: bool,
+    ) -> Result<(), VolumeError> {
+        self.check_creatable(path, replace)?;
+        if target.is_empty() || target.len() > format::MAX_SYMLINK_BYTES || target.contains('\0') {
+            return Err(VolumeError::Format(format::FormatError::InvalidPath {
+                path: target.to_string(),
+                why: "a link's target is 1 to 4095 bytes, without NUL",
+            }));
+        }
+        self.post_ops(vec![Op::Put(FileManifest {
+            path: path.to_string(),
+            id: FileId::random()?,
+            size: 0,
+            mtime_ns,
+            mode: 0o777,
+            encrypted: self.key.is_some(),
+            chunks: Vec::new(),
+            data_key: None,
+            symlink: Some(target.to_string()),
         })])
         .await
     }

@@ -179,6 +179,7 @@ pub(super) fn pack_small_files(
             encrypted: file.options.encrypted,
             chunks,
             data_key,
+            symlink: None,
         }));
     }
     Ok((pack_attachments(packs), ops))
