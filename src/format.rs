@@ -181,6 +181,12 @@
 //!   record (readable only in a plain record). Everything else about a path holds for
 //!   it as for a file: renames, moves, deletes and replay; a reader refuses the whole
 //!   record as damaged when a link has contents, or appears before version 7.
+//!   A `put` with `special` (version 7), `{…,"size":0,"mode":420,"chunks":[],
+//!   "special":{"type":"fifo","rdev":0}}`, puts a **special file**: `type` is one of
+//!   `fifo`, `socket`, `char` (a character device) and `block` (a block device), and
+//!   `rdev` the device number as Linux's `st_rdev` (0 for a FIFO or a socket; `rdev`
+//!   may be left out when 0). It has no chunks, size 0, no `dk` and no `symlink`; a
+//!   reader refuses the record as damaged otherwise, or before version 7.
 //!   A new version of a file keeps the file id and reuses the chunks it didn't change,
 //!   so `t` is what tells a reader that a chunk is this version's and not an older one
 //!   at the same index (whose seal would otherwise open fine); a reader checks it.
@@ -304,8 +310,9 @@
 //!
 //! ## Versions
 //!
-//! Version 7 (this one) adds symbolic links: `symlink` in a `put` (and so in a
-//! checkpoint's paths); everything else is as in version 6. Its records and
+//! Version 7 (this one) adds symbolic links and special files: `symlink` and
+//! `special` in a `put` (and so in a checkpoint's paths); everything else is as in
+//! version 6. Its records and
 //! checkpoints carry version byte 7, so a reader of version 6 skips them as newer.
 //!
 //! Version 6 added `relocate`, and `r` in checkpoints; everything else is as

@@ -243,6 +243,10 @@ fn file_type(kind: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -261,7 +265,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
+        rdev: attr.rdev,
         blksize: BLKSIZE,
         flags: 0,
     }
@@ -420,16 +424,35 @@ impl Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(Errno::EPERM);
-        }
+        use crate::format::SpecialKind;
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFREG => None,
+            libc::S_IFIFO => Some(SpecialKind::Fifo),
+            libc::S_IFSOCK => Some(SpecialKind::Socket),
+            libc::S_IFCHR => Some(SpecialKind::Char),
+            libc::S_IFBLK => Some(SpecialKind::Block),
+            _ => return reply.error(Errno::EINVAL),
+        };
         let name = match name_of(name) {
             Ok(name) => name,
             Err(e) => return reply.error(e),
         };
+        if let Some(kind) = special {
+            // A FIFO or a socket has no device number, whatever the caller passed.
+            let rdev = match kind {
+                SpecialKind::Char | SpecialKind::Block => u64::from(rdev),
+                SpecialKind::Fifo | SpecialKind::Socket => 0,
+            };
+            return self.spawn(move |fs| async move {
+                match fs.mknod(parent.0, &name, kind, mode & 0o7777, rdev).await {
+                    Ok(attr) => reply.entry(&fs.ttl(), &file_attr(&attr), Generation(0)),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            });
+        }
         self.spawn(move |fs| async move {
             let result = async {
                 let (attr, opened) = fs.create(parent.0, &name, mode & 0o7777, true).await?;
@@ -918,6 +941,7 @@ mod tests {
             nlink: 1,
             uid: 1000,
             gid: 100,
+            rdev: 0,
         };
         let fa = file_attr(&attr);
         assert_eq!(fa.ino, INodeNo(7));

@@ -500,6 +500,60 @@ fn symbolic_links_travel_as_links_unless_followed() {
     assert_eq!(env.read("followed"), b"alpha");
 }
 
+/// Makes the special file `path` of type `kind` (`S_IFIFO`, ...) with `rdev`.
+fn make_node(path: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let made = unsafe { libc::mknod(c_path.as_ptr(), kind | 0o640, rdev) };
+    assert_eq!(
+        made,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn special_files_travel_with_their_type_mode_and_device_number() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let env = with_key_and_channel(tiny_limits());
+    env.write("tree/a.txt", b"alpha");
+    make_node(&env.work().join("tree/pipe"), libc::S_IFIFO, 0);
+    make_node(&env.work().join("tree/sock"), libc::S_IFSOCK, 0);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        make_node(
+            &env.work().join("tree/null"),
+            libc::S_IFCHR,
+            libc::makedev(1, 3),
+        );
+    }
+    env.ok(&["put", "-r", "tree", "docs"]);
+    let listing = env.ok(&["ls", "-l", "docs/tree"]);
+    assert!(
+        listing.contains("prw-r-----") && listing.contains("srw-r-----"),
+        "{listing}"
+    );
+    env.ok(&["get", "-r", "docs/tree", "copy"]);
+    let meta = |name: &str| fs::symlink_metadata(env.work().join("copy").join(name)).unwrap();
+    assert!(meta("pipe").file_type().is_fifo());
+    assert!(meta("sock").file_type().is_socket());
+    assert_eq!(meta("pipe").mode() & 0o777, 0o640);
+    assert_eq!(env.read("copy/a.txt"), b"alpha");
+    if root {
+        assert!(
+            listing.contains("crw-r-----") && listing.contains("1, 3"),
+            "{listing}"
+        );
+        assert!(meta("null").file_type().is_char_device());
+        assert_eq!(meta("null").rdev(), libc::makedev(1, 3));
+    }
+    let err = env.fails(&["get", "docs/tree/pipe", "-"]);
+    assert!(err.contains("special file"), "{err}");
+}
+
 #[test]
 fn a_damaged_chunk_fails_the_get_and_leaves_no_partial_file() {
     let env = with_key_and_channel(tiny_limits());

@@ -252,6 +252,7 @@ fn plain_put(path: &str, data: &[u8], seq: u64) -> (Record, Vec<NewAttachment>) 
             }],
             data_key: None,
             symlink: None,
+            special: None,
         })],
     };
     let attachment = NewAttachment {

@@ -697,13 +697,10 @@ fn mv_within_and_across_channels(mode: WriteBack) {
     assert!(!env.at("other/dir").exists());
     assert_eq!(chunks(), attachments);
 
-    // Channels themselves can't be renamed; no symlinks or hard links.
+    // Channels themselves can't be renamed; no hard links (symbolic links: see
+    // `symlinks_are_made_read_renamed_and_kept`).
     assert_eq!(
         errno_of(fs::rename(env.at("docs"), env.at("papers"))),
-        libc::EPERM
-    );
-    assert_eq!(
-        errno_of(std::os::unix::fs::symlink("c.bin", env.at("other/link"))),
         libc::EPERM
     );
     assert_eq!(
@@ -756,14 +753,11 @@ fn rm_mkdir_rmdir(mode: WriteBack) {
     fs::create_dir(env.at("new-channel")).unwrap();
     assert!(env.ok(&["ls"]).contains("new-channel"));
     assert_eq!(errno_of(fs::remove_dir(env.at("new-channel"))), libc::EPERM);
-    // No special files.
+    // A special file is removed like a file (`special_files_are_stored_and_kept`).
     let fifo = std::ffi::CString::new(env.at("docs/fifo").to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EPERM)
-    );
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    fs::remove_file(env.at("docs/fifo")).unwrap();
     // Files live in channels only.
     assert_eq!(errno_of(fs::write(env.at("loose.txt"), b"x")), libc::EPERM);
     mount.stop();
@@ -2160,3 +2154,56 @@ fn symlinks_are_made_read_renamed_and_kept(mode: WriteBack) {
     assert!(listing.contains("renamed -> real.txt"), "{listing}");
 }
 in_both_modes!(symlinks_are_made_read_renamed_and_kept);
+
+/// Makes the special file `path` of type `kind` (`S_IFIFO`, ...) with `rdev`.
+fn make_node(path: &Path, kind: libc::mode_t, rdev: libc::dev_t) -> std::io::Result<()> {
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mknod(c_path.as_ptr(), kind | 0o640, rdev) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// FIFOs, sockets and device nodes (format version 7): made through the mount with
+/// their type, mode and device number, a FIFO working as one (the kernel's pipe), a
+/// device not opened (`nodev`), kept over a remount and listed by the CLI.
+fn special_files_are_stored_and_kept(mode: WriteBack) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    need_fuse!();
+    let env = Env::with(mode);
+    let mount = env.mount(&[]);
+    make_node(&env.at("docs/pipe"), libc::S_IFIFO, 0).unwrap();
+    make_node(&env.at("docs/sock"), libc::S_IFSOCK, 0).unwrap();
+    let null = libc::makedev(1, 3);
+    make_node(&env.at("docs/null"), libc::S_IFCHR, null).unwrap();
+    assert_eq!(
+        errno_of(make_node(&env.at("docs/pipe"), libc::S_IFIFO, 0)),
+        libc::EEXIST
+    );
+    // The FIFO carries bytes from a writer to a reader, as any FIFO does.
+    let pipe = env.at("docs/pipe");
+    let writer = std::thread::spawn(move || fs::write(pipe, b"through the pipe").unwrap());
+    assert_eq!(fs::read(env.at("docs/pipe")).unwrap(), b"through the pipe");
+    writer.join().unwrap();
+    // A FUSE mount is `nodev`: the device is there, and isn't opened.
+    assert_eq!(errno_of(fs::read(env.at("docs/null"))), libc::EACCES);
+    mount.stop();
+
+    let mount = env.mount(&[]);
+    let meta = |name: &str| fs::symlink_metadata(env.at(name)).unwrap();
+    assert!(meta("docs/pipe").file_type().is_fifo());
+    assert!(meta("docs/sock").file_type().is_socket());
+    assert!(meta("docs/null").file_type().is_char_device());
+    assert_eq!(meta("docs/null").rdev(), null);
+    assert_eq!(meta("docs/pipe").mode() & 0o777, 0o640);
+    mount.stop();
+    let listing = env.ok(&["ls", "-l", "docs"]);
+    assert!(listing.contains("prw-r-----"), "{listing}");
+    assert!(
+        listing.contains("crw-r-----") && listing.contains("1, 3"),
+        "{listing}"
+    );
+}
+in_both_modes!(special_files_are_stored_and_kept);

@@ -847,6 +847,7 @@ async fn foreign_and_garbage_messages_are_ignored() {
                 chunks: entry.chunks.iter().map(ChunkRef::from).collect(),
                 data_key: None,
                 symlink: None,
+                special: None,
             }),
             Op::Del {
                 path: "ours.txt".into(),
@@ -1369,10 +1370,11 @@ async fn an_index_cache_of_another_layout_is_rebuilt_and_the_old_json_one_remove
     drop(cached);
     let (whole, _) = cache_files(&fx.cache_dir());
     let current = std::fs::read(&whole).unwrap();
-    assert_eq!(current[0], 7, "layout 7 comes first");
-    // Layout 6 as its first byte, and what follows in no shape this one knows.
+    let layout = dcloud_fs::volume::index::INDEX_CACHE_VERSION as u8;
+    assert_eq!(current[0], layout, "the layout comes first");
+    // An older layout as its first byte, and what follows in no shape this one knows.
     let mut older = current.clone();
-    older[0] = 6;
+    older[0] = layout - 1;
     std::fs::write(&whole, &older).unwrap();
     let legacy = whole.with_extension("json");
     std::fs::write(&legacy, br#"{"version":6}"#).unwrap();
@@ -1387,7 +1389,7 @@ async fn an_index_cache_of_another_layout_is_rebuilt_and_the_old_json_one_remove
     );
     assert_eq!(file_paths(&reopened), ["f0", "f1", "f2"]);
     reopened.save();
-    assert_eq!(std::fs::read(&whole).unwrap()[0], 7);
+    assert_eq!(std::fs::read(&whole).unwrap()[0], layout);
     assert!(!legacy.exists(), "the JSON cache of before is gone");
 }
 

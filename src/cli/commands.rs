@@ -382,6 +382,9 @@ impl TreeUploader<'_> {
                     (Ok(kind), Ok(name)) if kind.is_symlink() => {
                         self.put_link(&path, &join(&target, &name)).await
                     }
+                    (Ok(kind), Ok(name)) if special_kind(kind).is_some() => {
+                        self.put_special(&path, &join(&target, &name)).await
+                    }
                     (Ok(_), Ok(_)) => Err(CliError::Usage(format!(
                         "{}: not a regular file",
                         path.display()
@@ -408,6 +411,25 @@ impl TreeUploader<'_> {
             .map(|m| mtime_ns(&m))
             .unwrap_or_else(|_| now_ns());
         self.volume.symlink(target, link, mtime, true).await?;
+        Ok(())
+    }
+
+    /// Stores the FIFO, socket or device node `source` as a special file at `target`
+    /// (its type, device number, mode and time; nothing is read from it).
+    async fn put_special(&mut self, source: &Path, target: &str) -> Result<(), CliError> {
+        use std::os::unix::fs::MetadataExt;
+        let shown = source.display().to_string();
+        let meta = fs::symlink_metadata(source).map_err(|e| CliError::io(&shown, e))?;
+        let kind = special_kind(meta.file_type())
+            .ok_or_else(|| CliError::Usage(format!("{shown}: not a special file")))?;
+        let rdev = match kind {
+            crate::format::SpecialKind::Char | crate::format::SpecialKind::Block => meta.rdev(),
+            _ => 0,
+        };
+        let special = crate::format::Special { kind, rdev };
+        self.volume
+            .mknod(target, special, meta.mode(), mtime_ns(&meta), true)
+            .await?;
         Ok(())
     }
 
@@ -523,10 +545,10 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), CliError> {
     let volume = context
         .volume(&store, &context.key().await?, &channel)
         .await?;
-    let (is_dir, link) = match volume.index().node(&path) {
-        None => (None, None),
-        Some(Node::File(file)) => (Some(false), file.symlink.clone()),
-        Some(Node::Dir(_)) => (Some(true), None),
+    let (is_dir, link, special) = match volume.index().node(&path) {
+        None => (None, None, false),
+        Some(Node::File(file)) => (Some(false), file.symlink.clone(), file.special.is_some()),
+        Some(Node::Dir(_)) => (Some(true), None, false),
     };
     let dest = PathBuf::from(&args.dest);
     match is_dir {
@@ -535,6 +557,10 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), CliError> {
             "{} is a symbolic link (to {}): it has no bytes to write",
             volume.display(&path),
             link.unwrap_or_default()
+        ))),
+        Some(false) if special && args.dest == "-" => Err(CliError::Usage(format!(
+            "{} is a special file (a FIFO, socket or device): it has no bytes to write",
+            volume.display(&path)
         ))),
         Some(false) if args.dest == "-" => {
             let mut stdout = tokio::io::stdout();
@@ -613,7 +639,7 @@ async fn download_file(
     target: &Path,
 ) -> Result<(), CliError> {
     let shown = target.display().to_string();
-    let link = volume.file(path)?.symlink;
+    let entry = volume.file(path)?;
     let dir = match target.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
@@ -626,11 +652,14 @@ async fn download_file(
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result = match &link {
-        Some(link) => {
+    let result = match (&entry.symlink, entry.special) {
+        (Some(link), _) => {
             std::os::unix::fs::symlink(link, &temporary).map_err(|e| CliError::io(&shown, e))
         }
-        None => download_into(context, volume, path, &temporary, &shown).await,
+        (None, Some(special)) => {
+            make_special(&temporary, special, entry.mode).map_err(|e| CliError::io(&shown, e))
+        }
+        (None, None) => download_into(context, volume, path, &temporary, &shown).await,
     };
     let result =
         result.and_then(|()| fs::rename(&temporary, target).map_err(|e| CliError::io(&shown, e)));
@@ -708,9 +737,83 @@ pub async fn ls(context: &Context, args: LsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// What kind of special file a local file is, if it is one.
+fn special_kind(kind: fs::FileType) -> Option<crate::format::SpecialKind> {
+    use crate::format::SpecialKind;
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        Some(SpecialKind::Fifo)
+    } else if kind.is_socket() {
+        Some(SpecialKind::Socket)
+    } else if kind.is_char_device() {
+        Some(SpecialKind::Char)
+    } else if kind.is_block_device() {
+        Some(SpecialKind::Block)
+    } else {
+        None
+    }
+}
+
+/// Makes the special file `special` at `path` with `mode` (a device needs root).
+fn make_special(path: &Path, special: crate::format::Special, mode: u32) -> std::io::Result<()> {
+    use crate::format::SpecialKind;
+    use std::os::unix::ffi::OsStrExt;
+    let kind = match special.kind {
+        SpecialKind::Fifo => libc::S_IFIFO,
+        SpecialKind::Socket => libc::S_IFSOCK,
+        SpecialKind::Char => libc::S_IFCHR,
+        SpecialKind::Block => libc::S_IFBLK,
+    };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path that lives through the call.
+    let made = unsafe {
+        libc::mknod(
+            c_path.as_ptr(),
+            kind | (mode & 0o7777) as libc::mode_t,
+            special.rdev as libc::dev_t,
+        )
+    };
+    if made == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The type letter of a special file in `ls -l`, and what stands in its size column
+/// (a device's `major, minor`).
+fn special_columns(special: Option<crate::format::Special>) -> (char, String) {
+    use crate::format::SpecialKind;
+    let Some(special) = special else {
+        return ('-', String::new());
+    };
+    let device = || {
+        let rdev = special.rdev as libc::dev_t;
+        format!("{}, {}", libc::major(rdev), libc::minor(rdev))
+    };
+    match special.kind {
+        SpecialKind::Fifo => ('p', "0".into()),
+        SpecialKind::Socket => ('s', "0".into()),
+        SpecialKind::Char => ('c', device()),
+        SpecialKind::Block => ('b', device()),
+    }
+}
+
 fn listing_line(item: &Listed<'_>, long: bool) -> String {
     match (&item.node, long) {
         (Node::File(_), false) => item.name.clone(),
+        (Node::File(file), true) if file.special.is_some() => {
+            let (letter, size) = special_columns(file.special);
+            format!(
+                "{letter}{} {:<5} {:>14} {} {}",
+                &output::mode_string(file.mode, false)[1..],
+                if file.encrypted { "enc" } else { "plain" },
+                size,
+                output::local_time(file.mtime_ns),
+                item.name
+            )
+        }
         (Node::File(file), true) if file.symlink.is_some() => format!(
             "l{} {:<5} {:>14} {} {} -> {}",
             &output::mode_string(0o777, false)[1..],

@@ -186,12 +186,57 @@ pub struct FileManifest {
     /// no chunks, size 0 and no data key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symlink: Option<String>,
+    /// A special file (`special`, version 7): a FIFO, a socket or a device node, with
+    /// no chunks, size 0 and no data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub special: Option<Special>,
+}
+
+/// What a special file is (`special`, version 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Special {
+    #[serde(rename = "type")]
+    pub kind: SpecialKind,
+    /// A device's number (`st_rdev`); 0 for a FIFO or a socket.
+    #[serde(default)]
+    pub rdev: u64,
+}
+
+/// The type of a special file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    /// A character device.
+    Char,
+    /// A block device.
+    Block,
 }
 
 impl FileManifest {
     /// A symbolic link (version 7) has a target of 1 to [`MAX_SYMLINK_BYTES`] bytes
-    /// without NUL, and nothing of a file's contents.
+    /// without NUL, and nothing of a file's contents; a special file (version 7)
+    /// neither, nor a target, and a device number only if it is a device.
     fn validate_symlink(&self, version: u8) -> Result<(), FormatError> {
+        if let Some(special) = self.special {
+            let problem = if version < 7 {
+                Some("a special file in a record older than version 7")
+            } else if self.symlink.is_some() {
+                Some("both a symbolic link and a special file")
+            } else if self.size != 0 || !self.chunks.is_empty() || self.data_key.is_some() {
+                Some("a special file with contents")
+            } else if special.rdev != 0
+                && matches!(special.kind, SpecialKind::Fifo | SpecialKind::Socket)
+            {
+                Some("a device number on a FIFO or socket")
+            } else {
+                None
+            };
+            if let Some(why) = problem {
+                return Err(damaged("record", format!("'{}': {why}", self.path)));
+            }
+        }
         let Some(target) = &self.symlink else {
             return Ok(());
         };
@@ -749,6 +794,7 @@ mod tests {
                     ],
                     data_key: None,
                     symlink: None,
+                    special: None,
                 }),
                 Op::Mkdir(DirManifest {
                     path: "empty".into(),
@@ -825,6 +871,7 @@ mod tests {
             chunks: Vec::new(),
             data_key: None,
             symlink: Some("../releases/v2.tar".into()),
+            special: None,
         };
         let record = Record {
             seq: 3,
@@ -864,6 +911,62 @@ mod tests {
             f.chunks = sample_record().ops[0].file().unwrap().chunks[1..].to_vec();
         }));
         assert!(!broken(&|f| f.symlink = Some("y".repeat(4095))));
+    }
+
+    #[test]
+    fn a_special_file_is_a_put_with_its_type_and_no_contents_and_needs_version_7() {
+        let device = FileManifest {
+            path: "dev/null".into(),
+            id: FileId([4; 16]),
+            size: 0,
+            mtime_ns: 7,
+            mode: 0o666,
+            encrypted: true,
+            chunks: Vec::new(),
+            data_key: None,
+            symlink: None,
+            special: Some(Special {
+                kind: SpecialKind::Char,
+                rdev: 259,
+            }),
+        };
+        let record = |file: FileManifest| Record {
+            seq: 3,
+            ops: vec![Op::Put(file)],
+        };
+        let json = serde_json::to_value(record(device.clone())).unwrap();
+        assert_eq!(
+            json["ops"][0]["special"],
+            serde_json::json!({"type": "char", "rdev": 259})
+        );
+        let back: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record(device.clone()));
+        assert!(record(device.clone()).validate(7).is_ok());
+        assert!(
+            record(device.clone()).validate(6).is_err(),
+            "before version 7"
+        );
+        let mut fifo = device.clone();
+        fifo.special = Some(Special {
+            kind: SpecialKind::Fifo,
+            rdev: 0,
+        });
+        assert!(record(fifo.clone()).validate(7).is_ok());
+        fifo.special = Some(Special {
+            kind: SpecialKind::Fifo,
+            rdev: 1,
+        });
+        assert!(
+            record(fifo).validate(7).is_err(),
+            "a FIFO with a device number"
+        );
+        let mut both = device.clone();
+        both.symlink = Some("x".into());
+        assert!(record(both).validate(7).is_err(), "a link and a device");
+        let mut full = device;
+        full.size = 5;
+        full.chunks = sample_record().ops[0].file().unwrap().chunks[1..].to_vec();
+        assert!(record(full).validate(7).is_err(), "a device with contents");
     }
 
     #[test]

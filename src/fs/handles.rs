@@ -21,7 +21,7 @@ use super::inode::{NodeKey, ROOT};
 use super::read::FileReader;
 use super::spool::{SpoolFile, SpoolMeta};
 use super::write::{SessionView, WriteSession};
-use super::{Attr, Fs, FsError, OpenFlags, Opened, SetAttr, check_name, now_ns, ns_of};
+use super::{Attr, Fs, FsError, OpenFlags, Opened, SetAttr, now_ns, ns_of};
 use crate::store::Id;
 use crate::volume::{FileEntry, Node, PinGuard, Volume};
 
@@ -245,6 +245,13 @@ impl Fs {
                 key.path
             )));
         }
+        if file.special.is_some() {
+            // Nor a special file: the kernel gives those their meaning.
+            return Err(FsError::NotPermitted(format!(
+                "{} is a special file (a FIFO, socket or device), with no bytes to read",
+                key.path
+            )));
+        }
         let direct_io = !self.kernel_knows_size(ino, file.size);
         let keep_cache = !direct_io && {
             let mut last = self.last_opened.lock().unwrap_or_else(|e| e.into_inner());
@@ -275,16 +282,7 @@ impl Fs {
         mode: u32,
         exclusive: bool,
     ) -> Result<(Attr, Opened), FsError> {
-        self.writable()?;
-        check_name(name)?;
-        if parent == ROOT {
-            return Err(FsError::NotPermitted(
-                "files live in channels: the root holds only channel folders".into(),
-            ));
-        }
-        let key = self.key_of(parent)?.child(name);
-        let volume = self.volume(key.channel).await?;
-        crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
+        let (key, volume) = self.new_name(parent, name).await?;
         if self.write_back.folders.attrs(&key).is_some() {
             return Err(if exclusive {
                 FsError::Exists

@@ -149,6 +149,8 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// A device node's number (0 for anything else).
+    pub rdev: u32,
 }
 
 /// What the index says of a path, for its attributes (see [`Fs::attr_from`]).
@@ -167,6 +169,33 @@ pub enum Kind {
     Dir,
     /// A symbolic link ([`Fs::symlink`]); its size is its target's length.
     Symlink,
+    /// A special file ([`Fs::mknod`]): no data; the kernel gives it its meaning.
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    /// The kind of a special file of the format.
+    pub fn of_special(kind: crate::format::SpecialKind) -> Kind {
+        use crate::format::SpecialKind;
+        match kind {
+            SpecialKind::Fifo => Kind::Fifo,
+            SpecialKind::Socket => Kind::Socket,
+            SpecialKind::Char => Kind::CharDevice,
+            SpecialKind::Block => Kind::BlockDevice,
+        }
+    }
+
+    /// The kind of a stored file entry: a link, a special file, or a file.
+    fn of_entry(file: &crate::volume::FileEntry) -> Kind {
+        match (&file.symlink, file.special) {
+            (Some(_), _) => Kind::Symlink,
+            (None, Some(special)) => Kind::of_special(special.kind),
+            (None, None) => Kind::File,
+        }
+    }
 }
 
 /// One name in a folder.
@@ -433,6 +462,7 @@ impl Fs {
             nlink: 2,
             uid: self.config.uid,
             gid: self.config.gid,
+            rdev: 0,
         }
     }
 
@@ -458,6 +488,7 @@ impl Fs {
             nlink: 1,
             uid: self.config.uid,
             gid: self.config.gid,
+            rdev: 0,
         }
     }
 
@@ -473,6 +504,7 @@ impl Fs {
             nlink: 1,
             uid: self.config.uid,
             gid: self.config.gid,
+            rdev: 0,
         }
     }
 
@@ -582,9 +614,14 @@ impl Fs {
     /// it, [`Fs::note_told`]).
     fn stored_attr(&self, ino: u64, index: &Index, path: &str) -> Stored {
         match index.node(path) {
-            Some(Node::File(file)) => Stored::Found(match &file.symlink {
-                Some(target) => self.link_attr(ino, target.len() as u64, file.mtime_ns),
-                None => self.file_attr_untold(ino, file.size, file.mtime_ns, file.mode),
+            Some(Node::File(file)) => Stored::Found(match (&file.symlink, file.special) {
+                (Some(target), _) => self.link_attr(ino, target.len() as u64, file.mtime_ns),
+                (None, Some(special)) => Attr {
+                    kind: Kind::of_special(special.kind),
+                    rdev: special.rdev as u32,
+                    ..self.file_attr_untold(ino, 0, file.mtime_ns, file.mode)
+                },
+                (None, None) => self.file_attr_untold(ino, file.size, file.mtime_ns, file.mode),
             }),
             Some(Node::Dir(Some(dir))) => Stored::Found(self.dir_attr(ino, dir.mtime_ns, dir.mode)),
             Some(Node::Dir(None)) => Stored::Implied,
@@ -707,8 +744,7 @@ impl Fs {
                 .into_iter()
                 .map(|item| {
                     let kind = match item.node {
-                        Node::File(file) if file.symlink.is_some() => Kind::Symlink,
-                        Node::File(_) => Kind::File,
+                        Node::File(file) => Kind::of_entry(file),
                         Node::Dir(_) => Kind::Dir,
                     };
                     (item.name, kind)
@@ -872,24 +908,56 @@ impl Fs {
     /// `symlink`: a link named `name` in `parent` to `target`, stored at once as a
     /// record of its own (no data; format version 7).
     pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Attr, FsError> {
-        self.writable()?;
-        check_name(name)?;
-        if parent == ROOT {
-            return Err(FsError::NotPermitted(
-                "links live in channels: the root holds only channel folders".into(),
-            ));
-        }
         if target.len() > crate::format::MAX_SYMLINK_BYTES {
             return Err(FsError::NameTooLong(target.len()));
         }
-        let key = self.key_of(parent)?.child(name);
-        let volume = self.volume(key.channel).await?;
-        crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
+        let (key, volume) = self.new_name(parent, name).await?;
         if volume.index().node(&key.path).is_some() || self.pending_at(&key) {
             return Err(FsError::Exists);
         }
         volume.symlink(&key.path, target, now_ns(), false).await?;
         Ok(self.count_lookup(self.attr_of(&key).await?))
+    }
+
+    /// `mknod` of a special file (`kind` a FIFO, socket or device; regular files are
+    /// [`Fs::create`]'s), stored at once as a record of its own, as a link is.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: crate::format::SpecialKind,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<Attr, FsError> {
+        let (key, volume) = self.new_name(parent, name).await?;
+        if volume.index().node(&key.path).is_some() || self.pending_at(&key) {
+            return Err(FsError::Exists);
+        }
+        let special = crate::format::Special { kind, rdev };
+        volume
+            .mknod(&key.path, special, mode, now_ns(), false)
+            .await?;
+        Ok(self.count_lookup(self.attr_of(&key).await?))
+    }
+
+    /// Where a new file, link or special file `name` in `parent` goes, and its
+    /// channel's volume: a writable mount, a valid name, a channel (not the root).
+    pub(super) async fn new_name(
+        &self,
+        parent: u64,
+        name: &str,
+    ) -> Result<(NodeKey, Arc<crate::volume::Volume>), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        if parent == ROOT {
+            return Err(FsError::NotPermitted(
+                "files live in channels: the root holds only channel folders".into(),
+            ));
+        }
+        let key = self.key_of(parent)?.child(name);
+        let volume = self.volume(key.channel).await?;
+        crate::format::validate_path(&key.path).map_err(|e| FsError::InvalidName(e.to_string()))?;
+        Ok((key, volume))
     }
 
     /// `readlink`: the target of the link `ino` (EINVAL for anything else).

@@ -253,6 +253,9 @@ pub struct FileEntry {
     /// A symbolic link's target: then it has no chunks (format version 7).
     #[serde(default)]
     pub symlink: Option<String>,
+    /// A special file (FIFO, socket, device): then it has no chunks (version 7).
+    #[serde(default)]
+    pub special: Option<crate::format::Special>,
 }
 
 impl FileEntry {
@@ -268,6 +271,7 @@ impl FileEntry {
             chunks: self.chunks.iter().map(ChunkRef::from).collect(),
             data_key: self.data_key,
             symlink: self.symlink.clone(),
+            special: self.special,
         }
     }
 }
@@ -1581,6 +1585,7 @@ fn resolve(
                 record_message: message.id,
                 data_key: file.data_key,
                 symlink: file.symlink.clone(),
+                special: file.special,
             }))
         }
     };
@@ -1637,6 +1642,7 @@ mod tests {
             chunks,
             data_key: None,
             symlink: None,
+            special: None,
         })
     }
 

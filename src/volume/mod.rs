@@ -1198,6 +1198,7 @@ impl Volume {
             chunks: chunks.into_iter().map(|(_, chunk)| chunk).collect(),
             data_key: uploader.data_key,
             symlink: None,
+            special: None,
         };
         let riders = records::Riders {
             attachments: tail_attachments,
@@ -1559,23 +1560,58 @@ impl Volume {
         mtime_ns: i64,
         replace: bool,
     ) -> Result<(), VolumeError> {
-        self.check_creatable(path, replace)?;
         if target.is_empty() || target.len() > format::MAX_SYMLINK_BYTES || target.contains('\0') {
             return Err(VolumeError::Format(format::FormatError::InvalidPath {
                 path: target.to_string(),
                 why: "a link's target is 1 to 4095 bytes, without NUL",
             }));
         }
+        let node = EmptyNode {
+            symlink: Some(target.to_string()),
+            special: None,
+            mode: 0o777,
+        };
+        self.put_empty_node(path, node, mtime_ns, replace).await
+    }
+
+    /// Makes a special file (a FIFO, a socket, a device node) at `path` (format
+    /// version 7): one record, no data, as [`Volume::symlink`].
+    pub async fn mknod(
+        &self,
+        path: &str,
+        special: format::Special,
+        mode: u32,
+        mtime_ns: i64,
+        replace: bool,
+    ) -> Result<(), VolumeError> {
+        let node = EmptyNode {
+            symlink: None,
+            special: Some(special),
+            mode: mode & 0o7777,
+        };
+        self.put_empty_node(path, node, mtime_ns, replace).await
+    }
+
+    /// Posts the record of a node with no data: a link or a special file.
+    async fn put_empty_node(
+        &self,
+        path: &str,
+        node: EmptyNode,
+        mtime_ns: i64,
+        replace: bool,
+    ) -> Result<(), VolumeError> {
+        self.check_creatable(path, replace)?;
         self.post_ops(vec![Op::Put(FileManifest {
             path: path.to_string(),
             id: FileId::random()?,
             size: 0,
             mtime_ns,
-            mode: 0o777,
+            mode: node.mode,
             encrypted: self.key.is_some(),
             chunks: Vec::new(),
             data_key: None,
-            symlink: Some(target.to_string()),
+            symlink: node.symlink,
+            special: node.special,
         })])
         .await
     }
@@ -2100,4 +2136,11 @@ pub(crate) fn write_private_atomically(path: &std::path::Path, data: &[u8]) -> s
     file.write_all(data)?;
     drop(file);
     fs::rename(&tmp, path)
+}
+
+/// What a node without data is: a link's target, or a special file; its mode.
+struct EmptyNode {
+    symlink: Option<String>,
+    special: Option<format::Special>,
+    mode: u32,
 }

@@ -180,6 +180,7 @@ pub(super) fn pack_small_files(
             chunks,
             data_key,
             symlink: None,
+            special: None,
         }));
     }
     Ok((pack_attachments(packs), ops))
