@@ -21,9 +21,13 @@
 //!   name changing mid-listing never shifts the offsets. `..` carries the root's
 //!   number in every folder: the kernel resolves `..` from its own dentries, so only a
 //!   program reading raw listings sees that number.
-//! - **What the store can't hold** is refused without fuss: symlinks, hard links and
-//!   special files (EPERM), `RENAME_EXCHANGE` (EINVAL), ownership changes (EPERM unless
-//!   they change nothing), extended attributes (ENOSYS, which the kernel remembers).
+//! - **Symbolic links and special files** are stored (format version 7): `symlink`
+//!   and `readlink`, and `mknod` of a FIFO, socket or device node, whose meaning the
+//!   kernel gives them (a FIFO is a pipe on this machine; a FUSE mount is `nodev`, so a
+//!   device isn't opened).
+//! - **What the store can't hold** is refused without fuss: hard links (EPERM),
+//!   `RENAME_EXCHANGE` (EINVAL), ownership changes (EPERM unless they change nothing),
+//!   extended attributes (ENOSYS, which the kernel remembers).
 //! - **Only the writer's own close uploads.** The kernel sends `flush` at every close
 //!   of a descriptor, including the copies a child gets at `fork` and closes at `exec`
 //!   or exit; uploading then would publish a file its writer is still writing. So a

@@ -2,8 +2,10 @@
 //! tests drive it directly (as awslabs/mountpoint-s3 separates its fuser adapter from
 //! its filesystem) and the adapter ([`crate::fuse`]) stays a thin translation.
 //!
-//! The tree: the root holds one folder per channel; inside a channel, the files and
-//! folders its records describe ([`crate::volume`]). Parts:
+//! The tree: the root holds one folder per channel; inside a channel, the files,
+//! folders, symbolic links and special files (FIFOs, sockets, devices: records without
+//! data, [`Fs::symlink`], [`Fs::mknod`]) its records describe ([`crate::volume`]).
+//! Parts:
 //!
 //! - [`inode`]: stable inode numbers for (channel, path) names, carried across renames
 //!   (also to another channel: a rename there is a move, [`Volume::move_to`], which
