@@ -454,7 +454,7 @@ async fn a_channel_written_by_format_version_4_reads_back_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_written_by_format_version_5_reads_back_byte_exact() {
-    use dcloud_fs::format::{self, MessageKind, Op};
+    use dcloud_fs::format::Op;
     let fixture = reads_back_byte_exact(
         "format-v5",
         &["docs", "other"],
@@ -477,61 +477,13 @@ async fn a_channel_written_by_format_version_5_reads_back_byte_exact() {
         })
         .collect();
     assert!(packed.len() >= 10, "the folder's files share a pack");
-    let docs = volume::find_channel(fixture.store.as_ref(), "docs")
-        .await
-        .unwrap();
-    let pins = fixture.store.pins(docs.id).await.unwrap();
-    let head = pins
-        .iter()
-        .find(|m| matches!(format::classify(&m.content), MessageKind::Checkpoint))
-        .expect("a pinned checkpoint");
-    let attachment = &head.attachments[0];
-    let first = fixture
-        .store
-        .fetch_range(docs.id, head.id, attachment.id, 0..5)
-        .await
-        .unwrap();
-    assert_eq!(&first[..], b"DCFK\x05", "a version-5 checkpoint envelope");
-    let after: Vec<_> = records
-        .iter()
-        .filter(|(channel, message, _, _)| channel == "docs" && *message > head.id)
-        .collect();
-    assert_eq!(after.len(), 1, "one record after the checkpoint");
-
-    // Read from the checkpoint (with the tail) and by a full replay: the same files.
-    for from_checkpoint in [true, false] {
-        let config = VolumeConfig {
-            start_from_checkpoint: from_checkpoint,
-            ..fixture.config.clone()
-        };
-        let volume = Volume::open(
-            fixture.store.clone(),
-            docs.clone(),
-            Some(fixture.key.clone()),
-            config,
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            volume.started_from_checkpoint().is_some(),
-            from_checkpoint,
-            "from the checkpoint: {from_checkpoint}"
-        );
-        let read = read_all(&volume).await;
-        let expected: BTreeMap<String, Vec<u8>> = fixture
-            .expected
-            .iter()
-            .filter(|(path, _)| path.starts_with("docs/"))
-            .map(|(path, bytes)| (path.clone(), bytes.clone()))
-            .collect();
-        assert!(read == expected, "from the checkpoint: {from_checkpoint}");
-    }
+    reads_the_same_from_its_checkpoint_and_by_a_full_replay(&fixture, &records, 5).await;
     assert_eq!(fixture.expected.len(), 18);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_written_by_format_version_6_reads_back_byte_exact() {
-    use dcloud_fs::format::{self, MessageKind, Op};
+    use dcloud_fs::format::Op;
     let fixture = reads_back_byte_exact(
         "format-v6",
         &["docs", "other"],
@@ -554,6 +506,18 @@ async fn a_channel_written_by_format_version_6_reads_back_byte_exact() {
         })
         .collect();
     assert_eq!(relocated, ["few/f3.txt"]);
+    reads_the_same_from_its_checkpoint_and_by_a_full_replay(&fixture, &records, 6).await;
+    assert_eq!(fixture.expected.len(), 19);
+}
+
+/// The fixture's `docs` has a pinned checkpoint of `version` with one record after
+/// it, and reads the same files from it (with that tail) as by a full replay.
+async fn reads_the_same_from_its_checkpoint_and_by_a_full_replay(
+    fixture: &Fixture,
+    records: &[(String, u64, u8, dcloud_fs::format::Record)],
+    version: u8,
+) {
+    use dcloud_fs::format::{self, MessageKind};
     let docs = volume::find_channel(fixture.store.as_ref(), "docs")
         .await
         .unwrap();
@@ -567,14 +531,16 @@ async fn a_channel_written_by_format_version_6_reads_back_byte_exact() {
         .fetch_range(docs.id, head.id, head.attachments[0].id, 0..5)
         .await
         .unwrap();
-    assert_eq!(&first[..], b"DCFK\x06", "a version-6 checkpoint envelope");
+    assert_eq!(
+        first[..],
+        [b'D', b'C', b'F', b'K', version],
+        "a version-{version} checkpoint envelope"
+    );
     let after = records
         .iter()
         .filter(|(channel, message, _, _)| channel == "docs" && *message > head.id)
         .count();
     assert_eq!(after, 1, "one record after the checkpoint");
-
-    // From the checkpoint (with the tail) and by a full replay: the same files.
     for from_checkpoint in [true, false] {
         let config = VolumeConfig {
             start_from_checkpoint: from_checkpoint,
@@ -602,5 +568,4 @@ async fn a_channel_written_by_format_version_6_reads_back_byte_exact() {
             .collect();
         assert!(read == expected, "from the checkpoint: {from_checkpoint}");
     }
-    assert_eq!(fixture.expected.len(), 19);
 }
