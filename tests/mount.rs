@@ -2207,3 +2207,48 @@ fn special_files_are_stored_and_kept(mode: WriteBack) {
     );
 }
 in_both_modes!(special_files_are_stored_and_kept);
+
+/// `rsync -a` of a tree holding symbolic links, a FIFO and odd modes into the mount
+/// exits 0 (it exited 23 when links were refused), and a second `rsync -na
+/// --itemize-changes` finds nothing to do, also after a remount. Needs rsync
+/// (`.ci/run` installs it); says so and passes without it.
+fn rsync_a_round_trips_a_tree_with_links_and_a_fifo(mode: WriteBack) {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    need_fuse!();
+    if Command::new("rsync").arg("--version").output().is_err() {
+        println!("skipping the rsync test: no rsync");
+        return;
+    }
+    let env = Env::with(mode);
+    let tree = env.dir.path().join("tree");
+    fs::create_dir_all(tree.join("sub/deep")).unwrap();
+    write_file(&tree.join("a.txt"), b"alpha");
+    write_file(&tree.join("sub/b.bin"), &random_bytes(100 * KIB, 9));
+    fs::set_permissions(tree.join("sub/b.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    symlink("a.txt", tree.join("la")).unwrap();
+    symlink("../a.txt", tree.join("sub/up")).unwrap();
+    symlink("/nowhere", tree.join("dangling")).unwrap();
+    make_node(&tree.join("pipe"), libc::S_IFIFO, 0).unwrap();
+    let rsync = |args: &[&str]| {
+        let out = Command::new("rsync")
+            .args(args)
+            .arg(format!("{}/", tree.display()))
+            .arg(format!("{}/", env.at("docs/tree").display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rsync {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mount = env.mount(&[]);
+    rsync(&["-a"]);
+    assert_eq!(
+        rsync(&["-na", "--itemize-changes"]),
+        "",
+        "a second run has work"
+    );
+    mount.stop();
+    let mount = env.mount(&[]);
+    assert_eq!(rsync(&["-na", "--itemize-changes"]), "", "after a remount");
+    mount.stop();
+}
+in_both_modes!(rsync_a_round_trips_a_tree_with_links_and_a_fifo);
