@@ -14,6 +14,8 @@
 //! destination's record, then the source's delete): when the second post fails, the
 //! file is in both channels, and the harness moves it again, as the error asks.
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/faulty.rs"]
 mod faulty;
 
@@ -26,7 +28,7 @@ use dcloud_fs::fs::inode::ROOT;
 use dcloud_fs::fs::{Fs, FsConfig, FsError, Kind, OpenFlags, SetAttr};
 use dcloud_fs::store::local::LocalStore;
 use dcloud_fs::store::{Limits, Store};
-use dcloud_fs::volume::{Volume, VolumeConfig};
+use dcloud_fs::volume::VolumeConfig;
 use faulty::{FaultyStore, SplitMix64};
 
 const LIMITS: Limits = Limits {
@@ -249,21 +251,7 @@ impl Harness {
     /// What the store holds at `path`, read as the CLI would (faults must be off).
     async fn stored(&self, path: &str) -> Option<Vec<u8>> {
         let (channel_name, inside) = path.split_once('/').unwrap();
-        let channel = self
-            .store
-            .channels()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == channel_name)
-            .unwrap();
-        let config = VolumeConfig {
-            cache_dir: None,
-            ..VolumeConfig::default()
-        };
-        let volume = Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
-            .await
-            .unwrap();
+        let volume = data::channel_volume(self.store.clone(), &self.key, channel_name).await;
         volume.file(inside).ok()?;
         let mut out = Vec::new();
         volume.get(inside, &mut out, None).await.unwrap();

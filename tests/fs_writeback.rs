@@ -6,6 +6,8 @@
 //! files to the next one; an unlinked waiting file is never uploaded; a full spool makes
 //! writers wait for uploads (which then start at once), and loses nothing.
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/faulty.rs"]
 mod faulty;
 
@@ -83,21 +85,7 @@ impl Fixture {
 
     /// Channel `a` as the CLI opens it: read afresh from the store.
     async fn volume(&self) -> Volume {
-        let channel = self
-            .store
-            .channels()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == "a")
-            .unwrap();
-        let config = VolumeConfig {
-            cache_dir: None,
-            ..VolumeConfig::default()
-        };
-        Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
-            .await
-            .unwrap()
+        data::channel_volume(self.store.clone(), &self.key, "a").await
     }
 
     /// What the store holds at `path` of channel `a`, read as the CLI would.

@@ -5,6 +5,8 @@
 //! What fails, and why, is in the README (Performance, serve). Skipped, saying so,
 //! where litmus isn't installed.
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/serving.rs"]
 mod serving;
 

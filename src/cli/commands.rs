@@ -659,7 +659,7 @@ async fn download_file(
         (None, Some(special)) => {
             make_special(&temporary, special, entry.mode).map_err(|e| CliError::io(&shown, e))
         }
-        (None, None) => download_into(context, volume, path, &temporary, &shown).await,
+        (None, None) => download_into(context, volume, path, entry.size, &temporary, &shown).await,
     };
     let result =
         result.and_then(|()| fs::rename(&temporary, target).map_err(|e| CliError::io(&shown, e)));
@@ -669,17 +669,18 @@ async fn download_file(
     result
 }
 
-/// Downloads the file into `temporary` and gives it the stored modification time and
-/// mode (through the open handle, so a read-only mode can't get in the way).
+/// Downloads the file (of `size` bytes) into `temporary` and gives it the stored
+/// modification time and mode (through the open handle, so a read-only mode can't get
+/// in the way).
 async fn download_into(
     context: &Context,
     volume: &Volume,
     path: &str,
+    size: u64,
     temporary: &Path,
     shown: &str,
 ) -> Result<(), CliError> {
     let file = Arc::new(fs::File::create(temporary).map_err(|e| CliError::io(shown, e))?);
-    let size = volume.file(path)?.size;
     let bar = Bar::new(size, &volume.display(path), context.global.quiet);
     let result = volume.get_to_file(path, file.clone(), bar.progress()).await;
     bar.finish();

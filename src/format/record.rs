@@ -218,42 +218,34 @@ impl FileManifest {
     /// A symbolic link (version 7) has a target of 1 to [`MAX_SYMLINK_BYTES`] bytes
     /// without NUL, and nothing of a file's contents; a special file (version 7)
     /// neither, nor a target, and a device number only if it is a device.
-    fn validate_symlink(&self, version: u8) -> Result<(), FormatError> {
-        if let Some(special) = self.special {
-            let problem = if version < 7 {
-                Some("a special file in a record older than version 7")
-            } else if self.symlink.is_some() {
-                Some("both a symbolic link and a special file")
-            } else if self.size != 0 || !self.chunks.is_empty() || self.data_key.is_some() {
-                Some("a special file with contents")
-            } else if special.rdev != 0
-                && matches!(special.kind, SpecialKind::Fifo | SpecialKind::Socket)
-            {
-                Some("a device number on a FIFO or socket")
-            } else {
-                None
-            };
-            if let Some(why) = problem {
-                return Err(damaged("record", format!("'{}': {why}", self.path)));
-            }
-        }
-        let Some(target) = &self.symlink else {
-            return Ok(());
-        };
-        let problem = if version < 7 {
-            Some("a symbolic link in a record older than version 7")
-        } else if target.is_empty() || target.len() > MAX_SYMLINK_BYTES {
-            Some("a symbolic link's target is empty or longer than 4095 bytes")
-        } else if target.contains('\0') {
-            Some("a symbolic link's target contains a NUL byte")
-        } else if self.size != 0 || !self.chunks.is_empty() || self.data_key.is_some() {
-            Some("a symbolic link with contents")
-        } else {
-            None
-        };
-        match problem {
+    fn validate_empty_node(&self, version: u8) -> Result<(), FormatError> {
+        match self.empty_node_problem(version) {
             Some(why) => Err(damaged("record", format!("'{}': {why}", self.path))),
             None => Ok(()),
+        }
+    }
+
+    /// What is wrong with a link or a special file, if anything.
+    fn empty_node_problem(&self, version: u8) -> Option<&'static str> {
+        let has_contents = self.size != 0 || !self.chunks.is_empty() || self.data_key.is_some();
+        match (&self.symlink, self.special) {
+            (None, None) => None,
+            _ if version < 7 => Some("a link or special file in a record older than version 7"),
+            (Some(_), Some(_)) => Some("both a symbolic link and a special file"),
+            _ if has_contents => Some("a symbolic link or special file with contents"),
+            (Some(target), None) if target.is_empty() || target.len() > MAX_SYMLINK_BYTES => {
+                Some("a symbolic link's target is empty or longer than 4095 bytes")
+            }
+            (Some(target), None) if target.contains('\0') => {
+                Some("a symbolic link's target contains a NUL byte")
+            }
+            (None, Some(special))
+                if special.rdev != 0
+                    && matches!(special.kind, SpecialKind::Fifo | SpecialKind::Socket) =>
+            {
+                Some("a device number on a FIFO or socket")
+            }
+            _ => None,
         }
     }
 
@@ -473,7 +465,7 @@ impl Record {
                     ));
                 }
                 file.validate_keys(version)?;
-                file.validate_symlink(version)?;
+                file.validate_empty_node(version)?;
             }
         }
         Ok(())

@@ -47,3 +47,26 @@ pub fn file_paths(volume: &dcloud_fs::volume::Volume) -> Vec<String> {
         .map(|(path, _)| path.to_string())
         .collect()
 }
+
+/// Channel `name` of `store` as the CLI would read it: opened afresh, without an index
+/// cache, with `key`.
+pub async fn channel_volume(
+    store: std::sync::Arc<dyn dcloud_fs::store::Store>,
+    key: &dcloud_fs::crypto::Key,
+    name: &str,
+) -> dcloud_fs::volume::Volume {
+    let channel = store
+        .channels()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap();
+    let config = dcloud_fs::volume::VolumeConfig {
+        cache_dir: None,
+        ..dcloud_fs::volume::VolumeConfig::default()
+    };
+    dcloud_fs::volume::Volume::open(store, channel, Some(key.clone()), config)
+        .await
+        .unwrap()
+}

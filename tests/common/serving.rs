@@ -78,20 +78,6 @@ pub async fn start(limits: Limits, channels: &[&str], password_hash: Option<Stri
 impl Serving {
     /// Channel `name` as the CLI would read it, afresh from the store.
     pub async fn volume(&self, name: &str) -> Volume {
-        let channel = self
-            .store
-            .channels()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|c| c.name == name)
-            .unwrap();
-        let config = VolumeConfig {
-            cache_dir: None,
-            ..VolumeConfig::default()
-        };
-        Volume::open(self.store.clone(), channel, Some(self.key.clone()), config)
-            .await
-            .unwrap()
+        crate::data::channel_volume(self.store.clone(), &self.key, name).await
     }
 }
