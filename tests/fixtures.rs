@@ -50,11 +50,15 @@ fn files_under(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
     }
 }
 
+/// Every regular file of `volume` read back, by `channel/path` (links and special files,
+/// which have no bytes, are left to [`empty_nodes_of`]).
 async fn read_all(volume: &Volume) -> BTreeMap<String, Vec<u8>> {
     let paths: Vec<String> = volume
         .index()
         .live()
-        .filter(|(_, entry)| matches!(entry, Entry::File(_)))
+        .filter(|(_, entry)| {
+            matches!(entry, Entry::File(file) if file.symlink.is_none() && file.special.is_none())
+        })
         .map(|(path, _)| path.to_string())
         .collect();
     let mut files = BTreeMap::new();
@@ -508,6 +512,91 @@ async fn a_channel_written_by_format_version_6_reads_back_byte_exact() {
     assert_eq!(relocated, ["few/f3.txt"]);
     reads_the_same_from_its_checkpoint_and_by_a_full_replay(&fixture, &records, 6).await;
     assert_eq!(fixture.expected.len(), 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_written_by_format_version_7_reads_back_byte_exact() {
+    use dcloud_fs::format::{Special, SpecialKind};
+    use dcloud_fs::volume::Node;
+    let fixture = reads_back_byte_exact("format-v7", &["docs"], &["docs/empty-folder"], &[]).await;
+
+    // The fixture is what it says: version-7 records only, and a pinned version-7
+    // checkpoint in `docs` with one record after it.
+    let records = records_of(&fixture).await;
+    assert!(records.iter().all(|(_, _, version, _)| *version == 7));
+    reads_the_same_from_its_checkpoint_and_by_a_full_replay(&fixture, &records, 7).await;
+    assert_eq!(fixture.expected.len(), 11);
+
+    // The links and special files `put -r` stored (one link renamed since) are there as
+    // they were made, read from the checkpoint and by a full replay alike.
+    let link = |target: &str| (Some(target.to_string()), None);
+    let special = |kind, rdev| (None, Some(Special { kind, rdev }));
+    let made = BTreeMap::from([
+        ("tree/dangling".to_string(), link("missing.txt")),
+        (
+            "tree/null".to_string(),
+            special(SpecialKind::Char, libc::makedev(1, 3)),
+        ),
+        ("tree/pipe".to_string(), special(SpecialKind::Fifo, 0)),
+        ("tree/renamed-to-a".to_string(), link("a.txt")),
+        ("tree/to-sub".to_string(), link("sub")),
+    ]);
+    let docs = volume::find_channel(fixture.store.as_ref(), "docs")
+        .await
+        .unwrap();
+    for from_checkpoint in [true, false] {
+        let config = VolumeConfig {
+            start_from_checkpoint: from_checkpoint,
+            ..fixture.config.clone()
+        };
+        let volume = Volume::open(
+            fixture.store.clone(),
+            docs.clone(),
+            Some(fixture.key.clone()),
+            config,
+        )
+        .await
+        .unwrap();
+        assert_eq!(volume.started_from_checkpoint().is_some(), from_checkpoint);
+        assert_eq!(
+            empty_nodes_of(&volume),
+            made,
+            "from the checkpoint: {from_checkpoint}"
+        );
+        let index = volume.index();
+        for (path, (symlink, special)) in &made {
+            match index.node(path) {
+                Some(Node::File(entry)) => {
+                    assert_eq!(&entry.symlink, symlink, "{path}");
+                    assert_eq!(&entry.special, special, "{path}");
+                    assert!(
+                        entry.size == 0 && entry.chunks.is_empty(),
+                        "{path}: no data"
+                    );
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert!(index.node("tree/to-a").is_none(), "the link was renamed");
+        assert!(matches!(index.node("tree/sub"), Some(Node::Dir(None))));
+    }
+}
+
+/// The links (their targets) and special files (their kinds and device numbers) of
+/// `volume`, by path.
+fn empty_nodes_of(
+    volume: &Volume,
+) -> BTreeMap<String, (Option<String>, Option<dcloud_fs::format::Special>)> {
+    volume
+        .index()
+        .live()
+        .filter_map(|(path, entry)| match entry {
+            Entry::File(file) if file.symlink.is_some() || file.special.is_some() => {
+                Some((path.to_string(), (file.symlink.clone(), file.special)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The fixture's `docs` has a pinned checkpoint of `version` with one record after
