@@ -1,4 +1,4 @@
-//! The on-Discord format, version 7: the contract between every dcloud-fs that ever reads
+//! The on-Discord format, version 8: the contract between every dcloud-fs that ever reads
 //! or writes a channel. This page is meant to be enough to write a second reader.
 //!
 //! A channel holds a file's bytes as **chunks** (attachments) and its metadata as
@@ -99,7 +99,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "DCFR"
-//! 4       1     record format version (7; versions 6, 5, 4, 3, 2 and 1 have the same
+//! 4       1     record format version (8; versions 7, 6, 5, 4, 3, 2 and 1 have the same
 //!               layout, and version 1 differs as described below)
 //! 5       1     cipher: 0 = none (the JSON is readable), 1 = AES-256-GCM
 //! 6       8     key id of the key that sealed (cipher 1) or signed (cipher 0) the
@@ -187,10 +187,32 @@
 //!   `rdev` the device number as Linux's `st_rdev` (0 for a FIFO or a socket; `rdev`
 //!   may be left out when 0). It has no chunks, size 0, no `dk` and no `symlink`; a
 //!   reader refuses the record as damaged otherwise, or before version 7.
+//!   A `put` or `mkdir` of version 8 may say more of its entry (each field may be left
+//!   out, and is then as before version 8): `uid` and `gid`, the owner's user and
+//!   group ids (numbers, not -1; absent: whoever mounts the channel owns it, which is
+//!   how every older entry reads); `atime_ns`, the access time set by `utimensat`
+//!   (absent: the modification time; reading a file doesn't change it); `ctime_ns`,
+//!   when the entry last changed (absent: the modification time); and `xattrs`, its
+//!   extended attributes, an object from name to value, each value unpadded base64url
+//!   of its bytes, for example `"xattrs":{"user.origin":"aHR0cHM6Ly8"}`. A name is of
+//!   the namespace `user.`, `trusted.`, `security.` or `system.` with something after
+//!   it, at most 255 bytes, without NUL; a value is at most 65,536 bytes, and names and
+//!   values add up to at most 131,072 bytes per entry. A reader refuses the record as
+//!   damaged when any of that is broken, or appears before version 8.
+//!   A `put` of version 8 with `"hard":true` is one name of a file that has several
+//!   (**hard links**): every live path whose put has `hard` and the same `id` names one
+//!   file, whose link count (`st_nlink`) is the number of such paths. A writer that
+//!   changes the file (contents, mode, owner, times, attributes) puts every one of its
+//!   names in the same record with the same fields but `path`, so they agree; a name
+//!   replaced by a rename or deleted just leaves the others. (Two writers on different
+//!   machines that change the names at once without seeing each other can leave them
+//!   different: each name then reads as its own put says.) Hard links are within one
+//!   channel; a `put` without `hard` is a file of one name, whatever its `id`.
 //!   A new version of a file keeps the file id and reuses the chunks it didn't change,
 //!   so `t` is what tells a reader that a chunk is this version's and not an older one
 //!   at the same index (whose seal would otherwise open fine); a reader checks it.
-//! - `mkdir` records a folder that exists even when empty.
+//! - `mkdir` records a folder that exists even when empty, with its `mtime_ns` and
+//!   `mode` (and, from version 8, the owner, times and attributes of a `put`).
 //! - `link` (version 2), `{"op":"link","path":…,"moved":{"to":…,"messages":[…]}}`, says
 //!   that the file at `path` is being moved to channel `to`, whose record will name
 //!   those messages: from now on they are used there too. It changes nothing at `path`.
@@ -250,7 +272,7 @@
 //! (up to messages deleted since, which only a checkpoint can still remember).
 //!
 //! Its **envelope** has the record envelope's layout and rules (associated data, key
-//! id, ciphers) with magic `"DCFK"` and version 5 or later (6 now): cipher 1
+//! id, ciphers) with magic `"DCFK"` and version 5 or later (8 now): cipher 1
 //! (encrypted under the key) when written with a key, cipher 0 unsigned when written
 //! without one; never signed.
 //! A reader holding a key takes only checkpoints its key sealed; a reader without a key
@@ -310,7 +332,12 @@
 //!
 //! ## Versions
 //!
-//! Version 7 (this one) adds symbolic links and special files: `symlink` and
+//! Version 8 (this one) adds owners, access and change times, extended attributes
+//! (`uid`, `gid`, `atime_ns`, `ctime_ns`, `xattrs` in a `put` or `mkdir`) and hard
+//! links (`hard` in a `put`); everything else is as in version 7. Its records and
+//! checkpoints carry version byte 8, so a reader of version 7 skips them as newer.
+//!
+//! Version 7 added symbolic links and special files: `symlink` and
 //! `special` in a `put` (and so in a checkpoint's paths); everything else is as in
 //! version 6. Its records and
 //! checkpoints carry version byte 7, so a reader of version 6 skips them as newer.
@@ -365,7 +392,7 @@ pub use chunk::*;
 pub use record::*;
 
 /// The record format version this code writes (it reads this one and every older).
-pub const FORMAT_VERSION: u8 = 7;
+pub const FORMAT_VERSION: u8 = 8;
 /// First bytes of a record envelope.
 pub const RECORD_MAGIC: [u8; 4] = *b"DCFR";
 /// Prefix of the content of every message dcloud-fs posts.

@@ -58,6 +58,7 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
+use crate::fs::meta::{OwnerChange, SetXattr};
 use crate::fs::{Attr, DirItem, Fs, FsError, Kind, OpenFlags, SetAttr};
 
 /// `st_blksize` of every file: the size coreutils reads and writes in.
@@ -254,15 +255,27 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
+/// An extended attribute's value or list: its size when asked with size 0, else the
+/// bytes if they fit (ERANGE if not).
+fn reply_sized(reply: ReplyXattr, size: u32, bytes: &[u8]) {
+    if size == 0 {
+        reply.size(bytes.len() as u32);
+    } else if bytes.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(bytes);
+    }
+}
+
 /// The kernel's view of a core attribute.
 fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
         blocks: attr.size.div_ceil(512),
-        atime: attr.mtime,
+        atime: attr.atime,
         mtime: attr.mtime,
-        ctime: attr.mtime,
+        ctime: attr.ctime,
         crtime: attr.mtime,
         kind: file_type(attr.kind),
         perm: attr.perm,
@@ -382,7 +395,7 @@ impl Filesystem for FuseFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
@@ -397,23 +410,25 @@ impl Filesystem for FuseFs {
             mtime: mtime.map(time_of),
             mode: mode.map(|m| m & 0o7777),
         };
+        let owner = OwnerChange {
+            uid,
+            gid,
+            atime: atime.map(time_of),
+        };
         self.spawn(move |fs| async move {
-            let result = async {
-                if uid.is_some() || gid.is_some() {
-                    // Ownership is the mount's, not the file's: changing it to what it
-                    // already is (as `cp -p` and `mv` do) is fine, anything else not.
-                    let current = fs.getattr(ino.0).await?;
-                    if uid.is_some_and(|u| u != current.uid)
-                        || gid.is_some_and(|g| g != current.gid)
-                    {
-                        return Err(FsError::NotPermitted(
-                            "files on dcloud-fs all belong to the mounting user".into(),
-                        ));
-                    }
+            let result = match (owner.is_empty(), size) {
+                // The owner or the access time, with the mode and modification time
+                // asked for at once.
+                (false, None) => {
+                    fs.set_owner_and_times(ino.0, owner, changes.mtime, changes.mode)
+                        .await
                 }
-                fs.setattr(ino.0, fh.map(|fh| fh.0), changes).await
-            }
-            .await;
+                (false, Some(_)) => match fs.setattr(ino.0, fh.map(|fh| fh.0), changes).await {
+                    Ok(_) => fs.set_owner_and_times(ino.0, owner, None, None).await,
+                    Err(e) => Err(e),
+                },
+                (true, _) => fs.setattr(ino.0, fh.map(|fh| fh.0), changes).await,
+            };
             match result {
                 Ok(attr) => reply.attr(&fs.ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
@@ -423,7 +438,7 @@ impl Filesystem for FuseFs {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -444,6 +459,7 @@ impl Filesystem for FuseFs {
             Ok(name) => name,
             Err(e) => return reply.error(e),
         };
+        let (uid, gid) = (req.uid(), req.gid());
         if let Some(kind) = special {
             // A FIFO or a socket has no device number, whatever the caller passed.
             let rdev = match kind {
@@ -451,7 +467,11 @@ impl Filesystem for FuseFs {
                 SpecialKind::Fifo | SpecialKind::Socket => 0,
             };
             return self.spawn(move |fs| async move {
-                match fs.mknod(parent.0, &name, kind, mode & 0o7777, rdev).await {
+                let owner = fs.owner_of(uid, gid);
+                match fs
+                    .mknod(parent.0, &name, kind, mode & 0o7777, rdev, owner)
+                    .await
+                {
                     Ok(attr) => reply.entry(&fs.ttl(), &file_attr(&attr), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 }
@@ -459,7 +479,9 @@ impl Filesystem for FuseFs {
         }
         self.spawn(move |fs| async move {
             let result = async {
-                let (attr, opened) = fs.create(parent.0, &name, mode & 0o7777, true).await?;
+                let owner = fs.owner_of(uid, gid);
+                let (attr, opened) =
+                    (fs.create_owned(parent.0, &name, mode & 0o7777, true, owner)).await?;
                 fs.release(opened.fh).await?;
                 Ok::<_, FsError>(attr)
             }
@@ -473,7 +495,7 @@ impl Filesystem for FuseFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -484,8 +506,10 @@ impl Filesystem for FuseFs {
             Ok(name) => name,
             Err(e) => return reply.error(e),
         };
+        let (uid, gid) = (req.uid(), req.gid());
         self.spawn(move |fs| async move {
-            match fs.mkdir(parent.0, &name, mode & 0o7777).await {
+            let owner = fs.owner_of(uid, gid);
+            match fs.mkdir_owned(parent.0, &name, mode & 0o7777, owner).await {
                 Ok(attr) => reply.entry(&fs.ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -520,7 +544,7 @@ impl Filesystem for FuseFs {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &std::path::Path,
@@ -530,8 +554,10 @@ impl Filesystem for FuseFs {
             (Ok(name), Ok(target)) => (name, target),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
+        let (uid, gid) = (req.uid(), req.gid());
         self.spawn(move |fs| async move {
-            match fs.symlink(parent.0, &name, &target).await {
+            let owner = fs.owner_of(uid, gid);
+            match fs.symlink(parent.0, &name, &target, owner).await {
                 Ok(attr) => reply.entry(&fs.ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -580,12 +606,21 @@ impl Filesystem for FuseFs {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EPERM);
+        let name = match name_of(newname) {
+            Ok(name) => name,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |fs| async move {
+            match fs.link(ino.0, newparent.0, &name).await {
+                Ok(attr) => reply.entry(&fs.ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
@@ -860,33 +895,73 @@ impl Filesystem for FuseFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        let name = match name_of(name) {
+            Ok(name) => name,
+            Err(_) => return reply.error(Errno::ENOTSUP),
+        };
+        let how = if flags & libc::XATTR_CREATE != 0 {
+            SetXattr::Create
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            SetXattr::Replace
+        } else {
+            SetXattr::Always
+        };
+        let value = value.to_vec();
+        self.spawn(move |fs| async move {
+            match fs.setxattr(ino.0, &name, &value, how).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = match name_of(name) {
+            Ok(name) => name,
+            Err(_) => return reply.error(Errno::ENODATA),
+        };
+        self.spawn(move |fs| async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(value) => reply_sized(reply, size, &value),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(move |fs| async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut list = Vec::new();
+                    for name in names {
+                        list.extend_from_slice(name.as_bytes());
+                        list.push(0);
+                    }
+                    reply_sized(reply, size, &list)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_of(name) {
+            Ok(name) => name,
+            Err(_) => return reply.error(Errno::ENODATA),
+        };
+        self.spawn(move |fs| async move {
+            match fs.removexattr(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -910,8 +985,10 @@ impl Filesystem for FuseFs {
         };
         let exclusive = flags & libc::O_EXCL != 0;
         let (pid, writers) = (req.pid(), self.writers.clone());
+        let (uid, gid) = (req.uid(), req.gid());
         self.spawn(move |fs| async move {
-            match fs.create(parent.0, &name, mode & 0o7777, exclusive).await {
+            let owner = fs.owner_of(uid, gid);
+            match (fs.create_owned(parent.0, &name, mode & 0o7777, exclusive, owner)).await {
                 Ok((attr, opened)) => {
                     note_writer(&writers, opened.fh, pid);
                     reply.created(
@@ -941,6 +1018,8 @@ mod tests {
             kind: Kind::File,
             size: 1025,
             mtime,
+            atime: mtime - Duration::from_secs(5),
+            ctime: mtime + Duration::from_secs(5),
             perm: 0o644,
             nlink: 1,
             uid: 1000,
@@ -954,7 +1033,7 @@ mod tests {
         assert_eq!(fa.blocks, 3);
         assert_eq!(
             (fa.atime, fa.mtime, fa.ctime, fa.crtime),
-            (mtime, mtime, mtime, mtime)
+            (attr.atime, mtime, attr.ctime, mtime)
         );
         assert_eq!((fa.perm, fa.uid, fa.gid, fa.nlink), (0o644, 1000, 100, 1));
         assert_eq!(fa.blksize, BLKSIZE);

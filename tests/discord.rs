@@ -110,6 +110,8 @@ fn options() -> PutOptions {
         mtime_ns: 1_700_000_000_000_000_000,
         mode: 0o644,
         encrypted: true,
+        owner: None,
+        atime_ns: None,
     }
 }
 
@@ -846,6 +848,7 @@ async fn post_folder_records(fx: &Fixture, channel: u64, count: usize) -> Vec<St
             path,
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
             mode: 0o755,
+            meta: Default::default(),
         })];
         if i % 9 == 8 {
             let gone = format!("d{:03}", i * 7 % 500);

@@ -198,6 +198,8 @@ async fn a_channel_written_by_format_version_1_reads_back_byte_exact() {
         mtime_ns: 0,
         mode: 0o644,
         encrypted: true,
+        owner: None,
+        atime_ns: None,
     };
     let source = volume::PutSource::Stream(Box::new(&b"written by version 2"[..]));
     writer

@@ -81,6 +81,8 @@ async fn fixture_cached(
         mtime_ns: 0,
         mode: 0o644,
         encrypted: true,
+        owner: None,
+        atime_ns: None,
     };
     let source = PutSource::Stream(Box::new(Cursor::new(data.to_vec())));
     volume.put("f", source, "f", options, None).await.unwrap();

@@ -50,6 +50,8 @@ fn options() -> PutOptions {
         mtime_ns: 1_700_000_000_000_000_000,
         mode: 0o644,
         encrypted: true,
+        owner: None,
+        atime_ns: None,
     }
 }
 

@@ -169,6 +169,8 @@ fn options(encrypted: bool) -> PutOptions {
         mtime_ns: 1_700_000_000_000_000_000,
         mode: 0o644,
         encrypted,
+        owner: None,
+        atime_ns: None,
     }
 }
 
@@ -253,6 +255,8 @@ fn plain_put(path: &str, data: &[u8], seq: u64) -> (Record, Vec<NewAttachment>) 
             data_key: None,
             symlink: None,
             special: None,
+            hard: false,
+            meta: Default::default(),
         })],
     };
     let attachment = NewAttachment {

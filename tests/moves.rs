@@ -46,6 +46,8 @@ const OPTIONS: PutOptions = PutOptions {
     mtime_ns: 1_700_000_000_000_000_000,
     mode: 0o640,
     encrypted: true,
+    owner: None,
+    atime_ns: None,
 };
 
 /// A local store with channels x, b and c, seen through a counting [`FaultyStore`], and

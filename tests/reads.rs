@@ -96,6 +96,8 @@ async fn put(volume: &Volume, path: &str, data: &[u8]) {
         mtime_ns: 0,
         mode: 0o644,
         encrypted: true,
+        owner: None,
+        atime_ns: None,
     };
     let source = PutSource::Stream(Box::new(Cursor::new(data.to_vec())));
     volume.put(path, source, path, options, None).await.unwrap();

@@ -690,7 +690,7 @@ async fn a_symbolic_link_is_not_followed_and_its_download_is_refused_in_one_line
     let server = start(false).await;
     let fs = &server.serving.fs;
     let channel = fs.lookup(dcloud_fs::fs::inode::ROOT, "a").await.unwrap();
-    fs.symlink(channel.ino, "link", "../elsewhere")
+    fs.symlink(channel.ino, "link", "../elsewhere", Default::default())
         .await
         .unwrap();
     let answer = server.get("/files/a/link", HeaderMap::new()).await;

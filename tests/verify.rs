@@ -86,6 +86,8 @@ fn options(encrypted: bool) -> PutOptions {
         mtime_ns: 1_700_000_000_000_000_000,
         mode: 0o644,
         encrypted,
+        owner: None,
+        atime_ns: None,
     }
 }
 

@@ -205,6 +205,8 @@ fn options(encrypted: bool) -> PutOptions {
         mtime_ns: MTIME,
         mode: 0o644,
         encrypted,
+        owner: None,
+        atime_ns: None,
     }
 }
 
@@ -298,6 +300,8 @@ async fn round_trips_at_chunk_and_message_boundaries() {
                 mtime_ns: -1_000_000_007 * (i as i64 + 1),
                 mode: 0o100_000 | (0o600 + i as u32),
                 encrypted,
+                owner: None,
+                atime_ns: None,
             };
             let entry = put(&volume, &path, &data, options).await.unwrap();
             assert_eq!(entry.size, size as u64, "{path}");
@@ -848,6 +852,8 @@ async fn foreign_and_garbage_messages_are_ignored() {
                 data_key: None,
                 symlink: None,
                 special: None,
+                hard: false,
+                meta: Default::default(),
             }),
             Op::Del {
                 path: "ours.txt".into(),
@@ -2085,6 +2091,7 @@ async fn post_folder_records(fx: &Fixture, count: usize) -> Vec<(Id, Vec<Op>)> {
             path: format!("d{i:04}"),
             mtime_ns: MTIME,
             mode: 0o755,
+            meta: Default::default(),
         })];
         if i % 7 == 6 {
             ops.push(Op::Del {

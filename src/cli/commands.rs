@@ -14,7 +14,8 @@ use super::{CliError, Context, GetArgs, KeygenArgs, LsArgs, PutArgs, RmArgs, spl
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::{Store, StoreError};
 use crate::volume::{
-    Entry, Listed, Node, PackBudget, PutOptions, PutSource, Skip, SmallFile, Volume, VolumeError,
+    Entry, Listed, Node, Owner, PackBudget, PutOptions, PutSource, Skip, SmallFile, Volume,
+    VolumeError,
 };
 
 /// Prints an error of one item among several.
@@ -410,7 +411,9 @@ impl TreeUploader<'_> {
         let mtime = fs::symlink_metadata(source)
             .map(|m| mtime_ns(&m))
             .unwrap_or_else(|_| now_ns());
-        self.volume.symlink(target, link, mtime, true).await?;
+        self.volume
+            .symlink(target, link, mtime, Owner::default(), true)
+            .await?;
         Ok(())
     }
 
@@ -428,7 +431,14 @@ impl TreeUploader<'_> {
         };
         let special = crate::format::Special { kind, rdev };
         self.volume
-            .mknod(target, special, meta.mode(), mtime_ns(&meta), true)
+            .mknod(
+                target,
+                special,
+                meta.mode(),
+                mtime_ns(&meta),
+                Owner::default(),
+                true,
+            )
             .await?;
         Ok(())
     }
@@ -484,6 +494,8 @@ impl TreeUploader<'_> {
             mtime_ns: mtime_ns(metadata),
             mode: metadata.permissions().mode() & 0o7777,
             encrypted: !self.plain,
+            owner: None,
+            atime_ns: None,
         }
     }
 

@@ -100,14 +100,17 @@ pub struct MountArgs {
     #[arg(long, value_name = "MIB", env = "DCLOUD_SPOOL_MAX_MIB",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub spool_max: Option<u64>,
-    /// Owner shown for every file. Default: the mounting user.
+    /// Owner shown for every file, whatever its own (`chown` is still kept). Default:
+    /// each file's own; the mounting user for files that have none.
     #[arg(long, value_name = "N")]
     pub uid: Option<u32>,
-    /// Group shown for every file. Default: the mounting user's group.
+    /// Group shown for every file, whatever its own. Default: each file's own; the
+    /// mounting user's group for files that have none.
     #[arg(long, value_name = "N")]
     pub gid: Option<u32>,
-    /// Permission bits taken away from the modes shown (octal).
-    #[arg(long, value_name = "OCTAL", default_value = "022", value_parser = parse_umask)]
+    /// Permission bits taken away from the modes shown (octal). Default: none (modes as
+    /// stored).
+    #[arg(long, value_name = "OCTAL", default_value = "0", value_parser = parse_umask)]
     pub umask: u32,
     /// Seconds between checks of the open channels for changes made elsewhere (config:
     /// `poll_interval_secs`). Default: 5.
@@ -255,6 +258,8 @@ pub(super) fn fs_config(
         allow_delete_channels: args.allow_delete_channels,
         uid: args.uid.unwrap_or(defaults.uid),
         gid: args.gid.unwrap_or(defaults.gid),
+        shown_uid: args.uid,
+        shown_gid: args.gid,
         umask: args.umask,
         volume: context.volume_config()?,
         ..defaults

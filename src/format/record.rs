@@ -2,6 +2,8 @@
 //! are specified in the [parent module's docs](super); this module is their one
 //! implementation.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::CheckpointStamp;
@@ -190,6 +192,127 @@ pub struct FileManifest {
     /// no chunks, size 0 and no data key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub special: Option<Special>,
+    /// One name of a file that has several (`hard`, version 8): every live path whose
+    /// put has it and the same `id` names the same file (a hard link).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hard: bool,
+    /// Owner, other times and extended attributes (version 8).
+    #[serde(flatten)]
+    pub meta: Meta,
+}
+
+/// What a file or folder has beside its mode and modification time (version 8): its
+/// owner, its access and change times, and its extended attributes. Every field may
+/// be absent: then the entry belongs to whoever mounts, its access and change times are
+/// its modification time, and it has no extended attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The owner's user id, when it isn't the mounting user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The group id, when it isn't the mounting user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// The access time set by `utimensat` or `touch -a` (reads don't change it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime_ns: Option<i64>,
+    /// When the entry last changed (its contents, or anything this record says of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i64>,
+    /// Extended attributes, name to value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, XattrValue>,
+}
+
+/// Longest name of an extended attribute (Linux's `XATTR_NAME_MAX`).
+pub const MAX_XATTR_NAME_BYTES: usize = 255;
+/// Largest value of an extended attribute (Linux's `XATTR_SIZE_MAX`).
+pub const MAX_XATTR_VALUE_BYTES: usize = 64 * 1024;
+/// Most bytes of names and values of all the extended attributes of one entry.
+pub const MAX_XATTR_TOTAL_BYTES: usize = 128 * 1024;
+/// The namespaces an extended attribute's name may start with.
+pub const XATTR_NAMESPACES: [&str; 4] = ["user.", "trusted.", "security.", "system."];
+
+/// An extended attribute's value: bytes, as unpadded base64url in a record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XattrValue(pub Vec<u8>);
+
+impl Serialize for XattrValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        if serializer.is_human_readable() {
+            let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.0);
+            serializer.serialize_str(&text)
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for XattrValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        if !deserializer.is_human_readable() {
+            return Vec::<u8>::deserialize(deserializer).map(XattrValue);
+        }
+        let text = String::deserialize(deserializer)?;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map(XattrValue)
+            .map_err(|_| serde::de::Error::custom("an xattr value is unpadded base64url"))
+    }
+}
+
+impl Meta {
+    /// Whether it says nothing (as every entry before version 8).
+    pub fn is_empty(&self) -> bool {
+        *self == Meta::default()
+    }
+
+    /// What is wrong with it, if anything: anything at all before version 8, an owner
+    /// of -1 (`chown`'s "leave it"), or extended attributes out of bounds.
+    pub fn problem(&self, version: u8) -> Option<&'static str> {
+        if self.is_empty() {
+            return None;
+        }
+        if version < 8 {
+            return Some("an owner, times or extended attributes before version 8");
+        }
+        if self.uid == Some(u32::MAX) || self.gid == Some(u32::MAX) {
+            return Some("an owner of -1");
+        }
+        let mut total = 0usize;
+        for (name, value) in &self.xattrs {
+            if let Some(why) = xattr_name_problem(name) {
+                return Some(why);
+            }
+            if value.0.len() > MAX_XATTR_VALUE_BYTES {
+                return Some("an extended attribute's value is over 64 KiB");
+            }
+            total += name.len() + value.0.len();
+        }
+        if total > MAX_XATTR_TOTAL_BYTES {
+            return Some("extended attributes over 128 KiB in all");
+        }
+        None
+    }
+}
+
+/// What is wrong with the name of an extended attribute, if anything: it must be of a
+/// known namespace, at most 255 bytes, with something after the namespace and no NUL.
+pub fn xattr_name_problem(name: &str) -> Option<&'static str> {
+    if name.len() > MAX_XATTR_NAME_BYTES {
+        Some("an extended attribute's name is over 255 bytes")
+    } else if name.contains('\0') {
+        Some("an extended attribute's name contains NUL")
+    } else if !XATTR_NAMESPACES
+        .iter()
+        .any(|ns| name.len() > ns.len() && name.starts_with(ns))
+    {
+        Some("an extended attribute's name is of no known namespace")
+    } else {
+        None
+    }
 }
 
 /// What a special file is (`special`, version 7).
@@ -275,6 +398,9 @@ pub struct DirManifest {
     pub path: String,
     pub mtime_ns: i64,
     pub mode: u32,
+    /// Owner, other times and extended attributes (version 8).
+    #[serde(flatten)]
+    pub meta: Meta,
 }
 
 /// One operation of a record.
@@ -466,9 +592,27 @@ impl Record {
                 }
                 file.validate_keys(version)?;
                 file.validate_empty_node(version)?;
+                if file.hard && version < 8 {
+                    return Err(damaged(
+                        "record",
+                        format!("'{}': a hard link before version 8", file.path),
+                    ));
+                }
+                validate_meta(&file.path, &file.meta, version)?;
+            }
+            if let Op::Mkdir(dir) = op {
+                validate_meta(&dir.path, &dir.meta, version)?;
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses a record whose owner, times or extended attributes of `path` are wrong.
+fn validate_meta(path: &str, meta: &Meta, version: u8) -> Result<(), FormatError> {
+    match meta.problem(version) {
+        Some(why) => Err(damaged("record", format!("'{path}': {why}"))),
+        None => Ok(()),
     }
 }
 
@@ -787,11 +931,14 @@ mod tests {
                     data_key: None,
                     symlink: None,
                     special: None,
+                    hard: false,
+                    meta: Default::default(),
                 }),
                 Op::Mkdir(DirManifest {
                     path: "empty".into(),
                     mtime_ns: 1,
                     mode: 0o755,
+                    meta: Default::default(),
                 }),
                 Op::Del {
                     path: "old".into(),
@@ -864,6 +1011,8 @@ mod tests {
             data_key: None,
             symlink: Some("../releases/v2.tar".into()),
             special: None,
+            hard: false,
+            meta: Default::default(),
         };
         let record = Record {
             seq: 3,
@@ -921,6 +1070,8 @@ mod tests {
                 kind: SpecialKind::Char,
                 rdev: 259,
             }),
+            hard: false,
+            meta: Default::default(),
         };
         let record = |file: FileManifest| Record {
             seq: 3,

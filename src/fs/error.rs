@@ -32,6 +32,21 @@ pub enum FsError {
     NameTooLong(usize),
     #[error("stale file handle")]
     BadHandle,
+    /// A file with as many names as it may have ([`crate::volume::links::MAX_LINKS`]).
+    #[error("too many links")]
+    TooManyLinks,
+    /// A hard link to another channel.
+    #[error("a hard link can't reach another channel")]
+    CrossDevice,
+    /// No extended attribute of that name.
+    #[error("no such attribute")]
+    NoAttribute,
+    /// An extended attribute's value is larger than the caller's buffer, or than 64 KiB.
+    #[error("attribute too large")]
+    TooLarge,
+    /// An entry's extended attributes would take more than they may in all.
+    #[error("no room for more attributes")]
+    NoSpace,
     #[error("{0}")]
     Io(String),
 }
@@ -51,6 +66,11 @@ impl FsError {
             FsError::InvalidName(_) => libc::EINVAL,
             FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::BadHandle => libc::EBADF,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::CrossDevice => libc::EXDEV,
+            FsError::NoAttribute => libc::ENODATA,
+            FsError::TooLarge => libc::E2BIG,
+            FsError::NoSpace => libc::ENOSPC,
             FsError::Io(_) => libc::EIO,
         }
     }
@@ -63,6 +83,7 @@ impl From<VolumeError> for FsError {
             VolumeError::NotADirectory { .. } => FsError::NotADirectory,
             VolumeError::IsADirectory { .. } => FsError::IsADirectory,
             VolumeError::AlreadyExists { .. } => FsError::Exists,
+            VolumeError::TooManyLinks { .. } => FsError::TooManyLinks,
             VolumeError::Unsupported(m) => FsError::Unsupported(m),
             VolumeError::Format(crate::format::FormatError::InvalidPath { path, why }) => {
                 FsError::InvalidName(format!("{path}: {why}"))

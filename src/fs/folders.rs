@@ -67,6 +67,7 @@ impl Folder {
                 path: path.clone(),
                 mtime_ns: self.mtime_ns,
                 mode: self.mode,
+                meta: crate::format::Meta::default(),
             },
         }
     }

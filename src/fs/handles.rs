@@ -23,7 +23,7 @@ use super::spool::{SpoolFile, SpoolMeta};
 use super::write::{SessionView, WriteSession};
 use super::{Attr, Fs, FsError, OpenFlags, Opened, SetAttr, now_ns, ns_of};
 use crate::store::Id;
-use crate::volume::{FileEntry, Node, PinGuard, Volume};
+use crate::volume::{FileEntry, Node, Owner, PinGuard, Volume};
 
 /// What an open file handle reads from.
 #[derive(Clone)]
@@ -48,6 +48,9 @@ impl Handle {
                     size: entry.size,
                     mtime_ns: entry.mtime_ns,
                     mode: entry.mode,
+                    owner: None,
+                    atime_ns: None,
+                    ctime_ns: entry.meta().ctime_ns.unwrap_or(entry.mtime_ns),
                 }
             }
             Handle::Write(session) => session.state(),
@@ -81,7 +84,11 @@ impl Fs {
                 .or_else(|| handles.values().find(|open| open.ino == ino))
                 .map(|open| open.handle.view())?
         };
-        Some(self.file_attr(ino, view.size, view.mtime_ns, view.mode))
+        // Open, without a name any more: no links.
+        Some(Attr {
+            nlink: 0,
+            ..self.file_attr(ino, view.size, view.mtime_ns, view.mode)
+        })
     }
 
     /// Whether the kernel was last told that inode `ino` has `size` bytes. When it
@@ -145,6 +152,8 @@ impl Fs {
             synced: false,
             boot: None,
             completed_ns: None,
+            owner: None,
+            atime_ns: None,
         }
     }
 
@@ -282,6 +291,19 @@ impl Fs {
         mode: u32,
         exclusive: bool,
     ) -> Result<(Attr, Opened), FsError> {
+        self.create_owned(parent, name, mode, exclusive, Owner::default())
+            .await
+    }
+
+    /// [`Fs::create`] by `owner` (see [`Fs::owner_of`]): a new file is theirs.
+    pub async fn create_owned(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        exclusive: bool,
+        owner: Owner,
+    ) -> Result<(Attr, Opened), FsError> {
         let (key, volume) = self.new_name(parent, name).await?;
         if self.write_back.folders.attrs(&key).is_some() {
             return Err(if exclusive {
@@ -297,6 +319,12 @@ impl Fs {
         }
         let session = self.start_session(&key, true).await?;
         session.set_meta(Some(now_ns()), Some(mode & 0o7777));
+        if !exists && owner != Owner::default() {
+            session.set_attrs(None, None, Some(owner), None);
+        }
+        if !exists {
+            self.dir_times.name_changed(&key);
+        }
         let fh = self.new_handle(self.ino_of(&key), Handle::Write(session));
         let attr = self.count_lookup(self.attr_of(&key).await?);
         Ok((
@@ -494,6 +522,7 @@ impl Fs {
             let volume = self.volume(key.channel).await?;
             volume.set_meta(&key.path, mtime_ns, changes.mode).await?;
         }
+        self.dir_times.attrs_changed(&key, mtime_ns.is_some());
         self.attr_of(&key).await
     }
 }

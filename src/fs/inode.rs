@@ -8,7 +8,11 @@
 //! - numbers are never reused, so a stale number can't reach another file;
 //! - a rename moves the number (and those of everything under a renamed folder) to
 //!   the new name, so an open file keeps its identity across an editor's save;
-//! - the root is [`ROOT`]; a channel is its folder at path `""`.
+//! - the root is [`ROOT`]; a channel is its folder at path `""`;
+//! - the names of a file that has several (hard links) share one number
+//!   ([`InodeTable::ino_linked`]): the number names the first of them it was given
+//!   for, and the others are aliases of it; when that name goes, an alias takes its
+//!   place.
 //!
 //! The table grows with the names looked up (a few dozen bytes each: one copy of each
 //! name, shared by both directions, hashed with foldhash, whose per-process seed keeps
@@ -74,6 +78,8 @@ pub struct InodeTable {
     by_key: HashMap<Arc<NodeKey>, u64, foldhash::fast::RandomState>,
     /// Lookups the kernel holds per number.
     lookups: IdMap<u64, u64>,
+    /// How many names beside its own each shared number has (hard links).
+    aliases: IdMap<u64, u32>,
     next: u64,
 }
 
@@ -83,6 +89,7 @@ impl Default for InodeTable {
             by_ino: IdMap::default(),
             by_key: HashMap::default(),
             lookups: IdMap::default(),
+            aliases: IdMap::default(),
             next: ROOT + 1,
         }
     }
@@ -125,6 +132,36 @@ impl InodeTable {
         self.by_ino.get(&ino).map(|key| &**key)
     }
 
+    /// The number of `key`, one of `names` (the names of one file): the number any of
+    /// them has already (the lowest, if they have several), else a new one. A number
+    /// `key` had on its own, which the kernel doesn't hold, gives way to the shared one.
+    pub fn ino_linked(&mut self, key: &NodeKey, names: &[NodeKey]) -> u64 {
+        let own = self.ino(key);
+        let shared = (names.iter())
+            .filter(|name| *name != key)
+            .filter_map(|name| self.by_key.get(name).copied())
+            .filter(|&ino| ino != own)
+            .min();
+        match shared {
+            Some(shared) if !self.lookups.contains_key(&own) && shared < own => {
+                self.remove(key);
+                self.alias(key, shared);
+                shared
+            }
+            _ => own,
+        }
+    }
+
+    /// Gives `key` the number `ino` too (a new name of that file).
+    pub fn alias(&mut self, key: &NodeKey, ino: u64) {
+        if !self.by_ino.contains_key(&ino) {
+            return;
+        }
+        self.remove(key);
+        self.by_key.insert(Arc::new(key.clone()), ino);
+        *self.aliases.entry(ino).or_default() += 1;
+    }
+
     /// Moves `from` — and, if it is a folder, everything under it — to `to`. A number
     /// that `to` (or a name under it) had before is dropped: that file was replaced.
     pub fn rename(&mut self, from: &NodeKey, to: &NodeKey) {
@@ -135,9 +172,7 @@ impl InodeTable {
             .cloned()
             .collect();
         for key in replaced {
-            if let Some(ino) = self.by_key.remove(&key) {
-                self.by_ino.remove(&ino);
-            }
+            self.remove(&key);
         }
         let moving: Vec<(Arc<NodeKey>, u64)> = self
             .by_key
@@ -149,16 +184,41 @@ impl InodeTable {
             self.by_key.remove(&key);
             let suffix = &key.path[from.path.len()..];
             let moved = Arc::new(NodeKey::new(to.channel, format!("{}{suffix}", to.path)));
-            self.by_ino.insert(ino, moved.clone());
+            if self.by_ino.get(&ino).is_some_and(|named| **named == *key) {
+                self.by_ino.insert(ino, moved.clone());
+            }
             self.by_key.insert(moved, ino);
         }
     }
 
     /// Drops the number of a name that no longer exists (after unlink or rmdir), so
-    /// that the name can come back later as a new file with a new number.
+    /// that the name can come back later as a new file with a new number. A number
+    /// shared with other names (hard links) stays, named by one of them.
     pub fn remove(&mut self, key: &NodeKey) {
-        if let Some(ino) = self.by_key.remove(key) {
+        let Some(ino) = self.by_key.remove(key) else {
+            return;
+        };
+        let named_by_it = self.by_ino.get(&ino).is_some_and(|named| **named == *key);
+        let Some(aliases) = self.aliases.get_mut(&ino) else {
             self.by_ino.remove(&ino);
+            return;
+        };
+        *aliases -= 1;
+        if *aliases == 0 {
+            self.aliases.remove(&ino);
+        }
+        if named_by_it {
+            let heir = (self.by_key.iter())
+                .find(|(_, other)| **other == ino)
+                .map(|(name, _)| name.clone());
+            match heir {
+                Some(heir) => {
+                    self.by_ino.insert(ino, heir);
+                }
+                None => {
+                    self.by_ino.remove(&ino);
+                }
+            }
         }
     }
 
@@ -173,6 +233,9 @@ impl InodeTable {
         self.lookups.remove(&ino);
         if let Some(key) = self.by_ino.remove(&ino) {
             self.by_key.remove(&key);
+        }
+        if self.aliases.remove(&ino).is_some() {
+            self.by_key.retain(|_, other| *other != ino);
         }
     }
 

@@ -49,10 +49,12 @@
 
 pub mod cache;
 mod channels;
+mod dir_times;
 mod error;
 mod folders;
 mod handles;
 pub mod inode;
+pub mod meta;
 pub mod read;
 mod recovery;
 mod search;
@@ -80,7 +82,7 @@ use crate::crypto::Key;
 use crate::store::{Id, Store};
 use crate::volume::reclaim::ChannelKept;
 use crate::volume::registry::Volumes;
-use crate::volume::{Index, Node, VolumeConfig};
+use crate::volume::{Index, Node, Owner, VolumeConfig};
 
 /// How the filesystem behaves. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -109,10 +111,15 @@ pub struct FsConfig {
     pub read_only: bool,
     /// Let `rmdir` at the root delete an (empty) channel. Default false.
     pub allow_delete_channels: bool,
-    /// Owner and group shown for everything. Default: the mounting user's.
+    /// The mounting user and group: the owner of what has no owner of its own (and
+    /// what a file created by them gets). Default: the mounting user's.
     pub uid: u32,
     pub gid: u32,
-    /// Bits taken away from the modes shown. Default 0o022.
+    /// Owner shown for everything instead of each entry's own (`--uid`). Default none.
+    pub shown_uid: Option<u32>,
+    /// Group shown for everything instead of each entry's own (`--gid`). Default none.
+    pub shown_gid: Option<u32>,
+    /// Bits taken away from the modes shown. Default 0 (modes as stored).
     pub umask: u32,
     /// Settings for the channels' volumes (index cache, parallelism).
     pub volume: VolumeConfig,
@@ -133,7 +140,9 @@ impl Default for FsConfig {
             allow_delete_channels: false,
             uid,
             gid,
-            umask: 0o022,
+            shown_uid: None,
+            shown_gid: None,
+            umask: 0,
             volume: VolumeConfig::default(),
         }
     }
@@ -146,6 +155,10 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// The access time: set by `utimensat`, not by reads (see the README).
+    pub atime: SystemTime,
+    /// When the entry last changed (its record was posted).
+    pub ctime: SystemTime,
     /// Permission bits (the umask applied).
     pub perm: u16,
     pub nlink: u32,
@@ -289,6 +302,8 @@ pub struct Fs {
     mounted_at_ns: i64,
     /// When the channels were last refreshed from the store, for `status`.
     refreshes: Mutex<status::Refreshes>,
+    /// Folder times that moved while mounted ([`dir_times`]).
+    dir_times: dir_times::DirTimes,
 }
 
 impl Drop for Fs {
@@ -372,6 +387,7 @@ impl Fs {
             mounted_at_ns: now_ns(),
             spool_uploads: tokio::sync::Mutex::new(()),
             refreshes: Mutex::default(),
+            dir_times: dir_times::DirTimes::default(),
             config,
         });
         // The caches of the channels used before are read while the store answers.
@@ -401,6 +417,18 @@ impl Fs {
             .key(ino)
             .cloned()
             .ok_or(FsError::NotFound)
+    }
+
+    /// The number of `key`, one of the names of a file that has several: the number
+    /// the file is known by already, under any of its names ([`InodeTable::ino_linked`]).
+    fn linked_ino(&self, key: &NodeKey, index: &Index) -> u64 {
+        let names: Vec<NodeKey> = (index.names_of(&key.path).into_iter())
+            .map(|path| NodeKey::new(key.channel, path))
+            .collect();
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ino_linked(key, &names)
     }
 
     fn ino_of(&self, key: &NodeKey) -> u64 {
@@ -460,10 +488,12 @@ impl Fs {
             kind: Kind::Dir,
             size: 0,
             mtime: time_of(mtime_ns),
+            atime: time_of(mtime_ns),
+            ctime: time_of(mtime_ns),
             perm: (mode & 0o7777 & !self.config.umask) as u16,
             nlink: 2,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid: self.config.shown_uid.unwrap_or(self.config.uid),
+            gid: self.config.shown_gid.unwrap_or(self.config.gid),
             rdev: 0,
         }
     }
@@ -486,10 +516,12 @@ impl Fs {
             kind: Kind::File,
             size,
             mtime: time_of(mtime_ns),
+            atime: time_of(mtime_ns),
+            ctime: time_of(mtime_ns),
             perm: (mode & 0o7777 & !self.config.umask) as u16,
             nlink: 1,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid: self.config.shown_uid.unwrap_or(self.config.uid),
+            gid: self.config.shown_gid.unwrap_or(self.config.gid),
             rdev: 0,
         }
     }
@@ -502,25 +534,60 @@ impl Fs {
             kind: Kind::Symlink,
             size: target_len,
             mtime: time_of(mtime_ns),
+            atime: time_of(mtime_ns),
+            ctime: time_of(mtime_ns),
             perm: 0o777,
             nlink: 1,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid: self.config.shown_uid.unwrap_or(self.config.uid),
+            gid: self.config.shown_gid.unwrap_or(self.config.gid),
             rdev: 0,
         }
     }
 
     /// The attributes of the node at `key`.
     async fn attr_of(&self, key: &NodeKey) -> Result<Attr, FsError> {
-        let ino = self.ino_of(key);
-        if let Some(session) = self.session(key) {
-            return Ok(self.session_attr(ino, &session));
-        }
+        let attr = self.attr_of_stored(key).await?;
+        Ok(self.dir_times.apply(key, attr))
+    }
+
+    /// [`Fs::attr_of`] without the folder times of this mount ([`dir_times`]).
+    async fn attr_of_stored(&self, key: &NodeKey) -> Result<Attr, FsError> {
+        let mut ino = self.ino_of(key);
         if key.path.is_empty() {
             return Ok(self.channel_attr(ino, key.channel));
         }
+        // A file with several names is written under the name its number is known by.
+        let known_as = self.key_of(ino).unwrap_or_else(|_| key.clone());
+        if let Some(session) = self.session(&known_as) {
+            let attr = self.session_attr(ino, &session);
+            let given = session.state();
+            let volume = self.volume(key.channel).await?;
+            let index = volume.index();
+            // What the stored version has and the session doesn't say otherwise.
+            return Ok(match index.file(&key.path) {
+                Some(file) => {
+                    let stored = self.with_meta(attr, file.meta());
+                    let owned = given.owner.is_some();
+                    Attr {
+                        nlink: index.names_of(&key.path).len().max(1) as u32,
+                        uid: if owned { attr.uid } else { stored.uid },
+                        gid: if owned { attr.gid } else { stored.gid },
+                        atime: given.atime_ns.map_or(stored.atime, |_| attr.atime),
+                        ctime: stored.ctime.max(attr.ctime),
+                        ..attr
+                    }
+                }
+                None => attr,
+            });
+        }
         let volume = self.volume(key.channel).await?;
-        let stored = self.stored_attr(ino, &volume.index(), &key.path);
+        let stored = {
+            let index = volume.index();
+            if index.file(&key.path).is_some_and(|file| file.hard) {
+                ino = self.linked_ino(key, &index);
+            }
+            self.stored_attr(ino, &index, &key.path)
+        };
         if let Stored::Found(attr) = &stored {
             self.note_told(std::slice::from_ref(attr));
         }
@@ -570,13 +637,17 @@ impl Fs {
         let Ok(volume) = self.volume(folder.channel).await else {
             return vec![None; names.len()];
         };
+        let mut inos = inos;
         let stored: Vec<Option<Stored>> = {
             let index = volume.index();
-            (keys.iter().zip(&inos).zip(&sessions))
-                .map(|((key, &ino), session)| {
+            (keys.iter().zip(&mut inos).zip(&sessions))
+                .map(|((key, ino), session)| {
+                    if index.file(&key.path).is_some_and(|file| file.hard) {
+                        *ino = self.linked_ino(key, &index);
+                    }
                     session
                         .is_none()
-                        .then(|| self.stored_attr(ino, &index, &key.path))
+                        .then(|| self.stored_attr(*ino, &index, &key.path))
                 })
                 .collect()
         };
@@ -590,6 +661,8 @@ impl Fs {
                 (None, Some(stored)) => self.attr_from(ino, key, stored).ok(),
                 (None, None) => None,
             })
+            .zip(&keys)
+            .map(|(attr, key)| attr.map(|attr| self.dir_times.apply(key, attr)))
             .collect();
         let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
         for (key, attr) in keys.iter().zip(&attrs) {
@@ -603,7 +676,19 @@ impl Fs {
     /// A file being written: what its session says.
     fn session_attr(&self, ino: u64, session: &WriteSession) -> Attr {
         let state = session.state();
-        self.file_attr(ino, state.size, state.mtime_ns, state.mode)
+        let attr = self.file_attr(ino, state.size, state.mtime_ns, state.mode);
+        let owner = state.owner.unwrap_or_default();
+        Attr {
+            uid: (self.config.shown_uid)
+                .or(owner.uid)
+                .unwrap_or(self.config.uid),
+            gid: (self.config.shown_gid)
+                .or(owner.gid)
+                .unwrap_or(self.config.gid),
+            atime: state.atime_ns.map_or(attr.atime, time_of),
+            ctime: time_of(state.ctime_ns),
+            ..attr
+        }
     }
 
     /// A channel folder: made when its channel was (its id says when).
@@ -616,18 +701,48 @@ impl Fs {
     /// it, [`Fs::note_told`]).
     fn stored_attr(&self, ino: u64, index: &Index, path: &str) -> Stored {
         match index.node(path) {
-            Some(Node::File(file)) => Stored::Found(match (&file.symlink, file.special) {
-                (Some(target), _) => self.link_attr(ino, target.len() as u64, file.mtime_ns),
-                (None, Some(special)) => Attr {
-                    kind: Kind::of_special(special.kind),
-                    rdev: special.rdev as u32,
-                    ..self.file_attr_untold(ino, 0, file.mtime_ns, file.mode)
-                },
-                (None, None) => self.file_attr_untold(ino, file.size, file.mtime_ns, file.mode),
-            }),
-            Some(Node::Dir(Some(dir))) => Stored::Found(self.dir_attr(ino, dir.mtime_ns, dir.mode)),
+            Some(Node::File(file)) => {
+                let attr = match (&file.symlink, file.special) {
+                    (Some(target), _) => self.link_attr(ino, target.len() as u64, file.mtime_ns),
+                    (None, Some(special)) => Attr {
+                        kind: Kind::of_special(special.kind),
+                        rdev: special.rdev as u32,
+                        ..self.file_attr_untold(ino, 0, file.mtime_ns, file.mode)
+                    },
+                    (None, None) => self.file_attr_untold(ino, file.size, file.mtime_ns, file.mode),
+                };
+                let nlink = if file.hard {
+                    index.names_of(path).len().max(1) as u32
+                } else {
+                    1
+                };
+                Stored::Found(Attr {
+                    nlink,
+                    ..self.with_meta(attr, file.meta())
+                })
+            }
+            Some(Node::Dir(Some(dir))) => {
+                let attr = self.dir_attr(ino, dir.mtime_ns, dir.mode);
+                Stored::Found(self.with_meta(attr, dir.meta()))
+            }
             Some(Node::Dir(None)) => Stored::Implied,
             None => Stored::Absent,
+        }
+    }
+
+    /// `attr` with the owner and times `meta` records (an owner the mount shows for
+    /// everything, `--uid` and `--gid`, goes first).
+    fn with_meta(&self, attr: Attr, meta: &crate::format::Meta) -> Attr {
+        Attr {
+            uid: (self.config.shown_uid)
+                .or(meta.uid)
+                .unwrap_or(self.config.uid),
+            gid: (self.config.shown_gid)
+                .or(meta.gid)
+                .unwrap_or(self.config.gid),
+            atime: meta.atime_ns.map_or(attr.atime, time_of),
+            ctime: meta.ctime_ns.map_or(attr.ctime, time_of),
+            ..attr
         }
     }
 
@@ -872,6 +987,19 @@ impl Fs {
 
     /// `mkdir`: a folder in a channel, or (at the root) a new channel.
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Attr, FsError> {
+        self.mkdir_owned(parent, name, mode, Owner::default()).await
+    }
+
+    /// [`Fs::mkdir`] by `owner` ([`Fs::owner_of`]). A folder of another owner than the
+    /// mounting user is recorded at once, even with write-back (a waiting folder's note
+    /// keeps no owner).
+    pub async fn mkdir_owned(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        owner: Owner,
+    ) -> Result<Attr, FsError> {
         self.writable()?;
         check_name(name)?;
         if parent == ROOT {
@@ -882,10 +1010,14 @@ impl Fs {
         }
         let key = self.key_of(parent)?.child(name);
         let volume = self.volume(key.channel).await?;
-        if self.write_back.enabled() {
+        if self.write_back.enabled() && owner == Owner::default() {
             return self.mkdir_later(&volume, &key, mode).await;
         }
-        volume.mkdir(&key.path, now_ns(), mode).await?;
+        if self.pending_at(&key) {
+            return Err(FsError::Exists);
+        }
+        volume.mkdir_owned(&key.path, now_ns(), mode, owner).await?;
+        self.dir_times.name_changed(&key);
         Ok(self.count_lookup(self.attr_of(&key).await?))
     }
 
@@ -904,12 +1036,19 @@ impl Fs {
         self.write_back
             .add_folder(key, now_ns(), mode & 0o7777)
             .map_err(|e| FsError::Io(format!("could not note the folder in the spool: {e}")))?;
+        self.dir_times.name_changed(key);
         Ok(self.count_lookup(self.attr_of(key).await?))
     }
 
     /// `symlink`: a link named `name` in `parent` to `target`, stored at once as a
     /// record of its own (no data; format version 7).
-    pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Attr, FsError> {
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        owner: Owner,
+    ) -> Result<Attr, FsError> {
         if target.len() > crate::format::MAX_SYMLINK_BYTES {
             return Err(FsError::NameTooLong(target.len()));
         }
@@ -917,7 +1056,10 @@ impl Fs {
         if volume.index().node(&key.path).is_some() || self.pending_at(&key) {
             return Err(FsError::Exists);
         }
-        volume.symlink(&key.path, target, now_ns(), false).await?;
+        volume
+            .symlink(&key.path, target, now_ns(), owner, false)
+            .await?;
+        self.dir_times.name_changed(&key);
         Ok(self.count_lookup(self.attr_of(&key).await?))
     }
 
@@ -930,6 +1072,7 @@ impl Fs {
         kind: crate::format::SpecialKind,
         mode: u32,
         rdev: u64,
+        owner: Owner,
     ) -> Result<Attr, FsError> {
         let (key, volume) = self.new_name(parent, name).await?;
         if volume.index().node(&key.path).is_some() || self.pending_at(&key) {
@@ -937,9 +1080,19 @@ impl Fs {
         }
         let special = crate::format::Special { kind, rdev };
         volume
-            .mknod(&key.path, special, mode, now_ns(), false)
+            .mknod(&key.path, special, mode, now_ns(), owner, false)
             .await?;
+        self.dir_times.name_changed(&key);
         Ok(self.count_lookup(self.attr_of(&key).await?))
+    }
+
+    /// The owner a record gives what user `uid` of group `gid` makes: none of its own
+    /// for the mounting user's (so it belongs to whoever mounts).
+    pub fn owner_of(&self, uid: u32, gid: u32) -> Owner {
+        Owner {
+            uid: (uid != self.config.uid).then_some(uid),
+            gid: (gid != self.config.gid).then_some(gid),
+        }
     }
 
     /// Where a new file, link or special file `name` in `parent` goes, and its
@@ -1024,6 +1177,7 @@ impl Fs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        self.dir_times.name_changed(&key);
         Ok(())
     }
 
@@ -1102,6 +1256,8 @@ impl Fs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+        self.dir_times.forget(&key);
+        self.dir_times.name_changed(&key);
         Ok(())
     }
 
@@ -1228,6 +1384,9 @@ impl Fs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .rename(&from, &to);
+        self.dir_times.name_changed(&from);
+        self.dir_times.name_changed(&to);
+        self.dir_times.forget(&from);
         Ok(())
     }
 

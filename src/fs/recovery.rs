@@ -230,6 +230,8 @@ impl Fs {
             mtime_ns: meta.mtime_ns,
             mode: meta.mode,
             encrypted: meta.encrypted,
+            owner: None,
+            atime_ns: None,
         };
         volume
             .put(&meta.path, PutSource::File(data), &meta.path, options, None)

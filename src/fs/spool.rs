@@ -69,6 +69,13 @@ pub struct SpoolMeta {
     /// too (see [`sync_spool`]).
     #[serde(default)]
     pub completed_ns: Option<i64>,
+    /// An owner given while it was written (its creator, or a `chown`): user and group
+    /// ids, each `None` for the mounting user's. `None`: the stored file's is kept.
+    #[serde(default)]
+    pub owner: Option<(Option<u32>, Option<u32>)>,
+    /// An access time given while it was written (`utimensat`).
+    #[serde(default)]
+    pub atime_ns: Option<i64>,
 }
 
 /// The id of the running boot, if the kernel tells it.
@@ -418,6 +425,8 @@ pub(super) fn random_id() -> std::io::Result<[u8; 12]> {
 #[cfg(test)]
 pub(crate) fn test_meta(path: &str) -> SpoolMeta {
     SpoolMeta {
+        owner: None,
+        atime_ns: None,
         channel: 5,
         path: path.into(),
         mode: 0o644,

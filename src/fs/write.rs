@@ -24,7 +24,7 @@ use super::inode::NodeKey;
 use super::spool::{SpoolFile, SpoolMeta};
 use super::{FsError, now_ns};
 use crate::format::DirManifest;
-use crate::volume::{Delta, Progress, PutOptions, SmallFile, Volume, VolumeError};
+use crate::volume::{Delta, Owner, Progress, PutOptions, SmallFile, Volume, VolumeError};
 
 /// How a spooled file is put.
 fn options_of(meta: &SpoolMeta) -> PutOptions {
@@ -32,6 +32,8 @@ fn options_of(meta: &SpoolMeta) -> PutOptions {
         mtime_ns: meta.mtime_ns,
         mode: meta.mode,
         encrypted: meta.encrypted,
+        owner: meta.owner.map(|(uid, gid)| Owner { uid, gid }),
+        atime_ns: meta.atime_ns,
     }
 }
 
@@ -41,6 +43,11 @@ pub struct SessionView {
     pub size: u64,
     pub mtime_ns: i64,
     pub mode: u32,
+    /// An owner given while written (see [`SpoolMeta::owner`]).
+    pub owner: Option<Owner>,
+    pub atime_ns: Option<i64>,
+    /// Its change time: the later of its modification and its last `setattr`.
+    pub ctime_ns: i64,
 }
 
 struct State {
@@ -59,6 +66,8 @@ struct State {
     /// that failed kept it for a retry): the next change must take that back, or a
     /// crash would publish a torn file.
     described_complete: bool,
+    /// When `setattr` last changed it (its change time, if later than its contents').
+    attrs_changed_ns: i64,
     /// The path `status` shows while the file is open for writing, when that isn't its
     /// own: an upload through `serve`, written under a temporary name.
     shown_as: Option<String>,
@@ -132,6 +141,7 @@ impl WriteSession {
                 opens: 1,
                 unlinked: false,
                 described_complete: false,
+                attrs_changed_ns: i64::MIN,
                 shown_as: None,
             }),
             content: tokio::sync::RwLock::new(()),
@@ -172,6 +182,9 @@ impl WriteSession {
             size: state.size,
             mtime_ns: state.meta.mtime_ns,
             mode: state.meta.mode,
+            owner: (state.meta.owner).map(|(uid, gid)| Owner { uid, gid }),
+            atime_ns: state.meta.atime_ns,
+            ctime_ns: state.attrs_changed_ns.max(state.meta.mtime_ns),
         }
     }
 
@@ -355,6 +368,17 @@ impl WriteSession {
 
     /// Sets the modification time and/or mode.
     pub fn set_meta(&self, mtime_ns: Option<i64>, mode: Option<u32>) {
+        self.set_attrs(mtime_ns, mode, None, None);
+    }
+
+    /// Sets what `setattr` asks for (`None`: unchanged), uploaded with the contents.
+    pub fn set_attrs(
+        &self,
+        mtime_ns: Option<i64>,
+        mode: Option<u32>,
+        owner: Option<Owner>,
+        atime_ns: Option<i64>,
+    ) {
         let mut state = self.lock();
         if let Some(mtime_ns) = mtime_ns {
             state.meta.mtime_ns = mtime_ns;
@@ -362,6 +386,13 @@ impl WriteSession {
         if let Some(mode) = mode {
             state.meta.mode = mode & 0o7777;
         }
+        if let Some(owner) = owner {
+            state.meta.owner = Some((owner.uid, owner.gid));
+        }
+        if atime_ns.is_some() {
+            state.meta.atime_ns = atime_ns;
+        }
+        state.attrs_changed_ns = now_ns();
         state.dirty = true;
         if state.described_complete
             && let Err(e) = self.spool.describe(&state.meta)

@@ -60,7 +60,11 @@ fn dav_error(e: FsError) -> DavError {
         | FsError::ReadOnly
         | FsError::NotPermitted(_)
         | FsError::InvalidName(_)
-        | FsError::NameTooLong(_) => DavError::Forbidden,
+        | FsError::NameTooLong(_)
+        | FsError::TooManyLinks
+        | FsError::CrossDevice => DavError::Forbidden,
+        FsError::NoAttribute => DavError::NotFound,
+        FsError::TooLarge | FsError::NoSpace => DavError::InsufficientStorage,
         FsError::BadHandle | FsError::Io(_) => {
             log::warn!("webdav: {e}");
             DavError::GeneralFailure

@@ -53,7 +53,12 @@ impl ServeError {
                 | FsError::IsADirectory
                 | FsError::Exists
                 | FsError::NotEmpty => StatusCode::CONFLICT,
-                FsError::ReadOnly | FsError::NotPermitted(_) => StatusCode::FORBIDDEN,
+                FsError::ReadOnly
+                | FsError::NotPermitted(_)
+                | FsError::TooManyLinks
+                | FsError::CrossDevice => StatusCode::FORBIDDEN,
+                FsError::NoAttribute => StatusCode::NOT_FOUND,
+                FsError::TooLarge | FsError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
                 FsError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
                 FsError::InvalidName(_) | FsError::NameTooLong(_) => StatusCode::BAD_REQUEST,
                 FsError::BadHandle => StatusCode::INTERNAL_SERVER_ERROR,

@@ -57,15 +57,15 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::KeyId;
 use crate::format::{
     CheckpointBody, CheckpointData, CheckpointMove, CheckpointPath, CheckpointStamp, ChunkKind,
-    ChunkLocation, ChunkRef, DataKey, DirManifest, FileId, FileManifest, NONCE_PREFIX_LEN, Op,
-    Record, Relocation,
+    ChunkLocation, ChunkRef, DataKey, DirManifest, FileId, FileManifest, Meta, NONCE_PREFIX_LEN,
+    Op, Record, Relocation,
 };
 use crate::idmap::IdMap;
 use crate::store::{Id, Message};
 
 /// Version of the cached index layout; a cache of another version is rebuilt.
 /// (7: binary, postcard, in `.index` files; 6 and before: JSON in `.json`.)
-pub const INDEX_CACHE_VERSION: u32 = 8;
+pub const INDEX_CACHE_VERSION: u32 = 9;
 
 /// The index cache's encoding, and its journal's ([`Index`], [`IndexDelta`]): postcard,
 /// a compact binary form of these same serde types. It takes a fifth of JSON's bytes
@@ -256,6 +256,73 @@ pub struct FileEntry {
     /// A special file (FIFO, socket, device): then it has no chunks (version 7).
     #[serde(default)]
     pub special: Option<crate::format::Special>,
+    /// One of the names of a file that has several (version 8; see [`Index::names_of`]).
+    #[serde(default)]
+    pub hard: bool,
+    /// Owner, other times and extended attributes (version 8); `None` when it says
+    /// nothing, as most entries don't.
+    #[serde(default, with = "meta_cache")]
+    pub meta: Option<Box<Meta>>,
+}
+
+/// [`Meta`] in the index cache: every field in order (postcard can't skip fields as
+/// the records' JSON does).
+mod meta_cache {
+    use super::Meta;
+    use crate::format::XattrValue;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Plain = (
+        Option<u32>,
+        Option<u32>,
+        Option<i64>,
+        Option<i64>,
+        Vec<(String, XattrValue)>,
+    );
+
+    pub fn serialize<S: Serializer>(
+        meta: &Option<Box<Meta>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let plain: Option<Plain> = meta.as_deref().map(|m| {
+            let xattrs = m
+                .xattrs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (m.uid, m.gid, m.atime_ns, m.ctime_ns, xattrs)
+        });
+        plain.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Box<Meta>>, D::Error> {
+        let plain = Option::<Plain>::deserialize(deserializer)?;
+        Ok(plain.map(|(uid, gid, atime_ns, ctime_ns, xattrs)| {
+            Box::new(Meta {
+                uid,
+                gid,
+                atime_ns,
+                ctime_ns,
+                xattrs: xattrs.into_iter().collect(),
+            })
+        }))
+    }
+}
+
+/// No owner, times or attributes: what an entry without any says.
+static NO_META: Meta = Meta {
+    uid: None,
+    gid: None,
+    atime_ns: None,
+    ctime_ns: None,
+    xattrs: BTreeMap::new(),
+};
+
+/// The index's form of what a record says: `None` for nothing.
+fn boxed(meta: &Meta) -> Option<Box<Meta>> {
+    (!meta.is_empty()).then(|| Box::new(meta.clone()))
 }
 
 impl FileEntry {
@@ -272,7 +339,14 @@ impl FileEntry {
             data_key: self.data_key,
             symlink: self.symlink.clone(),
             special: self.special,
+            hard: self.hard,
+            meta: self.meta().clone(),
         }
+    }
+
+    /// Its owner, other times and extended attributes.
+    pub fn meta(&self) -> &Meta {
+        self.meta.as_deref().unwrap_or(&NO_META)
     }
 }
 
@@ -282,6 +356,26 @@ pub struct DirEntry {
     pub mtime_ns: i64,
     pub mode: u32,
     pub record_message: Id,
+    /// Owner, other times and extended attributes (version 8), as in [`FileEntry`].
+    #[serde(default, with = "meta_cache")]
+    pub meta: Option<Box<Meta>>,
+}
+
+impl DirEntry {
+    /// The manifest that records this folder at `path`.
+    pub fn manifest(&self, path: &str) -> DirManifest {
+        DirManifest {
+            path: path.to_string(),
+            mtime_ns: self.mtime_ns,
+            mode: self.mode,
+            meta: self.meta().clone(),
+        }
+    }
+
+    /// Its owner, other times and extended attributes.
+    pub fn meta(&self) -> &Meta {
+        self.meta.as_deref().unwrap_or(&NO_META)
+    }
 }
 
 /// What lives at a path.
@@ -445,6 +539,8 @@ struct Slots {
     uses: IdMap<Id, u32>,
     /// The same for messages of other channels, `(channel, message)`.
     foreign_uses: IdMap<(Id, Id), u32>,
+    /// The names of each file that has several (hard links: live puts with `hard`).
+    hard_names: HashMap<FileId, BTreeSet<String>>,
 }
 
 impl Slots {
@@ -453,10 +549,12 @@ impl Slots {
             map: BTreeMap::new(),
             uses: IdMap::default(),
             foreign_uses: IdMap::default(),
+            hard_names: HashMap::new(),
         };
-        for slot in map.values() {
+        for (path, slot) in &map {
             if let Some(entry) = &slot.entry {
                 slots.count(entry, true);
+                slots.name(path, entry);
             }
         }
         slots.map = map;
@@ -465,14 +563,43 @@ impl Slots {
 
     /// Sets the slot of `path`, keeping the counts.
     fn set(&mut self, path: String, slot: Slot) {
+        if let Some(Slot {
+            entry: Some(Entry::File(old)),
+            ..
+        }) = self.map.get(&path)
+            && old.hard
+        {
+            let id = old.id;
+            self.unname(&path, id);
+        }
         if let Some(entry) = &slot.entry {
             self.count(entry, true);
+            self.name(&path, entry);
         }
         if let Some(Slot {
             entry: Some(old), ..
         }) = self.map.insert(path, slot)
         {
             self.count(&old, false);
+        }
+    }
+
+    /// Notes `path` as a name of its file, if it is a hard link.
+    fn name(&mut self, path: &str, entry: &Entry) {
+        if let Entry::File(file) = entry
+            && file.hard
+        {
+            (self.hard_names.entry(file.id).or_default()).insert(path.to_string());
+        }
+    }
+
+    /// `path` is no longer a name of the file `id`.
+    fn unname(&mut self, path: &str, id: FileId) {
+        if let Some(names) = self.hard_names.get_mut(&id) {
+            names.remove(path);
+            if names.is_empty() {
+                self.hard_names.remove(&id);
+            }
         }
     }
 
@@ -828,11 +955,7 @@ impl Index {
                 s: stamp(&slot.stamp),
                 op: match &slot.entry {
                     Some(Entry::File(file)) => Op::Put(file.manifest(path)),
-                    Some(Entry::Dir(dir)) => Op::Mkdir(DirManifest {
-                        path: path.clone(),
-                        mtime_ns: dir.mtime_ns,
-                        mode: dir.mode,
-                    }),
+                    Some(Entry::Dir(dir)) => Op::Mkdir(dir.manifest(path)),
                     None => Op::Del {
                         path: path.clone(),
                         moved: None,
@@ -1242,6 +1365,25 @@ impl Index {
             .and_then(|slot| slot.entry.as_ref())
     }
 
+    /// The names of the file at `path` (its hard links, `path` among them), in path
+    /// order; just `path` for a file of one name, nothing if no file is there.
+    pub fn names_of<'a>(&'a self, path: &str) -> Vec<&'a str> {
+        let Some((
+            stored,
+            Slot {
+                entry: Some(Entry::File(file)),
+                ..
+            },
+        )) = self.slots.map.get_key_value(path)
+        else {
+            return Vec::new();
+        };
+        match self.slots.hard_names.get(&file.id) {
+            Some(names) if file.hard => names.iter().map(String::as_str).collect(),
+            _ => vec![stored.as_str()],
+        }
+    }
+
     /// The file at `path`, if it is one.
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
         match self.entry(path) {
@@ -1539,6 +1681,7 @@ fn resolve(
             mtime_ns: dir.mtime_ns,
             mode: dir.mode,
             record_message: message.id,
+            meta: boxed(&dir.meta),
         })),
         Op::Put(file) | Op::Relocate(Relocation { file, .. }) => {
             let mut chunks = Vec::with_capacity(file.chunks.len());
@@ -1586,6 +1729,8 @@ fn resolve(
                 data_key: file.data_key,
                 symlink: file.symlink.clone(),
                 special: file.special,
+                hard: file.hard,
+                meta: boxed(&file.meta),
             }))
         }
     };
@@ -1643,6 +1788,8 @@ mod tests {
             data_key: None,
             symlink: None,
             special: None,
+            hard: false,
+            meta: Default::default(),
         })
     }
 
@@ -1750,6 +1897,7 @@ mod tests {
                 path: "empty".into(),
                 mtime_ns: 5,
                 mode: 0o755,
+                meta: Default::default(),
             }),
         ];
         apply_v1(&mut index, &message(10, &[]), &record(ops)).unwrap();
@@ -2340,6 +2488,7 @@ mod tests {
                         path: path.into(),
                         mtime_ns: 0,
                         mode: 0o755,
+                        meta: Default::default(),
                     }),
                     _ => {
                         // A rename: the entry's chunks under another path, in one record.

@@ -58,6 +58,7 @@ pub mod gc;
 pub mod history;
 pub mod index;
 pub mod journal;
+pub mod links;
 pub mod pack;
 pub mod reclaim;
 pub mod records;
@@ -125,6 +126,10 @@ pub enum VolumeError {
     IsADirectory { name: String, hint: &'static str },
     #[error("{name} already exists")]
     AlreadyExists { name: String },
+    #[error("{name} has too many names already (at most 400 hard links to one file)")]
+    TooManyLinks { name: String },
+    #[error("{name}: extended attribute not changed: {why:?}")]
+    Xattr { name: String, why: XattrRefused },
     #[error(
         "no key is loaded, and files are encrypted by default; create one with \
          `dcloud-fs keygen` (or set DCLOUD_KEY), or store the file unencrypted with --plain"
@@ -326,6 +331,29 @@ pub struct PutOptions {
     pub mode: u32,
     /// Encrypt (the default) or store in plaintext mode.
     pub encrypted: bool,
+    /// The owner to give the file; `None`: the owner of the file it replaces (a new
+    /// file: the mounting user).
+    pub owner: Option<Owner>,
+    /// The access time to give it; `None`: the one of the file it replaces.
+    pub atime_ns: Option<i64>,
+}
+
+/// Who owns a file: a user id and a group id, each `None` for whoever mounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Owner {
+    /// What a record says of a new entry with this owner.
+    pub fn meta(self) -> format::Meta {
+        format::Meta {
+            uid: self.uid,
+            gid: self.gid,
+            ..format::Meta::default()
+        }
+    }
 }
 
 /// Where [`Volume::put`] reads a file from.
@@ -1142,8 +1170,8 @@ impl Volume {
         if let Some(progress) = &progress {
             progress.advance(tail_bytes);
         }
-        let chunks = match &record.ops[..] {
-            [Op::Put(manifest)] => manifest.chunks.len(),
+        let chunks = match record.ops.first() {
+            Some(Op::Put(manifest)) => manifest.chunks.len(),
             _ => 0,
         };
         log::info!(
@@ -1199,7 +1227,10 @@ impl Volume {
             data_key: uploader.data_key,
             symlink: None,
             special: None,
+            hard: false,
+            meta: format::Meta::default(),
         };
+        let ops = self.new_version(manifest, links::Keep::Meta(options.owner, options.atime_ns));
         let riders = records::Riders {
             attachments: tail_attachments,
             file: Some(uploader.file),
@@ -1210,7 +1241,7 @@ impl Volume {
                 .collect(),
             journal: Some(&uploader.journal),
         };
-        self.post_record(vec![Op::Put(manifest)], riders).await
+        self.post_record(ops, riders).await
     }
 
     /// Posts records of `ops`, in batches, and lets each land.
@@ -1494,13 +1525,23 @@ impl Volume {
         }
         let key = self.key.clone();
         let limits = self.limits();
+        let owners: Vec<(Option<Owner>, Option<i64>)> = (files.iter())
+            .map(|f| (f.options.owner, f.options.atime_ns))
+            .collect();
         let sealed = tokio::task::spawn_blocking(move || {
             pack::pack_small_files(files, key.as_ref(), &limits)
         })
         .await;
         let (attachments, file_ops) =
             sealed.map_err(|e| VolumeError::Internal(e.to_string()))??;
-        ops.extend(file_ops);
+        for (op, (owner, atime_ns)) in file_ops.into_iter().zip(owners) {
+            match op {
+                Op::Put(manifest) => {
+                    ops.extend(self.new_version(manifest, links::Keep::Meta(owner, atime_ns)));
+                }
+                other => ops.push(other),
+            }
+        }
         let halves = |items: Option<Vec<Packed>>| {
             let mut first = items.unwrap_or_default();
             let second = first.split_off(first.len() / 2);
@@ -1536,6 +1577,18 @@ impl Volume {
 
     /// Records a folder at `path` (its parents are implied).
     pub async fn mkdir(&self, path: &str, mtime_ns: i64, mode: u32) -> Result<(), VolumeError> {
+        self.mkdir_owned(path, mtime_ns, mode, Owner::default())
+            .await
+    }
+
+    /// [`Volume::mkdir`] of a folder owned by `owner`.
+    pub async fn mkdir_owned(
+        &self,
+        path: &str,
+        mtime_ns: i64,
+        mode: u32,
+        owner: Owner,
+    ) -> Result<(), VolumeError> {
         if let Some(Node::Dir(_)) = self.index().node(path) {
             return Err(VolumeError::AlreadyExists {
                 name: self.display(path),
@@ -1546,6 +1599,7 @@ impl Volume {
             path: path.to_string(),
             mtime_ns,
             mode: mode & 0o7777,
+            meta: owner.meta(),
         })])
         .await
     }
@@ -1558,6 +1612,7 @@ impl Volume {
         path: &str,
         target: &str,
         mtime_ns: i64,
+        owner: Owner,
         replace: bool,
     ) -> Result<(), VolumeError> {
         if target.is_empty() || target.len() > format::MAX_SYMLINK_BYTES || target.contains('\0') {
@@ -1570,6 +1625,7 @@ impl Volume {
             symlink: Some(target.to_string()),
             special: None,
             mode: 0o777,
+            owner,
         };
         self.put_empty_node(path, node, mtime_ns, replace).await
     }
@@ -1582,12 +1638,14 @@ impl Volume {
         special: format::Special,
         mode: u32,
         mtime_ns: i64,
+        owner: Owner,
         replace: bool,
     ) -> Result<(), VolumeError> {
         let node = EmptyNode {
             symlink: None,
             special: Some(special),
             mode: mode & 0o7777,
+            owner,
         };
         self.put_empty_node(path, node, mtime_ns, replace).await
     }
@@ -1612,6 +1670,8 @@ impl Volume {
             data_key: None,
             symlink: node.symlink,
             special: node.special,
+            hard: false,
+            meta: node.owner.meta(),
         })])
         .await
     }
@@ -1624,30 +1684,64 @@ impl Volume {
         mtime_ns: Option<i64>,
         mode: Option<u32>,
     ) -> Result<(), VolumeError> {
-        let op = {
+        let change = MetaChange {
+            mtime_ns,
+            mode,
+            ..MetaChange::default()
+        };
+        self.change_meta(path, &change).await
+    }
+
+    /// Changes what `change` says of the file or folder at `path` (its times, mode,
+    /// owner, an extended attribute): one record, pointing at the same chunks, putting
+    /// every name of a file that has several ([`links`]).
+    pub async fn change_meta(&self, path: &str, change: &MetaChange) -> Result<(), VolumeError> {
+        let ops = {
             let index = self.index();
-            match index.node(path) {
+            let op = match index.node(path) {
                 None => {
                     drop(index);
                     return Err(self.not_found(path));
                 }
                 Some(Node::File(file)) => {
                     let mut manifest = file.manifest(path);
-                    manifest.mtime_ns = mtime_ns.unwrap_or(manifest.mtime_ns);
-                    manifest.mode = mode.map_or(manifest.mode, |m| m & 0o7777);
+                    manifest.mtime_ns = change.mtime_ns.unwrap_or(manifest.mtime_ns);
+                    manifest.mode = change.mode.map_or(manifest.mode, |m| m & 0o7777);
+                    change
+                        .apply(&mut manifest.meta)
+                        .map_err(|e| e.at(self.display(path)))?;
                     Op::Put(manifest)
                 }
-                Some(Node::Dir(dir)) => Op::Mkdir(DirManifest {
-                    path: path.to_string(),
-                    mtime_ns: mtime_ns.or(dir.map(|d| d.mtime_ns)).unwrap_or(0),
-                    mode: mode.or(dir.map(|d| d.mode)).unwrap_or(0o755) & 0o7777,
-                }),
+                Some(Node::Dir(dir)) => {
+                    let mut manifest = dir.map_or_else(
+                        || DirManifest {
+                            path: path.to_string(),
+                            mtime_ns: records::now_ns(),
+                            mode: 0o755,
+                            meta: format::Meta::default(),
+                        },
+                        |dir| dir.manifest(path),
+                    );
+                    manifest.mtime_ns = change.mtime_ns.unwrap_or(manifest.mtime_ns);
+                    manifest.mode = change.mode.map_or(manifest.mode, |m| m & 0o7777);
+                    change
+                        .apply(&mut manifest.meta)
+                        .map_err(|e| e.at(self.display(path)))?;
+                    Op::Mkdir(manifest)
+                }
+            };
+            drop(index);
+            match op {
+                Op::Put(manifest) => self.new_version(manifest, links::Keep::Nothing),
+                other => vec![other],
             }
         };
         if path.is_empty() {
             return Ok(()); // the channel itself has no record to change
         }
-        self.post_ops(vec![op]).await
+        self.post_record(ops, records::Riders::default())
+            .await
+            .map(|_| ())
     }
 
     /// Removes the file or folder at `path` (a folder with contents only if
@@ -1660,10 +1754,15 @@ impl Volume {
                     drop(index);
                     return Err(self.not_found(path));
                 }
-                Some(Node::File(_)) => vec![Op::Del {
-                    path: path.to_string(),
-                    moved: None,
-                }],
+                Some(Node::File(_)) => {
+                    drop(index);
+                    let mut ops = vec![Op::Del {
+                        path: path.to_string(),
+                        moved: None,
+                    }];
+                    ops.extend(self.remaining_names(path));
+                    ops
+                }
                 Some(Node::Dir(explicit)) => {
                     let mut paths: Vec<String> =
                         index.live_under(path).map(|(p, _)| p.to_string()).collect();
@@ -1712,15 +1811,21 @@ impl Volume {
                 }
                 Some(true) => {
                     drop(index);
+                    if self.same_file(from, to) {
+                        return Ok(()); // two names of one file: nothing to do
+                    }
                     self.check_creatable(to, true)?;
                     let file = self.file(from)?;
-                    vec![
+                    let mut ops = vec![
                         Op::Put(file.manifest(to)),
                         Op::Del {
                             path: from.to_string(),
                             moved: None,
                         },
-                    ]
+                    ];
+                    // The file replaced at `to` lost a name.
+                    ops.extend(self.remaining_names(to));
+                    ops
                 }
                 Some(false) => {
                     if to.starts_with(&format!("{from}/")) {
@@ -1741,11 +1846,7 @@ impl Volume {
                         let target = format!("{to}{}", &path[from.len()..]);
                         ops.push(match entry {
                             Entry::File(file) => Op::Put(file.manifest(&target)),
-                            Entry::Dir(dir) => Op::Mkdir(DirManifest {
-                                path: target,
-                                mtime_ns: dir.mtime_ns,
-                                mode: dir.mode,
-                            }),
+                            Entry::Dir(dir) => Op::Mkdir(dir.manifest(&target)),
                         });
                         ops.push(Op::Del { path, moved: None });
                     }
@@ -1841,11 +1942,7 @@ impl Volume {
                     });
                 }
                 Entry::Dir(dir) => {
-                    puts.push(Op::Mkdir(DirManifest {
-                        path: target,
-                        mtime_ns: dir.mtime_ns,
-                        mode: dir.mode,
-                    }));
+                    puts.push(Op::Mkdir(dir.manifest(&target)));
                     dels.push(Op::Del { path, moved: None });
                 }
             }
@@ -1888,6 +1985,9 @@ impl Volume {
     /// `path` in channel `dest`: every chunk names its channel, unless that is `dest`.
     fn manifest_in(&self, path: &str, file: &FileEntry, dest: Id) -> FileManifest {
         let mut manifest = file.manifest(path);
+        if dest != self.channel.id {
+            manifest.hard = false; // links stay in their channel
+        }
         for chunk in &mut manifest.chunks {
             if let ChunkLocation::Stored { channel, .. } = &mut chunk.location {
                 let at = channel.unwrap_or(self.channel.id);
@@ -2138,9 +2238,90 @@ pub(crate) fn write_private_atomically(path: &std::path::Path, data: &[u8]) -> s
     fs::rename(&tmp, path)
 }
 
+/// A change of an entry's metadata ([`Volume::change_meta`]); `None`: unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct MetaChange {
+    pub mtime_ns: Option<i64>,
+    pub atime_ns: Option<i64>,
+    pub mode: Option<u32>,
+    pub owner: Option<Owner>,
+    pub xattr: Option<XattrChange>,
+}
+
+/// A change of one extended attribute.
+#[derive(Debug, Clone)]
+pub enum XattrChange {
+    /// Sets `name` to `value`; with `only`, only if it exists (`Some(true)`, as
+    /// `XATTR_REPLACE`) or doesn't (`Some(false)`, as `XATTR_CREATE`).
+    Set {
+        name: String,
+        value: Vec<u8>,
+        only: Option<bool>,
+    },
+    /// Removes `name`, which must exist.
+    Remove(String),
+}
+
+/// Why an extended attribute couldn't be changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrRefused {
+    /// `XATTR_CREATE` of one that exists.
+    Exists,
+    /// `XATTR_REPLACE` or removal of one that doesn't.
+    Missing,
+    /// A value over 64 KiB, or a bad name.
+    Invalid,
+    /// More than the entry may hold in all.
+    Full,
+}
+
+impl XattrRefused {
+    fn at(self, name: String) -> VolumeError {
+        VolumeError::Xattr { name, why: self }
+    }
+}
+
+impl MetaChange {
+    /// Applies the owner, access time and attribute changes to `meta`.
+    fn apply(&self, meta: &mut format::Meta) -> Result<(), XattrRefused> {
+        if let Some(owner) = self.owner {
+            meta.uid = owner.uid;
+            meta.gid = owner.gid;
+        }
+        if let Some(atime) = self.atime_ns {
+            meta.atime_ns = Some(atime);
+        }
+        match &self.xattr {
+            None => {}
+            Some(XattrChange::Remove(name)) => {
+                meta.xattrs.remove(name).ok_or(XattrRefused::Missing)?;
+            }
+            Some(XattrChange::Set { name, value, only }) => {
+                if format::xattr_name_problem(name).is_some()
+                    || value.len() > format::MAX_XATTR_VALUE_BYTES
+                {
+                    return Err(XattrRefused::Invalid);
+                }
+                match (only, meta.xattrs.contains_key(name)) {
+                    (Some(true), false) => return Err(XattrRefused::Missing),
+                    (Some(false), true) => return Err(XattrRefused::Exists),
+                    _ => {}
+                }
+                meta.xattrs
+                    .insert(name.clone(), format::XattrValue(value.clone()));
+                if meta.problem(format::FORMAT_VERSION).is_some() {
+                    return Err(XattrRefused::Full);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a node without data is: a link's target, or a special file; its mode.
 struct EmptyNode {
     symlink: Option<String>,
     special: Option<format::Special>,
     mode: u32,
+    owner: Owner,
 }

@@ -181,6 +181,8 @@ pub(super) fn pack_small_files(
             data_key,
             symlink: None,
             special: None,
+            hard: false,
+            meta: format::Meta::default(),
         }));
     }
     Ok((pack_attachments(packs), ops))
@@ -242,6 +244,8 @@ mod tests {
                 mtime_ns: 0,
                 mode: 0o644,
                 encrypted,
+                owner: None,
+                atime_ns: None,
             },
         }
     }

@@ -104,6 +104,7 @@ impl Volume {
         // From taking the seq to applying the record, one record at a time: records of
         // this process land in the order of their seq.
         let posting = self.posting.lock().await;
+        stamp_change_time(&mut ops, now_ns());
         let seq = self.index().take_seq();
         let seal = self.record_seal(&ops)?;
         let record = Record {
@@ -457,5 +458,24 @@ fn skip_for(e: FormatError) -> Skip {
         FormatError::Crypto(CryptoError::NoKey { written }) => Skip::NoKey(written),
         FormatError::NewerVersion(version) => Skip::NewerVersion(version),
         e => Skip::Damaged(e.to_string()),
+    }
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub(super) fn now_ns() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+/// Sets the change time of everything `ops` put or make to `now_ns` (format version
+/// 8's `ctime_ns`): a record is the change. A relocation is not one (it names the put it
+/// moves as it was).
+fn stamp_change_time(ops: &mut [Op], now_ns: i64) {
+    for op in ops {
+        match op {
+            Op::Put(file) => file.meta.ctime_ns = Some(now_ns),
+            Op::Mkdir(dir) => dir.meta.ctime_ns = Some(now_ns),
+            Op::Del { .. } | Op::Link { .. } | Op::Relocate(_) => {}
+        }
     }
 }
