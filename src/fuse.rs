@@ -25,9 +25,12 @@
 //!   and `readlink`, and `mknod` of a FIFO, socket or device node, whose meaning the
 //!   kernel gives them (a FIFO is a pipe on this machine; a FUSE mount is `nodev`, so a
 //!   device isn't opened).
-//! - **What the store can't hold** is refused without fuss: hard links (EPERM),
-//!   `RENAME_EXCHANGE` (EINVAL), ownership changes (EPERM unless they change nothing),
-//!   extended attributes (ENOSYS, which the kernel remembers).
+//! - **Owners, times, extended attributes, hard links** (format version 8):
+//!   `setattr` of the owner and the access time, `link`, the four xattr calls, and
+//!   `rename` with `RENAME_EXCHANGE` go to the core ([`crate::fs::meta`]); each new
+//!   entry is owned by the caller the kernel names (`Request::uid`), so that
+//!   `--allow-other` users own what they make. POSIX ACLs are ENOTSUP and
+//!   `RENAME_WHITEOUT` EINVAL.
 //! - **Only the writer's own close uploads.** The kernel sends `flush` at every close
 //!   of a descriptor, including the copies a child gets at `fork` and closes at `exec`
 //!   or exit; uploading then would publish a file its writer is still writing. So a
@@ -37,7 +40,8 @@
 //!   /proc/PID/status): the kernel names the calling thread, not its process.
 //! - **Attributes** say `blksize` 1 MiB (coreutils sizes its reads and writes from it,
 //!   and the kernel is told to pass up to 1 MiB per request), `blocks` the size in
-//!   512-byte units, and every time the modification time: the store keeps no other.
+//!   512-byte units, and the access, modification and change times the core gives
+//!   (the creation time is the modification time).
 //! - **Kernel settings** (at `init`): 1 MiB writes, read-ahead as large as the kernel
 //!   allows, atomic `O_TRUNC` (so opening a file for overwriting doesn't fetch its old
 //!   content first), `readdirplus` (an `ls -l` costs one request per screenful, not one
@@ -583,9 +587,13 @@ impl Filesystem for FuseFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let no_replace = flags.contains(fuser::RenameFlags::RENAME_NOREPLACE);
-        if !(flags - fuser::RenameFlags::RENAME_NOREPLACE).is_empty() {
-            // RENAME_EXCHANGE, RENAME_WHITEOUT: a record can't swap two files at once.
+        use fuser::RenameFlags;
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        if !(flags - RenameFlags::RENAME_NOREPLACE - RenameFlags::RENAME_EXCHANGE).is_empty()
+            || (no_replace && exchange)
+        {
+            // RENAME_WHITEOUT is for overlay file systems; both at once is meaningless.
             return reply.error(Errno::EINVAL);
         }
         let (name, newname) = match (name_of(name), name_of(newname)) {
@@ -593,10 +601,13 @@ impl Filesystem for FuseFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         self.spawn(move |fs| async move {
-            match fs
-                .rename(parent.0, &name, newparent.0, &newname, no_replace)
-                .await
-            {
+            let result = if exchange {
+                fs.exchange(parent.0, &name, newparent.0, &newname).await
+            } else {
+                fs.rename(parent.0, &name, newparent.0, &newname, no_replace)
+                    .await
+            };
+            match result {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }

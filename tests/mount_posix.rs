@@ -919,6 +919,75 @@ fn hard_links_share_an_inode_its_count_and_its_data(mode: WriteBack) {
 }
 in_both_modes!(hard_links_share_an_inode_its_count_and_its_data);
 
+/// `renameat2(RENAME_EXCHANGE)`.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    let (a, b) = (c_path(a), c_path(b));
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `rename(2)` with `RENAME_EXCHANGE` swaps two files (their inode numbers go along),
+/// a file and a folder with what it holds, also a file just written (waiting for its
+/// upload); kept over a remount. Across channels EXDEV, a missing name ENOENT.
+fn rename_exchange_swaps_files_and_folders(mode: WriteBack) {
+    use std::os::unix::fs::MetadataExt;
+    need_fuse!();
+    let env = Env::with(mode);
+    let mount = env.mount(&[]);
+    let (a, b) = (env.at("docs/a.txt"), env.at("docs/b.txt"));
+    write_file(&a, b"first");
+    write_file(&b, &random_bytes(40 * KIB, 51));
+    let (ino_a, ino_b) = (lstat(&a).ino(), lstat(&b).ino());
+    exchange(&a, &b).unwrap_or_else(|e| panic!("exchange: {e}\n{}", mount.log()));
+    assert_eq!(fs::read(&b).unwrap(), b"first");
+    assert_eq!(fs::read(&a).unwrap(), random_bytes(40 * KIB, 51));
+    assert_eq!((lstat(&a).ino(), lstat(&b).ino()), (ino_b, ino_a));
+
+    let folder = env.at("docs/box");
+    fs::create_dir(&folder).unwrap();
+    write_file(&folder.join("inner.txt"), b"inside");
+    exchange(&a, &folder).unwrap();
+    assert!(lstat(&a).is_dir(), "a.txt is the folder now");
+    assert_eq!(fs::read(a.join("inner.txt")).unwrap(), b"inside");
+    assert_eq!(fs::read(&folder).unwrap(), random_bytes(40 * KIB, 51));
+
+    write_file(&env.at("other/x.txt"), b"elsewhere");
+    assert_eq!(
+        errno_of(exchange(&b, &env.at("other/x.txt"))),
+        libc::EXDEV,
+        "across channels"
+    );
+    assert_eq!(
+        errno_of(exchange(&b, &env.at("docs/none"))),
+        libc::ENOENT,
+        "a name that isn't there"
+    );
+    mount.stop();
+
+    let mount = env.mount(&[]);
+    assert_eq!(fs::read(env.at("docs/a.txt/inner.txt")).unwrap(), b"inside");
+    assert_eq!(
+        fs::read(env.at("docs/box")).unwrap(),
+        random_bytes(40 * KIB, 51)
+    );
+    assert_eq!(fs::read(env.at("docs/b.txt")).unwrap(), b"first");
+    mount.stop();
+}
+in_both_modes!(rename_exchange_swaps_files_and_folders);
+
 // ----------------------------------------------------------------------------------
 // 2. Extended attributes.
 // ----------------------------------------------------------------------------------

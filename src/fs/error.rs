@@ -47,6 +47,9 @@ pub enum FsError {
     /// An entry's extended attributes would take more than they may in all.
     #[error("no room for more attributes")]
     NoSpace,
+    /// Something under the name waits for its upload.
+    #[error("busy: files in it wait for their upload")]
+    Busy,
     #[error("{0}")]
     Io(String),
 }
@@ -71,6 +74,7 @@ impl FsError {
             FsError::NoAttribute => libc::ENODATA,
             FsError::TooLarge => libc::E2BIG,
             FsError::NoSpace => libc::ENOSPC,
+            FsError::Busy => libc::EBUSY,
             FsError::Io(_) => libc::EIO,
         }
     }

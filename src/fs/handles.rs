@@ -445,8 +445,14 @@ impl Fs {
         let Some(Handle::Write(session)) = handle else {
             return Ok(());
         };
-        let committed = self.closed(&session).await;
+        let mut committed = self.closed(&session).await;
         if session.close_one() {
+            // A `setattr` that came while the upload ran (the kernel sends `release`
+            // after close returned, so a `touch` may land meanwhile) changed it again:
+            // without write-back nothing else would upload that.
+            while committed.is_ok() && !self.write_back.enabled() && session.is_dirty() {
+                committed = self.closed(&session).await;
+            }
             // A file queued for upload stays until the queue has uploaded it; otherwise
             // the session ends (its spool kept if the upload failed).
             let queued = committed.is_ok() && self.write_back.enabled();

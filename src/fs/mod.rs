@@ -51,6 +51,7 @@ pub mod cache;
 mod channels;
 mod dir_times;
 mod error;
+mod exchange;
 mod folders;
 mod handles;
 pub mod inode;

@@ -65,7 +65,7 @@ fn dav_error(e: FsError) -> DavError {
         | FsError::CrossDevice => DavError::Forbidden,
         FsError::NoAttribute => DavError::NotFound,
         FsError::TooLarge | FsError::NoSpace => DavError::InsufficientStorage,
-        FsError::BadHandle | FsError::Io(_) => {
+        FsError::BadHandle | FsError::Io(_) | FsError::Busy => {
             log::warn!("webdav: {e}");
             DavError::GeneralFailure
         }

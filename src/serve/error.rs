@@ -62,6 +62,7 @@ impl ServeError {
                 FsError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
                 FsError::InvalidName(_) | FsError::NameTooLong(_) => StatusCode::BAD_REQUEST,
                 FsError::BadHandle => StatusCode::INTERNAL_SERVER_ERROR,
+                FsError::Busy => StatusCode::CONFLICT,
                 FsError::Io(_) => StatusCode::BAD_GATEWAY,
             },
             ServeError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -1788,6 +1788,82 @@ impl Volume {
         self.post_ops(ops).await
     }
 
+    /// Swaps what is at `a` and at `b` in this channel (`RENAME_EXCHANGE`), folders with
+    /// everything under them: one record pointing at the same chunks, so that no reader
+    /// sees one without the other. Both must exist, and neither may hold the other.
+    pub async fn exchange(&self, a: &str, b: &str) -> Result<(), VolumeError> {
+        if a.is_empty() || b.is_empty() {
+            return Err(VolumeError::Unsupported(
+                "can't exchange a channel itself".into(),
+            ));
+        }
+        if a == b {
+            return Ok(());
+        }
+        if a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/")) {
+            return Err(VolumeError::Unsupported(format!(
+                "can't exchange {} with what holds it or is in it",
+                self.display(a)
+            )));
+        }
+        let ops = {
+            let index = self.index();
+            for path in [a, b] {
+                if index.node(path).is_none() {
+                    drop(index);
+                    return Err(self.not_found(path));
+                }
+            }
+            let under = |root: &str| -> Vec<(String, Entry)> {
+                (index.entry(root).cloned())
+                    .map(|entry| (root.to_string(), entry))
+                    .into_iter()
+                    .chain(
+                        index
+                            .live_under(root)
+                            .map(|(p, e)| (p.to_string(), e.clone())),
+                    )
+                    .collect()
+            };
+            let (at_a, at_b) = (under(a), under(b));
+            let put_at = |entries: &[(String, Entry)], from: &str, to: &str| -> Vec<Op> {
+                (entries.iter())
+                    .map(|(path, entry)| {
+                        let target = format!("{to}{}", &path[from.len()..]);
+                        match entry {
+                            Entry::File(file) => Op::Put(file.manifest(&target)),
+                            Entry::Dir(dir) => Op::Mkdir(dir.manifest(&target)),
+                        }
+                    })
+                    .collect()
+            };
+            let mut ops = put_at(&at_a, a, b);
+            ops.extend(put_at(&at_b, b, a));
+            let put: std::collections::HashSet<String> =
+                ops.iter().map(|op| op.path().to_string()).collect();
+            let gone: Vec<Op> = (at_a.iter().chain(&at_b))
+                .filter(|(path, _)| !put.contains(path))
+                .map(|(path, _)| Op::Del {
+                    path: path.clone(),
+                    moved: None,
+                })
+                .collect();
+            ops.extend(gone);
+            ops
+        };
+        if ops.len() > MAX_OPS_PER_RECORD {
+            return Err(VolumeError::Unsupported(format!(
+                "{} and {} hold too much to exchange in one record (at most {MAX_OPS_PER_RECORD} \
+                 entries)",
+                self.display(a),
+                self.display(b)
+            )));
+        }
+        self.post_record(ops, records::Riders::default())
+            .await
+            .map(|_| ())
+    }
+
     /// Moves the file or folder at `from` to `to` within this channel, without
     /// uploading anything again. A file at `to` is replaced.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), VolumeError> {
