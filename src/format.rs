@@ -199,15 +199,17 @@
 //!   it, at most 255 bytes, without NUL; a value is at most 65,536 bytes, and names and
 //!   values add up to at most 131,072 bytes per entry. A reader refuses the record as
 //!   damaged when any of that is broken, or appears before version 8.
-//!   A `put` of version 8 with `"hard":true` is one name of a file that has several
-//!   (**hard links**): every live path whose put has `hard` and the same `id` names one
-//!   file, whose link count (`st_nlink`) is the number of such paths. A writer that
-//!   changes the file (contents, mode, owner, times, attributes) puts every one of its
-//!   names in the same record with the same fields but `path`, so they agree; a name
-//!   replaced by a rename or deleted just leaves the others. (Two writers on different
-//!   machines that change the names at once without seeing each other can leave them
-//!   different: each name then reads as its own put says.) Hard links are within one
-//!   channel; a `put` without `hard` is a file of one name, whatever its `id`.
+//!   A `put` of version 8 with `"node":"<32 hex digits>"` is one name of a file that has
+//!   several (**hard links**): every live path whose put names the same `node` is a
+//!   name of one file, whose link count (`st_nlink`) is the number of such paths. The
+//!   node is 16 random bytes, made when the file gets its second name; it is not the
+//!   file id, which a file keeps when it moves to another channel and back. A writer
+//!   that changes the file (contents, mode, owner, times, attributes) puts every one of
+//!   its names in the same record with the same fields but `path`, so they agree; a
+//!   name replaced by a rename or deleted just leaves the others. (Two writers on
+//!   different machines that change the names at once without seeing each other can
+//!   leave them different: each name then reads as its own put says.) Hard links are
+//!   within one channel; a `put` without `node` is a file of one name.
 //!   A new version of a file keeps the file id and reuses the chunks it didn't change,
 //!   so `t` is what tells a reader that a chunk is this version's and not an older one
 //!   at the same index (whose seal would otherwise open fine); a reader checks it.
@@ -334,7 +336,7 @@
 //!
 //! Version 8 (this one) adds owners, access and change times, extended attributes
 //! (`uid`, `gid`, `atime_ns`, `ctime_ns`, `xattrs` in a `put` or `mkdir`) and hard
-//! links (`hard` in a `put`); everything else is as in version 7. Its records and
+//! links (`node` in a `put`); everything else is as in version 7. Its records and
 //! checkpoints carry version byte 8, so a reader of version 7 skips them as newer.
 //!
 //! Version 7 added symbolic links and special files: `symlink` and

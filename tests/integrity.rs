@@ -255,7 +255,7 @@ fn plain_put(path: &str, data: &[u8], seq: u64) -> (Record, Vec<NewAttachment>) 
             data_key: None,
             symlink: None,
             special: None,
-            hard: false,
+            node: None,
             meta: Default::default(),
         })],
     };

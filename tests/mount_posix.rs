@@ -988,6 +988,76 @@ fn rename_exchange_swaps_files_and_folders(mode: WriteBack) {
 }
 in_both_modes!(rename_exchange_swaps_files_and_folders);
 
+/// What the mount stored of owners, modes, times and attributes comes back with the
+/// CLI's `get -r` (as root owners by default, `--xattrs` for the attributes), and
+/// `ls -l` shows the owners and the setuid bit.
+fn get_r_restores_owners_modes_times_and_xattrs(mode: WriteBack) {
+    use std::os::unix::fs::MetadataExt;
+    need_fuse!();
+    let env = Env::with(mode);
+    let mount = env.mount(&[]);
+    let folder = env.at("docs/kept");
+    fs::create_dir(&folder).unwrap();
+    let file = folder.join("tool.sh");
+    write_file(&file, b"#!/bin/sh\n");
+    chown(&file, Some(1234), Some(5678)).unwrap();
+    set_mode(&file, 0o4755);
+    set_xattr(&file, "user.origin", b"the mount").unwrap();
+    set_times(
+        &file,
+        timespec(1_000_000_000, 5),
+        timespec(1_500_000_000, 7),
+    )
+    .unwrap();
+    set_xattr(&folder, "user.folder", b"yes").unwrap();
+    set_mode(&folder, 0o750);
+    set_times(
+        &folder,
+        timespec(1_600_000_000, 0),
+        timespec(1_600_000_000, 0),
+    )
+    .unwrap();
+    mount.stop();
+
+    let listing = env.ok(&["ls", "-l", "docs/kept"]);
+    assert!(
+        listing.contains("-rwsr-xr-x  1234  5678 "),
+        "ls -l shows the owner and setuid: {listing}"
+    );
+    let out = env.work().join("out");
+    env.ok(&["get", "-r", "--xattrs", "docs/kept", out.to_str().unwrap()]);
+    let back = out.join("tool.sh");
+    let meta = fs::symlink_metadata(&back).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "owner");
+    assert_eq!(meta.mode() & 0o7777, 0o4755, "mode");
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (1_500_000_000, 7),
+        "mtime"
+    );
+    assert_eq!(
+        (meta.atime(), meta.atime_nsec()),
+        (1_000_000_000, 5),
+        "atime"
+    );
+    assert_eq!(get_xattr(&back, "user.origin").unwrap(), b"the mount");
+    assert_eq!(fs::read(&back).unwrap(), b"#!/bin/sh\n");
+    let dir = fs::symlink_metadata(&out).unwrap();
+    assert_eq!(dir.mode() & 0o7777, 0o750, "the folder's mode");
+    assert_eq!(
+        dir.mtime(),
+        1_600_000_000,
+        "the folder's mtime, set after its files"
+    );
+    assert_eq!(get_xattr(&out, "user.folder").unwrap(), b"yes");
+
+    // Without --xattrs, none.
+    let plain = env.work().join("plain");
+    env.ok(&["get", "-r", "docs/kept", plain.to_str().unwrap()]);
+    assert!(get_xattr(&plain.join("tool.sh"), "user.origin").is_err());
+}
+in_both_modes!(get_r_restores_owners_modes_times_and_xattrs);
+
 // ----------------------------------------------------------------------------------
 // 2. Extended attributes.
 // ----------------------------------------------------------------------------------

@@ -852,7 +852,7 @@ async fn foreign_and_garbage_messages_are_ignored() {
                 data_key: None,
                 symlink: None,
                 special: None,
-                hard: false,
+                node: None,
                 meta: Default::default(),
             }),
             Op::Del {

@@ -7,9 +7,10 @@ use std::io::{BufRead, IsTerminal};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::output::{self, Bar};
+use super::restore::{self, Restore};
 use super::{CliError, Context, GetArgs, KeygenArgs, LsArgs, PutArgs, RmArgs, split_target};
 use crate::crypto::{self, CryptoError, Key};
 use crate::store::{Store, StoreError};
@@ -585,7 +586,8 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), CliError> {
             } else {
                 dest
             };
-            download_file(context, &volume, &path, &target).await
+            let restore = Restore::new(args.owners, args.xattrs);
+            download_file(context, &volume, &path, &target, restore).await
         }
         Some(true) if !args.recursive => Err(VolumeError::IsADirectory {
             name: volume.display(&path),
@@ -602,7 +604,8 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), CliError> {
                 base_name(&path)
             };
             let root = if dest.is_dir() { dest.join(name) } else { dest };
-            download_tree(context, &volume, &path, &root).await
+            let restore = Restore::new(args.owners, args.xattrs);
+            download_tree(context, &volume, &path, &root, restore).await
         }
     }
 }
@@ -613,6 +616,7 @@ async fn download_tree(
     volume: &Volume,
     path: &str,
     root: &Path,
+    restore: Restore,
 ) -> Result<(), CliError> {
     fs::create_dir_all(root).map_err(|e| CliError::io(root.display().to_string(), e))?;
     let skip = if path.is_empty() { 0 } else { path.len() + 1 };
@@ -630,10 +634,41 @@ async fn download_tree(
         } else {
             let parent = target.parent().unwrap_or(root);
             match fs::create_dir_all(parent) {
-                Ok(()) => download_file(context, volume, &join(path, &relative), &target).await,
+                Ok(()) => {
+                    let source = join(path, &relative);
+                    download_file(context, volume, &source, &target, restore).await
+                }
                 Err(e) => Err(CliError::io(parent.display().to_string(), e)),
             }
         };
+        if !outcome.record(result) {
+            break;
+        }
+    }
+    // The folders recorded, deepest first (the one copied last), once what they hold
+    // is written.
+    let folders: Vec<(String, crate::volume::DirEntry)> = {
+        let index = volume.index();
+        let top = match index.entry(path) {
+            Some(Entry::Dir(dir)) => Some((String::new(), dir.clone())),
+            _ => None,
+        };
+        (top.into_iter())
+            .chain(index.live_under(path).filter_map(|(p, entry)| match entry {
+                Entry::Dir(dir) => Some((p[skip..].to_string(), dir.clone())),
+                Entry::File(_) => None,
+            }))
+            .collect()
+    };
+    for (relative, dir) in folders.iter().rev() {
+        let target = root.join(relative);
+        let stored = restore::Stored {
+            meta: dir.meta(),
+            mode: Some(dir.mode),
+            mtime_ns: dir.mtime_ns,
+        };
+        let result = restore::restore(&target, &stored, restore)
+            .map_err(|e| CliError::io(target.display().to_string(), e));
         if !outcome.record(result) {
             break;
         }
@@ -649,6 +684,7 @@ async fn download_file(
     volume: &Volume,
     path: &str,
     target: &Path,
+    restore: Restore,
 ) -> Result<(), CliError> {
     let shown = target.display().to_string();
     let entry = volume.file(path)?;
@@ -673,17 +709,24 @@ async fn download_file(
         }
         (None, None) => download_into(context, volume, path, entry.size, &temporary, &shown).await,
     };
-    let result =
-        result.and_then(|()| fs::rename(&temporary, target).map_err(|e| CliError::io(&shown, e)));
+    let stored = restore::Stored {
+        meta: entry.meta(),
+        mode: entry.symlink.is_none().then_some(entry.mode),
+        mtime_ns: entry.mtime_ns,
+    };
+    let result = result
+        .and_then(|()| {
+            restore::restore(&temporary, &stored, restore).map_err(|e| CliError::io(&shown, e))
+        })
+        .and_then(|()| fs::rename(&temporary, target).map_err(|e| CliError::io(&shown, e)));
     if result.is_err() {
         let _ = fs::remove_file(&temporary);
     }
     result
 }
 
-/// Downloads the file (of `size` bytes) into `temporary` and gives it the stored
-/// modification time and mode (through the open handle, so a read-only mode can't get
-/// in the way).
+/// Downloads the file (of `size` bytes) into `temporary` (its mode and times are
+/// [`restore`]'s, after).
 async fn download_into(
     context: &Context,
     volume: &Volume,
@@ -696,15 +739,8 @@ async fn download_into(
     let bar = Bar::new(size, &volume.display(path), context.global.quiet);
     let result = volume.get_to_file(path, file.clone(), bar.progress()).await;
     bar.finish();
-    let entry = result?;
-    let mtime = if entry.mtime_ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(entry.mtime_ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(entry.mtime_ns.unsigned_abs())
-    };
-    file.set_times(fs::FileTimes::new().set_modified(mtime))
-        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o777)))
-        .map_err(|e| CliError::io(shown, e))
+    result?;
+    Ok(())
 }
 
 pub async fn ls(context: &Context, args: LsArgs) -> Result<(), CliError> {
@@ -814,23 +850,26 @@ fn special_columns(special: Option<crate::format::Special>) -> (char, String) {
 }
 
 fn listing_line(item: &Listed<'_>, long: bool) -> String {
+    let kind = |file: &crate::volume::FileEntry| if file.encrypted { "enc" } else { "plain" };
     match (&item.node, long) {
         (Node::File(_), false) => item.name.clone(),
         (Node::File(file), true) if file.special.is_some() => {
             let (letter, size) = special_columns(file.special);
             format!(
-                "{letter}{} {:<5} {:>14} {} {}",
+                "{letter}{} {} {:<5} {:>14} {} {}",
                 &output::mode_string(file.mode, false)[1..],
-                if file.encrypted { "enc" } else { "plain" },
+                output::owner_columns(file.meta()),
+                kind(file),
                 size,
                 output::local_time(file.mtime_ns),
                 item.name
             )
         }
         (Node::File(file), true) if file.symlink.is_some() => format!(
-            "l{} {:<5} {:>14} {} {} -> {}",
+            "l{} {} {:<5} {:>14} {} {} -> {}",
             &output::mode_string(0o777, false)[1..],
-            if file.encrypted { "enc" } else { "plain" },
+            output::owner_columns(file.meta()),
+            kind(file),
             file.symlink.as_ref().map_or(0, String::len),
             output::local_time(file.mtime_ns),
             item.name,
@@ -838,17 +877,22 @@ fn listing_line(item: &Listed<'_>, long: bool) -> String {
         ),
         (Node::Dir(_), false) => format!("{}/", item.name),
         (Node::File(file), true) => format!(
-            "{} {:<5} {:>14} {} {}",
+            "{} {} {:<5} {:>14} {} {}",
             output::mode_string(file.mode, false),
-            if file.encrypted { "enc" } else { "plain" },
+            output::owner_columns(file.meta()),
+            kind(file),
             file.size,
             output::local_time(file.mtime_ns),
             item.name
         ),
         (Node::Dir(dir), true) => {
             let (mode, mtime) = dir.map_or((0o755, None), |d| (d.mode, Some(d.mtime_ns)));
+            let owner = dir.map_or_else(
+                || output::owner_columns(&crate::format::Meta::default()),
+                |d| output::owner_columns(d.meta()),
+            );
             format!(
-                "{} {:<5} {:>14} {} {}/",
+                "{} {owner} {:<5} {:>14} {} {}/",
                 output::mode_string(mode, true),
                 "",
                 "-",

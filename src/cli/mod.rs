@@ -15,6 +15,7 @@ mod mount;
 pub mod notify;
 mod output;
 mod pidfile;
+mod restore;
 mod serve;
 mod settings;
 mod status;
@@ -241,6 +242,13 @@ pub struct GetArgs {
     /// Copy a folder and everything in it.
     #[arg(short, long)]
     pub recursive: bool,
+    /// Give each file and folder the owner it has in the channel (the default as root;
+    /// others can't give files away).
+    #[arg(long)]
+    pub owners: bool,
+    /// Give each file and folder its extended attributes.
+    #[arg(long)]
+    pub xattrs: bool,
     /// CHANNEL/PATH to download.
     pub source: String,
     /// Local file or folder to write to; '-' writes a file to stdout.

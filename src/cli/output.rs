@@ -8,17 +8,30 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use crate::units::{human_size, local_time};
 use crate::volume::{Progress, VerifyProgress};
 
-/// `ls -l` style mode string, e.g. `-rw-r--r--` or `drwxr-xr-x`.
+/// `ls -l` style mode string, e.g. `-rw-r--r--`, `drwxr-xr-x` or `-rwsr-xr-x` (setuid,
+/// setgid and sticky as `ls` shows them: `s`/`S`, `s`/`S`, `t`/`T`).
 pub fn mode_string(mode: u32, is_dir: bool) -> String {
     let mut text = String::with_capacity(10);
     text.push(if is_dir { 'd' } else { '-' });
-    for shift in [6, 3, 0] {
+    for (shift, special, letter) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
         let bits = (mode >> shift) & 0o7;
         text.push(if bits & 4 != 0 { 'r' } else { '-' });
         text.push(if bits & 2 != 0 { 'w' } else { '-' });
-        text.push(if bits & 1 != 0 { 'x' } else { '-' });
+        text.push(match (bits & 1 != 0, mode & special != 0) {
+            (true, false) => 'x',
+            (false, false) => '-',
+            (true, true) => letter,
+            (false, true) => letter.to_ascii_uppercase(),
+        });
     }
     text
+}
+
+/// The owner columns of `ls -l`: user and group ids, `-` for the mounting user's (an
+/// entry that records none belongs to whoever mounts the channel).
+pub fn owner_columns(meta: &crate::format::Meta) -> String {
+    let id = |id: Option<u32>| id.map_or_else(|| "-".to_string(), |id| id.to_string());
+    format!("{:>5} {:>5}", id(meta.uid), id(meta.gid))
 }
 
 /// A progress bar on stderr for a transfer of `total` bytes, when stderr is a terminal
@@ -113,6 +126,10 @@ mod tests {
     fn modes_and_sizes_read_like_ls() {
         assert_eq!(mode_string(0o644, false), "-rw-r--r--");
         assert_eq!(mode_string(0o755, true), "drwxr-xr-x");
+        assert_eq!(mode_string(0o4755, false), "-rwsr-xr-x");
+        assert_eq!(mode_string(0o2644, false), "-rw-r-Sr--");
+        assert_eq!(mode_string(0o1777, true), "drwxrwxrwt");
+        assert_eq!(mode_string(0o1776, true), "drwxrwxrwT");
         assert_eq!(human_size(10), "10 B");
         assert_eq!(human_size(1536), "1.5 KiB");
         assert_eq!(human_size(50 * 1024 * 1024), "50.0 MiB");

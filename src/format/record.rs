@@ -192,10 +192,11 @@ pub struct FileManifest {
     /// no chunks, size 0 and no data key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub special: Option<Special>,
-    /// One name of a file that has several (`hard`, version 8): every live path whose
-    /// put has it and the same `id` names the same file (a hard link).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub hard: bool,
+    /// The file this is one name of, when it has several (`node`, version 8; hard
+    /// links): every live path whose put names the same node is a name of one file.
+    /// 16 random bytes, made when the file gets its second name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<FileId>,
     /// Owner, other times and extended attributes (version 8).
     #[serde(flatten)]
     pub meta: Meta,
@@ -592,7 +593,7 @@ impl Record {
                 }
                 file.validate_keys(version)?;
                 file.validate_empty_node(version)?;
-                if file.hard && version < 8 {
+                if file.node.is_some() && version < 8 {
                     return Err(damaged(
                         "record",
                         format!("'{}': a hard link before version 8", file.path),
@@ -931,7 +932,7 @@ mod tests {
                     data_key: None,
                     symlink: None,
                     special: None,
-                    hard: false,
+                    node: None,
                     meta: Default::default(),
                 }),
                 Op::Mkdir(DirManifest {
@@ -1011,7 +1012,7 @@ mod tests {
             data_key: None,
             symlink: Some("../releases/v2.tar".into()),
             special: None,
-            hard: false,
+            node: None,
             meta: Default::default(),
         };
         let record = Record {
@@ -1070,7 +1071,7 @@ mod tests {
                 kind: SpecialKind::Char,
                 rdev: 259,
             }),
-            hard: false,
+            node: None,
             meta: Default::default(),
         };
         let record = |file: FileManifest| Record {

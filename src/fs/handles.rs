@@ -179,6 +179,8 @@ impl Fs {
             Err(e) => return Err(e),
         };
         let base = volume.index().version_of(&key.path);
+        // Emptying a file with content is a change even if nothing is written after.
+        let emptied = empty && existing.as_ref().is_some_and(|f| f.size > 0);
         let (mode, mtime_ns) = existing
             .as_ref()
             .map_or((0o644, now_ns()), |f| (f.mode, f.mtime_ns));
@@ -207,18 +209,31 @@ impl Fs {
             .len();
         spool.recount(size);
         let session = Arc::new(WriteSession::new(key.clone(), spool, meta, size));
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        // Another open may have started one meanwhile: use that one.
-        if let Some(other) = sessions.get(key) {
+        let started = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            // Another open may have started one meanwhile: use that one.
+            match sessions.get(key) {
+                Some(other) => {
+                    other.open_one(); // under the lock, as join_session counts
+                    Err(other.clone())
+                }
+                None => {
+                    sessions.insert(key.clone(), session.clone());
+                    Ok(())
+                }
+            }
+        };
+        if let Err(other) = started {
             session.abandon();
-            other.open_one();
-            return Ok(other.clone());
+            return Ok(other);
         }
-        sessions.insert(key.clone(), session.clone());
         self.live_spools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(session.spool_id());
+        if emptied {
+            session.truncate(0).await?;
+        }
         Ok(session)
     }
 
@@ -305,6 +320,9 @@ impl Fs {
         owner: Owner,
     ) -> Result<(Attr, Opened), FsError> {
         let (key, volume) = self.new_name(parent, name).await?;
+        // Another name of a file with several: the file is written under the name its
+        // inode number is known by (where its session is).
+        let key = self.known_name(&key, &volume);
         if self.write_back.folders.attrs(&key).is_some() {
             return Err(if exclusive {
                 FsError::Exists

@@ -432,6 +432,18 @@ impl Fs {
             .ino_linked(key, &names)
     }
 
+    /// The name the file at `key` is known by: `key`, unless it is one of the names of
+    /// a file with several, whose inode number another of them holds.
+    fn known_name(&self, key: &NodeKey, volume: &crate::volume::Volume) -> NodeKey {
+        let index = volume.index();
+        if index.file(&key.path).is_none_or(|file| file.node.is_none()) {
+            return key.clone();
+        }
+        let ino = self.linked_ino(key, &index);
+        drop(index);
+        self.key_of(ino).unwrap_or_else(|_| key.clone())
+    }
+
     fn ino_of(&self, key: &NodeKey) -> u64 {
         self.inodes
             .lock()
@@ -584,7 +596,10 @@ impl Fs {
         let volume = self.volume(key.channel).await?;
         let stored = {
             let index = volume.index();
-            if index.file(&key.path).is_some_and(|file| file.hard) {
+            if index
+                .file(&key.path)
+                .is_some_and(|file| file.node.is_some())
+            {
                 ino = self.linked_ino(key, &index);
             }
             self.stored_attr(ino, &index, &key.path)
@@ -643,7 +658,10 @@ impl Fs {
             let index = volume.index();
             (keys.iter().zip(&mut inos).zip(&sessions))
                 .map(|((key, ino), session)| {
-                    if index.file(&key.path).is_some_and(|file| file.hard) {
+                    if index
+                        .file(&key.path)
+                        .is_some_and(|file| file.node.is_some())
+                    {
                         *ino = self.linked_ino(key, &index);
                     }
                     session
@@ -712,7 +730,7 @@ impl Fs {
                     },
                     (None, None) => self.file_attr_untold(ino, file.size, file.mtime_ns, file.mode),
                 };
-                let nlink = if file.hard {
+                let nlink = if file.node.is_some() {
                     index.names_of(path).len().max(1) as u32
                 } else {
                     1
@@ -1307,6 +1325,10 @@ impl Fs {
             return Err(FsError::NotEmpty);
         }
         let session = self.session(&from);
+        let from_was_linked = volume
+            .index()
+            .file(&from.path)
+            .is_some_and(|f| f.node.is_some());
         let from_is_folder = session.is_none()
             && (matches!(volume.index().node(&from.path), Some(Node::Dir(_)))
                 || self.write_back.folders.attrs(&from).is_some());
@@ -1381,10 +1403,15 @@ impl Fs {
             session.moved_to(new, base);
         }
         drop(quiet);
-        self.inodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .rename(&from, &to);
+        {
+            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            inodes.rename(&from, &to);
+            if to.channel != from.channel && from_was_linked {
+                // It arrives as a file of one name: the number stays with the names
+                // left behind, and it gets one of its own at its next lookup.
+                inodes.remove(&to);
+            }
+        }
         self.dir_times.name_changed(&from);
         self.dir_times.name_changed(&to);
         self.dir_times.forget(&from);

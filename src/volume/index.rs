@@ -256,9 +256,10 @@ pub struct FileEntry {
     /// A special file (FIFO, socket, device): then it has no chunks (version 7).
     #[serde(default)]
     pub special: Option<crate::format::Special>,
-    /// One of the names of a file that has several (version 8; see [`Index::names_of`]).
+    /// The file this is one name of, when it has several (version 8; see
+    /// [`Index::names_of`]).
     #[serde(default)]
-    pub hard: bool,
+    pub node: Option<FileId>,
     /// Owner, other times and extended attributes (version 8); `None` when it says
     /// nothing, as most entries don't.
     #[serde(default, with = "meta_cache")]
@@ -339,7 +340,7 @@ impl FileEntry {
             data_key: self.data_key,
             symlink: self.symlink.clone(),
             special: self.special,
-            hard: self.hard,
+            node: self.node,
             meta: self.meta().clone(),
         }
     }
@@ -539,7 +540,7 @@ struct Slots {
     uses: IdMap<Id, u32>,
     /// The same for messages of other channels, `(channel, message)`.
     foreign_uses: IdMap<(Id, Id), u32>,
-    /// The names of each file that has several (hard links: live puts with `hard`).
+    /// The names of each file that has several (hard links: live puts naming a node).
     hard_names: HashMap<FileId, BTreeSet<String>>,
 }
 
@@ -567,10 +568,9 @@ impl Slots {
             entry: Some(Entry::File(old)),
             ..
         }) = self.map.get(&path)
-            && old.hard
+            && let Some(node) = old.node
         {
-            let id = old.id;
-            self.unname(&path, id);
+            self.unname(&path, node);
         }
         if let Some(entry) = &slot.entry {
             self.count(entry, true);
@@ -587,18 +587,18 @@ impl Slots {
     /// Notes `path` as a name of its file, if it is a hard link.
     fn name(&mut self, path: &str, entry: &Entry) {
         if let Entry::File(file) = entry
-            && file.hard
+            && let Some(node) = file.node
         {
-            (self.hard_names.entry(file.id).or_default()).insert(path.to_string());
+            (self.hard_names.entry(node).or_default()).insert(path.to_string());
         }
     }
 
-    /// `path` is no longer a name of the file `id`.
-    fn unname(&mut self, path: &str, id: FileId) {
-        if let Some(names) = self.hard_names.get_mut(&id) {
+    /// `path` is no longer a name of the file `node`.
+    fn unname(&mut self, path: &str, node: FileId) {
+        if let Some(names) = self.hard_names.get_mut(&node) {
             names.remove(path);
             if names.is_empty() {
-                self.hard_names.remove(&id);
+                self.hard_names.remove(&node);
             }
         }
     }
@@ -1378,9 +1378,9 @@ impl Index {
         else {
             return Vec::new();
         };
-        match self.slots.hard_names.get(&file.id) {
-            Some(names) if file.hard => names.iter().map(String::as_str).collect(),
-            _ => vec![stored.as_str()],
+        match file.node.and_then(|node| self.slots.hard_names.get(&node)) {
+            Some(names) => names.iter().map(String::as_str).collect(),
+            None => vec![stored.as_str()],
         }
     }
 
@@ -1729,7 +1729,7 @@ fn resolve(
                 data_key: file.data_key,
                 symlink: file.symlink.clone(),
                 special: file.special,
-                hard: file.hard,
+                node: file.node,
                 meta: boxed(&file.meta),
             }))
         }
@@ -1788,7 +1788,7 @@ mod tests {
             data_key: None,
             symlink: None,
             special: None,
-            hard: false,
+            node: None,
             meta: Default::default(),
         })
     }

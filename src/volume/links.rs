@@ -4,9 +4,12 @@
 //!
 //! ## The rules
 //!
-//! 1. **A file with several names** is the live puts of one channel that carry `hard`
-//!    and the same file id ([`Index::names_of`]). [`Volume::link`] gives a file
-//!    another name: one record that puts every name, the new one with them.
+//! 1. **A file with several names** is the live puts of one channel that name the same
+//!    `node` ([`Index::names_of`]), a random id made when the file gets its second
+//!    name (not the file id: a file moved to another channel and back keeps its id,
+//!    and must not become a name of the file it was a name of before).
+//!    [`Volume::link`] gives a file another name: one record that puts every name, the
+//!    new one with them.
 //! 2. **A change of the file is a change of every name.** A new version of a file, or
 //!    a change of its mode, owner, times or extended attributes, is posted through
 //!    [`Volume::new_version`], which puts every other name of the file in the same
@@ -28,7 +31,7 @@
 
 use super::index::Node;
 use super::{Owner, Volume, VolumeError};
-use crate::format::{FileManifest, Op};
+use crate::format::{FileId, FileManifest, Op};
 
 /// The most names one file may have (`EMLINK` beyond): all of them go in one record.
 pub const MAX_LINKS: usize = 400;
@@ -64,10 +67,10 @@ impl Volume {
             }
         }
         let names = match old {
-            Some(old) if old.hard => index.names_of(&manifest.path),
+            Some(old) if old.node.is_some() => index.names_of(&manifest.path),
             _ => Vec::new(),
         };
-        manifest.hard = names.len() > 1;
+        manifest.node = old.and_then(|old| old.node).filter(|_| names.len() > 1);
         // Stamped again when posted; set now so that a batch's size is judged with it.
         manifest.meta.ctime_ns = Some(super::records::now_ns());
         let others: Vec<Op> = names
@@ -110,7 +113,7 @@ impl Volume {
                 });
             }
             let mut manifest = file.manifest(from);
-            manifest.hard = true;
+            manifest.node = Some(file.node.map_or_else(FileId::random, Ok)?);
             let mut ops: Vec<Op> = names
                 .iter()
                 .map(|name| {
@@ -134,7 +137,7 @@ impl Volume {
     /// link.
     pub(super) fn remaining_names(&self, path: &str) -> Vec<Op> {
         let index = self.index();
-        let Some(file) = index.file(path).filter(|f| f.hard) else {
+        let Some(file) = index.file(path).filter(|f| f.node.is_some()) else {
             return Vec::new();
         };
         let names = index.names_of(path);
@@ -144,7 +147,7 @@ impl Volume {
             .filter(|name| *name != path)
             .map(|name| {
                 let mut manifest = file.manifest(name);
-                manifest.hard = still_hard;
+                manifest.node = file.node.filter(|_| still_hard);
                 Op::Put(manifest)
             })
             .collect()
@@ -155,7 +158,7 @@ impl Volume {
     pub fn same_file(&self, a: &str, b: &str) -> bool {
         let index = self.index();
         match (index.file(a), index.file(b)) {
-            (Some(x), Some(y)) => x.hard && y.hard && x.id == y.id,
+            (Some(x), Some(y)) => x.node.is_some() && x.node == y.node,
             _ => false,
         }
     }

@@ -1227,7 +1227,7 @@ impl Volume {
             data_key: uploader.data_key,
             symlink: None,
             special: None,
-            hard: false,
+            node: None,
             meta: format::Meta::default(),
         };
         let ops = self.new_version(manifest, links::Keep::Meta(options.owner, options.atime_ns));
@@ -1670,7 +1670,7 @@ impl Volume {
             data_key: None,
             symlink: node.symlink,
             special: node.special,
-            hard: false,
+            node: None,
             meta: node.owner.meta(),
         })])
         .await
@@ -2062,7 +2062,7 @@ impl Volume {
     fn manifest_in(&self, path: &str, file: &FileEntry, dest: Id) -> FileManifest {
         let mut manifest = file.manifest(path);
         if dest != self.channel.id {
-            manifest.hard = false; // links stay in their channel
+            manifest.node = None; // links stay in their channel
         }
         for chunk in &mut manifest.chunks {
             if let ChunkLocation::Stored { channel, .. } = &mut chunk.location {

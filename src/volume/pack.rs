@@ -181,7 +181,7 @@ pub(super) fn pack_small_files(
             data_key,
             symlink: None,
             special: None,
-            hard: false,
+            node: None,
             meta: format::Meta::default(),
         }));
     }
