@@ -938,6 +938,11 @@ impl Filesystem for FuseFs {
             Ok(name) => name,
             Err(_) => return reply.error(Errno::ENODATA),
         };
+        match self.fs.getxattr_now(ino.0, &name) {
+            Some(Ok(value)) => return reply_sized(reply, size, &value),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
         self.spawn(move |fs| async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(value) => reply_sized(reply, size, &value),
@@ -947,19 +952,21 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn(move |fs| async move {
-            match fs.listxattr(ino.0).await {
-                Ok(names) => {
-                    let mut list = Vec::new();
-                    for name in names {
-                        list.extend_from_slice(name.as_bytes());
-                        list.push(0);
-                    }
-                    reply_sized(reply, size, &list)
+        let answer = move |reply: ReplyXattr, names: Result<Vec<String>, FsError>| match names {
+            Ok(names) => {
+                let mut list = Vec::new();
+                for name in names {
+                    list.extend_from_slice(name.as_bytes());
+                    list.push(0);
                 }
-                Err(e) => reply.error(errno(&e)),
+                reply_sized(reply, size, &list)
             }
-        });
+            Err(e) => reply.error(errno(&e)),
+        };
+        if let Some(names) = self.fs.listxattr_now(ino.0) {
+            return answer(reply, names);
+        }
+        self.spawn(move |fs| async move { answer(reply, fs.listxattr(ino.0).await) });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

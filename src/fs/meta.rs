@@ -147,13 +147,19 @@ impl Fs {
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         let key = self.key_of(ino)?;
         let volume = self.volume(key.channel).await?;
-        let index = volume.index();
-        let value = match index.node(&key.path) {
-            Some(Node::File(file)) => file.meta().xattrs.get(name).cloned(),
-            Some(Node::Dir(Some(dir))) => dir.meta().xattrs.get(name).cloned(),
-            _ => None,
+        xattr_of(&volume, &key, name)
+    }
+
+    /// [`Fs::getxattr`] at once, without waiting for anything: `None` if the channel
+    /// isn't open yet. `ls -l` asks two attributes of every file it lists (an SELinux
+    /// label and an ACL), so these are answered on the FUSE thread itself.
+    pub fn getxattr_now(&self, ino: u64, name: &str) -> Option<Result<Vec<u8>, FsError>> {
+        let key = match self.key_of(ino) {
+            Ok(key) => key,
+            Err(e) => return Some(Err(e)),
         };
-        value.map(|v| v.0).ok_or(FsError::NoAttribute)
+        let volume = self.volumes.already_open(key.channel)?;
+        Some(xattr_of(&volume, &key, name))
     }
 
     /// `listxattr`: the names of the extended attributes of `ino`, in order.
@@ -163,13 +169,20 @@ impl Fs {
             return Ok(Vec::new());
         }
         let volume = self.volume(key.channel).await?;
-        let index = volume.index();
-        let xattrs = match index.node(&key.path) {
-            Some(Node::File(file)) => file.meta().xattrs.keys().cloned().collect(),
-            Some(Node::Dir(Some(dir))) => dir.meta().xattrs.keys().cloned().collect(),
-            _ => Vec::new(),
+        Ok(xattr_names(&volume, &key))
+    }
+
+    /// [`Fs::listxattr`] at once (see [`Fs::getxattr_now`]).
+    pub fn listxattr_now(&self, ino: u64) -> Option<Result<Vec<String>, FsError>> {
+        let key = match self.key_of(ino) {
+            Ok(key) => key,
+            Err(e) => return Some(Err(e)),
         };
-        Ok(xattrs)
+        if key.path.is_empty() {
+            return Some(Ok(Vec::new()));
+        }
+        let volume = self.volumes.already_open(key.channel)?;
+        Some(Ok(xattr_names(&volume, &key)))
     }
 
     /// `setxattr`: sets `name` on `ino` to `value`, as `how` says.
@@ -263,6 +276,27 @@ impl Fs {
         let attr = self.attr_of(&to).await?;
         debug_assert!(attr.kind != Kind::Dir);
         Ok(self.count_lookup(attr))
+    }
+}
+
+/// The value of `name` on the entry at `key`, as stored.
+fn xattr_of(volume: &Volume, key: &NodeKey, name: &str) -> Result<Vec<u8>, FsError> {
+    let index = volume.index();
+    let value = match index.node(&key.path) {
+        Some(Node::File(file)) => file.meta().xattrs.get(name).cloned(),
+        Some(Node::Dir(Some(dir))) => dir.meta().xattrs.get(name).cloned(),
+        _ => None,
+    };
+    value.map(|v| v.0).ok_or(FsError::NoAttribute)
+}
+
+/// The names of the attributes of the entry at `key`, in order.
+fn xattr_names(volume: &Volume, key: &NodeKey) -> Vec<String> {
+    let index = volume.index();
+    match index.node(&key.path) {
+        Some(Node::File(file)) => file.meta().xattrs.keys().cloned().collect(),
+        Some(Node::Dir(Some(dir))) => dir.meta().xattrs.keys().cloned().collect(),
+        _ => Vec::new(),
     }
 }
 
