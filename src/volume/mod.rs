@@ -1705,11 +1705,12 @@ impl Volume {
                 }
                 Some(Node::File(file)) => {
                     let mut manifest = file.manifest(path);
-                    manifest.mtime_ns = change.mtime_ns.unwrap_or(manifest.mtime_ns);
-                    manifest.mode = change.mode.map_or(manifest.mode, |m| m & 0o7777);
-                    change
-                        .apply(&mut manifest.meta)
-                        .map_err(|e| e.at(self.display(path)))?;
+                    (change.apply(
+                        &mut manifest.mtime_ns,
+                        &mut manifest.mode,
+                        &mut manifest.meta,
+                    ))
+                    .map_err(|e| e.at(self.display(path)))?;
                     Op::Put(manifest)
                 }
                 Some(Node::Dir(dir)) => {
@@ -1722,11 +1723,12 @@ impl Volume {
                         },
                         |dir| dir.manifest(path),
                     );
-                    manifest.mtime_ns = change.mtime_ns.unwrap_or(manifest.mtime_ns);
-                    manifest.mode = change.mode.map_or(manifest.mode, |m| m & 0o7777);
-                    change
-                        .apply(&mut manifest.meta)
-                        .map_err(|e| e.at(self.display(path)))?;
+                    (change.apply(
+                        &mut manifest.mtime_ns,
+                        &mut manifest.mode,
+                        &mut manifest.meta,
+                    ))
+                    .map_err(|e| e.at(self.display(path)))?;
                     Op::Mkdir(manifest)
                 }
             };
@@ -2358,8 +2360,15 @@ impl XattrRefused {
 }
 
 impl MetaChange {
-    /// Applies the owner, access time and attribute changes to `meta`.
-    fn apply(&self, meta: &mut format::Meta) -> Result<(), XattrRefused> {
+    /// Applies the change to an entry's modification time, mode and `meta`.
+    fn apply(
+        &self,
+        mtime_ns: &mut i64,
+        mode: &mut u32,
+        meta: &mut format::Meta,
+    ) -> Result<(), XattrRefused> {
+        *mtime_ns = self.mtime_ns.unwrap_or(*mtime_ns);
+        *mode = self.mode.map_or(*mode, |m| m & 0o7777);
         if let Some(owner) = self.owner {
             meta.uid = owner.uid;
             meta.gid = owner.gid;
