@@ -11,8 +11,16 @@
 //! Extended attributes are kept per entry, sealed in its record (see [`crate::format`]):
 //! names of the `user.`, `trusted.`, `security.` and `system.` namespaces, values up to
 //! 64 KiB (E2BIG beyond, which the kernel checks first), 128 KiB of names and values in
-//! all per entry (ENOSPC beyond). POSIX ACLs (`system.posix_acl_*`) are refused with
-//! ENOTSUP: the kernel would have to enforce them, and the mount doesn't ask it to.
+//! all per entry (ENOSPC beyond). Two kinds are not kept, and answer ENOTSUP to get,
+//! set and remove alike, as on a file system without them ([`refuse_unkept`]):
+//! - POSIX ACLs (`system.posix_acl_*`): the kernel would have to enforce them, and the
+//!   mount doesn't ask it to;
+//! - SELinux labels (`security.selinux`): they are the host's policy, and a host that
+//!   enforces one labels a FUSE mount itself and never asks it.
+//!
+//! The second answer matters for speed too: GNU `ls -l` asks every file it lists for
+//! both, and stops asking for the rest of a file system only once it is told ENOTSUP
+//! (ENODATA, "not set", would cost two requests per name listed).
 //! Symbolic links take none (`user.*` is refused on them by the kernel too).
 
 use std::sync::Arc;
@@ -145,6 +153,7 @@ impl Fs {
 
     /// `getxattr`: the value of `name` on `ino`.
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        refuse_unkept(name)?;
         let key = self.key_of(ino)?;
         let volume = self.volume(key.channel).await?;
         xattr_of(&volume, &key, name)
@@ -154,6 +163,9 @@ impl Fs {
     /// isn't open yet. `ls -l` asks two attributes of every file it lists (an SELinux
     /// label and an ACL), so these are answered on the FUSE thread itself.
     pub fn getxattr_now(&self, ino: u64, name: &str) -> Option<Result<Vec<u8>, FsError>> {
+        if let Err(e) = refuse_unkept(name) {
+            return Some(Err(e));
+        }
         let key = match self.key_of(ino) {
             Ok(key) => key,
             Err(e) => return Some(Err(e)),
@@ -194,7 +206,7 @@ impl Fs {
         how: SetXattr,
     ) -> Result<(), FsError> {
         self.writable()?;
-        refuse_acl(name)?;
+        refuse_unkept(name)?;
         if crate::format::xattr_name_problem(name).is_some() {
             return Err(FsError::Unsupported(format!(
                 "extended attribute '{name}': not of the user, trusted or security namespace"
@@ -215,7 +227,7 @@ impl Fs {
     /// `removexattr`: removes `name` from `ino`.
     pub async fn removexattr(&self, ino: u64, name: &str) -> Result<(), FsError> {
         self.writable()?;
-        refuse_acl(name)?;
+        refuse_unkept(name)?;
         self.change_xattr(ino, XattrChange::Remove(name.to_string()))
             .await
     }
@@ -294,18 +306,31 @@ fn xattr_of(volume: &Volume, key: &NodeKey, name: &str) -> Result<Vec<u8>, FsErr
 fn xattr_names(volume: &Volume, key: &NodeKey) -> Vec<String> {
     let index = volume.index();
     match index.node(&key.path) {
-        Some(Node::File(file)) => file.meta().xattrs.keys().cloned().collect(),
-        Some(Node::Dir(Some(dir))) => dir.meta().xattrs.keys().cloned().collect(),
+        Some(Node::File(file)) => kept_names(file.meta()),
+        Some(Node::Dir(Some(dir))) => kept_names(dir.meta()),
         _ => Vec::new(),
     }
 }
 
-/// POSIX ACLs are not kept (see the module docs).
-fn refuse_acl(name: &str) -> Result<(), FsError> {
-    if name.starts_with("system.") {
-        return Err(FsError::Unsupported(format!(
-            "{name}: POSIX ACLs are not kept on dcloud-fs"
-        )));
-    }
-    Ok(())
+/// The names in `meta` that the mount serves (what another program stored there may
+/// hold more: see [`refuse_unkept`]).
+fn kept_names(meta: &crate::format::Meta) -> Vec<String> {
+    (meta.xattrs.keys())
+        .filter(|name| refuse_unkept(name).is_ok())
+        .cloned()
+        .collect()
+}
+
+/// POSIX ACLs and SELinux labels are not kept (see the module docs): ENOTSUP.
+fn refuse_unkept(name: &str) -> Result<(), FsError> {
+    let what = if name.starts_with("system.") {
+        "POSIX ACLs are"
+    } else if name == "security.selinux" {
+        "SELinux labels are"
+    } else {
+        return Ok(());
+    };
+    Err(FsError::Unsupported(format!(
+        "{name}: {what} not kept on dcloud-fs"
+    )))
 }
