@@ -584,6 +584,106 @@ async fn a_channel_written_by_format_version_7_reads_back_byte_exact() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_written_by_format_version_8_reads_back_byte_exact() {
+    use dcloud_fs::format::XattrValue;
+    use dcloud_fs::volume::Node;
+    let fixture = reads_back_byte_exact(
+        "format-v8",
+        &["docs"],
+        &["docs/empty-folder", "docs/meta"],
+        &[],
+    )
+    .await;
+
+    // The fixture is what it says: version-8 records only, and a pinned version-8
+    // checkpoint in `docs` with one record after it.
+    let records = records_of(&fixture).await;
+    assert!(records.iter().all(|(_, _, version, _)| *version == 8));
+    reads_the_same_from_its_checkpoint_and_by_a_full_replay(&fixture, &records, 8).await;
+    assert_eq!(fixture.expected.len(), 14);
+
+    // What the mount made of `meta/` (a hard link pair, extended attributes of a file
+    // and of a folder, an owner, an access time, a link) is there as made, read from
+    // the checkpoint and by a full replay alike.
+    let xattr = |name: &str, value: &str| {
+        BTreeMap::from([(name.to_string(), XattrValue(value.as_bytes().to_vec()))])
+    };
+    let docs = volume::find_channel(fixture.store.as_ref(), "docs")
+        .await
+        .unwrap();
+    for from_checkpoint in [true, false] {
+        let config = VolumeConfig {
+            start_from_checkpoint: from_checkpoint,
+            ..fixture.config.clone()
+        };
+        let volume = Volume::open(
+            fixture.store.clone(),
+            docs.clone(),
+            Some(fixture.key.clone()),
+            config,
+        )
+        .await
+        .unwrap();
+        assert_eq!(volume.started_from_checkpoint().is_some(), from_checkpoint);
+        assert_eq!(
+            empty_nodes_of(&volume),
+            BTreeMap::from([(
+                "meta/to-first".to_string(),
+                (Some("first.txt".to_string()), None)
+            )]),
+            "from the checkpoint: {from_checkpoint}"
+        );
+        let index = volume.index();
+        let file = |path: &str| match index.node(path) {
+            Some(Node::File(entry)) => entry,
+            other => panic!("{path}: {other:?} (from the checkpoint: {from_checkpoint})"),
+        };
+
+        // Two names of one file: one node, and each name knows the other.
+        let (first, second) = (file("meta/first.txt"), file("meta/second.txt"));
+        assert!(
+            first.node.is_some(),
+            "from the checkpoint: {from_checkpoint}"
+        );
+        assert_eq!(first.node, second.node);
+        let names = ["meta/first.txt", "meta/second.txt"];
+        assert_eq!(index.names_of("meta/first.txt"), names);
+        assert_eq!(index.names_of("meta/second.txt"), names);
+        assert!(file("meta/tagged.txt").node.is_none(), "a file of one name");
+        assert_eq!(index.names_of("notes.txt"), ["notes.txt"]);
+
+        // Extended attributes, of a file and of a folder.
+        assert_eq!(
+            file("meta/tagged.txt").meta().xattrs,
+            xattr("user.origin", "https://example.org/")
+        );
+        match index.node("meta") {
+            Some(Node::Dir(Some(dir))) => {
+                assert_eq!(dir.meta().xattrs, xattr("user.colour", "blue"));
+            }
+            other => panic!("meta: {other:?}"),
+        }
+        assert!(first.meta().xattrs.is_empty());
+
+        // An owner other than whoever mounts (the files root made through the mount
+        // have none: they belong to the mounting user).
+        let owned = file("meta/owned.txt").meta();
+        assert_eq!((owned.uid, owned.gid), (Some(1234), Some(5678)));
+        assert_eq!((first.meta().uid, first.meta().gid), (None, None));
+
+        // An access time other than the modification time (`touch -a`).
+        let touched = file("meta/touched.txt");
+        assert_eq!(touched.mtime_ns, 1_704_164_645_000_000_000); // 2024-01-02 03:04:05Z
+        assert_eq!(touched.meta().atime_ns, Some(1_749_283_750_000_000_000)); // 2025-06-07 08:09:10Z
+
+        // The link, with no data.
+        let link = file("meta/to-first");
+        assert_eq!(link.symlink.as_deref(), Some("first.txt"));
+        assert!(link.size == 0 && link.chunks.is_empty());
+    }
+}
+
 /// The links (their targets) and special files (their kinds and device numbers) of
 /// `volume`, by path.
 fn empty_nodes_of(
