@@ -120,10 +120,10 @@ async fn assert_same_state(fx: &Fixture, from_checkpoint: &Volume, full: &Volume
 /// Puts, a folder, a replace, a delete and a rename: a little of everything; and
 /// enough files that a checkpoint spans several messages with these limits.
 async fn some_history(volume: &Volume, rng: &mut SplitMix64) {
-    for i in 0..40 {
+    for i in 0..120 {
         put(
             volume,
-            &format!("many/file-{i:02}.txt"),
+            &format!("many/file-{i:03}.txt"),
             &rng.bytes(20),
             true,
         )

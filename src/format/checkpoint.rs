@@ -2,14 +2,21 @@
 //! that has nothing cached loads one and replays only the messages after it. The layout
 //! and the rules are specified in the [parent module's docs](super) (Checkpoints); this
 //! module is their one implementation: the messages' contents, the envelope, and the
-//! body's JSON with its checks.
+//! body with its checks: JSON in versions 5 to 8, binary since 9 ([`binary`]), both
+//! read into one [`CheckpointBody`] and checked alike.
 
 use serde::{Deserialize, Serialize};
 
 use super::record::{OpenedEnvelope, id_string, open_envelope, seal_envelope};
-use super::{FileId, FormatError, Op, Record, RecordSeal, damaged, validate_path};
+use super::{FileId, FormatError, Op, RecordSeal, damaged, validate_path};
 use crate::crypto::Key;
 use crate::store::{Id, Limits, NewAttachment};
+
+mod binary;
+
+/// The first checkpoint version whose body is binary ([`binary`]); the JSON bodies of
+/// versions 5 to 8 stay readable.
+pub const BINARY_CHECKPOINT_VERSION: u8 = 9;
 
 /// First bytes of a checkpoint envelope.
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"DCFK";
@@ -232,12 +239,8 @@ impl CheckpointBody {
                 return bad(format!("'{}' has a seq above the highest", path.op.path()));
             }
         }
-        Record {
-            seq: self.max_seq.max(1),
-            ops: self.paths.iter().map(|p| p.op.clone()).collect(),
-        }
-        .validate(version)
-        .map_err(|e| damaged("checkpoint", e.to_string()))
+        super::record::validate_ops(self.paths.iter().map(|p| &p.op), version)
+            .map_err(|e| damaged("checkpoint", e.to_string()))
     }
 
     fn carries_keys(&self) -> bool {
@@ -260,8 +263,7 @@ pub fn seal_checkpoint(body: &CheckpointBody, key: Option<&Key>) -> Result<Vec<u
         }
         None => RecordSeal::Unsigned,
     };
-    let json = serde_json::to_vec(body).expect("checkpoints serialize");
-    seal_envelope(CHECKPOINT_MAGIC, json, seal, body.channel)
+    seal_envelope(CHECKPOINT_MAGIC, binary::encode(body)?, seal, body.channel)
 }
 
 /// Opens (and consumes) a checkpoint envelope assembled from the parts its head `head` (message id)
@@ -289,8 +291,12 @@ pub fn open_checkpoint(
         (Some(_), _, _) => return Err(damaged("checkpoint", "not sealed by the key")),
         (None, _, _) => return Err(FormatError::KeyNeeded),
     }
-    let body: CheckpointBody =
-        serde_json::from_slice(&json).map_err(|e| damaged("checkpoint", e.to_string()))?;
+    let body: CheckpointBody = if version >= BINARY_CHECKPOINT_VERSION {
+        binary::decode(&json)?
+    } else {
+        serde_json::from_slice(&json).map_err(|e| damaged("checkpoint", e.to_string()))?
+    };
+    drop(json);
     body.validate(channel, head, version)?;
     if key.is_none() && body.carries_keys() {
         return Err(damaged("checkpoint", "data keys in an unsigned checkpoint"));

@@ -534,7 +534,18 @@ pub const MAX_PACK_OFFSET: u64 = 1 << 40;
 
 impl Record {
     pub(super) fn validate(&self, version: u8) -> Result<(), FormatError> {
-        for op in &self.ops {
+        validate_ops(&self.ops, version)
+    }
+}
+
+/// The checks of a record's operations, made in a record of `version` (and of the
+/// paths of a checkpoint, which hold the same operations).
+pub(super) fn validate_ops<'a>(
+    ops: impl IntoIterator<Item = &'a Op>,
+    version: u8,
+) -> Result<(), FormatError> {
+    {
+        for op in ops {
             validate_path(op.path())?;
             if let Op::Relocate(relocation) = op {
                 let problem = if version < 6 {
