@@ -544,80 +544,78 @@ pub(super) fn validate_ops<'a>(
     ops: impl IntoIterator<Item = &'a Op>,
     version: u8,
 ) -> Result<(), FormatError> {
-    {
-        for op in ops {
-            validate_path(op.path())?;
-            if let Op::Relocate(relocation) = op {
-                let problem = if version < 6 {
-                    Some("a relocation in a record older than version 6")
-                } else if relocation.s.m == 0 {
-                    Some("a relocation of no message")
-                } else {
-                    None
-                };
-                if let Some(why) = problem {
-                    return Err(damaged("record", format!("'{}': {why}", op.path())));
-                }
+    for op in ops {
+        validate_path(op.path())?;
+        if let Op::Relocate(relocation) = op {
+            let problem = if version < 6 {
+                Some("a relocation in a record older than version 6")
+            } else if relocation.s.m == 0 {
+                Some("a relocation of no message")
+            } else {
+                None
+            };
+            if let Some(why) = problem {
+                return Err(damaged("record", format!("'{}': {why}", op.path())));
             }
-            if let Some(file) = op.file() {
-                let mut total = 0u64;
-                for chunk in &file.chunks {
-                    if version < 4 && chunk.packed_at.is_some() {
-                        return Err(damaged(
-                            "record",
-                            format!(
-                                "'{}': a packed chunk in a record older than version 4",
-                                file.path
-                            ),
-                        ));
-                    }
-                    if chunk.packed_at.is_some_and(|at| at > MAX_PACK_OFFSET) {
-                        return Err(damaged(
-                            "record",
-                            format!("'{}': a chunk packed past the largest offset", file.path),
-                        ));
-                    }
-                    if chunk.len > MAX_CHUNK_LEN {
-                        return Err(damaged(
-                            "record",
-                            format!("'{}': a chunk claims {} bytes", file.path, chunk.len),
-                        ));
-                    }
-                    total = total.checked_add(chunk.len).ok_or_else(|| {
-                        damaged("record", format!("'{}': chunk sizes overflow", file.path))
-                    })?;
-                }
-                if total != file.size {
+        }
+        if let Some(file) = op.file() {
+            let mut total = 0u64;
+            for chunk in &file.chunks {
+                if version < 4 && chunk.packed_at.is_some() {
                     return Err(damaged(
                         "record",
                         format!(
-                            "'{}': chunks add up to {total} bytes, size says {}",
-                            file.path, file.size
+                            "'{}': a packed chunk in a record older than version 4",
+                            file.path
                         ),
                     ));
                 }
-                if !file.encrypted && file.chunks.iter().any(|c| c.sha256.is_none()) {
+                if chunk.packed_at.is_some_and(|at| at > MAX_PACK_OFFSET) {
                     return Err(damaged(
                         "record",
-                        format!("'{}': a plain chunk has no checksum", file.path),
+                        format!("'{}': a chunk packed past the largest offset", file.path),
                     ));
                 }
-                file.validate_keys(version)?;
-                file.validate_empty_node(version)?;
-                if file.node.is_some() && version < 8 {
+                if chunk.len > MAX_CHUNK_LEN {
                     return Err(damaged(
                         "record",
-                        format!("'{}': a hard link before version 8", file.path),
+                        format!("'{}': a chunk claims {} bytes", file.path, chunk.len),
                     ));
                 }
-                validate_meta(&file.path, &file.meta, version)?;
+                total = total.checked_add(chunk.len).ok_or_else(|| {
+                    damaged("record", format!("'{}': chunk sizes overflow", file.path))
+                })?;
             }
-            if let Op::Mkdir(dir) = op {
-                validate_meta(&dir.path, &dir.meta, version)?;
+            if total != file.size {
+                return Err(damaged(
+                    "record",
+                    format!(
+                        "'{}': chunks add up to {total} bytes, size says {}",
+                        file.path, file.size
+                    ),
+                ));
             }
+            if !file.encrypted && file.chunks.iter().any(|c| c.sha256.is_none()) {
+                return Err(damaged(
+                    "record",
+                    format!("'{}': a plain chunk has no checksum", file.path),
+                ));
+            }
+            file.validate_keys(version)?;
+            file.validate_empty_node(version)?;
+            if file.node.is_some() && version < 8 {
+                return Err(damaged(
+                    "record",
+                    format!("'{}': a hard link before version 8", file.path),
+                ));
+            }
+            validate_meta(&file.path, &file.meta, version)?;
         }
-        Ok(())
+        if let Op::Mkdir(dir) = op {
+            validate_meta(&dir.path, &dir.meta, version)?;
+        }
     }
+    Ok(())
 }
 
 /// Refuses a record whose owner, times or extended attributes of `path` are wrong.
