@@ -543,22 +543,8 @@ async fn a_channel_written_by_format_version_7_reads_back_byte_exact() {
         ("tree/renamed-to-a".to_string(), link("a.txt")),
         ("tree/to-sub".to_string(), link("sub")),
     ]);
-    let docs = volume::find_channel(fixture.store.as_ref(), "docs")
-        .await
-        .unwrap();
     for from_checkpoint in [true, false] {
-        let config = VolumeConfig {
-            start_from_checkpoint: from_checkpoint,
-            ..fixture.config.clone()
-        };
-        let volume = Volume::open(
-            fixture.store.clone(),
-            docs.clone(),
-            Some(fixture.key.clone()),
-            config,
-        )
-        .await
-        .unwrap();
+        let volume = open_docs(&fixture, from_checkpoint).await;
         assert_eq!(volume.started_from_checkpoint().is_some(), from_checkpoint);
         assert_eq!(
             empty_nodes_of(&volume),
@@ -609,22 +595,8 @@ async fn a_channel_written_by_format_version_8_reads_back_byte_exact() {
     let xattr = |name: &str, value: &str| {
         BTreeMap::from([(name.to_string(), XattrValue(value.as_bytes().to_vec()))])
     };
-    let docs = volume::find_channel(fixture.store.as_ref(), "docs")
-        .await
-        .unwrap();
     for from_checkpoint in [true, false] {
-        let config = VolumeConfig {
-            start_from_checkpoint: from_checkpoint,
-            ..fixture.config.clone()
-        };
-        let volume = Volume::open(
-            fixture.store.clone(),
-            docs.clone(),
-            Some(fixture.key.clone()),
-            config,
-        )
-        .await
-        .unwrap();
+        let volume = open_docs(&fixture, from_checkpoint).await;
         assert_eq!(volume.started_from_checkpoint().is_some(), from_checkpoint);
         assert_eq!(
             empty_nodes_of(&volume),
@@ -684,6 +656,26 @@ async fn a_channel_written_by_format_version_8_reads_back_byte_exact() {
     }
 }
 
+/// The fixture's `docs` opened afresh (no cache): from its checkpoint, or by a full
+/// replay.
+async fn open_docs(fixture: &Fixture, from_checkpoint: bool) -> Volume {
+    let docs = volume::find_channel(fixture.store.as_ref(), "docs")
+        .await
+        .unwrap();
+    let config = VolumeConfig {
+        start_from_checkpoint: from_checkpoint,
+        ..fixture.config.clone()
+    };
+    Volume::open(
+        fixture.store.clone(),
+        docs,
+        Some(fixture.key.clone()),
+        config,
+    )
+    .await
+    .unwrap()
+}
+
 /// The links (their targets) and special files (their kinds and device numbers) of
 /// `volume`, by path.
 fn empty_nodes_of(
@@ -733,18 +725,7 @@ async fn reads_the_same_from_its_checkpoint_and_by_a_full_replay(
         .count();
     assert_eq!(after, 1, "one record after the checkpoint");
     for from_checkpoint in [true, false] {
-        let config = VolumeConfig {
-            start_from_checkpoint: from_checkpoint,
-            ..fixture.config.clone()
-        };
-        let volume = Volume::open(
-            fixture.store.clone(),
-            docs.clone(),
-            Some(fixture.key.clone()),
-            config,
-        )
-        .await
-        .unwrap();
+        let volume = open_docs(fixture, from_checkpoint).await;
         assert_eq!(
             volume.started_from_checkpoint().is_some(),
             from_checkpoint,
