@@ -787,9 +787,9 @@ async fn a_fresh_machine_starts_from_a_pinned_checkpoint_found_among_many_pins()
     };
     let fx = Fixture::start(config, Some(SMALL_FILE_LIMIT)).await;
     let volume = fx.volume().await;
-    let files: Vec<dcloud_fs::volume::SmallFile> = (0..300)
+    let files: Vec<dcloud_fs::volume::SmallFile> = (0..1200)
         .map(|i| dcloud_fs::volume::SmallFile {
-            path: format!("notes/note-{i:03}.txt"),
+            path: format!("notes/note-{i:04}.txt"),
             data: format!("note number {i}").into_bytes(),
             options: options(),
         })
@@ -827,7 +827,10 @@ async fn a_fresh_machine_starts_from_a_pinned_checkpoint_found_among_many_pins()
         "pin notices are nobody's records"
     );
     assert_eq!(file_paths(&fresh), file_paths(&volume));
-    assert_eq!(read(&fresh, "notes/note-123.txt").await, b"note number 123");
+    assert_eq!(
+        read(&fresh, "notes/note-0123.txt").await,
+        b"note number 123"
+    );
     assert_eq!(
         read(&fresh, "big.bin").await,
         random_bytes(3 * small_chunk(), 5)
