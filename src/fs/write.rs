@@ -582,8 +582,12 @@ impl WriteSession {
     /// version it made.
     fn uploaded(&self, volume: &Volume, meta: &SpoolMeta, shown: &str) {
         let mut state = self.lock();
-        // A `setattr` during the upload (it doesn't wait for one) is still to upload.
-        state.dirty = state.meta.mtime_ns != meta.mtime_ns || state.meta.mode != meta.mode;
+        // A `setattr` during the upload (it doesn't wait for one) is still to upload:
+        // anything `set_attrs` changes.
+        state.dirty = state.meta.mtime_ns != meta.mtime_ns
+            || state.meta.mode != meta.mode
+            || state.meta.owner != meta.owner
+            || state.meta.atime_ns != meta.atime_ns;
         state.changed = ChangedRanges::default();
         state.meta.committing = false;
         state.described_complete = false;
