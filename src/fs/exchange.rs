@@ -9,8 +9,8 @@
 //! new name, as after a rename. A folder holding folders whose record still waits
 //! can't be swapped (EBUSY, for the settle time of write-back).
 
-use super::inode::{NodeKey, ROOT};
-use super::{Fs, FsError, check_name};
+use super::inode::NodeKey;
+use super::{Fs, FsError};
 
 /// The key `key` has after `a` and `b` swapped (`key` within one of them).
 fn swapped(key: &NodeKey, a: &NodeKey, b: &NodeKey) -> NodeKey {
@@ -31,16 +31,7 @@ impl Fs {
         new_parent: u64,
         new_name: &str,
     ) -> Result<(), FsError> {
-        self.writable()?;
-        check_name(name)?;
-        check_name(new_name)?;
-        if parent == ROOT || new_parent == ROOT {
-            return Err(FsError::NotPermitted(
-                "channels can't be exchanged through the mount".into(),
-            ));
-        }
-        let a = self.key_of(parent)?.child(name);
-        let b = self.key_of(new_parent)?.child(new_name);
+        let (a, b) = self.moved_keys(parent, name, new_parent, new_name, "exchanged")?;
         if a.channel != b.channel {
             return Err(FsError::CrossDevice);
         }

@@ -1280,6 +1280,31 @@ impl Fs {
         Ok(())
     }
 
+    /// The checks `rename` and `RENAME_EXCHANGE` share, and the keys of `name` in
+    /// `parent` and `new_name` in `new_parent`: the mount writable, both names valid,
+    /// neither at the top level (channels can't be `verb` through the mount).
+    pub(super) fn moved_keys(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        verb: &str,
+    ) -> Result<(NodeKey, NodeKey), FsError> {
+        self.writable()?;
+        check_name(name)?;
+        check_name(new_name)?;
+        if parent == ROOT || new_parent == ROOT {
+            return Err(FsError::NotPermitted(format!(
+                "channels can't be {verb} through the mount"
+            )));
+        }
+        Ok((
+            self.key_of(parent)?.child(name),
+            self.key_of(new_parent)?.child(new_name),
+        ))
+    }
+
     /// `rename`: one record pointing at the same chunks within a channel; across
     /// channels a move ([`crate::volume::Volume::move_to`]: a record in each, the chunks
     /// stay where they are). Either way the inode numbers go along, and a file being
@@ -1293,16 +1318,7 @@ impl Fs {
         new_name: &str,
         no_replace: bool,
     ) -> Result<(), FsError> {
-        self.writable()?;
-        check_name(name)?;
-        check_name(new_name)?;
-        if parent == ROOT || new_parent == ROOT {
-            return Err(FsError::NotPermitted(
-                "channels can't be renamed through the mount".into(),
-            ));
-        }
-        let from = self.key_of(parent)?.child(name);
-        let to = self.key_of(new_parent)?.child(new_name);
+        let (from, to) = self.moved_keys(parent, name, new_parent, new_name, "renamed")?;
         let volume = self.volume(from.channel).await?;
         let dest = if to.channel == from.channel {
             volume.clone()
