@@ -47,6 +47,9 @@ pub struct ConfigFile {
     /// Whether checkpoints are posted and a machine without an index cache starts from
     /// one (default true; false replays the whole history, as before checkpoints).
     pub checkpoints: Option<bool>,
+    /// Records of this key newer than the newest checkpoint after which a new one is
+    /// posted (default 1,000; 0 posts none, but still starts from the newest one).
+    pub checkpoint_every: Option<u64>,
     /// Where `mount` and `umount` mount when given no mount point (default `~/discord`).
     pub mount_point: Option<PathBuf>,
     /// Memory for decrypted blocks, in MiB (default 64).
@@ -83,7 +86,7 @@ pub struct ConfigFile {
 }
 
 /// The keys a config file may hold, in the order the template documents them.
-pub const KEYS: [&str; 25] = [
+pub const KEYS: [&str; 26] = [
     "token",
     "guild",
     "category",
@@ -95,6 +98,7 @@ pub const KEYS: [&str; 25] = [
     "free_grace_secs",
     "history_parallelism",
     "checkpoints",
+    "checkpoint_every",
     "mount_point",
     "cache_size_mib",
     "disk_cache_mib",

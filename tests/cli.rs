@@ -961,6 +961,79 @@ fn checkpoints_can_be_turned_off() {
     assert!(line.contains("DCLOUD_CHECKPOINTS"), "{line}");
 }
 
+/// `checkpoint_every` (or `DCLOUD_CHECKPOINT_EVERY`): how many records make a checkpoint
+/// due; 0 posts none from this machine, which still starts from the newest one.
+#[test]
+fn how_often_checkpoints_are_posted_can_be_set() {
+    let env = Env::new(tiny_limits());
+    env.ok(&["keygen"]);
+    env.ok(&["mkdir", "docs"]);
+    let fresh_ls = || {
+        let output = env
+            .command(&["--no-cache", "-v", "ls", "docs"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    let put = |name: &str, every: &str| {
+        fs::write(env.work().join(name), name).unwrap();
+        let output = env
+            .command(&["put", name, "docs/"])
+            .env("DCLOUD_CHECKPOINT_EVERY", every)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    };
+    // Never: no checkpoint, a fresh machine replays.
+    put("a.txt", "0");
+    assert!(!fresh_ls().contains("starting from checkpoint"));
+    // After every record: the put posted one.
+    put("b.txt", "1");
+    let first = fresh_ls();
+    assert!(first.contains("starting from checkpoint"), "{first}");
+    // 0 again: the next put posts none, and a fresh machine still starts from the one
+    // there is (the same one) and reads the record after it.
+    put("c.txt", "0");
+    let again = fresh_ls();
+    let from = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("starting from checkpoint"))
+            .map(|l| {
+                l.split("starting from checkpoint")
+                    .nth(1)
+                    .unwrap()
+                    .to_owned()
+            })
+    };
+    assert_eq!(from(&again), from(&first), "{again}");
+    let listing = env.ok(&["ls", "docs"]);
+    assert!(
+        ["a.txt", "b.txt", "c.txt"]
+            .iter()
+            .all(|n| listing.contains(n)),
+        "{listing}"
+    );
+
+    let config_dir = env.home().join(".config/dcloud-fs");
+    fs::create_dir_all(&config_dir).unwrap();
+    fs::write(config_dir.join("config.toml"), "checkpoint_every = 0\n").unwrap();
+    let shown = env.ok(&["config"]);
+    let row = shown
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some("checkpoint_every"))
+        .unwrap_or_else(|| panic!("no checkpoint_every row: {shown}"));
+    assert!(row.contains('0') && row.contains("config file"), "{row}");
+    let output = env
+        .command(&["config"])
+        .env("DCLOUD_CHECKPOINT_EVERY", "often")
+        .output()
+        .unwrap();
+    let line = data::failed_with_one_line(&["config"], output);
+    assert!(line.contains("DCLOUD_CHECKPOINT_EVERY"), "{line}");
+}
+
 #[test]
 fn completions_and_the_man_page_come_from_the_command_line_definitions() {
     let env = Env::new(tiny_limits());

@@ -650,7 +650,7 @@ impl Context {
             free_grace: std::time::Duration::from_secs(self.free_grace_secs()?.value),
             disk_cache: self.disk_cache()?,
             checkpoint_every: if checkpoints {
-                defaults.checkpoint_every
+                usize::try_from(self.checkpoint_every()?.value).unwrap_or(usize::MAX)
             } else {
                 0
             },

@@ -330,6 +330,23 @@ impl Context {
         })
     }
 
+    /// Records after the newest checkpoint that make the next one due (0: none is
+    /// posted from here): $DCLOUD_CHECKPOINT_EVERY, then the config file, else
+    /// [`crate::volume::VolumeConfig`]'s default.
+    pub(crate) fn checkpoint_every(&self) -> Result<Resolved<u64>, CliError> {
+        const VARIABLE: &str = "DCLOUD_CHECKPOINT_EVERY";
+        Ok(
+            match (env_whole_number(VARIABLE)?, self.file.checkpoint_every) {
+                (Some(n), _) => Resolved::new(n, Source::Env(VARIABLE)),
+                (None, Some(n)) => Resolved::new(n, Source::File),
+                (None, None) => Resolved::new(
+                    crate::volume::VolumeConfig::default().checkpoint_every as u64,
+                    Source::Default,
+                ),
+            },
+        )
+    }
+
     /// How long unneeded messages stay before they are deleted, in seconds.
     pub(crate) fn free_grace_secs(&self) -> Result<Resolved<u64>, CliError> {
         const VARIABLE: &str = "DCLOUD_FREE_GRACE_SECS";
@@ -465,6 +482,8 @@ impl Context {
             checkpoints.value.to_string(),
             checkpoints.source,
         );
+        let every = self.checkpoint_every()?;
+        row("checkpoint_every", every.value.to_string(), every.source);
         let mount_point =
             self.mount_point_setting(std::env::var_os("DCLOUD_MOUNT_POINT").map(PathBuf::from));
         row("mount_point", shown(&mount_point.value), mount_point.source);
