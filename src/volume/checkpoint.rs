@@ -29,7 +29,11 @@
 //!   messages before its head, valid paths and chunks) becomes the index, and replay
 //!   goes on from its `last_seen` like a cache's. One that fails (damaged, another
 //!   key's, a part deleted) is logged and the next older one tried; with none, the
-//!   whole history is read. A checkpoint unpinned by someone is not found, which costs
+//!   whole history is read. The history after a checkpoint is read while the
+//!   checkpoint downloads and opens (its head says where it ends, and the reading
+//!   goes on in a task of its own: [`super::history::ReadAhead`]), so a fresh
+//!   machine's round trips for the tail overlap the checkpoint's transfer and
+//!   decoding. A checkpoint unpinned by someone is not found, which costs
 //!   a longer replay, never a wrong index: whatever a checkpoint says, the records after
 //!   it still win over it, because replay decides by stamps, not by reading order.
 //! - **Trust.** Only checkpoints the loaded key sealed count (without a key, only
@@ -278,6 +282,8 @@ impl Volume {
                 );
                 continue;
             }
+            // The history after it is read while it downloads and opens.
+            self.read_ahead_after(head.covers);
             match self.read_checkpoint(&message, &head).await {
                 Ok(index) => {
                     log::info!(

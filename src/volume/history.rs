@@ -51,6 +51,11 @@
 //! than that many pages' worth of messages are held or on their way. Requests run as tasks of their own,
 //! so they go on while the caller works on a page; dropping the reader cancels them.
 //!
+//! [`ReadAhead`] runs a reader in a task of its own from the moment it is made, a
+//! bounded number of pages ahead of its caller: a refresh reads the history so while
+//! it fetches and applies the records of the pages before, and a fresh machine while
+//! it downloads and opens the checkpoint the history goes on from.
+//!
 //! ## Errors
 //!
 //! A request's error is the error of [`HistoryReader::next_page`]: the pages handed out
@@ -184,11 +189,7 @@ impl HistoryReader {
         loop {
             match self.state {
                 State::Done => return Ok(None),
-                State::Failed => {
-                    return Err(StoreError::Unavailable(
-                        "reading the channel's history stopped at an earlier error".into(),
-                    ));
-                }
+                State::Failed => return Err(spent()),
                 State::Serial { cursor } if self.requests.is_empty() => {
                     self.ask(Ask::Page {
                         after: cursor,
@@ -442,6 +443,84 @@ impl HistoryReader {
         self.next_slice += 1;
         self.next_slice
     }
+}
+
+/// A [`HistoryReader`] driven by a task of its own from the moment it is made, so that
+/// the history is read while the caller does something else first (a fresh machine
+/// downloads and opens a checkpoint while the messages after it are read: see
+/// [`super::checkpoint`]). Up to `ahead` pages wait for the caller; then the reading
+/// waits for it. Its pages are the reader's, with the same guarantees (order, nothing
+/// missing, the reader's error then an error at every call); dropping it stops the
+/// reading.
+pub struct ReadAhead {
+    pages: tokio::sync::mpsc::Receiver<Result<Option<Vec<Message>>, StoreError>>,
+    /// The reading ended (its end or an error was handed out).
+    ended: Option<Ended>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    AtTheEnd,
+    ByAnError,
+}
+
+impl ReadAhead {
+    /// Starts reading with `reader` now (on the current tokio runtime).
+    pub fn start(mut reader: HistoryReader, ahead: usize) -> ReadAhead {
+        let (sender, pages) = tokio::sync::mpsc::channel(ahead.max(1));
+        let task = tokio::spawn(async move {
+            loop {
+                let next = reader.next_page().await;
+                let last = !matches!(next, Ok(Some(_)));
+                if sender.send(next).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        ReadAhead {
+            pages,
+            ended: None,
+            task,
+        }
+    }
+
+    /// The next page, as [`HistoryReader::next_page`].
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, StoreError> {
+        match self.ended {
+            Some(Ended::AtTheEnd) => return Ok(None),
+            Some(Ended::ByAnError) => return Err(spent()),
+            None => {}
+        }
+        let next = self.pages.recv().await.unwrap_or_else(|| {
+            // The task ended without saying so: it panicked or its runtime is gone.
+            Err(StoreError::Unavailable(
+                "reading the channel's history stopped midway".into(),
+            ))
+        });
+        match next {
+            Ok(Some(page)) => Ok(Some(page)),
+            Ok(None) => {
+                self.ended = Some(Ended::AtTheEnd);
+                Ok(None)
+            }
+            Err(e) => {
+                self.ended = Some(Ended::ByAnError);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The error of a read that failed before.
+fn spent() -> StoreError {
+    StoreError::Unavailable("reading the channel's history stopped at an earlier error".into())
 }
 
 /// A page as a store answered it (newest first, untrusted), oldest first, without
@@ -834,5 +913,77 @@ mod tests {
                 assert_eq!(read, ids, "{context}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn reading_ahead_reads_before_it_is_asked_and_hands_out_the_same_pages() {
+        let ids = uneven_ids(9);
+        for parallelism in [1, 4] {
+            let store = MemoryStore::with(&ids);
+            let reader = HistoryReader::new(store.clone(), CHANNEL, 0, parallelism);
+            let mut ahead = ReadAhead::start(reader, 3);
+            // Nobody asks for a page yet: the task reads the first pages all the same,
+            // and stops at the pages it may hold (with one request's answer more).
+            for _ in 0..200 {
+                tokio::task::yield_now().await;
+            }
+            let asked = store.calls.load(Ordering::SeqCst);
+            assert!(
+                asked >= 3,
+                "{asked} requests before the first page was asked for"
+            );
+            assert!(
+                asked < (ids.len() / MAX_HISTORY_PAGE) as u64,
+                "{asked} requests: it read on without waiting"
+            );
+            let mut read: Vec<Id> = Vec::new();
+            while let Some(page) = ahead.next_page().await.unwrap() {
+                check_page(&read, &page);
+                read.extend(page.iter().map(|m| m.id));
+            }
+            assert_eq!(read, ids, "parallelism {parallelism}");
+            assert!(ahead.next_page().await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn reading_ahead_fails_after_a_whole_prefix_and_then_at_every_call() {
+        let ids = uneven_ids(10);
+        for fail_call in [1, 3, 7] {
+            let store = MemoryStore::with(&ids);
+            store.fail_call.store(fail_call, Ordering::SeqCst);
+            let mut ahead = ReadAhead::start(HistoryReader::new(store.clone(), CHANNEL, 0, 1), 2);
+            let mut read: Vec<Id> = Vec::new();
+            let error = loop {
+                match ahead.next_page().await {
+                    Ok(Some(page)) => read.extend(page.iter().map(|m| m.id)),
+                    Ok(None) => panic!("call {fail_call} never failed"),
+                    Err(e) => break e,
+                }
+            };
+            assert!(error.to_string().contains("fails"), "{error}");
+            assert_eq!(read, ids[..read.len()], "call {fail_call}");
+            assert_eq!(read.len(), (fail_call as usize - 1) * MAX_HISTORY_PAGE);
+            for _ in 0..3 {
+                assert!(ahead.next_page().await.is_err(), "call {fail_call}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_a_read_ahead_stops_its_reading() {
+        let ids = uneven_ids(11);
+        let store = MemoryStore::with(&ids);
+        let ahead = ReadAhead::start(HistoryReader::new(store.clone(), CHANNEL, 0, 1), 1);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        drop(ahead);
+        let asked = store.calls.load(Ordering::SeqCst);
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.calls.load(Ordering::SeqCst), asked);
+        assert!(asked < (ids.len() / MAX_HISTORY_PAGE) as u64);
     }
 }

@@ -84,6 +84,8 @@ pub use reclaim::{PinGuard, Pins};
 pub use transfer::{ChunkPlan, Interrupt, Progress};
 pub use verify::{Damaged, DataCheck, Problem, VerifyOptions, VerifyProgress, VerifyReport};
 
+use futures::StreamExt;
+
 use crate::crypto::{self, CryptoError, Key, KeyId};
 use crate::format::{
     self, ChunkKind, ChunkLocation, DataKey, DirManifest, FileId, FileManifest, FormatError, Moved,
@@ -95,6 +97,24 @@ use crate::store::{
 
 /// How far before the cache's last message a refresh starts reading again.
 const REPLAY_OVERLAP_MS: u64 = 5_000;
+
+/// Pages of history read ahead of the one being applied (up to 100 messages each).
+const READ_AHEAD_PAGES: usize = 16;
+
+/// Pages of history whose records are fetched and opened at once, the one being
+/// applied included (each fetches up to [`records`]'s `RECORD_FETCHES` attachments at
+/// once).
+const PAGES_OPENED_AHEAD: usize = 4;
+
+/// Where reading the history again starts for an index that has read up to
+/// `last_seen`: [`REPLAY_OVERLAP_MS`] before it (0: from the start).
+fn replay_cursor(last_seen: Id) -> Id {
+    if last_seen == 0 {
+        0
+    } else {
+        snowflake_at_ms(snowflake_time_ms(last_seen).saturating_sub(REPLAY_OVERLAP_MS))
+    }
+}
 /// Most operations in one record (keeps records of big `rm -r`s well under the limits).
 const MAX_OPS_PER_RECORD: usize = 500;
 
@@ -475,6 +495,9 @@ pub struct Volume {
     collection_asked: Mutex<Option<std::time::Instant>>,
     /// Whether this volume posted a record.
     wrote: AtomicBool,
+    /// History being read ahead of the next [`Volume::catch_up`], from this cursor
+    /// ([`Volume::read_ahead_after`]).
+    read_ahead: Mutex<Option<(Id, history::ReadAhead)>>,
 }
 
 impl Drop for Volume {
@@ -569,6 +592,7 @@ impl Volume {
             started_from: OnceLock::new(),
             collection_asked: Mutex::new(None),
             wrote: AtomicBool::new(false),
+            read_ahead: Mutex::new(None),
         };
         if !cached
             && volume.config.start_from_checkpoint
@@ -700,24 +724,32 @@ impl Volume {
         }
         self.read_unread().await?;
         let last_seen = self.index().last_seen;
-        let cursor = if last_seen == 0 {
-            0
-        } else {
-            snowflake_at_ms(snowflake_time_ms(last_seen).saturating_sub(REPLAY_OVERLAP_MS))
-        };
+        let cursor = replay_cursor(last_seen);
         // Pages come oldest first, each after everything handed out before it: once
-        // one is read, everything up to its last message is.
-        let mut pages = history::HistoryReader::new(
-            self.store.clone(),
-            self.channel.id,
-            cursor,
-            self.history_parallelism(),
-        );
-        while let Some(mut page) = pages.next_page().await? {
-            let newest = page.last().map_or(cursor, |m| m.id);
-            page.retain(|m| !self.already_read(m, last_seen));
-            self.read_page(&page).await?;
-            self.index().advance(newest);
+        // one is applied, everything up to its last message is read. The records of
+        // the next few pages are fetched and opened while one is applied.
+        let reading = self
+            .take_read_ahead(cursor)
+            .unwrap_or_else(|| self.read_history_after(cursor));
+        let mut reading = reading;
+        let mut opening = futures::stream::FuturesOrdered::new();
+        let mut read_all = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some(opened) = opening.next(), if !opening.is_empty() => {
+                    let (page, records, newest): (Vec<Message>, _, Id) = opened?;
+                    self.apply_page(&page, records);
+                    self.index().advance(newest);
+                }
+                next = reading.next_page(), if !read_all && opening.len() < PAGES_OPENED_AHEAD => {
+                    match next? {
+                        Some(page) => opening.push_back(self.open_page(page, cursor, last_seen)),
+                        None => read_all = true,
+                    }
+                }
+                else => break,
+            }
         }
         let read_new = self.index().last_seen != last_seen;
         if read_new {
@@ -725,6 +757,53 @@ impl Volume {
             self.unsaved.store(true, Ordering::Relaxed);
         }
         Ok(read_new)
+    }
+
+    /// A page of history [`Volume::catch_up`] read after `cursor`, without the records
+    /// of ours read before (up to `last_seen`), with its records opened, and the id it
+    /// is read up to.
+    async fn open_page(
+        &self,
+        mut page: Vec<Message>,
+        cursor: Id,
+        last_seen: Id,
+    ) -> Result<(Vec<Message>, Vec<(usize, format::OpenedRecord)>, Id), VolumeError> {
+        let newest = page.last().map_or(cursor, |m| m.id);
+        page.retain(|m| !self.already_read(m, last_seen));
+        let records = self.open_records(&page).await?;
+        Ok((page, records, newest))
+    }
+
+    /// Starts reading the history after `cursor`, in a task of its own (see
+    /// [`history::ReadAhead`]).
+    fn read_history_after(&self, cursor: Id) -> history::ReadAhead {
+        let reader = history::HistoryReader::new(
+            self.store.clone(),
+            self.channel.id,
+            cursor,
+            self.history_parallelism(),
+        );
+        history::ReadAhead::start(reader, READ_AHEAD_PAGES)
+    }
+
+    /// Starts reading now the history the next [`Volume::catch_up`] will read if the
+    /// index's `last_seen` is then `last_seen` (what a checkpoint being opened will
+    /// make it), so that its round trips overlap the work before it.
+    pub(super) fn read_ahead_after(&self, last_seen: Id) {
+        let cursor = replay_cursor(last_seen);
+        let reading = self.read_history_after(cursor);
+        *self.read_ahead.lock().unwrap_or_else(|e| e.into_inner()) = Some((cursor, reading));
+    }
+
+    /// The history read started by [`Volume::read_ahead_after`], if it starts at
+    /// `cursor`; one that starts elsewhere is dropped (stopped).
+    fn take_read_ahead(&self, cursor: Id) -> Option<history::ReadAhead> {
+        let started = self
+            .read_ahead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        started.and_then(|(from, reading)| (from == cursor).then_some(reading))
     }
 
     /// Whether a refresh should ask whether `gc` collected the channel past this

@@ -30,12 +30,15 @@
 //!
 //! ## Reading
 //!
-//! A page of history is read in two passes. First every message of the bot's own is
-//! noted with its kind, so that a record can be checked against the messages it names
-//! (they are always older: chunks are posted before the record that names them)
-//! whatever order the rest goes in. Then the records are fetched, several at once,
-//! opened and applied, version-2 records before version-1 ones, so that a page holding
-//! both knows the channel's cutover before it judges a version-1 record.
+//! A page of history is read in two steps. First its records are fetched, several at
+//! once, and opened ([`Volume::open_records`]); that needs nothing that applying the
+//! pages before it changes, so a refresh does it for the next few pages while it
+//! applies one. Then ([`Volume::apply_page`]) every message of the bot's own is noted
+//! with its kind, so that a record can be checked against the messages it names (they
+//! are always older: chunks are posted before the record that names them) whatever
+//! order the rest goes in, and the records are applied, version-2 records before
+//! version-1 ones, so that a page holding both knows the channel's cutover before it
+//! judges a version-1 record.
 //!
 //! Which records count ([`Volume::accept`]): with a key loaded, a version-2 record only
 //! if that key authenticated it (sealed or signed by it), and a version-1 record only if
@@ -223,6 +226,50 @@ impl Volume {
 
     /// Reads one page of history (see the module docs).
     pub(super) async fn read_page(&self, page: &[Message]) -> Result<(), VolumeError> {
+        let opened = self.open_records(page).await?;
+        self.apply_page(page, opened);
+        Ok(())
+    }
+
+    /// The records of a page of history that can be read, opened (their attachments
+    /// fetched, [`RECORD_FETCHES`] at once), by their place in the page. This needs
+    /// nothing the page's messages before them change in the index, so
+    /// [`super::Volume::catch_up`] opens the pages after the one it applies meanwhile.
+    pub(super) async fn open_records(
+        &self,
+        page: &[Message],
+    ) -> Result<Vec<(usize, OpenedRecord)>, VolumeError> {
+        use futures::StreamExt;
+        let mut messages = page.iter().enumerate();
+        let mut reads = futures::stream::FuturesUnordered::new();
+        let mut opened = Vec::new();
+        loop {
+            while reads.len() < RECORD_FETCHES {
+                let Some((at, message)) = messages.next() else {
+                    break;
+                };
+                reads.push(self.read_record_at(at, message));
+            }
+            match reads.next().await {
+                Some(read) => opened.extend(read?),
+                None => return Ok(opened),
+            }
+        }
+    }
+
+    /// [`Volume::read_record`], with the message's place in its page.
+    async fn read_record_at(
+        &self,
+        at: usize,
+        message: &Message,
+    ) -> Result<Option<(usize, OpenedRecord)>, VolumeError> {
+        Ok(self.read_record(message).await?.map(|record| (at, record)))
+    }
+
+    /// Applies a page of history whose records [`Volume::open_records`] opened: notes
+    /// which messages are ours and of what kind, and accepts the records, greater
+    /// format versions first, then in message order.
+    pub(super) fn apply_page(&self, page: &[Message], mut opened: Vec<(usize, OpenedRecord)>) {
         {
             let mut index = self.index();
             for message in page {
@@ -242,20 +289,10 @@ impl Volume {
                 }
             }
         }
-        let mut opened: Vec<(&Message, OpenedRecord)> = Vec::new();
-        for batch in page.chunks(RECORD_FETCHES) {
-            let reads = batch.iter().map(|message| self.read_record(message));
-            for (message, read) in batch.iter().zip(futures::future::join_all(reads).await) {
-                if let Some(record) = read? {
-                    opened.push((message, record));
-                }
-            }
+        opened.sort_by_key(|(at, record)| (std::cmp::Reverse(record.version), page[*at].id));
+        for (at, record) in opened {
+            self.accept(&page[at], record);
         }
-        opened.sort_by_key(|(message, record)| (std::cmp::Reverse(record.version), message.id));
-        for (message, record) in opened {
-            self.accept(message, record);
-        }
-        Ok(())
     }
 
     /// Reads the records that couldn't be read before ([`super::Index::unread`]).
