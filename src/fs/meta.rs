@@ -144,7 +144,7 @@ impl Fs {
             atime_ns,
             mode,
             owner: new_owner,
-            xattr: None,
+            xattrs: Vec::new(),
         };
         volume.change_meta(&key.path, &change).await?;
         self.dir_times.attrs_changed(&key, mtime_ns.is_some());
@@ -205,13 +205,6 @@ impl Fs {
         value: &[u8],
         how: SetXattr,
     ) -> Result<(), FsError> {
-        self.writable()?;
-        refuse_unkept(name)?;
-        if crate::format::xattr_name_problem(name).is_some() {
-            return Err(FsError::Unsupported(format!(
-                "extended attribute '{name}': not of the user, trusted or security namespace"
-            )));
-        }
         let change = XattrChange::Set {
             name: name.to_string(),
             value: value.to_vec(),
@@ -221,21 +214,40 @@ impl Fs {
                 SetXattr::Replace => Some(true),
             },
         };
-        self.change_xattr(ino, change).await
+        self.change_xattrs(ino, vec![change]).await
     }
 
     /// `removexattr`: removes `name` from `ino`.
     pub async fn removexattr(&self, ino: u64, name: &str) -> Result<(), FsError> {
-        self.writable()?;
-        refuse_unkept(name)?;
-        self.change_xattr(ino, XattrChange::Remove(name.to_string()))
+        self.change_xattrs(ino, vec![XattrChange::Remove(name.to_string())])
             .await
     }
 
-    async fn change_xattr(&self, ino: u64, change: XattrChange) -> Result<(), FsError> {
+    /// Makes `changes` to the extended attributes of `ino` in order, in one record:
+    /// all of them, or none if one is refused (what WebDAV's PROPPATCH needs). No
+    /// changes, no record.
+    pub async fn change_xattrs(&self, ino: u64, changes: Vec<XattrChange>) -> Result<(), FsError> {
+        self.writable()?;
+        for change in &changes {
+            let name = match change {
+                XattrChange::Set { name, .. } => name,
+                XattrChange::Remove(name) => name,
+            };
+            refuse_unkept(name)?;
+            if matches!(change, XattrChange::Set { .. })
+                && crate::format::xattr_name_problem(name).is_some()
+            {
+                return Err(FsError::Unsupported(format!(
+                    "extended attribute '{name}': not of the user, trusted or security namespace"
+                )));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
         let (key, volume) = self.settled(ino).await?;
         let change = MetaChange {
-            xattr: Some(change),
+            xattrs: changes,
             ..MetaChange::default()
         };
         self.dir_times.attrs_changed(&key, false);

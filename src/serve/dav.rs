@@ -16,22 +16,37 @@
 //! - LOCK, UNLOCK: dav-server's in-memory lock table (locks last until the server
 //!   stops, and bind only WebDAV clients, not the mount or the page); a LOCK of a
 //!   name that doesn't exist makes it an empty file, as RFC 4918 says;
-//! - PROPPATCH: dead properties are not stored (501): records have no place for them
-//!   yet.
+//! - PROPPATCH, and the dead properties PROPFIND shows: extended attributes of the
+//!   entry, named [`DEAD_PROP_PREFIX`] and the property's name in Clark notation
+//!   (`user.webdav.{namespace}name`), holding the property's XML as the client sent
+//!   it. So they are sealed in the entry's record like any attribute, follow a MOVE
+//!   (a rename) and show through the mount too (`getfattr -d -m user.webdav`). A
+//!   PROPPATCH is one record: all its changes land or none (RFC 4918, 9.2), a bad name
+//!   or value failing it whole (403 for a name an attribute can't take, 507 for a
+//!   value over 64 KiB or an entry over 128 KiB in all, 424 for the others). A COPY
+//!   copies a file's dead properties (one more record). The channels and the root
+//!   hold none: PROPPATCH answers 403 there.
 
 use std::io::SeekFrom;
 use std::time::SystemTime;
 
+use axum::http::StatusCode;
 use bytes::{Buf, Bytes};
 use dav_server::davpath::DavPath;
 use dav_server::fs::{
-    DavDirEntry, DavFile, DavFileSystem, DavMetaData, FsError as DavError, FsFuture, FsStream,
-    OpenOptions, ReadDirMeta,
+    DavDirEntry, DavFile, DavFileSystem, DavMetaData, DavProp, FsError as DavError, FsFuture,
+    FsStream, OpenOptions, ReadDirMeta,
 };
 use futures::FutureExt;
 
 use super::tree::{Reader, Tree, TreePath, Upload};
+use crate::format::{MAX_XATTR_VALUE_BYTES, xattr_name_problem};
 use crate::fs::FsError;
+use crate::volume::XattrChange;
+
+/// What the extended attribute of a dead property is named: this, then the
+/// property's name in Clark notation (`{namespace}name`, or `name` without one).
+pub const DEAD_PROP_PREFIX: &str = "user.webdav.";
 
 /// Bytes gathered before they go to the spool.
 const WRITE_PIECE: usize = 1 << 20;
@@ -253,6 +268,74 @@ impl DavFileSystem for DavFs {
         .boxed()
     }
 
+    fn have_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+    ) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        // Entries inside a channel; a channel folder has no record of its own.
+        let inside = tree_path(path).is_ok_and(|p| p.names().len() >= 2);
+        Box::pin(std::future::ready(inside))
+    }
+
+    fn patch_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        patch: Vec<(bool, DavProp)>,
+    ) -> FsFuture<'a, Vec<(StatusCode, DavProp)>> {
+        async move {
+            let path = tree_path(path)?;
+            let present = self.dead_prop_names(&path).await?;
+            let changes = match dead_prop_changes(&patch, present) {
+                Ok(changes) => changes,
+                Err((at, status)) => return Ok(failed_patch(patch, Some(at), status)),
+            };
+            match self.tree.change_xattrs(&path, changes).await {
+                Ok(()) => Ok(patch
+                    .into_iter()
+                    .map(|(_, prop)| (StatusCode::OK, without_value(prop)))
+                    .collect()),
+                Err(FsError::NoSpace | FsError::TooLarge) => {
+                    Ok(failed_patch(patch, None, StatusCode::INSUFFICIENT_STORAGE))
+                }
+                Err(FsError::ReadOnly | FsError::NotPermitted(_) | FsError::Unsupported(_)) => {
+                    Ok(failed_patch(patch, None, StatusCode::FORBIDDEN))
+                }
+                Err(e) => Err(dav_error(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
+        async move {
+            let path = tree_path(path)?;
+            let found = self
+                .tree
+                .xattrs(&path, DEAD_PROP_PREFIX)
+                .await
+                .map_err(dav_error)?;
+            Ok(found
+                .into_iter()
+                .filter_map(|(name, value)| dead_prop(&name, do_content.then_some(value)))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn get_prop<'a>(&'a self, path: &'a DavPath, prop: DavProp) -> FsFuture<'a, Vec<u8>> {
+        async move {
+            let path = tree_path(path)?;
+            let name = dead_prop_xattr(&prop);
+            let found = self.tree.xattrs(&path, &name).await.map_err(dav_error)?;
+            found
+                .into_iter()
+                .find(|(found, _)| *found == name)
+                .map(|(_, value)| value)
+                .ok_or(DavError::NotFound)
+        }
+        .boxed()
+    }
+
     fn get_quota(&self) -> FsFuture<'_, (u64, Option<u64>)> {
         async move {
             let statfs = self.tree.fs().statfs().await;
@@ -264,6 +347,109 @@ impl DavFileSystem for DavFs {
         }
         .boxed()
     }
+}
+
+impl DavFs {
+    /// The attribute names of the dead properties `path` holds.
+    async fn dead_prop_names(
+        &self,
+        path: &TreePath,
+    ) -> Result<std::collections::HashSet<String>, DavError> {
+        let found = self.tree.xattrs(path, DEAD_PROP_PREFIX).await;
+        Ok(found
+            .map_err(dav_error)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+}
+
+/// The attribute that holds `prop`.
+fn dead_prop_xattr(prop: &DavProp) -> String {
+    match prop.namespace.as_deref() {
+        Some(namespace) if !namespace.is_empty() => {
+            format!("{DEAD_PROP_PREFIX}{{{namespace}}}{}", prop.name)
+        }
+        _ => format!("{DEAD_PROP_PREFIX}{}", prop.name),
+    }
+}
+
+/// The dead property an attribute named `xattr` holds, with its XML if given; `None`
+/// for a name that isn't one ([`dead_prop_xattr`] in reverse).
+fn dead_prop(xattr: &str, xml: Option<Vec<u8>>) -> Option<DavProp> {
+    let clark = xattr.strip_prefix(DEAD_PROP_PREFIX)?;
+    let (namespace, name) = match clark.strip_prefix('{') {
+        Some(rest) => {
+            let (namespace, name) = rest.split_once('}')?;
+            (Some(namespace.to_string()), name)
+        }
+        None => (None, clark),
+    };
+    if name.is_empty() || name.contains(['{', '}']) {
+        return None;
+    }
+    Some(DavProp {
+        name: name.to_string(),
+        prefix: None,
+        namespace,
+        xml,
+    })
+}
+
+/// The attribute changes a PROPPATCH makes, in its order, given the attributes the
+/// entry holds (removing one it doesn't hold succeeds and changes nothing); or the
+/// place of the first property that can't be stored, with its status.
+fn dead_prop_changes(
+    patch: &[(bool, DavProp)],
+    mut present: std::collections::HashSet<String>,
+) -> Result<Vec<XattrChange>, (usize, StatusCode)> {
+    let mut changes = Vec::with_capacity(patch.len());
+    for (at, (set, prop)) in patch.iter().enumerate() {
+        let name = dead_prop_xattr(prop);
+        if xattr_name_problem(&name).is_some() {
+            return Err((at, StatusCode::FORBIDDEN));
+        }
+        if *set {
+            let value = prop.xml.clone().unwrap_or_default();
+            if value.len() > MAX_XATTR_VALUE_BYTES {
+                return Err((at, StatusCode::INSUFFICIENT_STORAGE));
+            }
+            present.insert(name.clone());
+            changes.push(XattrChange::Set {
+                name,
+                value,
+                only: None,
+            });
+        } else if present.remove(&name) {
+            changes.push(XattrChange::Remove(name));
+        }
+    }
+    Ok(changes)
+}
+
+/// A PROPPATCH that changed nothing: `status` for the property at `at` (for every
+/// one without it), 424 (Failed Dependency) for the others.
+fn failed_patch(
+    patch: Vec<(bool, DavProp)>,
+    at: Option<usize>,
+    status: StatusCode,
+) -> Vec<(StatusCode, DavProp)> {
+    (patch.into_iter().enumerate())
+        .map(|(i, (_, prop))| {
+            let own = at.is_none_or(|at| at == i);
+            let status = if own {
+                status
+            } else {
+                StatusCode::FAILED_DEPENDENCY
+            };
+            (status, without_value(prop))
+        })
+        .collect()
+}
+
+/// `prop` named only, as a PROPPATCH answer names it.
+fn without_value(prop: DavProp) -> DavProp {
+    DavProp { xml: None, ..prop }
 }
 
 /// Copies the file `from` to `to` (replacing a file there), byte for byte.
@@ -281,7 +467,17 @@ async fn copy_file(tree: &Tree, from: &TreePath, to: &TreePath) -> Result<(), Fs
         upload.write(&piece).await?;
     }
     upload.set_mtime(reader.attr().mtime).await?;
-    upload.finish(false).await
+    upload.finish(false).await?;
+    // Its dead properties (RFC 4918, 9.8.2), once it is there to hold them.
+    let props = tree.xattrs(from, DEAD_PROP_PREFIX).await?;
+    let copies = (props.into_iter())
+        .map(|(name, value)| XattrChange::Set {
+            name,
+            value,
+            only: None,
+        })
+        .collect();
+    tree.change_xattrs(to, copies).await
 }
 
 /// A file open for reading through WebDAV.
@@ -465,5 +661,111 @@ impl DavFile for DavUpload {
             upload.finish(false).await.map_err(dav_error)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn prop(namespace: Option<&str>, name: &str, xml: Option<&str>) -> DavProp {
+        DavProp {
+            name: name.into(),
+            prefix: Some("Z".into()),
+            namespace: namespace.map(Into::into),
+            xml: xml.map(|x| x.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_dead_property_and_its_attribute_name_map_both_ways() {
+        for (namespace, name, xattr) in [
+            (
+                Some("http://example.com/ns"),
+                "color",
+                "user.webdav.{http://example.com/ns}color",
+            ),
+            (None, "plain", "user.webdav.plain"),
+            (Some(""), "plain", "user.webdav.plain"),
+            (Some("urn:x"), "\u{10348}", "user.webdav.{urn:x}\u{10348}"),
+        ] {
+            let p = prop(namespace, name, None);
+            assert_eq!(dead_prop_xattr(&p), xattr);
+            let back = dead_prop(xattr, None).unwrap();
+            assert_eq!(back.name, name);
+            assert_eq!(
+                back.namespace.as_deref(),
+                namespace.filter(|n| !n.is_empty())
+            );
+        }
+        for not_one in [
+            "user.other",
+            "user.webdav.",
+            "user.webdav.{ns",
+            "user.webdav.{ns}",
+        ] {
+            assert!(dead_prop(not_one, None).is_none(), "{not_one}");
+        }
+    }
+
+    #[test]
+    fn a_patch_is_checked_whole_before_anything_changes() {
+        let ns = Some("urn:x");
+        let present: HashSet<String> = ["user.webdav.{urn:x}old".to_string()].into();
+        // Removing what isn't there changes nothing; set then remove removes.
+        let changes = dead_prop_changes(
+            &[
+                (false, prop(ns, "never", None)),
+                (true, prop(ns, "new", Some("<Z:new/>"))),
+                (false, prop(ns, "new", None)),
+                (false, prop(ns, "old", None)),
+            ],
+            present.clone(),
+        )
+        .unwrap();
+        let names: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                XattrChange::Set { name, .. } => format!("set {name}"),
+                XattrChange::Remove(name) => format!("remove {name}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "set user.webdav.{urn:x}new",
+                "remove user.webdav.{urn:x}new",
+                "remove user.webdav.{urn:x}old"
+            ]
+        );
+        // A name no attribute can take, or a value over 64 KiB: that one's status.
+        let long = "n".repeat(300);
+        let refused = dead_prop_changes(
+            &[
+                (true, prop(ns, "a", Some("<Z:a/>"))),
+                (true, prop(ns, &long, Some("x"))),
+            ],
+            present.clone(),
+        );
+        assert_eq!(refused.unwrap_err(), (1, StatusCode::FORBIDDEN));
+        let big = "x".repeat(MAX_XATTR_VALUE_BYTES + 1);
+        let refused = dead_prop_changes(&[(true, prop(ns, "a", Some(&big)))], present);
+        assert_eq!(refused.unwrap_err(), (0, StatusCode::INSUFFICIENT_STORAGE));
+        let answer = failed_patch(
+            vec![
+                (true, prop(ns, "a", Some("<Z:a/>"))),
+                (true, prop(ns, "b", None)),
+            ],
+            Some(1),
+            StatusCode::FORBIDDEN,
+        );
+        let statuses: Vec<StatusCode> = answer.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            statuses,
+            [StatusCode::FAILED_DEPENDENCY, StatusCode::FORBIDDEN]
+        );
+        assert!(answer.iter().all(|(_, p)| p.xml.is_none()));
     }
 }

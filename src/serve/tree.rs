@@ -20,6 +20,7 @@ use std::time::SystemTime;
 
 use crate::fs::inode::ROOT;
 use crate::fs::{Attr, Found, Fs, FsError, Kind, OpenFlags, SetAttr};
+use crate::volume::XattrChange;
 
 /// Bytes a download asks the fs core for at a time.
 pub const READ_PIECE: u32 = 1 << 20;
@@ -408,6 +409,39 @@ impl Tree {
         self.fs
             .rename(source.ino(), from_name, target.ino(), to_name, !replace)
             .await
+    }
+
+    /// The extended attributes of `path` whose names start with `prefix`, with their
+    /// values, in name order.
+    pub async fn xattrs(
+        &self,
+        path: &TreePath,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, FsError> {
+        let held = self.stat(path).await?;
+        let mut found = Vec::new();
+        for name in self.fs.listxattr(held.ino()).await? {
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            match self.fs.getxattr(held.ino(), &name).await {
+                Ok(value) => found.push((name, value)),
+                Err(FsError::NoAttribute) => {} // removed meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Changes extended attributes of `path`: all of `changes` in one record, or none
+    /// ([`Fs::change_xattrs`]).
+    pub async fn change_xattrs(
+        &self,
+        path: &TreePath,
+        changes: Vec<XattrChange>,
+    ) -> Result<(), FsError> {
+        let held = self.stat(path).await?;
+        self.fs.change_xattrs(held.ino(), changes).await
     }
 
     /// Sets the modification time of `path`.

@@ -2402,7 +2402,9 @@ pub struct MetaChange {
     pub atime_ns: Option<i64>,
     pub mode: Option<u32>,
     pub owner: Option<Owner>,
-    pub xattr: Option<XattrChange>,
+    /// Changes of extended attributes, made in order: all of them or, if one is
+    /// refused, none.
+    pub xattrs: Vec<XattrChange>,
 }
 
 /// A change of one extended attribute.
@@ -2432,6 +2434,34 @@ pub enum XattrRefused {
     Full,
 }
 
+impl XattrChange {
+    /// Makes the change in `xattrs` (the entry's whole size is checked after).
+    fn apply(
+        &self,
+        xattrs: &mut std::collections::BTreeMap<String, format::XattrValue>,
+    ) -> Result<(), XattrRefused> {
+        match self {
+            XattrChange::Remove(name) => {
+                xattrs.remove(name).ok_or(XattrRefused::Missing)?;
+            }
+            XattrChange::Set { name, value, only } => {
+                if format::xattr_name_problem(name).is_some()
+                    || value.len() > format::MAX_XATTR_VALUE_BYTES
+                {
+                    return Err(XattrRefused::Invalid);
+                }
+                match (only, xattrs.contains_key(name)) {
+                    (Some(true), false) => return Err(XattrRefused::Missing),
+                    (Some(false), true) => return Err(XattrRefused::Exists),
+                    _ => {}
+                }
+                xattrs.insert(name.clone(), format::XattrValue(value.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl XattrRefused {
     fn at(self, name: String) -> VolumeError {
         VolumeError::Xattr { name, why: self }
@@ -2455,28 +2485,12 @@ impl MetaChange {
         if let Some(atime) = self.atime_ns {
             meta.atime_ns = Some(atime);
         }
-        match &self.xattr {
-            None => {}
-            Some(XattrChange::Remove(name)) => {
-                meta.xattrs.remove(name).ok_or(XattrRefused::Missing)?;
-            }
-            Some(XattrChange::Set { name, value, only }) => {
-                if format::xattr_name_problem(name).is_some()
-                    || value.len() > format::MAX_XATTR_VALUE_BYTES
-                {
-                    return Err(XattrRefused::Invalid);
-                }
-                match (only, meta.xattrs.contains_key(name)) {
-                    (Some(true), false) => return Err(XattrRefused::Missing),
-                    (Some(false), true) => return Err(XattrRefused::Exists),
-                    _ => {}
-                }
-                meta.xattrs
-                    .insert(name.clone(), format::XattrValue(value.clone()));
-                if meta.problem(format::FORMAT_VERSION).is_some() {
-                    return Err(XattrRefused::Full);
-                }
-            }
+        for change in &self.xattrs {
+            change.apply(&mut meta.xattrs)?;
+        }
+        let grew = (self.xattrs.iter()).any(|c| matches!(c, XattrChange::Set { .. }));
+        if grew && meta.problem(format::FORMAT_VERSION).is_some() {
+            return Err(XattrRefused::Full);
         }
         Ok(())
     }
