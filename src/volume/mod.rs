@@ -115,6 +115,7 @@ fn replay_cursor(last_seen: Id) -> Id {
         snowflake_at_ms(snowflake_time_ms(last_seen).saturating_sub(REPLAY_OVERLAP_MS))
     }
 }
+
 /// Most operations in one record (keeps records of big `rm -r`s well under the limits).
 const MAX_OPS_PER_RECORD: usize = 500;
 
@@ -728,10 +729,9 @@ impl Volume {
         // Pages come oldest first, each after everything handed out before it: once
         // one is applied, everything up to its last message is read. The records of
         // the next few pages are fetched and opened while one is applied.
-        let reading = self
+        let mut reading = self
             .take_read_ahead(cursor)
             .unwrap_or_else(|| self.read_history_after(cursor));
-        let mut reading = reading;
         let mut opening = futures::stream::FuturesOrdered::new();
         let mut read_all = false;
         loop {
