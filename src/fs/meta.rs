@@ -229,10 +229,7 @@ impl Fs {
     pub async fn change_xattrs(&self, ino: u64, changes: Vec<XattrChange>) -> Result<(), FsError> {
         self.writable()?;
         for change in &changes {
-            let name = match change {
-                XattrChange::Set { name, .. } => name,
-                XattrChange::Remove(name) => name,
-            };
+            let name = change.name();
             refuse_unkept(name)?;
             if matches!(change, XattrChange::Set { .. })
                 && crate::format::xattr_name_problem(name).is_some()

@@ -326,12 +326,7 @@ impl DavFileSystem for DavFs {
         async move {
             let path = tree_path(path)?;
             let name = dead_prop_xattr(&prop);
-            let found = self.tree.xattrs(&path, &name).await.map_err(dav_error)?;
-            found
-                .into_iter()
-                .find(|(found, _)| *found == name)
-                .map(|(_, value)| value)
-                .ok_or(DavError::NotFound)
+            self.tree.xattr(&path, &name).await.map_err(dav_error)
         }
         .boxed()
     }
@@ -355,12 +350,8 @@ impl DavFs {
         &self,
         path: &TreePath,
     ) -> Result<std::collections::HashSet<String>, DavError> {
-        let found = self.tree.xattrs(path, DEAD_PROP_PREFIX).await;
-        Ok(found
-            .map_err(dav_error)?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect())
+        let names = self.tree.xattr_names(path, DEAD_PROP_PREFIX).await;
+        Ok(names.map_err(dav_error)?.into_iter().collect())
     }
 }
 

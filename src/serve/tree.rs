@@ -411,6 +411,21 @@ impl Tree {
             .await
     }
 
+    /// The names of the extended attributes of `path` that start with `prefix`, in
+    /// order.
+    pub async fn xattr_names(&self, path: &TreePath, prefix: &str) -> Result<Vec<String>, FsError> {
+        let held = self.stat(path).await?;
+        let mut names = self.fs.listxattr(held.ino()).await?;
+        names.retain(|name| name.starts_with(prefix));
+        Ok(names)
+    }
+
+    /// The value of the extended attribute `name` of `path`.
+    pub async fn xattr(&self, path: &TreePath, name: &str) -> Result<Vec<u8>, FsError> {
+        let held = self.stat(path).await?;
+        self.fs.getxattr(held.ino(), name).await
+    }
+
     /// The extended attributes of `path` whose names start with `prefix`, with their
     /// values, in name order.
     pub async fn xattrs(
@@ -418,13 +433,9 @@ impl Tree {
         path: &TreePath,
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, FsError> {
-        let held = self.stat(path).await?;
         let mut found = Vec::new();
-        for name in self.fs.listxattr(held.ino()).await? {
-            if !name.starts_with(prefix) {
-                continue;
-            }
-            match self.fs.getxattr(held.ino(), &name).await {
+        for name in self.xattr_names(path, prefix).await? {
+            match self.xattr(path, &name).await {
                 Ok(value) => found.push((name, value)),
                 Err(FsError::NoAttribute) => {} // removed meanwhile
                 Err(e) => return Err(e),

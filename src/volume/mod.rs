@@ -2435,6 +2435,13 @@ pub enum XattrRefused {
 }
 
 impl XattrChange {
+    /// The attribute it changes.
+    pub fn name(&self) -> &str {
+        match self {
+            XattrChange::Set { name, .. } | XattrChange::Remove(name) => name,
+        }
+    }
+
     /// Makes the change in `xattrs` (the entry's whole size is checked after).
     fn apply(
         &self,
